@@ -1,0 +1,129 @@
+"""Settings, read from the environment (``COLLAB_*``, plus the PaaS names
+``PORT``, ``DATABASE_URL``, ``REDIS_URL`` and ``WEB_CONCURRENCY``).
+
+The CLI builds a :class:`Settings` from the environment and then overrides
+fields from its flags, so every option has both spellings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a whole number; unset it or give e.g. {name}={default}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a number; unset it or give e.g. {name}={default}") from None
+
+
+def _list(env: Mapping[str, str], name: str) -> list[str]:
+    raw = env.get(name, "")
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+@dataclass
+class Settings:
+    """Every tunable of a collab server, with its safe default."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: str = "./data"
+    #: ``postgres://...`` selects the PostgreSQL store; empty means SQLite in ``data_dir``.
+    database_url: str = ""
+    #: ``redis://...`` enables the cross-process backplane.
+    redis_url: str = ""
+    workers: int = 1
+
+    # Documents and history.
+    #: Operations kept (in memory and in the store) for resume and transform.
+    history_depth: int = 1000
+    #: A snapshot of the text is stored every this many operations.
+    snapshot_every: int = 100
+    #: Largest document, in code points.
+    max_doc_chars: int = 10_000_000
+    #: Seconds a document with no connected client stays in memory.
+    idle_unload_seconds: float = 30.0
+
+    # Connections.
+    #: Largest WebSocket frame accepted, in bytes (close 1009 above it).
+    max_message_bytes: int = 4 * 1024 * 1024
+    #: Outgoing messages queued for one client before it is dropped as too slow.
+    client_queue_size: int = 1000
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+
+    # Flood protection (see collab.guard).
+    conn_rate: float = 20.0
+    conn_burst: int = 40
+    conn_per_ip: int = 64
+    max_connections: int = 10_000
+    handshake_timeout: float = 5.0
+    msg_rate: float = 100.0
+    msg_burst: int = 200
+    bytes_rate: float = 2 * 1024 * 1024
+    bytes_burst: int = 8 * 1024 * 1024
+    trusted_proxies: list[str] = field(default_factory=list)
+    ipv6_prefix: int = 64
+
+    # Access control.
+    secret: str = ""
+    allowed_origins: list[str] = field(default_factory=list)
+
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Read settings from ``env`` (default: ``os.environ``)."""
+        env = os.environ if env is None else env
+        d = cls()
+        return cls(
+            host=env.get("COLLAB_HOST", d.host),
+            port=_int(env, "PORT", _int(env, "COLLAB_PORT", d.port)),
+            data_dir=env.get("COLLAB_DATA_DIR", d.data_dir),
+            database_url=env.get("DATABASE_URL", env.get("COLLAB_DATABASE_URL", "")),
+            redis_url=env.get("REDIS_URL", env.get("COLLAB_REDIS_URL", "")),
+            workers=_int(env, "WEB_CONCURRENCY", d.workers),
+            history_depth=_int(env, "COLLAB_HISTORY_DEPTH", d.history_depth),
+            snapshot_every=_int(env, "COLLAB_SNAPSHOT_EVERY", d.snapshot_every),
+            max_doc_chars=_int(env, "COLLAB_MAX_DOC_CHARS", d.max_doc_chars),
+            idle_unload_seconds=_float(env, "COLLAB_IDLE_UNLOAD_SECONDS", d.idle_unload_seconds),
+            max_message_bytes=_int(env, "COLLAB_MAX_MESSAGE_BYTES", d.max_message_bytes),
+            client_queue_size=_int(env, "COLLAB_CLIENT_QUEUE_SIZE", d.client_queue_size),
+            ping_interval=_float(env, "COLLAB_PING_INTERVAL", d.ping_interval),
+            ping_timeout=_float(env, "COLLAB_PING_TIMEOUT", d.ping_timeout),
+            conn_rate=_float(env, "COLLAB_CONN_RATE", d.conn_rate),
+            conn_burst=_int(env, "COLLAB_CONN_BURST", d.conn_burst),
+            conn_per_ip=_int(env, "COLLAB_CONN_PER_IP", d.conn_per_ip),
+            max_connections=_int(env, "COLLAB_MAX_CONNECTIONS", d.max_connections),
+            handshake_timeout=_float(env, "COLLAB_HANDSHAKE_TIMEOUT", d.handshake_timeout),
+            msg_rate=_float(env, "COLLAB_MSG_RATE", d.msg_rate),
+            msg_burst=_int(env, "COLLAB_MSG_BURST", d.msg_burst),
+            bytes_rate=_float(env, "COLLAB_BYTES_RATE", d.bytes_rate),
+            bytes_burst=_int(env, "COLLAB_BYTES_BURST", d.bytes_burst),
+            trusted_proxies=_list(env, "COLLAB_TRUSTED_PROXIES"),
+            ipv6_prefix=_int(env, "COLLAB_IPV6_PREFIX", d.ipv6_prefix),
+            secret=env.get("COLLAB_SECRET", ""),
+            allowed_origins=_list(env, "COLLAB_ALLOWED_ORIGINS"),
+            log_level=env.get("COLLAB_LOG_LEVEL", d.log_level),
+        )
+
+    def replace(self, **changes) -> "Settings":
+        """A copy with ``changes`` applied (fields given as ``None`` are ignored)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
