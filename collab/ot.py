@@ -1,0 +1,553 @@
+"""Operational transformation core, in the ot.js ``TextOperation`` JSON format.
+
+An *operation* is a list of components that walks the whole document from
+left to right:
+
+* a positive ``int`` ``n`` retains (skips over) ``n`` characters,
+* a non-empty ``str`` ``s`` inserts ``s`` at the current position,
+* a negative ``int`` ``-n`` deletes the next ``n`` characters.
+
+Retains plus deletes must equal the length of the document the operation is
+applied to (its *base length*); retains plus inserted characters give the
+length of the result (its *target length*).  A *character* is one Unicode
+code point, i.e. Python ``str`` indexing, so an emoji counts as one; lone
+surrogates are rejected.
+
+The *normalized* (canonical) form is the one ot.js's builder produces:
+adjacent components of one kind are merged, an insert adjacent to a delete
+comes first, and there are no zero-length parts.  Trailing retains are kept,
+because an operation must span the whole document.
+
+Everything here is pure (no I/O, stdlib only) and matches ot.js semantics,
+including the ``transform`` tie-break: when both operations insert at the
+same position, the first argument's insert goes first.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+__all__ = [
+    "Component",
+    "Operation",
+    "InvalidOperation",
+    "validate",
+    "normalize",
+    "base_length",
+    "target_length",
+    "is_noop",
+    "apply",
+    "compose",
+    "transform",
+    "invert",
+    "transform_index",
+    "transform_cursor",
+    "from_splice",
+]
+
+Component: TypeAlias = int | str
+Operation: TypeAlias = list[Component]
+
+_HINT = "(use a positive retain, a negative delete or a non-empty insert)"
+
+
+class InvalidOperation(ValueError):
+    """An operation is malformed or does not fit its document.
+
+    The message is a precise reason meant to be shown to the user (it goes
+    into the protocol's ``bad_op`` error).
+    """
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _json_kind(value: object) -> str:
+    """Name a rejected component in JSON terms, since ops arrive as JSON."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, (list, tuple)):
+        return "a nested array"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def _surrogate_reason(i: int, s: str) -> str:
+    """Describe the first lone surrogate in ``s`` (error path only)."""
+    for off, ch in enumerate(s):
+        if 0xD800 <= ord(ch) <= 0xDFFF:
+            return (
+                f"component {i}: insert contains a lone surrogate "
+                f"U+{ord(ch):04X} at character {off}"
+            )
+    return f"component {i}: insert is not valid Unicode"  # pragma: no cover
+
+
+def validate(op: object, doc_len: int | None = None) -> Operation:
+    """Check that ``op`` is a well-formed operation and return it.
+
+    Each component must be a non-zero ``int`` (not ``bool``) or a non-empty
+    ``str`` without lone surrogates.  If ``doc_len`` is given, the operation
+    must span exactly that many characters.  Raises :class:`InvalidOperation`
+    with a user-facing reason otherwise.  The same list is returned, not
+    normalized; call :func:`normalize` for the canonical form.
+    """
+    if type(op) is not list:
+        raise InvalidOperation(
+            f"an operation must be an array of components, not {_json_kind(op)}"
+        )
+    span = 0
+    for i, c in enumerate(op):
+        t = type(c)
+        if t is int:
+            if c > 0:
+                span += c
+            elif c < 0:
+                span -= c
+            else:
+                raise InvalidOperation(f"component {i}: 0 is not a valid component {_HINT}")
+        elif t is str:
+            if not c:
+                raise InvalidOperation(
+                    f"component {i}: the empty string is not a valid component {_HINT}"
+                )
+            if not c.isascii():
+                try:
+                    c.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise InvalidOperation(_surrogate_reason(i, c)) from None
+        elif t is float:
+            raise InvalidOperation(f"component {i}: floats are not allowed")
+        elif t is bool:
+            raise InvalidOperation(f"component {i}: booleans are not allowed")
+        elif c is None:
+            raise InvalidOperation(f"component {i}: null is not allowed")
+        elif isinstance(c, (list, tuple)):
+            raise InvalidOperation(f"component {i}: nested arrays are not allowed")
+        else:
+            raise InvalidOperation(
+                f"component {i}: {_json_kind(c)} is not a valid component {_HINT}"
+            )
+    if doc_len is not None and span != doc_len:
+        raise InvalidOperation(
+            f"operation spans {_plural(span, 'character')} but the document has {doc_len}"
+        )
+    return op
+
+
+class _Builder:
+    """Accumulates components in normalized form (ot.js's builder rules)."""
+
+    __slots__ = ("ops",)
+
+    def __init__(self) -> None:
+        self.ops: Operation = []
+
+    def retain(self, n: int) -> None:
+        if n <= 0:
+            return
+        ops = self.ops
+        if ops and type(ops[-1]) is int and ops[-1] > 0:
+            ops[-1] += n
+        else:
+            ops.append(n)
+
+    def insert(self, s: str) -> None:
+        if not s:
+            return
+        ops = self.ops
+        if ops:
+            last = ops[-1]
+            if type(last) is str:
+                ops[-1] = last + s
+                return
+            if last < 0:
+                # Keep inserts before deletes: merge into an insert just
+                # before the delete, or swap the new insert in front of it.
+                if len(ops) >= 2 and type(ops[-2]) is str:
+                    ops[-2] += s
+                else:
+                    ops[-1] = s
+                    ops.append(last)
+                return
+        ops.append(s)
+
+    def delete(self, n: int) -> None:
+        """Delete ``n`` characters (``n`` given as a positive count)."""
+        if n <= 0:
+            return
+        ops = self.ops
+        if ops and type(ops[-1]) is int and ops[-1] < 0:
+            ops[-1] -= n
+        else:
+            ops.append(-n)
+
+
+def _bad_component(c: object) -> InvalidOperation:
+    return InvalidOperation(f"{_json_kind(c)} is not a valid component {_HINT}")
+
+
+def normalize(op: Operation) -> Operation:
+    """Return the canonical form of ``op`` as a new list.
+
+    Adjacent components of one kind are merged, an insert adjacent to a
+    delete is put first, zero-length parts are dropped; trailing retains are
+    kept.  Idempotent, and ``apply`` gives the same result either way.
+    """
+    b = _Builder()
+    for c in op:
+        t = type(c)
+        if t is int:
+            if c > 0:
+                b.retain(c)
+            else:
+                b.delete(-c)
+        elif t is str:
+            b.insert(c)
+        else:
+            raise _bad_component(c)
+    return b.ops
+
+
+def base_length(op: Operation) -> int:
+    """Length of the document ``op`` applies to: retains plus deletes."""
+    n = 0
+    for c in op:
+        if type(c) is int:
+            n += c if c > 0 else -c
+    return n
+
+
+def target_length(op: Operation) -> int:
+    """Length of the document after ``op``: retains plus inserted characters."""
+    n = 0
+    for c in op:
+        if type(c) is str:
+            n += len(c)
+        elif c > 0:
+            n += c
+    return n
+
+
+def is_noop(op: Operation) -> bool:
+    """True if ``op`` changes nothing: it is empty or consists of retains only."""
+    return all(type(c) is int and c > 0 for c in op)
+
+
+def apply(text: str, op: Operation) -> str:
+    """Apply ``op`` to ``text`` and return the new text.
+
+    Raises :class:`InvalidOperation` if the operation's base length is not
+    ``len(text)``.  Built from slices joined once, since this runs on the
+    server for every operation.
+    """
+    parts: list[str] = []
+    pos = 0
+    for c in op:
+        t = type(c)
+        if t is int:
+            if c > 0:
+                parts.append(text[pos : pos + c])
+                pos += c
+            else:
+                pos -= c
+        elif t is str:
+            parts.append(c)
+        else:
+            raise _bad_component(c)
+    if pos != len(text):
+        raise InvalidOperation(
+            f"operation spans {_plural(pos, 'character')} but the document has {len(text)}"
+        )
+    return "".join(parts)
+
+
+def compose(a: Operation, b: Operation) -> Operation:
+    """Combine ``a`` then ``b`` into one operation with the same effect.
+
+    ``apply(apply(s, a), b) == apply(s, compose(a, b))``.  Raises
+    :class:`InvalidOperation` if ``b`` does not apply to ``a``'s result.
+    """
+    ta, bb = target_length(a), base_length(b)
+    if ta != bb:
+        raise InvalidOperation(
+            f"cannot compose: the first operation produces {_plural(ta, 'character')} "
+            f"but the second spans {bb}"
+        )
+    out = _Builder()
+    ia = ib = 0
+    na, nb = len(a), len(b)
+    x: Component | None = a[0] if na else None
+    y: Component | None = b[0] if nb else None
+    while x is not None or y is not None:
+        if type(x) is int and x < 0:  # a deletes: untouched by b
+            out.delete(-x)
+            ia += 1
+            x = a[ia] if ia < na else None
+            continue
+        if type(y) is str:  # b inserts: independent of a
+            out.insert(y)
+            ib += 1
+            y = b[ib] if ib < nb else None
+            continue
+        if x is None or y is None:  # pragma: no cover - lengths were checked
+            raise InvalidOperation("cannot compose: operations have different lengths")
+        if type(x) is int:  # a retains
+            if y > 0:  # b retains
+                if x > y:
+                    out.retain(y)
+                    x -= y
+                    ib += 1
+                    y = b[ib] if ib < nb else None
+                elif x == y:
+                    out.retain(x)
+                    ia += 1
+                    ib += 1
+                    x = a[ia] if ia < na else None
+                    y = b[ib] if ib < nb else None
+                else:
+                    out.retain(x)
+                    y -= x
+                    ia += 1
+                    x = a[ia] if ia < na else None
+            else:  # b deletes
+                d = -y
+                if x > d:
+                    out.delete(d)
+                    x -= d
+                    ib += 1
+                    y = b[ib] if ib < nb else None
+                elif x == d:
+                    out.delete(d)
+                    ia += 1
+                    ib += 1
+                    x = a[ia] if ia < na else None
+                    y = b[ib] if ib < nb else None
+                else:
+                    out.delete(x)
+                    y += x
+                    ia += 1
+                    x = a[ia] if ia < na else None
+        else:  # a inserts
+            lx = len(x)
+            if y > 0:  # b retains the inserted text
+                if lx > y:
+                    out.insert(x[:y])
+                    x = x[y:]
+                    ib += 1
+                    y = b[ib] if ib < nb else None
+                elif lx == y:
+                    out.insert(x)
+                    ia += 1
+                    ib += 1
+                    x = a[ia] if ia < na else None
+                    y = b[ib] if ib < nb else None
+                else:
+                    out.insert(x)
+                    y -= lx
+                    ia += 1
+                    x = a[ia] if ia < na else None
+            else:  # b deletes the inserted text: both vanish
+                d = -y
+                if lx > d:
+                    x = x[d:]
+                    ib += 1
+                    y = b[ib] if ib < nb else None
+                elif lx == d:
+                    ia += 1
+                    ib += 1
+                    x = a[ia] if ia < na else None
+                    y = b[ib] if ib < nb else None
+                else:
+                    y += lx
+                    ia += 1
+                    x = a[ia] if ia < na else None
+    return out.ops
+
+
+def transform(a: Operation, b: Operation) -> tuple[Operation, Operation]:
+    """Transform concurrent ``a`` and ``b`` (same base) against each other.
+
+    Returns ``(a2, b2)`` with ``apply(apply(s, a), b2) ==
+    apply(apply(s, b), a2)``.  When both insert at the same position, ``a``'s
+    insert goes first (ot.js tie-break); the server passes the incoming
+    operation as ``a`` so the later-arriving insert is placed first.
+    """
+    la, lb = base_length(a), base_length(b)
+    if la != lb:
+        raise InvalidOperation(
+            f"cannot transform: the operations span {la} and {lb} characters"
+        )
+    pa, pb = _Builder(), _Builder()
+    ia = ib = 0
+    na, nb = len(a), len(b)
+    x: Component | None = a[0] if na else None
+    y: Component | None = b[0] if nb else None
+    while x is not None or y is not None:
+        if type(x) is str:
+            pa.insert(x)
+            pb.retain(len(x))
+            ia += 1
+            x = a[ia] if ia < na else None
+            continue
+        if type(y) is str:
+            pa.retain(len(y))
+            pb.insert(y)
+            ib += 1
+            y = b[ib] if ib < nb else None
+            continue
+        if x is None or y is None:  # pragma: no cover - lengths were checked
+            raise InvalidOperation("cannot transform: operations have different lengths")
+        if x > 0 and y > 0:  # both retain
+            if x > y:
+                m = y
+                x -= y
+                ib += 1
+                y = b[ib] if ib < nb else None
+            elif x == y:
+                m = x
+                ia += 1
+                ib += 1
+                x = a[ia] if ia < na else None
+                y = b[ib] if ib < nb else None
+            else:
+                m = x
+                y -= x
+                ia += 1
+                x = a[ia] if ia < na else None
+            pa.retain(m)
+            pb.retain(m)
+        elif x < 0 and y < 0:  # both delete the same text: nothing left to do
+            if x < y:
+                x -= y
+                ib += 1
+                y = b[ib] if ib < nb else None
+            elif x == y:
+                ia += 1
+                ib += 1
+                x = a[ia] if ia < na else None
+                y = b[ib] if ib < nb else None
+            else:
+                y -= x
+                ia += 1
+                x = a[ia] if ia < na else None
+        elif x < 0:  # a deletes, b retains
+            d = -x
+            if d > y:
+                m = y
+                x += y
+                ib += 1
+                y = b[ib] if ib < nb else None
+            elif d == y:
+                m = y
+                ia += 1
+                ib += 1
+                x = a[ia] if ia < na else None
+                y = b[ib] if ib < nb else None
+            else:
+                m = d
+                y -= d
+                ia += 1
+                x = a[ia] if ia < na else None
+            pa.delete(m)
+        else:  # a retains, b deletes
+            d = -y
+            if x > d:
+                m = d
+                x -= d
+                ib += 1
+                y = b[ib] if ib < nb else None
+            elif x == d:
+                m = d
+                ia += 1
+                ib += 1
+                x = a[ia] if ia < na else None
+                y = b[ib] if ib < nb else None
+            else:
+                m = x
+                y += x
+                ia += 1
+                x = a[ia] if ia < na else None
+            pb.delete(m)
+    return pa.ops, pb.ops
+
+
+def invert(op: Operation, text: str) -> Operation:
+    """Return the operation that undoes ``op``; ``text`` is what ``op`` applies to.
+
+    ``apply(apply(text, op), invert(op, text)) == text``.
+    """
+    bl = base_length(op)
+    if bl != len(text):
+        raise InvalidOperation(
+            f"operation spans {_plural(bl, 'character')} but the document has {len(text)}"
+        )
+    out = _Builder()
+    pos = 0
+    for c in op:
+        if type(c) is str:
+            out.delete(len(c))
+        elif c > 0:
+            out.retain(c)
+            pos += c
+        else:
+            out.insert(text[pos : pos - c])
+            pos -= c
+    return out.ops
+
+
+def transform_index(index: int, op: Operation) -> int:
+    """Move a caret position through ``op`` (ot.js ``transformIndex``).
+
+    An insert exactly at ``index`` pushes it right; a delete pulls it left,
+    never past the start of the deleted range.  ``index`` is first clamped
+    to ``[0, base_length(op)]`` so the result is always inside the new text.
+    """
+    if index < 0:
+        index = 0
+    else:
+        bl = base_length(op)
+        if index > bl:
+            index = bl
+    new = index
+    for c in op:
+        if type(c) is str:
+            new += len(c)
+        elif c > 0:
+            index -= c
+        else:
+            d = -c
+            new -= index if index < d else d
+            index -= d
+        if index < 0:
+            break
+    return new
+
+
+def transform_cursor(anchor: int, head: int, op: Operation) -> tuple[int, int]:
+    """Move a selection ``(anchor, head)`` through ``op``; each end as :func:`transform_index`."""
+    return transform_index(anchor, op), transform_index(head, op)
+
+
+def from_splice(doc_len: int, pos: int, delete: int, insert: str) -> Operation:
+    """Build the normalized operation that deletes ``delete`` characters at
+    ``pos`` and inserts ``insert`` there, in a document of ``doc_len``.
+
+    A convenience for clients and benchmarks that think in splices.
+    """
+    if pos < 0 or delete < 0 or pos + delete > doc_len:
+        raise InvalidOperation(
+            f"splice at {pos} deleting {delete} does not fit a document of {doc_len}"
+        )
+    b = _Builder()
+    b.retain(pos)
+    b.insert(insert)
+    b.delete(delete)
+    b.retain(doc_len - pos - delete)
+    return b.ops

@@ -1,0 +1,390 @@
+"""Tests for collab.ot: unit cases per function plus hypothesis properties.
+
+Documents and inserts deliberately contain astral characters (emoji, skin
+tone modifiers, musical symbols) and CJK, because a character is one code
+point and an off-by-one in UTF-16 thinking would show up there.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from collab import ot
+from collab.ot import InvalidOperation
+
+# ---------------------------------------------------------------- validate
+
+
+def test_validate_accepts_and_returns_same_list() -> None:
+    op = [2, "héllo 😀", -3, 1]
+    assert ot.validate(op) is op
+    assert ot.validate(op, 6) is op
+    assert ot.validate([], 0) == []
+    assert ot.validate(["👍🏽"], 0) == ["👍🏽"]
+
+
+@pytest.mark.parametrize(
+    ("op", "reason"),
+    [
+        ([1, 0, 2], "component 1: 0 is not a valid component (use a positive retain, a negative delete or a non-empty insert)"),
+        ([1, ""], "component 1: the empty string is not a valid component"),
+        ([1.5], "component 0: floats are not allowed"),
+        ([2.0], "component 0: floats are not allowed"),
+        ([1, True], "component 1: booleans are not allowed"),
+        ([False], "component 0: booleans are not allowed"),
+        ([None], "component 0: null is not allowed"),
+        ([1, [1]], "component 1: nested arrays are not allowed"),
+        ([{"a": 1}], "component 0: an object is not a valid component"),
+        (["ok", "a\ud83d"], "component 1: insert contains a lone surrogate U+D83D at character 1"),
+        (["\udc00"], "component 0: insert contains a lone surrogate U+DC00 at character 0"),
+    ],
+)
+def test_validate_rejects_bad_components(op: list, reason: str) -> None:
+    with pytest.raises(InvalidOperation) as exc:
+        ot.validate(op)
+    assert str(exc.value).startswith(reason)
+
+
+@pytest.mark.parametrize("op", [None, "abc", 5, {"op": [1]}, (1, 2)])
+def test_validate_rejects_non_lists(op: object) -> None:
+    with pytest.raises(InvalidOperation, match="must be an array"):
+        ot.validate(op)
+
+
+def test_validate_wrong_length() -> None:
+    with pytest.raises(InvalidOperation) as exc:
+        ot.validate([2, "x", -3], 7)
+    assert str(exc.value) == "operation spans 5 characters but the document has 7"
+    with pytest.raises(InvalidOperation, match="spans 1 character but the document has 0"):
+        ot.validate([1], 0)
+    with pytest.raises(InvalidOperation, match="spans 0 characters"):
+        ot.validate(["x"], 3)
+
+
+def test_invalid_operation_is_value_error() -> None:
+    assert issubclass(InvalidOperation, ValueError)
+
+
+# ---------------------------------------------------------------- normalize & lengths
+
+
+@pytest.mark.parametrize(
+    ("op", "expected"),
+    [
+        ([], []),
+        ([1, 2, 3], [6]),
+        (["a", "b"], ["ab"]),
+        ([-1, -2], [-3]),
+        ([-1, "a"], ["a", -1]),
+        ([-1, "a", -1, "b"], ["ab", -2]),
+        (["a", -1, "b", 2], ["ab", -1, 2]),
+        ([0, 2, "", -0], [2]),
+        ([3, "x", 2], [3, "x", 2]),  # trailing retain kept
+        ([1, -1, 1], [1, -1, 1]),
+    ],
+)
+def test_normalize(op: list, expected: list) -> None:
+    assert ot.normalize(op) == expected
+    assert ot.normalize(expected) == expected
+
+
+def test_normalize_does_not_mutate() -> None:
+    op = [1, 1, -1, "a"]
+    ot.normalize(op)
+    assert op == [1, 1, -1, "a"]
+
+
+def test_lengths_count_code_points() -> None:
+    op = [2, "😀👍🏽𝄞", -3, 1]
+    assert ot.base_length(op) == 6
+    assert ot.target_length(op) == 3 + 4
+    assert ot.base_length([]) == ot.target_length([]) == 0
+
+
+def test_is_noop() -> None:
+    assert ot.is_noop([])
+    assert ot.is_noop([5])
+    assert ot.is_noop([2, 3])
+    assert not ot.is_noop(["a"])
+    assert not ot.is_noop([1, -1])
+
+
+# ---------------------------------------------------------------- apply
+
+
+def test_apply_basic() -> None:
+    assert ot.apply("hello world", [6, -5, "there"]) == "hello there"
+    assert ot.apply("", ["abc"]) == "abc"
+    assert ot.apply("abc", [-3]) == ""
+    assert ot.apply("abc", [3]) == "abc"
+    assert ot.apply("", []) == ""
+
+
+def test_apply_astral() -> None:
+    assert ot.apply("a😀b", [1, -1, "👍🏽", 1]) == "a👍🏽b"
+    assert ot.apply("𝄞中文", [2, "!", 1]) == "𝄞中!文"
+
+
+def test_apply_wrong_length() -> None:
+    with pytest.raises(InvalidOperation, match="spans 2 characters but the document has 3"):
+        ot.apply("abc", [2])
+    with pytest.raises(InvalidOperation):
+        ot.apply("ab", [5])
+    with pytest.raises(InvalidOperation):
+        ot.apply("ab", [1, 1.5])
+
+
+# ---------------------------------------------------------------- compose
+
+
+def test_compose_basic() -> None:
+    a = [3, "X", 2]  # abc|de -> abcXde
+    b = [1, -3, 2]  # abcXde -> ade... delete bcX
+    assert ot.compose(a, b) == [1, -2, 2]
+    assert ot.apply("abcde", ot.compose(a, b)) == ot.apply(ot.apply("abcde", a), b)
+
+
+def test_compose_insert_then_delete_cancels() -> None:
+    assert ot.compose(["abc"], [-3]) == []
+    assert ot.compose([1, "xy", 1], [1, -2, 1]) == [2]
+
+
+def test_compose_length_mismatch() -> None:
+    with pytest.raises(InvalidOperation, match="cannot compose"):
+        ot.compose([2, "x"], [2])
+
+
+# ---------------------------------------------------------------- transform
+
+
+def test_transform_tie_break_first_argument_first() -> None:
+    a, b = [1, "A", 1], [1, "B", 1]
+    a2, b2 = ot.transform(a, b)
+    assert a2 == [1, "A", 2]
+    assert b2 == [2, "B", 1]
+    assert ot.apply(ot.apply("xy", a), b2) == "xABy"
+    assert ot.apply(ot.apply("xy", b), a2) == "xABy"
+    # Swapped arguments: now b's insert goes first.
+    b3, a3 = ot.transform(b, a)
+    assert ot.apply(ot.apply("xy", a), b3) == "xBAy"
+
+
+def test_transform_overlapping_deletes() -> None:
+    d = "abcdef"
+    a, b = [1, -3, 2], [2, -3, 1]
+    a2, b2 = ot.transform(a, b)
+    assert ot.apply(ot.apply(d, a), b2) == ot.apply(ot.apply(d, b), a2) == "af"
+    assert a2 == [1, -1, 1]
+    assert b2 == [1, -1, 1]
+
+
+def test_transform_insert_inside_deleted_range_survives() -> None:
+    d = "abcdef"
+    a = [3, "X", 3]
+    b = [1, -4, 1]
+    a2, b2 = ot.transform(a, b)
+    assert ot.apply(ot.apply(d, a), b2) == ot.apply(ot.apply(d, b), a2) == "aXf"
+
+
+def test_transform_length_mismatch() -> None:
+    with pytest.raises(InvalidOperation, match="cannot transform"):
+        ot.transform([2], [3])
+
+
+# ---------------------------------------------------------------- invert
+
+
+def test_invert() -> None:
+    d = "a😀bc"
+    op = [1, -1, "XY", 1, -1]
+    inv = ot.invert(op, d)
+    assert inv == [1, "😀", -2, 1, "c"]
+    assert ot.apply(ot.apply(d, op), inv) == d
+    with pytest.raises(InvalidOperation):
+        ot.invert([2], "abc")
+
+
+# ---------------------------------------------------------------- cursors
+
+
+@pytest.mark.parametrize(
+    ("index", "op", "expected"),
+    [
+        (0, ["ab", 3], 2),  # insert exactly at the index pushes it right
+        (2, [2, "xy", 1], 4),  # same, mid-document
+        (3, [3, "xy"], 5),  # same, at the end
+        (1, [2, "xy", 1], 1),  # insert after the index: unchanged
+        (3, [1, "xy", 2], 5),  # insert before the index
+        (4, [1, -2, 2], 2),  # delete before the index pulls it left
+        (2, [1, -3, 1], 1),  # index inside the deleted range clamps to its start
+        (1, [2, -2], 1),  # delete after the index: unchanged
+        (5, [5], 5),
+        (9, [2, -1, 2], 4),  # out-of-range input is clamped to the document
+        (-3, ["ab", 3], 2),
+    ],
+)
+def test_transform_index(index: int, op: list, expected: int) -> None:
+    assert ot.transform_index(index, op) == expected
+
+
+def test_transform_cursor() -> None:
+    # Selection "bcd" in "abcde"; someone inserts "XX" at 0 and deletes "d".
+    op = ["XX", 3, -1, 1]
+    assert ot.transform_cursor(1, 4, op) == (3, 5)
+    assert ot.transform_cursor(4, 1, op) == (5, 3)  # backwards selection
+    assert ot.transform_cursor(2, 2, [-5]) == (0, 0)
+
+
+# ---------------------------------------------------------------- from_splice
+
+
+def test_from_splice() -> None:
+    assert ot.from_splice(5, 2, 1, "xy") == [2, "xy", -1, 2]
+    assert ot.from_splice(0, 0, 0, "😀") == ["😀"]
+    assert ot.from_splice(3, 0, 3, "") == [-3]
+    assert ot.from_splice(3, 3, 0, "z") == [3, "z"]
+    assert ot.from_splice(3, 1, 0, "") == [3]
+    assert ot.apply("hello", ot.from_splice(5, 1, 3, "EYY")) == "hEYYo"
+    for args in [(3, 2, 2, ""), (3, -1, 0, "x"), (3, 0, -1, "")]:
+        with pytest.raises(InvalidOperation):
+            ot.from_splice(*args)
+
+
+# ---------------------------------------------------------------- properties
+
+ALPHABET = st.sampled_from(list("ab \n") + ["é", "中", "文", "😀", "👍", "🏽", "𝄞", "🇫", "\u200d"])
+docs = st.text(ALPHABET, max_size=30)
+inserts = st.text(ALPHABET, min_size=1, max_size=5)
+
+
+@st.composite
+def ops_for(draw: st.DrawFn, doc_len: int, normal: bool = False) -> list:
+    """A random valid operation spanning ``doc_len``; possibly non-normalized."""
+    op: list = []
+    remaining = doc_len
+    while True:
+        if remaining == 0 and not draw(st.booleans()):
+            break
+        kind = draw(st.sampled_from(["retain", "delete", "insert"] if remaining else ["insert"]))
+        if kind == "insert":
+            op.append(draw(inserts))
+        else:
+            n = remaining - draw(st.integers(0, remaining - 1))
+            remaining -= n
+            op.append(n if kind == "retain" else -n)
+    return ot.normalize(op) if normal else op
+
+
+@st.composite
+def doc_and_op(draw: st.DrawFn) -> tuple[str, list]:
+    d = draw(docs)
+    return d, draw(ops_for(len(d)))
+
+
+@st.composite
+def doc_and_two_concurrent(draw: st.DrawFn) -> tuple[str, list, list]:
+    d = draw(docs)
+    return d, draw(ops_for(len(d))), draw(ops_for(len(d)))
+
+
+@st.composite
+def doc_and_two_sequential(draw: st.DrawFn) -> tuple[str, list, list]:
+    d = draw(docs)
+    a = draw(ops_for(len(d)))
+    return d, a, draw(ops_for(ot.target_length(a)))
+
+
+PROPS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPS
+@given(doc_and_op())
+def test_prop_generated_ops_validate_and_lengths(case: tuple[str, list]) -> None:
+    d, op = case
+    assert ot.validate(op, len(d)) is op
+    out = ot.apply(d, op)
+    assert len(out) == ot.target_length(op)
+
+
+@PROPS
+@given(doc_and_two_concurrent())
+def test_prop_tp1(case: tuple[str, list, list]) -> None:
+    d, a, b = case
+    a2, b2 = ot.transform(a, b)
+    assert ot.apply(ot.apply(d, a), b2) == ot.apply(ot.apply(d, b), a2)
+    assert ot.normalize(a2) == a2
+    assert ot.normalize(b2) == b2
+    # compose(a, b') == compose(b, a') as effects
+    assert ot.apply(d, ot.compose(a, b2)) == ot.apply(d, ot.compose(b, a2))
+
+
+@PROPS
+@given(doc_and_two_sequential())
+def test_prop_compose(case: tuple[str, list, list]) -> None:
+    d, a, b = case
+    c = ot.compose(a, b)
+    assert ot.apply(d, c) == ot.apply(ot.apply(d, a), b)
+    assert ot.normalize(c) == c
+
+
+@PROPS
+@given(doc_and_op())
+def test_prop_invert(case: tuple[str, list]) -> None:
+    d, op = case
+    inv = ot.invert(op, d)
+    assert ot.apply(ot.apply(d, op), inv) == d
+    assert ot.normalize(inv) == inv
+
+
+@PROPS
+@given(doc_and_op())
+def test_prop_normalize(case: tuple[str, list]) -> None:
+    d, op = case
+    n = ot.normalize(op)
+    assert ot.normalize(n) == n
+    assert ot.apply(d, n) == ot.apply(d, op)
+    assert ot.base_length(n) == ot.base_length(op)
+    assert ot.target_length(n) == ot.target_length(op)
+    assert all(c != 0 and c != "" for c in n)
+    for x, y in zip(n, n[1:]):
+        kx = "i" if isinstance(x, str) else ("r" if x > 0 else "d")
+        ky = "i" if isinstance(y, str) else ("r" if y > 0 else "d")
+        assert kx != ky
+        assert (kx, ky) != ("d", "i")
+
+
+@PROPS
+@given(doc_and_op(), st.integers(-3, 40), st.integers(-3, 40))
+def test_prop_cursor_in_range(case: tuple[str, list], anchor: int, head: int) -> None:
+    d, op = case
+    out = ot.apply(d, op)
+    a2, h2 = ot.transform_cursor(anchor, head, op)
+    assert 0 <= a2 <= len(out)
+    assert 0 <= h2 <= len(out)
+
+
+@PROPS
+@given(docs, st.data())
+def test_prop_cursor_keeps_its_character(d: str, data: st.DataObject) -> None:
+    """A caret before a character that survives still sits before that character."""
+    if not d:
+        return
+    i = data.draw(st.integers(0, len(d) - 1))
+    pos = data.draw(st.integers(0, len(d)))
+    ins = data.draw(inserts)
+    op = ot.from_splice(len(d), pos, 0, ins)
+    new = ot.transform_index(i, op)
+    assert ot.apply(d, op)[new] == d[i]
+
+
+@PROPS
+@given(docs, st.data())
+def test_prop_from_splice(d: str, data: st.DataObject) -> None:
+    pos = data.draw(st.integers(0, len(d)))
+    n = data.draw(st.integers(0, len(d) - pos))
+    ins = data.draw(st.text(ALPHABET, max_size=4))
+    op = ot.from_splice(len(d), pos, n, ins)
+    assert ot.normalize(op) == op
+    assert ot.apply(d, op) == d[:pos] + ins + d[pos + n :]
