@@ -1,0 +1,283 @@
+"""The Starlette app: WebSocket transport, HTTP API and the frontend's files.
+
+This module adapts Starlette's WebSocket to a :class:`collab.hub.Peer`: one
+task reads frames, parses them with :mod:`collab.protocol` and hands them to
+the document; another drains the peer's outbox. Everything about ordering
+and presence lives in :mod:`collab.hub`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from . import guard, protocol
+from .config import Settings
+from .hub import Document, Hub, HubConfig, Peer
+from .protocol import (
+    BAD_MESSAGE,
+    CLOSE_NO_DOCUMENT,
+    CLOSE_POLICY,
+    RATE_LIMITED,
+    Join,
+    Presence,
+    ProtocolError,
+    Submit,
+    encode,
+    error_msg,
+)
+from .store import Store, open_store
+
+log = logging.getLogger("collab.app")
+
+
+def static_dir() -> Path | None:
+    """Where the built frontend is: ``COLLAB_STATIC_DIR``, the source checkout, or the installed package."""
+    env = os.environ.get("COLLAB_STATIC_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parent.parent / "frontend" / "dist")
+    try:
+        import collab_frontend  # the wheel maps frontend/dist to this package
+
+        candidates.append(Path(collab_frontend.__file__).resolve().parent)
+    except ImportError:
+        pass
+    for path in candidates:
+        if (path / "index.html").is_file():
+            return path
+    return None
+
+
+class CollabApp:
+    """The state behind the routes: settings, store and hub."""
+
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.hub: Hub | None = None if store is None else Hub(store, HubConfig.from_settings(settings))
+        self._owns_store = store is None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        if self.store is None:
+            self.store = await open_store(self.settings)
+            self.hub = Hub(self.store, HubConfig.from_settings(self.settings))
+        try:
+            yield
+        finally:
+            assert self.hub is not None
+            await self.hub.close()
+            if self._owns_store:
+                await self.store.close()
+
+    # -- WebSocket -------------------------------------------------------------
+
+    async def websocket(self, ws: WebSocket) -> None:
+        doc_id = ws.path_params["doc"]
+        await ws.accept()
+        if not protocol.valid_doc_name(doc_id):
+            await ws.close(CLOSE_NO_DOCUMENT, "invalid document name: use 1-128 of A-Z a-z 0-9 . _ - not starting with '.'")
+            return
+        assert self.hub is not None
+        s = self.settings
+        limiter = guard.MessageLimiter(s.msg_rate, s.msg_burst, s.bytes_rate, s.bytes_burst)
+        peer: Peer | None = None
+        doc: Document | None = None
+        pump: asyncio.Task[None] | None = None
+
+        async def reply(msg: dict) -> None:
+            if peer is not None:
+                peer.send_msg(msg)
+            else:
+                await ws.send_text(encode(msg))
+
+        try:
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                size = len(text) if text is not None else len(message.get("bytes") or b"")
+                verdict = limiter.check(size)
+                if verdict != "ok":
+                    if verdict == "close":
+                        if peer is not None:
+                            peer.kick(CLOSE_POLICY, "message flood")
+                            break
+                        await ws.close(CLOSE_POLICY, "message flood")
+                        return
+                    await reply(error_msg(RATE_LIMITED, "too many messages: slow down"))
+                    continue
+                try:
+                    msg = protocol.parse(text if text is not None else message.get("bytes") or b"")
+                    if peer is None or doc is None:
+                        if not isinstance(msg, Join):
+                            raise ProtocolError(BAD_MESSAGE, "send 'join' first", getattr(msg, "id", None))
+                        peer = Peer(msg.user, "edit", s.client_queue_size)
+                        pump = asyncio.create_task(self._pump(ws, peer))
+                        try:
+                            doc = await self.hub.join(doc_id, peer, msg.since)
+                        except ProtocolError:
+                            pump.cancel()
+                            peer, pump = None, None
+                            raise
+                    elif isinstance(msg, Submit):
+                        await doc.submit(peer, msg)
+                    elif isinstance(msg, Presence):
+                        await doc.presence(peer, msg)
+                    else:
+                        raise ProtocolError(BAD_MESSAGE, "already joined: 'join' is only the first message")
+                except ProtocolError as exc:
+                    await reply(error_msg(exc.code, exc.message, exc.id))
+                if peer is not None and peer.closed:
+                    break
+        except WebSocketDisconnect:
+            pass
+        finally:
+            if peer is not None:
+                if doc is not None:
+                    doc.remove(peer)
+                if not peer.closed:
+                    peer.closed = True
+                    peer.ready.set()
+            if pump is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(pump, timeout=5)
+
+    async def _pump(self, ws: WebSocket, peer: Peer) -> None:
+        """Send what the hub queued for ``peer``; close when the hub says so."""
+        try:
+            while True:
+                await peer.ready.wait()
+                peer.ready.clear()
+                if peer.closed and peer.close_code != 1000:
+                    peer.outbox.clear()  # kicked: don't make a slow reader wait for more
+                while peer.outbox:
+                    await ws.send_text(peer.outbox.popleft())
+                if peer.closed:
+                    if peer.close_code != 1000:
+                        await ws.close(peer.close_code, peer.close_reason[:120])
+                    return
+        except Exception:  # the connection went away under us
+            peer.closed = True
+            if peer.doc is not None:
+                peer.doc.remove(peer)
+
+    # -- HTTP API ---------------------------------------------------------------
+
+    def _doc_param(self, request: Request) -> str:
+        doc = request.path_params["doc"]
+        if not protocol.valid_doc_name(doc):
+            raise HTTPException(404, "invalid document name: use 1-128 of A-Z a-z 0-9 . _ - not starting with '.'")
+        return doc
+
+    async def healthz(self, request: Request) -> Response:
+        try:
+            assert self.store is not None
+            await self.store.ping()
+        except Exception as exc:
+            return JSONResponse({"status": "unavailable", "reason": str(exc)}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    async def list_docs(self, request: Request) -> Response:
+        assert self.store is not None
+        return JSONResponse([d.to_json() for d in await self.store.list_docs()])
+
+    async def get_doc(self, request: Request) -> Response:
+        doc = self._doc_param(request)
+        assert self.hub is not None
+        rev, text = await self.hub.read(doc)
+        return JSONResponse({"id": doc, "rev": rev, "text": text})
+
+    async def get_text(self, request: Request) -> Response:
+        doc = self._doc_param(request)
+        assert self.hub is not None
+        _, text = await self.hub.read(doc)
+        return PlainTextResponse(text, media_type="text/plain; charset=utf-8")
+
+    async def put_text(self, request: Request) -> Response:
+        doc = self._doc_param(request)
+        assert self.hub is not None
+        body = await request.body()
+        if len(body) > self.settings.max_message_bytes:
+            return JSONResponse(
+                {"error": "too_large", "message": f"the body exceeds {self.settings.max_message_bytes} bytes"}, status_code=413
+            )
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return JSONResponse({"error": "bad_message", "message": "the body must be UTF-8 text"}, status_code=400)
+        try:
+            rev = await self.hub.replace(doc, text)
+        except ProtocolError as exc:
+            status = 413 if exc.code == protocol.TOO_LARGE else 400
+            return JSONResponse({"error": exc.code, "message": exc.message}, status_code=status)
+        return JSONResponse({"id": doc, "rev": rev})
+
+    async def metrics(self, request: Request) -> Response:
+        hub = self.hub
+        lines = [
+            "# HELP collab_documents_open Documents loaded in memory.",
+            "# TYPE collab_documents_open gauge",
+            f"collab_documents_open {len(hub.docs) if hub else 0}",
+            "# HELP collab_clients Connected clients (joined).",
+            "# TYPE collab_clients gauge",
+            f"collab_clients {hub.connections if hub else 0}",
+            "# HELP collab_ops_applied_total Operations applied and committed.",
+            "# TYPE collab_ops_applied_total counter",
+            f"collab_ops_applied_total {hub.ops_applied if hub else 0}",
+        ]
+        return PlainTextResponse("\n".join(lines) + "\n" + guard.metrics_text(), media_type="text/plain; version=0.0.4")
+
+    # -- pages ----------------------------------------------------------------------
+
+    def _page(self, name: str) -> Response:
+        root = static_dir()
+        if root is None or not (root / name).is_file():
+            return PlainTextResponse(
+                "The browser editor is not built: run frontend/build.sh (the API and WebSocket work without it).",
+                status_code=404,
+            )
+        return FileResponse(root / name, media_type="text/html; charset=utf-8")
+
+    async def index(self, request: Request) -> Response:
+        return self._page("index.html")
+
+    async def editor(self, request: Request) -> Response:
+        self._doc_param(request)
+        return self._page("editor.html")
+
+
+def create_app(settings: Settings | None = None, store: Store | None = None) -> Starlette:
+    """Build the ASGI app; with no arguments the settings come from the environment."""
+    settings = settings or Settings.from_env()
+    state = CollabApp(settings, store)
+    root = static_dir()
+    routes = [
+        Route("/healthz", state.healthz),
+        Route("/metrics", state.metrics),
+        Route("/api/docs", state.list_docs),
+        Route("/api/docs/{doc}", state.get_doc),
+        Route("/api/docs/{doc}/text", state.get_text, methods=["GET"]),
+        Route("/api/docs/{doc}/text", state.put_text, methods=["PUT"]),
+        WebSocketRoute("/ws/{doc:path}", state.websocket),
+        Route("/", state.index),
+        Route("/d/{doc}", state.editor),
+    ]
+    if root is not None:
+        routes.append(Mount("/static", StaticFiles(directory=str(root)), name="static"))
+    app = Starlette(routes=routes, lifespan=state.lifespan)
+    app.state.collab = state
+    return app

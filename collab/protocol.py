@@ -1,0 +1,249 @@
+"""Wire messages of protocol version 1, parsed into typed objects.
+
+Sans-I/O: :func:`parse` turns one text frame into a :class:`Join`,
+:class:`Submit` or :class:`Presence`, or raises :class:`ProtocolError` with
+the error code the client must receive. The ``*_msg`` helpers build the
+server's messages as dicts and :func:`encode` serializes them. Nothing here
+touches a socket, a document or the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from . import ot
+
+try:  # orjson is a dependency, but keep a pure-Python fallback working.
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised only without orjson
+    _orjson = None
+
+# Error codes (``error.code``).
+BAD_MESSAGE = "bad_message"
+BAD_OP = "bad_op"
+BAD_REV = "bad_rev"
+STALE_REV = "stale_rev"
+FORBIDDEN = "forbidden"
+TOO_LARGE = "too_large"
+RATE_LIMITED = "rate_limited"
+
+# WebSocket close codes.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_RESTART = 1012
+CLOSE_OVERLOADED = 1013
+CLOSE_BAD_TOKEN = 4001
+CLOSE_NOT_ALLOWED = 4003
+CLOSE_NO_DOCUMENT = 4004
+
+DOC_NAME_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,127}")
+MAX_ID_LEN = 64
+MAX_NAME_LEN = 64
+MAX_COLOR_LEN = 32
+
+
+def valid_doc_name(name: str) -> bool:
+    """1-128 of ``A-Z a-z 0-9 . _ -``, not starting with ``.``."""
+    return DOC_NAME_RE.fullmatch(name) is not None
+
+
+class ProtocolError(Exception):
+    """A message was refused; ``code`` is the ``error.code`` to send back."""
+
+    def __init__(self, code: str, message: str, id: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.id = id
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """A selection in code points; ``anchor == head`` is a caret."""
+
+    anchor: int
+    head: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"anchor": self.anchor, "head": self.head}
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """How a participant is shown to the others."""
+
+    name: str
+    color: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "color": self.color}
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    user: User | None
+    since: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    """An ``op`` message from a client."""
+
+    rev: int
+    op: ot.Operation
+    id: str
+    cursor: Cursor | None
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    rev: int
+    cursor: Cursor | None
+    user: User | None
+
+
+Message = Join | Submit | Presence
+
+
+def _loads(data: str) -> Any:
+    if _orjson is not None:
+        return _orjson.loads(data)
+    return json.loads(data)
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int
+
+
+def _rev(msg: dict, field: str, *, optional: bool = False, id: str | None = None) -> int | None:
+    value = msg.get(field)
+    if value is None and optional:
+        return None
+    if not _is_int(value) or value < 0:
+        raise ProtocolError(BAD_MESSAGE, f"'{field}' must be a non-negative integer revision", id)
+    return value
+
+
+def _cursor(value: Any, id: str | None = None) -> Cursor | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, dict)
+        or not _is_int(value.get("anchor"))
+        or not _is_int(value.get("head"))
+        or value["anchor"] < 0
+        or value["head"] < 0
+    ):
+        raise ProtocolError(
+            BAD_MESSAGE, "'cursor' must be null or {\"anchor\": int, \"head\": int} with non-negative code point offsets", id
+        )
+    return Cursor(value["anchor"], value["head"])
+
+
+def _user(value: Any) -> User | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ProtocolError(BAD_MESSAGE, "'user' must be an object {\"name\": str, \"color\": str}")
+    name = value.get("name", "")
+    color = value.get("color", "")
+    if not isinstance(name, str) or not isinstance(color, str):
+        raise ProtocolError(BAD_MESSAGE, "'user.name' and 'user.color' must be strings")
+    if len(name) > MAX_NAME_LEN or len(color) > MAX_COLOR_LEN:
+        raise ProtocolError(
+            BAD_MESSAGE, f"'user.name' is limited to {MAX_NAME_LEN} and 'user.color' to {MAX_COLOR_LEN} characters"
+        )
+    try:
+        (name + color).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError(BAD_MESSAGE, "'user' contains a lone surrogate") from None
+    return User(name, color)
+
+
+def parse(data: str | bytes) -> Message:
+    """Parse one frame from a client into a message object.
+
+    Raises :class:`ProtocolError` (``bad_message``, or ``bad_op`` for an
+    operation that is not well formed) for anything else. The base-length
+    check of an operation needs the document and is the hub's job.
+    """
+    if not isinstance(data, str):
+        raise ProtocolError(BAD_MESSAGE, "binary frames are not accepted: send JSON in a text frame")
+    try:
+        msg = _loads(data)
+    except (ValueError, TypeError):
+        raise ProtocolError(BAD_MESSAGE, "the frame is not valid JSON") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError(BAD_MESSAGE, "a message must be a JSON object with a string field 'type'")
+    kind = msg.get("type")
+    if kind == "op":
+        id = msg.get("id")
+        if not isinstance(id, str) or not 1 <= len(id) <= MAX_ID_LEN:
+            raise ProtocolError(BAD_MESSAGE, f"'id' must be a string of 1-{MAX_ID_LEN} characters")
+        rev = _rev(msg, "rev", id=id)
+        if "op" not in msg:
+            raise ProtocolError(BAD_MESSAGE, "'op' is missing", id)
+        try:
+            op = ot.validate(msg["op"])
+        except ot.InvalidOperation as exc:
+            raise ProtocolError(BAD_OP, str(exc), id) from None
+        return Submit(rev, op, id, _cursor(msg.get("cursor"), id))  # type: ignore[arg-type]
+    if kind == "presence":
+        return Presence(_rev(msg, "rev"), _cursor(msg.get("cursor")), _user(msg.get("user")))  # type: ignore[arg-type]
+    if kind == "join":
+        return Join(_user(msg.get("user")), _rev(msg, "since", optional=True))
+    if isinstance(kind, str):
+        raise ProtocolError(BAD_MESSAGE, f"unknown message type {kind[:40]!r}: expected join, op or presence")
+    raise ProtocolError(BAD_MESSAGE, "a message must have a string field 'type'")
+
+
+def encode(msg: dict[str, Any]) -> str:
+    """Serialize a server message to the text of one frame."""
+    if _orjson is not None:
+        return _orjson.dumps(msg).decode()
+    return json.dumps(msg, ensure_ascii=False, separators=(",", ":"))
+
+
+def _cur(cursor: Cursor | None) -> dict[str, int] | None:
+    return None if cursor is None else cursor.to_json()
+
+
+def _usr(user: User | None) -> dict[str, str] | None:
+    return None if user is None else user.to_json()
+
+
+def ack_msg(id: str, rev: int) -> dict[str, Any]:
+    return {"type": "ack", "id": id, "rev": rev}
+
+
+def op_msg(rev: int, op: ot.Operation, client: str, cursor: Cursor | None) -> dict[str, Any]:
+    return {"type": "op", "rev": rev, "op": op, "client": client, "cursor": _cur(cursor)}
+
+
+def join_msg(client: str, user: User | None) -> dict[str, Any]:
+    return {"type": "join", "client": client, "user": _usr(user)}
+
+
+def leave_msg(client: str) -> dict[str, Any]:
+    return {"type": "leave", "client": client}
+
+
+def presence_msg(client: str, rev: int, cursor: Cursor | None, user: User | None) -> dict[str, Any]:
+    return {"type": "presence", "client": client, "rev": rev, "cursor": _cur(cursor), "user": _usr(user)}
+
+
+def error_msg(code: str, message: str, id: str | None = None) -> dict[str, Any]:
+    msg: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if id is not None:
+        msg["id"] = id
+    return msg
+
+
+def peer_json(client: str, user: User | None, cursor: Cursor | None) -> dict[str, Any]:
+    return {"client": client, "user": _usr(user), "cursor": _cur(cursor)}

@@ -1,0 +1,119 @@
+"""The storage interface shared by every store."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+from .. import ot
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOp:
+    """One applied operation: revision ``rev`` turned ``rev - 1`` into ``rev``."""
+
+    rev: int
+    op: ot.Operation
+    client: str
+    id: str
+
+    def to_json(self) -> dict:
+        return {"rev": self.rev, "op": self.op, "client": self.client, "id": self.id}
+
+
+@dataclass(slots=True)
+class DocState:
+    """What a store knows of a document when it is loaded.
+
+    ``history`` holds the kept operations in ascending order, the last one at
+    ``rev``; it may be empty (a new document, or one compacted to its snapshot).
+    """
+
+    rev: int = 0
+    text: str = ""
+    history: list[StoredOp] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class DocInfo:
+    """A row of the document list."""
+
+    id: str
+    rev: int
+    size: int
+    updated: float
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "rev": self.rev, "size": self.size, "updated": self.updated}
+
+
+class RevisionConflict(Exception):
+    """Another process committed at one of these revisions first.
+
+    Only stores shared by several processes raise it; the hub then loads what
+    it missed, transforms its batch past it and tries again.
+    """
+
+
+class Store(abc.ABC):
+    """Durable storage of documents. Every method is safe to await from the event loop."""
+
+    #: True when several processes may append to one document (PostgreSQL).
+    may_conflict: bool = False
+
+    async def open(self) -> None:
+        """Connect and create or migrate the schema."""
+
+    async def close(self) -> None:
+        """Finish pending writes and release resources."""
+
+    @abc.abstractmethod
+    async def load(self, doc: str, history_depth: int) -> DocState:
+        """The document's current text and revision, with up to ``history_depth`` recent ops."""
+
+    @abc.abstractmethod
+    async def append(self, doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None = None) -> None:
+        """Durably append ``ops`` (consecutive revisions) before returning.
+
+        ``size`` is the document's length after the last op, for the list;
+        ``snapshot`` is ``(rev, text)`` to store as a new snapshot. Raises
+        :class:`RevisionConflict` if one of the revisions is already taken.
+        """
+
+    @abc.abstractmethod
+    async def find_op(self, doc: str, op_id: str) -> int | None:
+        """The revision at which op ``op_id`` was applied, if it ever was."""
+
+    @abc.abstractmethod
+    async def ops_since(self, doc: str, rev: int) -> list[StoredOp]:
+        """Every kept operation after ``rev``, ascending (for filling gaps)."""
+
+    @abc.abstractmethod
+    async def list_docs(self) -> list[DocInfo]:
+        """Every document with at least one operation, most recently changed first."""
+
+    async def ping(self) -> None:
+        """Raise if the store cannot serve (used by ``/healthz``)."""
+
+
+async def open_store(settings) -> Store:
+    """The store the settings select, opened: PostgreSQL for a ``postgres://`` URL, else SQLite."""
+    url = settings.database_url
+    if url.startswith(("postgres://", "postgresql://")):
+        from .postgres import PostgresStore
+
+        store: Store = PostgresStore(url, history_depth=settings.history_depth)
+    elif url.startswith("memory:"):
+        from .memory import MemoryStore
+
+        store = MemoryStore(history_depth=settings.history_depth)
+    elif url:
+        raise SystemExit(f"DATABASE_URL={url!r} is not understood: use postgres://user@host/db, or unset it for SQLite")
+    else:
+        import os
+
+        from .sqlite import SqliteStore
+
+        store = SqliteStore(os.path.join(settings.data_dir, "collab.sqlite3"), history_depth=settings.history_depth)
+    await store.open()
+    return store

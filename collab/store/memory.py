@@ -1,0 +1,52 @@
+"""A store that keeps everything in memory: for tests and benchmarks only."""
+
+from __future__ import annotations
+
+import time
+
+from .. import ot
+from .base import DocInfo, DocState, RevisionConflict, Store, StoredOp
+
+
+class MemoryStore(Store):
+    """Holds ops and snapshots in dicts; nothing survives the process."""
+
+    def __init__(self, history_depth: int = 1000) -> None:
+        self.history_depth = history_depth
+        self._ops: dict[str, list[StoredOp]] = {}
+        self._snapshots: dict[str, tuple[int, str]] = {}
+        self._ids: dict[str, dict[str, int]] = {}
+        self._info: dict[str, DocInfo] = {}
+
+    async def load(self, doc: str, history_depth: int) -> DocState:
+        rev, text = self._snapshots.get(doc, (0, ""))
+        ops = self._ops.get(doc, [])
+        for entry in ops:
+            if entry.rev > rev:
+                text = ot.apply(text, entry.op)
+                rev = entry.rev
+        return DocState(rev, text, [o for o in ops if o.rev > rev - history_depth])
+
+    async def append(self, doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None = None) -> None:
+        log = self._ops.setdefault(doc, [])
+        last = log[-1].rev if log else self._snapshots.get(doc, (0, ""))[0]
+        if ops[0].rev != last + 1:
+            raise RevisionConflict(f"{doc}: expected rev {last + 1}, got {ops[0].rev}")
+        log.extend(ops)
+        ids = self._ids.setdefault(doc, {})
+        for entry in ops:
+            ids[entry.id] = entry.rev
+        if snapshot is not None:
+            self._snapshots[doc] = snapshot
+            keep_after = min(snapshot[0], ops[-1].rev - self.history_depth)
+            self._ops[doc] = [o for o in log if o.rev > keep_after]
+        self._info[doc] = DocInfo(doc, ops[-1].rev, size, time.time())
+
+    async def find_op(self, doc: str, op_id: str) -> int | None:
+        return self._ids.get(doc, {}).get(op_id)
+
+    async def ops_since(self, doc: str, rev: int) -> list[StoredOp]:
+        return [o for o in self._ops.get(doc, []) if o.rev > rev]
+
+    async def list_docs(self) -> list[DocInfo]:
+        return sorted(self._info.values(), key=lambda d: d.updated, reverse=True)

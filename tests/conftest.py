@@ -1,0 +1,207 @@
+"""Shared fixtures: real collab servers on ephemeral ports, and a tiny WebSocket client.
+
+``server`` is an in-process uvicorn server (same event loop as the test) on
+a fresh SQLite data directory; ``server_factory`` makes more, with settings
+overridden; ``ServerProcess`` runs one in a child process, for tests that
+kill it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import httpx
+import pytest
+import websockets
+
+from collab.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    """A server under test: where it listens, and its app (for white-box checks)."""
+
+    base_url: str
+    ws_url: str
+    settings: Settings
+    app: Any = None
+    task: asyncio.Task | None = None
+
+    @property
+    def hub(self):
+        return self.app.state.collab.hub
+
+    def ws(self, doc: str, query: str = "") -> str:
+        return f"{self.ws_url}/ws/{doc}" + (f"?{query}" if query else "")
+
+    async def stop(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+
+
+@pytest.fixture
+async def server_factory(tmp_path) -> AsyncIterator:
+    """``await server_factory(**settings_overrides)`` starts another in-process server."""
+    from collab.app import create_app
+    from collab.server import serve
+
+    running: list[RunningServer] = []
+
+    async def start(app=None, **overrides: Any) -> RunningServer:
+        data_dir = overrides.pop("data_dir", None) or str(tmp_path / f"data{len(running)}")
+        settings = Settings(data_dir=data_dir, host="127.0.0.1").replace(**overrides)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        settings = settings.replace(port=port)
+        app = app or create_app(settings)
+        started = asyncio.Event()
+        task = asyncio.create_task(serve(settings, app, sockets=[sock], started=started))
+        waiter = asyncio.create_task(started.wait())
+        await asyncio.wait({task, waiter}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()
+        assert started.is_set(), "the server did not start within 15 s"
+        server = RunningServer(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", settings, app, task)
+        running.append(server)
+        return server
+
+    yield start
+    for server in reversed(running):
+        await server.stop()
+
+
+@pytest.fixture
+async def server(server_factory) -> RunningServer:
+    return await server_factory()
+
+
+class WS:
+    """A bare protocol client for tests: JSON in, JSON out, nothing hidden."""
+
+    def __init__(self, conn: websockets.ClientConnection) -> None:
+        self.conn = conn
+
+    @classmethod
+    async def open(cls, url: str, **kwargs: Any) -> "WS":
+        return cls(await websockets.connect(url, open_timeout=10, max_size=None, **kwargs))
+
+    async def send(self, msg: Any) -> None:
+        await self.conn.send(msg if isinstance(msg, (str, bytes)) else json.dumps(msg))
+
+    async def recv(self, timeout: float = 10) -> dict:
+        return json.loads(await asyncio.wait_for(self.conn.recv(), timeout))
+
+    async def recv_type(self, kind: str, timeout: float = 10) -> dict:
+        """The next message of type ``kind``, skipping others (presence, join...)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            msg = await self.recv(max(0.01, deadline - asyncio.get_running_loop().time()))
+            if msg["type"] == kind:
+                return msg
+
+    async def join(self, since: int | None = None, user: dict | None = None) -> dict:
+        msg: dict = {"type": "join"}
+        if since is not None:
+            msg["since"] = since
+        if user is not None:
+            msg["user"] = user
+        await self.send(msg)
+        return await self.recv_type("welcome")
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+
+@pytest.fixture
+async def ws_open() -> AsyncIterator:
+    """``await ws_open(url)`` opens a :class:`WS`; all are closed after the test."""
+    opened: list[WS] = []
+
+    async def open_(url: str, **kwargs: Any) -> WS:
+        ws = await WS.open(url, **kwargs)
+        opened.append(ws)
+        return ws
+
+    yield open_
+    for ws in opened:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(), 2)
+
+
+async def http_get(url: str, **kwargs: Any) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=10) as client:
+        return await client.get(url, **kwargs)
+
+
+@dataclass
+class ServerProcess:
+    """A collab server in a child process (so a test can SIGKILL it)."""
+
+    data_dir: str
+    port: int = field(default_factory=free_port)
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20) -> "ServerProcess":
+        env = dict(os.environ, COLLAB_DATA_DIR=self.data_dir, COLLAB_PORT=str(self.port), COLLAB_HOST="127.0.0.1")
+        env.pop("PORT", None)
+        env.update(self.env)
+        code = "from collab.config import Settings; from collab.server import run; run(Settings.from_env())"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], env=env, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(self.base_url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("server did not become healthy")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
