@@ -1,0 +1,177 @@
+"""Run the collab ASGI app under uvicorn with the flood guard installed.
+
+:func:`serve` is the coroutine (used by tests and embedders); :func:`run`
+is the blocking entry point used by the CLI, with ``settings.workers``
+processes sharing one listening socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+from typing import Any, Callable
+
+import uvicorn
+
+from collab import guard
+from collab.config import Settings
+
+log = logging.getLogger("collab.server")
+
+ASGIApp = Callable[..., Any]
+
+#: Seconds a shutdown waits for open connections before closing them.
+GRACEFUL_SHUTDOWN = 10
+
+
+def _ws_implementation() -> str:
+    """uvicorn's sans-I/O ``websockets`` protocol; the legacy one on old uvicorn versions."""
+    from uvicorn.config import WS_PROTOCOLS
+
+    return "websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "websockets"
+
+
+def build_config(settings: Settings, app: ASGIApp, **overrides: Any) -> uvicorn.Config:
+    """A ``uvicorn.Config`` for ``app`` with collab's limits applied.
+
+    ``proxy_headers`` is off: client addresses behind a proxy are resolved by
+    :func:`collab.guard.client_ip` from ``settings.trusted_proxies`` only.
+    """
+    if settings.trusted_proxies:
+        app = guard.ProxyIPLimit(app, guard.Limits.from_settings(settings))
+    options: dict[str, Any] = dict(
+        host=settings.host,
+        port=settings.port,
+        ws=_ws_implementation(),
+        ws_max_size=settings.max_message_bytes,
+        ws_ping_interval=settings.ping_interval if settings.ping_interval > 0 else None,
+        ws_ping_timeout=settings.ping_timeout if settings.ping_timeout > 0 else None,
+        ws_per_message_deflate=False,
+        proxy_headers=False,
+        server_header=False,
+        log_config=None,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+        lifespan="auto",
+    )
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn.Server that reports when it is listening."""
+
+    def __init__(self, config: uvicorn.Config, started: asyncio.Event | None) -> None:
+        super().__init__(config)
+        self._started_event = started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self._started_event is not None:
+            self._started_event.set()
+
+
+def build_server(settings: Settings, app: ASGIApp, started: asyncio.Event | None = None,
+                 **overrides: Any) -> uvicorn.Server:
+    """A ``uvicorn.Server`` for ``app`` with the flood guard installed."""
+    config = build_config(settings, app, **overrides)
+    server = _Server(config, started)
+    guard.install(server, guard.Limits.from_settings(settings))
+    return server
+
+
+async def serve(
+    settings: Settings,
+    app: ASGIApp | None = None,
+    *,
+    sockets: list[socket.socket] | None = None,
+    started: asyncio.Event | None = None,
+) -> None:
+    """Serve until stopped by a signal or by cancelling this coroutine.
+
+    ``sockets``: already bound listening sockets (otherwise
+    ``settings.host``/``settings.port`` are bound). ``started`` is set once
+    the server accepts connections. Cancelling shuts the server down
+    gracefully (listening sockets closed, connections closed) before the
+    cancellation propagates.
+    """
+    if app is None:
+        from collab.app import create_app
+
+        app = create_app(settings)
+    server = build_server(settings, app, started)
+    task = asyncio.ensure_future(server.serve(sockets=sockets))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(task), GRACEFUL_SHUTDOWN + 5)
+        except asyncio.TimeoutError:
+            server.force_exit = True
+            task.cancel()
+        except asyncio.CancelledError:
+            server.force_exit = True
+        raise
+
+
+def _bind(settings: Settings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        raise SystemExit(
+            f"cannot listen on {settings.host}:{settings.port} ({exc.strerror}); "
+            "pick another --port / COLLAB_PORT or stop the process using it"
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _worker(settings: Settings, app: ASGIApp | None, sock: socket.socket) -> None:
+    config_loop = uvicorn.Config(app or (lambda: None), log_config=None).get_loop_factory()
+    runner = asyncio.Runner(loop_factory=config_loop) if hasattr(asyncio, "Runner") else None
+    if runner is None:  # Python 3.10
+        asyncio.run(serve(settings, app, sockets=[sock]))
+        return
+    with runner:
+        runner.run(serve(settings, app, sockets=[sock]))
+
+
+def run(settings: Settings, app: ASGIApp | None = None) -> None:
+    """Serve ``app`` (default: ``collab.app.create_app(settings)``) until SIGINT/SIGTERM.
+
+    With ``settings.workers > 1`` the socket is bound once and shared by that
+    many forked processes; each has its own guard, so per-IP limits apply
+    per process (a client may get up to ``workers`` times ``conn_per_ip``).
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sock = _bind(settings)
+    log.info("listening on http://%s:%d (%d worker%s)", settings.host, sock.getsockname()[1],
+             settings.workers, "" if settings.workers == 1 else "s")
+    if settings.workers <= 1:
+        _worker(settings, app, sock)
+        return
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_worker, args=(settings, app, sock), daemon=False) for _ in range(settings.workers)]
+    for p in procs:
+        p.start()
+
+    def _forward(signum: int, _frame: Any) -> None:
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, _forward)
+    signal.signal(signal.SIGINT, _forward)
+    for p in procs:
+        p.join()
+    sock.close()

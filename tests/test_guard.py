@@ -1,0 +1,610 @@
+"""Flood protection (collab.guard, collab.server) against real uvicorn servers.
+
+Each server runs in its own process (``python tests/test_guard.py <json>``)
+so that flooding clients and the server do not share an event loop, and
+clients bind to distinct loopback source addresses (127.0.0.2, 127.0.0.3,
+...) so "many IPs" are real kernel-level peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from collab import guard  # noqa: E402
+from collab.config import Settings  # noqa: E402
+
+# --------------------------------------------------------------------------
+# The test app: /healthz, /metrics and a tiny room protocol on /ws/{doc}
+
+
+def make_app(settings: Settings) -> Any:
+    """A small Starlette app shaped like collab's: join/welcome, op/ack/broadcast, a bounded queue."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route, WebSocketRoute
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    rooms: dict[str, dict[int, asyncio.Queue]] = {}
+    revs: dict[str, int] = {}
+    counter = iter(range(1, 1 << 62))
+
+    async def healthz(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    async def metrics(request: Any) -> PlainTextResponse:
+        return PlainTextResponse(guard.metrics_text(), media_type="text/plain; version=0.0.4")
+
+    async def room(ws: WebSocket) -> None:
+        doc = ws.path_params["doc"]
+        await ws.accept()
+        me = next(counter)
+        queue: asyncio.Queue = asyncio.Queue(maxsize=settings.client_queue_size)
+        limiter = guard.MessageLimiter.from_settings(settings, source=ws.client.host if ws.client else "")
+        peers = rooms.setdefault(doc, {})
+        peers[me] = queue
+        dropped = asyncio.Event()
+
+        def deliver(to: int, q: asyncio.Queue, msg: str) -> None:
+            try:
+                q.put_nowait(msg)
+            except asyncio.QueueFull:
+                rooms.get(doc, {}).pop(to, None)
+                guard.note_slow_client_drop()
+                with contextlib.suppress(asyncio.QueueFull):
+                    q.get_nowait()
+                    q.put_nowait(None)  # tell its writer to close
+
+        async def writer() -> None:
+            while True:
+                msg = await queue.get()
+                if msg is None:
+                    dropped.set()
+                    await ws.close(1013)
+                    return
+                await ws.send_text(msg)
+
+        wtask = asyncio.create_task(writer())
+        try:
+            while not dropped.is_set():
+                text = await ws.receive_text()
+                verdict = limiter.check(len(text))
+                if verdict == "close":
+                    await ws.close(1008)
+                    return
+                if verdict == "limited":
+                    deliver(me, queue, json.dumps({"type": "error", "code": "rate_limited", "message": "slow down"}))
+                    continue
+                msg = json.loads(text)
+                if msg["type"] == "join":
+                    deliver(me, queue, json.dumps({"type": "welcome", "client": str(me), "rev": revs.get(doc, 0)}))
+                elif msg["type"] == "op":
+                    rev = revs[doc] = revs.get(doc, 0) + 1
+                    deliver(me, queue, json.dumps({"type": "ack", "id": msg["id"], "rev": rev}))
+                    out = json.dumps({"type": "op", "rev": rev, "op": msg["op"], "client": str(me)})
+                    for other, q in list(peers.items()):
+                        if other != me:
+                            deliver(other, q, out)
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            peers.pop(me, None)
+            wtask.cancel()
+
+    return Starlette(routes=[
+        Route("/healthz", healthz),
+        Route("/metrics", metrics),
+        WebSocketRoute("/ws/{doc}", room),
+    ])
+
+
+def _server_main(spec: dict) -> None:
+    """Subprocess entry: serve the test app (or the real one) and print the port."""
+    from collab import server
+
+    settings = Settings(**spec.get("settings", {}))
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, 0))
+    sock.listen(4096)
+
+    async def main() -> None:
+        app = None if spec.get("real_app") else make_app(settings)
+        if spec.get("ws"):
+            server._ws_implementation = lambda: spec["ws"]  # type: ignore[assignment]
+        started = asyncio.Event()
+        task = asyncio.create_task(server.serve(settings, app, sockets=[sock], started=started))
+        await started.wait()
+        print(f"PORT {sock.getsockname()[1]}", flush=True)
+        await task
+
+    import uvloop
+
+    uvloop.run(main())
+
+
+# --------------------------------------------------------------------------
+# Helpers
+
+HOST = "127.0.0.1"
+
+
+class Server:
+    """A collab server process; ``port`` and ``pid`` are set once it listens."""
+
+    def __init__(self, proc: subprocess.Popen, port: int) -> None:
+        self.proc = proc
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        return f"ws://{HOST}:{self.port}"
+
+    async def metrics(self) -> dict[str, float]:
+        """Parse GET /metrics into {name: value}."""
+        import httpx
+
+        async with httpx.AsyncClient() as client:
+            resp = await client.get(f"http://{HOST}:{self.port}/metrics")
+        resp.raise_for_status()
+        out: dict[str, float] = {}
+        for line in resp.text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    def rss(self) -> int:
+        import psutil
+
+        return psutil.Process(self.proc.pid).memory_info().rss
+
+
+@contextlib.asynccontextmanager
+async def running(real_app: bool = False, ws: str | None = None, **settings: Any) -> AsyncIterator[Server]:
+    """Start a server process with ``settings`` overrides; stop it afterwards."""
+    spec = {"settings": {"log_level": "warning", **settings}, "real_app": real_app, "ws": ws}
+    proc = subprocess.Popen([sys.executable, __file__, json.dumps(spec)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=str(ROOT), text=True)
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+        if not line.startswith("PORT "):
+            proc.kill()
+            raise RuntimeError(f"server did not start: {line!r} {proc.stderr.read()}")
+        yield Server(proc, int(line.split()[1]))
+    finally:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(proc.wait), 20)
+        except asyncio.TimeoutError:
+            proc.kill()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+async def ws_connect(server: Server, doc: str = "d", src: str = "127.0.0.2", **kw: Any) -> Any:
+    """A websockets client connected from source address ``src``."""
+    from websockets.asyncio.client import connect
+
+    return await connect(f"{server.url}/ws/{doc}", local_addr=(src, 0), open_timeout=10, **kw)
+
+
+async def raw_connect(server: Server, src: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A plain TCP connection from ``src``; nothing sent."""
+    return await asyncio.open_connection(HOST, server.port, local_addr=(src, 0))
+
+
+async def closed_by_server(reader: asyncio.StreamReader, within: float) -> bool:
+    """True if the server closes (EOF or reset) before ``within`` seconds pass without a byte sent."""
+    try:
+        data = await asyncio.wait_for(reader.read(1), within)
+    except asyncio.TimeoutError:
+        return False
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    return data == b""
+
+
+async def join(ws: Any) -> dict:
+    await ws.send(json.dumps({"type": "join"}))
+    return json.loads(await ws.recv())
+
+
+async def edit(ws: Any, op_id: str) -> dict:
+    """Send one op and wait for its ack (skipping broadcasts)."""
+    await ws.send(json.dumps({"type": "op", "rev": 0, "op": ["x"], "id": op_id}))
+    while True:
+        msg = json.loads(await ws.recv())
+        if msg["type"] == "ack" and msg["id"] == op_id:
+            return msg
+        if msg["type"] == "error":
+            raise AssertionError(f"unexpected error {msg}")
+
+
+def have_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------
+# Units: buckets, limiter, addresses, metrics
+
+
+def test_token_bucket_refills_at_rate_and_caps_at_burst() -> None:
+    b = guard.TokenBucket(rate=2.0, burst=3, now=0.0)
+    assert [b.take(now=0.0) for _ in range(4)] == [True, True, True, False]
+    assert not b.take(now=0.4)  # 0.8 token
+    assert b.take(now=0.5)  # 1.0 token
+    assert b.take(now=100.0) and b.take(now=100.0) and b.take(now=100.0)
+    assert not b.take(now=100.0)  # refilled only up to the burst
+    assert guard.TokenBucket(rate=0, burst=1).take(10**9)  # rate 0 = unlimited
+
+
+def test_message_limiter_limits_then_closes_and_counts() -> None:
+    before = guard.COUNTERS.limited_messages, guard.COUNTERS.flood_closes
+    lim = guard.MessageLimiter(msg_rate=1e-6, msg_burst=5, bytes_rate=1e9, bytes_burst=1e9, strikes=3)
+    verdicts = [lim.check(10) for _ in range(10)]
+    assert verdicts[:5] == ["ok"] * 5
+    assert verdicts[5:8] == ["limited"] * 3
+    assert verdicts[8:] == ["close", "close"]
+    assert guard.COUNTERS.limited_messages - before[0] == 3
+    assert guard.COUNTERS.flood_closes - before[1] == 2
+
+    by_bytes = guard.MessageLimiter(msg_rate=1e9, msg_burst=1e9, bytes_rate=1e-6, bytes_burst=100, strikes=10)
+    assert [by_bytes.check(40) for _ in range(3)] == ["ok", "ok", "limited"]
+    # A message bigger than the whole byte burst passes once the bucket is full.
+    fresh = guard.MessageLimiter(msg_rate=1e9, msg_burst=1e9, bytes_rate=1e-6, bytes_burst=100)
+    assert fresh.check(1000) == "ok" and fresh.check(1) == "limited"
+
+
+def test_client_ip_walks_forwarded_for_right_to_left_through_trusted_hops() -> None:
+    trusted = ["10.0.0.0/8", "127.0.0.1"]
+    h = [(b"x-forwarded-for", b"6.6.6.6, 1.2.3.4"), (b"x-forwarded-for", b"10.1.1.1")]
+    assert guard.client_ip("127.0.0.1", h, trusted) == "1.2.3.4"  # 6.6.6.6 is client-supplied
+    assert guard.client_ip("8.8.8.8", h, trusted) == "8.8.8.8"  # untrusted peer: header ignored
+    assert guard.client_ip("127.0.0.1", h, []) == "127.0.0.1"  # feature off
+    assert guard.client_ip("10.0.0.2", {"X-Forwarded-For": "garbage, 10.0.0.9"}, trusted) == "10.0.0.9"
+    assert guard.client_ip("10.0.0.2", {"x-forwarded-for": "10.0.0.7"}, trusted) == "10.0.0.7"
+    assert guard.client_ip("10.0.0.2", [], trusted) == "10.0.0.2"
+    assert guard.client_ip("10.0.0.2", [(b"x-forwarded-for", b"[2001:db8::1]:443")], trusted) == "2001:db8::1"
+    assert guard.client_ip("::ffff:10.0.0.2", [(b"x-forwarded-for", b"5.5.5.5:80")], trusted) == "5.5.5.5"
+    try:
+        guard.client_ip("10.0.0.2", [], ["not-an-ip"])
+    except ValueError as exc:
+        assert "COLLAB_TRUSTED_PROXIES" in str(exc)
+    else:
+        raise AssertionError("a bad trusted proxy entry must be reported")
+
+
+def test_ip_key_groups_ipv6_by_prefix() -> None:
+    assert guard.ip_key("192.0.2.7") == "192.0.2.7"
+    assert guard.ip_key("2001:db8:1:2:aaaa::1") == guard.ip_key("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
+    assert guard.ip_key("2001:db8:1:3::1") != guard.ip_key("2001:db8:1:2::1")
+    assert guard.ip_key("2001:db8:1:2:aaaa::1", 128) == "2001:db8:1:2:aaaa::1/128"
+    assert guard.ip_key("2001:db8:1:2:aaaa::1", 48) == "2001:db8:1::/48"
+    assert guard.ip_key("::ffff:192.0.2.7") == "192.0.2.7"
+
+
+def test_connection_limiter_caps_and_forgets_idle_sources() -> None:
+    lim = guard.ConnectionLimiter(conn_rate=1.0, conn_burst=2, conn_per_ip=2, max_connections=5, min_sweep=16)
+    assert [lim.acquire("a", now=0.0) for _ in range(3)] == ["ok", "ok", "per_ip"]
+    lim.release("a")
+    assert lim.acquire("a", now=0.0) == "rate"  # burst of 2 spent
+    assert lim.acquire("a", now=1.0) == "ok"
+    assert [lim.acquire(k, now=1.0) for k in "bcd"] == ["ok", "ok", "ok"]
+    assert lim.active == 5 and lim.acquire("e", now=1.0) == "global"
+    # A spray of one-shot sources does not grow the table without bound.
+    spray = guard.ConnectionLimiter(conn_rate=1e-9, conn_burst=1, conn_per_ip=1, max_connections=0, min_sweep=16)
+    for i in range(10_000):
+        assert spray.acquire(f"10.0.{i // 256}.{i % 256}", now=float(i)) == "ok"
+        spray.release(f"10.0.{i // 256}.{i % 256}")
+    assert len(spray) <= 32
+
+
+def test_metrics_text_is_prometheus_exposition() -> None:
+    text = guard.metrics_text()
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            assert kind in ("counter", "gauge")
+            names.add(name)
+        elif line and not line.startswith("#"):
+            name, value = line.split(" ")
+            assert name in names, f"{name} has no TYPE line"
+            float(value)
+    assert "collab_guard_refused_conn_rate_total" in names
+    assert "collab_guard_limited_messages_total" in names
+    assert text.endswith("\n")
+
+
+# --------------------------------------------------------------------------
+# Real servers
+
+
+async def test_websocket_upgrade_through_guard_releases_slots_and_enforces_frame_limit() -> None:
+    """Both uvicorn websockets implementations work behind the guard; slots come back on close."""
+    from websockets.exceptions import ConnectionClosed
+
+    for ws_impl in ("websockets-sansio", "websockets"):
+        async with running(ws=ws_impl, conn_per_ip=2, conn_rate=1000, conn_burst=1000,
+                           max_message_bytes=64 * 1024) as srv:
+            for i in range(6):  # 3x the per-IP cap, sequentially: each close must free its slot
+                ws = await ws_connect(srv, src="127.0.0.2")
+                assert (await join(ws))["type"] == "welcome"
+                assert (await edit(ws, f"op{i}"))["rev"] == i + 1
+                await ws.close()
+            for _ in range(50):  # the /metrics request itself is the one open connection
+                if (await srv.metrics())["collab_guard_open_connections"] == 1:
+                    break
+                await asyncio.sleep(0.1)
+            m = await srv.metrics()
+            assert m["collab_guard_open_connections"] == 1, m
+            # A frame above max_message_bytes closes with 1009. (The legacy implementation
+            # then leaves the server-side transport open and paused; that is uvicorn's, and
+            # one reason collab uses websockets-sansio.)
+            ws = await ws_connect(srv, src="127.0.0.2", max_size=None)
+            await ws.send("x" * (65 * 1024))
+            try:
+                await asyncio.wait_for(ws.recv(), 10)
+            except ConnectionClosed as exc:
+                assert exc.rcvd is not None and exc.rcvd.code == 1009, (ws_impl, exc)
+            else:
+                raise AssertionError(f"{ws_impl}: oversized frame was accepted")
+            assert m["collab_guard_refused_conn_per_ip_total"] == 0
+
+
+async def test_connection_flood_from_one_address_is_refused_while_another_address_edits() -> None:
+    async with running(conn_rate=5, conn_burst=10, conn_per_ip=1000, handshake_timeout=30) as srv:
+        flood = [await raw_connect(srv, "127.0.0.2") for _ in range(60)]
+        closed = await asyncio.gather(*(closed_by_server(r, 3) for r, _ in flood))
+        # The first ~burst connections are held open (waiting for a request), the rest
+        # were closed without the client sending a single byte: refused at accept.
+        assert 45 <= sum(closed) <= 50, sum(closed)
+        assert not any(closed[:10])
+        good = await ws_connect(srv, src="127.0.0.3")
+        assert (await join(good))["type"] == "welcome"
+        assert (await edit(good, "a"))["rev"] == 1
+        m = await srv.metrics()
+        assert m["collab_guard_refused_conn_rate_total"] == sum(closed)
+        await good.close()
+        for _, w in flood:
+            w.close()
+
+
+async def test_per_ip_and_global_caps_refuse_then_admit_after_release() -> None:
+    async with running(conn_rate=1000, conn_burst=1000, conn_per_ip=3, max_connections=6,
+                       handshake_timeout=30) as srv:
+        held = [await raw_connect(srv, "127.0.0.2") for _ in range(3)]
+        extra = await raw_connect(srv, "127.0.0.2")
+        assert await closed_by_server(extra[0], 3)  # 4th from the same address
+        assert not await closed_by_server(held[0][0], 0.3)
+        # Another address still gets in, up to the global cap of 6.
+        others = [await raw_connect(srv, f"127.0.0.{3 + i}") for i in range(3)]
+        over = await raw_connect(srv, "127.0.0.9")
+        assert await closed_by_server(over[0], 3)
+        # Closing one frees its slot for the same address again.
+        held[0][1].close()
+        for _ in range(50):
+            if (await srv.metrics())["collab_guard_open_connections"] <= 5:
+                break
+            await asyncio.sleep(0.05)
+        ws = await ws_connect(srv, src="127.0.0.2")
+        assert (await join(ws))["type"] == "welcome"
+        await ws.close()
+        for _, w in held[1:] + others:
+            w.close()
+        m = await srv.metrics()
+        assert m["collab_guard_refused_conn_per_ip_total"] == 1
+        assert m["collab_guard_refused_global_total"] == 1
+
+
+async def test_slowloris_crowd_does_not_lock_out_a_legitimate_client() -> None:
+    async with running(conn_rate=1000, conn_burst=1000, conn_per_ip=10, max_connections=40,
+                       handshake_timeout=1.0) as srv:
+        crowd = []
+        for ip in range(10, 16):  # 6 addresses x 15 attempts; 10 each are held
+            for _ in range(15):
+                r, w = await raw_connect(srv, f"127.0.0.{ip}")
+                w.write(b"GET /ws/d HTTP/1.1\r\nHost: x\r\n")
+                crowd.append((r, w))
+
+        async def trickle() -> None:
+            while True:
+                for _, w in crowd:
+                    if not w.is_closing():
+                        with contextlib.suppress(Exception):
+                            w.write(b"X-a: b\r\n")
+                await asyncio.sleep(0.2)
+
+        trickler = asyncio.create_task(trickle())
+        try:
+            # The legitimate client gets in once the deadline has cleared the crowd,
+            # and keeps its (completed-handshake) connection past the deadline.
+            good = None
+            for _ in range(40):
+                try:
+                    good = await ws_connect(srv, src="127.0.0.3")
+                    break
+                except (OSError, Exception):
+                    await asyncio.sleep(0.25)
+            assert good is not None, "legitimate client never got in"
+            assert (await join(good))["type"] == "welcome"
+            closed = await asyncio.gather(*(closed_by_server(r, 5) for r, _ in crowd))
+            assert all(closed), f"{closed.count(False)} slowloris connections survived the deadline"
+            assert (await edit(good, "after-deadline"))["rev"] == 1
+            m = await srv.metrics()
+            assert m["collab_guard_handshake_timeouts_total"] >= 40
+            await good.close()
+        finally:
+            trickler.cancel()
+            for _, w in crowd:
+                w.close()
+
+
+FLOODER = r"""
+import json, sys, time
+from websockets.sync.client import connect
+from websockets.exceptions import ConnectionClosed
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+ws = connect(f"ws://127.0.0.1:{port}/ws/shared", source_address=("127.0.0.4", 0))
+ws.send(json.dumps({"type": "join"}))
+sent, code = 0, None
+msg = json.dumps({"type": "op", "rev": 0, "op": ["f"], "id": "f"})
+end = time.monotonic() + seconds
+try:
+    while time.monotonic() < end:
+        ws.send(msg)
+        sent += 1
+except ConnectionClosed as exc:
+    code = exc.rcvd.code if exc.rcvd else None
+print(json.dumps({"sent": sent, "code": code}), flush=True)
+"""
+
+
+async def polite_latencies(srv: Server, n: int) -> list[float]:
+    ws = await ws_connect(srv, doc="shared", src="127.0.0.3")
+    await join(ws)
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        await edit(ws, f"p{i}-{time.perf_counter_ns()}")
+        out.append(time.perf_counter() - t0)
+        await asyncio.sleep(0.01)
+    await ws.close()
+    return out
+
+
+async def test_message_flood_is_limited_and_polite_client_keeps_its_latency() -> None:
+    # A big strike allowance so the flooder keeps flooding (limited) for the whole window.
+    async with running(msg_rate=50, msg_burst=50, handshake_timeout=30) as srv:
+        baseline = statistics.median(await polite_latencies(srv, 40))
+        flooder = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", FLOODER, str(srv.port), "6", stdout=subprocess.PIPE)
+        await asyncio.sleep(1.0)
+        during = statistics.median(await polite_latencies(srv, 40))
+        out, _ = await flooder.communicate()
+        result = json.loads(out)
+        m = await srv.metrics()
+        assert m["collab_guard_limited_messages_total"] > 0
+        # The flooder was limited, and then closed with 1008 for keeping on.
+        assert result["code"] == 1008, result
+        assert m["collab_guard_flood_closes_total"] >= 1
+        ratio = during / baseline
+        assert ratio < 10, f"polite ack latency {baseline * 1e3:.2f} ms -> {during * 1e3:.2f} ms under flood"
+
+
+NON_READER = r"""
+import base64, os, socket, sys, time
+port = int(sys.argv[1])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.bind(("127.0.0.5", 0))
+s.connect(("127.0.0.1", port))
+key = base64.b64encode(os.urandom(16)).decode()
+s.sendall((f"GET /ws/big HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+payload = b'{"type":"join"}'
+mask = os.urandom(4)
+s.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+print("joined", flush=True)
+time.sleep(600)  # never read again
+"""
+
+
+async def test_client_that_never_reads_is_dropped_and_server_memory_stays_bounded() -> None:
+    async with running(client_queue_size=200, msg_rate=100000, msg_burst=100000,
+                       bytes_rate=1e12, bytes_burst=1e12, handshake_timeout=30) as srv:
+        reader = await asyncio.create_subprocess_exec(sys.executable, "-c", NON_READER, str(srv.port),
+                                                      stdout=subprocess.PIPE)
+        assert (await reader.stdout.readline()).strip() == b"joined"
+        writer = await ws_connect(srv, doc="big", src="127.0.0.3")
+        await join(writer)
+        await asyncio.sleep(0.3)
+        rss_start = srv.rss()
+        chunk = "y" * 60_000
+        sent = 0
+        for i in range(3000):  # ~180 MB broadcast towards the non-reader
+            await writer.send(json.dumps({"type": "op", "rev": 0, "op": [chunk], "id": f"b{i}"}))
+            sent += len(chunk)
+            if i % 50 == 0:
+                # Drain our acks so we are a good reader ourselves.
+                while True:
+                    try:
+                        await asyncio.wait_for(writer.recv(), 0.001)
+                    except asyncio.TimeoutError:
+                        break
+        await edit(writer, "last")
+        m = await srv.metrics()
+        growth = srv.rss() - rss_start
+        assert m["collab_guard_slow_client_drops_total"] >= 1
+        assert growth < sent / 4, f"server RSS grew {growth / 1e6:.1f} MB for {sent / 1e6:.0f} MB sent"
+        await writer.close()
+        reader.kill()
+        await reader.wait()
+
+
+async def test_trusted_proxy_limits_per_forwarded_client_not_per_proxy() -> None:
+    async with running(conn_rate=1000, conn_burst=1000, conn_per_ip=2,
+                       trusted_proxies=["127.0.0.7"], handshake_timeout=30) as srv:
+        def via_proxy(client: str) -> dict:
+            return {"additional_headers": {"X-Forwarded-For": client}}
+
+        # Five connections through the proxy from two clients: the TCP level does not
+        # limit the proxy, the HTTP level limits client 1.1.1.1 to conn_per_ip=2.
+        a1 = await ws_connect(srv, src="127.0.0.7", **via_proxy("1.1.1.1"))
+        a2 = await ws_connect(srv, src="127.0.0.7", **via_proxy("1.1.1.1"))
+        from websockets.exceptions import InvalidStatus
+
+        try:
+            await ws_connect(srv, src="127.0.0.7", **via_proxy("1.1.1.1"))
+        except InvalidStatus as exc:
+            assert exc.response.status_code == 429
+        else:
+            raise AssertionError("third connection of 1.1.1.1 through the proxy was accepted")
+        b = [await ws_connect(srv, src="127.0.0.7", **via_proxy("2.2.2.2")) for _ in range(2)]
+        assert (await join(b[0]))["type"] == "welcome"
+        # The same header from an untrusted peer is ignored: that peer is its own key.
+        c = [await ws_connect(srv, src="127.0.0.8", **via_proxy("9.9.9.9")) for _ in range(2)]
+        third = await raw_connect(srv, "127.0.0.8")
+        assert await closed_by_server(third[0], 3)
+        assert (await srv.metrics())["collab_guard_refused_proxied_total"] == 1
+        for ws in [a1, a2, *b, *c]:
+            await ws.close()
+        third[1].close()
+
+
+async def test_ipv6_peers_are_limited_per_prefix() -> None:
+    if not have_ipv6_loopback():
+        import pytest
+
+        pytest.skip("no IPv6 loopback on this host")
+    async with running(host="::1", conn_rate=1000, conn_burst=1000, conn_per_ip=2, handshake_timeout=30) as srv:
+        held = [await asyncio.open_connection("::1", srv.port) for _ in range(2)]
+        r, w = await asyncio.open_connection("::1", srv.port)
+        assert await closed_by_server(r, 3)
+        assert not await closed_by_server(held[0][0], 0.3)
+        for _, hw in held + [(r, w)]:
+            hw.close()
+
+
+if __name__ == "__main__":
+    _server_main(json.loads(sys.argv[1]))
