@@ -1,0 +1,422 @@
+// The OT client: the state machine that keeps one editor in sync with the
+// server over the collab wire protocol (docs: /shared/PROTOCOL.md and
+// docs/protocol.md). Pure module: no DOM, no sockets. The transport
+// (session.js) feeds it server messages with receive() and gives it a send
+// function with connected(); the editor feeds it local edits with
+// localEdit() and receives remote edits through editor.applyRemote().
+//
+// States (ot.js naming):
+//   synchronized         outstanding == null, buffer == null
+//   awaiting confirm     outstanding != null, buffer == null
+//   awaiting with buffer outstanding != null, buffer != null
+// While disconnected, local edits collect in `buffer` (they have no id yet);
+// an `outstanding` op keeps its id across reconnects, so the server can
+// recognize a resend (idempotent submit).
+//
+// All positions and operations here are in Unicode code points, the
+// protocol's unit. The editor converts to and from its UTF-16 offsets.
+
+import { apply, compose, transform, transformCursor, isNoop, invert } from './ot.js';
+import { diffOp } from './diff.js';
+
+const HISTORY_KEEP = 200;
+
+function defaultId() {
+  if (globalThis.crypto && typeof globalThis.crypto.randomUUID === 'function') {
+    return globalThis.crypto.randomUUID();
+  }
+  // Fallback for non-secure contexts (plain http on a LAN address), where
+  // randomUUID is unavailable: 128 random bits from getRandomValues.
+  const b = new Uint8Array(16);
+  globalThis.crypto.getRandomValues(b);
+  return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+}
+
+const sameCursor = (a, b) => (a === b) || (!!a && !!b && a.anchor === b.anchor && a.head === b.head);
+
+export class SyncClient {
+  /**
+   * @param {object} opts
+   * @param {object} opts.editor  {applyRemote(op), getCursor() -> cursor|null}
+   * @param {object} [opts.user]  {name, color}
+   * @param {function} [opts.newId]  operation id generator
+   */
+  constructor({ editor, user = null, newId = defaultId } = {}) {
+    this.editor = editor;
+    this.user = user;
+    this.newId = newId;
+    this.listeners = new Map();
+
+    this.rev = null; // last server revision applied locally; null before the first welcome
+    this.serverText = ''; // the document at `rev`, as the server has it
+    this.outstanding = null; // {op, id, rev, cursor, sentAt}: sent, not yet acknowledged
+    this.buffer = null; // local edits not sent yet (composed)
+    this.history = []; // recent server ops [{rev, op}], to move old presence forward
+
+    this.send = null; // set while a socket is open
+    this.ready = false; // welcome processed on the current connection
+    this.resolving = null; // {text, rev, peers, queue}: waiting to learn the fate of a resend
+    this.clientId = null;
+    this.role = null;
+    this.peers = new Map(); // client id -> {client, user}
+    this.sentCursor = null; // our cursor as the server believes it (server coordinates)
+  }
+
+  // ---- events -----------------------------------------------------------
+
+  on(event, fn) {
+    if (!this.listeners.has(event)) this.listeners.set(event, []);
+    this.listeners.get(event).push(fn);
+    return this;
+  }
+
+  emit(event, ...args) {
+    for (const fn of this.listeners.get(event) || []) fn(...args);
+  }
+
+  // ---- state queries ----------------------------------------------------
+
+  /** True when every local edit has been acknowledged by the server. */
+  get saved() {
+    return !this.outstanding && !this.buffer;
+  }
+
+  /** The not-yet-acknowledged local changes, composed (relative to serverText). */
+  get pending() {
+    if (this.outstanding && this.buffer) return compose(this.outstanding.op, this.buffer);
+    if (this.outstanding) return this.outstanding.op;
+    return this.buffer;
+  }
+
+  // ---- transport hooks --------------------------------------------------
+
+  /** A socket opened: send `join`. `send(obj)` sends one message. */
+  connected(send) {
+    this.send = send;
+    this.ready = false;
+    this.resolving = null;
+    const join = { type: 'join', since: this.rev };
+    if (this.user) join.user = this.user;
+    send(join);
+  }
+
+  /** The socket closed (or is being abandoned). */
+  disconnected() {
+    this.send = null;
+    this.ready = false;
+    this.resolving = null;
+    if (this.peers.size) {
+      this.peers.clear();
+      this.emit('peers', this.peers);
+    }
+    this.emit('saved', this.saved);
+  }
+
+  /** Handle one message from the server. */
+  receive(msg) {
+    if (!msg || typeof msg !== 'object') return;
+    if (this.resolving && msg.type !== 'ack' && msg.type !== 'error') {
+      this.resolving.queue.push(msg);
+      return;
+    }
+    switch (msg.type) {
+      case 'welcome': return this._welcome(msg);
+      case 'op': return this._serverOp(msg.rev, msg.op, msg.client, msg.cursor ?? null, msg.id);
+      case 'ack': return this._onAck(msg);
+      case 'presence': return this._presence(msg);
+      case 'join': return this._peerJoin(msg);
+      case 'leave': return this._peerLeave(msg);
+      case 'error': return this._error(msg);
+      default: return undefined; // unknown message types are ignored (forward compatible)
+    }
+  }
+
+  // ---- editor hooks -----------------------------------------------------
+
+  /** The user changed the document: `op` relative to the current local text. */
+  localEdit(op, cursor = null) {
+    if (isNoop(op)) return;
+    if (this.buffer) this.buffer = compose(this.buffer, op);
+    else if (this.outstanding || !this.ready) this.buffer = op;
+    else this._sendOp({ op, id: this.newId(), rev: this.rev }, cursor);
+    this.emit('saved', this.saved);
+  }
+
+  /** The local selection may have changed (code points, local coordinates). */
+  localCursor(cursor) {
+    if (!this.ready || !this.send || !this.saved) return;
+    if (sameCursor(cursor, this.sentCursor)) return;
+    this.sentCursor = cursor;
+    this.send({ type: 'presence', rev: this.rev, cursor });
+  }
+
+  /** Change our name/colour: announce it with a presence message. */
+  setUser(user) {
+    this.user = user;
+    if (this.ready && this.send && this.saved) {
+      this.send({ type: 'presence', rev: this.rev, cursor: this.sentCursor, user });
+    }
+  }
+
+  // ---- internals --------------------------------------------------------
+
+  _sendOp(out, cursor) {
+    this.outstanding = { ...out, cursor, sentAt: Date.now() };
+    if (this.send) {
+      this.send({ type: 'op', rev: out.rev, op: out.op, id: out.id, cursor });
+    }
+  }
+
+  /** Move the buffer into flight, if nothing is in flight. */
+  _flush() {
+    if (this.outstanding || !this.buffer || !this.ready) return;
+    const op = this.buffer;
+    this.buffer = null;
+    this._sendOp({ op, id: this.newId(), rev: this.rev }, this.editor.getCursor ? this.editor.getCursor() : null);
+  }
+
+  _remember(rev, op) {
+    this.history.push({ rev, op });
+    if (this.history.length > HISTORY_KEEP) this.history.splice(0, this.history.length - HISTORY_KEEP);
+  }
+
+  /** A server cursor valid at `rev` -> local coordinates (or null if unknown). */
+  _toLocal(cursor, rev) {
+    if (!cursor || typeof cursor.anchor !== 'number' || typeof cursor.head !== 'number') return null;
+    let c = cursor;
+    if (rev != null && rev < this.rev) {
+      const start = this.history.findIndex((h) => h.rev === rev + 1);
+      if (start < 0) return null;
+      for (let i = start; i < this.history.length; i++) c = transformCursor(c, this.history[i].op);
+    } else if (rev != null && rev > this.rev) {
+      return null;
+    }
+    if (this.outstanding) c = transformCursor(c, this.outstanding.op);
+    if (this.buffer) c = transformCursor(c, this.buffer);
+    return c;
+  }
+
+  _welcome(msg) {
+    this.clientId = msg.client;
+    if (msg.role !== this.role) {
+      this.role = msg.role;
+      this.emit('role', msg.role);
+    }
+    const peers = Array.isArray(msg.peers) ? msg.peers : [];
+    if (Array.isArray(msg.ops)) {
+      for (const e of msg.ops) {
+        if (this.outstanding && e.id != null && e.id === this.outstanding.id) {
+          this._ack(e.rev); // our own op made it before the connection dropped
+        } else if (!this._serverOp(e.rev, e.op, e.client, null, e.id, true)) {
+          return;
+        }
+      }
+      if (this.rev !== msg.rev) {
+        // The history did not line up: start over from a snapshot.
+        this.emit('resync', 'welcome.ops did not reach welcome.rev');
+        return;
+      }
+      this._ready(peers, msg.rev);
+      return;
+    }
+    if (typeof msg.text !== 'string') return;
+    if (this.outstanding && this.send) {
+      // Long absence: we cannot tell whether our in-flight op was applied.
+      // Resend it with its rev and id; `ack` means it had been applied,
+      // `stale_rev` means it had not (docs/protocol.md).
+      this.resolving = { text: msg.text, rev: msg.rev, peers, queue: [] };
+      const o = this.outstanding;
+      this.send({ type: 'op', rev: o.rev, op: o.op, id: o.id, cursor: null });
+      return;
+    }
+    this._rebase(msg.text, msg.rev, false);
+    this._ready(peers, msg.rev);
+  }
+
+  _ready(peers, rev) {
+    this.ready = true;
+    this.sentCursor = null;
+    this.peers.clear();
+    for (const p of peers) {
+      if (!p || p.client === this.clientId) continue;
+      this.peers.set(p.client, { client: p.client, user: p.user || null });
+    }
+    this.emit('ready', this);
+    this.emit('peers', this.peers);
+    for (const p of peers) {
+      if (p && p.client !== this.clientId && p.cursor) this.emit('cursor', p.client, this._toLocal(p.cursor, rev));
+    }
+    if (this.outstanding) {
+      // Resend what is still in flight, transformed to the current revision, same id.
+      const o = this.outstanding;
+      o.sentAt = Date.now();
+      this.send({ type: 'op', rev: o.rev, op: o.op, id: o.id, cursor: this.buffer ? null : o.cursor });
+    } else {
+      this._flush();
+    }
+    this.emit('saved', this.saved);
+    if (this.saved && this.editor.getCursor) this.localCursor(this.editor.getCursor());
+  }
+
+  /** Replace our view of the server with `text` at `rev`, keeping local edits. */
+  _rebase(text, rev, applied) {
+    let base = this.serverText;
+    let pending;
+    if (this.outstanding && applied) {
+      base = apply(base, this.outstanding.op);
+      pending = this.buffer;
+    } else {
+      pending = this.pending;
+    }
+    const d = diffOp(base, text);
+    let local = d;
+    if (pending) [pending, local] = transform(pending, d);
+    this.outstanding = null;
+    this.buffer = pending && !isNoop(pending) ? pending : null;
+    this.serverText = text;
+    this.rev = rev;
+    this.history = [];
+    if (!isNoop(local)) this.editor.applyRemote(local);
+  }
+
+  _finishResolving(applied) {
+    const r = this.resolving;
+    this.resolving = null;
+    this._rebase(r.text, r.rev, applied);
+    this._ready(r.peers, r.rev);
+    for (const m of r.queue) this.receive(m);
+  }
+
+  _serverOp(rev, op, client, cursor, id, inWelcome = false) {
+    if (this.rev === null || rev !== this.rev + 1) {
+      if (this.rev !== null && rev <= this.rev) return true; // already have it
+      this.emit('resync', `expected revision ${this.rev === null ? '?' : this.rev + 1}, got ${rev}`);
+      return false;
+    }
+    if (this.outstanding && id != null && id === this.outstanding.id) {
+      // A server that names op ids in broadcasts: this is our own op.
+      this._ack(rev);
+      if (!inWelcome) this._flush();
+      return true;
+    }
+    this.serverText = apply(this.serverText, op);
+    this.rev = rev;
+    this._remember(rev, op);
+    let local = op;
+    if (this.outstanding) {
+      const [o2, l2] = transform(this.outstanding.op, local);
+      this.outstanding.op = o2;
+      this.outstanding.rev = rev;
+      local = l2;
+    }
+    if (this.buffer) {
+      const [b2, l2] = transform(this.buffer, local);
+      this.buffer = b2;
+      local = l2;
+    }
+    if (this.sentCursor) this.sentCursor = transformCursor(this.sentCursor, op);
+    if (!isNoop(local)) this.editor.applyRemote(local);
+    if (client != null && client !== this.clientId && cursor) {
+      this.emit('cursor', client, this._toLocal(cursor, rev));
+    }
+    this.emit('remote', client);
+    return true;
+  }
+
+  _ack(rev) {
+    const o = this.outstanding;
+    this.serverText = apply(this.serverText, o.op);
+    this.rev = rev;
+    this._remember(rev, o.op);
+    this.outstanding = null;
+    this.sentCursor = o.cursor && !this.buffer ? o.cursor : null;
+  }
+
+  _onAck(msg) {
+    const o = this.outstanding;
+    if (!o || msg.id !== o.id) return; // an ack for something long settled
+    if (this.resolving) {
+      if (msg.rev > this.resolving.rev) {
+        // Applied only now, after the snapshot: reconnect; the next
+        // snapshot includes it and the resend will be acknowledged.
+        this.resolving = null;
+        this.emit('resync', 'resend applied after the snapshot');
+        return;
+      }
+      this._finishResolving(true);
+      return;
+    }
+    if (msg.rev !== this.rev + 1) {
+      this.emit('resync', `ack at revision ${msg.rev}, expected ${this.rev + 1}`);
+      return;
+    }
+    this._ack(msg.rev);
+    this._flush();
+    this.emit('saved', this.saved);
+    if (this.saved && this.editor.getCursor) this.localCursor(this.editor.getCursor());
+  }
+
+  _presence(msg) {
+    if (msg.client === this.clientId) return;
+    let p = this.peers.get(msg.client);
+    if (!p) {
+      p = { client: msg.client, user: msg.user || null };
+      this.peers.set(msg.client, p);
+      this.emit('peers', this.peers);
+    } else if (msg.user && JSON.stringify(msg.user) !== JSON.stringify(p.user)) {
+      p.user = msg.user;
+      this.emit('peers', this.peers);
+    }
+    if ('cursor' in msg) {
+      this.emit('cursor', msg.client, msg.cursor ? this._toLocal(msg.cursor, msg.rev) : null);
+    }
+  }
+
+  _peerJoin(msg) {
+    if (msg.client === this.clientId) return;
+    this.peers.set(msg.client, { client: msg.client, user: msg.user || null });
+    this.emit('peers', this.peers);
+  }
+
+  _peerLeave(msg) {
+    if (this.peers.delete(msg.client)) this.emit('peers', this.peers);
+    this.emit('cursor', msg.client, null);
+  }
+
+  _error(msg) {
+    const o = this.outstanding;
+    const mine = !!o && msg.id != null && msg.id === o.id;
+    if (this.resolving && mine) {
+      // stale_rev (or anything else refusing the resend): it had not been
+      // applied. Keep it as a local change, rebased on the snapshot.
+      this._finishResolving(false);
+      return;
+    }
+    if (mine && msg.code === 'rate_limited') {
+      // Not applied: send it again shortly (same id, current base).
+      setTimeout(() => {
+        if (this.outstanding === o && this.send && this.ready) {
+          this.send({ type: 'op', rev: o.rev, op: o.op, id: o.id, cursor: null });
+        }
+      }, 1000);
+      return;
+    }
+    if (mine && (msg.code === 'stale_rev' || msg.code === 'bad_rev')) {
+      this.emit('resync', msg.code);
+      return;
+    }
+    if (mine) {
+      // The server refused our edit (bad_op, too_large, forbidden, ...): it
+      // can never be applied. Undo it locally, and say so loudly.
+      const pending = this.pending;
+      const text = this.serverText;
+      this.outstanding = null;
+      this.buffer = null;
+      if (pending) this.editor.applyRemote(invert(pending, text));
+      this.emit('refused', msg);
+      this.emit('saved', this.saved);
+      return;
+    }
+    this.emit('server-error', msg);
+  }
+}
