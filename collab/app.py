@@ -162,8 +162,8 @@ class CollabApp:
             while True:
                 await peer.ready.wait()
                 peer.ready.clear()
-                if peer.closed and peer.close_code != 1000:
-                    peer.outbox.clear()  # kicked: don't make a slow reader wait for more
+                if peer.closed and not peer.flush:
+                    peer.outbox.clear()  # dropped as too slow: don't wait on it any longer
                 while peer.outbox:
                     await ws.send_text(peer.outbox.popleft())
                 if peer.closed:

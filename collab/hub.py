@@ -81,7 +81,7 @@ class Peer:
     closes the connection with :attr:`close_code` once :attr:`closed` is true.
     """
 
-    __slots__ = ("id", "user", "role", "cursor", "outbox", "ready", "closed", "close_code", "close_reason", "limit", "doc")
+    __slots__ = ("id", "user", "role", "cursor", "outbox", "ready", "closed", "close_code", "close_reason", "limit", "doc", "flush")
 
     def __init__(self, user: User | None = None, role: str = "edit", queue_size: int = 1000) -> None:
         self.id = secrets.token_hex(6)
@@ -93,6 +93,8 @@ class Peer:
         self.closed = False
         self.close_code = 1000
         self.close_reason = ""
+        #: Whether the transport sends what is queued before closing.
+        self.flush = True
         self.limit = queue_size
         self.doc: Document | None = None
 
@@ -101,7 +103,7 @@ class Peer:
         if self.closed:
             return
         if len(self.outbox) >= self.limit:
-            self.kick(CLOSE_POLICY, "too slow: the outgoing queue is full; reconnect and resume with 'since'")
+            self.kick(CLOSE_POLICY, "too slow: the outgoing queue is full; reconnect and resume with 'since'", flush=False)
             return
         self.outbox.append(frame)
         self.ready.set()
@@ -109,11 +111,12 @@ class Peer:
     def send_msg(self, msg: dict) -> None:
         self.send(encode(msg))
 
-    def kick(self, code: int, reason: str) -> None:
-        """Ask the transport to close this connection (after what is already queued)."""
+    def kick(self, code: int, reason: str, flush: bool = True) -> None:
+        """Ask the transport to close this connection, after what is queued if ``flush``."""
         if self.closed:
             return
         self.closed = True
+        self.flush = flush
         self.close_code = code
         self.close_reason = reason
         self.ready.set()

@@ -113,7 +113,10 @@ Message = Join | Submit | Presence
 
 def _loads(data: str) -> Any:
     if _orjson is not None:
-        return _orjson.loads(data)
+        try:
+            return _orjson.loads(data)
+        except ValueError:
+            pass  # orjson refuses escaped lone surrogates; json accepts them and validation names the component
     return json.loads(data)
 
 
@@ -190,7 +193,7 @@ def parse(data: str | bytes) -> Message:
         if "op" not in msg:
             raise ProtocolError(BAD_MESSAGE, "'op' is missing", id)
         try:
-            op = ot.validate(msg["op"])
+            op = ot.normalize(ot.validate(msg["op"]))
         except ot.InvalidOperation as exc:
             raise ProtocolError(BAD_OP, str(exc), id) from None
         return Submit(rev, op, id, _cursor(msg.get("cursor"), id))  # type: ignore[arg-type]
