@@ -17,13 +17,15 @@ from typing import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from . import guard, protocol
+from . import auth, guard, protocol
 from .config import Settings
 from .hub import Document, Hub, HubConfig, Peer
 from .protocol import (
@@ -71,6 +73,9 @@ class CollabApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        auth.install_log_redaction()  # after uvicorn configured logging: no token in any log line
+        if self.settings.secret:
+            auth.check_secret(self.settings.secret)
         if self.store is None:
             self.store = await open_store(self.settings)
             self.hub = Hub(self.store, HubConfig.from_settings(self.settings))
@@ -86,12 +91,21 @@ class CollabApp:
 
     async def websocket(self, ws: WebSocket) -> None:
         doc_id = ws.path_params["doc"]
+        s = self.settings
         await ws.accept()
+        if not auth.origin_allowed(ws.headers.get("origin"), ws.headers.get("host"), s.allowed_origins, bool(s.secret)):
+            await ws.close(CLOSE_POLICY, "this Origin may not connect: see COLLAB_ALLOWED_ORIGINS")
+            return
         if not protocol.valid_doc_name(doc_id):
             await ws.close(CLOSE_NO_DOCUMENT, "invalid document name: use 1-128 of A-Z a-z 0-9 . _ - not starting with '.'")
             return
+        try:
+            token = auth.extract_token(ws.headers.get("authorization"), ws.query_params.get("token"))
+            grant = auth.authorize(s.secret, token, doc_id)
+        except auth.AuthError as exc:
+            await ws.close(exc.close_code, str(exc)[:120])
+            return
         assert self.hub is not None
-        s = self.settings
         limiter = guard.MessageLimiter(s.msg_rate, s.msg_burst, s.bytes_rate, s.bytes_burst)
         peer: Peer | None = None
         doc: Document | None = None
@@ -125,7 +139,10 @@ class CollabApp:
                     if peer is None or doc is None:
                         if not isinstance(msg, Join):
                             raise ProtocolError(BAD_MESSAGE, "send 'join' first", getattr(msg, "id", None))
-                        peer = Peer(msg.user, "edit", s.client_queue_size)
+                        user = msg.user
+                        if grant.name:  # a name vouched for by the token beats a self-chosen one
+                            user = protocol.User(grant.name, user.color if user else "")
+                        peer = Peer(user, grant.role, s.client_queue_size)
                         pump = asyncio.create_task(self._pump(ws, peer))
                         try:
                             doc = await self.hub.join(doc_id, peer, msg.since)
@@ -183,6 +200,14 @@ class CollabApp:
             raise HTTPException(404, "invalid document name: use 1-128 of A-Z a-z 0-9 . _ - not starting with '.'")
         return doc
 
+    def _grant(self, request: Request, doc: str | None) -> auth.Grant:
+        """The caller's grant for ``doc``; raises HTTP 401/403 as the token deserves."""
+        token = auth.extract_token(request.headers.get("authorization"), request.query_params.get("token"))
+        try:
+            return auth.authorize(self.settings.secret, token, doc)
+        except auth.AuthError as exc:
+            raise HTTPException(exc.http_status, str(exc)) from None
+
     async def healthz(self, request: Request) -> Response:
         try:
             assert self.store is not None
@@ -192,23 +217,28 @@ class CollabApp:
         return JSONResponse({"status": "ok"})
 
     async def list_docs(self, request: Request) -> Response:
+        grant = self._grant(request, None)
         assert self.store is not None
-        return JSONResponse([d.to_json() for d in await self.store.list_docs()])
+        return JSONResponse([d.to_json() for d in await self.store.list_docs() if grant.allows(d.id)])
 
     async def get_doc(self, request: Request) -> Response:
         doc = self._doc_param(request)
+        self._grant(request, doc)
         assert self.hub is not None
         rev, text = await self.hub.read(doc)
         return JSONResponse({"id": doc, "rev": rev, "text": text})
 
     async def get_text(self, request: Request) -> Response:
         doc = self._doc_param(request)
+        self._grant(request, doc)
         assert self.hub is not None
         _, text = await self.hub.read(doc)
         return PlainTextResponse(text, media_type="text/plain; charset=utf-8")
 
     async def put_text(self, request: Request) -> Response:
         doc = self._doc_param(request)
+        if self._grant(request, doc).role != "edit":
+            raise HTTPException(403, "this token is read-only: it may not change the document")
         assert self.hub is not None
         body = await request.body()
         if len(body) > self.settings.max_message_bytes:
@@ -225,6 +255,24 @@ class CollabApp:
             status = 413 if exc.code == protocol.TOO_LARGE else 400
             return JSONResponse({"error": exc.code, "message": exc.message}, status_code=status)
         return JSONResponse({"id": doc, "rev": rev})
+
+    async def share(self, request: Request) -> Response:
+        """Mint a link to this document with the asked role, within the caller's own rights."""
+        doc = self._doc_param(request)
+        grant = self._grant(request, doc)
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        role = body.get("role") if isinstance(body, dict) else None
+        page = str(request.url_for("editor", doc=doc))
+        try:
+            link = auth.share(self.settings.secret, grant, doc, role if isinstance(role, str) else "", page)
+        except ValueError as exc:
+            return JSONResponse({"error": "bad_request", "message": str(exc)}, status_code=400)
+        except auth.AuthError as exc:
+            return JSONResponse({"error": "forbidden", "message": str(exc)}, status_code=exc.http_status)
+        return JSONResponse(link.to_json())
 
     async def metrics(self, request: Request) -> Response:
         hub = self.hub
@@ -272,12 +320,34 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         Route("/api/docs/{doc}", state.get_doc),
         Route("/api/docs/{doc}/text", state.get_text, methods=["GET"]),
         Route("/api/docs/{doc}/text", state.put_text, methods=["PUT"]),
+        Route("/api/docs/{doc}/share", state.share, methods=["POST"]),
         WebSocketRoute("/ws/{doc:path}", state.websocket),
         Route("/", state.index),
-        Route("/d/{doc}", state.editor),
+        Route("/d/{doc}", state.editor, name="editor"),
     ]
     if root is not None:
         routes.append(Mount("/static", StaticFiles(directory=str(root)), name="static"))
-    app = Starlette(routes=routes, lifespan=state.lifespan)
+    app = Starlette(routes=routes, lifespan=state.lifespan, middleware=[Middleware(SecurityHeaders)])
     app.state.collab = state
     return app
+
+
+class SecurityHeaders:
+    """Add :data:`collab.auth.SECURITY_HEADERS` to every HTTP response (pure ASGI, so streaming is untouched)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in auth.SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = dict(message)
+                message["headers"] = list(message.get("headers", [])) + self.headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
