@@ -1,0 +1,438 @@
+// The editor page (/d/{doc}): CodeMirror 6 wired to the OT client.
+//
+// Data flow: a local CodeMirror transaction -> changesToOp -> SyncClient ->
+// Session (WebSocket). A server op -> SyncClient (transformed through our
+// pending ops) -> applyRemote -> a CodeMirror transaction marked remote and
+// kept out of the undo history, so undo only ever undoes our own edits.
+
+import { EditorState, Compartment, Transaction, Annotation } from '@codemirror/state';
+import {
+  EditorView, keymap, drawSelection, highlightActiveLine, highlightSpecialChars, placeholder, dropCursor,
+  rectangularSelection,
+} from '@codemirror/view';
+import { history, defaultKeymap, historyKeymap, indentWithTab, undo, redo, undoDepth, redoDepth } from '@codemirror/commands';
+import { markdownLanguage, insertNewlineContinueMarkup, deleteMarkupBackward } from '@codemirror/lang-markdown';
+import { syntaxHighlighting, HighlightStyle, defaultHighlightStyle, bracketMatching } from '@codemirror/language';
+import { searchKeymap, highlightSelectionMatches } from '@codemirror/search';
+import { tags } from '@lezer/highlight';
+
+import { SyncClient } from './client.js';
+import { Session } from './session.js';
+import { changesToOp, opToChanges, cursorToCp, cursorToUtf16 } from './convert.js';
+import { cpLength } from './ot.js';
+import { presenceExtension, setPeerCursor, setPeerInfo } from './presence.js';
+import {
+  wsUrl, pageUrl, loadUser, saveUser, safeColor, initials, el, PALETTE, DOC_NAME_RE,
+} from './common.js';
+
+const $ = (id) => document.getElementById(id);
+const remoteEdit = Annotation.define();
+
+const docName = decodeURIComponent(location.pathname.replace(/^\/d\//, '').replace(/\/$/, ''));
+document.title = `${docName} · collab`;
+$('doc-name').textContent = docName;
+$('doc-name').title = docName;
+
+let user = loadUser();
+
+// ---- markdown look ----------------------------------------------------------
+const mdHighlight = HighlightStyle.define([
+  { tag: tags.heading1, class: 'tok-heading1', fontWeight: '700' },
+  { tag: tags.heading2, class: 'tok-heading2', fontWeight: '700' },
+  { tag: [tags.heading3, tags.heading4, tags.heading5, tags.heading6], fontWeight: '700' },
+  { tag: tags.strong, fontWeight: '700' },
+  { tag: tags.emphasis, fontStyle: 'italic' },
+  { tag: tags.strikethrough, textDecoration: 'line-through' },
+  { tag: tags.link, color: '#0969da', textDecoration: 'underline' },
+  { tag: tags.url, color: '#0969da' },
+  { tag: tags.monospace, color: '#953800', backgroundColor: 'rgba(175,184,193,.2)', borderRadius: '3px' },
+  { tag: tags.quote, color: '#57606a', fontStyle: 'italic' },
+  { tag: [tags.processingInstruction, tags.meta], color: '#8c959f' },
+  { tag: tags.list, color: '#8250df' },
+  { tag: tags.contentSeparator, color: '#8c959f' },
+]);
+
+const theme = EditorView.theme({
+  '&': { backgroundColor: 'transparent' },
+  '.cm-activeLine': { backgroundColor: 'rgba(234, 238, 242, 0.5)' },
+  '.cm-cursor': { borderLeftColor: '#1f2328', borderLeftWidth: '2px' },
+  '&.cm-focused .cm-selectionBackground, .cm-selectionBackground, ::selection': { backgroundColor: '#c8e1ff !important' },
+});
+
+const editable = new Compartment();
+
+// ---- the view ---------------------------------------------------------------
+let view; // assigned below; the adapter is only called after that
+
+const adapter = {
+  applyRemote(op) {
+    const state = view.state;
+    const text = state.doc.toString();
+    const changes = state.changes(opToChanges(text, op));
+    const effects = keepCaretInPlace(changes);
+    view.dispatch({
+      changes,
+      effects,
+      annotations: [remoteEdit.of(true), Transaction.addToHistory.of(false), Transaction.remote.of(true)],
+    });
+  },
+  getCursor() {
+    const sel = view.state.selection.main;
+    return cursorToCp(view.state.doc.sliceString(0, Math.max(sel.anchor, sel.head)), sel.anchor, sel.head);
+  },
+};
+
+/** When a remote edit lands above the caret, keep the caret's line at the
+ * same place on screen instead of letting the text jump. */
+function keepCaretInPlace(changes) {
+  if (!view) return [];
+  const head = view.state.selection.main.head;
+  let moved = false;
+  changes.iterChangedRanges((fromA) => { if (fromA < head) moved = true; });
+  if (!moved) return [];
+  const coords = view.coordsAtPos(head);
+  const box = view.scrollDOM.getBoundingClientRect();
+  if (!coords || coords.top < box.top || coords.bottom > box.bottom) {
+    return [view.scrollSnapshot().map(changes)];
+  }
+  return [EditorView.scrollIntoView(changes.mapPos(head), { y: 'start', yMargin: coords.top - box.top })];
+}
+
+const client = new SyncClient({ editor: adapter, user });
+const session = new Session({ url: wsUrl(docName), client });
+
+let cursorTimer = null;
+function scheduleCursor() {
+  if (cursorTimer) return;
+  cursorTimer = setTimeout(() => {
+    cursorTimer = null;
+    client.localCursor(adapter.getCursor());
+  }, 30);
+}
+
+const syncListener = EditorView.updateListener.of((update) => {
+  for (const tr of update.transactions) {
+    if (!tr.docChanged || tr.annotation(remoteEdit)) continue;
+    const changes = [];
+    tr.changes.iterChanges((fromA, toA, fromB, toB, inserted) => {
+      changes.push({ from: fromA, to: toA, insert: inserted.toString() });
+    });
+    client.localEdit(changesToOp(tr.startState.doc.toString(), changes), adapter.getCursor());
+  }
+  if (update.docChanged || update.selectionSet) scheduleCursor();
+  if (update.docChanged) scheduleCounts();
+  if (update.selectionSet || update.docChanged) updateLineCol(update.state);
+  if (update.transactions.length) updateUndoButtons(update.state);
+});
+
+view = new EditorView({
+  parent: $('editor'),
+  state: EditorState.create({
+    doc: '',
+    extensions: [
+      // Only "\n" separates lines, so the editor's text is exactly the
+      // server's (a "\r" stays a character instead of being normalized away).
+      EditorState.lineSeparator.of('\n'),
+      highlightSpecialChars(),
+      history(),
+      drawSelection(),
+      dropCursor(),
+      rectangularSelection(),
+      highlightActiveLine(),
+      highlightSelectionMatches(),
+      bracketMatching(),
+      EditorView.lineWrapping,
+      // The markdown language alone (not markdown(), which pulls in the HTML,
+      // CSS and JavaScript modes for embedded code: a third of the bundle).
+      markdownLanguage,
+      syntaxHighlighting(mdHighlight),
+      syntaxHighlighting(defaultHighlightStyle, { fallback: true }),
+      placeholder('Start writing… (Markdown)'),
+      keymap.of([
+        { key: 'Enter', run: insertNewlineContinueMarkup },
+        { key: 'Backspace', run: deleteMarkupBackward },
+        ...defaultKeymap, ...historyKeymap, ...searchKeymap, indentWithTab]),
+      editable.of([EditorState.readOnly.of(true), EditorView.editable.of(false)]),
+      presenceExtension(),
+      theme,
+      syncListener,
+      EditorView.contentAttributes.of({ 'aria-label': `Document ${docName}`, spellcheck: 'true', autocapitalize: 'sentences' }),
+    ],
+  }),
+});
+
+// Exposed for debugging and the browser tests (read-only use).
+window.collab = { view, client, session, undo: () => undo(view), redo: () => redo(view) };
+
+// ---- read-only --------------------------------------------------------------
+function setRole(role) {
+  const ro = role === 'read';
+  $('readonly-badge').hidden = !ro;
+  document.body.classList.toggle('readonly', ro);
+  view.dispatch({ effects: editable.reconfigure([EditorState.readOnly.of(ro), EditorView.editable.of(!ro)]) });
+  updateUndoButtons(view.state);
+}
+
+let firstWelcome = true;
+client.on('ready', () => {
+  if (firstWelcome) {
+    firstWelcome = false;
+    setRole(client.role);
+    if (client.role !== 'read') view.focus();
+  }
+  $('rev').textContent = `rev ${client.rev}`;
+});
+client.on('role', (role) => { if (!firstWelcome) setRole(role); });
+client.on('remote', () => { $('rev').textContent = `rev ${client.rev}`; });
+
+// ---- peers --------------------------------------------------------------------
+function peerInfoMap() {
+  const info = new Map();
+  for (const [id, p] of client.peers) {
+    const name = (p.user && typeof p.user.name === 'string' && p.user.name.trim()) ? p.user.name.slice(0, 64) : 'Anonymous';
+    info.set(id, { name, color: safeColor(p.user && p.user.color, id) });
+  }
+  return info;
+}
+
+function renderPeople(info) {
+  const list = $('people');
+  list.replaceChildren();
+  const all = [{ name: `${user.name} (you)`, color: user.color, me: true }, ...info.values()];
+  const shown = all.slice(0, 6);
+  for (const p of shown) {
+    const li = el('li', p.me ? 'person me' : 'person');
+    const av = el('span', 'avatar', initials(p.name.replace(/ \(you\)$/, '')));
+    av.style.setProperty('--peer', p.color);
+    av.title = p.name;
+    li.appendChild(av);
+    li.appendChild(el('span', 'sr-only person-name', p.name));
+    list.appendChild(li);
+  }
+  if (all.length > shown.length) {
+    const li = el('li', 'person');
+    const more = el('span', 'avatar more', `+${all.length - shown.length}`);
+    more.title = all.slice(shown.length).map((p) => p.name).join(', ');
+    li.appendChild(more);
+    list.appendChild(li);
+  }
+  list.title = `${all.length} here: ${all.map((p) => p.name).join(', ')}`;
+}
+
+client.on('peers', () => {
+  const info = peerInfoMap();
+  view.dispatch({ effects: setPeerInfo.of(info) });
+  renderPeople(info);
+});
+
+client.on('cursor', (id, cursor) => {
+  if (!cursor) {
+    view.dispatch({ effects: setPeerCursor.of({ client: id, remove: true }) });
+    return;
+  }
+  const end = Math.max(cursor.anchor, cursor.head);
+  const text = view.state.doc.sliceString(0, Math.min(view.state.doc.length, end * 2 + 2));
+  const c = cursorToUtf16(text, cursor);
+  view.dispatch({ effects: setPeerCursor.of({ client: id, anchor: c.anchor, head: c.head }) });
+});
+
+// ---- status -------------------------------------------------------------------
+const STATUS_TEXT = {
+  connecting: 'Connecting…',
+  connected: 'Connected',
+  reconnecting: 'Reconnecting…',
+  offline: 'Offline',
+  closed: 'Disconnected',
+};
+
+function renderStatus() {
+  const s = session.status;
+  const conn = $('conn-status');
+  conn.dataset.state = s;
+  conn.querySelector('.conn-text').textContent = STATUS_TEXT[s] || s;
+  const save = $('save-status');
+  let state;
+  let text;
+  if (client.saved) {
+    state = 'saved';
+    text = 'All changes saved';
+  } else if (s === 'connected') {
+    state = 'saving';
+    text = 'Saving…';
+  } else {
+    state = 'unsaved';
+    text = 'Unsaved changes — kept here until reconnected';
+  }
+  save.dataset.state = state;
+  save.textContent = text;
+  if (client.rev === null) save.hidden = true;
+  else save.hidden = false;
+}
+
+session.onStatus((s, detail) => {
+  renderStatus();
+  if (s === 'closed' && detail) showBanner(detail);
+  else if (s === 'connected') hideBanner();
+});
+client.on('saved', renderStatus);
+
+client.on('refused', (msg) => {
+  showBanner(`The server refused an edit (${msg.code}: ${msg.message || 'no reason given'}); it was undone here.`);
+});
+client.on('server-error', (msg) => {
+  if (msg && msg.code && msg.code !== 'rate_limited') console.warn('collab: server error', msg);
+});
+
+function showBanner(text, kind = '') {
+  const b = $('banner');
+  b.textContent = text;
+  b.className = `banner ${kind}`;
+  b.hidden = false;
+}
+function hideBanner() {
+  $('banner').hidden = true;
+}
+
+let toastTimer = null;
+function toast(text) {
+  const t = $('toast');
+  t.textContent = text;
+  t.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { t.hidden = true; }, 2200);
+}
+
+window.addEventListener('beforeunload', (e) => {
+  if (!client.saved) {
+    e.preventDefault();
+    e.returnValue = ''; // legacy browsers need a value to show the prompt
+  }
+});
+window.addEventListener('offline', () => session.offline());
+window.addEventListener('online', () => session.online());
+
+// ---- counts and position --------------------------------------------------------
+let countsPending = false;
+function scheduleCounts() {
+  if (countsPending) return;
+  countsPending = true;
+  requestAnimationFrame(() => {
+    countsPending = false;
+    const text = view.state.doc.toString();
+    const chars = cpLength(text);
+    const words = (text.match(/[^\s]+/g) || []).length;
+    $('char-count').textContent = `${chars.toLocaleString()} character${chars === 1 ? '' : 's'}`;
+    $('word-count').textContent = `${words.toLocaleString()} word${words === 1 ? '' : 's'}`;
+  });
+}
+
+function updateLineCol(state) {
+  const head = state.selection.main.head;
+  const line = state.doc.lineAt(head);
+  $('line-col').textContent = `Ln ${line.number}, Col ${cpLength(line.text.slice(0, head - line.from)) + 1}`;
+}
+
+function updateUndoButtons(state) {
+  const ro = state.readOnly;
+  $('undo-btn').disabled = ro || undoDepth(state) === 0;
+  $('redo-btn').disabled = ro || redoDepth(state) === 0;
+}
+
+// ---- toolbar ----------------------------------------------------------------------
+$('undo-btn').addEventListener('click', () => { undo(view); view.focus(); });
+$('redo-btn').addEventListener('click', () => { redo(view); view.focus(); });
+
+$('copy-link').addEventListener('click', async () => {
+  const link = new URL(pageUrl(docName), location.href).href;
+  try {
+    await navigator.clipboard.writeText(link);
+    toast('Link copied');
+  } catch (e) {
+    // No clipboard permission (e.g. plain http): select it in a prompt-free way.
+    const input = el('input');
+    input.value = link;
+    document.body.appendChild(input);
+    input.select();
+    let ok = false;
+    try { ok = document.execCommand('copy'); } catch (e2) { ok = false; }
+    input.remove();
+    toast(ok ? 'Link copied' : link);
+  }
+});
+
+const menu = $('download-menu');
+const menuBtn = $('download-btn');
+menuBtn.addEventListener('click', (e) => {
+  e.stopPropagation();
+  menu.hidden = !menu.hidden;
+  menuBtn.setAttribute('aria-expanded', String(!menu.hidden));
+});
+document.addEventListener('click', () => { menu.hidden = true; menuBtn.setAttribute('aria-expanded', 'false'); });
+
+function download(ext, type) {
+  const blob = new Blob([view.state.doc.toString()], { type: `${type};charset=utf-8` });
+  const url = URL.createObjectURL(blob);
+  const a = el('a');
+  a.href = url;
+  a.download = `${docName}.${ext}`;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+$('download-md').addEventListener('click', () => download('md', 'text/markdown'));
+$('download-txt').addEventListener('click', () => download('txt', 'text/plain'));
+
+// ---- your name ----------------------------------------------------------------------
+function renderMe() {
+  $('me-name').textContent = user.name;
+  const av = $('me-avatar');
+  av.textContent = initials(user.name);
+  av.style.setProperty('--peer', user.color);
+  $('me').title = `You are "${user.name}". Click to change.`;
+  renderPeople(peerInfoMap());
+}
+
+const dialog = $('name-dialog');
+let chosenColor = user.color;
+function renderSwatches() {
+  const box = $('swatches');
+  box.replaceChildren();
+  for (const c of PALETTE) {
+    const b = el('button', 'swatch');
+    b.type = 'button';
+    b.style.setProperty('--peer', c);
+    b.setAttribute('role', 'radio');
+    b.setAttribute('aria-checked', String(c === chosenColor));
+    b.setAttribute('aria-label', c);
+    b.addEventListener('click', () => { chosenColor = c; renderSwatches(); });
+    box.appendChild(b);
+  }
+}
+$('me').addEventListener('click', () => {
+  $('name-input').value = user.name;
+  chosenColor = user.color;
+  renderSwatches();
+  if (typeof dialog.showModal === 'function') dialog.showModal();
+  $('name-input').select();
+});
+$('name-cancel').addEventListener('click', () => dialog.close());
+$('name-form').addEventListener('submit', () => {
+  const name = $('name-input').value.trim().slice(0, 64);
+  if (!name) return;
+  user = { name, color: safeColor(chosenColor, name) };
+  saveUser(user);
+  client.setUser(user);
+  renderMe();
+});
+
+// ---- go ------------------------------------------------------------------------------
+renderMe();
+renderStatus();
+scheduleCounts();
+updateUndoButtons(view.state);
+if (!DOC_NAME_RE.test(docName)) {
+  showBanner('This is not a valid document name: use 1-128 letters, digits, ".", "_" or "-".');
+} else {
+  session.start();
+}

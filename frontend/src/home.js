@@ -1,0 +1,85 @@
+// The home page (/): the documents that exist, a button for a new document
+// with a fresh random name, and a field to open one by name.
+
+import { apiUrl, pageUrl, randomDocName, DOC_NAME_RE, el } from './common.js';
+
+const $ = (id) => document.getElementById(id);
+
+function formatSize(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MB`;
+}
+
+function parseTime(t) {
+  if (t == null) return null;
+  if (typeof t === 'number') return new Date(t < 1e12 ? t * 1000 : t);
+  const d = new Date(t);
+  return Number.isNaN(d.getTime()) ? null : d;
+}
+
+function relativeTime(d) {
+  if (!d) return '';
+  const s = Math.round((Date.now() - d.getTime()) / 1000);
+  if (s < 45) return 'just now';
+  const units = [['minute', 60], ['hour', 3600], ['day', 86400], ['month', 2592000], ['year', 31536000]];
+  let unit = units[0];
+  for (const u of units) if (s >= u[1]) unit = u;
+  const n = Math.max(1, Math.round(s / unit[1]));
+  return `${n} ${unit[0]}${n === 1 ? '' : 's'} ago`;
+}
+
+async function loadDocs() {
+  const status = $('docs-status');
+  try {
+    const res = await fetch(apiUrl('/api/docs'), { headers: { Accept: 'application/json' } });
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    let docs = await res.json();
+    if (docs && !Array.isArray(docs) && Array.isArray(docs.docs)) docs = docs.docs;
+    docs = (docs || []).filter((d) => d && typeof d.id === 'string');
+    docs.sort((a, b) => (parseTime(b.updated)?.getTime() || 0) - (parseTime(a.updated)?.getTime() || 0) || a.id.localeCompare(b.id));
+    const rows = $('doc-rows');
+    rows.replaceChildren();
+    for (const d of docs) {
+      const tr = el('tr');
+      const name = el('td');
+      const a = el('a', '', d.id); // textContent: a name is data, never markup
+      a.href = pageUrl(d.id);
+      name.appendChild(a);
+      tr.appendChild(name);
+      tr.appendChild(el('td', 'num', typeof d.size === 'number' ? formatSize(d.size) : ''));
+      tr.appendChild(el('td', 'num', typeof d.rev === 'number' ? d.rev.toLocaleString() : ''));
+      const when = parseTime(d.updated);
+      const td = el('td', 'muted', relativeTime(when));
+      if (when) td.title = when.toLocaleString();
+      tr.appendChild(td);
+      rows.appendChild(tr);
+    }
+    $('doc-table').hidden = docs.length === 0;
+    $('doc-count').textContent = docs.length ? String(docs.length) : '';
+    status.hidden = docs.length > 0;
+    status.textContent = 'No documents yet. Create one to get started.';
+  } catch (e) {
+    status.hidden = false;
+    status.textContent = `Could not load the document list (${e.message}).`;
+  }
+}
+
+$('new-doc').addEventListener('click', () => {
+  location.href = pageUrl(randomDocName());
+});
+
+$('open-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const name = $('open-name').value.trim();
+  const err = $('open-error');
+  if (!DOC_NAME_RE.test(name)) {
+    err.textContent = 'Use 1-128 letters, digits, ".", "_" or "-" (not starting with ".").';
+    err.hidden = false;
+    return;
+  }
+  err.hidden = true;
+  location.href = pageUrl(name);
+});
+
+loadDocs();
