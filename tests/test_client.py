@@ -496,3 +496,250 @@ def test_random_sessions_converge_and_apply_each_edit_once(seed, depth, n):
     for k in range(1, marker + 1):
         assert server.text.count(f"<{k}>") == 1, (k, server.text)
     assert len(server.applied_ids) == len(set(server.applied_ids))
+
+
+# ---------------------------------------------------------------------------
+# End to end against the real server (tests/conftest.py `server` fixture).
+
+import collab  # noqa: E402
+from collab.client import Document  # noqa: E402
+
+
+def tap(d: Document, drop=lambda m: False) -> list[dict]:
+    """Record what ``d`` sends; messages for which ``drop(m)`` is true are lost on the way."""
+    sent: list[dict] = []
+    inner = d.state.messages_to_send
+
+    def messages_to_send() -> list[dict]:
+        out = []
+        for m in inner():
+            sent.append(m)
+            if not drop(m):
+                out.append(m)
+        return out
+
+    d.state.messages_to_send = messages_to_send  # type: ignore[method-assign]
+    return sent
+
+
+def sever(d: Document) -> None:
+    """Drop the connection abruptly (as a network failure would: close code 1006)."""
+    assert d._ws is not None
+    d._ws.transport.abort()
+
+
+async def converged(*docs: Document, timeout: float = 10) -> str:
+    """Wait until every document is synchronized at the same revision with the same text."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        if all(d.state.synchronized for d in docs) and len({(d.rev, d.text) for d in docs}) == 1:
+            return docs[0].text
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not converged: {[(d.rev, d.text) for d in docs]}")
+        await asyncio.sleep(0.01)
+
+
+async def doc_text(server, doc: str) -> tuple[int, str]:
+    import httpx
+
+    async with httpx.AsyncClient() as c:
+        j = (await c.get(f"{server.base_url}/api/docs/{doc}")).json()
+    return j["rev"], j["text"]
+
+
+async def test_e2e_two_clients_converge_with_emoji(server):
+    async with collab.connect(server.base_url, "conv", user={"name": "a"}) as a, \
+            collab.connect(server.ws_url, "conv", user={"name": "b"}) as b:
+        await a.insert(0, "hello 👋 world")
+        await a.synced()
+        await b.wait_for(lambda t: t == "hello 👋 world", timeout=5)
+        # Concurrent edits on both sides, several in flight at once.
+        await asyncio.gather(a.insert(6, "🌍"), b.insert(8, "!"))
+        await a.delete(0, 1)
+        await b.replace(len(b.text) - 5, 5, "there")
+        await a.insert(0, "H")
+        await asyncio.gather(a.synced(), b.synced())
+        await converged(a, b)
+        rev, text = await doc_text(server, "conv")
+        assert (rev, text) == (a.rev, a.text)
+        assert text.startswith("Hello ") and text.count("🌍") == text.count("!") == 1
+        assert "world" not in text and text.endswith("there")
+        assert b.client_id in a.peers and a.peers[b.client_id].name == "b"
+
+
+async def test_e2e_on_change_wait_for_and_presence(server):
+    async with collab.connect(server.base_url, "chg") as a, collab.connect(server.base_url, "chg") as b:
+        seen = []
+        b.on_change(lambda op, origin: seen.append((op, origin)))
+        await a.insert(0, "abc")
+        await b.wait_for(lambda t: t == "abc", timeout=5)
+        assert seen == [(["abc"], a.client_id)]
+        await a.set_cursor(1, 3)
+        for _ in range(100):
+            if b.peers.get(a.client_id) and b.peers[a.client_id].cursor == (1, 3):
+                break
+            await asyncio.sleep(0.02)
+        assert b.peers[a.client_id].cursor == (1, 3)
+        # A remote insert before the selection moves it.
+        await b.insert(0, "👋")
+        await b.synced()
+        assert b.peers[a.client_id].cursor == (2, 4)
+        await a.wait_for(lambda t: t == "👋abc", timeout=5)
+        with pytest.raises(asyncio.TimeoutError, match="condition not met"):
+            await a.wait_for(lambda t: "zzz" in t, timeout=0.2)
+
+
+async def test_e2e_ack_lost_then_reconnect_treats_welcome_op_as_ack(server):
+    async with collab.connect(server.base_url, "lost", reconnect=True) as a:
+        sent = tap(a)
+        joins_before = a.connections
+        # Drop the connection as soon as the server has our op: the ack is lost.
+        real_receive = a.state.receive
+
+        def receive(msg):
+            if msg.get("type") == "ack" and not getattr(receive, "done", False):
+                receive.done = True
+                sever(a)
+                return
+            real_receive(msg)
+
+        a.state.receive = receive  # type: ignore[method-assign]
+        await a.insert(0, "once")
+        await a.synced(timeout=10)
+        assert a.connections == joins_before + 1
+        joins = [m for m in sent if m["type"] == "join"]
+        assert joins and joins[-1]["since"] == 0
+        ops = [m for m in sent if m["type"] == "op"]
+        assert len(ops) == 1  # recognized in welcome.ops by id: not resent
+        assert await doc_text(server, "lost") == (1, "once")
+        assert (a.rev, a.text) == (1, "once")
+
+
+async def test_e2e_op_lost_is_resent_with_same_id_and_applied_once(server):
+    async with collab.connect(server.base_url, "resend") as a, collab.connect(server.base_url, "resend") as b:
+        state = {"dropped": 0}
+
+        def drop(m):
+            if m["type"] == "op" and state["dropped"] == 0:
+                state["dropped"] = 1
+                asyncio.get_running_loop().call_soon(sever, a)
+                return True
+            return False
+
+        sent = tap(a, drop)
+        await a.insert(0, "mine")
+        await b.insert(0, "theirs ")
+        await b.synced()
+        await a.synced(timeout=10)
+        ops = [m for m in sent if m["type"] == "op"]
+        assert len(ops) == 2 and ops[0]["id"] == ops[1]["id"]
+        assert ops[1]["rev"] >= ops[0]["rev"]
+        await converged(a, b)
+        rev, text = await doc_text(server, "resend")
+        assert text == a.text and text.count("mine") == 1 and rev == 2
+        # Resending the very same op again (a duplicate) is answered with its original revision.
+        from conftest import WS
+
+        ws = await WS.open(server.ws(("resend")))
+        try:
+            await ws.join()
+            await ws.send({**ops[1], "type": "op"})
+            ack = await ws.recv_type("ack")
+            assert ack["id"] == ops[1]["id"] and ack["rev"] <= 2
+        finally:
+            await ws.close()
+        assert (await doc_text(server, "resend"))[0] == 2
+
+
+async def test_e2e_resume_with_since_gets_missed_ops(server):
+    async with collab.connect(server.base_url, "resume") as a, collab.connect(server.base_url, "resume") as b:
+        sent = tap(a)
+        await a.insert(0, "x")
+        await a.synced()
+        good_url = a.url
+        a.url = "ws://127.0.0.1:1/ws/resume"  # nothing listens: reconnects fail for now
+        sever(a)
+        await asyncio.sleep(0.05)
+        await a.insert(1, "A")  # offline edit
+        for ch in "123":
+            await b.insert(0, ch)
+        await b.synced()
+        a.url = good_url
+        await a.synced(timeout=15)
+        await converged(a, b)
+        assert a.text == "321xA"
+        assert [m["since"] for m in sent if m["type"] == "join"][-1] == 1
+
+
+@pytest.mark.parametrize("reaches_server", [True, False])
+async def test_e2e_long_absence_resend_and_rebase(server_factory, reaches_server):
+    server = await server_factory(history_depth=2)
+    async with collab.connect(server.base_url, "absent") as a, collab.connect(server.base_url, "absent") as b:
+        await b.insert(0, "base")
+        await a.wait_for(lambda t: t == "base", timeout=5)
+        good_url = a.url
+        state = {"n": 0}
+
+        def go_offline():
+            a.url = "ws://127.0.0.1:1/ws/absent"  # nothing listens: reconnects fail for now
+            sever(a)
+
+        def drop(m):
+            # Case "not reached": the op is lost on the way out, with the connection.
+            if m["type"] == "op" and state["n"] == 0 and not reaches_server:
+                state["n"] = 1
+                asyncio.get_running_loop().call_soon(go_offline)
+                return True
+            return False
+
+        real_receive = a.state.receive
+
+        def receive(msg):
+            # Case "reached": the server applies it, the ack is lost with the connection.
+            if msg.get("type") == "ack" and state["n"] == 0 and reaches_server:
+                state["n"] = 1
+                go_offline()
+                return
+            real_receive(msg)
+
+        a.state.receive = receive  # type: ignore[method-assign]
+        sent = tap(a, drop)
+        await a.insert(4, " 👋")
+        await asyncio.sleep(0.05)
+        await a.insert(0, "¡")  # offline, buffered
+        for ch in "xyz":  # three revisions: more than the kept history
+            await b.insert(len(b.text), ch)
+            await b.synced()
+        a.url = good_url
+        await a.synced(timeout=15)
+        await converged(a, b)
+        assert a.text == "¡base 👋xyz"
+        rev, text = await doc_text(server, "absent")
+        assert text == a.text and text.count("👋") == 1
+        ops = [m for m in sent if m["type"] == "op"]
+        # The first op went out twice with its original rev and id (the probe), then the rest.
+        assert ops[0]["id"] == ops[1]["id"] and ops[0]["rev"] == ops[1]["rev"] == 1
+
+
+async def test_e2e_synced_and_close(server):
+    d = await collab.connect(server.base_url, "life")
+    await d.insert(0, "z")
+    await d.synced(timeout=5)
+    assert d.connected and d.rev == 1
+    await d.close()
+    with pytest.raises(CollabError, match="closed"):
+        await d.insert(0, "y")
+
+
+async def test_e2e_unreachable_server_raises_a_helpful_error():
+    from conftest import free_port
+
+    with pytest.raises(CollabError, match="collab serve"):
+        async with collab.connect(f"http://127.0.0.1:{free_port()}", "x"):
+            pass
+
+
+async def test_e2e_bad_positions_raise():
+    d = Document("http://127.0.0.1:1", "x")
+    with pytest.raises(IndexError, match="code points"):
+        await d.insert(5, "x")
