@@ -50,12 +50,11 @@ def static_dir() -> Path | None:
     env = os.environ.get("COLLAB_STATIC_DIR")
     candidates = [Path(env)] if env else []
     candidates.append(Path(__file__).resolve().parent.parent / "frontend" / "dist")
-    try:
-        import collab_frontend  # the wheel maps frontend/dist to this package
+    import importlib.util
 
-        candidates.append(Path(collab_frontend.__file__).resolve().parent)
-    except ImportError:
-        pass
+    spec = importlib.util.find_spec("collab_frontend")  # the wheel maps frontend/dist to this data-only package
+    if spec is not None and spec.submodule_search_locations:
+        candidates.extend(Path(p) for p in spec.submodule_search_locations)
     for path in candidates:
         if (path / "index.html").is_file():
             return path

@@ -106,6 +106,7 @@ class WS:
 
     @classmethod
     async def open(cls, url: str, **kwargs: Any) -> "WS":
+        kwargs.setdefault("max_queue", None)  # tests read selectively; never stall the close handshake
         return cls(await websockets.connect(url, open_timeout=10, max_size=None, **kwargs))
 
     async def send(self, msg: Any) -> None:
@@ -146,9 +147,12 @@ async def ws_open() -> AsyncIterator:
         return ws
 
     yield open_
-    for ws in opened:
+
+    async def close(ws: WS) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(ws.close(), 2)
+
+    await asyncio.gather(*(close(ws) for ws in opened))
 
 
 async def http_get(url: str, **kwargs: Any) -> httpx.Response:
@@ -205,3 +209,95 @@ class ServerProcess:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class TcpProxy:
+    """A loopback TCP proxy in front of a server, to cut connections the way networks do.
+
+    ``blackhole()`` stops forwarding in both directions while keeping both
+    sockets open (a laptop lid shut: no FIN, no close frame); ``cut()``
+    aborts every connection; ``refuse`` makes new connections fail at once.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.refuse = False
+        self._server: asyncio.base_events.Server | None = None
+        self._pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter, list[bool]]] = []
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> "TcpProxy":
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refuse:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        flowing = [True]
+        self._pairs.append((writer, up_writer, flowing))
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(src, dst, flowing))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, flowing: list[bool]) -> None:
+        try:
+            while True:
+                data = await src.read(65536)
+                if not data:
+                    break
+                if flowing[0]:
+                    dst.write(data)
+                    await dst.drain()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            if flowing[0]:
+                dst.transport.abort()
+
+    def blackhole(self) -> None:
+        for _, _, flowing in self._pairs:
+            flowing[0] = False
+
+    def cut(self) -> None:
+        for down, up, flowing in self._pairs:
+            flowing[0] = True
+            down.transport.abort()
+            up.transport.abort()
+        self._pairs.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+@pytest.fixture
+async def tcp_proxy() -> AsyncIterator:
+    """``await tcp_proxy(port)`` starts a :class:`TcpProxy` in front of ``port``."""
+    proxies: list[TcpProxy] = []
+
+    async def start(port: int) -> TcpProxy:
+        proxy = await TcpProxy(port).start()
+        proxies.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in proxies:
+        await proxy.close()
