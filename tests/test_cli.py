@@ -261,3 +261,17 @@ async def test_serve_prints_url_and_serves(tmp_path):
         proc.send_signal(signal.SIGINT)
         await asyncio.wait_for(proc.wait(), 15)
     assert (tmp_path / "d").exists()
+
+
+async def test_cat_put_with_token(server_factory):
+    server = await server_factory(secret=SECRET)
+    rc, _, err = await run_cli("cat", server.base_url, "private")
+    assert rc == 1 and "401" in err and "--token" in err
+    edit = auth.mint_token(SECRET, ["private"])
+    read = auth.mint_token(SECRET, ["private"], role="read")
+    rc, _, err = await run_cli("put", server.base_url, "private", "--token", edit, stdin=b"secret text")
+    assert rc == 0, err
+    rc, out, err = await run_cli("cat", server.base_url, "private", COLLAB_TOKEN=read)  # from the environment
+    assert rc == 0 and out == "secret text", err
+    rc, _, err = await run_cli("put", server.base_url, "private", "--token", read, stdin=b"nope")
+    assert rc == 1 and "403" in err

@@ -401,6 +401,27 @@ def test_refused_op_is_rolled_back():
     assert ot.apply(ch.before, ch.op) == "abc"
 
 
+def test_rate_limited_op_is_retried_with_the_same_id():
+    from collab.client import RetryLater
+
+    s = joined("", 0)
+    s.edit(["a"])
+    [m] = s.messages_to_send()
+    s.receive({"type": "error", "code": "rate_limited", "message": "slow down", "id": m["id"]})
+    assert [type(e) for e in s.events_received()] == [RetryLater]
+    assert s.text == "a" and s.inflight is not None
+    s.resend()
+    [again] = s.messages_to_send()
+    assert (again["id"], again["op"], again["rev"]) == (m["id"], ["a"], 0)
+
+
+def test_presence_at_an_older_revision_is_moved_forward():
+    s = joined("abc", 0)
+    s.receive({"type": "op", "rev": 1, "op": ["XY", 3], "client": "q", "cursor": None})
+    s.receive({"type": "presence", "client": "p", "rev": 0, "cursor": {"anchor": 1, "head": 1}})
+    assert s.peers["p"].cursor == (3, 3)
+
+
 def test_revision_gap_asks_for_reconnect():
     s = joined("", 1)
     s.receive({"type": "op", "rev": 3, "op": ["x"], "client": "p"})
@@ -743,3 +764,44 @@ async def test_e2e_bad_positions_raise():
     d = Document("http://127.0.0.1:1", "x")
     with pytest.raises(IndexError, match="code points"):
         await d.insert(5, "x")
+
+
+# ---------------------------------------------------------------------------
+# With a secret: tokens, roles, permanent close codes.
+
+SECRET = "k" * 40
+
+
+async def test_e2e_missing_or_wrong_token_is_permanent(server_factory):
+    from collab.auth import mint_token
+
+    server = await server_factory(secret=SECRET)
+    with pytest.raises(CollabError) as e:
+        await collab.connect(server.base_url, "sec")
+    assert e.value.code == "unauthorized" and "collab token" in e.value.message
+    other = mint_token(SECRET, ["elsewhere"])
+    with pytest.raises(CollabError) as e:
+        await collab.connect(server.base_url, "sec", token=other)
+    assert e.value.code == "forbidden"
+
+
+async def test_e2e_read_only_token(server_factory):
+    from collab.auth import mint_token
+
+    server = await server_factory(secret=SECRET)
+    async with collab.connect(server.base_url, "ro", token=mint_token(SECRET, ["ro"])) as w, \
+            collab.connect(server.base_url, "ro", token=mint_token(SECRET, ["r*"], role="read")) as r:
+        assert (w.role, r.role) == ("edit", "read")
+        await w.insert(0, "hi")
+        await r.wait_for(lambda t: t == "hi", timeout=5)
+        with pytest.raises(CollabError, match="read-only") as e:
+            await r.insert(0, "no")
+        assert e.value.code == "forbidden"
+        # Were the local check skipped, the server's refusal surfaces on synced() and is rolled back.
+        r.state.role = "edit"
+        await r.insert(0, "no")
+        with pytest.raises(CollabError) as e:
+            await r.synced(timeout=5)
+        assert e.value.code == "forbidden" and r.text == "hi"
+        await r.synced(timeout=5)  # reported once
+        r.state.role = "read"
