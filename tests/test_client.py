@@ -805,3 +805,26 @@ async def test_e2e_read_only_token(server_factory):
         assert e.value.code == "forbidden" and r.text == "hi"
         await r.synced(timeout=5)  # reported once
         r.state.role = "read"
+
+
+async def test_e2e_survives_server_restart(tmp_path):
+    """SIGKILL the server; edits made meanwhile are sent once it is back (same port, same data)."""
+    from conftest import ServerProcess
+
+    proc = ServerProcess(str(tmp_path / "data"))
+    await asyncio.to_thread(proc.start)
+    try:
+        async with collab.connect(proc.base_url, "restart") as d:
+            await d.insert(0, "before ")
+            await d.synced(timeout=5)
+            first = d.connections
+            await asyncio.to_thread(proc.kill)
+            await d.insert(len(d.text), "during 👋")
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(proc.start)
+            await d.synced(timeout=30)
+            assert d.connections > first
+        rev, text = await doc_text(proc, "restart")
+        assert (rev, text) == (2, "before during 👋")
+    finally:
+        await asyncio.to_thread(proc.stop)
