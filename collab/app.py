@@ -69,6 +69,9 @@ class CollabApp:
         self.store = store
         self.hub: Hub | None = None if store is None else Hub(store, HubConfig.from_settings(settings))
         self._owns_store = store is None
+        #: WebSocket frames sent, and messages that rode in a batch frame instead of their own.
+        self.frames_sent = 0
+        self.frames_coalesced = 0
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -142,6 +145,7 @@ class CollabApp:
                         if grant.name:  # a name vouched for by the token beats a self-chosen one
                             user = protocol.User(grant.name, user.color if user else "")
                         peer = Peer(user, grant.role, s.client_queue_size)
+                        peer.batch = msg.batch
                         pump = asyncio.create_task(self._pump(ws, peer))
                         try:
                             doc = await self.hub.join(doc_id, peer, msg.since)
@@ -180,8 +184,16 @@ class CollabApp:
                 peer.ready.clear()
                 if peer.closed and not peer.flush:
                     peer.outbox.clear()  # dropped as too slow: don't wait on it any longer
-                while peer.outbox:
-                    await ws.send_text(peer.outbox.popleft())
+                outbox = peer.outbox
+                while outbox:
+                    if peer.batch and len(outbox) > 1:
+                        frames = list(outbox)
+                        outbox.clear()
+                        await ws.send_text(protocol.batch_frame(frames))
+                        self.frames_coalesced += len(frames) - 1
+                    else:
+                        await ws.send_text(outbox.popleft())
+                    self.frames_sent += 1
                 if peer.closed:
                     if peer.close_code != 1000:
                         await ws.close(peer.close_code, peer.close_reason[:120])
@@ -285,6 +297,12 @@ class CollabApp:
             "# HELP collab_ops_applied_total Operations applied and committed.",
             "# TYPE collab_ops_applied_total counter",
             f"collab_ops_applied_total {hub.ops_applied if hub else 0}",
+            "# HELP collab_frames_sent_total WebSocket frames sent to clients.",
+            "# TYPE collab_frames_sent_total counter",
+            f"collab_frames_sent_total {self.frames_sent}",
+            "# HELP collab_messages_coalesced_total Messages sent inside a batch frame instead of their own frame.",
+            "# TYPE collab_messages_coalesced_total counter",
+            f"collab_messages_coalesced_total {self.frames_coalesced}",
         ]
         return PlainTextResponse("\n".join(lines) + "\n" + guard.metrics_text(), media_type="text/plain; version=0.0.4")
 

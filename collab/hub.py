@@ -81,7 +81,7 @@ class Peer:
     closes the connection with :attr:`close_code` once :attr:`closed` is true.
     """
 
-    __slots__ = ("id", "user", "role", "cursor", "outbox", "ready", "closed", "close_code", "close_reason", "limit", "doc", "flush")
+    __slots__ = ("id", "user", "role", "cursor", "outbox", "ready", "closed", "close_code", "close_reason", "limit", "doc", "flush", "batch")
 
     def __init__(self, user: User | None = None, role: str = "edit", queue_size: int = 1000) -> None:
         self.id = secrets.token_hex(6)
@@ -95,6 +95,8 @@ class Peer:
         self.close_reason = ""
         #: Whether the transport sends what is queued before closing.
         self.flush = True
+        #: The client accepts ``batch`` frames, so queued messages may be coalesced.
+        self.batch = False
         self.limit = queue_size
         self.doc: Document | None = None
 

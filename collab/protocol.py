@@ -89,6 +89,8 @@ class User:
 class Join:
     user: User | None
     since: int | None
+    #: The client accepts ``batch`` frames (several messages in one frame).
+    batch: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +202,7 @@ def parse(data: str | bytes) -> Message:
     if kind == "presence":
         return Presence(_rev(msg, "rev"), _cursor(msg.get("cursor")), _user(msg.get("user")))  # type: ignore[arg-type]
     if kind == "join":
-        return Join(_user(msg.get("user")), _rev(msg, "since", optional=True))
+        return Join(_user(msg.get("user")), _rev(msg, "since", optional=True), msg.get("batch") is True)
     if isinstance(kind, str):
         raise ProtocolError(BAD_MESSAGE, f"unknown message type {kind[:40]!r}: expected join, op or presence")
     raise ProtocolError(BAD_MESSAGE, "a message must have a string field 'type'")
@@ -211,6 +213,11 @@ def encode(msg: dict[str, Any]) -> str:
     if _orjson is not None:
         return _orjson.dumps(msg).decode()
     return json.dumps(msg, ensure_ascii=False, separators=(",", ":"))
+
+
+def batch_frame(frames: list[str]) -> str:
+    """One ``batch`` frame carrying already-encoded messages, in order (no re-encoding)."""
+    return '{"type":"batch","messages":[' + ",".join(frames) + "]}"
 
 
 def _cur(cursor: Cursor | None) -> dict[str, int] | None:

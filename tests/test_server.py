@@ -344,3 +344,32 @@ async def test_http_api(server, ws_open):
     assert await text_of(server, "put") == "hello brave 🌍 world"
     metrics = (await http_get(f"{server.base_url}/metrics")).text
     assert "collab_ops_applied_total 2" in metrics
+
+
+async def test_batch_frames_are_opt_in_and_keep_order(server, ws_open):
+    plain = await ws_open(server.ws("batch"))
+    batched = await ws_open(server.ws("batch"))
+    writer = await ws_open(server.ws("batch"))
+    await plain.join()
+    await batched.send({"type": "join", "batch": True})
+    assert (await batched.recv())["type"] == "welcome"
+    await writer.join()
+    n = 200
+    for i in range(n):  # a burst: the server commits and announces these in a few batches
+        await writer.send({"type": "op", "rev": i, "op": ([i] if i else []) + ["😀"], "id": f"b{i}"})
+    plain_revs, batched_revs, frames = [], [], 0
+    while len(plain_revs) < n:
+        msg = await plain.recv()
+        assert msg["type"] != "batch", "a client that did not opt in got a batch frame"
+        if msg["type"] == "op":
+            plain_revs.append(msg["rev"])
+    while len(batched_revs) < n:
+        frame = await batched.recv()
+        frames += 1
+        for msg in frame["messages"] if frame["type"] == "batch" else [frame]:
+            if msg["type"] == "op":
+                batched_revs.append(msg["rev"])
+    assert plain_revs == batched_revs == list(range(1, n + 1))
+    assert frames < n, "nothing was coalesced for the client that asked for batches"
+    metrics = (await http_get(f"{server.base_url}/metrics")).text
+    assert "collab_messages_coalesced_total 0" not in metrics
