@@ -32,7 +32,7 @@ from collab.config import Settings  # noqa: E402
 # The test app: /healthz, /metrics and a tiny room protocol on /ws/{doc}
 
 
-def make_app(settings: Settings) -> Any:
+def make_app(settings: Settings, strikes: int = 50) -> Any:
     """A small Starlette app shaped like collab's: join/welcome, op/ack/broadcast, a bounded queue."""
     from starlette.applications import Starlette
     from starlette.responses import PlainTextResponse
@@ -54,7 +54,9 @@ def make_app(settings: Settings) -> Any:
         await ws.accept()
         me = next(counter)
         queue: asyncio.Queue = asyncio.Queue(maxsize=settings.client_queue_size)
-        limiter = guard.MessageLimiter.from_settings(settings, source=ws.client.host if ws.client else "")
+        limiter = guard.MessageLimiter(settings.msg_rate, settings.msg_burst, settings.bytes_rate,
+                                       settings.bytes_burst, strikes=strikes,
+                                       source=ws.client.host if ws.client else "")
         peers = rooms.setdefault(doc, {})
         peers[me] = queue
         dropped = asyncio.Event()
@@ -123,7 +125,7 @@ def _server_main(spec: dict) -> None:
     sock.listen(4096)
 
     async def main() -> None:
-        app = None if spec.get("real_app") else make_app(settings)
+        app = None if spec.get("real_app") else make_app(settings, **spec.get("app", {}))
         if spec.get("ws"):
             server._ws_implementation = lambda: spec["ws"]  # type: ignore[assignment]
         started = asyncio.Event()
@@ -175,9 +177,10 @@ class Server:
 
 
 @contextlib.asynccontextmanager
-async def running(real_app: bool = False, ws: str | None = None, **settings: Any) -> AsyncIterator[Server]:
+async def running(real_app: bool = False, ws: str | None = None, app: dict | None = None,
+                  **settings: Any) -> AsyncIterator[Server]:
     """Start a server process with ``settings`` overrides; stop it afterwards."""
-    spec = {"settings": {"log_level": "warning", **settings}, "real_app": real_app, "ws": ws}
+    spec = {"settings": {"log_level": "warning", **settings}, "real_app": real_app, "ws": ws, "app": app or {}}
     proc = subprocess.Popen([sys.executable, __file__, json.dumps(spec)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, cwd=str(ROOT), text=True)
     try:
@@ -461,22 +464,51 @@ async def test_slowloris_crowd_does_not_lock_out_a_legitimate_client() -> None:
 
 
 FLOODER = r"""
-import json, sys, time
-from websockets.sync.client import connect
-from websockets.exceptions import ConnectionClosed
-port, seconds = int(sys.argv[1]), float(sys.argv[2])
-ws = connect(f"ws://127.0.0.1:{port}/ws/shared", source_address=("127.0.0.4", 0))
-ws.send(json.dumps({"type": "join"}))
-sent, code = 0, None
-msg = json.dumps({"type": "op", "rev": 0, "op": ["f"], "id": "f"})
-end = time.monotonic() + seconds
-try:
-    while time.monotonic() < end:
-        ws.send(msg)
-        sent += 1
-except ConnectionClosed as exc:
-    code = exc.rcvd.code if exc.rcvd else None
-print(json.dumps({"sent": sent, "code": code}), flush=True)
+import asyncio, json, sys, time
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.protocol import State
+
+async def drain_replies(ws):
+    try:
+        async for _ in ws:
+            pass
+    except ConnectionClosed:
+        pass
+
+async def main(port, seconds):
+    msg = json.dumps({"type": "op", "rev": 0, "op": ["f"], "id": "f"})
+    stats = {"sent": 0, "codes": {}, "refused": 0, "connections": 0}
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:  # an attacker that reconnects as soon as it is thrown out
+        try:
+            ws = await connect(f"ws://127.0.0.1:{port}/ws/shared", local_addr=("127.0.0.4", 0), open_timeout=5)
+        except (OSError, InvalidHandshake, asyncio.TimeoutError, EOFError):
+            stats["refused"] += 1
+            await asyncio.sleep(0.01)
+            continue
+        stats["connections"] += 1
+        drain = asyncio.create_task(drain_replies(ws))  # else the client stops reading at max_queue
+        try:
+            await ws.send(json.dumps({"type": "join"}))
+            while time.monotonic() < end:
+                for _ in range(64):
+                    await ws.send(msg)
+                stats["sent"] += 64
+                await asyncio.sleep(0)  # let the reader see a close frame
+                if ws.state is not State.OPEN:
+                    break  # thrown out: reconnect at once
+            else:
+                await ws.close()
+        except ConnectionClosed:
+            pass
+        code = str(ws.protocol.close_rcvd.code if ws.protocol.close_rcvd else None)
+        stats["codes"][code] = stats["codes"].get(code, 0) + 1
+        ws.transport.abort()
+        drain.cancel()
+    print(json.dumps(stats), flush=True)
+
+asyncio.run(main(int(sys.argv[1]), float(sys.argv[2])))
 """
 
 
@@ -493,23 +525,43 @@ async def polite_latencies(srv: Server, n: int) -> list[float]:
     return out
 
 
+async def start_flooder(srv: Server, seconds: float) -> asyncio.subprocess.Process:
+    """The flooder process, at low CPU priority: on a real network the attacker's CPU is
+    not ours, and here it must not starve the polite client's process instead of the server."""
+    return await asyncio.create_subprocess_exec(
+        "nice", "-n", "19", sys.executable, "-c", FLOODER, str(srv.port), str(seconds), stdout=subprocess.PIPE)
+
+
 async def test_message_flood_is_limited_and_polite_client_keeps_its_latency() -> None:
-    # A big strike allowance so the flooder keeps flooding (limited) for the whole window.
-    async with running(msg_rate=50, msg_burst=50, handshake_timeout=30) as srv:
-        baseline = statistics.median(await polite_latencies(srv, 40))
-        flooder = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", FLOODER, str(srv.port), "6", stdout=subprocess.PIPE)
+    # Strikes so high that the flooding connection stays open, limited, for the whole run.
+    async with running(msg_rate=50, msg_burst=50, handshake_timeout=30, app={"strikes": 10**9}) as srv:
+        baseline = statistics.median(await polite_latencies(srv, 50))
+        flooder = await start_flooder(srv, 4)
         await asyncio.sleep(1.0)
-        during = statistics.median(await polite_latencies(srv, 40))
+        during = statistics.median(await polite_latencies(srv, 50))
         out, _ = await flooder.communicate()
         result = json.loads(out)
         m = await srv.metrics()
-        assert m["collab_guard_limited_messages_total"] > 0
-        # The flooder was limited, and then closed with 1008 for keeping on.
-        assert result["code"] == 1008, result
-        assert m["collab_guard_flood_closes_total"] >= 1
+        # (A flooder that does not read its error replies may also be dropped as too slow, 1013.)
+        assert result["sent"] > 2000 and set(result["codes"]) <= {"1000", "1013"}, result
+        allowed = result["connections"] * (50 + 50 * 4.5 + 64)  # burst + rate x duration + in flight
+        assert m["collab_guard_limited_messages_total"] >= result["sent"] - allowed
         ratio = during / baseline
-        assert ratio < 10, f"polite ack latency {baseline * 1e3:.2f} ms -> {during * 1e3:.2f} ms under flood"
+        print(f"polite ack latency: {baseline * 1e3:.2f} ms alone, {during * 1e3:.2f} ms under a flood of "
+              f"{result['sent'] / 4:.0f} msg/s (x{ratio:.2f})")
+        assert ratio < 5, f"polite ack latency {baseline * 1e3:.2f} ms -> {during * 1e3:.2f} ms under flood"
+
+
+async def test_persistent_flood_is_closed_with_1008_and_reconnects_are_throttled() -> None:
+    async with running(msg_rate=50, msg_burst=50, conn_rate=2, conn_burst=3, handshake_timeout=30) as srv:
+        flooder = await start_flooder(srv, 2)
+        result = json.loads((await flooder.communicate())[0])
+        m = await srv.metrics()
+        assert result["codes"].get("1008", 0) >= 3, result
+        assert m["collab_guard_flood_closes_total"] == result["codes"]["1008"]
+        assert m["collab_guard_refused_conn_rate_total"] > 0 and result["refused"] > 0
+        # Each connection got its burst plus its strikes, then was closed: a few hundred at most.
+        assert m["collab_guard_limited_messages_total"] <= 50 * result["connections"]
 
 
 NON_READER = r"""
@@ -555,6 +607,7 @@ async def test_client_that_never_reads_is_dropped_and_server_memory_stays_bounde
         await edit(writer, "last")
         m = await srv.metrics()
         growth = srv.rss() - rss_start
+        print(f"server RSS growth {growth / 1e6:.1f} MB while broadcasting {sent / 1e6:.0f} MB to a non-reader")
         assert m["collab_guard_slow_client_drops_total"] >= 1
         assert growth < sent / 4, f"server RSS grew {growth / 1e6:.1f} MB for {sent / 1e6:.0f} MB sent"
         await writer.close()
