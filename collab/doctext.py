@@ -3,6 +3,16 @@
 :class:`DocText` is what the hub edits. Its methods are the only way the
 hub touches text, so its representation can change without the hub
 noticing.
+
+Representation. A short text is one Python ``str``, edited with
+:func:`collab.ot.apply` (slicing a few tens of KiB is cheaper than any
+index). Past :attr:`DocText.SMALL` code points the text becomes a list of
+*chunks* (``str`` pieces of about :attr:`DocText.CHUNK` code points) with a
+Fenwick tree of their lengths, so finding a position and editing it costs
+``O(log chunks + CHUNK)`` instead of copying the whole document: the
+per-edit cost no longer grows with the document. ``str(text)`` joins the
+chunks once and caches the result until the next edit (the hub needs it
+only for snapshots and for ``welcome`` messages).
 """
 
 from __future__ import annotations
@@ -11,19 +21,230 @@ from . import ot
 
 
 class DocText:
-    """A document's text; :meth:`apply` edits it in place."""
+    """A document's text; :meth:`apply` edits it in place.
 
-    __slots__ = ("_text",)
+    ``apply`` has exactly :func:`collab.ot.apply` semantics, including its
+    errors: an operation whose base length is not ``len(self)``, or that
+    holds a component that is neither ``int`` nor ``str``, raises
+    :class:`collab.ot.InvalidOperation` and leaves the text unchanged.
+    """
 
-    def __init__(self, text: str = "") -> None:
-        self._text = text
+    #: Below this many code points the text is one plain ``str``.
+    SMALL = 64 * 1024
+    #: Target chunk size in code points; a chunk is split past ``2 * CHUNK``.
+    CHUNK = 2048
+
+    __slots__ = ("_str", "_chunks", "_tree", "_top", "_len", "_small", "_chunk", "_hint", "_hint_start", "_pending")
+
+    def __init__(self, text: str = "", *, small: int | None = None, chunk: int | None = None) -> None:
+        self._small = self.SMALL if small is None else small
+        self._chunk = max(1, self.CHUNK if chunk is None else chunk)
+        self._len = len(text)
+        #: The whole text, when known: the representation in small mode, a cache otherwise.
+        self._str: str | None = text
+        #: ``None`` in small mode, else the chunks (none of them empty).
+        self._chunks: list[str] | None = None
+        #: Fenwick tree over chunk lengths (1-based); ``None`` when it must be rebuilt.
+        self._tree: list[int] | None = None
+        self._top = 0
+        #: The chunk edited last (-1: none) and where it starts: typing stays in one
+        #: chunk, so the next edit usually needs no tree lookup.
+        self._hint = -1
+        self._hint_start = 0
+        #: Length change of the hint chunk not yet added to the tree.
+        self._pending = 0
+        if self._len > self._small:
+            self._to_chunks(text)
+
+    # -- the interface --------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __str__(self) -> str:
+        s = self._str
+        if s is None:
+            assert self._chunks is not None
+            s = self._str = "".join(self._chunks)
+        return s
 
     def apply(self, op: ot.Operation) -> None:
         """Apply ``op`` (its base length must be ``len(self)``)."""
-        self._text = ot.apply(self._text, op)
+        if self._chunks is None:
+            assert self._str is not None
+            text = ot.apply(self._str, op)
+            self._str = text
+            self._len = len(text)
+            if self._len > self._small:
+                self._to_chunks(text)
+            return
+        # Check everything first, as ot.apply does, so a bad op changes nothing.
+        span = 0
+        for c in op:
+            t = type(c)
+            if t is int:
+                span += c if c > 0 else -c
+            elif t is not str:
+                raise ot._bad_component(c)
+        if span != self._len:
+            raise ot.InvalidOperation(
+                f"operation spans {ot._plural(span, 'character')} but the document has {self._len}"
+            )
+        self._str = None
+        pos = 0
+        for c in op:
+            if type(c) is str:
+                if c:
+                    self._insert(pos, c)
+                    pos += len(c)
+            elif c > 0:
+                pos += c
+            elif c < 0:
+                self._delete(pos, -c)
+        if self._len <= self._small // 4:
+            self._to_small()
 
-    def __len__(self) -> int:
-        return len(self._text)
+    # -- representation changes -------------------------------------------------
 
-    def __str__(self) -> str:
-        return self._text
+    def _to_chunks(self, text: str) -> None:
+        """Switch to (or rebalance) the chunked form, holding ``text``."""
+        self._chunks = self._split(text)
+        self._invalidate()
+        self._str = text
+
+    def _to_small(self) -> None:
+        text = str(self)
+        self._chunks = None
+        self._invalidate()
+        self._str = text
+
+    def _split(self, text: str) -> list[str]:
+        """Cut ``text`` into near-equal pieces of at most about ``CHUNK`` code points."""
+        n = len(text)
+        if n == 0:
+            return []
+        k = -(-n // self._chunk)
+        size = -(-n // k)
+        return [text[i : i + size] for i in range(0, n, size)]
+
+    # -- the Fenwick tree ----------------------------------------------------------
+
+    def _invalidate(self) -> None:
+        """The chunk list changed shape: rebuild the tree on the next lookup."""
+        self._tree = None
+        self._hint = -1
+        self._pending = 0
+
+    def _locate(self, pos: int) -> tuple[int, int]:
+        """Like :meth:`_find`, but answered from the hint chunk when ``pos`` is in it."""
+        i = self._hint
+        if i >= 0:
+            start = self._hint_start
+            assert self._chunks is not None
+            if start < pos <= start + len(self._chunks[i]) or pos == start == 0:
+                return i, pos - start
+            if self._pending:
+                self._add(i, self._pending)
+                self._pending = 0
+        i, off = self._find(pos)
+        self._hint = i
+        self._hint_start = pos - off
+        return i, off
+
+    def _build(self) -> list[int]:
+        """Rebuild the tree from the chunk lengths in O(chunks)."""
+        assert self._chunks is not None
+        n = len(self._chunks)
+        tree = [0] * (n + 1)
+        for i, piece in enumerate(self._chunks, 1):
+            tree[i] += len(piece)
+            j = i + (i & -i)
+            if j <= n:
+                tree[j] += tree[i]
+        self._tree = tree
+        top = 1
+        while top * 2 <= n:
+            top *= 2
+        self._top = top if n else 0
+        return tree
+
+    def _find(self, pos: int) -> tuple[int, int]:
+        """The 0-based chunk holding position ``pos`` and the offset in it.
+
+        A position on a boundary between two chunks is reported at the end
+        of the earlier one; ``0 < offset <= len(chunk)`` unless ``pos == 0``.
+        """
+        tree = self._tree
+        if tree is None:
+            tree = self._build()
+        n = len(tree) - 1
+        idx = 0
+        bit = self._top
+        while bit:
+            nxt = idx + bit
+            if nxt <= n and tree[nxt] < pos:
+                idx = nxt
+                pos -= tree[nxt]
+            bit >>= 1
+        return idx, pos
+
+    def _add(self, i: int, delta: int) -> None:
+        """Add ``delta`` to the length of chunk ``i`` (0-based) in the tree."""
+        tree = self._tree
+        assert tree is not None
+        n = len(tree) - 1
+        i += 1
+        while i <= n:
+            tree[i] += delta
+            i += i & -i
+
+    # -- edits -------------------------------------------------------------------------
+
+    def _insert(self, pos: int, s: str) -> None:
+        chunks = self._chunks
+        assert chunks is not None
+        self._len += len(s)
+        if not chunks:
+            chunks.extend(self._split(s))
+            self._invalidate()
+            return
+        i, off = self._locate(pos)
+        if i == len(chunks):  # only when pos is past the end, which the span check forbids
+            i, off = i - 1, len(chunks[i - 1])  # pragma: no cover
+        piece = chunks[i]
+        new = piece[:off] + s + piece[off:]
+        if len(new) <= 2 * self._chunk:
+            chunks[i] = new
+            self._pending += len(s)
+        else:
+            chunks[i : i + 1] = self._split(new)
+            self._invalidate()
+
+    def _delete(self, pos: int, n: int) -> None:
+        chunks = self._chunks
+        assert chunks is not None
+        self._len -= n
+        i, off = self._locate(pos)
+        emptied = False
+        while n > 0:
+            piece = chunks[i]
+            if off >= len(piece):
+                i += 1
+                off = 0
+                continue
+            take = min(n, len(piece) - off)
+            if off == 0 and take == len(piece):
+                chunks[i] = ""
+                emptied = True
+            else:
+                chunks[i] = piece[:off] + piece[off + take :]
+                if i == self._hint:
+                    self._pending -= take
+                elif self._tree is not None:
+                    self._add(i, -take)
+            n -= take
+            i += 1
+            off = 0
+        if emptied:
+            chunks[:] = [piece for piece in chunks if piece]
+            self._invalidate()  # rebuilt, without the empty chunks, on the next lookup
