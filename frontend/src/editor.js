@@ -48,7 +48,6 @@ const mdHighlight = HighlightStyle.define([
   { tag: tags.monospace, color: '#953800', backgroundColor: 'rgba(175,184,193,.2)', borderRadius: '3px' },
   { tag: tags.quote, color: '#57606a', fontStyle: 'italic' },
   { tag: [tags.processingInstruction, tags.meta], color: '#8c959f' },
-  { tag: tags.list, color: '#8250df' },
   { tag: tags.contentSeparator, color: '#8c959f' },
 ]);
 
@@ -274,7 +273,10 @@ session.onStatus((s, detail) => {
   if (s === 'closed' && detail) showBanner(detail);
   else if (s === 'connected') hideBanner();
 });
-client.on('saved', renderStatus);
+client.on('saved', () => {
+  renderStatus();
+  if (client.rev !== null) $('rev').textContent = `rev ${client.rev}`;
+});
 
 client.on('refused', (msg) => {
   showBanner(`The server refused an edit (${msg.code}: ${msg.message || 'no reason given'}); it was undone here.`);

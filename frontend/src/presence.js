@@ -12,16 +12,16 @@ export const setPeerCursor = StateEffect.define();
 export const setPeerInfo = StateEffect.define();
 
 class CaretWidget extends WidgetType {
-  constructor(client, name, color, recent) {
+  constructor(client, name, color, moved) {
     super();
     this.client = client;
     this.name = name;
     this.color = color;
-    this.recent = recent;
+    this.moved = moved; // bumps each time the peer moves: a new DOM restarts the label's fade
   }
 
   eq(other) {
-    return other.client === this.client && other.name === this.name && other.color === this.color && other.recent === this.recent;
+    return other.client === this.client && other.name === this.name && other.color === this.color && other.moved === this.moved;
   }
 
   toDOM() {
@@ -58,7 +58,7 @@ const peersField = StateField.define({
       for (const [client, c] of cursors) {
         // assoc 1: an insert exactly at a remote caret pushes it right,
         // like the server's transformIndex.
-        mapped.set(client, { anchor: tr.changes.mapPos(c.anchor, 1), head: tr.changes.mapPos(c.head, 1) });
+        mapped.set(client, { anchor: tr.changes.mapPos(c.anchor, 1), head: tr.changes.mapPos(c.head, 1), moved: c.moved });
       }
       cursors = mapped;
     }
@@ -68,9 +68,11 @@ const peersField = StateField.define({
         if (e.value.remove) cursors.delete(e.value.client);
         else {
           const len = tr.state.doc.length;
+          const prev = cursors.get(e.value.client);
           cursors.set(e.value.client, {
             anchor: Math.min(Math.max(0, e.value.anchor), len),
             head: Math.min(Math.max(0, e.value.head), len),
+            moved: prev ? prev.moved + 1 : 0,
           });
         }
       } else if (e.is(setPeerInfo)) {
@@ -92,7 +94,7 @@ const peersField = StateField.define({
           attributes: { style: `background-color: ${hexToRgba(who.color, 0.22)}` },
         }).range(Math.min(c.anchor, c.head), Math.max(c.anchor, c.head)));
       }
-      ranges.push(Decoration.widget({ widget: new CaretWidget(client, who.name, who.color), side: 1 }).range(c.head));
+      ranges.push(Decoration.widget({ widget: new CaretWidget(client, who.name, who.color, c.moved), side: 1 }).range(c.head));
     }
     return Decoration.set(ranges, true);
   }),
