@@ -293,6 +293,28 @@ def test_presence_caret_and_name(srv, pages):
     a.locator(".cm-remote-label", has_text="Bob").wait_for(timeout=5000)
 
 
+def test_no_layout_jump_when_remote_edits_arrive_above(srv, pages):
+    doc = new_doc()
+    body = "".join(f"line {i}\n" for i in range(200))
+    httpx.put(f"{srv.base_url}/api/docs/{doc}/text", content=body.encode(), timeout=5).raise_for_status()
+    a = pages.open(f"{srv.base_url}/d/{doc}", name="Alice")
+    b = pages.open(f"{srv.base_url}/d/{doc}", name="Bob")
+    # Bob works around line 100, in the middle of his screen.
+    b.evaluate("""() => { const v = collab.view, pos = v.state.doc.line(101).from + 4;
+        v.dispatch({selection: {anchor: pos}, scrollIntoView: true}); v.focus(); }""")
+    b.wait_for_timeout(200)
+    caret_y = "() => collab.view.coordsAtPos(collab.view.state.selection.main.head).top"
+    before = b.evaluate(caret_y)
+    # Alice adds lines far above (off Bob's screen), then just above his caret.
+    for where in (0, 98):
+        a.evaluate(f"""() => {{ const v = collab.view, pos = v.state.doc.line({where} + 1).from;
+            v.dispatch({{changes: {{from: pos, insert: 'new 1\\nnew 2\\nnew 3\\n'}}}}); }}""")
+        wait_converged(srv, doc, [a, b])
+        b.wait_for_timeout(100)
+        assert abs(b.evaluate(caret_y) - before) <= 2, f"Bob's line jumped after an insert at line {where}"
+    assert b.evaluate("collab.view.state.doc.lineAt(collab.view.state.selection.main.head).text") == "line 100"
+
+
 def test_xss_name_is_rendered_as_text(srv, pages):
     doc = new_doc()
     payload = '<img src=x onerror="window.__xss=1">'
