@@ -92,6 +92,16 @@ class Store(abc.ABC):
     async def list_docs(self) -> list[DocInfo]:
         """Every document with at least one operation, most recently changed first."""
 
+    async def revisions(self, docs: list[str]) -> dict[str, int]:
+        """The committed revision of each of ``docs`` that has one (absent: revision 0).
+
+        Processes sharing a store poll this to notice an operation whose
+        announcement they missed; stores shared by processes override it
+        with one cheap query.
+        """
+        wanted = set(docs)
+        return {d.id: d.rev for d in await self.list_docs() if d.id in wanted}
+
     async def ping(self) -> None:
         """Raise if the store cannot serve (used by ``/healthz``)."""
 

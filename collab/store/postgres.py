@@ -1,0 +1,283 @@
+"""The shared store: PostgreSQL through asyncpg, for several processes on one database.
+
+PostgreSQL is the ordering authority when collab runs as several
+processes: an append succeeds only if it extends the document's current
+revision (the ``collab_docs`` row is the sequencer, and the primary key
+``(doc, rev)`` of ``collab_ops`` the last guard), so two processes can never
+both commit revision *n*; the loser gets :class:`RevisionConflict`, catches
+up and retries. Op ids are unique per document (``collab_op_ids``), so an
+operation resent to another process after a crash is never applied twice.
+
+Tables are prefixed ``collab_`` so they can share a database with other
+applications; ``?schema=NAME`` in the URL puts them in their own schema
+(created if missing). The schema is created or migrated on :meth:`open`,
+under an advisory lock so that processes starting together do not race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from typing import Any, Callable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from .. import ot
+from .base import DocInfo, DocState, RevisionConflict, Store, StoredOp
+
+try:
+    import orjson
+
+    def _dumps(op: ot.Operation) -> str:
+        return orjson.dumps(op).decode()
+
+    _loads: Callable[[str], Any] = orjson.loads
+except ImportError:  # pragma: no cover
+    def _dumps(op: ot.Operation) -> str:
+        return json.dumps(op, ensure_ascii=False, separators=(",", ":"))
+
+    _loads = json.loads
+
+#: The schema version this code writes; :meth:`PostgresStore.open` migrates older ones.
+SCHEMA_VERSION = 1
+
+#: Statements creating version 1, in order.
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE IF NOT EXISTS collab_docs (
+            id TEXT PRIMARY KEY,
+            rev BIGINT NOT NULL,
+            size BIGINT NOT NULL,
+            created DOUBLE PRECISION NOT NULL,
+            updated DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS collab_docs_updated ON collab_docs (updated DESC)",
+        """CREATE TABLE IF NOT EXISTS collab_ops (
+            doc TEXT NOT NULL,
+            rev BIGINT NOT NULL,
+            op TEXT NOT NULL,
+            client TEXT NOT NULL,
+            op_id TEXT NOT NULL,
+            PRIMARY KEY (doc, rev)
+        )""",
+        # Op ids outlive the compacted log, so a resend from long ago is still recognized.
+        """CREATE TABLE IF NOT EXISTS collab_op_ids (
+            doc TEXT NOT NULL,
+            op_id TEXT NOT NULL,
+            rev BIGINT NOT NULL,
+            PRIMARY KEY (doc, op_id)
+        )""",
+        """CREATE TABLE IF NOT EXISTS collab_snapshots (
+            doc TEXT NOT NULL,
+            rev BIGINT NOT NULL,
+            text TEXT NOT NULL,
+            PRIMARY KEY (doc, rev)
+        )""",
+    ],
+}
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def split_schema(url: str) -> tuple[str, str | None]:
+    """``url`` without its ``schema=NAME`` query parameter, and that name (or ``None``)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = None
+    kept = []
+    for key, value in query:
+        if key == "schema":
+            schema = value
+        else:
+            kept.append((key, value))
+    return urlunsplit(parts._replace(query=urlencode(kept))), schema
+
+
+class PostgresStore(Store):
+    """Documents in PostgreSQL at ``url`` (``postgres://user:password@host:port/db[?schema=NAME]``)."""
+
+    may_conflict = True
+
+    def __init__(self, url: str, history_depth: int = 1000, schema: str | None = None,
+                 min_connections: int = 1, max_connections: int = 10) -> None:
+        dsn, url_schema = split_schema(url)
+        schema = schema or url_schema
+        if schema is not None and not _SCHEMA_NAME.match(schema):
+            raise SystemExit(f"schema {schema!r} in DATABASE_URL is not a plain SQL name: use letters, digits and _")
+        self.dsn = dsn
+        self.schema = schema
+        self.history_depth = history_depth
+        self.min_connections = min_connections
+        self.max_connections = max_connections
+        self._pool: Any = None
+        #: Transactions committed and ops written, for /metrics and benchmarks.
+        self.commits = 0
+        self.ops_written = 0
+
+    # -- plumbing ---------------------------------------------------------
+
+    @property
+    def pool(self) -> Any:
+        if self._pool is None:
+            raise RuntimeError("the PostgreSQL store is not open: call open() first")
+        return self._pool
+
+    def _where(self) -> str:
+        """The URL without credentials, for error messages."""
+        parts = urlsplit(self.dsn)
+        return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+
+    async def open(self) -> None:
+        try:
+            import asyncpg
+        except ImportError:
+            raise SystemExit("DATABASE_URL is a PostgreSQL URL but asyncpg is not installed: pip install 'collab[postgres]'") from None
+        settings = {"search_path": self.schema} if self.schema else {}
+        try:
+            if self.schema:  # the schema must exist before a connection's search_path names it
+                conn = await asyncpg.connect(self.dsn, timeout=10)
+                try:
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                except asyncpg.UniqueViolationError:
+                    pass  # created by another process at the same moment
+                finally:
+                    await conn.close()
+            self._pool = await asyncpg.create_pool(
+                self.dsn, min_size=self.min_connections, max_size=self.max_connections,
+                server_settings=settings, timeout=10,
+            )
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+            raise SystemExit(
+                f"cannot connect to PostgreSQL at {self._where()} ({exc}); check DATABASE_URL and that the database is running"
+            ) from None
+        await self._migrate()
+
+    async def _migrate(self) -> None:
+        """Bring the schema to :data:`SCHEMA_VERSION`, one process at a time."""
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.collab_schema'))")
+                await conn.execute("CREATE TABLE IF NOT EXISTS collab_schema (version INTEGER NOT NULL)")
+                version = await conn.fetchval("SELECT max(version) FROM collab_schema") or 0
+                if version > SCHEMA_VERSION:
+                    raise SystemExit(
+                        f"the database at {self._where()} has collab schema version {version}, newer than this "
+                        f"collab understands ({SCHEMA_VERSION}): upgrade collab"
+                    )
+                for v in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[v]:
+                        await conn.execute(statement)
+                    await conn.execute("INSERT INTO collab_schema (version) VALUES ($1)", v)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def drop_schema(self) -> None:
+        """Delete this store's schema and everything in it (tests clean up with this)."""
+        if not self.schema:
+            raise ValueError("refusing to drop tables that are not in a schema of their own")
+        async with self.pool.acquire() as conn:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+
+    # -- writes -------------------------------------------------------------
+
+    async def append(self, doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None = None) -> None:
+        import asyncpg
+
+        first, last = ops[0].rev, ops[-1].rev
+        now = time.time()
+        async with self.pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    # The docs row is the sequencer: it moves from first-1 to last or nothing
+                    # happens, and its row lock makes concurrent appenders wait for each other.
+                    if first == 1:
+                        moved = await conn.fetchval(
+                            "INSERT INTO collab_docs (id, rev, size, created, updated) VALUES ($1, $2, $3, $4, $4) "
+                            "ON CONFLICT (id) DO UPDATE SET rev = EXCLUDED.rev, size = EXCLUDED.size, "
+                            "updated = EXCLUDED.updated WHERE collab_docs.rev = 0 RETURNING 1",
+                            doc, last, size, now,
+                        )
+                    else:
+                        moved = await conn.fetchval(
+                            "UPDATE collab_docs SET rev = $2, size = $3, updated = $4 WHERE id = $1 AND rev = $5 RETURNING 1",
+                            doc, last, size, now, first - 1,
+                        )
+                    if moved is None:
+                        raise RevisionConflict(f"{doc}: revision {first} is already taken (or the document is not at {first - 1})")
+                    await conn.execute(
+                        "INSERT INTO collab_ops (doc, rev, op, client, op_id) "
+                        "SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[])",
+                        doc, [o.rev for o in ops], [_dumps(o.op) for o in ops], [o.client for o in ops], [o.id for o in ops],
+                    )
+                    await conn.execute(
+                        "INSERT INTO collab_op_ids (doc, op_id, rev) SELECT $1, * FROM unnest($2::text[], $3::bigint[])",
+                        doc, [o.id for o in ops], [o.rev for o in ops],
+                    )
+                    if snapshot is not None:
+                        rev, text = snapshot
+                        keep_after = min(rev, last - self.history_depth)
+                        await conn.execute(
+                            "INSERT INTO collab_snapshots (doc, rev, text) VALUES ($1, $2, $3) "
+                            "ON CONFLICT (doc, rev) DO UPDATE SET text = EXCLUDED.text",
+                            doc, rev, text,
+                        )
+                        await conn.execute("DELETE FROM collab_snapshots WHERE doc = $1 AND rev < $2", doc, rev)
+                        await conn.execute("DELETE FROM collab_ops WHERE doc = $1 AND rev <= $2", doc, keep_after)
+            except asyncpg.UniqueViolationError as exc:
+                # (doc, rev): another process got there first; (doc, op_id): this op was applied already.
+                raise RevisionConflict(f"{doc}: {exc.constraint_name or 'a unique key'} already holds one of revisions "
+                                       f"{first}..{last} or their op ids") from None
+        self.commits += 1
+        self.ops_written += len(ops)
+
+    # -- reads --------------------------------------------------------------
+
+    async def load(self, doc: str, history_depth: int) -> DocState:
+        async with self.pool.acquire() as conn:
+            # One snapshot of the database, so that concurrent appends cannot tear the view.
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                row = await conn.fetchrow(
+                    "SELECT rev, text FROM collab_snapshots WHERE doc = $1 ORDER BY rev DESC LIMIT 1", doc
+                )
+                snap_rev, text = (row["rev"], row["text"]) if row else (0, "")
+                rev = await conn.fetchval("SELECT rev FROM collab_docs WHERE id = $1", doc) or 0
+                start = min(snap_rev, max(0, rev - history_depth))
+                rows = await conn.fetch(
+                    "SELECT rev, op, client, op_id FROM collab_ops WHERE doc = $1 AND rev > $2 ORDER BY rev", doc, start
+                )
+        ops = [StoredOp(r["rev"], _loads(r["op"]), r["client"], r["op_id"]) for r in rows]
+        current = snap_rev
+        for entry in ops:
+            if entry.rev <= snap_rev:
+                continue
+            if entry.rev != current + 1:
+                raise RuntimeError(f"document {doc!r}: the log has a gap after revision {current}")
+            text = ot.apply(text, entry.op)
+            current = entry.rev
+        if current != rev:
+            raise RuntimeError(f"document {doc!r}: the log ends at {current} but the document is at {rev}")
+        return DocState(rev, text, [o for o in ops if o.rev > rev - history_depth])
+
+    async def find_op(self, doc: str, op_id: str) -> int | None:
+        return await self.pool.fetchval("SELECT rev FROM collab_op_ids WHERE doc = $1 AND op_id = $2", doc, op_id)
+
+    async def ops_since(self, doc: str, rev: int) -> list[StoredOp]:
+        rows = await self.pool.fetch(
+            "SELECT rev, op, client, op_id FROM collab_ops WHERE doc = $1 AND rev > $2 ORDER BY rev", doc, rev
+        )
+        return [StoredOp(r["rev"], _loads(r["op"]), r["client"], r["op_id"]) for r in rows]
+
+    async def revisions(self, docs: list[str]) -> dict[str, int]:
+        rows = await self.pool.fetch("SELECT id, rev FROM collab_docs WHERE id = ANY($1::text[])", docs)
+        return {r["id"]: r["rev"] for r in rows}
+
+    async def list_docs(self) -> list[DocInfo]:
+        rows = await self.pool.fetch("SELECT id, rev, size, updated FROM collab_docs ORDER BY updated DESC")
+        return [DocInfo(r["id"], r["rev"], r["size"], r["updated"]) for r in rows]
+
+    async def ping(self) -> None:
+        await self.pool.fetchval("SELECT 1")

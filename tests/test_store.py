@@ -1,0 +1,207 @@
+"""One suite for every store: memory, SQLite and PostgreSQL behave alike.
+
+PostgreSQL comes from ``COLLAB_TEST_DATABASE_URL`` (e.g.
+``postgresql://postgres@127.0.0.1:5432/test``); each test gets a schema of
+its own, dropped afterwards, so parallel runs and stale data cannot meet.
+When the variable is unset or the server unreachable, the postgres cases
+are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from typing import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from collab.store import RevisionConflict, Store, StoredOp
+from collab.store.memory import MemoryStore
+from collab.store.sqlite import SqliteStore
+
+PG_URL = os.environ.get("COLLAB_TEST_DATABASE_URL", "")
+
+
+async def _pg_reason() -> str | None:
+    """Why the PostgreSQL cases cannot run here, or ``None`` if they can."""
+    if not PG_URL:
+        return "COLLAB_TEST_DATABASE_URL is not set (e.g. postgresql://postgres@127.0.0.1:5432/test)"
+    try:
+        import asyncpg
+    except ImportError:
+        return "asyncpg is not installed (pip install 'collab[postgres]')"
+    try:
+        conn = await asyncpg.connect(PG_URL, timeout=5)
+        await conn.close()
+    except Exception as exc:
+        return f"PostgreSQL at COLLAB_TEST_DATABASE_URL is unreachable: {exc}"
+    return None
+
+
+Opener = Callable[[], Awaitable[Store]]
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def stores(request, tmp_path) -> AsyncIterator[Opener]:
+    """``await stores()`` opens a handle on one shared store; the first call makes it.
+
+    Memory hands out the same object (it cannot be shared otherwise); SQLite
+    opens the same file; PostgreSQL the same schema.
+    """
+    kind = request.param
+    opened: list[Store] = []
+    schema = f"collab_test_{secrets.token_hex(6)}"
+    if kind == "postgres":
+        reason = await _pg_reason()
+        if reason:
+            pytest.skip(reason)
+
+    async def open_one() -> Store:
+        if kind == "memory":
+            if opened:
+                return opened[0]
+            store: Store = MemoryStore(history_depth=5)
+        elif kind == "sqlite":
+            store = SqliteStore(str(tmp_path / "s.sqlite3"), history_depth=5)
+        else:
+            from collab.store.postgres import PostgresStore
+
+            store = PostgresStore(PG_URL, history_depth=5, schema=schema)
+        await store.open()
+        opened.append(store)
+        return store
+
+    open_one.kind = kind  # type: ignore[attr-defined]
+    yield open_one
+    for store in opened:
+        await store.close()
+    if kind == "postgres":
+        await drop_schema(schema)
+
+
+async def drop_schema(schema: str) -> None:
+    """Remove a test schema and everything in it."""
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_URL, timeout=5)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+def ops(start: int, n: int, prefix: str = "op", doc_len: int = 0) -> list[StoredOp]:
+    """``n`` consecutive appends of one character each, from revision ``start``."""
+    out = []
+    for i in range(n):
+        length = doc_len + i
+        op: list = [length, "x"] if length else ["x"]
+        out.append(StoredOp(start + i, op, "c1", f"{prefix}{start + i}"))
+    return out
+
+
+async def test_new_document_is_empty(stores):
+    store = await stores()
+    state = await store.load("nothing", 10)
+    assert (state.rev, state.text, state.history) == (0, "", [])
+    assert await store.find_op("nothing", "x") is None
+    assert await store.ops_since("nothing", 0) == []
+    assert await store.list_docs() == []
+
+
+async def test_append_then_load_round_trips_text_and_history(stores):
+    store = await stores()
+    await store.append("d", [StoredOp(1, ["héllo 😀 wörld"], "c1", "a")], 13)
+    await store.append("d", [StoredOp(2, [6, "👍🏽 ", 7], "c2", "b"), StoredOp(3, [-1, 15], "c1", "c")], 15)
+    state = await store.load("d", 10)
+    assert state.rev == 3
+    assert state.text == "éllo 👍🏽 😀 wörld"
+    assert [(o.rev, o.op, o.client, o.id) for o in state.history] == [
+        (1, ["héllo 😀 wörld"], "c1", "a"), (2, [6, "👍🏽 ", 7], "c2", "b"), (3, [-1, 15], "c1", "c")
+    ]
+    assert await store.find_op("d", "b") == 2
+    assert await store.find_op("other", "b") is None
+    assert [o.rev for o in await store.ops_since("d", 1)] == [2, 3]
+
+
+async def test_a_taken_revision_is_a_conflict_and_changes_nothing(stores):
+    store = await stores()
+    await store.append("d", ops(1, 3), 3)
+    with pytest.raises(RevisionConflict):
+        await store.append("d", [StoredOp(3, [2, "y"], "c2", "other3")], 3)
+    if store.may_conflict:  # a shared store refuses a gap too (SQLite has one writer and does not check)
+        with pytest.raises(RevisionConflict):
+            await store.append("d", [StoredOp(5, [3, "y"], "c2", "other5")], 4)
+    state = await store.load("d", 10)
+    assert (state.rev, state.text) == (3, "xxx")
+    assert await store.find_op("d", "other3") is None
+    await store.append("d", [StoredOp(4, [3, "y"], "c2", "y4")], 4)
+    assert (await store.load("d", 10)).text == "xxxy"
+
+
+async def test_snapshot_compacts_the_log_and_loading_stays_exact(stores):
+    store = await stores()  # history_depth=5
+    text = ""
+    for start in range(1, 31, 3):
+        batch = ops(start, 3, doc_len=len(text))
+        text += "xxx"
+        await store.append("d", batch, len(text), (batch[-1].rev, text) if start % 9 == 1 else None)
+    state = await store.load("d", 5)
+    assert (state.rev, state.text) == (30, "x" * 30)
+    assert [o.rev for o in state.history] == [26, 27, 28, 29, 30]
+    kept = await store.ops_since("d", 0)
+    assert kept and kept[-1].rev == 30 and kept[0].rev > 1, "the log behind the snapshot was not compacted"
+    assert await store.find_op("d", "op1") == 1, "op ids must outlive the compacted log"
+
+
+async def test_list_docs_most_recent_first_with_size(stores):
+    store = await stores()
+    await store.append("a", ops(1, 1), 1)
+    await asyncio.sleep(0.01)
+    await store.append("b", ops(1, 2), 2)
+    listed = await store.list_docs()
+    assert [(d.id, d.rev, d.size) for d in listed] == [("b", 2, 2), ("a", 1, 1)]
+    assert listed[0].updated >= listed[1].updated
+    assert await store.revisions(["a", "b", "c"]) == {"a": 1, "b": 2}
+
+
+async def test_two_handles_on_one_store_keep_one_order(stores):
+    """Two processes (handles) racing for the same revisions: exactly one wins each."""
+    first = await stores()
+    second = await stores()
+    await first.append("d", ops(1, 1), 1)
+    results = await asyncio.gather(
+        first.append("d", [StoredOp(2, [1, "a"], "p1", "p1-2")], 2),
+        second.append("d", [StoredOp(2, [1, "b"], "p2", "p2-2")], 2),
+        return_exceptions=True,
+    )
+    assert sorted(type(r).__name__ for r in results) == ["NoneType", "RevisionConflict"]
+    for handle in (first, second):
+        state = await handle.load("d", 10)
+        assert state.rev == 2 and state.text in ("xa", "xb")
+    winner = "p1-2" if results[0] is None else "p2-2"
+    assert await second.find_op("d", winner) == 2
+
+
+async def test_shared_store_refuses_an_op_id_applied_before(stores):
+    """The unique (doc, op_id) guard: a resend can never be committed at a second revision."""
+    store = await stores()
+    if not store.may_conflict:
+        pytest.skip("only stores shared by processes (may_conflict) guard op ids in the store")
+    await store.append("d", [StoredOp(1, ["a"], "c", "same")], 1)
+    with pytest.raises(RevisionConflict):
+        await store.append("d", [StoredOp(2, [1, "a"], "c", "same")], 2)
+    state = await store.load("d", 10)
+    assert (state.rev, state.text) == (1, "a")
+
+
+async def test_reopening_keeps_everything(stores):
+    store = await stores()
+    if stores.kind == "memory":
+        pytest.skip("the memory store keeps nothing across processes by design")
+    await store.append("d", ops(1, 4), 4, (4, "xxxx"))
+    await store.close()
+    again = await stores()
+    assert (await again.load("d", 10)).text == "xxxx"
+    assert await again.find_op("d", "op3") == 3
