@@ -822,7 +822,7 @@ class Document:
         self.connections = 0
         self._ws: Any = None
         self._task: asyncio.Task | None = None
-        self._send_lock: asyncio.Lock | None = None
+        self._send_lock = asyncio.Lock()
         self._waiters: list[asyncio.Future] = []
         self._callbacks: list[ChangeCallback] = []
         self._subscribers: list[asyncio.Queue] = []
@@ -870,7 +870,6 @@ class Document:
     async def open(self) -> "Document":
         """Connect and wait for the first ``welcome``; raises :class:`CollabError` if that fails."""
         if self._task is None:
-            self._send_lock = asyncio.Lock()
             self._task = asyncio.create_task(self._run(), name=f"collab:{self.doc}")
         try:
             await asyncio.wait_for(self._until(lambda: self.connections > 0), self.open_timeout + 5)
@@ -1052,7 +1051,6 @@ class Document:
 
     async def _flush(self) -> None:
         """Send what the state machine produced and dispatch its events."""
-        assert self._send_lock is not None
         async with self._send_lock:
             msgs = self.state.messages_to_send()
             ws = self._ws

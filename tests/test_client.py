@@ -828,3 +828,11 @@ async def test_e2e_survives_server_restart(tmp_path):
         assert (rev, text) == (2, "before during 👋")
     finally:
         await asyncio.to_thread(proc.stop)
+
+
+async def test_edits_before_open_are_sent_on_join(server):
+    d = Document(server.base_url, "early")
+    await d.insert(0, "queued")
+    async with d:
+        await d.synced(timeout=5)
+    assert await doc_text(server, "early") == (1, "queued")
