@@ -375,6 +375,19 @@ def test_reload_shows_saved_text(srv, pages):
     wait_connected(a)
     assert text_of(a) == "# Title\n\nsaved 🎉 text"
     assert a.inner_text("#save-status") == "All changes saved"
+    assert a.title() == f"{doc} · collab"
+    assert a.inner_text("#char-count").startswith("21 characters")  # code points: the emoji is one
+    # Download as Markdown: the exact text, named after the document.
+    a.click("#download-btn")
+    with a.expect_download() as dl:
+        a.click("#download-md")
+    assert dl.value.suggested_filename == f"{doc}.md"
+    assert Path(dl.value.path()).read_text(encoding="utf-8") == "# Title\n\nsaved 🎉 text"
+    # Copy link: the page's own URL.
+    a.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    a.click("#copy-link")
+    a.wait_for_selector("#toast:not([hidden])")
+    assert a.evaluate("navigator.clipboard.readText()") == f"{srv.base_url}/d/{doc}"
 
 
 def test_undo_only_undoes_own_edits(srv, pages):
