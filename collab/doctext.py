@@ -208,7 +208,12 @@ class DocText:
             chunks.extend(self._split(s))
             self._invalidate()
             return
-        i, off = self._locate(pos)
+        i = self._hint
+        start = self._hint_start
+        if i >= 0 and (start < pos <= start + len(chunks[i]) or pos == start == 0):
+            off = pos - start  # the usual case, typing: same chunk as the last edit
+        else:
+            i, off = self._locate(pos)
         if i == len(chunks):  # only when pos is past the end, which the span check forbids
             i, off = i - 1, len(chunks[i - 1])  # pragma: no cover
         piece = chunks[i]

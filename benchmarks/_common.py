@@ -1,0 +1,146 @@
+"""Helpers shared by the benchmarks: traces, machine description, tables.
+
+Benchmarks are scripts, not tests: they print Markdown tables of absolute
+numbers *and* of ratios against a baseline measured in the same run, on the
+same (shared, noisy) machine, because only the ratio is comparable between
+runs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as `python benchmarks/x.py` from a checkout
+    sys.path.insert(0, str(REPO))
+
+TRACE_NAMES = ("automerge-paper", "seph-blog1", "friendsforever_flat", "json-crdt-patch")
+
+Patch = tuple[int, int, str]
+
+
+def traces_dir() -> Path:
+    """``$COLLAB_TRACES``, else ``<repo>/../shared/traces``."""
+    env = os.environ.get("COLLAB_TRACES")
+    return Path(env) if env else REPO.parent / "shared" / "traces"
+
+
+@dataclass
+class Trace:
+    """One editing trace, flattened to patches (code point positions)."""
+
+    name: str
+    start: str
+    end: str
+    patches: list[Patch]
+
+    def limited(self, limit: int | None) -> "Trace":
+        """The first ``limit`` patches, with the end text recomputed by slicing."""
+        if limit is None or limit >= len(self.patches):
+            return self
+        patches = self.patches[:limit]
+        return Trace(self.name, self.start, slice_replay(self.start, patches), patches)
+
+
+def load_trace(name: str) -> Trace:
+    path = traces_dir() / f"{name}.json.gz"
+    if not path.is_file():
+        raise SystemExit(f"trace {path} not found: set COLLAB_TRACES to the folder holding {name}.json.gz")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        data = json.load(f)
+    patches = [(p[0], p[1], p[2]) for txn in data["txns"] for p in txn["patches"]]
+    return Trace(name, data.get("startContent", ""), data["endContent"], patches)
+
+
+def slice_replay(start: str, patches: Sequence[Patch]) -> str:
+    """The baseline: plain ``str`` slicing, one patch at a time."""
+    s = start
+    for pos, dl, ins in patches:
+        s = s[:pos] + ins + s[pos + dl :]
+    return s
+
+
+def filler(size: int) -> str:
+    """A deterministic ASCII text of ``size`` code points, in lines of prose."""
+    line = "The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs.\n"
+    return (line * (size // len(line) + 1))[:size]
+
+
+def raise_nofile(want: int = 65536) -> int:
+    """Raise the soft open-files limit as far as allowed; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft
+        return target
+    return soft
+
+
+def machine() -> str:
+    """One line describing where the numbers came from."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = []
+    for mod in ("uvicorn", "starlette", "websockets", "orjson", "uvloop"):
+        try:
+            versions.append(f"{mod} {__import__(mod).__version__}")
+        except (ImportError, AttributeError):
+            pass
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
+        f"Python {platform.python_version()}; " + ", ".join(versions)
+    )
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A Markdown table; numbers right-aligned."""
+    rows = [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |"]
+    out.append("| " + " | ".join("-" * (w - 1) + (":" if i else "-") for i, w in enumerate(widths)) + " |")
+    for r in rows:
+        out.append("| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |")
+    return "\n".join(out)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        if value >= 100:
+            return f"{value:,.0f}"
+        if value >= 10:
+            return f"{value:.1f}"
+        return f"{value:.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) by nearest rank; 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[k]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else 0.0
