@@ -498,6 +498,15 @@ class Limits:
         )
 
 
+def _has_body(scope: Mapping[str, Any]) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            return value.strip() not in (b"0", b"")
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
 def _addr_key(host: Any, port: Any, local_port: Any) -> tuple[str, int, int]:
     return (str(host), int(port), int(local_port))
 
@@ -530,9 +539,12 @@ class Guard:
     def wrap_app(self, app: Callable[..., Any]) -> Callable[..., Any]:
         """ASGI wrapper that stops the handshake timer when a request reaches the app.
 
-        For plain HTTP the timer is re-armed (``handshake_timeout`` +
-        keep-alive) when the response is complete, so a slowly trickled
-        next request on a keep-alive connection is cut off as well.
+        A request with a body keeps a deadline until the body is complete
+        (re-armed by each chunk, so a large upload on a slow link is fine but
+        a stalled one is not). For plain HTTP the timer is re-armed
+        (``handshake_timeout`` + keep-alive) when the response is complete,
+        so a slowly trickled next request on a keep-alive connection is cut
+        off as well.
         """
         by_addr = self.by_addr
 
@@ -543,11 +555,27 @@ class Guard:
                 conn = by_addr.get((str(client[0]), int(client[1]), int(server[1])))
             if conn is None:
                 return await app(scope, receive, send)
-            conn.request_started()
-            if scope["type"] != "http":
-                return await app(scope, receive, send)
+            if scope["type"] != "http" or not _has_body(scope):
+                conn.request_started()
+                if scope["type"] != "http":
+                    return await app(scope, receive, send)
+            else:
+                # A request body must keep arriving: each chunk re-arms the deadline;
+                # the complete body (or the response starting) stops it.
+                conn.rearm()
+                inner_receive = receive
+
+                async def receive() -> dict:  # noqa: F811
+                    message = await inner_receive()
+                    if message.get("more_body"):
+                        conn.rearm()
+                    else:
+                        conn.request_started()
+                    return message
 
             async def guarded_send(message: dict) -> None:
+                if message["type"] == "http.response.start":
+                    conn.request_started()
                 await send(message)
                 if message["type"] == "http.response.body" and not message.get("more_body", False):
                     conn.request_finished()
@@ -650,6 +678,14 @@ class GuardedProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def rearm(self) -> None:
+        """Restart the deadline (a request body is still arriving)."""
+        if self._done or self._guard.limits.handshake_timeout <= 0:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(self._guard.limits.handshake_timeout, self._expired)
 
     def request_finished(self) -> None:
         """A plain-HTTP response is complete: the next request gets a fresh deadline."""
