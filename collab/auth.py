@@ -390,10 +390,15 @@ class ShareLink:
         return {"role": self.role, "token": self.token, "url": self.url, "expires": self.expires}
 
 
-def _attach_token(page_url: str, token: str) -> str:
-    """Put the token in the URL *fragment*: browsers never send it to servers or in Referer."""
+def _attach_token(page_url: str, token: str, fragment: bool = True) -> str:
+    """Put the token in the URL *fragment* (browsers never send it to servers or in Referer),
+    or, with ``fragment=False``, in the query string for pages that only read ``?token=``."""
     base = page_url.split("#", 1)[0]
-    return f"{base}#token={token}"
+    if fragment:
+        return f"{base}#token={token}"
+    base, _, query = base.partition("?")
+    params = [p for p in query.split("&") if p and not p.startswith("token=")]
+    return f"{base}?{'&'.join(params + [f'token={token}'])}"
 
 
 def share(
@@ -404,6 +409,7 @@ def share(
     page_url: str | None = None,
     ttl_seconds: float | None = DEFAULT_SHARE_TTL,
     *,
+    fragment: bool = True,
     now: float | None = None,
 ) -> ShareLink:
     """Mint a share link for ``doc`` with ``role`` on behalf of ``grant`` (the sharer's).
@@ -413,7 +419,8 @@ def share(
     than its own; forwarding the link does as much). ``page_url`` is the
     absolute URL of the document's editor page; the token goes in its
     fragment (``#token=...``), which the page reads and sends as ``?token=``
-    on the WebSocket.
+    on the WebSocket; ``fragment=False`` puts it in the query string instead
+    (``?token=``), which servers and proxies see and may log.
 
     Raises ``ValueError`` (HTTP 400) for a role other than edit/read or a
     read-only link on an open server (it could not be enforced), and
@@ -443,7 +450,7 @@ def share(
     if exp is not None and exp <= issued:
         raise _unauthenticated("token expired")
     token = _encode(secret, [doc], role, issued, exp, None, True)
-    url = _attach_token(page_url, token) if page_url else None
+    url = _attach_token(page_url, token, fragment) if page_url else None
     return ShareLink(role=role, token=token, url=url, expires=None if exp is None else float(exp))
 
 

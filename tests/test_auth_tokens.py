@@ -363,6 +363,14 @@ def test_share_url_replaces_existing_fragment():
     assert link.url.count("#") == 1 and link.url.endswith(link.token)
 
 
+def test_share_url_in_query_string():
+    grant = verify_token(SECRET, mint_token(SECRET, "a"))
+    link = auth.share(SECRET, grant, "a", "read", "https://c.example/d/a", fragment=False)
+    assert link.url == f"https://c.example/d/a?token={link.token}"
+    link = auth.share(SECRET, grant, "a", "read", "https://c.example/d/a?x=1&token=old#top", fragment=False)
+    assert link.url == f"https://c.example/d/a?x=1&token={link.token}"
+
+
 # ---------------------------------------------------------------- origin rules
 
 
