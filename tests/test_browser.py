@@ -148,6 +148,8 @@ class Proxy:
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
         self.up = True
+        self.drop_up = False  # swallow browser -> server bytes (an op lost on the way)
+        self.drop_down = False  # swallow server -> browser bytes (an ack lost on the way)
         self.conns: list[socket.socket] = []
         self.lock = threading.Lock()
         self.stopped = False
@@ -173,16 +175,17 @@ class Proxy:
                 continue
             with self.lock:
                 self.conns += [c, u]
-            threading.Thread(target=self._pipe, args=(c, u), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(u, c), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(c, u, "drop_up"), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(u, c, "drop_down"), daemon=True).start()
 
-    def _pipe(self, a, b):
+    def _pipe(self, a, b, drop_flag):
         try:
             while True:
                 data = a.recv(65536)
                 if not data:
                     break
-                b.sendall(data)
+                if not getattr(self, drop_flag):
+                    b.sendall(data)
         except OSError:
             pass
         for s in (a, b):
@@ -203,6 +206,7 @@ class Proxy:
                 pass
 
     def restore(self):
+        self.drop_up = self.drop_down = False
         self.up = True
 
     def close(self):
@@ -360,9 +364,56 @@ def test_offline_page_keeps_typing_and_converges(srv, pages):
         a.context.set_offline(False)
         final = wait_converged(srv, doc, [a, b], timeout=20)
         assert final == "[bob] shared offline 😀 typing"
+        assert a.evaluate("collab.client.stats.welcomeOps") >= 1  # resumed with `since`, no snapshot
         assert a.inner_text("#conn-status .conn-text") == "Connected"
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize("lost", ["op", "ack"])
+def test_long_absence_rebases_local_edits_on_the_snapshot(tmp_path, pages, lost):
+    """Away longer than the kept history: the server answers the resume with
+    a snapshot; the page resends its in-flight op (same id, same rev), learns
+    from ack/stale_rev whether it had been applied, and rebases the rest."""
+    s = ServerProcess(str(tmp_path / "data"), env={"COLLAB_HISTORY_DEPTH": "2"}).start()
+    proxy = Proxy(s.port)
+    try:
+        doc = new_doc()
+        a = pages.open(f"{proxy.base_url}/d/{doc}", name="Alice")
+        b = pages.open(f"{s.base_url}/d/{doc}", name="Bob")
+        focus_at(a, "start")
+        a.keyboard.type("one two three")
+        wait_converged(s, doc, [a, b])
+        # An op goes out and either it (lost == "op") or its ack (lost == "ack") is lost.
+        setattr(proxy, f"drop_{'up' if lost == 'op' else 'down'}", True)
+        a.keyboard.press("Control+End")
+        a.keyboard.insert_text(" [A1]")  # one edit, one op
+        time.sleep(0.4)
+        assert a.evaluate("collab.client.saved") is False
+        assert ("[A1]" in server_text(s, doc)) == (lost == "ack")
+        a.context.set_offline(True)
+        proxy.cut()
+        a.wait_for_function("() => document.querySelector('#conn-status').dataset.state !== 'connected'")
+        a.keyboard.press("Control+Home")
+        a.keyboard.type("[A2] ")
+        # Bob edits more than the history keeps.
+        focus_at(b, "end")
+        for i in range(4):
+            b.keyboard.type(f" b{i}")
+            b.wait_for_function("() => collab.client.saved")
+        proxy.restore()
+        a.context.set_offline(False)
+        final = wait_converged(s, doc, [a, b], timeout=20)
+        stats = a.evaluate("collab.client.stats")
+        assert stats["welcomeText"] == 2, stats  # the first join, and the resume after the absence
+        assert stats["resendApplied" if lost == "ack" else "resendNotApplied"] == 1, stats
+        assert final.count("[A1]") == 1 and final.count("[A2]") == 1, final
+        assert final.startswith("[A2] one two three")
+        for i in range(4):
+            assert f" b{i}" in final
+    finally:
+        proxy.close()
+        s.stop()
 
 
 def test_reload_shows_saved_text(srv, pages):

@@ -60,6 +60,9 @@ export class SyncClient {
     this.role = null;
     this.peers = new Map(); // client id -> {client, user}
     this.sentCursor = null; // our cursor as the server believes it (server coordinates)
+    // Counters, for debugging and tests: welcomes by kind, and resolutions
+    // of a resend after a long absence.
+    this.stats = { welcomeOps: 0, welcomeText: 0, ownOpInWelcome: 0, resendApplied: 0, resendNotApplied: 0 };
   }
 
   // ---- events -----------------------------------------------------------
@@ -204,8 +207,10 @@ export class SyncClient {
     }
     const peers = Array.isArray(msg.peers) ? msg.peers : [];
     if (Array.isArray(msg.ops)) {
+      this.stats.welcomeOps++;
       for (const e of msg.ops) {
         if (this.outstanding && e.id != null && e.id === this.outstanding.id) {
+          this.stats.ownOpInWelcome++;
           this._ack(e.rev); // our own op made it before the connection dropped
         } else if (!this._serverOp(e.rev, e.op, e.client, null, e.id, true)) {
           return;
@@ -220,6 +225,7 @@ export class SyncClient {
       return;
     }
     if (typeof msg.text !== 'string') return;
+    this.stats.welcomeText++;
     if (this.outstanding && this.send) {
       // Long absence: we cannot tell whether our in-flight op was applied.
       // Resend it with its rev and id; `ack` means it had been applied,
@@ -280,6 +286,7 @@ export class SyncClient {
   }
 
   _finishResolving(applied) {
+    this.stats[applied ? 'resendApplied' : 'resendNotApplied']++;
     const r = this.resolving;
     this.resolving = null;
     this._rebase(r.text, r.rev, applied);
