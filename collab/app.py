@@ -276,14 +276,15 @@ class CollabApp:
         except ValueError:
             body = None
         role = body.get("role") if isinstance(body, dict) else None
-        page = str(request.url_for("editor", doc=doc))
+        # A path, not an absolute URL: behind a TLS proxy the app cannot know the public scheme and host.
+        page = request.app.url_path_for("editor", doc=doc)
         try:
             link = auth.share(self.settings.secret, grant, doc, role if isinstance(role, str) else "", page)
         except ValueError as exc:
             return JSONResponse({"error": "bad_request", "message": str(exc)}, status_code=400)
         except auth.AuthError as exc:
             return JSONResponse({"error": "forbidden", "message": str(exc)}, status_code=exc.http_status)
-        return JSONResponse(link.to_json())
+        return JSONResponse(link.to_json(), headers={"Cache-Control": "no-store"})
 
     async def metrics(self, request: Request) -> Response:
         hub = self.hub

@@ -253,8 +253,8 @@ async def test_share_read_link(secured, ws_open):
     assert r.status_code == 200, r.text
     body = r.json()
     token = body.get("token")
-    assert token and (body.get("url") is None or token in body["url"])
-    assert "Cache-Control" not in r.headers or "no-store" in r.headers["Cache-Control"]
+    assert token and body["url"] == f"/d/notes#token={token}"  # in the fragment: never sent to a server
+    assert "no-store" in r.headers["Cache-Control"]
     ws = await ws_open(secured.ws("notes", f"token={token}"))
     assert (await ws.join())["role"] == "read"
     await refused(secured.ws("notes2", f"token={token}"), 4003)  # exactly the shared document
