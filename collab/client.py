@@ -350,7 +350,8 @@ class ClientState:
         self.phase = "joining"
         self._resolve = None
         since = None if (self.rev is None or self._fresh_join) else self.rev
-        msg: dict[str, Any] = {"type": "join", "since": since}
+        # batch: let the server coalesce what is queued for us into one frame (docs/protocol.md).
+        msg: dict[str, Any] = {"type": "join", "since": since, "batch": True}
         if self.user is not None:
             msg["user"] = self.user
         self._out.append(msg)
@@ -411,6 +412,13 @@ class ClientState:
             log.debug("ignoring unknown message %r", msg)
             return
         handler(msg)
+
+    def _on_batch(self, msg: dict) -> None:
+        """Several server messages in one frame, in order."""
+        messages = msg.get("messages")
+        if isinstance(messages, list):
+            for inner in messages:
+                self.receive(inner)
 
     def _on_welcome(self, msg: dict) -> None:
         self.client_id = str(msg.get("client"))

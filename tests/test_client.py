@@ -183,7 +183,7 @@ def welcome(rev=0, text="", client="me", **kw):
 def joined(text="", rev=0) -> ClientState:
     s = ClientState(id_prefix="x")
     s.connection_made()
-    assert s.messages_to_send() == [{"type": "join", "since": None}]
+    assert s.messages_to_send() == [{"type": "join", "since": None, "batch": True}]
     s.receive(welcome(rev, text))
     assert s.events_received()[0].rev == rev
     return s
@@ -192,7 +192,7 @@ def joined(text="", rev=0) -> ClientState:
 def test_join_carries_user_and_since_after_first_welcome():
     s = ClientState({"name": "bot"})
     s.connection_made()
-    assert s.messages_to_send() == [{"type": "join", "since": None, "user": {"name": "bot"}}]
+    assert s.messages_to_send() == [{"type": "join", "since": None, "batch": True, "user": {"name": "bot"}}]
     s.receive(welcome(3, "abc"))
     assert (s.text, s.rev, s.phase) == ("abc", 3, "ready")
     s.connection_lost()
@@ -836,3 +836,12 @@ async def test_edits_before_open_are_sent_on_join(server):
     async with d:
         await d.synced(timeout=5)
     assert await doc_text(server, "early") == (1, "queued")
+
+
+def test_batch_frames_are_unpacked_in_order():
+    s = joined("ab")
+    s.receive({"type": "batch", "messages": [
+        {"type": "op", "rev": 1, "op": [2, "😀"], "client": "o", "cursor": None},
+        {"type": "op", "rev": 2, "op": ["x", 3], "client": "o", "cursor": None},
+    ]})
+    assert (s.text, s.rev) == ("xab😀", 2)
