@@ -538,7 +538,8 @@ asyncio.run(main(int(sys.argv[1]), float(sys.argv[2])))
 """
 
 
-async def polite_latencies(srv: Server, n: int) -> list[float]:
+async def polite_latencies(srv: Server, n: int, interval: float = 0.06) -> list[float]:
+    """Ack latency of ``n`` edits sent one per ``interval`` s (under ``msg_rate`` 20/s)."""
     ws = await ws_connect(srv, doc="shared", src="127.0.0.3")
     await join(ws)
     out = []
@@ -546,7 +547,7 @@ async def polite_latencies(srv: Server, n: int) -> list[float]:
         t0 = time.perf_counter()
         await edit(ws, f"p{i}-{time.perf_counter_ns()}")
         out.append(time.perf_counter() - t0)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(interval)
     await ws.close()
     return out
 
@@ -561,10 +562,10 @@ async def start_flooder(srv: Server, seconds: float) -> asyncio.subprocess.Proce
 async def test_message_flood_is_limited_and_polite_client_keeps_its_latency() -> None:
     # Strikes so high that the flooding connection stays open, limited, for the whole run.
     async with running(msg_rate=20, msg_burst=20, handshake_timeout=30, app={"strikes": 10**9}) as srv:
-        baseline = statistics.median(await polite_latencies(srv, 50))
+        baseline = statistics.median(await polite_latencies(srv, 30))
         flooder = await start_flooder(srv, 4)
         await asyncio.sleep(1.0)
-        during = statistics.median(await polite_latencies(srv, 50))
+        during = statistics.median(await polite_latencies(srv, 30))
         out, _ = await flooder.communicate()
         result = json.loads(out)
         m = await srv.metrics()
@@ -586,8 +587,8 @@ async def test_persistent_flood_is_closed_with_1008_and_reconnects_are_throttled
         assert result["codes"].get("1008", 0) >= 3, result
         assert m["collab_guard_flood_closes_total"] == result["codes"]["1008"]
         assert m["collab_guard_refused_conn_rate_total"] > 0 and result["refused"] > 0
-        # Each connection got its burst plus its strikes, then was closed: a few hundred at most.
-        assert m["collab_guard_limited_messages_total"] <= 50 * result["connections"]
+        # Each connection got its 50 strikes (plus what refilled, 5/s, while it lasted), then was closed.
+        assert m["collab_guard_limited_messages_total"] <= 60 * result["connections"]
 
 
 NON_READER = r"""
