@@ -54,6 +54,14 @@ def srv(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def short_history_srv(tmp_path_factory):
+    """A server that keeps only 2 operations of history (to force snapshots on resume)."""
+    s = ServerProcess(str(tmp_path_factory.mktemp("short-history")), env={"COLLAB_HISTORY_DEPTH": "2"}).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -371,11 +379,11 @@ def test_offline_page_keeps_typing_and_converges(srv, pages):
 
 
 @pytest.mark.parametrize("lost", ["op", "ack"])
-def test_long_absence_rebases_local_edits_on_the_snapshot(tmp_path, pages, lost):
+def test_long_absence_rebases_local_edits_on_the_snapshot(short_history_srv, pages, lost):
     """Away longer than the kept history: the server answers the resume with
     a snapshot; the page resends its in-flight op (same id, same rev), learns
     from ack/stale_rev whether it had been applied, and rebases the rest."""
-    s = ServerProcess(str(tmp_path / "data"), env={"COLLAB_HISTORY_DEPTH": "2"}).start()
+    s = short_history_srv
     proxy = Proxy(s.port)
     try:
         doc = new_doc()
@@ -413,7 +421,6 @@ def test_long_absence_rebases_local_edits_on_the_snapshot(tmp_path, pages, lost)
             assert f" b{i}" in final
     finally:
         proxy.close()
-        s.stop()
 
 
 def test_reload_shows_saved_text(srv, pages):
