@@ -152,44 +152,67 @@ class SqliteStore(Store):
         finally:
             self._flusher = None
 
+    _INSERT_OPS = "INSERT INTO ops (doc, rev, op, client, op_id) VALUES (?, ?, ?, ?, ?)"
+    _INSERT_IDS = "INSERT OR IGNORE INTO op_ids (doc, op_id, rev) VALUES (?, ?, ?)"
+    _UPSERT_DOC = (
+        "INSERT INTO docs (id, rev, size, created, updated) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT(id) DO UPDATE SET rev = excluded.rev, size = excluded.size, updated = excluded.updated"
+    )
+
     def _commit_sync(self, batch: list[tuple[str, list[StoredOp], int, tuple[int, str] | None]]) -> list[Exception | None]:
+        """Write ``batch`` in one transaction (one fsync); one error slot per append.
+
+        The usual case is written with three ``executemany`` calls for the
+        whole batch, whatever the number of documents. Only if that hits a
+        taken revision (another writer: never, with one process per file) is
+        the transaction rolled back and redone document by document under
+        savepoints, so one conflicting append fails alone.
+        """
         db = self._db
         assert db is not None
         now = time.time()
-        errors: list[Exception | None] = []
         db.execute("BEGIN IMMEDIATE")
         try:
-            for doc, ops, size, snapshot in batch:
-                db.execute("SAVEPOINT one")
-                try:
-                    db.executemany(
-                        "INSERT INTO ops (doc, rev, op, client, op_id) VALUES (?, ?, ?, ?, ?)",
-                        [(doc, o.rev, _dumps(o.op), o.client, o.id) for o in ops],
-                    )
-                    db.executemany(
-                        "INSERT OR IGNORE INTO op_ids (doc, op_id, rev) VALUES (?, ?, ?)",
-                        [(doc, o.id, o.rev) for o in ops],
-                    )
-                    last = ops[-1].rev
-                    db.execute(
-                        "INSERT INTO docs (id, rev, size, created, updated) VALUES (?, ?, ?, ?, ?) "
-                        "ON CONFLICT(id) DO UPDATE SET rev = excluded.rev, size = excluded.size, updated = excluded.updated",
-                        (doc, last, size, now, now),
-                    )
-                    if snapshot is not None:
-                        self._snapshot_sync(db, doc, snapshot, last)
-                    db.execute("RELEASE one")
-                    errors.append(None)
-                    self.ops_written += len(ops)
-                except sqlite3.IntegrityError as exc:
-                    db.execute("ROLLBACK TO one")
-                    db.execute("RELEASE one")
-                    errors.append(RevisionConflict(f"{doc}: revision {ops[0].rev} is already taken ({exc})"))
+            try:
+                self._write_all_sync(db, batch, now)
+                errors: list[Exception | None] = [None] * len(batch)
+            except sqlite3.IntegrityError:
+                db.execute("ROLLBACK")
+                db.execute("BEGIN IMMEDIATE")
+                errors = self._write_each_sync(db, batch, now)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         self.commits += 1
+        self.ops_written += sum(len(ops) for (_, ops, _, _), e in zip(batch, errors) if e is None)
+        return errors
+
+    def _write_all_sync(self, db: sqlite3.Connection, batch: list, now: float) -> None:
+        rows = [(doc, o.rev, _dumps(o.op), o.client, o.id) for doc, ops, _, _ in batch for o in ops]
+        db.executemany(self._INSERT_OPS, rows)
+        db.executemany(self._INSERT_IDS, [(doc, op_id, rev) for doc, rev, _, _, op_id in rows])
+        last: dict[str, tuple[str, int, int, float, float]] = {}
+        for doc, ops, size, _ in batch:
+            last[doc] = (doc, ops[-1].rev, size, now, now)
+        db.executemany(self._UPSERT_DOC, list(last.values()))
+        for doc, ops, _, snapshot in batch:
+            if snapshot is not None:
+                self._snapshot_sync(db, doc, snapshot, ops[-1].rev)
+
+    def _write_each_sync(self, db: sqlite3.Connection, batch: list, now: float) -> list[Exception | None]:
+        errors: list[Exception | None] = []
+        for doc, ops, size, snapshot in batch:
+            db.execute("SAVEPOINT one")
+            try:
+                self._write_all_sync(db, [(doc, ops, size, snapshot)], now)
+                db.execute("RELEASE one")
+                errors.append(None)
+            except sqlite3.IntegrityError as exc:
+                db.execute("ROLLBACK TO one")
+                db.execute("RELEASE one")
+                errors.append(RevisionConflict(f"{doc}: revision {ops[0].rev} is already taken ({exc})"))
         return errors
 
     def _snapshot_sync(self, db: sqlite3.Connection, doc: str, snapshot: tuple[int, str], last: int) -> None:
