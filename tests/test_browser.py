@@ -498,6 +498,9 @@ def test_read_only_role_and_token_passing(tmp_path, pages):
         time.sleep(0.3)
         assert text_of(r) == "only the writer"
         assert not w.is_visible("#readonly-badge")
+        # Share links carry the token in the fragment (#token=): that works too.
+        f = pages.open(f"{s.base_url}/d/{doc}#token={quote(read)}", name="Fragment")
+        assert text_of(f) == "only the writer" and f.is_visible("#readonly-badge")
         # Without a token the page is refused, visibly.
         n = pages.open(f"{s.base_url}/d/{doc}", name="Nobody", wait=False)
         n.wait_for_selector("#conn-status[data-state=closed]", timeout=10_000)

@@ -4,9 +4,21 @@
 
 export const DOC_NAME_RE = /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$/;
 
-/** The `?token=` of the page URL, passed on to every API and WebSocket call. */
+/** Where the page URL carries the access token: `?token=` (query) or
+ * `#token=` (fragment: share links use it, since browsers never send a
+ * fragment to servers or in Referer). Returns {token, where} or null. */
+function tokenSource() {
+  const q = new URLSearchParams(location.search).get('token');
+  if (q) return { token: q, where: 'query' };
+  const h = new URLSearchParams(location.hash.replace(/^#/, '')).get('token');
+  if (h) return { token: h, where: 'fragment' };
+  return null;
+}
+
+/** The access token of the page URL, passed on to every API and WebSocket call. */
 export function pageToken() {
-  return new URLSearchParams(location.search).get('token');
+  const t = tokenSource();
+  return t ? t.token : null;
 }
 
 function withToken(url) {
@@ -19,8 +31,12 @@ export function apiUrl(path) {
   return withToken(path);
 }
 
+/** Link to a document page, carrying the token the way this page got it. */
 export function pageUrl(doc) {
-  return withToken(`/d/${encodeURIComponent(doc)}`);
+  const path = `/d/${encodeURIComponent(doc)}`;
+  const t = tokenSource();
+  if (t && t.where === 'fragment') return `${path}#token=${encodeURIComponent(t.token)}`;
+  return withToken(path);
 }
 
 export function wsUrl(doc) {
