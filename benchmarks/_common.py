@@ -144,3 +144,40 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else 0.0
+
+
+def summarize_collapsed(path: str | Path, top: int = 20) -> str:
+    """Top functions of a py-spy ``--format raw`` (collapsed stacks) profile.
+
+    *self* counts samples whose innermost frame is the function, *total*
+    samples with the function anywhere on the stack (counted once per stack).
+    """
+    self_counts: dict[str, int] = {}
+    total_counts: dict[str, int] = {}
+    samples = 0
+    for line in Path(path).read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        samples += n
+        frames = [_short_frame(f) for f in stack.split(";")]
+        self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + n
+        for f in set(frames):
+            total_counts[f] = total_counts.get(f, 0) + n
+    if not samples:
+        return "(no samples)"
+    rows = [[f, self_counts[f] / samples * 100, total_counts[f] / samples * 100]
+            for f in sorted(self_counts, key=self_counts.get, reverse=True)[:top]]  # type: ignore[arg-type]
+    out = table(["function (innermost frame)", "self %", "total %"], rows)
+    rows = [[f, total_counts[f] / samples * 100] for f in sorted(total_counts, key=total_counts.get, reverse=True)[:top]]  # type: ignore[arg-type]
+    return f"{samples} samples\n\n{out}\n\n" + table(["function (anywhere on the stack)", "total %"], rows)
+
+
+def _short_frame(frame: str) -> str:
+    """``func (/long/path/pkg/mod.py:12)`` -> ``func (pkg/mod.py)``: one entry per function."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    file = where.rsplit(":", 1)[0]
+    parts = file.replace("\\", "/").split("/")
+    return f"{name} ({'/'.join(parts[-2:])})" if file else name

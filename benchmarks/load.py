@@ -53,7 +53,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, machine, median, percentile, raise_nofile, table  # noqa: E402
+from _common import REPO, machine, percentile, raise_nofile, summarize_collapsed, table  # noqa: E402
 
 import orjson  # noqa: E402
 import psutil  # noqa: E402
@@ -343,6 +343,8 @@ class Run:
         self.clients: list[Client] = []
         self.peak_rss = 0
         self.connect_retries = 0
+        #: Where to write a py-spy profile of the collab server during the editing window.
+        self.profile: str | None = None
 
     async def _watch_rss(self) -> None:
         while True:
@@ -420,6 +422,13 @@ class Run:
             await self._close_all()
             watcher.cancel()
             return result
+        spy = None
+        if self.profile and not self.relay and shutil.which("py-spy"):
+            spy = subprocess.Popen(
+                ["py-spy", "record", "--pid", str(self.proc.pid), "--duration", str(int(sc.seconds)), "--rate", "200",
+                 "--format", "raw", "--nonblocking", "-o", self.profile],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
         cpu0 = sum(self.proc.cpu_times()[:2])
         gen0 = time.process_time()
         t0 = time.perf_counter()
@@ -429,6 +438,8 @@ class Run:
         self.window_open = False
         window = time.perf_counter() - t0
         converged, failures = await self._quiesce()
+        if spy is not None:
+            await asyncio.get_running_loop().run_in_executor(None, spy.wait)
         cpu = sum(self.proc.cpu_times()[:2]) - cpu0
         gen_cpu = time.process_time() - gen0
         wall = time.perf_counter() - t0
@@ -554,15 +565,17 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def run_target(target: str, scenario: Scenario, store: str) -> dict[str, Any]:
+def run_target(target: str, scenario: Scenario, store: str, profile: str | None = None) -> dict[str, Any]:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="collab-load-") as tmp:
         proc = start_server(target, port, tmp, store)
         try:
             ps = psutil.Process(proc.pid)
             time.sleep(0.5)  # let the server finish importing before the baseline RSS
-            label = target if target == "relay" else f"collab ({store})"
-            return _run_loop(Run(label if target != "relay" else "relay", port, ps, scenario))
+            label = "relay" if target == "relay" else f"collab ({store})"
+            run = Run(label, port, ps, scenario)
+            run.profile = profile
+            return _run_loop(run)
         finally:
             stop_server(proc)
 
@@ -637,6 +650,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clients", type=int, help="override the clients per document")
     ap.add_argument("--rate", type=float, help="override edits/s per client (0: as fast as acks allow)")
     ap.add_argument("--json", metavar="FILE", help="also write the raw results to FILE")
+    ap.add_argument("--profile", metavar="FILE", help="py-spy the collab server during the editing window (collapsed stacks to FILE)")
     args = ap.parse_args(argv)
     sc = SCENARIOS[args.scenario]
     if args.quick:
@@ -660,8 +674,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     results = [run_target("relay", sc, "")]
     for store in [s for s in args.stores.split(",") if s]:
-        results.append(run_target("collab", sc, store))
+        results.append(run_target("collab", sc, store, args.profile))
     print(report(sc, results))
+    if args.profile and Path(args.profile).is_file():
+        print(f"\nprofile of the collab server ({args.profile}):\n")
+        print(summarize_collapsed(args.profile))
     for r in results:
         if r.get("error_samples"):
             print(f"\n{r['target']}: {r['errors']} errors, e.g. {r['error_samples'][:2]}")
