@@ -572,7 +572,9 @@ async def test_message_flood_is_limited_and_polite_client_keeps_its_latency() ->
         # (A flooder that does not read its error replies may also be dropped as too slow, 1013.)
         allowed = result["connections"] * (20 + 20 * 4.5 + 64)  # burst + rate x duration + in flight
         assert result["sent"] > 5 * allowed and set(result["codes"]) <= {"1000", "1013"}, result
-        assert m["collab_guard_limited_messages_total"] >= result["sent"] - allowed
+        # Most of the flood was refused (what the server had not read yet when the flooder
+        # was dropped or stopped is not counted).
+        assert m["collab_guard_limited_messages_total"] > 4 * allowed, (m, result)
         ratio = during / baseline
         print(f"polite ack latency: {baseline * 1e3:.2f} ms alone, {during * 1e3:.2f} ms under a flood of "
               f"{result['sent'] / 4:.0f} msg/s (x{ratio:.2f})")
