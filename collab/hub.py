@@ -23,7 +23,7 @@ import logging
 import secrets
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from . import ot
 from .doctext import DocText
@@ -32,6 +32,7 @@ from .protocol import (
     BAD_REV,
     CLOSE_INTERNAL,
     CLOSE_POLICY,
+    CLOSE_RESTART,
     FORBIDDEN,
     STALE_REV,
     TOO_LARGE,
@@ -48,8 +49,13 @@ from .protocol import (
     op_msg,
     peer_json,
     presence_msg,
+    _cur,
+    _usr,
 )
 from .store import RevisionConflict, Store, StoredOp
+
+if TYPE_CHECKING:
+    from .backplane import Backplane
 
 log = logging.getLogger("collab.hub")
 T = TypeVar("T")
@@ -126,19 +132,70 @@ class Peer:
             self.doc.remove(self)
 
 
+class RemotePeer:
+    """A client of another process on the same document, as this process knows it."""
+
+    __slots__ = ("id", "proc", "user", "cursor")
+
+    def __init__(self, id: str, proc: str, user: User | None, cursor: Cursor | None) -> None:
+        self.id = id
+        self.proc = proc
+        self.user = user
+        self.cursor = cursor
+
+
+def _user_of(value: object) -> User | None:
+    """A :class:`User` from its JSON form (trusted: it comes from another collab process)."""
+    if isinstance(value, dict) and isinstance(value.get("name"), str) and isinstance(value.get("color"), str):
+        return User(value["name"], value["color"])
+    return None
+
+
+def _cursor_of(value: object) -> Cursor | None:
+    if isinstance(value, dict) and isinstance(value.get("anchor"), int) and isinstance(value.get("head"), int):
+        return Cursor(value["anchor"], value["head"])
+    return None
+
+
 # An item of a document's inbox: who submitted, what, and for internal
 # submits (the HTTP API) a future that receives the revision.
 _Item = tuple["Peer | None", Submit, "asyncio.Future[int] | None"]
 
 
+class _Resync(Exception):
+    """The store no longer holds the operations this process missed: reload the document."""
+
+
+@dataclass(slots=True)
+class _Saved:
+    """In-memory state before a batch, to roll back to when another process took its revisions."""
+
+    text: str
+    rev: int
+    history_len: int
+    cursors: dict[str, Cursor | None]
+    remote_cursors: dict[str, Cursor | None]
+
+
 class Document:
-    """The live state of one open document."""
+    """The live state of one open document.
+
+    With a shared store (``store.may_conflict``) or a backplane, other
+    processes commit to the same document too. Their operations arrive as
+    backplane messages or are read from the store (after a conflict, a gap
+    in revisions, or a missed message), and are integrated by the commit
+    loop between batches, like the deferred joins: every client's stream
+    stays in strict revision order.
+    """
 
     def __init__(self, hub: "Hub", doc_id: str, rev: int, text: str, history: list[StoredOp]) -> None:
         self.hub = hub
         self.id = doc_id
         self.config = hub.config
         self.store = hub.store
+        self.backplane = hub.backplane
+        #: Whether other processes may commit to this document.
+        self.shared = hub.backplane is not None or hub.store.may_conflict
         self.text = DocText(text)
         self.rev = rev
         #: Kept operations, ``history[i].rev == history_start + 1 + i``.
@@ -147,12 +204,25 @@ class Document:
         #: Op id -> revision, for every op in :attr:`history`.
         self.ids: dict[str, int] = {o.id: o.rev for o in history}
         self.peers: dict[str, Peer] = {}
+        #: Clients of other processes on this document.
+        self.remote_peers: dict[str, RemotePeer] = {}
         self.last_snapshot = rev
         self._inbox: list[_Item] = []
         self._deferred: list[tuple[Callable[[], object], asyncio.Future]] = []
         self._committer: asyncio.Task[None] | None = None
         self._unload_handle: asyncio.TimerHandle | None = None
         self.failed = False
+        # Other processes' work, integrated between batches.
+        self._remote_ops: dict[int, tuple[StoredOp, Cursor | None]] = {}
+        self._remote_events: list[dict] = []
+        #: The highest revision known to be committed somewhere.
+        self._known_rev = rev
+        #: Read the store for missed operations before the next batch.
+        self._check_store = False
+        self._store_waiters: list[asyncio.Future[None]] = []
+        #: Batches retried after a conflict, and operations learned from others (for metrics).
+        self.conflicts = 0
+        self.remote_applied = 0
 
     # -- joining and leaving -------------------------------------------------
 
@@ -161,6 +231,8 @@ class Document:
 
         Raises :class:`ProtocolError` (``bad_rev``) for a ``since`` in the future.
         """
+        if self.shared and since is not None and since > self.rev:
+            await self.sync()  # it may come from another process that is ahead of this one
         await self._quietly(lambda: self._admit(peer, since))
 
     def _admit(self, peer: Peer, since: int | None) -> None:
@@ -169,13 +241,9 @@ class Document:
         if self._unload_handle is not None:
             self._unload_handle.cancel()
             self._unload_handle = None
-        welcome: dict = {
-            "type": "welcome",
-            "client": peer.id,
-            "rev": self.rev,
-            "role": peer.role,
-            "peers": [peer_json(p.id, p.user, p.cursor) for p in self.peers.values()],
-        }
+        peers = [peer_json(p.id, p.user, p.cursor) for p in self.peers.values()]
+        peers.extend(peer_json(p.id, p.user, p.cursor) for p in self.remote_peers.values())
+        welcome: dict = {"type": "welcome", "client": peer.id, "rev": self.rev, "role": peer.role, "peers": peers}
         if since is not None and since >= self.history_start:
             welcome["ops"] = [o.to_json() for o in itertools.islice(self.history, since - self.history_start, None)]
         else:
@@ -184,39 +252,57 @@ class Document:
         peer.send_msg(welcome)
         self._broadcast(encode(join_msg(peer.id, peer.user)))
         self.peers[peer.id] = peer
+        if self.backplane is not None:
+            self.backplane.set_peer(self.id, peer.id, self._peer_info(peer))
+            self.backplane.publish(self.id, {"t": "join", "client": peer.id, "user": _usr(peer.user)})
 
     def remove(self, peer: Peer) -> None:
         """Forget ``peer`` and tell the others it left."""
         if self.peers.pop(peer.id, None) is None:
             return
         self._broadcast(encode(leave_msg(peer.id)))
+        if self.backplane is not None:
+            self.backplane.forget_peer(self.id, peer.id)
+            self.backplane.publish(self.id, {"t": "leave", "client": peer.id})
         if not self.peers:
             self._schedule_unload()
+
+    def _peer_info(self, peer: Peer) -> dict:
+        return {"user": _usr(peer.user), "cursor": _cur(peer.cursor), "rev": self.rev}
 
     # -- presence ------------------------------------------------------------
 
     async def presence(self, peer: Peer, msg: Presence) -> None:
         """Record ``peer``'s selection (moved to the current revision) and broadcast it."""
+        if self.shared and msg.rev > self.rev:
+            await self.sync()
         await self._quietly(lambda: self._presence(peer, msg))
+
+    def _move_cursor(self, cursor: Cursor | None, rev: int) -> Cursor | None:
+        """``cursor``, valid at ``rev``, in current coordinates (``None`` if ``rev`` is out of the kept history)."""
+        if cursor is None or rev < self.history_start or rev > self.rev:
+            return None
+        anchor, head = cursor.anchor, cursor.head
+        for entry in itertools.islice(self.history, rev - self.history_start, None):
+            anchor, head = ot.transform_cursor(anchor, head, entry.op)
+        size = len(self.text)
+        return Cursor(min(anchor, size), min(head, size))
 
     def _presence(self, peer: Peer, msg: Presence) -> None:
         if msg.rev > self.rev:
             raise ProtocolError(BAD_REV, f"presence 'rev' is {msg.rev} but the document is at revision {self.rev}")
-        cursor = msg.cursor
-        if cursor is not None:
-            if msg.rev < self.history_start:
-                cursor = None  # too old to move; the client's next presence puts it right
-            else:
-                anchor, head = cursor.anchor, cursor.head
-                for entry in itertools.islice(self.history, msg.rev - self.history_start, None):
-                    anchor, head = ot.transform_cursor(anchor, head, entry.op)
-                size = len(self.text)
-                cursor = Cursor(min(anchor, size), min(head, size))
+        # Too old to move: None; the client's next presence puts it right.
+        cursor = self._move_cursor(msg.cursor, msg.rev)
         if msg.user is not None:
             peer.user = msg.user
         peer.cursor = cursor
         if peer.id in self.peers:
             self._broadcast(encode(presence_msg(peer.id, self.rev, cursor, peer.user)), skip=peer)
+            if self.backplane is not None:
+                self.backplane.set_peer(self.id, peer.id, self._peer_info(peer))
+                self.backplane.publish(
+                    self.id, {"t": "presence", "client": peer.id, "rev": self.rev, "cursor": _cur(cursor), "user": _usr(peer.user)}
+                )
 
     # -- submitting ----------------------------------------------------------
 
@@ -229,6 +315,8 @@ class Document:
         """
         if peer is not None and peer.role != "edit":
             raise ProtocolError(FORBIDDEN, "this connection is read-only: its token does not allow editing", sub.id)
+        if self.shared and sub.rev > self.rev:
+            await self.sync()  # based on a revision this process has not seen yet
         if sub.rev < self.history_start and sub.id not in self.ids:
             # Only the store can tell whether an op this old was applied.
             rev = await self.store.find_op(self.id, sub.id)
@@ -244,8 +332,7 @@ class Document:
             )
         fut = None if peer is not None else asyncio.get_running_loop().create_future()
         self._inbox.append((peer, sub, fut))
-        if self._committer is None:
-            self._committer = asyncio.create_task(self._commit_loop())
+        self._wake()
         return None if fut is None else await fut
 
     def _apply(self, peer: Peer | None, sub: Submit) -> StoredOp | int:
@@ -289,15 +376,15 @@ class Document:
         self.text.apply(op)
         self.rev += 1
         entry = StoredOp(self.rev, op, peer.id if peer is not None else "server", sub.id)
+        # Trimmed to history_depth only once committed (see _trim), so a conflict can roll back.
         self.history.append(entry)
         self.ids[sub.id] = self.rev
-        while len(self.history) > self.config.history_depth:
-            old = self.history.popleft()
-            self.history_start = old.rev
-            self.ids.pop(old.id, None)
         for other_peer in self.peers.values():
             if other_peer.cursor is not None and other_peer is not peer:
                 other_peer.cursor = Cursor(*ot.transform_cursor(other_peer.cursor.anchor, other_peer.cursor.head, op))
+        for remote in self.remote_peers.values():
+            if remote.cursor is not None:
+                remote.cursor = Cursor(*ot.transform_cursor(remote.cursor.anchor, remote.cursor.head, op))
         if peer is not None:
             if cursor is not None:
                 size = len(self.text)
@@ -305,14 +392,45 @@ class Document:
             peer.cursor = cursor
         return entry
 
+    def _trim(self) -> None:
+        """Keep at most ``history_depth`` operations (after a commit)."""
+        while len(self.history) > self.config.history_depth:
+            old = self.history.popleft()
+            self.history_start = old.rev
+            self.ids.pop(old.id, None)
+
+    def _save(self) -> _Saved:
+        return _Saved(
+            str(self.text), self.rev, len(self.history),
+            {p.id: p.cursor for p in self.peers.values()},
+            {p.id: p.cursor for p in self.remote_peers.values()},
+        )
+
+    def _rollback(self, saved: _Saved) -> None:
+        """Undo a batch that another process's commit beat: back to the state before it."""
+        while len(self.history) > saved.history_len:
+            self.ids.pop(self.history.pop().id, None)
+        self.text = DocText(saved.text)
+        self.rev = saved.rev
+        for pid, cursor in saved.cursors.items():
+            if pid in self.peers:
+                self.peers[pid].cursor = cursor
+        for pid, cursor in saved.remote_cursors.items():
+            if pid in self.remote_peers:
+                self.remote_peers[pid].cursor = cursor
+
     async def _commit_loop(self) -> None:
-        """Apply, commit and announce batches until the inbox is empty."""
+        """Integrate others' work, then apply, commit and announce batches, until there is nothing left."""
+        conflicts_in_a_row = 0
         try:
-            while self._inbox or self._deferred:
+            while self._inbox or self._deferred or self._behind():
+                if self._behind():
+                    await self._catch_up()
                 self._run_deferred()
                 if not self._inbox:
                     continue
                 batch, self._inbox = self._inbox, []
+                saved = self._save() if self.store.may_conflict else None
                 applied: list[tuple[Peer | None, Submit, asyncio.Future[int] | None, StoredOp | int]] = []
                 for peer, sub, fut in batch:
                     try:
@@ -324,8 +442,27 @@ class Document:
                             peer.send_msg(error_msg(exc.code, exc.message, exc.id))
                 new = [r for *_, r in applied if isinstance(r, StoredOp)]
                 if new:
-                    await self._persist(new)
+                    try:
+                        await self._persist(new)
+                    except RevisionConflict:
+                        if saved is None:
+                            raise
+                        # Another process committed first: roll back, integrate its
+                        # operations (next turn of the loop), and apply this batch again.
+                        conflicts_in_a_row += 1
+                        self.conflicts += 1
+                        if conflicts_in_a_row > 100:
+                            raise RuntimeError(f"document {self.id}: 100 conflicts in a row; giving up") from None
+                        self._rollback(saved)
+                        self._inbox = [(p, s, f) for p, s, f, _ in applied] + self._inbox
+                        self._check_store = True
+                        continue
+                    conflicts_in_a_row = 0
+                    self._trim()
                 self._announce(applied)
+        except _Resync:
+            log.warning("document %s: missed operations are no longer in the store; clients reconnect", self.id)
+            self._fail(CLOSE_RESTART, "this server fell behind; reconnect to resume")
         except Exception:
             log.exception("document %s failed; disconnecting its clients so they resume from the store", self.id)
             self._fail()
@@ -338,18 +475,14 @@ class Document:
         snapshot = None
         if self.rev - self.last_snapshot >= max(self.config.snapshot_every, len(self.text) // 1024):
             snapshot = (self.rev, str(self.text))
-        try:
-            await self.store.append(self.id, new, len(self.text), snapshot)
-        except RevisionConflict:
-            # Another process wrote these revisions: this process's view is
-            # stale. Start over from the store; the clients resend.
-            raise
+        await self.store.append(self.id, new, len(self.text), snapshot)
         if snapshot is not None:
             self.last_snapshot = self.rev
         self.hub.ops_applied += len(new)
 
     def _announce(self, applied: list) -> None:
-        """Acknowledge and broadcast a committed batch, in revision order."""
+        """Acknowledge and broadcast a committed batch, in revision order; tell the other processes."""
+        published: list[list] = []
         for peer, sub, fut, result in applied:
             if isinstance(result, int):  # a resend of an op applied earlier
                 if fut is not None:
@@ -363,11 +496,188 @@ class Document:
                 peer.send_msg(ack_msg(sub.id, result.rev))
             cursor = peer.cursor if peer is not None else None
             self._broadcast(encode(op_msg(result.rev, result.op, result.client, cursor)), skip=peer)
+            if self.backplane is not None:
+                published.append([result.rev, result.op, result.client, result.id, _cur(cursor)])
+        if published and self.backplane is not None:
+            self.backplane.publish(self.id, {"t": "ops", "ops": published})
 
     def _broadcast(self, frame: str, skip: Peer | None = None) -> None:
         for p in list(self.peers.values()):
             if p is not skip:
                 p.send(frame)
+
+    # -- other processes' work ---------------------------------------------------
+
+    def _on_remote(self, msg: dict) -> None:
+        """Take a backplane message; the commit loop integrates it between batches."""
+        kind = msg.get("t")
+        if kind == "ops":
+            for rev, op, client, op_id, cursor in msg.get("ops", ()):
+                self._remote_ops[rev] = (StoredOp(rev, op, client, op_id), _cursor_of(cursor))
+                if rev > self._known_rev:
+                    self._known_rev = rev
+        elif kind in ("join", "leave", "presence") and isinstance(msg.get("client"), str):
+            self._remote_events.append(msg)
+        else:
+            return
+        self._wake()
+
+    def sync_later(self, rev: int | None = None) -> None:
+        """Note that the store may hold more (revision ``rev`` at least); catch up between batches."""
+        if rev is None:
+            self._check_store = True
+        elif rev > self._known_rev:
+            self._known_rev = rev
+        else:
+            return
+        self._wake()
+
+    async def sync(self) -> None:
+        """Integrate everything committed to the store so far (by any process) before returning."""
+        if self.failed:
+            raise DocumentFailed(self.id)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._store_waiters.append(fut)
+        self._wake()
+        await fut
+
+    def _wake(self) -> None:
+        if self._committer is None and not self.failed:
+            self._committer = asyncio.create_task(self._commit_loop())
+
+    def _behind(self) -> bool:
+        return bool(self._remote_ops or self._remote_events or self._check_store or self._store_waiters
+                    or self._known_rev > self.rev)
+
+    async def _catch_up(self) -> None:
+        """Integrate other processes' operations and presence, reading the store for what was missed."""
+        self._integrate_buffered()
+        late_presence = any(e["t"] == "presence" and isinstance(e.get("rev"), int) and e["rev"] > self.rev
+                            for e in self._remote_events)
+        if self._check_store or self._store_waiters or self._known_rev > self.rev or late_presence:
+            self._check_store = False
+            waiters, self._store_waiters = self._store_waiters, []
+            try:
+                missed = await self.store.ops_since(self.id, self.rev)
+            except BaseException as exc:
+                for w in waiters:
+                    if not w.done():
+                        w.set_exception(exc if isinstance(exc, Exception) else DocumentFailed(self.id))
+                raise
+            if missed and missed[0].rev > self.rev + 1:
+                for w in waiters:
+                    if not w.done():
+                        w.set_exception(DocumentFailed(self.id))
+                raise _Resync(self.id)
+            for entry in missed:
+                if entry.rev == self.rev + 1:
+                    cursor = self._remote_ops.get(entry.rev, (None, None))[1]
+                    self._integrate(entry, cursor)
+            self._integrate_buffered()
+            self._known_rev = self.rev  # the store has nothing later
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+        self._process_events()
+
+    def _integrate_buffered(self) -> None:
+        while self.rev + 1 in self._remote_ops:
+            entry, cursor = self._remote_ops.pop(self.rev + 1)
+            self._integrate(entry, cursor)
+        for rev in [r for r in self._remote_ops if r <= self.rev]:
+            del self._remote_ops[rev]
+
+    def _integrate(self, entry: StoredOp, cursor: Cursor | None) -> None:
+        """Apply another process's committed operation (the next revision) and show it to the clients here."""
+        self.text.apply(entry.op)
+        self.rev = entry.rev
+        self.history.append(entry)
+        self.ids[entry.id] = entry.rev
+        for p in self.peers.values():
+            if p.cursor is not None:
+                p.cursor = Cursor(*ot.transform_cursor(p.cursor.anchor, p.cursor.head, entry.op))
+        for remote in self.remote_peers.values():
+            if remote.id == entry.client:
+                remote.cursor = cursor
+            elif remote.cursor is not None:
+                remote.cursor = Cursor(*ot.transform_cursor(remote.cursor.anchor, remote.cursor.head, entry.op))
+        self._trim()
+        self.remote_applied += 1
+        if self.rev > self._known_rev:
+            self._known_rev = self.rev
+        # The same operation resent here (its author reconnected after the other
+        # process committed it): acknowledge it instead of applying it again.
+        author: Peer | None = None
+        if any(s.id == entry.id for _, s, _ in self._inbox):
+            kept = []
+            for peer, sub, fut in self._inbox:
+                if sub.id != entry.id:
+                    kept.append((peer, sub, fut))
+                elif fut is not None:
+                    fut.set_result(entry.rev)
+                elif peer is not None:
+                    peer.send_msg(ack_msg(entry.id, entry.rev))
+                    author = peer
+            self._inbox = kept
+        self._broadcast(encode(op_msg(entry.rev, entry.op, entry.client, cursor)), skip=author)
+
+    def _process_events(self) -> None:
+        """Other processes' joins, leaves and presence, in arrival order (between batches)."""
+        events, self._remote_events = self._remote_events, []
+        for e in events:
+            client = e["client"]
+            kind = e["t"]
+            if kind == "leave":
+                if self.remote_peers.pop(client, None) is not None:
+                    self._broadcast(encode(leave_msg(client)))
+                continue
+            remote = self.remote_peers.get(client)
+            user = _user_of(e.get("user"))
+            if remote is None:
+                remote = self.remote_peers[client] = RemotePeer(client, str(e.get("proc", "")), user, None)
+                self._broadcast(encode(join_msg(client, user)))
+            elif user is not None:
+                remote.user = user
+            if kind == "presence":
+                rev = e.get("rev")
+                remote.cursor = self._move_cursor(_cursor_of(e.get("cursor")), rev if isinstance(rev, int) else -1)
+                self._broadcast(encode(presence_msg(client, self.rev, remote.cursor, remote.user)))
+
+    def adopt_peers(self, infos: dict[str, dict], dead: set[str]) -> None:
+        """Take the presence record of other processes' clients (on load, or after a resync).
+
+        Clients no longer in the record, or of dead processes, are announced as left.
+        """
+        own = self.backplane.process_id if self.backplane is not None else ""
+        current = {c: i for c, i in infos.items() if i.get("proc") not in dead and i.get("proc") != own}
+        for client in list(self.remote_peers):
+            if client not in current:
+                self._remote_events.append({"t": "leave", "client": client})
+        for client, info in current.items():
+            if client not in self.remote_peers:
+                self._remote_events.append({"t": "presence", "client": client, "proc": info.get("proc", ""),
+                                            "user": info.get("user"), "cursor": info.get("cursor"),
+                                            "rev": info.get("rev", -1)})
+        if self._remote_events:
+            self._wake()
+
+    def drop_processes(self, dead: set[str]) -> None:
+        """Announce the clients of processes whose heartbeat expired as left."""
+        for remote in list(self.remote_peers.values()):
+            if remote.proc in dead:
+                self._remote_events.append({"t": "leave", "client": remote.id})
+                if self.backplane is not None:
+                    self.backplane.forget_peer(self.id, remote.id)
+        if self._remote_events:
+            self._wake()
+
+    def reannounce(self) -> None:
+        """Record and announce this process's clients again (after the backplane lost them)."""
+        if self.backplane is None:
+            return
+        for peer in self.peers.values():
+            self.backplane.set_peer(self.id, peer.id, self._peer_info(peer))
+            self.backplane.publish(self.id, {"t": "join", "client": peer.id, "user": _usr(peer.user)})
 
     # -- between batches -------------------------------------------------------
 
@@ -396,7 +706,7 @@ class Document:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    def _fail(self) -> None:
+    def _fail(self, code: int = CLOSE_INTERNAL, reason: str = "storage failed; reconnect to resume") -> None:
         self.failed = True
         for peer, sub, fut in self._inbox:
             if fut is not None and not fut.done():
@@ -406,10 +716,13 @@ class Document:
             if not fut.done():
                 fut.set_exception(DocumentFailed(self.id))
         self._deferred = []
+        for fut in self._store_waiters:
+            if not fut.done():
+                fut.set_exception(DocumentFailed(self.id))
+        self._store_waiters = []
         for peer in list(self.peers.values()):
-            peer.kick(CLOSE_INTERNAL, "storage failed; reconnect to resume")
+            peer.kick(code, reason)
         self.hub._forget(self)
-
 
     def _schedule_unload(self) -> None:
         if self._unload_handle is not None or self.failed:
@@ -428,14 +741,41 @@ class Document:
 
 
 class Hub:
-    """The open documents of one process."""
+    """The open documents of one process.
 
-    def __init__(self, store: Store, config: HubConfig | None = None) -> None:
+    With a ``backplane`` (several processes on one PostgreSQL store), the hub
+    subscribes to each document it opens, feeds other processes' messages
+    to the document, and watches for crashed processes and missed messages.
+    """
+
+    def __init__(self, store: Store, config: HubConfig | None = None, backplane: "Backplane | None" = None) -> None:
         self.store = store
         self.config = config or HubConfig()
+        self.backplane = backplane
         self.docs: dict[str, Document] = {}
         self._loading: dict[str, asyncio.Future[Document]] = {}
         self.ops_applied = 0
+        self.closing = False
+        self._started = False
+        self._start_lock: asyncio.Lock | None = None
+        self._sub_lock: asyncio.Lock | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        #: Backplane messages for documents being loaded, replayed once they are.
+        self._early: dict[str, list[dict]] = {}
+
+    async def start(self) -> None:
+        """Connect the backplane (done on first use; call it to fail early)."""
+        if self.backplane is None or self._started:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+            self._sub_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._started:
+                return
+            await self.backplane.start(self._on_message, self._on_resync)
+            self._watcher = asyncio.create_task(self._watch(), name="collab-hub-watch")
+            self._started = True
 
     async def document(self, doc_id: str) -> Document:
         """The open document ``doc_id``, loading it once however many ask at once."""
@@ -447,11 +787,26 @@ class Hub:
             loading = asyncio.get_running_loop().create_future()
             self._loading[doc_id] = loading
             try:
+                infos: dict[str, dict] = {}
+                dead: set[str] = set()
+                if self.backplane is not None:
+                    # Subscribe before loading: nothing committed after the load can be missed.
+                    await self.start()
+                    assert self._sub_lock is not None
+                    async with self._sub_lock:
+                        await self.backplane.subscribe(doc_id)
+                    infos = await self.backplane.peers(doc_id)
+                    dead = await self.backplane.dead({str(i.get("proc")) for i in infos.values()})
                 state = await self.store.load(doc_id, self.config.history_depth)
                 doc = Document(self, doc_id, state.rev, state.text, state.history)
                 self.docs[doc_id] = doc
+                if self.backplane is not None:
+                    doc.adopt_peers(infos, dead)
+                    for msg in self._early.pop(doc_id, []):
+                        doc._on_remote(msg)
                 loading.set_result(doc)
             except BaseException as exc:
+                self._early.pop(doc_id, None)
                 loading.set_exception(exc)
                 loading.exception()  # mark retrieved if nobody else waits
                 raise
@@ -472,13 +827,21 @@ class Hub:
                 continue  # it was dropped after a storage error: load it afresh
 
     async def read(self, doc_id: str) -> tuple[int, str]:
-        """The committed revision and text of ``doc_id``."""
-        doc = await self.document(doc_id)
-        return await doc._quietly(doc.snapshot)
+        """The committed revision and text of ``doc_id`` (with a shared store: as of now, by any process)."""
+        while True:
+            doc = await self.document(doc_id)
+            try:
+                if self.store.may_conflict:
+                    await doc.sync()
+                return await doc._quietly(doc.snapshot)
+            except DocumentFailed:
+                continue
 
     async def replace(self, doc_id: str, text: str, op_id: str | None = None) -> int:
         """Replace the text of ``doc_id`` with ``text`` as one ordinary edit; returns its revision."""
         doc = await self.document(doc_id)
+        if self.store.may_conflict:
+            await doc.sync()
         rev, current = await doc._quietly(doc.snapshot)
         op = diff_op(current, text)
         return await doc.submit(None, Submit(rev, op, op_id or "http-" + secrets.token_hex(8), None))  # type: ignore[return-value]
@@ -486,12 +849,101 @@ class Hub:
     def _forget(self, doc: Document) -> None:
         if self.docs.get(doc.id) is doc:
             del self.docs[doc.id]
+            if self.backplane is not None and self._started and not self.closing:
+                asyncio.get_running_loop().create_task(self._unsubscribe(doc.id))
+
+    async def _unsubscribe(self, doc_id: str) -> None:
+        assert self._sub_lock is not None and self.backplane is not None
+        async with self._sub_lock:
+            if doc_id not in self.docs and doc_id not in self._loading:
+                try:
+                    await self.backplane.unsubscribe(doc_id)
+                except Exception as exc:
+                    log.warning("unsubscribing from %s failed: %s", doc_id, exc)
+
+    # -- backplane ---------------------------------------------------------------
+
+    def _on_message(self, doc_id: str, msg: dict) -> None:
+        doc = self.docs.get(doc_id)
+        if doc is not None:
+            doc._on_remote(msg)
+        elif doc_id in self._loading:
+            self._early.setdefault(doc_id, []).append(msg)
+
+    def _on_resync(self) -> None:
+        """Messages may have been lost: re-read the store, re-announce our clients, re-read others'."""
+        for doc in list(self.docs.values()):
+            doc.sync_later()
+            doc.reannounce()
+        if self.docs:
+            asyncio.get_running_loop().create_task(self._refresh_peers(list(self.docs.values())))
+
+    async def _refresh_peers(self, docs: list[Document]) -> None:
+        assert self.backplane is not None
+        for doc in docs:
+            try:
+                infos = await self.backplane.peers(doc.id)
+                dead = await self.backplane.dead({str(i.get("proc")) for i in infos.values()})
+            except Exception as exc:
+                log.warning("reading who is on %s failed: %s", doc.id, exc)
+                continue
+            if self.docs.get(doc.id) is doc:
+                doc.adopt_peers(infos, dead)
+
+    async def _watch(self) -> None:
+        """Every ``backplane.check_interval``: drop dead processes' clients, catch up missed commits."""
+        assert self.backplane is not None
+        while True:
+            await asyncio.sleep(self.backplane.check_interval)
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("liveness check failed (%s); retrying", exc)
+
+    async def check(self) -> None:
+        """One round of the watch: crashed processes' clients leave; documents behind the store catch up."""
+        assert self.backplane is not None
+        docs = list(self.docs.values())
+        procs = {r.proc for d in docs for r in d.remote_peers.values()}
+        if procs:
+            dead = await self.backplane.dead(procs)
+            if dead:
+                for doc in docs:
+                    doc.drop_processes(dead)
+        watched = [d.id for d in docs if d.peers]
+        if watched:
+            revs = await self.store.revisions(watched)
+            for doc_id, rev in revs.items():
+                doc = self.docs.get(doc_id)
+                if doc is not None:
+                    doc.sync_later(rev)
+
+    # -- shutdown ------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Let in-flight commits finish."""
+        """Finish in-flight commits, ask every client to reconnect (1012), and stop the backplane.
+
+        The clients land on another process (or on this one restarted) and
+        resume with ``since``: nothing acknowledged is lost, nothing resent is
+        applied twice.
+        """
+        self.closing = True
         tasks = [d._committer for d in self.docs.values() if d._committer is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        for doc in list(self.docs.values()):
+            for peer in list(doc.peers.values()):
+                peer.kick(CLOSE_RESTART, "the server is restarting: reconnect")
+        if self._watcher is not None:
+            self._watcher.cancel()
+            try:
+                await self._watcher
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.backplane is not None and self._started:
+            await self.backplane.close()
 
     @property
     def connections(self) -> int:

@@ -1,0 +1,194 @@
+"""Fan-out between processes that serve the same documents (like ShareDB's pub/sub adapters).
+
+The store (PostgreSQL) decides the order of operations; the backplane only
+tells the other processes, quickly, what was committed and who is present,
+so that they can show it to their own clients. Nothing depends on the
+backplane for correctness: a process that misses a message notices the gap
+by revision and reads the missing operations from the store.
+
+A :class:`Backplane` carries small dict messages per document:
+
+* ``{"t": "ops", "ops": [[rev, op, client, id, cursor], ...]}`` after a commit;
+* ``{"t": "join" | "leave" | "presence", "client": ..., ...}`` for presence;
+
+each stamped with ``"proc"``, the sending process's id. It also keeps, per
+document, the presence of every process's clients (so that a process
+opening a document learns who is already there) and a heartbeat per
+process (so that the clients of a crashed process can be announced as
+left). Implementations: :class:`LocalBackplane` (several hubs in one
+process: tests, benchmarks) and :class:`collab.backplane.redis.RedisBackplane`.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import os
+import secrets
+from typing import Any, Callable
+
+#: ``handler(doc, message)``: called for every message from another process, in arrival order.
+Handler = Callable[[str, dict], None]
+
+
+class Backplane(abc.ABC):
+    """Publish/subscribe per document between the processes of one deployment."""
+
+    #: Seconds between the hub's checks for dead processes and missed commits.
+    check_interval: float = 3.0
+
+    def __init__(self) -> None:
+        #: This process's id, stamped on everything it publishes.
+        self.process_id = secrets.token_hex(8)
+
+    @abc.abstractmethod
+    async def start(self, handler: Handler, on_resync: Callable[[], None]) -> None:
+        """Start delivering messages to ``handler`` and beating this process's heart.
+
+        ``on_resync`` is called after messages may have been lost (a reconnect,
+        or this process being presumed dead): the hub then re-reads the store
+        and re-announces its clients.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Send what is queued, stop, and withdraw this process's heartbeat."""
+
+    @abc.abstractmethod
+    async def subscribe(self, doc: str) -> None:
+        """Receive ``doc``'s messages; returns once delivery of new ones is guaranteed."""
+
+    @abc.abstractmethod
+    async def unsubscribe(self, doc: str) -> None:
+        """Stop receiving ``doc``'s messages."""
+
+    @abc.abstractmethod
+    def publish(self, doc: str, msg: dict) -> None:
+        """Send ``msg`` to the other processes serving ``doc`` (queued: never blocks; in order)."""
+
+    @abc.abstractmethod
+    def set_peer(self, doc: str, client: str, info: dict) -> None:
+        """Record (queued, in order with :meth:`publish`) that ``client`` of this process is on ``doc``."""
+
+    @abc.abstractmethod
+    def forget_peer(self, doc: str, client: str) -> None:
+        """Remove ``client`` from ``doc``'s presence record (queued)."""
+
+    @abc.abstractmethod
+    async def peers(self, doc: str) -> dict[str, dict]:
+        """Every recorded client of ``doc`` by id: ``{"proc", "user", "cursor", "rev"}``."""
+
+    @abc.abstractmethod
+    async def dead(self, procs: set[str]) -> set[str]:
+        """Those of ``procs`` whose heartbeat has expired (never this process)."""
+
+
+class LocalBus:
+    """What several :class:`LocalBackplane` objects of one process share."""
+
+    def __init__(self) -> None:
+        self.members: dict[str, "LocalBackplane"] = {}
+        self.subscribers: dict[str, set[str]] = {}
+        self.peers: dict[str, dict[str, dict]] = {}
+        self.alive: set[str] = set()
+
+
+class LocalBackplane(Backplane):
+    """An in-process backplane: hubs in one event loop on one :class:`LocalBus`.
+
+    Delivery is asynchronous (``call_soon``) and ordered, like a network's.
+    :meth:`crash` makes a member vanish without a word, as ``kill -9`` would.
+    """
+
+    def __init__(self, bus: LocalBus, check_interval: float = 3.0) -> None:
+        super().__init__()
+        self.bus = bus
+        self.check_interval = check_interval
+        self.handler: Handler | None = None
+        self.on_resync: Callable[[], None] | None = None
+        self.paused = False
+
+    async def start(self, handler: Handler, on_resync: Callable[[], None]) -> None:
+        self.handler, self.on_resync = handler, on_resync
+        self.bus.members[self.process_id] = self
+        self.bus.alive.add(self.process_id)
+
+    async def close(self) -> None:
+        self.bus.members.pop(self.process_id, None)
+        self.bus.alive.discard(self.process_id)
+        for subs in self.bus.subscribers.values():
+            subs.discard(self.process_id)
+
+    def crash(self) -> None:
+        """Vanish: no more messages either way, heartbeat gone, presence records left behind."""
+        self.bus.members.pop(self.process_id, None)
+        self.bus.alive.discard(self.process_id)
+
+    async def subscribe(self, doc: str) -> None:
+        self.bus.subscribers.setdefault(doc, set()).add(self.process_id)
+
+    async def unsubscribe(self, doc: str) -> None:
+        self.bus.subscribers.get(doc, set()).discard(self.process_id)
+
+    def publish(self, doc: str, msg: dict) -> None:
+        if self.process_id not in self.bus.members:
+            return
+        msg = dict(msg, proc=self.process_id)
+        loop = asyncio.get_running_loop()
+        for proc in list(self.bus.subscribers.get(doc, ())):
+            member = self.bus.members.get(proc)
+            if member is not None and member is not self:
+                loop.call_soon(member._deliver, doc, msg)
+
+    def _deliver(self, doc: str, msg: dict) -> None:
+        if self.handler is not None and not self.paused and self.process_id in self.bus.subscribers.get(doc, ()):
+            self.handler(doc, msg)
+
+    def set_peer(self, doc: str, client: str, info: dict) -> None:
+        if self.process_id in self.bus.members:
+            self.bus.peers.setdefault(doc, {})[client] = dict(info, proc=self.process_id)
+
+    def forget_peer(self, doc: str, client: str) -> None:
+        self.bus.peers.get(doc, {}).pop(client, None)
+
+    async def peers(self, doc: str) -> dict[str, dict]:
+        return dict(self.bus.peers.get(doc, {}))
+
+    async def dead(self, procs: set[str]) -> set[str]:
+        return {p for p in procs if p != self.process_id and p not in self.bus.alive}
+
+
+def check_settings(settings: Any) -> None:
+    """Refuse configurations that would silently split a document's order; exit with what to do."""
+    postgres = settings.database_url.startswith(("postgres://", "postgresql://"))
+    if settings.workers > 1 and not (settings.redis_url and postgres):
+        raise SystemExit(
+            f"WEB_CONCURRENCY/--workers is {settings.workers}, but several processes must share one PostgreSQL "
+            "database and one Redis: set DATABASE_URL=postgres://... and REDIS_URL=redis://..., or run 1 worker"
+        )
+    if settings.redis_url and not postgres:
+        raise SystemExit(
+            "REDIS_URL is set but DATABASE_URL is not a PostgreSQL URL: processes can only share documents "
+            "through PostgreSQL. Set DATABASE_URL=postgres://..., or unset REDIS_URL for a single process"
+        )
+
+
+async def open_backplane(settings: Any) -> Backplane | None:
+    """The backplane the settings select, connected: Redis for ``REDIS_URL``, else none (one process)."""
+    check_settings(settings)
+    if not settings.redis_url:
+        return None
+    from .redis import RedisBackplane
+
+    # Seconds after which a silent process's clients are announced as left.
+    raw = getattr(settings, "presence_timeout", None) or os.environ.get("COLLAB_PRESENCE_TIMEOUT", "")
+    try:
+        timeout = float(raw) if raw else 10.0
+    except ValueError:
+        raise SystemExit(f"COLLAB_PRESENCE_TIMEOUT={raw!r} is not a number of seconds; unset it or give e.g. 10") from None
+    backplane = RedisBackplane(settings.redis_url, heartbeat_ttl=max(1.0, timeout))
+    await backplane.open()
+    return backplane
+
+
+__all__ = ["Backplane", "Handler", "LocalBackplane", "LocalBus", "check_settings", "open_backplane"]

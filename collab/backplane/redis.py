@@ -1,0 +1,314 @@
+"""The Redis backplane (redis-py asyncio): pub/sub per document, presence hashes, heartbeats.
+
+Keys and channels, under a prefix (``collab`` unless the URL says
+``?prefix=NAME``, so several deployments can share one Redis):
+
+* channel ``{prefix}:doc:{doc}``: the document's messages;
+* hash ``{prefix}:peers:{doc}``: client id -> JSON presence of every process's clients;
+* key ``{prefix}:proc:{id}``: this process's heartbeat, refreshed every
+  ``heartbeat_ttl / 3`` seconds and expiring after ``heartbeat_ttl``.
+
+Outgoing commands go through one queue and are sent in order, pipelined, by
+one task, so publishing never blocks a document. Pub/sub may lose messages
+(a reconnect, a subscriber Redis dropped as too slow): the reader notices a
+reconnect by the re-subscription confirmations and asks the hub to resync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any, Callable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from . import Backplane, Handler
+
+try:
+    import orjson
+
+    _dumps: Callable[[Any], bytes] = orjson.dumps
+    _loads: Callable[[bytes], Any] = orjson.loads
+except ImportError:  # pragma: no cover
+    import json
+
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+    _loads = json.loads
+
+log = logging.getLogger("collab.backplane")
+
+_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def split_prefix(url: str) -> tuple[str, str]:
+    """``url`` without its ``prefix=NAME`` query parameter, and that prefix (default ``collab``)."""
+    parts = urlsplit(url)
+    prefix = "collab"
+    kept = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "prefix":
+            prefix = value
+        else:
+            kept.append((key, value))
+    if not _PREFIX.match(prefix):
+        raise SystemExit(f"prefix {prefix!r} in REDIS_URL is not a plain name: use letters, digits, . _ -")
+    return urlunsplit(parts._replace(query=urlencode(kept))), prefix
+
+
+class RedisBackplane(Backplane):
+    """Processes meeting in one Redis at ``url`` (``redis://[:password@]host:port/db[?prefix=NAME]``)."""
+
+    def __init__(self, url: str, heartbeat_ttl: float = 10.0, max_queue: int = 100_000) -> None:
+        super().__init__()
+        self.url, self.prefix = split_prefix(url)
+        self.heartbeat_ttl = heartbeat_ttl
+        self.check_interval = heartbeat_ttl / 3
+        self.max_queue = max_queue
+        self.redis: Any = None
+        self._pubsub: Any = None
+        self._handler: Handler | None = None
+        self._on_resync: Callable[[], None] | None = None
+        self._queue: list[tuple] = []
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._confirmed: set[bytes] = set()
+        self._sub_waiters: dict[bytes, list[asyncio.Future]] = {}
+        self._closing = False
+        #: Messages received and published, for benchmarks.
+        self.received = 0
+        self.published = 0
+
+    # -- names --------------------------------------------------------------
+
+    def _channel(self, doc: str) -> bytes:
+        return f"{self.prefix}:doc:{doc}".encode()
+
+    def _peers_key(self, doc: str) -> str:
+        return f"{self.prefix}:peers:{doc}"
+
+    def _proc_key(self, proc: str) -> str:
+        return f"{self.prefix}:proc:{proc}"
+
+    def _where(self) -> str:
+        parts = urlsplit(self.url)
+        return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and check that Redis answers; exit with what to do if not."""
+        try:
+            import redis.asyncio as aioredis
+        except ImportError:
+            raise SystemExit("REDIS_URL is set but redis-py is not installed: pip install 'collab[redis]'") from None
+        self.redis = aioredis.from_url(self.url, socket_connect_timeout=5, health_check_interval=30)
+        try:
+            await self.redis.ping()
+        except Exception as exc:
+            raise SystemExit(f"cannot reach Redis at {self._where()} ({exc}); check REDIS_URL and that Redis is running") from None
+
+    async def start(self, handler: Handler, on_resync: Callable[[], None]) -> None:
+        if self.redis is None:
+            await self.open()
+        self._handler, self._on_resync = handler, on_resync
+        await self.redis.set(self._proc_key(self.process_id), b"1", px=int(self.heartbeat_ttl * 1000))
+        self._pubsub = self.redis.pubsub()
+        # A channel of its own keeps the subscription (and so the reader) alive with no document open.
+        await self.subscribe_channel(f"{self.prefix}:proc:{self.process_id}".encode(), wait=False)
+        self._tasks = [
+            asyncio.create_task(self._read(), name="collab-backplane-read"),
+            asyncio.create_task(self._send(), name="collab-backplane-send"),
+            asyncio.create_task(self._heartbeat(), name="collab-backplane-heartbeat"),
+        ]
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wakeup.set()
+        sender = self._tasks[1] if len(self._tasks) > 1 else None
+        if sender is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(sender), 5)
+            except (asyncio.TimeoutError, Exception):
+                pass
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.redis is not None:
+            try:
+                await self.redis.delete(self._proc_key(self.process_id))
+            except Exception:
+                pass
+            if self._pubsub is not None:
+                try:
+                    await self._pubsub.aclose()
+                except Exception:
+                    pass
+            await self.redis.aclose()
+            self.redis = None
+
+    # -- subscriptions -------------------------------------------------------
+
+    async def subscribe_channel(self, channel: bytes, wait: bool = True) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self._sub_waiters.setdefault(channel, []).append(fut)
+        await self._pubsub.subscribe(channel)
+        if wait:
+            try:
+                await asyncio.wait_for(fut, 10)
+            except asyncio.TimeoutError:
+                raise RuntimeError(f"Redis at {self._where()} did not confirm the subscription within 10 s") from None
+
+    async def subscribe(self, doc: str) -> None:
+        await self.subscribe_channel(self._channel(doc))
+
+    async def unsubscribe(self, doc: str) -> None:
+        channel = self._channel(doc)
+        self._confirmed.discard(channel)
+        await self._pubsub.unsubscribe(channel)
+
+    async def _read(self) -> None:
+        """Deliver messages; notice reconnects (a second confirmation of a channel) and ask for a resync."""
+        prefix = f"{self.prefix}:doc:".encode()
+        delay = 0.1
+        while True:
+            try:
+                msg = await self._pubsub.get_message(timeout=1.0)
+                delay = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("Redis pub/sub at %s failed (%s); reconnecting in %.1f s", self._where(), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if msg is None:
+                continue
+            kind = msg["type"]
+            kind = kind.decode() if isinstance(kind, bytes) else kind
+            channel = msg["channel"]
+            if kind == "subscribe":
+                for fut in self._sub_waiters.pop(channel, []):
+                    if not fut.done():
+                        fut.set_result(None)
+                if channel in self._confirmed:
+                    self._resync("the Redis connection was re-established")
+                self._confirmed.add(channel)
+                continue
+            if kind != "message" or not channel.startswith(prefix):
+                continue
+            try:
+                body = _loads(msg["data"])
+            except ValueError:
+                log.warning("ignoring a message on %r that is not JSON", channel)
+                continue
+            if not isinstance(body, dict) or body.get("proc") == self.process_id:
+                continue
+            self.received += 1
+            if self._handler is not None:
+                try:
+                    self._handler(channel[len(prefix):].decode(), body)
+                except Exception:
+                    log.exception("handling a backplane message failed")
+
+    def _resync(self, why: str) -> None:
+        log.info("backplane: %s; re-reading the store and re-announcing clients", why)
+        if self._on_resync is not None:
+            self._on_resync()
+
+    # -- outgoing ---------------------------------------------------------------
+
+    def _enqueue(self, command: tuple) -> None:
+        if len(self._queue) >= self.max_queue:
+            # Redis is away for long: drop the oldest; receivers fill gaps from the store.
+            del self._queue[: self.max_queue // 10]
+        self._queue.append(command)
+        self._wakeup.set()
+
+    def publish(self, doc: str, msg: dict) -> None:
+        msg["proc"] = self.process_id
+        self._enqueue(("publish", self._channel(doc), _dumps(msg)))
+
+    def set_peer(self, doc: str, client: str, info: dict) -> None:
+        self._enqueue(("hset", self._peers_key(doc), client, _dumps(dict(info, proc=self.process_id))))
+
+    def forget_peer(self, doc: str, client: str) -> None:
+        self._enqueue(("hdel", self._peers_key(doc), client))
+
+    async def _send(self) -> None:
+        """Send queued commands in order, as pipelines; after a failure, drop them and resync."""
+        failed = False
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch, self._queue = self._queue, []
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                for command in batch:
+                    if command[0] == "publish":
+                        pipe.publish(command[1], command[2])
+                        self.published += 1
+                    elif command[0] == "hset":
+                        pipe.hset(command[1], command[2], command[3])
+                    else:
+                        pipe.hdel(command[1], command[2])
+                await pipe.execute()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._closing:
+                    return
+                log.warning("publishing to Redis at %s failed (%s); others will catch up from the store", self._where(), exc)
+                failed = True
+                await asyncio.sleep(1.0)
+                continue
+            if failed:
+                failed = False
+                self._resync("publishing to Redis works again")
+
+    # -- presence and liveness -------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        """Refresh this process's key; if it had expired, others announced our clients as left: resync."""
+        key = self._proc_key(self.process_id)
+        ttl = int(self.heartbeat_ttl * 1000)
+        while True:
+            await asyncio.sleep(self.heartbeat_ttl / 3)
+            try:
+                refreshed = await self.redis.set(key, b"1", px=ttl, xx=True)
+                if not refreshed:
+                    await self.redis.set(key, b"1", px=ttl)
+                    self._resync("this process's heartbeat had expired")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("heartbeat to Redis at %s failed (%s)", self._where(), exc)
+
+    async def peers(self, doc: str) -> dict[str, dict]:
+        raw = await self.redis.hgetall(self._peers_key(doc))
+        out = {}
+        for client, info in raw.items():
+            try:
+                out[client.decode()] = _loads(info)
+            except ValueError:
+                continue
+        return out
+
+    async def dead(self, procs: set[str]) -> set[str]:
+        others = sorted(p for p in procs if p != self.process_id)
+        if not others:
+            return set()
+        pipe = self.redis.pipeline(transaction=False)
+        for proc in others:
+            pipe.exists(self._proc_key(proc))
+        found = await pipe.execute()
+        return {p for p, n in zip(others, found) if not n}

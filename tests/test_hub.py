@@ -1,0 +1,266 @@
+"""Several hubs ("processes") on one shared store and an in-process backplane.
+
+These run the real hub, a real in-process backplane and a store that, like
+PostgreSQL, refuses a revision another process took first. They check what
+a client sees: one total order, strictly increasing revisions with no gap,
+acks for resends committed elsewhere, presence across processes, and the
+clients of a crashed process leaving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from collab import ot
+from collab.backplane import LocalBackplane, LocalBus
+from collab.hub import Hub, HubConfig, Peer
+from collab.protocol import CLOSE_RESTART, Cursor, Presence, Submit, User
+from collab.store.memory import MemoryStore
+
+
+class SharedMemoryStore(MemoryStore):
+    """The memory store, declared shared: several hubs append to it and may conflict."""
+
+    may_conflict = True
+
+
+def drain(peer: Peer) -> list[dict]:
+    out = [json.loads(f) for f in peer.outbox]
+    peer.outbox.clear()
+    return out
+
+
+async def settle(*hubs: Hub) -> None:
+    """Let every document's commit loop and every queued delivery finish."""
+    for _ in range(200):
+        await asyncio.sleep(0)
+        busy = [d._committer for h in hubs for d in h.docs.values() if d._committer is not None]
+        if busy:
+            await asyncio.gather(*busy, return_exceptions=True)
+    await asyncio.sleep(0)
+
+
+class Client:
+    """A minimal client: follows the server's stream, checking its order, and keeps the text."""
+
+    def __init__(self, hub: Hub, name: str) -> None:
+        self.hub = hub
+        self.peer = Peer(User(name, "#000000"))
+        self.text = ""
+        self.rev = 0
+        self.revs: list[int] = []
+        self.others: set[str] = set()
+        self.doc = None
+
+    async def join(self, doc: str = "d", since: int | None = None) -> dict:
+        self.doc = await self.hub.join(doc, self.peer, since)
+        welcome = drain(self.peer)[0]
+        assert welcome["type"] == "welcome"
+        self.rev = welcome["rev"]
+        self.text = welcome.get("text", self.text)
+        self.others = {p["client"] for p in welcome["peers"]}
+        return welcome
+
+    def read(self) -> list[dict]:
+        """Process what arrived: ops apply in strict order; acks advance the revision."""
+        msgs = drain(self.peer)
+        for m in msgs:
+            if m["type"] in ("op", "ack"):
+                assert m["rev"] == self.rev + 1, f"{self.peer.id}: got rev {m['rev']} after {self.rev}: {msgs}"
+                self.rev = m["rev"]
+                self.revs.append(m["rev"])
+                if m["type"] == "op":
+                    self.text = ot.apply(self.text, m["op"])
+                else:  # own op, as committed (transformed): what a real client's state machine arrives at
+                    doc = self.doc
+                    entry = doc.history[m["rev"] - doc.history_start - 1]
+                    assert entry.rev == m["rev"] and entry.id == m["id"]
+                    self.text = ot.apply(self.text, entry.op)
+            elif m["type"] == "join":
+                self.others.add(m["client"])
+            elif m["type"] == "leave":
+                self.others.discard(m["client"])
+        return msgs
+
+    async def insert(self, pos: int, s: str, op_id: str) -> None:
+        """Submit an insert based on what this client has seen; applied locally once acked (see read)."""
+        op = ot.from_splice(len(self.text), pos, 0, s)
+        await self.doc.submit(self.peer, Submit(self.rev, op, op_id, None))
+
+
+@pytest.fixture
+def cluster():
+    """``make(n)``: ``n`` hubs on one shared store and one bus."""
+    hubs: list[Hub] = []
+
+    def make(n: int, store=None, backplane: bool = True) -> tuple[list[Hub], SharedMemoryStore, LocalBus]:
+        store = store or SharedMemoryStore()
+        bus = LocalBus()
+        for _ in range(n):
+            bp = LocalBackplane(bus, check_interval=3600) if backplane else None
+            hubs.append(Hub(store, HubConfig(idle_unload_seconds=3600), backplane=bp))
+        return hubs[-n:], store, bus
+
+    yield make
+    for hub in hubs:
+        for doc in hub.docs.values():
+            if doc._unload_handle is not None:
+                doc._unload_handle.cancel()
+
+
+async def test_ops_cross_processes_in_one_order(cluster):
+    (h1, h2), store, _ = cluster(2)
+    a, b = Client(h1, "a"), Client(h2, "b")
+    await a.join()
+    await b.join()
+    await a.insert(0, "A", "a1")
+    await settle(h1, h2)
+    assert [m["type"] for m in a.read()] == ["join", "ack"]  # b's arrival crossed over too
+    assert a.others == {b.peer.id} and a.text == "A"
+    got = b.read()
+    assert [m["type"] for m in got] == ["op"] and b.text == "A"
+    assert b.others == {a.peer.id}
+
+
+async def test_conflict_rolls_back_integrates_and_retries(cluster):
+    """Both processes commit 'rev 1' at once: one wins; the other integrates it and commits rev 2."""
+    (h1, h2), store, bus = cluster(2)
+    a, b = Client(h1, "a"), Client(h2, "b")
+    await a.join()
+    await b.join()
+    for member in bus.members.values():
+        member.paused = True  # no announcements: the store alone must sort it out
+    await asyncio.gather(a.insert(0, "AAA", "a1"), b.insert(0, "BBB", "b1"))
+    await settle(h1, h2)
+    a.read()
+    b.read()
+    assert h1.docs["d"].conflicts + h2.docs["d"].conflicts == 1
+    state = await store.load("d", 10)
+    assert state.rev == 2 and sorted([state.text[:3], state.text[3:]]) == ["AAA", "BBB"]
+    # The loser's client saw the winner's op first, then its own ack: strict order.
+    loser = b if h2.docs["d"].conflicts else a
+    assert loser.revs == [1, 2]
+    winner = a if loser is b else b
+    for member in bus.members.values():
+        member.paused = False
+    await winner.doc.sync()  # announcements were lost: the store fills the gap
+    await settle(h1, h2)
+    winner.read()
+    assert winner.revs == [1, 2] and winner.text == state.text
+    assert a.text == b.text and {h.docs["d"].snapshot() for h in (h1, h2)} == {(2, state.text)}
+
+
+async def test_resend_committed_elsewhere_is_acked_not_applied_twice(cluster):
+    (h1, h2), store, bus = cluster(2)
+    a = Client(h1, "a")
+    await a.join()
+    for member in bus.members.values():
+        member.paused = True
+    await a.insert(0, "hello", "op-x")
+    await settle(h1, h2)
+    assert a.read()[0] == {"type": "ack", "id": "op-x", "rev": 1}
+    # The ack was lost with process 1; the client resends to process 2, which has not heard of it.
+    moved = Client(h2, "a")
+    await moved.join()
+    moved.rev, moved.text = 0, ""  # as the client knows it: its op is not acknowledged
+    await moved.doc.submit(moved.peer, Submit(0, ["hello"], "op-x", None))
+    await settle(h1, h2)
+    msgs = [m for m in drain(moved.peer) if m["type"] in ("op", "ack")]
+    assert msgs == [{"type": "ack", "id": "op-x", "rev": 1}]
+    state = await store.load("d", 10)
+    assert (state.rev, state.text) == (1, "hello")
+
+
+async def test_resend_racing_the_announcement_is_acked_by_the_integration(cluster):
+    """The resend reaches process 2 before the announcement; the store conflict resolves it."""
+    (h1, h2), store, bus = cluster(2)
+    a, b = Client(h1, "a"), Client(h2, "b")
+    await a.join()
+    await b.join()
+    for member in bus.members.values():
+        member.paused = True
+    await a.insert(0, "x", "op-y")
+    await settle(h1, h2)
+    await b.doc.submit(b.peer, Submit(0, ["x"], "op-y", None))  # the same op, resent to process 2
+    await settle(h1, h2)
+    msgs = [m for m in drain(b.peer) if m["type"] in ("op", "ack")]
+    assert msgs == [{"type": "ack", "id": "op-y", "rev": 1}]
+    assert (await store.load("d", 10)).rev == 1
+
+
+async def test_missed_messages_are_filled_from_the_store_in_order(cluster):
+    (h1, h2), store, bus = cluster(2)
+    a, b = Client(h1, "a"), Client(h2, "b")
+    await a.join()
+    await b.join()
+    b_bp = h2.backplane
+    b_bp.paused = True
+    for i in range(5):
+        await a.insert(len(a.text), str(i), f"a{i}")
+        await settle(h1, h2)
+        a.read()
+    b_bp.paused = False
+    await a.insert(len(a.text), "!", "a-last")  # its announcement reveals the gap
+    await settle(h1, h2)
+    b.read()
+    assert b.revs == [1, 2, 3, 4, 5, 6] and b.text == "01234!"
+
+
+async def test_many_concurrent_writers_on_three_processes_converge(cluster):
+    hubs, store, _ = cluster(3)
+    clients = [Client(hubs[i % 3], f"c{i}") for i in range(9)]
+    for c in clients:
+        await c.join()
+    for round_ in range(10):
+        for i, c in enumerate(clients):
+            await c.insert(0, f"<{i}.{round_}>", f"c{i}-{round_}")
+        await settle(*hubs)
+        for c in clients:
+            c.read()
+    state = await store.load("d", 1000)
+    assert state.rev == 90
+    for c in clients:
+        assert c.revs == list(range(1, 91)), "a client's stream had a gap or a duplicate"
+    texts = {hub.docs["d"].snapshot() for hub in hubs}
+    assert texts == {(90, state.text)} and {c.text for c in clients} == {state.text}
+    for i in range(9):
+        for r in range(10):
+            assert state.text.count(f"<{i}.{r}>") == 1
+
+
+async def test_presence_crosses_processes_and_a_crashed_process_leaves(cluster):
+    (h1, h2), store, bus = cluster(2)
+    a = Client(h1, "a")
+    await a.join()
+    await a.doc.presence(a.peer, Presence(0, Cursor(0, 0), User("alice", "#ff0000")))
+    await settle(h1, h2)
+    b = Client(h2, "b")
+    welcome = await b.join()
+    assert [(p["client"], p["user"]["name"]) for p in welcome["peers"]] == [(a.peer.id, "alice")]
+    await a.insert(0, "hey", "a1")
+    await settle(h1, h2)
+    a.read()
+    b.read()
+    await a.doc.presence(a.peer, Presence(1, Cursor(3, 3), None))
+    await settle(h1, h2)
+    pres = [m for m in b.read() if m["type"] == "presence"]
+    assert pres and pres[-1]["client"] == a.peer.id and pres[-1]["cursor"] == {"anchor": 3, "head": 3}
+    h1.backplane.crash()
+    await h2.check()
+    await settle(h1, h2)
+    assert any(m == {"type": "leave", "client": a.peer.id} for m in b.read())
+    assert h2.docs["d"].remote_peers == {}
+
+
+async def test_close_finishes_commits_and_asks_clients_to_reconnect(cluster):
+    (h1,), store, _ = cluster(1)
+    a = Client(h1, "a")
+    await a.join()
+    await a.insert(0, "last words", "w1")
+    await h1.close()
+    assert a.peer.closed and a.peer.close_code == CLOSE_RESTART
+    assert (await store.load("d", 10)).text == "last words"
+    assert a.read()[0]["type"] == "ack"

@@ -1,0 +1,261 @@
+"""Scale-out end to end: three server processes on one PostgreSQL and one Redis.
+
+Nine clients (the project's Python client, which reconnects and resends by
+op id) reach the processes through small TCP proxies, the way a load
+balancer without sticky sessions would: each proxy prefers "its" process
+and falls back to a live one. One process is killed with SIGKILL mid-stream;
+its clients reconnect through their proxy to the others. Everything must
+converge, every process must report the same text and revision, nothing
+acknowledged may be lost and nothing applied twice, and the dead process's
+clients must vanish from everyone's presence.
+
+Needs ``COLLAB_TEST_DATABASE_URL`` and ``COLLAB_TEST_REDIS_URL``; skipped
+with the reason otherwise. Each run uses its own PostgreSQL schema and
+Redis prefix, removed afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import re
+import secrets
+import signal
+from typing import AsyncIterator
+
+import pytest
+
+import collab.client as cc
+from conftest import WS, ServerProcess, free_port, http_get
+
+PG_URL = os.environ.get("COLLAB_TEST_DATABASE_URL", "")
+REDIS_URL = os.environ.get("COLLAB_TEST_REDIS_URL", "")
+
+
+async def _unavailable() -> str | None:
+    """Why these tests cannot run here, or ``None``."""
+    if not PG_URL or not REDIS_URL:
+        return ("COLLAB_TEST_DATABASE_URL and COLLAB_TEST_REDIS_URL must both be set "
+                "(e.g. postgresql://postgres@127.0.0.1:5432/test and redis://127.0.0.1:6379/0)")
+    try:
+        import asyncpg
+        import redis.asyncio as aioredis
+    except ImportError as exc:
+        return f"{exc.name} is not installed (pip install 'collab[postgres,redis]')"
+    try:
+        conn = await asyncpg.connect(PG_URL, timeout=5)
+        await conn.close()
+    except Exception as exc:
+        return f"PostgreSQL at COLLAB_TEST_DATABASE_URL is unreachable: {exc}"
+    try:
+        r = aioredis.from_url(REDIS_URL, socket_connect_timeout=5)
+        await r.ping()
+        await r.aclose()
+    except Exception as exc:
+        return f"Redis at COLLAB_TEST_REDIS_URL is unreachable: {exc}"
+    return None
+
+
+def _with_param(url: str, key: str, value: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{key}={value}"
+
+
+class Proxy:
+    """A TCP proxy that forwards each new connection to the first live backend, trying ``order`` in turn."""
+
+    def __init__(self, backends: list[ServerProcess], order: list[int]) -> None:
+        self.backends = backends
+        self.order = order
+        self.port = free_port()
+        self.server: asyncio.base_events.Server | None = None
+        self.connections: list[asyncio.StreamWriter] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> "Proxy":
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream = None
+        for i in self.order:
+            try:
+                upstream = await asyncio.open_connection("127.0.0.1", self.backends[i].port)
+                break
+            except OSError:
+                continue
+        if upstream is None:
+            writer.close()
+            return
+        up_reader, up_writer = upstream
+        self.connections += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for w in self.connections:
+            with contextlib.suppress(Exception):
+                w.close()
+
+
+@pytest.fixture
+async def cluster(tmp_path) -> AsyncIterator:
+    """``await cluster(n)`` starts ``n`` processes on a fresh schema and Redis prefix."""
+    reason = await _unavailable()
+    if reason:
+        pytest.skip(reason)
+    schema = f"collab_scale_{secrets.token_hex(5)}"
+    prefix = f"collab-test-{secrets.token_hex(5)}"
+    env = {
+        "DATABASE_URL": _with_param(PG_URL, "schema", schema),
+        "REDIS_URL": _with_param(REDIS_URL, "prefix", prefix),
+        "COLLAB_PRESENCE_TIMEOUT": "2",
+        "COLLAB_IDLE_UNLOAD_SECONDS": "600",
+    }
+    procs: list[ServerProcess] = []
+
+    async def start(n: int) -> list[ServerProcess]:
+        for i in range(n):
+            p = ServerProcess(str(tmp_path / f"data{len(procs)}"), env=dict(env))
+            await asyncio.to_thread(p.start)
+            procs.append(p)
+        return procs
+
+    yield start
+    for p in procs:
+        p.kill()
+    import asyncpg
+    import redis.asyncio as aioredis
+
+    conn = await asyncpg.connect(PG_URL, timeout=5)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+    r = aioredis.from_url(REDIS_URL)
+    keys = [k async for k in r.scan_iter(match=f"{prefix}:*")]
+    if keys:
+        await r.delete(*keys)
+    await r.aclose()
+
+
+async def editor(d: cc.Document, me: int, rng: random.Random, edits: int, inserted: list[str]) -> None:
+    """Insert unique tokens between tokens (never inside one), with some cursor moves."""
+    for n in range(edits):
+        await asyncio.sleep(rng.random() * 0.02)
+        text = d.text
+        bounds = [0] + [m.end() for m in re.finditer(">", text)]
+        token = f"<{me}-{n}>"
+        inserted.append(token)
+        await d.insert(rng.choice(bounds), token)
+        if rng.random() < 0.2:
+            pos = rng.choice(bounds)
+            await d.set_cursor(min(pos, len(d.text)))
+
+
+async def doc_state(proc: ServerProcess, doc: str) -> tuple[int, str]:
+    body = (await http_get(f"{proc.base_url}/api/docs/{doc}")).json()
+    return body["rev"], body["text"]
+
+
+async def test_three_processes_nine_clients_one_killed(cluster):
+    procs = await cluster(3)
+    proxies = [await Proxy(procs, [i, (i + 1) % 3, (i + 2) % 3]).start() for i in range(3)]
+    doc = "scale"
+    rng = random.Random(6)
+    clients = [await cc.connect(proxies[i % 3].url, doc, user={"name": f"u{i}", "color": "#123456"}) for i in range(9)]
+    inserted: list[list[str]] = [[] for _ in clients]
+    try:
+        writers = [asyncio.create_task(editor(d, i, random.Random(rng.random()), 60, inserted[i]))
+                   for i, d in enumerate(clients)]
+        # Mid-stream: once a good share of edits is acknowledged everywhere, kill process 0.
+        while sum(len(x) for x in inserted) < 9 * 20:
+            await asyncio.sleep(0.01)
+        before_kill = {d.client_id for d in clients[0::3]}
+        procs[0].kill()
+        await asyncio.gather(*writers)
+        for d in clients:
+            await d.synced(timeout=60)
+
+        # Every live process reports the same state, and so does the killed one once restarted.
+        await asyncio.to_thread(procs[0].start)
+        states = [await doc_state(p, doc) for p in procs]
+        assert len(set(states)) == 1, f"processes disagree: {[(r, len(t)) for r, t in states]}"
+        rev, text = states[0]
+        tokens = re.findall(r"<\d+-\d+>", text)
+        assert "".join(tokens) == text, "a token was split: an insert landed inside another"
+        assert len(tokens) == len(set(tokens)), "an operation was applied twice"
+        assert sorted(tokens) == sorted(t for x in inserted for t in x), "an acknowledged operation was lost"
+        # The client composes edits made while one is in flight, so a revision may carry several.
+        assert 0 < rev <= len(tokens)
+        for d in clients:
+            await d.wait_for(lambda t: t == text, timeout=30)
+            assert d.rev == rev
+        assert any(d.connections > 1 for d in clients[0::3]), "the killed process's clients did not reconnect"
+
+        # Presence: each client sees exactly the other eight; the dead process's ids are gone.
+        ids = {d.client_id for d in clients}
+        assert not (before_kill & ids), "reconnected clients kept their old ids"
+
+        async def presence_settled() -> None:
+            while True:
+                if all(set(d.peers) == ids - {d.client_id} for d in clients):
+                    return
+                await asyncio.sleep(0.1)
+
+        try:
+            await asyncio.wait_for(presence_settled(), 30)
+        except asyncio.TimeoutError:
+            stale = {d.client_id: sorted(set(d.peers) ^ (ids - {d.client_id})) for d in clients}
+            raise AssertionError(f"presence did not settle: differences {stale}") from None
+    finally:
+        for d in clients:
+            await d.close()
+        for p in proxies:
+            await p.stop()
+
+
+async def test_sigterm_closes_with_1012_and_clients_move_on(cluster):
+    procs = await cluster(2)
+    proxy = await Proxy(procs, [0, 1]).start()
+    try:
+        raw = await WS.open(f"{procs[0].ws_url}/ws/term")
+        await raw.join()
+        client = await cc.connect(proxy.url, "term")
+        await client.insert(0, "before ")
+        await client.synced(timeout=10)
+        procs[0].proc.send_signal(signal.SIGTERM)
+        with pytest.raises(Exception) as closed:
+            while True:
+                await raw.recv(timeout=15)
+        code = getattr(getattr(closed.value, "rcvd", None), "code", None)
+        assert code == 1012, f"expected close 1012 (service restart), got {closed.value!r}"
+        # uvicorn re-raises the captured SIGTERM once its graceful shutdown is done.
+        assert await asyncio.to_thread(procs[0].proc.wait, 20) in (0, -signal.SIGTERM)
+        log = procs[0].proc.stderr.read().decode()
+        assert "Application shutdown complete" in log, f"the lifespan shutdown (hub.close) did not run: {log[-1500:]}"
+        await client.insert(len(client.text), "after")
+        await client.synced(timeout=30)
+        assert client.connections >= 2
+        assert await doc_state(procs[1], "term") == (client.rev, "before after")
+    finally:
+        await proxy.stop()
+        with contextlib.suppress(Exception):
+            await client.close()
