@@ -40,6 +40,7 @@ from .protocol import (
     encode,
     error_msg,
 )
+from .backplane import open_backplane
 from .store import Store, open_store
 
 log = logging.getLogger("collab.app")
@@ -80,7 +81,7 @@ class CollabApp:
             auth.check_secret(self.settings.secret)
         if self.store is None:
             self.store = await open_store(self.settings)
-            self.hub = Hub(self.store, HubConfig.from_settings(self.settings))
+            self.hub = Hub(self.store, HubConfig.from_settings(self.settings), backplane=await open_backplane(self.settings))
         try:
             yield
         finally:
