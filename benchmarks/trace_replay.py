@@ -239,6 +239,32 @@ def bench_large(args: argparse.Namespace) -> str:
     return table(["path", "start size (code points)", "µs/edit", f"× at {args.sizes[0]:,}"], rows)
 
 
+def profile_hub(args: argparse.Namespace) -> str:
+    """cProfile the in-memory hub path (first trace, first window): where the time per edit goes."""
+    import cProfile
+    import pstats
+
+    p = prepare(load_trace(args.traces[0]).limited(args.limit))
+    profiler = cProfile.Profile()
+    profiler.enable()
+    seconds, text, _ = run_async(with_memory, p, args.windows[0], args.watchers)
+    profiler.disable()
+    check("profile", text, p.end)
+    stats = pstats.Stats(profiler)
+    total = sum(v[2] for v in stats.stats.values())  # type: ignore[attr-defined]
+    rows = []
+    for (file, line, func), (_, calls, tottime, cumtime, _) in sorted(
+        stats.stats.items(), key=lambda kv: kv[1][2], reverse=True  # type: ignore[attr-defined]
+    )[:25]:
+        where = "/".join(Path(file).parts[-2:]) if file != "~" else "builtin"
+        rows.append([f"{func} ({where}:{line})", calls, tottime / total * 100, cumtime / len(p.ops) * 1e6])
+    return (
+        f"cProfile of the in-memory hub path, {args.traces[0]}, {len(p.ops):,} edits, window {args.windows[0]} "
+        f"({seconds / len(p.ops) * 1e6:.0f} µs/edit under the profiler)\n\n"
+        + table(["function", "calls", "self %", "cumulative µs/edit"], rows)
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--traces", default="automerge-paper", help=f"comma-separated trace names, or 'all' ({', '.join(TRACE_NAMES)})")
@@ -253,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--slice-limit", type=int, default=400, help="patches sliced on a large str (it is slow)")
     ap.add_argument("--loop", choices=["uvloop", "asyncio"], default=None,
                     help="event loop (default: uvloop when installed, as uvicorn's loop='auto' picks for the server)")
+    ap.add_argument("--profile", action="store_true", help="cProfile the in-memory hub path instead of timing")
     ap.add_argument("--quick", action="store_true", help="automerge-paper only, first 50,000 patches (large: 5,000)")
     args = ap.parse_args(argv)
     args.traces = list(TRACE_NAMES) if args.traces == "all" else [t for t in args.traces.split(",") if t]
@@ -276,7 +303,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine: {machine()}; event loop: {args.loop}")
     print(f"command: python benchmarks/trace_replay.py {' '.join(sys.argv[1:] if argv is None else argv)}\n")
     t0 = time.perf_counter()
-    if args.large:
+    if args.profile:
+        print(profile_hub(args))
+    elif args.large:
         print(bench_large(args))
     else:
         print(bench_traces(args))

@@ -104,6 +104,27 @@ class DocText:
         if self._len <= self._small // 4:
             self._to_small()
 
+    def copy(self) -> "DocText":
+        """An independent copy, cheaper than ``DocText(str(text))``.
+
+        The pieces are immutable ``str`` objects and are shared: this copies
+        a list of about ``len / CHUNK`` references, not the text, so saving
+        the state before a batch (to roll back on a conflict) stays cheap on
+        a large document.
+        """
+        other = DocText.__new__(DocText)
+        other._small = self._small
+        other._chunk = self._chunk
+        other._len = self._len
+        other._str = self._str
+        other._chunks = None if self._chunks is None else list(self._chunks)
+        other._tree = None if self._tree is None else list(self._tree)
+        other._top = self._top
+        other._hint = self._hint
+        other._hint_start = self._hint_start
+        other._pending = self._pending
+        return other
+
     # -- representation changes -------------------------------------------------
 
     def _to_chunks(self, text: str) -> None:

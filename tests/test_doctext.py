@@ -122,3 +122,21 @@ def test_large_text_default_parameters() -> None:
     grow = ot.from_splice(len(expected), 50, 0, big)
     doc.apply(grow)
     assert str(doc) == ot.apply(expected, grow) and doc._chunks is not None
+
+
+@settings(max_examples=150, deadline=None)
+@given(text_and_ops(), st.integers(1, 4), st.sampled_from([0, 10_000]))
+def test_copy_is_independent(case: tuple[str, list[ot.Operation]], chunk: int, small: int) -> None:
+    text, ops = case
+    doc = DocText(text, small=small, chunk=chunk)
+    doc.apply(ops[0])
+    saved = doc.copy()
+    before = str(doc)
+    for op in ops[1:]:
+        doc.apply(op)
+    assert str(saved) == before and len(saved) == len(before)
+    expected = before
+    for op in ops[1:]:  # the copy is editable on its own and ends up the same
+        saved.apply(op)
+        expected = ot.apply(expected, op)
+    assert str(saved) == expected == str(doc)
