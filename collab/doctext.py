@@ -78,6 +78,8 @@ class DocText:
             if self._len > self._small:
                 self._to_chunks(text)
             return
+        if len(op) <= 4 and self._splice_in_hint(op):
+            return
         # Check everything first, as ot.apply does, so a bad op changes nothing.
         span = 0
         for c in op:
@@ -103,6 +105,49 @@ class DocText:
                 self._delete(pos, -c)
         if self._len <= self._small // 4:
             self._to_small()
+
+    def _splice_in_hint(self, op: ot.Operation) -> bool:
+        """The fast path for typing: apply ``[retain?, insert?, delete?, retain?]``
+        when it falls inside the chunk edited last. False (nothing done) otherwise."""
+        i = self._hint
+        if i < 0:
+            return False
+        n = len(op)
+        k = pos = dl = rest = 0
+        ins = ""
+        c = op[0] if n else 0
+        if type(c) is int and c > 0:
+            pos = c
+            k = 1
+        if k < n and type(op[k]) is str:
+            ins = op[k]  # type: ignore[assignment]
+            k += 1
+        if k < n and type(op[k]) is int and op[k] < 0:  # type: ignore[operator]
+            dl = -op[k]  # type: ignore[operator]
+            k += 1
+        if k < n and type(op[k]) is int and op[k] > 0:  # type: ignore[operator]
+            rest = op[k]  # type: ignore[assignment]
+            k += 1
+        if k != n or pos + dl + rest != self._len or not (ins or dl):
+            return False
+        chunks = self._chunks
+        assert chunks is not None
+        piece = chunks[i]
+        start = self._hint_start
+        off = pos - start
+        if not (0 < off or pos == start == 0) or off + dl > len(piece):
+            return False
+        size = len(piece) - dl + len(ins)
+        if size <= 0 or size > 2 * self._chunk:
+            return False
+        chunks[i] = piece[:off] + ins + piece[off + dl :]
+        delta = len(ins) - dl
+        self._pending += delta
+        self._len += delta
+        self._str = None
+        if self._len <= self._small // 4:
+            self._to_small()
+        return True
 
     def copy(self) -> "DocText":
         """An independent copy, cheaper than ``DocText(str(text))``.

@@ -140,3 +140,23 @@ def test_copy_is_independent(case: tuple[str, list[ot.Operation]], chunk: int, s
         saved.apply(op)
         expected = ot.apply(expected, op)
     assert str(saved) == expected == str(doc)
+
+
+@settings(max_examples=100, deadline=None)
+@given(TEXT, st.integers(1, 5), st.lists(st.tuples(st.integers(-3, 3), st.integers(0, 2), st.text(alphabet=ALPHABET, max_size=3)), max_size=60))
+def test_typing_near_the_last_edit(text: str, chunk: int, moves: list[tuple[int, int, str]]) -> None:
+    """Splices close to each other: the fast path inside the last edited chunk, and its edges."""
+    doc = DocText(text, small=0, chunk=chunk)
+    expected = text
+    caret = len(text) // 2
+    for step, dl, ins in moves:
+        caret = max(0, min(len(expected), caret + step))
+        dl = min(dl, len(expected) - caret)
+        if not dl and not ins:
+            continue
+        op = ot.from_splice(len(expected), caret, dl, ins)
+        doc.apply(op)
+        expected = ot.apply(expected, op)
+        assert len(doc) == len(expected)
+        caret += len(ins)
+    assert str(doc) == expected
