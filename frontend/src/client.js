@@ -98,7 +98,8 @@ export class SyncClient {
     this.send = send;
     this.ready = false;
     this.resolving = null;
-    const join = { type: 'join', since: this.rev };
+    // batch: the server may coalesce what is queued for us into one frame (docs/protocol.md).
+    const join = { type: 'join', since: this.rev, batch: true };
     if (this.user) join.user = this.user;
     send(join);
   }
@@ -118,6 +119,10 @@ export class SyncClient {
   /** Handle one message from the server. */
   receive(msg) {
     if (!msg || typeof msg !== 'object') return;
+    if (msg.type === 'batch') {
+      if (Array.isArray(msg.messages)) for (const inner of msg.messages) this.receive(inner);
+      return;
+    }
     if (this.resolving && msg.type !== 'ack' && msg.type !== 'error') {
       this.resolving.queue.push(msg);
       return;

@@ -240,3 +240,18 @@ test('random simulation with deletes converges', () => {
     for (const p of peers) assert.equal(p.editor.text, server.text, `round ${round}`);
   }
 });
+
+test('batch frames are unpacked in order, and join asks for them', async () => {
+  const p = makeClient('batcher');
+  const sent = [];
+  p.client.connected((m) => sent.push(m));
+  assert.equal(sent[0].type, 'join');
+  assert.equal(sent[0].batch, true);
+  p.client.receive({ type: 'welcome', client: 'me', rev: 0, role: 'edit', peers: [], text: 'ab' });
+  p.client.receive({ type: 'batch', messages: [
+    { type: 'op', rev: 1, op: [2, '😀'], client: 'o', cursor: null },
+    { type: 'op', rev: 2, op: ['x', 3], client: 'o', cursor: null },
+  ] });
+  assert.equal(p.editor.text, 'xab😀');
+  assert.equal(p.client.rev, 2);
+});
