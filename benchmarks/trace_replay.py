@@ -169,10 +169,10 @@ async def with_sqlite(p: Prepared, window: int, watchers: int) -> tuple[float, s
 LOOP = "uvloop"
 
 
-def run_async(fn: Callable[..., Awaitable[tuple[float, str, int]]], *args: object) -> tuple[float, str, int]:
-    """Run one replay on a fresh event loop of the kind ``--loop`` chose."""
+def run_async(fn: Callable[..., Awaitable[tuple[float, str, int]]], *args: object, loop: str | None = None) -> tuple[float, str, int]:
+    """Run one replay on a fresh event loop: ``loop``, else the kind ``--loop`` chose."""
     gc.collect()
-    if LOOP == "uvloop":
+    if (loop or LOOP) == "uvloop":
         import uvloop
 
         return uvloop.run(fn(*args))
@@ -196,6 +196,12 @@ def bench_traces(args: argparse.Namespace) -> str:
             variants: list[tuple[str, Callable[[], tuple[float, str]]]] = [("slice", lambda: time_slicing(p))]
             for w in args.windows:
                 variants.append((f"mem w={w}", lambda w=w: run_async(with_memory, p, w, args.watchers)[:2]))
+            if args.compare_loops:  # the other loop, same run, for the in-memory path
+                other = "asyncio" if LOOP == "uvloop" else "uvloop"
+                for w in args.windows:
+                    variants.append(
+                        (f"mem w={w} {other}", lambda w=w: run_async(with_memory, p, w, args.watchers, loop=other)[:2])
+                    )
             for w in args.sqlite_windows:
                 variants.append((f"sqlite w={w}", lambda w=w: run_async(with_sqlite, p, w, args.watchers)[:2]))
             for label, fn in variants:
@@ -279,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--slice-limit", type=int, default=400, help="patches sliced on a large str (it is slow)")
     ap.add_argument("--loop", choices=["uvloop", "asyncio"], default=None,
                     help="event loop (default: uvloop when installed, as uvicorn's loop='auto' picks for the server)")
+    ap.add_argument("--compare-loops", action="store_true", help="also run the in-memory path on the other event loop")
     ap.add_argument("--profile", action="store_true", help="cProfile the in-memory hub path instead of timing")
     ap.add_argument("--quick", action="store_true", help="automerge-paper only, first 50,000 patches (large: 5,000)")
     args = ap.parse_args(argv)
