@@ -455,6 +455,7 @@ class Run:
             max=max(lat, default=0) * 1e3,
             samples=len(lat),
             cpu=cpu,
+            cpu_per_edit=cpu / t.acks * 1e6 if t.acks else 0.0,
             gen_cpu=gen_cpu,
             wall=wall,
             load=os.getloadavg()[0],
@@ -521,8 +522,11 @@ def _child_setup() -> None:
     os.setpgrp()
 
 
+PIN = True
+
+
 def pin_prefix(cpu: int) -> list[str]:
-    if (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
+    if PIN and (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
         return ["taskset", "-c", str(cpu)]
     return []
 
@@ -608,11 +612,13 @@ def report(scenario: Scenario, results: list[dict[str, Any]]) -> str:
         rows.append([
             r["target"], r["edits"], r["applied"], r["applied"] / base["applied"], r["deliveries"],
             r["p50"], r["p99"], r["p99"] / base["p99"] if base["p99"] else 0.0, r["max"],
-            r["cpu"], r["gen_cpu"], r["wall"], r["load"], r["peak_rss"] / 2**20, r["converged"], r["errors"],
+            r["cpu"], r["cpu_per_edit"], r["cpu_per_edit"] / base["cpu_per_edit"] if base["cpu_per_edit"] else 0.0,
+            r["gen_cpu"], r["wall"], r["load"], r["peak_rss"] / 2**20, r["converged"], r["errors"],
         ])  # fmt: skip
     return table(
         ["server", "edits sent", "applied/s", "× relay", "deliveries/s", "p50 ms", "p99 ms", "p99 × relay",
-         "max ms", "server CPU s", "generator CPU s", "wall s", "load avg", "peak RSS MiB", "converged", "errors"],
+         "max ms", "server CPU s", "CPU µs/applied edit", "× relay", "generator CPU s", "wall s", "load avg",
+         "peak RSS MiB", "converged", "errors"],
         rows,
     )  # fmt: skip
 
@@ -649,6 +655,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--docs", type=int, help="override the number of documents")
     ap.add_argument("--clients", type=int, help="override the clients per document")
     ap.add_argument("--rate", type=float, help="override edits/s per client (0: as fast as acks allow)")
+    ap.add_argument("--no-pin", action="store_true", help="let the OS place the server and the generator on any CPU")
     ap.add_argument("--json", metavar="FILE", help="also write the raw results to FILE")
     ap.add_argument("--profile", metavar="FILE", help="py-spy the collab server during the editing window (collapsed stacks to FILE)")
     args = ap.parse_args(argv)
@@ -662,6 +669,8 @@ def main(argv: list[str] | None = None) -> None:
     sc.docs = args.docs or sc.docs
     sc.clients_per_doc = args.clients or sc.clients_per_doc
     sc.rate = sc.rate if args.rate is None else args.rate
+    global PIN
+    PIN = not args.no_pin
     soft = raise_nofile(65536)
     if pin_prefix(1):
         os.sched_setaffinity(0, {1})
@@ -670,7 +679,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"scenario {sc.name}: {sc.docs} document(s) x {sc.clients_per_doc} clients, "
         + ("idle" if sc.idle else f"{sc.rate or 'max'} edits/s each for {sc.seconds:g} s")
-        + "; server on CPU 0, generator on CPU 1\n"
+        + ("; server on CPU 0, generator on CPU 1\n" if pin_prefix(0) else "; not pinned\n")
     )
     results = [run_target("relay", sc, "")]
     for store in [s for s in args.stores.split(",") if s]:
