@@ -15,11 +15,32 @@
 //
 // All positions and operations here are in Unicode code points, the
 // protocol's unit. The editor converts to and from its UTF-16 offsets.
+//
+// Message size: an `op` message whose JSON would exceed the message size
+// limit (the server's `welcome.max_message_bytes`, else a conservative
+// 1 MiB) is sent as several consecutive ops, each under the limit: the
+// first goes out, the rest stays in `buffer` and follows on each ack, so a
+// huge paste never becomes a frame the server closes with 1009. If a
+// connection is nevertheless closed for size (1009, or an abnormal close
+// twice in a row right after sending a large op), the limit is halved, the
+// refused op (never applied: its frame was refused) goes back to the buffer
+// and is sent again in smaller pieces, with new ids. Nothing is discarded.
 
 import { apply, compose, transform, transformCursor, isNoop, invert } from './ot.js';
 import { diffOp } from './diff.js';
+import { splitOp, jsonBytes } from './split.js';
 
 const HISTORY_KEEP = 200;
+
+/** Message size used when the server does not say (bytes of JSON, UTF-8). */
+export const DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024;
+/** Never split below this, whatever closes we see. */
+export const MIN_MESSAGE_BYTES = 1024;
+/** Slack for digits that grow when an op is transformed and resent. */
+const SIZE_SLACK = 64;
+/** An abnormal close this soon after sending an op this large counts as a refusal for size. */
+const SUSPECT_MS = 5000;
+const SUSPECT_BYTES = MIN_MESSAGE_BYTES;
 
 function defaultId() {
   if (globalThis.crypto && typeof globalThis.crypto.randomUUID === 'function') {
@@ -40,11 +61,19 @@ export class SyncClient {
    * @param {object} opts.editor  {applyRemote(op), getCursor() -> cursor|null}
    * @param {object} [opts.user]  {name, color}
    * @param {function} [opts.newId]  operation id generator
+   * @param {number} [opts.maxMessageBytes]  limit used when the server does not announce one
+   * @param {number} [opts.forceMaxMessageBytes]  limit used whatever the server announces (debugging, tests)
    */
-  constructor({ editor, user = null, newId = defaultId } = {}) {
+  constructor({ editor, user = null, newId = defaultId, maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES,
+    forceMaxMessageBytes = null } = {}) {
     this.editor = editor;
     this.user = user;
     this.newId = newId;
+    this.clientLimit = maxMessageBytes;
+    this.forcedLimit = forceMaxMessageBytes;
+    this.serverLimit = null; // welcome.max_message_bytes, when the server sends it
+    this.learnedLimit = Infinity; // lowered by connections closed for size
+    this.conn = 0; // connection counter, to know on which connection an op was sent
     this.listeners = new Map();
 
     this.rev = null; // last server revision applied locally; null before the first welcome
@@ -62,7 +91,16 @@ export class SyncClient {
     this.sentCursor = null; // our cursor as the server believes it (server coordinates)
     // Counters, for debugging and tests: welcomes by kind, and resolutions
     // of a resend after a long absence.
-    this.stats = { welcomeOps: 0, welcomeText: 0, ownOpInWelcome: 0, resendApplied: 0, resendNotApplied: 0 };
+    this.stats = {
+      welcomeOps: 0, welcomeText: 0, ownOpInWelcome: 0, resendApplied: 0, resendNotApplied: 0,
+      splitOps: 0, tooLargeCloses: 0, opsSent: 0, largestOpBytes: 0,
+    };
+  }
+
+  /** The largest `op` message we send, in bytes of JSON (UTF-8). */
+  get maxMessageBytes() {
+    const base = this.forcedLimit || this.serverLimit || this.clientLimit;
+    return Math.max(MIN_MESSAGE_BYTES, Math.min(base, this.learnedLimit));
   }
 
   // ---- events -----------------------------------------------------------
@@ -95,6 +133,7 @@ export class SyncClient {
 
   /** A socket opened: send `join`. `send(obj)` sends one message. */
   connected(send) {
+    this.conn++;
     this.send = send;
     this.ready = false;
     this.resolving = null;
@@ -104,8 +143,10 @@ export class SyncClient {
     send(join);
   }
 
-  /** The socket closed (or is being abandoned). */
-  disconnected() {
+  /** The socket closed (or is being abandoned); `code` is the close code
+   * when the server or the network closed it. */
+  disconnected(code = null) {
+    this._checkTooLarge(code);
     this.send = null;
     this.ready = false;
     this.resolving = null;
@@ -146,7 +187,7 @@ export class SyncClient {
     if (isNoop(op)) return;
     if (this.buffer) this.buffer = compose(this.buffer, op);
     else if (this.outstanding || !this.ready) this.buffer = op;
-    else this._sendOp({ op, id: this.newId(), rev: this.rev }, cursor);
+    else this._sendNew(op, cursor);
     this.emit('saved', this.saved);
   }
 
@@ -169,10 +210,35 @@ export class SyncClient {
   // ---- internals --------------------------------------------------------
 
   _sendOp(out, cursor) {
-    this.outstanding = { ...out, cursor, sentAt: Date.now() };
-    if (this.send) {
-      this.send({ type: 'op', rev: out.rev, op: out.op, id: out.id, cursor });
+    this.outstanding = { ...out, cursor, sentAt: Date.now(), sends: 0, refusals: 0, suspect: 0 };
+    if (this.send) this._transmit(this.outstanding, cursor);
+  }
+
+  /** Send the outstanding op `o` (first send or resend, same id). */
+  _transmit(o, cursor) {
+    const msg = { type: 'op', rev: o.rev, op: o.op, id: o.id, cursor };
+    o.sentAt = Date.now();
+    o.sentOn = this.conn;
+    o.sends++;
+    o.bytes = o.bytes || jsonBytes(msg);
+    this.stats.opsSent++;
+    this.stats.largestOpBytes = Math.max(this.stats.largestOpBytes, o.bytes);
+    this.send(msg);
+  }
+
+  /** Send `op` (local changes on serverText, nothing in flight, buffer
+   * empty) as a new outstanding op; if its message would be too large,
+   * send its first part and keep the rest in the buffer. */
+  _sendNew(op, cursor) {
+    const id = this.newId();
+    const overhead = jsonBytes({ type: 'op', rev: this.rev, op: [], id, cursor }) - 2 + SIZE_SLACK;
+    const { head, tail, bytes } = splitOp(op, this.maxMessageBytes - overhead);
+    if (tail) {
+      this.stats.splitOps++;
+      this.buffer = tail;
+      cursor = null; // the cursor is where it will be after the whole edit
     }
+    this._sendOp({ op: head, id, rev: this.rev, bytes: bytes + overhead - SIZE_SLACK }, cursor);
   }
 
   /** Move the buffer into flight, if nothing is in flight. */
@@ -180,7 +246,41 @@ export class SyncClient {
     if (this.outstanding || !this.buffer || !this.ready) return;
     const op = this.buffer;
     this.buffer = null;
-    this._sendOp({ op, id: this.newId(), rev: this.rev }, this.editor.getCursor ? this.editor.getCursor() : null);
+    this._sendNew(op, this.editor.getCursor ? this.editor.getCursor() : null);
+  }
+
+  /** Was the connection just closed because our op was too large? If so,
+   * lower the limit; the op was not applied (its frame was refused). */
+  _checkTooLarge(code) {
+    const o = this.outstanding;
+    if (!o || !this.send || o.sentOn !== this.conn || code == null) return;
+    let tooLarge = code === 1009;
+    if (!tooLarge && code === 1006 && o.bytes > SUSPECT_BYTES && Date.now() - o.sentAt < SUSPECT_MS) {
+      // The server may reset the connection while the browser is still
+      // writing the frame it refuses, so 1009 can arrive as 1006. Twice
+      // in a row, right after sending this op: assume the size.
+      o.suspect++;
+      tooLarge = o.suspect >= 2;
+    }
+    if (!tooLarge) return;
+    o.refusals = o.sends; // a frame refused for size was not applied; count earlier suspect sends too
+    this.stats.tooLargeCloses++;
+    const before = this.maxMessageBytes;
+    this.learnedLimit = Math.max(MIN_MESSAGE_BYTES, Math.min(before, Math.floor(o.bytes / 2)));
+    this.emit('too-large', { code, bytes: o.bytes, limit: this.maxMessageBytes, stuck: before <= MIN_MESSAGE_BYTES });
+  }
+
+  /** The outstanding op is too large for the current limit. */
+  _outstandingTooLarge() {
+    const o = this.outstanding;
+    return !!o && o.bytes > this.maxMessageBytes;
+  }
+
+  /** The outstanding op was not applied: make it unsent local changes again. */
+  _unsend() {
+    const o = this.outstanding;
+    this.outstanding = null;
+    this.buffer = this.buffer ? compose(o.op, this.buffer) : o.op;
   }
 
   _remember(rev, op) {
@@ -206,6 +306,9 @@ export class SyncClient {
 
   _welcome(msg) {
     this.clientId = msg.client;
+    if (Number.isInteger(msg.max_message_bytes) && msg.max_message_bytes > 0) {
+      this.serverLimit = msg.max_message_bytes;
+    }
     if (msg.role !== this.role) {
       this.role = msg.role;
       this.emit('role', msg.role);
@@ -231,13 +334,18 @@ export class SyncClient {
     }
     if (typeof msg.text !== 'string') return;
     this.stats.welcomeText++;
+    if (this._outstandingTooLarge() && this.outstanding.refusals === this.outstanding.sends) {
+      // Every frame that carried it was refused for size: it was never
+      // applied, and resending it whole would only be refused again.
+      this._unsend();
+    }
     if (this.outstanding && this.send) {
       // Long absence: we cannot tell whether our in-flight op was applied.
       // Resend it with its rev and id; `ack` means it had been applied,
       // `stale_rev` means it had not (docs/protocol.md).
       this.resolving = { text: msg.text, rev: msg.rev, peers, queue: [] };
       const o = this.outstanding;
-      this.send({ type: 'op', rev: o.rev, op: o.op, id: o.id, cursor: null });
+      this._transmit(o, null);
       return;
     }
     this._rebase(msg.text, msg.rev, false);
@@ -257,11 +365,15 @@ export class SyncClient {
     for (const p of peers) {
       if (p && p.client !== this.clientId && p.cursor) this.emit('cursor', p.client, this._toLocal(p.cursor, rev));
     }
+    if (this._outstandingTooLarge()) {
+      // Refused for size and not among welcome.ops: not applied. Send it
+      // again in pieces that fit, with new ids.
+      this._unsend();
+    }
     if (this.outstanding) {
       // Resend what is still in flight, transformed to the current revision, same id.
       const o = this.outstanding;
-      o.sentAt = Date.now();
-      this.send({ type: 'op', rev: o.rev, op: o.op, id: o.id, cursor: this.buffer ? null : o.cursor });
+      this._transmit(o, this.buffer ? null : o.cursor);
     } else {
       this._flush();
     }
@@ -408,7 +520,7 @@ export class SyncClient {
       // Not applied: send it again shortly (same id, current base).
       setTimeout(() => {
         if (this.outstanding === o && this.send && this.ready) {
-          this.send({ type: 'op', rev: o.rev, op: o.op, id: o.id, cursor: null });
+          this._transmit(o, null);
         }
       }, 1000);
       return;

@@ -97,7 +97,18 @@ function keepCaretInPlace(changes) {
   return [EditorView.scrollIntoView(changes.mapPos(head), { y: 'start', yMargin: coords.top - box.top })];
 }
 
-const client = new SyncClient({ editor: adapter, user });
+/** A message size limit forced from localStorage (`collab.maxMessageBytes`),
+ * for debugging a server or proxy with a smaller limit than it announces. */
+function forcedMaxMessageBytes() {
+  try {
+    const n = Number.parseInt(localStorage.getItem('collab.maxMessageBytes') || '', 10);
+    return Number.isInteger(n) && n > 0 ? n : null;
+  } catch (e) {
+    return null;
+  }
+}
+
+const client = new SyncClient({ editor: adapter, user, forceMaxMessageBytes: forcedMaxMessageBytes() });
 const session = new Session({ url: wsUrl(docName), client });
 
 let cursorTimer = null;
@@ -271,11 +282,28 @@ function renderStatus() {
 session.onStatus((s, detail) => {
   renderStatus();
   if (s === 'closed' && detail) showBanner(detail);
-  else if (s === 'connected') hideBanner();
+  else if (s === 'connected' && $('banner').dataset.kind !== 'too-large') hideBanner();
 });
+let bannerTimer = null;
 client.on('saved', () => {
   renderStatus();
   if (client.rev !== null) $('rev').textContent = `rev ${client.rev}`;
+  if (client.saved && $('banner').dataset.kind === 'too-large' && !$('banner').hidden) {
+    showBanner('The large edit was sent in smaller pieces. All changes saved.', 'info', 'too-large-done');
+    bannerTimer = setTimeout(hideBanner, 8000);
+  }
+});
+
+client.on('too-large', (info) => {
+  const kb = (n) => `${Math.round(n / 1024).toLocaleString()} KB`;
+  showBanner(
+    info.stuck
+      ? `This edit is too large for this server, even in pieces of ${kb(info.limit)}. It is kept here (not lost): `
+        + 'copy it somewhere safe, or ask the administrator to raise COLLAB_MAX_MESSAGE_BYTES.'
+      : `This edit is too large for this server in one message (${kb(info.bytes)}). It is kept here and is `
+        + `being sent in smaller pieces (up to ${kb(info.limit)})…`,
+    'warn', 'too-large',
+  );
 });
 
 client.on('refused', (msg) => {
@@ -285,14 +313,18 @@ client.on('server-error', (msg) => {
   if (msg && msg.code && msg.code !== 'rate_limited') console.warn('collab: server error', msg);
 });
 
-function showBanner(text, kind = '') {
+function showBanner(text, kind = '', what = '') {
+  clearTimeout(bannerTimer);
   const b = $('banner');
   b.textContent = text;
   b.className = `banner ${kind}`;
+  b.dataset.kind = what;
   b.hidden = false;
 }
 function hideBanner() {
+  clearTimeout(bannerTimer);
   $('banner').hidden = true;
+  $('banner').dataset.kind = '';
 }
 
 let toastTimer = null;

@@ -34,6 +34,8 @@ export class Session {
     this.stopped = false;
     this.listeners = [];
     client.on('resync', (why) => this.reconnect(why));
+    this.tooLarge = null;
+    client.on('too-large', (info) => { this.tooLarge = info; });
     client.on('ready', () => {
       this.attempt = 0;
       this._setStatus('connected');
@@ -126,7 +128,8 @@ export class Session {
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
       this.ws = null;
-      this.client.disconnected();
+      this.tooLarge = null;
+      this.client.disconnected(ev.code);
       const fatal = FATAL_CLOSE.get(ev.code);
       if (fatal) {
         this.fatal = fatal;
@@ -134,6 +137,8 @@ export class Session {
         return;
       }
       if (ev.code === 1008 || ev.code === 1013) this.attempt = Math.max(this.attempt, 4);
+      // Closed for size with nothing left to shrink: do not hammer the server.
+      if (this.tooLarge && this.tooLarge.stuck) this.attempt = Math.max(this.attempt, 4);
       this._schedule();
     };
     ws.onerror = () => {};

@@ -6,7 +6,19 @@
 import { apply, transform, transformCursor, validate, cpLength } from '../src/ot.js';
 
 export class FakeServer {
-  constructor({ historyDepth = Infinity } = {}) {
+  /**
+   * @param {object} [opts]
+   * @param {number} [opts.historyDepth]
+   * @param {number} [opts.maxMessageBytes]  a message above it closes the connection (like 1009)
+   * @param {number} [opts.announce]  welcome.max_message_bytes to send (default: none)
+   * @param {function} [opts.closeCode]  () => the close code seen for a refused frame (default 1009)
+   */
+  constructor({ historyDepth = Infinity, maxMessageBytes = Infinity, announce = null, closeCode = () => 1009 } = {}) {
+    this.maxMessageBytes = maxMessageBytes;
+    this.announce = announce;
+    this.closeCode = closeCode;
+    this.tooLarge = []; // sizes of the frames refused
+    this.frames = []; // sizes of the op frames accepted
     this.text = '';
     this.rev = 0;
     this.log = []; // {rev, op, client, id}
@@ -25,19 +37,32 @@ export class FakeServer {
   connect(client) {
     const conn = { id: `c${this.nextClient++}`, client, toServer: [], toClient: [], open: true, joined: false, user: null, cursor: null };
     this.conns.add(conn);
-    client.connected((msg) => { if (conn.open) conn.toServer.push(JSON.parse(JSON.stringify(msg))); });
+    client.connected((msg) => {
+      if (!conn.open) return;
+      const json = JSON.stringify(msg);
+      const size = Buffer.byteLength(json, 'utf8');
+      if (size > this.maxMessageBytes) {
+        // Refused before the application sees it; the client learns of it
+        // when the connection closes (the test pumps that with closeRefused).
+        this.tooLarge.push(size);
+        conn.refused = true;
+        return;
+      }
+      if (msg.type === 'op') this.frames.push(size);
+      if (!conn.refused) conn.toServer.push(JSON.parse(json));
+    });
     return conn;
   }
 
   /** Cut a connection; in-flight messages to the server are delivered first
    * if `deliverInflight` (the op arrived, the ack got lost). */
-  disconnect(conn, deliverInflight = false) {
+  disconnect(conn, deliverInflight = false, code = undefined) {
     if (deliverInflight) this.pumpServer(conn);
     conn.open = false;
     conn.toServer = [];
     conn.toClient = [];
     this.conns.delete(conn);
-    conn.client.disconnected();
+    conn.client.disconnected(code);
     for (const c of this.conns) if (c.joined) this._to(c, { type: 'leave', client: conn.id });
   }
 
@@ -53,6 +78,20 @@ export class FakeServer {
   /** Deliver up to `n` queued messages to the client. */
   pumpClient(conn, n = Infinity) {
     while (conn.open && n-- > 0 && conn.toClient.length) conn.client.receive(conn.toClient.shift());
+  }
+
+  /** Close every connection that sent a frame too large (as the server
+   * would: 1009, or 1006 when the reset beats the close frame). Returns
+   * how many were closed. */
+  closeRefused() {
+    let n = 0;
+    for (const c of [...this.conns]) {
+      if (!c.refused) continue;
+      this.pumpServer(c); // what came before the refused frame
+      this.disconnect(c, false, this.closeCode());
+      n++;
+    }
+    return n;
   }
 
   settle() {
@@ -74,6 +113,7 @@ export class FakeServer {
       conn.user = msg.user || null;
       const peers = [...this.conns].filter((c) => c !== conn && c.joined).map((c) => ({ client: c.id, user: c.user, cursor: c.cursor }));
       const w = { type: 'welcome', client: conn.id, rev: this.rev, role: 'edit', peers };
+      if (this.announce) w.max_message_bytes = this.announce;
       if (msg.since == null || msg.since < this.oldestKept) w.text = this.text;
       else if (msg.since > this.rev) return this._to(conn, { type: 'error', code: 'bad_rev', message: 'future' });
       else w.ops = this.log.filter((e) => e.rev > msg.since).map((e) => ({ rev: e.rev, op: e.op, client: e.client, id: e.id }));
