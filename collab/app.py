@@ -32,6 +32,7 @@ from .protocol import (
     BAD_MESSAGE,
     CLOSE_NO_DOCUMENT,
     CLOSE_POLICY,
+    CLOSE_TOO_BIG,
     RATE_LIMITED,
     Join,
     Presence,
@@ -127,6 +128,12 @@ class CollabApp:
                     break
                 text = message.get("text")
                 size = len(text) if text is not None else len(message.get("bytes") or b"")
+                if size * 4 > s.max_message_bytes and self._frame_bytes(message) > s.max_message_bytes:
+                    if peer is not None:
+                        peer.kick(CLOSE_TOO_BIG, f"message larger than {s.max_message_bytes} bytes: split the edit")
+                        break
+                    await ws.close(CLOSE_TOO_BIG, f"message larger than {s.max_message_bytes} bytes")
+                    return
                 verdict = limiter.check(size)
                 if verdict != "ok":
                     if verdict == "close":
@@ -176,6 +183,11 @@ class CollabApp:
             if pump is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await asyncio.wait_for(pump, timeout=5)
+
+    @staticmethod
+    def _frame_bytes(message: dict) -> int:
+        text = message.get("text")
+        return len(text.encode("utf-8", "surrogatepass")) if text is not None else len(message.get("bytes") or b"")
 
     async def _pump(self, ws: WebSocket, peer: Peer) -> None:
         """Send what the hub queued for ``peer``; close when the hub says so."""

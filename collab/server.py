@@ -47,7 +47,10 @@ def build_config(settings: Settings, app: ASGIApp, **overrides: Any) -> uvicorn.
         host=settings.host,
         port=settings.port,
         ws=_ws_implementation(),
-        ws_max_size=settings.max_message_bytes,
+        # Twice the limit: the app reads a frame up to that size in full and closes with
+        # 1009 itself, cleanly. A frame cut off mid-upload makes the kernel reset the
+        # connection, and browsers then report 1006 instead of 1009.
+        ws_max_size=2 * settings.max_message_bytes,
         ws_ping_interval=settings.ping_interval if settings.ping_interval > 0 else None,
         ws_ping_timeout=settings.ping_timeout if settings.ping_timeout > 0 else None,
         ws_per_message_deflate=False,

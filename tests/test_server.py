@@ -272,11 +272,12 @@ async def test_rate_limited_then_closed_1008(server_factory, ws_open):
     assert (await polite.recv_type("ack"))["rev"] == 1
 
 
-async def test_oversized_frame_closes_1009(server_factory, ws_open):
+@pytest.mark.parametrize("payload", ["x" * 1200, "😀" * 300, "x" * 5000], ids=["just-over", "emoji-bytes", "far-over"])
+async def test_oversized_frame_closes_1009(server_factory, ws_open, payload):
     server = await server_factory(max_message_bytes=1000)
     a = await ws_open(server.ws("huge"))
     await a.join()
-    await a.send({"type": "op", "rev": 0, "op": ["x" * 2000], "id": "big"})
+    await a.send({"type": "op", "rev": 0, "op": [payload], "id": "big"})
     with pytest.raises(websockets.ConnectionClosed) as closed:
         await a.recv()
     assert closed.value.rcvd.code == 1009
