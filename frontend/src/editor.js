@@ -21,8 +21,9 @@ import { Session } from './session.js';
 import { changesToOp, opToChanges, cursorToCp, cursorToUtf16 } from './convert.js';
 import { cpLength } from './ot.js';
 import { presenceExtension, setPeerCursor, setPeerInfo } from './presence.js';
+import { ROLES, rolesToAsk, mintLink, summarize, expiryText, copiedText } from './share.js';
 import {
-  wsUrl, pageUrl, loadUser, saveUser, safeColor, initials, el, PALETTE, DOC_NAME_RE,
+  wsUrl, pageToken, loadUser, saveUser, safeColor, initials, el, PALETTE, DOC_NAME_RE,
 } from './common.js';
 
 const $ = (id) => document.getElementById(id);
@@ -376,32 +377,149 @@ function updateUndoButtons(state) {
 $('undo-btn').addEventListener('click', () => { undo(view); view.focus(); });
 $('redo-btn').addEventListener('click', () => { redo(view); view.focus(); });
 
-$('copy-link').addEventListener('click', async () => {
-  const link = new URL(pageUrl(docName), location.href).href;
-  try {
-    await navigator.clipboard.writeText(link);
-    toast('Link copied');
-  } catch (e) {
-    // No clipboard permission (e.g. plain http): select it in a prompt-free way.
-    const input = el('input');
-    input.value = link;
-    document.body.appendChild(input);
-    input.select();
-    let ok = false;
-    try { ok = document.execCommand('copy'); } catch (e2) { ok = false; }
-    input.remove();
-    toast(ok ? 'Link copied' : link);
+// ---- share ------------------------------------------------------------------------
+// With a token in the page, "Share" opens a menu of the links the server lets
+// this token mint (asked afresh each time it opens, so they are ready to copy
+// within the click); on an open server (no token) "Copy link" copies the plain
+// page URL, since everyone may edit and a read-only link cannot be enforced.
+const token = pageToken();
+const shareBtn = $('copy-link');
+const shareMenu = $('share-menu');
+const shareItems = { edit: $('share-edit'), read: $('share-read') };
+const shareNote = $('share-note');
+let shareLinks = {};
+let shareGen = 0;
+
+if (token) {
+  shareBtn.textContent = 'Share';
+  shareBtn.title = 'Copy a link to this document for someone else';
+  shareBtn.setAttribute('aria-haspopup', 'true');
+  shareBtn.setAttribute('aria-expanded', 'false');
+} else {
+  shareBtn.textContent = 'Copy link';
+  shareBtn.title = 'Copy a link to this document. Everyone who can reach this server may edit it: '
+    + 'read-only links need a secret on the server (COLLAB_SECRET).';
+}
+
+function setShareNote(text) {
+  shareNote.textContent = text || '';
+  shareNote.hidden = !text;
+}
+
+function showShareMenu() {
+  downloadMenu.hidden = true;
+  downloadBtn.setAttribute('aria-expanded', 'false');
+  shareMenu.hidden = false;
+  if (token) shareBtn.setAttribute('aria-expanded', 'true');
+}
+
+function closeShareMenu() {
+  shareGen++;
+  shareMenu.hidden = true;
+  $('share-fallback').hidden = true;
+  if (token) shareBtn.setAttribute('aria-expanded', 'false');
+}
+
+async function refreshShareMenu() {
+  const gen = ++shareGen;
+  shareLinks = {};
+  for (const b of Object.values(shareItems)) b.hidden = true;
+  $('share-fallback').hidden = true;
+  shareMenu.dataset.state = 'loading';
+  setShareNote('Checking which links you may share…');
+  const roles = rolesToAsk(token, client.role);
+  const results = await Promise.all(roles.map((role) => mintLink({ doc: docName, role, token, origin: location.origin })));
+  if (gen !== shareGen) return; // closed or reopened meanwhile
+  const { links, note } = summarize(results);
+  if (client.role === 'read') delete links.edit; // a read-only viewer never hands out edit links
+  shareLinks = links;
+  for (const role of ROLES) {
+    const b = shareItems[role];
+    b.hidden = !links[role];
+    b.title = links[role] ? expiryText(links[role].expires) : '';
+  }
+  setShareNote(note);
+  shareMenu.dataset.state = 'ready';
+}
+
+/** Put `href` on the clipboard, or, where the browser refuses, show it in a
+ * selected text field in the menu for the user to copy. */
+async function copyLink(href, role) {
+  let ok = false;
+  if (navigator.clipboard && typeof navigator.clipboard.writeText === 'function') {
+    try {
+      await navigator.clipboard.writeText(href);
+      ok = true;
+    } catch (e) {
+      ok = false;
+    }
+  }
+  if (ok) {
+    closeShareMenu();
+    toast(copiedText(role));
+    return;
+  }
+  const field = $('share-field');
+  field.value = href;
+  showShareMenu();
+  $('share-fallback').hidden = false;
+  field.focus();
+  field.select();
+  let copied = false;
+  try { copied = document.execCommand('copy'); } catch (e) { copied = false; }
+  $('share-fallback').querySelector('label').textContent = copied
+    ? `${copiedText(role)}:` : 'Copy this link (Ctrl+C, or press and hold):';
+  if (copied) toast(copiedText(role));
+}
+
+shareBtn.addEventListener('click', (e) => {
+  e.stopPropagation();
+  if (!token) {
+    copyLink(new URL(`/d/${encodeURIComponent(docName)}`, location.origin).href, null);
+    return;
+  }
+  if (!shareMenu.hidden) {
+    closeShareMenu();
+    return;
+  }
+  showShareMenu();
+  refreshShareMenu();
+});
+shareMenu.addEventListener('click', (e) => e.stopPropagation());
+for (const role of ROLES) {
+  shareItems[role].addEventListener('click', () => {
+    const link = shareLinks[role];
+    if (link) copyLink(link.href, role);
+  });
+}
+$('share-field').addEventListener('focus', (e) => e.target.select());
+client.on('role', (role) => {
+  if (role === 'read') {
+    delete shareLinks.edit;
+    shareItems.edit.hidden = true;
   }
 });
 
-const menu = $('download-menu');
-const menuBtn = $('download-btn');
-menuBtn.addEventListener('click', (e) => {
+const downloadMenu = $('download-menu');
+const downloadBtn = $('download-btn');
+downloadBtn.addEventListener('click', (e) => {
   e.stopPropagation();
-  menu.hidden = !menu.hidden;
-  menuBtn.setAttribute('aria-expanded', String(!menu.hidden));
+  closeShareMenu();
+  downloadMenu.hidden = !downloadMenu.hidden;
+  downloadBtn.setAttribute('aria-expanded', String(!downloadMenu.hidden));
 });
-document.addEventListener('click', () => { menu.hidden = true; menuBtn.setAttribute('aria-expanded', 'false'); });
+function closeMenus() {
+  downloadMenu.hidden = true;
+  downloadBtn.setAttribute('aria-expanded', 'false');
+  if (!shareMenu.hidden) closeShareMenu();
+}
+document.addEventListener('click', closeMenus);
+document.addEventListener('keydown', (e) => {
+  if (e.key !== 'Escape' || (shareMenu.hidden && downloadMenu.hidden)) return;
+  const back = shareMenu.hidden ? downloadBtn : shareBtn;
+  closeMenus();
+  back.focus();
+});
 
 function download(ext, type) {
   const blob = new Blob([view.state.doc.toString()], { type: `${type};charset=utf-8` });
