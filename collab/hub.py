@@ -58,6 +58,11 @@ if TYPE_CHECKING:
     from .backplane import Backplane
 
 log = logging.getLogger("collab.hub")
+
+#: Seconds after another process's commit (or a conflict) during which this
+#: process commits to the document holding its turn in the store, instead of
+#: optimistically (and likely losing the race, which costs a whole retry).
+CONTENDED_SECONDS = 2.0
 T = TypeVar("T")
 
 
@@ -170,7 +175,7 @@ class _Resync(Exception):
 class _Saved:
     """In-memory state before a batch, to roll back to when another process took its revisions."""
 
-    text: str
+    text: DocText
     rev: int
     history_len: int
     cursors: dict[str, Cursor | None]
@@ -223,6 +228,8 @@ class Document:
         #: Batches retried after a conflict, and operations learned from others (for metrics).
         self.conflicts = 0
         self.remote_applied = 0
+        #: Until then, commit holding the document's turn: other processes are writing it too.
+        self._contended_until = 0.0
 
     # -- joining and leaving -------------------------------------------------
 
@@ -401,7 +408,7 @@ class Document:
 
     def _save(self) -> _Saved:
         return _Saved(
-            str(self.text), self.rev, len(self.history),
+            self.text.copy(), self.rev, len(self.history),
             {p.id: p.cursor for p in self.peers.values()},
             {p.id: p.cursor for p in self.remote_peers.values()},
         )
@@ -410,7 +417,7 @@ class Document:
         """Undo a batch that another process's commit beat: back to the state before it."""
         while len(self.history) > saved.history_len:
             self.ids.pop(self.history.pop().id, None)
-        self.text = DocText(saved.text)
+        self.text = saved.text
         self.rev = saved.rev
         for pid, cursor in saved.cursors.items():
             if pid in self.peers:
@@ -422,44 +429,25 @@ class Document:
     async def _commit_loop(self) -> None:
         """Integrate others' work, then apply, commit and announce batches, until there is nothing left."""
         conflicts_in_a_row = 0
+        loop = asyncio.get_running_loop()
         try:
             while self._inbox or self._deferred or self._behind():
-                if self._behind():
-                    await self._catch_up()
-                self._run_deferred()
-                if not self._inbox:
+                contended = self._inbox and loop.time() < self._contended_until
+                if conflicts_in_a_row or contended:
+                    # Lost the race for these revisions (or other processes are writing
+                    # this document right now): take the document's turn in the store, so
+                    # this commit cannot lose the race (a hot document stays fair).
+                    if conflicts_in_a_row > 20:
+                        raise RuntimeError(f"document {self.id}: 20 conflicts in a row; giving up")
+                    async with self.store.exclusive(self.id):
+                        applied = await self._turn()
+                else:
+                    applied = await self._turn()
+                if applied is None:
+                    conflicts_in_a_row += 1
                     continue
-                batch, self._inbox = self._inbox, []
-                saved = self._save() if self.store.may_conflict else None
-                applied: list[tuple[Peer | None, Submit, asyncio.Future[int] | None, StoredOp | int]] = []
-                for peer, sub, fut in batch:
-                    try:
-                        applied.append((peer, sub, fut, self._apply(peer, sub)))
-                    except ProtocolError as exc:
-                        if fut is not None:
-                            fut.set_exception(exc)
-                        elif peer is not None:
-                            peer.send_msg(error_msg(exc.code, exc.message, exc.id))
-                new = [r for *_, r in applied if isinstance(r, StoredOp)]
-                if new:
-                    try:
-                        await self._persist(new)
-                    except RevisionConflict:
-                        if saved is None:
-                            raise
-                        # Another process committed first: roll back, integrate its
-                        # operations (next turn of the loop), and apply this batch again.
-                        conflicts_in_a_row += 1
-                        self.conflicts += 1
-                        if conflicts_in_a_row > 100:
-                            raise RuntimeError(f"document {self.id}: 100 conflicts in a row; giving up") from None
-                        self._rollback(saved)
-                        self._inbox = [(p, s, f) for p, s, f, _ in applied] + self._inbox
-                        self._check_store = True
-                        continue
-                    conflicts_in_a_row = 0
-                    self._trim()
-                self._announce(applied)
+                conflicts_in_a_row = 0
+                self._announce(applied)  # after the store's commit: durable before visible
         except _Resync:
             log.warning("document %s: missed operations are no longer in the store; clients reconnect", self.id)
             self._fail(CLOSE_RESTART, "this server fell behind; reconnect to resume")
@@ -470,6 +458,46 @@ class Document:
             self._committer = None
             if not self.peers:
                 self._schedule_unload()
+
+    async def _turn(self) -> list | None:
+        """One turn of the loop: catch up, run what waited, apply and persist one batch.
+
+        Returns what to announce, or ``None`` if another process took the
+        batch's revisions (the batch is rolled back and queued again).
+        """
+        if self._behind():
+            await self._catch_up()
+        self._run_deferred()
+        if not self._inbox:
+            return []
+        batch, self._inbox = self._inbox, []
+        saved = self._save() if self.store.may_conflict else None
+        applied: list[tuple[Peer | None, Submit, asyncio.Future[int] | None, StoredOp | int]] = []
+        for peer, sub, fut in batch:
+            try:
+                applied.append((peer, sub, fut, self._apply(peer, sub)))
+            except ProtocolError as exc:
+                if fut is not None:
+                    fut.set_exception(exc)
+                elif peer is not None:
+                    peer.send_msg(error_msg(exc.code, exc.message, exc.id))
+        new = [r for *_, r in applied if isinstance(r, StoredOp)]
+        if new:
+            try:
+                await self._persist(new)
+            except RevisionConflict:
+                if saved is None:
+                    raise
+                # Another process committed first: roll back, integrate its operations
+                # (next turn), and apply this batch again.
+                self.conflicts += 1
+                self._contended_until = asyncio.get_running_loop().time() + CONTENDED_SECONDS
+                self._rollback(saved)
+                self._inbox = [(p, s, f) for p, s, f, _ in applied] + self._inbox
+                self._check_store = True
+                return None
+            self._trim()
+        return applied
 
     async def _persist(self, new: list[StoredOp]) -> None:
         snapshot = None
@@ -603,6 +631,8 @@ class Document:
                 remote.cursor = Cursor(*ot.transform_cursor(remote.cursor.anchor, remote.cursor.head, entry.op))
         self._trim()
         self.remote_applied += 1
+        if self.store.may_conflict:
+            self._contended_until = asyncio.get_running_loop().time() + CONTENDED_SECONDS
         if self.rev > self._known_rev:
             self._known_rev = self.rev
         # The same operation resent here (its author reconnected after the other
@@ -650,6 +680,10 @@ class Document:
         """
         own = self.backplane.process_id if self.backplane is not None else ""
         current = {c: i for c, i in infos.items() if i.get("proc") not in dead and i.get("proc") != own}
+        if self.backplane is not None:
+            for client, info in infos.items():
+                if info.get("proc") in dead:  # left behind by a crashed process: tidy up
+                    self.backplane.forget_peer(self.id, client)
         for client in list(self.remote_peers):
             if client not in current:
                 self._remote_events.append({"t": "leave", "client": client})

@@ -259,3 +259,115 @@ async def test_sigterm_closes_with_1012_and_clients_move_on(cluster):
         await proxy.stop()
         with contextlib.suppress(Exception):
             await client.close()
+
+
+@pytest.fixture
+async def real_hubs() -> AsyncIterator:
+    """``await real_hubs(n)``: ``n`` hubs in this process, each with its own PostgreSQL pool and Redis backplane."""
+    reason = await _unavailable()
+    if reason:
+        pytest.skip(reason)
+    from collab.backplane.redis import RedisBackplane
+    from collab.hub import Hub, HubConfig
+    from collab.store.postgres import PostgresStore
+
+    schema = f"collab_hubs_{secrets.token_hex(5)}"
+    prefix = f"collab-test-{secrets.token_hex(5)}"
+    hubs: list = []
+
+    async def make(n: int) -> list:
+        for _ in range(n):
+            store = PostgresStore(PG_URL, schema=schema)
+            await store.open()
+            bp = RedisBackplane(_with_param(REDIS_URL, "prefix", prefix), heartbeat_ttl=3)
+            await bp.open()
+            hub = Hub(store, HubConfig(idle_unload_seconds=600), backplane=bp)
+            await hub.start()
+            hubs.append(hub)
+        return hubs
+
+    yield make
+    for hub in hubs:
+        await hub.close()
+        await hub.store.close()
+    import asyncpg
+    import redis.asyncio as aioredis
+
+    conn = await asyncpg.connect(PG_URL, timeout=5)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+    r = aioredis.from_url(REDIS_URL)
+    keys = [k async for k in r.scan_iter(match=f"{prefix}:*")]
+    if keys:
+        await r.delete(*keys)
+    await r.aclose()
+
+
+async def test_a_dropped_redis_connection_is_noticed_and_the_gap_filled(real_hubs):
+    """Redis drops process 2's subscription while process 1 commits: process 2 still shows every op, in order."""
+    import json
+
+    import redis.asyncio as aioredis
+
+    from collab.hub import Peer
+    from collab.protocol import Submit
+
+    h1, h2 = await real_hubs(2)
+    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    doc1 = await h1.join("gap", a, None)
+    doc2 = await h2.join("gap", b, None)
+    r = aioredis.from_url(REDIS_URL)
+    try:
+        clients = await r.client_list()
+        name = f"{h2.backplane.prefix}-{h2.backplane.process_id}"
+        mine = [c for c in clients if c.get("name") == name and int(c.get("sub", 0) or 0) > 0]
+        assert mine, f"process 2's subscriber connection is not in CLIENT LIST: {clients}"
+        for c in mine:
+            await r.client_kill_filter(_id=c["id"])
+    finally:
+        await r.aclose()
+    text = ""
+    for i in range(20):
+        op = [len(text), str(i % 10)] if text else [str(i % 10)]
+        assert await doc1.submit(None, Submit(doc1.rev, op, f"w{i}", None)) == i + 1
+        text += str(i % 10)
+
+    async def caught_up() -> None:
+        while doc2.snapshot() != (20, text) or not h2.backplane.resyncs:
+            await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.wait_for(caught_up(), 30)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"process 2 is at {doc2.snapshot()[0]} of 20, resyncs {h2.backplane.resyncs}") from None
+    revs = [m["rev"] for m in map(json.loads, b.outbox) if m["type"] == "op"]
+    assert revs == list(range(1, 21)), f"process 2's client saw {revs}"
+
+
+async def test_a_crashed_process_s_clients_leave_and_its_edits_stay(real_hubs):
+    """Process 1 vanishes (no leave, heartbeat stops): within the presence timeout its client leaves."""
+    import json
+
+    from collab.hub import Peer
+    from collab.protocol import Submit
+
+    h1, h2 = await real_hubs(2)
+    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    doc1 = await h1.join("crash", a, None)
+    await doc1.submit(None, Submit(0, ["kept"], "k1", None))
+    doc2 = await h2.join("crash", b, None)
+    welcome = json.loads(b.outbox[0])
+    assert [p["client"] for p in welcome["peers"]] == [a.id] and welcome["text"] == "kept"
+    # A crash: h1's tasks stop without a word (no leave published, no heartbeat withdrawn).
+    for task in h1.backplane._tasks:
+        task.cancel()
+    h1._watcher.cancel()
+
+    async def left() -> None:
+        while not any(json.loads(f) == {"type": "leave", "client": a.id} for f in b.outbox):
+            await asyncio.sleep(0.1)
+
+    await asyncio.wait_for(left(), 30)  # heartbeat_ttl=3 here: well within
+    assert doc2.remote_peers == {}

@@ -205,3 +205,48 @@ async def test_reopening_keeps_everything(stores):
     again = await stores()
     assert (await again.load("d", 10)).text == "xxxx"
     assert await again.find_op("d", "op3") == 3
+
+
+async def test_concurrent_appends_to_many_documents_all_land(stores):
+    """Appends of many documents at once (group commit where the store has it), one conflicting."""
+    store = await stores()
+    await asyncio.gather(*(store.append(f"doc{i}", ops(1, 2), 2) for i in range(20)))
+    results = await asyncio.gather(
+        *(store.append(f"doc{i}", [StoredOp(3, [2, "y"], "c", f"y{i}")], 3) for i in range(20)),
+        store.append("doc0", [StoredOp(3, [2, "z"], "c", "z0")], 3),
+        return_exceptions=True,
+    )
+    assert [r for r in results if r is not None] and all(isinstance(r, RevisionConflict) for r in results if r is not None)
+    assert sum(r is None for r in results) == 20
+    for i in range(20):
+        state = await store.load(f"doc{i}", 10)
+        assert state.rev == 3 and state.text in ("xxy", "xxz")
+
+
+async def test_exclusive_turn_holds_other_writers_back(stores):
+    """Inside ``exclusive`` this handle reads the latest ops and appends; another handle waits, then conflicts."""
+    first = await stores()
+    second = await stores()
+    if not first.may_conflict:
+        pytest.skip("a store with one writer has no turn to hold (exclusive holds nothing)")
+    await first.append("d", ops(1, 1), 1)
+    async with first.exclusive("d"):
+        assert [o.rev for o in await first.ops_since("d", 0)] == [1]
+        other = asyncio.create_task(second.append("d", [StoredOp(2, [1, "b"], "p2", "b2")], 2))
+        await asyncio.sleep(0.3)  # give it every chance to get in first
+        assert not other.done(), "another writer appended while the turn was held"
+        await first.append("d", [StoredOp(2, [1, "a"], "p1", "a2")], 2)
+    with pytest.raises(RevisionConflict):
+        await other
+    assert (await second.load("d", 10)).text == "xa"
+    assert [d.id for d in await second.list_docs()] == ["d"]
+
+
+async def test_exclusive_on_a_new_document_does_not_list_it(stores):
+    store = await stores()
+    async with store.exclusive("fresh"):
+        assert await store.ops_since("fresh", 0) == []
+    assert await store.list_docs() == []
+    assert (await store.load("fresh", 10)).rev == 0
+    await store.append("fresh", ops(1, 1), 1)
+    assert [d.id for d in await store.list_docs()] == ["fresh"]

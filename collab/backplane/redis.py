@@ -76,6 +76,9 @@ class RedisBackplane(Backplane):
         self._confirmed: set[bytes] = set()
         self._sub_waiters: dict[bytes, list[asyncio.Future]] = {}
         self._closing = False
+        self._resync_pending = False
+        #: Resyncs asked of the hub (reconnects, lost heartbeat), for tests and metrics.
+        self.resyncs = 0
         #: Messages received and published, for benchmarks.
         self.received = 0
         self.published = 0
@@ -103,7 +106,8 @@ class RedisBackplane(Backplane):
             import redis.asyncio as aioredis
         except ImportError:
             raise SystemExit("REDIS_URL is set but redis-py is not installed: pip install 'collab[redis]'") from None
-        self.redis = aioredis.from_url(self.url, socket_connect_timeout=5, health_check_interval=30)
+        self.redis = aioredis.from_url(self.url, socket_connect_timeout=5, health_check_interval=30,
+                                       client_name=f"{self.prefix}-{self.process_id}")
         try:
             await self.redis.ping()
         except Exception as exc:
@@ -127,7 +131,7 @@ class RedisBackplane(Backplane):
         self._closing = True
         self._wakeup.set()
         sender = self._tasks[1] if len(self._tasks) > 1 else None
-        if sender is not None:
+        if sender is not None and not sender.done():  # let it send what is queued (leaves, last ops)
             try:
                 await asyncio.wait_for(asyncio.shield(sender), 5)
             except (asyncio.TimeoutError, Exception):
@@ -217,9 +221,19 @@ class RedisBackplane(Backplane):
                     log.exception("handling a backplane message failed")
 
     def _resync(self, why: str) -> None:
+        """Ask the hub to resync, once for a burst of causes (a reconnect confirms every channel again)."""
+        if self._resync_pending:
+            return
+        self._resync_pending = True
         log.info("backplane: %s; re-reading the store and re-announcing clients", why)
-        if self._on_resync is not None:
-            self._on_resync()
+
+        def fire() -> None:
+            self._resync_pending = False
+            self.resyncs += 1
+            if self._on_resync is not None:
+                self._on_resync()
+
+        asyncio.get_running_loop().call_later(0.05, fire)
 
     # -- outgoing ---------------------------------------------------------------
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 from dataclasses import dataclass, field
+from typing import AsyncContextManager, AsyncIterator
 
 from .. import ot
 
@@ -104,6 +106,22 @@ class Store(abc.ABC):
 
     async def ping(self) -> None:
         """Raise if the store cannot serve (used by ``/healthz``)."""
+
+    def exclusive(self, doc: str) -> AsyncContextManager[None]:
+        """Hold ``doc``'s turn: no other process can append to it until the block ends.
+
+        Inside, :meth:`ops_since` and :meth:`append` for ``doc`` see and extend
+        the latest state, so an append cannot conflict on a revision. The hub
+        uses it to retry after a :class:`RevisionConflict`, which guarantees
+        progress on a hot document instead of losing the race again and again.
+        Stores with a single writer need nothing: the default holds nothing.
+        """
+        return _nothing()
+
+
+@contextlib.asynccontextmanager
+async def _nothing() -> AsyncIterator[None]:
+    yield
 
 
 async def open_store(settings) -> Store:

@@ -17,10 +17,11 @@ under an advisory lock so that processes starting together do not race.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .. import ot
@@ -77,6 +78,50 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
 }
 
+
+# One append, as one statement: the docs row moves from ``$5`` (= first - 1) to
+# ``$2`` (= last) only if it is there and none of the op ids was applied
+# before; everything else happens only if it moved. Returns one row, ``ok``.
+_APPEND_REST = """
+, o AS (
+    INSERT INTO collab_ops (doc, rev, op, client, op_id)
+    SELECT $1, * FROM unnest($6::bigint[], $7::text[], $9::text[], $8::text[]) WHERE EXISTS (SELECT 1 FROM moved)
+), i AS (
+    INSERT INTO collab_op_ids (doc, op_id, rev)
+    SELECT $1, * FROM unnest($8::text[], $6::bigint[]) WHERE EXISTS (SELECT 1 FROM moved)
+), s AS (
+    INSERT INTO collab_snapshots (doc, rev, text)
+    SELECT $1, $10::bigint, $11::text WHERE $10::bigint IS NOT NULL AND EXISTS (SELECT 1 FROM moved)
+    ON CONFLICT (doc, rev) DO UPDATE SET text = EXCLUDED.text
+), ds AS (
+    DELETE FROM collab_snapshots WHERE doc = $1 AND rev < $10::bigint AND EXISTS (SELECT 1 FROM moved)
+), dops AS (
+    DELETE FROM collab_ops WHERE doc = $1 AND rev <= $12::bigint AND EXISTS (SELECT 1 FROM moved)
+)
+SELECT EXISTS (SELECT 1 FROM moved) AS ok
+"""
+_NO_ID_APPLIED = "NOT EXISTS (SELECT 1 FROM collab_op_ids WHERE doc = $1 AND op_id = ANY($8::text[]))"
+APPEND = (
+    "WITH moved AS (UPDATE collab_docs SET rev = $2, size = $3, updated = $4 "
+    f"WHERE id = $1 AND rev = $5 AND {_NO_ID_APPLIED} RETURNING 1)" + _APPEND_REST
+)
+#: The first append of a document creates its row (or moves the row ``exclusive`` left at 0).
+APPEND_NEW = (
+    "WITH moved AS (INSERT INTO collab_docs (id, rev, size, created, updated) VALUES ($1, $2, $3, $4, $4) "
+    "ON CONFLICT (id) DO UPDATE SET rev = EXCLUDED.rev, size = EXCLUDED.size, updated = EXCLUDED.updated "
+    f"WHERE collab_docs.rev = $5 AND {_NO_ID_APPLIED} RETURNING 1)" + _APPEND_REST
+)
+
+
+def _append_args(doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None, depth: int) -> tuple:
+    """The parameters of :data:`APPEND` for one append."""
+    last = ops[-1].rev
+    snap_rev, snap_text = snapshot if snapshot is not None else (None, None)
+    keep_after = min(snap_rev, last - depth) if snap_rev is not None else None
+    return (doc, last, size, time.time(), ops[0].rev - 1, [o.rev for o in ops], [_dumps(o.op) for o in ops],
+            [o.id for o in ops], [o.client for o in ops], snap_rev, snap_text, keep_after)
+
+
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -100,7 +145,7 @@ class PostgresStore(Store):
     may_conflict = True
 
     def __init__(self, url: str, history_depth: int = 1000, schema: str | None = None,
-                 min_connections: int = 1, max_connections: int = 10) -> None:
+                 min_connections: int = 2, max_connections: int = 20) -> None:
         dsn, url_schema = split_schema(url)
         schema = schema or url_schema
         if schema is not None and not _SCHEMA_NAME.match(schema):
@@ -111,6 +156,10 @@ class PostgresStore(Store):
         self.min_connections = min_connections
         self.max_connections = max_connections
         self._pool: Any = None
+        #: Connections inside exclusive(), by document.
+        self._held: dict[str, Any] = {}
+        self._pending: list[tuple[tuple, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
         #: Transactions committed and ops written, for /metrics and benchmarks.
         self.commits = 0
         self.ops_written = 0
@@ -133,7 +182,10 @@ class PostgresStore(Store):
             import asyncpg
         except ImportError:
             raise SystemExit("DATABASE_URL is a PostgreSQL URL but asyncpg is not installed: pip install 'collab[postgres]'") from None
-        settings = {"search_path": self.schema} if self.schema else {}
+        # A process that hangs inside a transaction (holding a document's turn) must not stall the others.
+        settings = {"idle_in_transaction_session_timeout": "10000"}
+        if self.schema:
+            settings["search_path"] = self.schema
         try:
             if self.schema:  # the schema must exist before a connection's search_path names it
                 conn = await asyncpg.connect(self.dsn, timeout=10)
@@ -171,6 +223,8 @@ class PostgresStore(Store):
                     await conn.execute("INSERT INTO collab_schema (version) VALUES ($1)", v)
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -184,55 +238,85 @@ class PostgresStore(Store):
 
     # -- writes -------------------------------------------------------------
 
-    async def append(self, doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None = None) -> None:
-        import asyncpg
-
-        first, last = ops[0].rev, ops[-1].rev
-        now = time.time()
+    @contextlib.asynccontextmanager
+    async def exclusive(self, doc: str) -> AsyncIterator[None]:
+        """Lock ``doc``'s row for one transaction; appends and reads of ``doc`` inside use it."""
         async with self.pool.acquire() as conn:
-            try:
-                async with conn.transaction():
-                    # The docs row is the sequencer: it moves from first-1 to last or nothing
-                    # happens, and its row lock makes concurrent appenders wait for each other.
-                    if first == 1:
-                        moved = await conn.fetchval(
-                            "INSERT INTO collab_docs (id, rev, size, created, updated) VALUES ($1, $2, $3, $4, $4) "
-                            "ON CONFLICT (id) DO UPDATE SET rev = EXCLUDED.rev, size = EXCLUDED.size, "
-                            "updated = EXCLUDED.updated WHERE collab_docs.rev = 0 RETURNING 1",
-                            doc, last, size, now,
-                        )
-                    else:
-                        moved = await conn.fetchval(
-                            "UPDATE collab_docs SET rev = $2, size = $3, updated = $4 WHERE id = $1 AND rev = $5 RETURNING 1",
-                            doc, last, size, now, first - 1,
-                        )
-                    if moved is None:
-                        raise RevisionConflict(f"{doc}: revision {first} is already taken (or the document is not at {first - 1})")
-                    await conn.execute(
-                        "INSERT INTO collab_ops (doc, rev, op, client, op_id) "
-                        "SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[])",
-                        doc, [o.rev for o in ops], [_dumps(o.op) for o in ops], [o.client for o in ops], [o.id for o in ops],
-                    )
-                    await conn.execute(
-                        "INSERT INTO collab_op_ids (doc, op_id, rev) SELECT $1, * FROM unnest($2::text[], $3::bigint[])",
-                        doc, [o.id for o in ops], [o.rev for o in ops],
-                    )
-                    if snapshot is not None:
-                        rev, text = snapshot
-                        keep_after = min(rev, last - self.history_depth)
-                        await conn.execute(
-                            "INSERT INTO collab_snapshots (doc, rev, text) VALUES ($1, $2, $3) "
-                            "ON CONFLICT (doc, rev) DO UPDATE SET text = EXCLUDED.text",
-                            doc, rev, text,
-                        )
-                        await conn.execute("DELETE FROM collab_snapshots WHERE doc = $1 AND rev < $2", doc, rev)
-                        await conn.execute("DELETE FROM collab_ops WHERE doc = $1 AND rev <= $2", doc, keep_after)
-            except asyncpg.UniqueViolationError as exc:
-                # (doc, rev): another process got there first; (doc, op_id): this op was applied already.
-                raise RevisionConflict(f"{doc}: {exc.constraint_name or 'a unique key'} already holds one of revisions "
-                                       f"{first}..{last} or their op ids") from None
+            async with conn.transaction():
+                # Creates the row (at revision 0) if needed, and locks it either way.
+                await conn.execute(
+                    "INSERT INTO collab_docs (id, rev, size, created, updated) VALUES ($1, 0, 0, $2, $2) "
+                    "ON CONFLICT (id) DO UPDATE SET rev = collab_docs.rev", doc, time.time(),
+                )
+                self._held[doc] = conn
+                try:
+                    yield
+                finally:
+                    self._held.pop(doc, None)
+
+    async def append(self, doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None = None) -> None:
+        held = self._held.get(doc)
+        if held is not None:  # inside exclusive(): part of its transaction
+            await self._append_held(held, doc, ops, size, snapshot)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((_append_args(doc, ops, size, snapshot, self.history_depth), fut))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        await fut
+
+    async def _append_held(self, conn: Any, doc: str, ops: list[StoredOp], size: int,
+                           snapshot: tuple[int, str] | None) -> None:
+        args = _append_args(doc, ops, size, snapshot, self.history_depth)
+        # No savepoint needed: under the row lock the guards answer "not ok" instead of raising.
+        ok = await conn.fetchval(APPEND_NEW if ops[0].rev == 1 else APPEND, *args)
+        if not ok:
+            raise RevisionConflict(f"{doc}: revision {ops[0].rev} is already taken, or one of the op ids was applied")
         self.commits += 1
         self.ops_written += len(ops)
+
+    async def _flush(self) -> None:
+        """Group commit: write every pending append, of any document, in one transaction, until none is left."""
+        import asyncpg
+
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    async with self.pool.acquire() as conn:
+                        async with conn.transaction():
+                            new = [args for args, _ in batch if args[4] == 0]
+                            old = [args for args, _ in batch if args[4] != 0]
+                            rows = {}
+                            # One pipelined round trip per kind, however many documents.
+                            for query, group in ((APPEND_NEW, new), (APPEND, old)):
+                                if group:
+                                    for args, row in zip(group, await conn.fetchmany(query, group)):
+                                        rows[id(args)] = row["ok"]
+                except asyncpg.UniqueViolationError as exc:
+                    # Not expected (the docs row guards revisions and op ids), but if it happens,
+                    # the whole group was rolled back: every document retries.
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(RevisionConflict(f"{exc.constraint_name} refused a concurrent write; retry"))
+                    continue
+                except Exception as exc:  # the transaction failed (connection lost, disk full)
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                self.commits += 1
+                for args, fut in batch:
+                    if fut.done():
+                        continue
+                    if rows.get(id(args)):
+                        self.ops_written += len(args[5])
+                        fut.set_result(None)
+                    else:
+                        fut.set_exception(RevisionConflict(
+                            f"{args[0]}: revision {args[4] + 1} is already taken, or one of the op ids was applied"))
+        finally:
+            self._flusher = None
 
     # -- reads --------------------------------------------------------------
 
@@ -266,7 +350,7 @@ class PostgresStore(Store):
         return await self.pool.fetchval("SELECT rev FROM collab_op_ids WHERE doc = $1 AND op_id = $2", doc, op_id)
 
     async def ops_since(self, doc: str, rev: int) -> list[StoredOp]:
-        rows = await self.pool.fetch(
+        rows = await (self._held.get(doc) or self.pool).fetch(
             "SELECT rev, op, client, op_id FROM collab_ops WHERE doc = $1 AND rev > $2 ORDER BY rev", doc, rev
         )
         return [StoredOp(r["rev"], _loads(r["op"]), r["client"], r["op_id"]) for r in rows]
@@ -276,7 +360,7 @@ class PostgresStore(Store):
         return {r["id"]: r["rev"] for r in rows}
 
     async def list_docs(self) -> list[DocInfo]:
-        rows = await self.pool.fetch("SELECT id, rev, size, updated FROM collab_docs ORDER BY updated DESC")
+        rows = await self.pool.fetch("SELECT id, rev, size, updated FROM collab_docs WHERE rev > 0 ORDER BY updated DESC")
         return [DocInfo(r["id"], r["rev"], r["size"], r["updated"]) for r in rows]
 
     async def ping(self) -> None:

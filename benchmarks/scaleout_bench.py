@@ -1,0 +1,254 @@
+"""Scale-out benchmark: one process (SQLite) vs one and two processes (PostgreSQL + Redis).
+
+Each configuration runs real ``collab`` server processes and the same two
+loads, driven over WebSocket from this process:
+
+* **many documents**: ``--docs`` documents with 2 writers each;
+* **one hot document**: ``--hot`` writers on one document.
+
+Every writer behaves like a real client: one operation in flight, the next
+sent when the previous is acknowledged (an insert at the start, based on the
+revision the writer has seen, so concurrent ones are transformed). Writers
+are spread round-robin over the processes. Reported: acknowledged ops/s,
+ack latency p50/p99, and the CPU the server processes used (in cores), to
+show where the bottleneck is. Prints a markdown table.
+
+    python benchmarks/scaleout_bench.py --database-url postgresql://postgres@127.0.0.1:5432/test \\
+        --redis-url redis://127.0.0.1:6379/0 [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import websockets
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A collab server process."""
+
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> "Server":
+        env = dict(os.environ, COLLAB_PORT=str(self.port), COLLAB_HOST="127.0.0.1", COLLAB_LOG_LEVEL="warning",
+                   COLLAB_MSG_RATE="100000", COLLAB_MSG_BURST="100000", COLLAB_CONN_RATE="10000",
+                   COLLAB_CONN_BURST="10000", COLLAB_CONN_PER_IP="10000")
+        env.pop("PORT", None)
+        env.pop("WEB_CONCURRENCY", None)
+        env.update(self.env)
+        code = "from collab.config import Settings; from collab.server import run; run(Settings.from_env())"
+        self.proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=str(ROOT),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"a server failed to start: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise SystemExit("a server did not become healthy within 30 s")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process so far (from /proc)."""
+        assert self.proc is not None
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+async def writer(url: str, go: asyncio.Event, clock: dict, latencies: list[float]) -> int:
+    """One client with one op in flight at a time, from ``go`` until ``clock["stop"]``; returns ops acknowledged."""
+    async with websockets.connect(url, max_size=None, open_timeout=30) as ws:
+        await ws.send(json.dumps({"type": "join"}))
+        length = rev = 0
+        while True:
+            msg = json.loads(await ws.recv())
+            if msg["type"] == "welcome":
+                rev, length = msg["rev"], len(msg["text"])
+                break
+        clock["joined"] += 1
+        await go.wait()
+        done = 0
+        n = 0
+        loop = asyncio.get_running_loop()
+        while loop.time() < clock["stop"]:
+            n += 1
+            op_id = secrets.token_hex(6)
+            await ws.send(json.dumps({"type": "op", "rev": rev, "op": ["x", length] if length else ["x"], "id": op_id}))
+            sent = loop.time()
+            while True:
+                msg = json.loads(await ws.recv())
+                if msg["type"] == "op":
+                    rev = msg["rev"]
+                    length += sum(len(c) for c in msg["op"] if isinstance(c, str)) + sum(
+                        c for c in msg["op"] if isinstance(c, int) and c < 0)
+                elif msg["type"] == "ack":
+                    rev = msg["rev"]
+                    length += 1
+                    latencies.append(loop.time() - sent)
+                    done += 1
+                    break
+                elif msg["type"] == "error":
+                    raise RuntimeError(f"the server refused an op: {msg}")
+    return done
+
+
+async def run_load(servers: list[Server], docs: list[str], per_doc: int, seconds: float, by_doc: bool) -> dict:
+    """Writers spread round-robin over ``servers`` (a balancer without affinity), or routed by document."""
+    latencies: list[float] = []
+    loop = asyncio.get_running_loop()
+    urls = []
+    i = 0
+    for d, doc in enumerate(docs):
+        for _ in range(per_doc):
+            target = servers[d % len(servers)] if by_doc else servers[i % len(servers)]
+            urls.append(f"ws://127.0.0.1:{target.port}/ws/{doc}")
+            i += 1
+    go = asyncio.Event()
+    clock = {"joined": 0, "stop": float("inf")}
+    tasks = [asyncio.create_task(writer(u, go, clock, latencies)) for u in urls]
+    while clock["joined"] < len(urls):  # everyone joined first, so the measurement is of editing only
+        await asyncio.sleep(0.01)
+        for t in tasks:
+            if t.done():
+                t.result()
+    cpu0 = [s.cpu_seconds() for s in servers]
+    infra0 = infra_cpu()
+    own0 = time.process_time()
+    start = loop.time()
+    clock["stop"] = start + seconds
+    go.set()
+    counts = await asyncio.gather(*tasks)
+    elapsed = loop.time() - start
+    cpu = sum(s.cpu_seconds() - c for s, c in zip(servers, cpu0)) / elapsed
+    infra = {k: (v - infra0.get(k, 0.0)) / elapsed for k, v in infra_cpu().items()}
+    own = (time.process_time() - own0) / elapsed
+    latencies.sort()
+    return {
+        "ops": sum(counts) / elapsed,
+        "p50": statistics.median(latencies) * 1000 if latencies else float("nan"),
+        "p99": latencies[int(len(latencies) * 0.99)] * 1000 if latencies else float("nan"),
+        "cpu": cpu,
+        "pg": infra.get("postgres", 0.0),
+        "redis": infra.get("redis-server", 0.0),
+        "load": own,
+    }
+
+
+def infra_cpu() -> dict[str, float]:
+    """CPU seconds used so far by the PostgreSQL and Redis server processes on this machine (if psutil is there)."""
+    try:
+        import psutil
+    except ImportError:
+        return {}
+    out: dict[str, float] = {}
+    for p in psutil.process_iter(["name", "cpu_times"]):
+        name = p.info["name"] or ""
+        if name in ("postgres", "redis-server") and p.info["cpu_times"] is not None:
+            t = p.info["cpu_times"]
+            out[name] = out.get(name, 0.0) + t.user + t.system
+    return out
+
+
+async def bench(args: argparse.Namespace) -> None:
+    tag = secrets.token_hex(4)
+    configs: list[tuple[str, int, dict[str, str], bool]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        configs.append(("1 process, SQLite", 1, {"COLLAB_DATA_DIR": tmp}, False))
+        if args.database_url and args.redis_url:
+            sep = "&" if "?" in args.database_url else "?"
+            rsep = "&" if "?" in args.redis_url else "?"
+            for n, name, by_doc in ((1, "1 process, PostgreSQL + Redis", False),
+                                    (2, "2 processes, PostgreSQL + Redis, no affinity", False),
+                                    (3, "2 processes, PostgreSQL + Redis, routed by document", True)):
+                schema = f"collab_bench_{tag}_{n}"
+                configs.append((name, min(n, 2), {
+                    "DATABASE_URL": f"{args.database_url}{sep}schema={schema}",
+                    "REDIS_URL": f"{args.redis_url}{rsep}prefix=collab-bench-{tag}-{n}",
+                }, by_doc))
+        else:
+            print("(PostgreSQL + Redis rows skipped: pass --database-url and --redis-url)", file=sys.stderr)
+        rows = []
+        for name, n, env, by_doc in configs:
+            servers = [Server(env).start() for _ in range(n)]
+            try:
+                many = await run_load(servers, [f"many-{tag}-{i}" for i in range(args.docs)], 2, args.seconds, by_doc)
+                hot = await run_load(servers, [f"hot-{tag}"], args.hot, args.seconds, by_doc)
+            finally:
+                for s in servers:
+                    s.stop()
+            rows.append((name, many, hot))
+            print(f"done: {name}", file=sys.stderr)
+        await drop_schemas(args.database_url, tag)
+    print(f"\n{args.docs} documents x 2 writers, and 1 document x {args.hot} writers; one op in flight per writer; "
+          f"{args.seconds:g} s each\n")
+    print(f"CPU in cores (machine: {os.cpu_count()}): collab servers / PostgreSQL / Redis / this load generator\n")
+    print("| configuration | load | ops/s | ack p50 ms | ack p99 ms | CPU: collab / pg / redis / load |")
+    print("| --- | --- | ---: | ---: | ---: | --- |")
+    for name, m, h in rows:
+        for load, r in (("many docs", m), ("hot doc", h)):
+            print(f"| {name} | {load} | {r['ops']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} "
+                  f"| {r['cpu']:.2f} / {r['pg']:.2f} / {r['redis']:.2f} / {r['load']:.2f} |")
+
+
+async def drop_schemas(url: str, tag: str) -> None:
+    if not url:
+        return
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        for n in (1, 2, 3):
+            await conn.execute(f'DROP SCHEMA IF EXISTS "collab_bench_{tag}_{n}" CASCADE')
+    finally:
+        await conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", default=os.environ.get("COLLAB_TEST_DATABASE_URL", ""))
+    parser.add_argument("--redis-url", default=os.environ.get("COLLAB_TEST_REDIS_URL", ""))
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each load (default 5)")
+    parser.add_argument("--docs", type=int, default=50, help="documents in the many-documents load (default 50)")
+    parser.add_argument("--only", default="", help="run only the configurations whose name contains this")
+    parser.add_argument("--hot", type=int, default=20, help="writers on the hot document (default 20)")
+    asyncio.run(bench(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
