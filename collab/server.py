@@ -157,6 +157,9 @@ def run(settings: Settings, app: ASGIApp | None = None) -> None:
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from collab.backplane import check_settings
+
+    check_settings(settings)  # several workers need PostgreSQL + Redis: refuse up front, saying what to set
     sock = _bind(settings)
     log.info("listening on http://%s:%d (%d worker%s)", settings.host, sock.getsockname()[1],
              settings.workers, "" if settings.workers == 1 else "s")
