@@ -163,6 +163,7 @@ async def run_load(servers: list[Server], docs: list[str], per_doc: int, seconds
         "ops": sum(counts) / elapsed,
         "p50": statistics.median(latencies) * 1000 if latencies else float("nan"),
         "p99": latencies[int(len(latencies) * 0.99)] * 1000 if latencies else float("nan"),
+        "max": latencies[-1] * 1000 if latencies else float("nan"),
         "cpu": cpu,
         "pg": infra.get("postgres", 0.0),
         "redis": infra.get("redis-server", 0.0),
@@ -205,6 +206,8 @@ async def bench(args: argparse.Namespace) -> None:
             print("(PostgreSQL + Redis rows skipped: pass --database-url and --redis-url)", file=sys.stderr)
         rows = []
         for name, n, env, by_doc in configs:
+            if args.only and args.only not in name:
+                continue
             servers = [Server(env).start() for _ in range(n)]
             try:
                 many = await run_load(servers, [f"many-{tag}-{i}" for i in range(args.docs)], 2, args.seconds, by_doc)
@@ -218,11 +221,11 @@ async def bench(args: argparse.Namespace) -> None:
     print(f"\n{args.docs} documents x 2 writers, and 1 document x {args.hot} writers; one op in flight per writer; "
           f"{args.seconds:g} s each\n")
     print(f"CPU in cores (machine: {os.cpu_count()}): collab servers / PostgreSQL / Redis / this load generator\n")
-    print("| configuration | load | ops/s | ack p50 ms | ack p99 ms | CPU: collab / pg / redis / load |")
-    print("| --- | --- | ---: | ---: | ---: | --- |")
+    print("| configuration | load | ops/s | ack p50 ms | ack p99 ms | ack max ms | CPU: collab / pg / redis / load |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
     for name, m, h in rows:
         for load, r in (("many docs", m), ("hot doc", h)):
-            print(f"| {name} | {load} | {r['ops']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} "
+            print(f"| {name} | {load} | {r['ops']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['max']:.0f} "
                   f"| {r['cpu']:.2f} / {r['pg']:.2f} / {r['redis']:.2f} / {r['load']:.2f} |")
 
 

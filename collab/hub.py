@@ -582,7 +582,8 @@ class Document:
         self._integrate_buffered()
         late_presence = any(e["t"] == "presence" and isinstance(e.get("rev"), int) and e["rev"] > self.rev
                             for e in self._remote_events)
-        if self._check_store or self._store_waiters or self._known_rev > self.rev or late_presence:
+        # What is still buffered lies after a gap (a message lost, or overtaken): the store has it.
+        if self._check_store or self._store_waiters or self._known_rev > self.rev or late_presence or self._remote_ops:
             self._check_store = False
             waiters, self._store_waiters = self._store_waiters, []
             try:
@@ -602,7 +603,8 @@ class Document:
                     cursor = self._remote_ops.get(entry.rev, (None, None))[1]
                     self._integrate(entry, cursor)
             self._integrate_buffered()
-            self._known_rev = self.rev  # the store has nothing later
+            # Announcements that arrived during the read may be ahead of what it returned.
+            self._known_rev = max(self.rev, max(self._remote_ops, default=0))
             for w in waiters:
                 if not w.done():
                     w.set_result(None)

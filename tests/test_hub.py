@@ -264,3 +264,50 @@ async def test_close_finishes_commits_and_asks_clients_to_reconnect(cluster):
     assert a.peer.closed and a.peer.close_code == CLOSE_RESTART
     assert (await store.load("d", 10)).text == "last words"
     assert a.read()[0]["type"] == "ack"
+
+
+class SlowReadStore(SharedMemoryStore):
+    """Reads of missed operations wait for :attr:`release` after taking their snapshot (a slow database)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release: asyncio.Event | None = None
+        self.reading = asyncio.Event()
+
+    async def ops_since(self, doc: str, rev: int):
+        result = await super().ops_since(doc, rev)
+        if self.release is not None:
+            self.reading.set()
+            await self.release.wait()
+        return result
+
+
+async def test_an_announcement_overtaking_a_store_read_is_still_integrated_in_order(cluster):
+    """While a catch-up read is in flight, rev 4 is announced but rev 3's announcement is lost."""
+    store = SlowReadStore()
+    (h1, h2), _, bus = cluster(2, store=store)
+    a, b = Client(h1, "a"), Client(h2, "b")
+    await a.join()
+    await b.join()
+    h2.backplane.paused = True
+    for i in range(2):
+        await a.insert(len(a.text), str(i), f"a{i}")
+        await settle(h1)
+        a.read()
+    release = store.release = asyncio.Event()
+    syncing = asyncio.create_task(b.doc.sync())  # reads revs 1..2, then waits
+    await store.reading.wait()
+    store.release = None  # reads from now on go straight through
+    for i in range(2, 4):
+        await a.insert(len(a.text), str(i), f"a{i}")
+        await settle(h1)
+        a.read()
+    state = await store.load("d", 10)
+    last = state.history[-1]
+    b.doc._on_remote({"t": "ops", "proc": h1.backplane.process_id,
+                      "ops": [[last.rev, last.op, last.client, last.id, None]]})
+    release.set()
+    await syncing
+    await settle(h1, h2)
+    b.read()
+    assert b.revs == [1, 2, 3, 4] and b.text == "0123" == state.text
