@@ -371,6 +371,73 @@ def compose(a: Operation, b: Operation) -> Operation:
     return out.ops
 
 
+def _splice(op: Operation) -> tuple[int, str, int, int] | None:
+    """``(pos, insert, delete, tail)`` if ``op`` is one normalized splice, else None.
+
+    The form is ``[retain?, insert?, delete?, retain?]`` with every present
+    part non-empty: what a keystroke, a paste or a selection delete produces.
+    """
+    n = len(op)
+    if n > 4 or not n:
+        return (0, "", 0, 0) if not n else None
+    c = op[0]
+    if type(c) is int and c > 0:
+        pos = c
+        if n == 1:
+            return pos, "", 0, 0
+        c = op[1]
+        i = 2
+    else:
+        pos = 0
+        i = 1
+    ins = ""
+    if type(c) is str:
+        if not c:
+            return None
+        ins = c
+        if i == n:
+            return pos, ins, 0, 0
+        c = op[i]
+        i += 1
+    d = 0
+    if type(c) is int and c < 0:
+        d = -c
+        if i == n:
+            return pos, ins, d, 0
+        c = op[i]
+        i += 1
+    if i == n and type(c) is int and c > 0 and (ins or d):
+        return pos, ins, d, c
+    return None
+
+
+def _splice_out(r1: int, s: str, d1: int, r2: int, d2: int, r3: int) -> Operation:
+    """The normalized form of ``retain r1, insert s, delete d1, retain r2, delete d2, retain r3``."""
+    out: Operation = []
+    if r1:
+        out.append(r1)
+    if s:
+        out.append(s)
+    if not r2:
+        d1 += d2
+        d2 = 0
+    if d1:
+        out.append(-d1)
+    if r2:
+        if out and type(out[-1]) is int and out[-1] > 0:
+            out[-1] += r2
+        else:
+            out.append(r2)
+        if d2:
+            out.append(-d2)
+    if r3:
+        if out and type(out[-1]) is int and out[-1] > 0:
+            out[-1] += r3
+        else:
+            out.append(r3)
+    return out
+
+
 def transform(a: Operation, b: Operation) -> tuple[Operation, Operation]:
     """Transform concurrent ``a`` and ``b`` (same base) against each other.
 
@@ -378,7 +445,53 @@ def transform(a: Operation, b: Operation) -> tuple[Operation, Operation]:
     apply(apply(s, b), a2)``.  When both insert at the same position, ``a``'s
     insert goes first (ot.js tie-break); the server passes the incoming
     operation as ``a`` so the later-arriving insert is placed first.
+
+    Two single splices (see :func:`_splice`), which is what typing produces,
+    are transformed arithmetically; anything else, or a length mismatch,
+    goes through :func:`_transform_general`. Both give identical results.
     """
+    sa = _splice(a)
+    if sa is not None:
+        sb = _splice(b)
+        if sb is not None:
+            pa, ia, da, ta = sa
+            pb, ib, db, tb = sb
+            base = pa + da + ta
+            if base == pb + db + tb:
+                na, nb = len(ia), len(ib)
+                ea, eb = pa + da, pb + db  # ends of the deleted ranges
+                if ea < pb:  # a entirely before b
+                    q = pb - da + na
+                    return _splice_out(pa, ia, da, 0, 0, base - db + nb - ea), _splice_out(q, ib, db, 0, 0, tb)
+                if eb < pa:  # b entirely before a
+                    p = pa - db + nb
+                    return _splice_out(p, ia, da, 0, 0, ta), _splice_out(pb, ib, db, 0, 0, base - da + na - eb)
+                # a2 applies after b: a's insert goes before b's at the same position.
+                p = pa if pa <= pb else pa - (pa - pb if pa - pb < db else db) + nb
+                dl = (ea if ea < pb else pb) - pa
+                if dl < 0:
+                    dl = 0
+                dr = ea - (pa if pa > eb else eb)
+                if dr < 0:
+                    dr = 0
+                mid = nb if pa <= pb < ea else 0
+                a2 = _splice_out(p, ia, dl, mid, dr, base - db + nb - p - dl - mid - dr)
+                # b2 applies after a: b's insert goes after a's at the same position.
+                q = pb if pb < pa else pb - (pb - pa if pb - pa < da else da) + na
+                dl = (eb if eb < pa else pa) - pb
+                if dl < 0:
+                    dl = 0
+                dr = eb - (pb if pb > ea else ea)
+                if dr < 0:
+                    dr = 0
+                mid = na if pb < pa < eb else 0
+                b2 = _splice_out(q, ib, dl, mid, dr, base - da + na - q - dl - mid - dr)
+                return a2, b2
+    return _transform_general(a, b)
+
+
+def _transform_general(a: Operation, b: Operation) -> tuple[Operation, Operation]:
+    """:func:`transform` for any two operations: a walk over both, component by component."""
     la, lb = base_length(a), base_length(b)
     if la != lb:
         raise InvalidOperation(
@@ -511,10 +624,6 @@ def transform_index(index: int, op: Operation) -> int:
     """
     if index < 0:
         index = 0
-    else:
-        bl = base_length(op)
-        if index > bl:
-            index = bl
     new = index
     for c in op:
         if type(c) is str:
@@ -527,6 +636,11 @@ def transform_index(index: int, op: Operation) -> int:
             index -= d
         if index < 0:
             break
+    # Past the end: the walk moved ``index`` and ``new`` alike, so clamping
+    # afterwards (by what is left of ``index``) equals clamping to
+    # ``base_length(op)`` first, without a second walk over the op.
+    if index > 0:
+        new -= index
     return new
 
 

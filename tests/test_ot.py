@@ -388,3 +388,120 @@ def test_prop_from_splice(d: str, data: st.DataObject) -> None:
     op = ot.from_splice(len(d), pos, n, ins)
     assert ot.normalize(op) == op
     assert ot.apply(d, op) == d[:pos] + ins + d[pos + n :]
+
+
+# ------------------------------------------------- transform fast path (single splices)
+
+
+def _reference_transform_index(index: int, op: list) -> int:
+    """transform_index as it was before the single-walk version: clamp to the base length first."""
+    index = min(max(index, 0), ot.base_length(op))
+    new = index
+    for c in op:
+        if isinstance(c, str):
+            new += len(c)
+        elif c > 0:
+            index -= c
+        else:
+            new -= min(index, -c)
+            index += c
+        if index < 0:
+            break
+    return new
+
+
+@st.composite
+def splice_for(draw: st.DrawFn, doc_len: int) -> list:
+    """A random normalized single splice ``[retain?, insert?, delete?, retain?]`` over ``doc_len``."""
+    pos = draw(st.integers(0, doc_len))
+    delete = draw(st.integers(0, doc_len - pos))
+    insert = draw(st.one_of(st.just(""), inserts))
+    return ot.from_splice(doc_len, pos, delete, insert)
+
+
+@st.composite
+def doc_and_two_splices(draw: st.DrawFn) -> tuple[str, list, list]:
+    d = draw(docs)
+    return d, draw(splice_for(len(d))), draw(splice_for(len(d)))
+
+
+def _splices(doc_len: int, inserts: tuple[str, ...]) -> list[list]:
+    return [
+        ot.from_splice(doc_len, pos, delete, ins)
+        for pos in range(doc_len + 1)
+        for delete in range(doc_len - pos + 1)
+        for ins in inserts
+    ]
+
+
+@pytest.mark.parametrize("doc_len", [0, 1, 2, 3, 4, 5])
+def test_transform_fast_path_exhaustive_small(doc_len: int) -> None:
+    """Every pair of splices on a short document: same result as the general walk."""
+    ops = _splices(doc_len, ("", "😀", "a👍🏽"))
+    doc = "x🇫é中\n𝄞"[:doc_len]
+    for a in ops:
+        assert ot._splice(a) is not None
+        for b in ops:
+            got = ot.transform(a, b)
+            assert got == ot._transform_general(a, b), (a, b)
+            a2, b2 = got
+            assert ot.apply(ot.apply(doc, a), b2) == ot.apply(ot.apply(doc, b), a2)
+
+
+@PROPS
+@given(doc_and_two_splices())
+def test_prop_transform_fast_path_matches_general(case: tuple[str, list, list]) -> None:
+    d, a, b = case
+    assert ot._splice(a) is not None and ot._splice(b) is not None
+    a2, b2 = ot.transform(a, b)
+    assert (a2, b2) == ot._transform_general(a, b)
+    assert (a2, b2) == (ot.normalize(a2), ot.normalize(b2))
+    assert ot.apply(ot.apply(d, a), b2) == ot.apply(ot.apply(d, b), a2)
+
+
+@PROPS
+@given(doc_and_two_concurrent())
+def test_prop_transform_equals_general_on_any_ops(case: tuple[str, list, list]) -> None:
+    """Non-normalized and multi-splice ops: transform still agrees with the general walk."""
+    _, a, b = case
+    assert ot.transform(a, b) == ot._transform_general(a, b)
+    na, nb = ot.normalize(a), ot.normalize(b)
+    assert ot.transform(na, nb) == ot._transform_general(na, nb)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ([1, 2], [3]),  # two retains: not normalized, still one splice
+        ([-1, "x", 2], [3]),  # delete before insert: not the splice form
+        ([1, "a", 1, "b", 1], [3]),  # two inserts
+        ([1, -1, 1, -1], [4]),  # two deletes
+        ([2], [3]),  # length mismatch
+        ([True, 1], [2]),  # a bool is not a retain
+    ],
+)
+def test_transform_fast_path_falls_back(a: list, b: list) -> None:
+    try:
+        expected = ot._transform_general(a, b)
+    except InvalidOperation as exc:
+        with pytest.raises(InvalidOperation, match=str(exc)):
+            ot.transform(a, b)
+        return
+    assert ot.transform(a, b) == expected
+
+
+def test_transform_fast_path_examples() -> None:
+    # a's insert inside b's deleted range: b2 keeps it, split around it.
+    assert ot.transform([2, "😀", 3], [1, -3, 1]) == ([1, "😀", 1], [1, -1, 1, -2, 1])
+    # b's insert inside a's deleted range.
+    assert ot.transform([1, -3, 1], [2, "😀", 3]) == ([1, -1, 1, -2, 1], [1, "😀", 1])
+    # same position, both insert and delete: a's insert first, deletes overlap.
+    assert ot.transform(["a", -2, 1], ["b", -1, 2]) == (["a", 1, -1, 1], [1, "b", 1])
+
+
+@PROPS
+@given(doc_and_op(), st.integers(-3, 40))
+def test_prop_transform_index_matches_clamp_first(case: tuple[str, list], index: int) -> None:
+    _, op = case
+    assert ot.transform_index(index, op) == _reference_transform_index(index, op)
+    assert ot.transform_index(index, ot.normalize(op)) == _reference_transform_index(index, ot.normalize(op))
