@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Coroutine
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -94,7 +94,21 @@ class CollabApp:
     # -- WebSocket -------------------------------------------------------------
 
     async def websocket(self, ws: WebSocket) -> None:
-        doc_id = ws.path_params["doc"]
+        """The ``/ws/{doc}`` route when reached through Starlette's router (see :class:`_Starlette`)."""
+        await self._session(ws, ws.path_params["doc"])
+
+    def asgi_websocket(self, scope: Scope, receive: Receive, send: Send, doc_id: str) -> Coroutine[Any, Any, None]:
+        """``/ws/{doc}`` as a plain ASGI handler, ahead of Starlette's middleware stack.
+
+        None of that stack acts on a WebSocket (SecurityHeaders only touches
+        http; the error and exception middleware only wrap ``send``), and
+        skipping it drops its coroutine frames per idle connection and a
+        wrapper per frame sent. Returns the session's coroutine rather than
+        awaiting it, one frame less per connection.
+        """
+        return self._session(WebSocket(scope, receive, send), doc_id)
+
+    async def _session(self, ws: WebSocket, doc_id: str) -> None:
         s = self.settings
         await ws.accept()
         if not auth.origin_allowed(ws.headers.get("origin"), ws.headers.get("host"), s.allowed_origins, bool(s.secret)):
@@ -121,9 +135,12 @@ class CollabApp:
             else:
                 await ws.send_text(encode(msg))
 
+        # After accept, the raw ASGI receive: Starlette's WebSocket.receive only
+        # re-checks the message type on the way, and we look at it ourselves.
+        receive = ws._receive
         try:
             while True:
-                message = await ws.receive()
+                message = await receive()
                 if message["type"] == "websocket.disconnect":
                     break
                 text = message.get("text")
@@ -190,7 +207,15 @@ class CollabApp:
         return len(text.encode("utf-8", "surrogatepass")) if text is not None else len(message.get("bytes") or b"")
 
     async def _pump(self, ws: WebSocket, peer: Peer) -> None:
-        """Send what the hub queued for ``peer``; close when the hub says so."""
+        """Send what the hub queued for ``peer``; close when the hub says so.
+
+        Frames go straight to the ASGI ``send`` (uvicorn's), not through
+        Starlette's ``WebSocket.send_text``, whose state checks cost a
+        coroutine layer per frame per peer; a send on a connection that is
+        gone raises all the same (uvicorn's ClientDisconnected/RuntimeError)
+        and ends the pump below. The close still goes through ``ws.close``.
+        """
+        send = ws._send
         try:
             while True:
                 await peer.ready.wait()
@@ -202,10 +227,10 @@ class CollabApp:
                     if peer.batch and len(outbox) > 1:
                         frames = list(outbox)
                         outbox.clear()
-                        await ws.send_text(protocol.batch_frame(frames))
+                        await send({"type": "websocket.send", "text": protocol.batch_frame(frames)})
                         self.frames_coalesced += len(frames) - 1
                     else:
-                        await ws.send_text(outbox.popleft())
+                        await send({"type": "websocket.send", "text": outbox.popleft()})
                     self.frames_sent += 1
                 if peer.closed:
                     if peer.close_code != 1000:
@@ -344,6 +369,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     settings = settings or Settings.from_env()
     state = CollabApp(settings, store)
     root = static_dir()
+    ws_route = WebSocketRoute("/ws/{doc:path}", state.websocket)
     routes = [
         Route("/healthz", state.healthz),
         Route("/metrics", state.metrics),
@@ -352,15 +378,37 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         Route("/api/docs/{doc}/text", state.get_text, methods=["GET"]),
         Route("/api/docs/{doc}/text", state.put_text, methods=["PUT"]),
         Route("/api/docs/{doc}/share", state.share, methods=["POST"]),
-        WebSocketRoute("/ws/{doc:path}", state.websocket),
+        ws_route,
         Route("/", state.index),
         Route("/d/{doc}", state.editor, name="editor"),
     ]
     if root is not None:
         routes.append(Mount("/static", StaticFiles(directory=str(root)), name="static"))
-    app = Starlette(routes=routes, lifespan=state.lifespan, middleware=[Middleware(SecurityHeaders)])
+    app = _Starlette(routes=routes, lifespan=state.lifespan, middleware=[Middleware(SecurityHeaders)])
+    app.ws_fast_path = (ws_route.path_regex.match, state.asgi_websocket)
     app.state.collab = state
     return app
+
+
+class _Starlette(Starlette):
+    """Starlette, with ``/ws/{doc}`` connections handed to the handler directly.
+
+    The match is the route's own regex, so exactly the paths the router
+    would give ``state.websocket`` go there; anything else (other paths, a
+    ``root_path`` to strip, HTTP, lifespan) takes the usual middleware stack.
+    """
+
+    ws_fast_path: tuple | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and self.ws_fast_path is not None and not scope.get("root_path"):
+            match, handler = self.ws_fast_path
+            m = match(scope["path"])
+            if m is not None:
+                scope["app"] = self
+                await handler(scope, receive, send, m["doc"])
+                return
+        await super().__call__(scope, receive, send)
 
 
 class SecurityHeaders:
