@@ -8,6 +8,7 @@ processes sharing one listening socket.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -138,7 +139,29 @@ def _bind(settings: Settings) -> socket.socket:
     return sock
 
 
+def _tune_gc() -> None:
+    """Make the cyclic GC cheaper for a long-running server process.
+
+    ``gc.freeze()`` moves everything alive after startup (modules, the app)
+    into a permanent generation that collections no longer traverse, and a
+    gen-0 threshold of 50,000 instead of 700 stops the hub's per-op garbage
+    (messages, ops, history entries) from triggering a collection every few
+    edits. Measured (``load.py --scenario many --stores memory --seconds
+    12``, two interleaved runs each, GC timed with ``gc.callbacks``): 6
+    collections and 0.22-0.25 s in GC per run instead of ~330 and 1.0-1.2 s;
+    the longest pause (a full collection) stays ~0.1 s; server CPU per
+    applied edit and peak RSS within the run-to-run noise; idle memory +0.6
+    KiB per connection at 1,000 connections (more gen-0 garbage held before
+    a collection: a bounded amount, not per connection). Only here, in the
+    CLI's worker process: :func:`serve` leaves an embedder's GC alone.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
+
+
 def _worker(settings: Settings, app: ASGIApp | None, sock: socket.socket) -> None:
+    _tune_gc()
     config_loop = uvicorn.Config(app or (lambda: None), log_config=None).get_loop_factory()
     runner = asyncio.Runner(loop_factory=config_loop) if hasattr(asyncio, "Runner") else None
     if runner is None:  # Python 3.10
