@@ -156,7 +156,8 @@ async def run_load(servers: list[Server], docs: list[str], per_doc: int, seconds
     counts = await asyncio.gather(*tasks)
     elapsed = loop.time() - start
     cpu = sum(s.cpu_seconds() - c for s, c in zip(servers, cpu0)) / elapsed
-    infra = {k: (v - infra0.get(k, 0.0)) / elapsed for k, v in infra_cpu().items()}
+    # (A process that exited meanwhile makes a sum go down: count no less than zero.)
+    infra = {k: max(0.0, v - infra0.get(k, 0.0)) / elapsed for k, v in infra_cpu().items()}
     own = (time.process_time() - own0) / elapsed
     latencies.sort()
     return {
