@@ -222,6 +222,7 @@ class CollabApp:
                 peer.ready.clear()
                 if peer.closed and not peer.flush:
                     peer.outbox.clear()  # dropped as too slow: don't wait on it any longer
+                    guard.note_slow_client_drop()
                 outbox = peer.outbox
                 while outbox:
                     if peer.batch and len(outbox) > 1:

@@ -79,10 +79,15 @@ class HubConfig:
     max_doc_chars: int = 10_000_000
     queue_size: int = 1000
     idle_unload_seconds: float = 30.0
+    #: The transport's frame limit, announced in ``welcome`` so clients split larger edits.
+    max_message_bytes: int = 4 * 1024 * 1024
 
     @classmethod
     def from_settings(cls, s) -> "HubConfig":
-        return cls(s.history_depth, s.snapshot_every, s.max_doc_chars, s.client_queue_size, s.idle_unload_seconds)
+        return cls(
+            s.history_depth, s.snapshot_every, s.max_doc_chars, s.client_queue_size, s.idle_unload_seconds,
+            s.max_message_bytes,
+        )
 
 
 class Peer:
@@ -92,7 +97,10 @@ class Peer:
     closes the connection with :attr:`close_code` once :attr:`closed` is true.
     """
 
-    __slots__ = ("id", "user", "role", "cursor", "outbox", "ready", "closed", "close_code", "close_reason", "limit", "doc", "flush", "batch")
+    __slots__ = (
+        "id", "user", "role", "cursor", "outbox", "ready", "closed", "close_code", "close_reason",
+        "limit", "doc", "flush", "batch",
+    )
 
     def __init__(self, user: User | None = None, role: str = "edit", queue_size: int = 1000) -> None:
         self.id = secrets.token_hex(6)
@@ -250,7 +258,10 @@ class Document:
             self._unload_handle = None
         peers = [peer_json(p.id, p.user, p.cursor) for p in self.peers.values()]
         peers.extend(peer_json(p.id, p.user, p.cursor) for p in self.remote_peers.values())
-        welcome: dict = {"type": "welcome", "client": peer.id, "rev": self.rev, "role": peer.role, "peers": peers}
+        welcome: dict = {
+            "type": "welcome", "client": peer.id, "rev": self.rev, "role": peer.role, "peers": peers,
+            "max_message_bytes": self.config.max_message_bytes,
+        }
         if since is not None and since >= self.history_start:
             welcome["ops"] = [o.to_json() for o in itertools.islice(self.history, since - self.history_start, None)]
         else:
@@ -471,11 +482,13 @@ class Document:
         if not self._inbox:
             return []
         batch, self._inbox = self._inbox, []
+        earlier = await self._ids_in_store(batch)
         saved = self._save() if self.store.may_conflict else None
         applied: list[tuple[Peer | None, Submit, asyncio.Future[int] | None, StoredOp | int]] = []
         for peer, sub, fut in batch:
             try:
-                applied.append((peer, sub, fut, self._apply(peer, sub)))
+                result = earlier.get(sub.id) or self._apply(peer, sub)
+                applied.append((peer, sub, fut, result))
             except ProtocolError as exc:
                 if fut is not None:
                     fut.set_exception(exc)
@@ -498,6 +511,20 @@ class Document:
                 return None
             self._trim()
         return applied
+
+    async def _ids_in_store(self, batch: list[_Item]) -> dict[str, int]:
+        """Revisions of ops in ``batch`` applied so long ago that only the store remembers their ids.
+
+        :attr:`ids` covers the kept history only; once older ops exist, an id
+        missing from it may still have been applied (a client resending an
+        old op on a newer base), so ask the store, once per batch.
+        """
+        if self.history_start == 0:
+            return {}
+        unknown = [sub.id for _, sub, _ in batch if sub.id not in self.ids]
+        if not unknown:
+            return {}
+        return await self.store.find_ops(self.id, unknown)
 
     async def _persist(self, new: list[StoredOp]) -> None:
         snapshot = None
@@ -523,7 +550,7 @@ class Document:
             elif peer is not None:
                 peer.send_msg(ack_msg(sub.id, result.rev))
             cursor = peer.cursor if peer is not None else None
-            self._broadcast(encode(op_msg(result.rev, result.op, result.client, cursor)), skip=peer)
+            self._broadcast(encode(op_msg(result.rev, result.op, result.client, cursor, result.id)), skip=peer)
             if self.backplane is not None:
                 published.append([result.rev, result.op, result.client, result.id, _cur(cursor)])
         if published and self.backplane is not None:
@@ -651,7 +678,7 @@ class Document:
                     peer.send_msg(ack_msg(entry.id, entry.rev))
                     author = peer
             self._inbox = kept
-        self._broadcast(encode(op_msg(entry.rev, entry.op, entry.client, cursor)), skip=author)
+        self._broadcast(encode(op_msg(entry.rev, entry.op, entry.client, cursor, entry.id)), skip=author)
 
     def _process_events(self) -> None:
         """Other processes' joins, leaves and presence, in arrival order (between batches)."""

@@ -232,8 +232,12 @@ def ack_msg(id: str, rev: int) -> dict[str, Any]:
     return {"type": "ack", "id": id, "rev": rev}
 
 
-def op_msg(rev: int, op: ot.Operation, client: str, cursor: Cursor | None) -> dict[str, Any]:
-    return {"type": "op", "rev": rev, "op": op, "client": client, "cursor": _cur(cursor)}
+def op_msg(rev: int, op: ot.Operation, client: str, cursor: Cursor | None, id: str | None = None) -> dict[str, Any]:
+    """An applied operation for the other clients; ``id`` lets a reconnected author recognize its own."""
+    msg: dict[str, Any] = {"type": "op", "rev": rev, "op": op, "client": client, "cursor": _cur(cursor)}
+    if id is not None:
+        msg["id"] = id
+    return msg
 
 
 def join_msg(client: str, user: User | None) -> dict[str, Any]:

@@ -25,7 +25,8 @@ async def text_of(server, doc: str) -> str:
 async def test_ack_broadcast_and_order(server, ws_open):
     a = await ws_open(server.ws("order"))
     b = await ws_open(server.ws("order"))
-    assert (await a.join(user={"name": "Ann", "color": "#e11"}))["rev"] == 0
+    wa = await a.join(user={"name": "Ann", "color": "#e11"})
+    assert wa["rev"] == 0 and wa["max_message_bytes"] == server.settings.max_message_bytes
     wb = await b.join(user={"name": "Bob", "color": "#11e"})
     assert [p["user"]["name"] for p in wb["peers"]] == ["Ann"]
     assert (await a.recv_type("join"))["user"] == {"name": "Bob", "color": "#11e"}
@@ -34,6 +35,7 @@ async def test_ack_broadcast_and_order(server, ws_open):
     assert await a.recv_type("ack") == {"type": "ack", "id": "a1", "rev": 1}
     got = await b.recv_type("op")
     assert got["rev"] == 1 and got["op"] == [EMOJI] and got["client"] == wb["peers"][0]["client"]
+    assert got["id"] == "a1"  # lets an author that reconnected recognize its own op
     assert got["cursor"] == {"anchor": 5, "head": 5}
 
     # Concurrent edits at the same spot: the later arrival goes first (PROTOCOL.md).
@@ -79,6 +81,21 @@ async def test_idempotent_resend_across_reconnect(server, ws_open):
     assert await again.recv_type("ack") == {"type": "ack", "id": "same-id", "rev": 1}
     assert await text_of(server, "idem") == "once 🦄"
     assert (await http_get(f"{server.base_url}/api/docs/idem")).json()["rev"] == 1
+
+
+async def test_resend_on_a_new_base_of_an_op_older_than_memory_is_not_applied_twice(server_factory, ws_open):
+    server = await server_factory(history_depth=2)
+    a = await ws_open(server.ws("twice"))
+    await a.join()
+    await a.send({"type": "op", "rev": 0, "op": ["a"], "id": "dup"})
+    assert (await a.recv_type("ack"))["rev"] == 1
+    for i in range(1, 4):
+        await a.send({"type": "op", "rev": i, "op": [i, "b"], "id": f"o{i}"})
+        await a.recv_type("ack")
+    # A client that lost the ack, transformed its op through later ones and resent it on the current base.
+    await a.send({"type": "op", "rev": 4, "op": [4, "a"], "id": "dup"})
+    assert await a.recv_type("ack") == {"type": "ack", "id": "dup", "rev": 1}
+    assert await text_of(server, "twice") == "abbb"
 
 
 async def test_resend_of_an_op_older_than_memory_is_found_in_the_store(server_factory, ws_open):

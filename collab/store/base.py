@@ -86,6 +86,15 @@ class Store(abc.ABC):
     async def find_op(self, doc: str, op_id: str) -> int | None:
         """The revision at which op ``op_id`` was applied, if it ever was."""
 
+    async def find_ops(self, doc: str, op_ids: list[str]) -> dict[str, int]:
+        """The revisions of those of ``op_ids`` that were applied (one query where the store can)."""
+        found = {}
+        for op_id in op_ids:
+            rev = await self.find_op(doc, op_id)
+            if rev is not None:
+                found[op_id] = rev
+        return found
+
     @abc.abstractmethod
     async def ops_since(self, doc: str, rev: int) -> list[StoredOp]:
         """Every kept operation after ``rev``, ascending (for filling gaps)."""

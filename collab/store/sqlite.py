@@ -263,6 +263,19 @@ class SqliteStore(Store):
     async def find_op(self, doc: str, op_id: str) -> int | None:
         return await self._run(self._find_op_sync, doc, op_id)
 
+    def _find_ops_sync(self, doc: str, op_ids: list[str]) -> dict[str, int]:
+        assert self._db is not None
+        found: dict[str, int] = {}
+        for i in range(0, len(op_ids), 500):  # SQLite limits the parameters of one statement
+            chunk = op_ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(f"SELECT op_id, rev FROM op_ids WHERE doc = ? AND op_id IN ({marks})", (doc, *chunk))
+            found.update(rows)
+        return found
+
+    async def find_ops(self, doc: str, op_ids: list[str]) -> dict[str, int]:
+        return await self._run(self._find_ops_sync, doc, op_ids)
+
     def _ops_since_sync(self, doc: str, rev: int) -> list[StoredOp]:
         assert self._db is not None
         rows = self._db.execute(
