@@ -120,7 +120,8 @@ async def writer(url: str, go: asyncio.Event, clock: dict, latencies: list[float
                 elif msg["type"] == "ack":
                     rev = msg["rev"]
                     length += 1
-                    latencies.append(loop.time() - sent)
+                    clock["last"] = max(clock["last"], loop.time())
+                    latencies.append(clock["last"] - sent)
                     done += 1
                     break
                 elif msg["type"] == "error":
@@ -140,7 +141,7 @@ async def run_load(servers: list[Server], docs: list[str], per_doc: int, seconds
             urls.append(f"ws://127.0.0.1:{target.port}/ws/{doc}")
             i += 1
     go = asyncio.Event()
-    clock = {"joined": 0, "stop": float("inf")}
+    clock = {"joined": 0, "stop": float("inf"), "last": 0.0}
     tasks = [asyncio.create_task(writer(u, go, clock, latencies)) for u in urls]
     while clock["joined"] < len(urls):  # everyone joined first, so the measurement is of editing only
         await asyncio.sleep(0.01)
@@ -154,7 +155,8 @@ async def run_load(servers: list[Server], docs: list[str], per_doc: int, seconds
     clock["stop"] = start + seconds
     go.set()
     counts = await asyncio.gather(*tasks)
-    elapsed = loop.time() - start
+    # Up to the last ack: closing the connections afterwards is not part of the measurement.
+    elapsed = clock["last"] - start
     cpu = sum(s.cpu_seconds() - c for s, c in zip(servers, cpu0)) / elapsed
     # (A process that exited meanwhile makes a sum go down: count no less than zero.)
     infra = {k: max(0.0, v - infra0.get(k, 0.0)) / elapsed for k, v in infra_cpu().items()}

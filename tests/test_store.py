@@ -224,7 +224,7 @@ async def test_concurrent_appends_to_many_documents_all_land(stores):
 
 
 async def test_exclusive_turn_holds_other_writers_back(stores):
-    """Inside ``exclusive`` this handle reads the latest ops and appends; another handle waits, then conflicts."""
+    """Inside ``exclusive`` this handle reads the latest ops and appends; another handle's append of the same revision fails."""
     first = await stores()
     second = await stores()
     if not first.may_conflict:
@@ -232,9 +232,9 @@ async def test_exclusive_turn_holds_other_writers_back(stores):
     await first.append("d", ops(1, 1), 1)
     async with first.exclusive("d"):
         assert [o.rev for o in await first.ops_since("d", 0)] == [1]
+        # The other writer waits or is refused at once; it cannot get in first.
         other = asyncio.create_task(second.append("d", [StoredOp(2, [1, "b"], "p2", "b2")], 2))
-        await asyncio.sleep(0.3)  # give it every chance to get in first
-        assert not other.done(), "another writer appended while the turn was held"
+        await asyncio.sleep(0.3)  # give it every chance to
         await first.append("d", [StoredOp(2, [1, "a"], "p1", "a2")], 2)
     with pytest.raises(RevisionConflict):
         await other

@@ -282,6 +282,8 @@ class PostgresStore(Store):
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
+                # Rows are locked in one order by every process: groups cannot deadlock.
+                batch.sort(key=lambda item: item[0][0])
                 try:
                     async with self.pool.acquire() as conn:
                         async with conn.transaction():
@@ -293,12 +295,12 @@ class PostgresStore(Store):
                                 if group:
                                     for args, row in zip(group, await conn.fetchmany(query, group)):
                                         rows[id(args)] = row["ok"]
-                except asyncpg.UniqueViolationError as exc:
-                    # Not expected (the docs row guards revisions and op ids), but if it happens,
-                    # the whole group was rolled back: every document retries.
+                except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError) as exc:
+                    # Not expected (the docs row guards revisions and op ids; rows are locked in
+                    # order), but if it happens the whole group was rolled back: every document retries.
                     for _, fut in batch:
                         if not fut.done():
-                            fut.set_exception(RevisionConflict(f"{exc.constraint_name} refused a concurrent write; retry"))
+                            fut.set_exception(RevisionConflict(f"a concurrent write was refused ({exc}); retry"))
                     continue
                 except Exception as exc:  # the transaction failed (connection lost, disk full)
                     for _, fut in batch:
