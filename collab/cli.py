@@ -228,10 +228,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             check_secret(settings.secret)
         except ValueError as e:
             raise CliError(str(e)) from None
-    if settings.workers > 1 and not settings.redis_url:
-        print("collab: warning: several workers without --redis-url do not see each other's edits "
-              "to a shared document; add --redis-url", file=sys.stderr)
+    from .backplane import check_settings
     from .server import run
+
+    check_settings(settings)  # refuse several workers without PostgreSQL + Redis before saying "serving"
 
     shown = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
     if ":" in shown:

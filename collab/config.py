@@ -50,6 +50,8 @@ class Settings:
     #: ``redis://...`` enables the cross-process backplane.
     redis_url: str = ""
     workers: int = 1
+    #: Seconds after which a silent process's clients are announced as left (with REDIS_URL).
+    presence_timeout: float = 10.0
 
     # Documents and history.
     #: Operations kept (in memory and in the store) for resume and transform.
@@ -100,6 +102,7 @@ class Settings:
             database_url=env.get("DATABASE_URL", env.get("COLLAB_DATABASE_URL", "")),
             redis_url=env.get("REDIS_URL", env.get("COLLAB_REDIS_URL", "")),
             workers=_int(env, "WEB_CONCURRENCY", d.workers),
+            presence_timeout=_float(env, "COLLAB_PRESENCE_TIMEOUT", d.presence_timeout),
             history_depth=_int(env, "COLLAB_HISTORY_DEPTH", d.history_depth),
             snapshot_every=_int(env, "COLLAB_SNAPSHOT_EVERY", d.snapshot_every),
             max_doc_chars=_int(env, "COLLAB_MAX_DOC_CHARS", d.max_doc_chars),

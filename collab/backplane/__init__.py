@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import os
 import secrets
 from typing import Any, Callable
 
@@ -180,12 +179,7 @@ async def open_backplane(settings: Any) -> Backplane | None:
         return None
     from .redis import RedisBackplane
 
-    # Seconds after which a silent process's clients are announced as left.
-    raw = getattr(settings, "presence_timeout", None) or os.environ.get("COLLAB_PRESENCE_TIMEOUT", "")
-    try:
-        timeout = float(raw) if raw else 10.0
-    except ValueError:
-        raise SystemExit(f"COLLAB_PRESENCE_TIMEOUT={raw!r} is not a number of seconds; unset it or give e.g. 10") from None
+    timeout = settings.presence_timeout  # seconds after which a silent process's clients are announced as left
     backplane = RedisBackplane(settings.redis_url, heartbeat_ttl=max(1.0, timeout))
     await backplane.open()
     return backplane
