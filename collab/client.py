@@ -41,7 +41,7 @@ import random
 import re
 import secrets
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Union
 from urllib.parse import quote, urlsplit, urlunsplit
 

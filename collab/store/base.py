@@ -4,10 +4,26 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import json
 from dataclasses import dataclass, field
 from typing import AsyncContextManager, AsyncIterator
 
 from .. import ot
+
+try:  # orjson is a dependency; the pure-Python fallback keeps working without it.
+    import orjson as _orjson
+except ImportError:  # pragma: no cover
+    _orjson = None
+
+
+def dump_op(op: ot.Operation) -> str:
+    """An operation as compact JSON text, for a store's op column."""
+    return _orjson.dumps(op).decode() if _orjson is not None else json.dumps(op, ensure_ascii=False, separators=(",", ":"))
+
+
+def load_op(text: str | bytes) -> ot.Operation:
+    """The inverse of :func:`dump_op`."""
+    return _orjson.loads(text) if _orjson is not None else json.loads(text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,27 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import time
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .. import ot
 from .base import DocInfo, DocState, RevisionConflict, Store, StoredOp
+from .base import dump_op as _dumps
+from .base import load_op as _loads
 
-try:
-    import orjson
-
-    def _dumps(op: ot.Operation) -> str:
-        return orjson.dumps(op).decode()
-
-    _loads: Callable[[str], Any] = orjson.loads
-except ImportError:  # pragma: no cover
-    def _dumps(op: ot.Operation) -> str:
-        return json.dumps(op, ensure_ascii=False, separators=(",", ":"))
-
-    _loads = json.loads
 
 #: The schema version this code writes; :meth:`PostgresStore.open` migrates older ones.
 SCHEMA_VERSION = 1

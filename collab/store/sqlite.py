@@ -11,7 +11,6 @@ operation survives ``kill -9`` and power loss (``synchronous=FULL``).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sqlite3
 import time
@@ -20,19 +19,9 @@ from typing import Any, Callable, TypeVar
 
 from .. import ot
 from .base import DocInfo, DocState, RevisionConflict, Store, StoredOp
+from .base import dump_op as _dumps
+from .base import load_op as _loads
 
-try:
-    import orjson
-
-    def _dumps(op: ot.Operation) -> str:
-        return orjson.dumps(op).decode()
-
-    _loads: Callable[[str], Any] = orjson.loads
-except ImportError:  # pragma: no cover
-    def _dumps(op: ot.Operation) -> str:
-        return json.dumps(op, ensure_ascii=False, separators=(",", ":"))
-
-    _loads = json.loads
 
 T = TypeVar("T")
 
