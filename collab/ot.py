@@ -378,6 +378,14 @@ def _splice(op: Operation) -> tuple[int, str, int, int] | None:
     part non-empty: what a keystroke, a paste or a selection delete produces.
     """
     n = len(op)
+    if n == 3:  # the usual keystroke: [pos, "x", tail] or [pos, -1, tail]
+        c, m, t = op
+        if type(c) is int and type(t) is int and c > 0 and t > 0:
+            if type(m) is str:
+                if m:
+                    return c, m, 0, t
+            elif type(m) is int and m < 0:
+                return c, "", -m, t
     if n > 4 or not n:
         return (0, "", 0, 0) if not n else None
     c = op[0]

@@ -478,6 +478,9 @@ def test_prop_transform_equals_general_on_any_ops(case: tuple[str, list, list]) 
         ([1, -1, 1, -1], [4]),  # two deletes
         ([2], [3]),  # length mismatch
         ([True, 1], [2]),  # a bool is not a retain
+        ([2, 3, 4], [9]),  # three components, none an insert or a delete
+        ([1, 0, 2], [3]),  # a zero component
+        ([1, -1, 0], [2]),
     ],
 )
 def test_transform_fast_path_falls_back(a: list, b: list) -> None:
