@@ -98,7 +98,7 @@ class Peer:
     """
 
     __slots__ = (
-        "id", "user", "role", "cursor", "outbox", "ready", "closed", "close_code", "close_reason",
+        "id", "user", "role", "cursor", "cursor_rev", "outbox", "ready", "closed", "close_code", "close_reason",
         "limit", "doc", "flush", "batch",
     )
 
@@ -107,6 +107,8 @@ class Peer:
         self.user = user
         self.role = role
         self.cursor: Cursor | None = None
+        #: The revision :attr:`cursor` is valid at; the document moves it forward lazily.
+        self.cursor_rev = 0
         self.outbox: deque[str] = deque()
         self.ready = asyncio.Event()
         self.closed = False
@@ -148,13 +150,14 @@ class Peer:
 class RemotePeer:
     """A client of another process on the same document, as this process knows it."""
 
-    __slots__ = ("id", "proc", "user", "cursor")
+    __slots__ = ("id", "proc", "user", "cursor", "cursor_rev")
 
-    def __init__(self, id: str, proc: str, user: User | None, cursor: Cursor | None) -> None:
+    def __init__(self, id: str, proc: str, user: User | None, cursor: Cursor | None, cursor_rev: int = 0) -> None:
         self.id = id
         self.proc = proc
         self.user = user
         self.cursor = cursor
+        self.cursor_rev = cursor_rev
 
 
 def _user_of(value: object) -> User | None:
@@ -186,8 +189,8 @@ class _Saved:
     text: DocText
     rev: int
     history_len: int
-    cursors: dict[str, Cursor | None]
-    remote_cursors: dict[str, Cursor | None]
+    cursors: dict[str, tuple[Cursor | None, int]]
+    remote_cursors: dict[str, tuple[Cursor | None, int]]
 
 
 class Document:
@@ -256,8 +259,8 @@ class Document:
         if self._unload_handle is not None:
             self._unload_handle.cancel()
             self._unload_handle = None
-        peers = [peer_json(p.id, p.user, p.cursor) for p in self.peers.values()]
-        peers.extend(peer_json(p.id, p.user, p.cursor) for p in self.remote_peers.values())
+        peers = [peer_json(p.id, p.user, self._cursor_now(p)) for p in self.peers.values()]
+        peers.extend(peer_json(p.id, p.user, self._cursor_now(p)) for p in self.remote_peers.values())
         welcome: dict = {
             "type": "welcome", "client": peer.id, "rev": self.rev, "role": peer.role, "peers": peers,
             "max_message_bytes": self.config.max_message_bytes,
@@ -286,7 +289,7 @@ class Document:
             self._schedule_unload()
 
     def _peer_info(self, peer: Peer) -> dict:
-        return {"user": _usr(peer.user), "cursor": _cur(peer.cursor), "rev": self.rev}
+        return {"user": _usr(peer.user), "cursor": _cur(self._cursor_now(peer)), "rev": self.rev}
 
     # -- presence ------------------------------------------------------------
 
@@ -306,6 +309,19 @@ class Document:
         size = len(self.text)
         return Cursor(min(anchor, size), min(head, size))
 
+    def _cursor_now(self, p: "Peer | RemotePeer") -> Cursor | None:
+        """``p``'s selection in current coordinates.
+
+        Cursors are moved through applied operations only when read (here),
+        not on every operation for every peer: the per-op cost does not grow
+        with the number of people on the document. :meth:`_trim` reads the
+        ones that would otherwise fall out of the kept history.
+        """
+        if p.cursor is not None and p.cursor_rev != self.rev:
+            p.cursor = self._move_cursor(p.cursor, p.cursor_rev)
+        p.cursor_rev = self.rev
+        return p.cursor
+
     def _presence(self, peer: Peer, msg: Presence) -> None:
         if msg.rev > self.rev:
             raise ProtocolError(BAD_REV, f"presence 'rev' is {msg.rev} but the document is at revision {self.rev}")
@@ -313,7 +329,7 @@ class Document:
         cursor = self._move_cursor(msg.cursor, msg.rev)
         if msg.user is not None:
             peer.user = msg.user
-        peer.cursor = cursor
+        peer.cursor, peer.cursor_rev = cursor, self.rev
         if peer.id in self.peers:
             self._broadcast(encode(presence_msg(peer.id, self.rev, cursor, peer.user)), skip=peer)
             if self.backplane is not None:
@@ -397,21 +413,22 @@ class Document:
         # Trimmed to history_depth only once committed (see _trim), so a conflict can roll back.
         self.history.append(entry)
         self.ids[sub.id] = self.rev
-        for other_peer in self.peers.values():
-            if other_peer.cursor is not None and other_peer is not peer:
-                other_peer.cursor = Cursor(*ot.transform_cursor(other_peer.cursor.anchor, other_peer.cursor.head, op))
-        for remote in self.remote_peers.values():
-            if remote.cursor is not None:
-                remote.cursor = Cursor(*ot.transform_cursor(remote.cursor.anchor, remote.cursor.head, op))
-        if peer is not None:
+        if peer is not None:  # the others' cursors move lazily (_cursor_now)
             if cursor is not None:
                 size = len(self.text)
                 cursor = Cursor(min(cursor.anchor, size), min(cursor.head, size))
-            peer.cursor = cursor
+            peer.cursor, peer.cursor_rev = cursor, self.rev
         return entry
 
     def _trim(self) -> None:
         """Keep at most ``history_depth`` operations (after a commit)."""
+        excess = len(self.history) - self.config.history_depth
+        if excess <= 0:
+            return
+        new_start = self.history[excess - 1].rev
+        for p in itertools.chain(self.peers.values(), self.remote_peers.values()):
+            if p.cursor is not None and p.cursor_rev < new_start:
+                self._cursor_now(p)  # move it while the ops it needs are still kept
         while len(self.history) > self.config.history_depth:
             old = self.history.popleft()
             self.history_start = old.rev
@@ -420,8 +437,8 @@ class Document:
     def _save(self) -> _Saved:
         return _Saved(
             self.text.copy(), self.rev, len(self.history),
-            {p.id: p.cursor for p in self.peers.values()},
-            {p.id: p.cursor for p in self.remote_peers.values()},
+            {p.id: (p.cursor, p.cursor_rev) for p in self.peers.values()},
+            {p.id: (p.cursor, p.cursor_rev) for p in self.remote_peers.values()},
         )
 
     def _rollback(self, saved: _Saved) -> None:
@@ -430,12 +447,12 @@ class Document:
             self.ids.pop(self.history.pop().id, None)
         self.text = saved.text
         self.rev = saved.rev
-        for pid, cursor in saved.cursors.items():
+        for pid, (cursor, rev) in saved.cursors.items():
             if pid in self.peers:
-                self.peers[pid].cursor = cursor
-        for pid, cursor in saved.remote_cursors.items():
+                self.peers[pid].cursor, self.peers[pid].cursor_rev = cursor, rev
+        for pid, (cursor, rev) in saved.remote_cursors.items():
             if pid in self.remote_peers:
-                self.remote_peers[pid].cursor = cursor
+                self.remote_peers[pid].cursor, self.remote_peers[pid].cursor_rev = cursor, rev
 
     async def _commit_loop(self) -> None:
         """Integrate others' work, then apply, commit and announce batches, until there is nothing left."""
@@ -549,7 +566,8 @@ class Document:
                 fut.set_result(result.rev)
             elif peer is not None:
                 peer.send_msg(ack_msg(sub.id, result.rev))
-            cursor = peer.cursor if peer is not None else None
+            # The author's selection right after this op (unknown if it sent a later one in the batch).
+            cursor = peer.cursor if peer is not None and peer.cursor_rev == result.rev else None
             self._broadcast(encode(op_msg(result.rev, result.op, result.client, cursor, result.id)), skip=peer)
             if self.backplane is not None:
                 published.append([result.rev, result.op, result.client, result.id, _cur(cursor)])
@@ -650,14 +668,9 @@ class Document:
         self.rev = entry.rev
         self.history.append(entry)
         self.ids[entry.id] = entry.rev
-        for p in self.peers.values():
-            if p.cursor is not None:
-                p.cursor = Cursor(*ot.transform_cursor(p.cursor.anchor, p.cursor.head, entry.op))
-        for remote in self.remote_peers.values():
-            if remote.id == entry.client:
-                remote.cursor = cursor
-            elif remote.cursor is not None:
-                remote.cursor = Cursor(*ot.transform_cursor(remote.cursor.anchor, remote.cursor.head, entry.op))
+        author_remote = self.remote_peers.get(entry.client)
+        if author_remote is not None:  # everyone else's cursor moves lazily (_cursor_now)
+            author_remote.cursor, author_remote.cursor_rev = cursor, entry.rev
         self._trim()
         self.remote_applied += 1
         if self.store.may_conflict:
@@ -700,6 +713,7 @@ class Document:
             if kind == "presence":
                 rev = e.get("rev")
                 remote.cursor = self._move_cursor(_cursor_of(e.get("cursor")), rev if isinstance(rev, int) else -1)
+                remote.cursor_rev = self.rev
                 self._broadcast(encode(presence_msg(client, self.rev, remote.cursor, remote.user)))
 
     def adopt_peers(self, infos: dict[str, dict], dead: set[str]) -> None:

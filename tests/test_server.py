@@ -391,3 +391,21 @@ async def test_batch_frames_are_opt_in_and_keep_order(server, ws_open):
     assert frames < n, "nothing was coalesced for the client that asked for batches"
     metrics = (await http_get(f"{server.base_url}/metrics")).text
     assert "collab_messages_coalesced_total 0" not in metrics
+
+
+async def test_cursors_stay_right_when_the_history_they_need_is_trimmed(server_factory, ws_open):
+    server = await server_factory(history_depth=3)
+    a = await ws_open(server.ws("trimcur"))
+    b = await ws_open(server.ws("trimcur"))
+    wa = await a.join(user={"name": "Ann", "color": "#a00"})
+    await b.join()
+    await a.send({"type": "op", "rev": 0, "op": ["0123456789"], "id": "t0"})
+    await a.recv_type("ack")
+    await a.send({"type": "presence", "rev": 1, "cursor": {"anchor": 5, "head": 7}})
+    await b.recv_type("presence")
+    for i in range(10):  # ten inserts of an emoji before Ann's selection; only 3 ops stay in memory
+        await b.send({"type": "op", "rev": 1 + i, "op": ["😀", 10 + i], "id": f"t{i + 1}"})
+        await b.recv_type("ack")
+    c = await ws_open(server.ws("trimcur"))
+    ann = next(p for p in (await c.join())["peers"] if p["client"] == wa["client"])
+    assert ann["cursor"] == {"anchor": 15, "head": 17}
