@@ -561,9 +561,13 @@ async def start_flooder(srv: Server, seconds: float) -> asyncio.subprocess.Proce
         "nice", "-n", "19", sys.executable, "-c", FLOODER, str(srv.port), str(seconds), stdout=subprocess.PIPE)
 
 
-async def test_message_flood_is_limited_and_polite_client_keeps_its_latency() -> None:
-    # Strikes so high that the flooding connection stays open, limited, for the whole run.
-    async with running(msg_rate=20, msg_burst=20, handshake_timeout=30, app={"strikes": 10**9}) as srv:
+async def test_message_flood_is_limited_and_polite_client_keeps_its_latency(tmp_path: Path) -> None:
+    # The real app. A connection over its message budget is answered rate_limited and
+    # not read again until its budget refills, so the flood waits in the kernel's socket
+    # buffers and TCP slows the sender down; if it keeps on it is closed with 1008, and
+    # this flooder reconnects at once (throttled by the accept-time bucket).
+    async with running(real_app=True, data_dir=str(tmp_path), msg_rate=20, msg_burst=20,
+                       handshake_timeout=30) as srv:
         baseline = statistics.median(await polite_latencies(srv, 30))
         flooder = await start_flooder(srv, 4)
         await asyncio.sleep(1.0)
@@ -571,15 +575,14 @@ async def test_message_flood_is_limited_and_polite_client_keeps_its_latency() ->
         out, _ = await flooder.communicate()
         result = json.loads(out)
         m = await srv.metrics()
-        # (A flooder that does not read its error replies may also be dropped as too slow, 1013.)
-        allowed = result["connections"] * (20 + 20 * 4.5 + 64)  # burst + rate x duration + in flight
-        assert result["sent"] > 5 * allowed and set(result["codes"]) <= {"1000", "1013"}, result
-        # Most of the flood was refused (what the server had not read yet when the flooder
-        # was dropped or stopped is not counted).
-        assert m["collab_guard_limited_messages_total"] > 4 * allowed, (m, result)
+        assert result["connections"] >= 1 and result["sent"] > 0, result
+        assert m["collab_guard_limited_messages_total"] > 0, m
+        # Whatever the server read of the flood, it read at most the budget plus the strikes
+        # per connection: the rest was never parsed.
+        assert m["collab_guard_limited_messages_total"] <= 60 * result["connections"] + 20, (m, result)
         ratio = during / baseline
         print(f"polite ack latency: {baseline * 1e3:.2f} ms alone, {during * 1e3:.2f} ms under a flood of "
-              f"{result['sent'] / 4:.0f} msg/s (x{ratio:.2f})")
+              f"{result['sent'] / 4:.0f} msg/s sent (x{ratio:.2f})")
         assert ratio < 5, f"polite ack latency {baseline * 1e3:.2f} ms -> {during * 1e3:.2f} ms under flood"
 
 
@@ -726,3 +729,14 @@ async def test_real_app_behind_the_guard_acks_and_rate_limits(tmp_path: Path) ->
 
 if __name__ == "__main__":
     _server_main(json.loads(sys.argv[1]))
+
+
+def test_retry_after_says_how_long_to_stop_reading() -> None:
+    lim = guard.MessageLimiter(msg_rate=10, msg_burst=2, bytes_rate=1e9, bytes_burst=1e9)
+    assert lim.check(10) == "ok" and lim.check(10) == "ok"
+    assert lim.check(10) == "limited"
+    assert 0.0 < lim.retry_after() <= 0.1  # one message's worth of tokens at 10/s
+    by_bytes = guard.MessageLimiter(msg_rate=1e9, msg_burst=1e9, bytes_rate=100, bytes_burst=100)
+    assert by_bytes.check(150) == "ok"  # larger than the burst: passes once, leaves a debt
+    assert by_bytes.check(1) == "limited"
+    assert 0.4 < by_bytes.retry_after() <= 0.51
