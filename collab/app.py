@@ -160,7 +160,6 @@ class CollabApp:
                         await ws.close(CLOSE_POLICY, "message flood")
                         return
                     await reply(error_msg(RATE_LIMITED, "too many messages: slow down"))
-                    await asyncio.sleep(limiter.retry_after())  # stop reading: TCP pushes back on the sender
                     continue
                 try:
                     msg = protocol.parse(text if text is not None else message.get("bytes") or b"")

@@ -277,18 +277,6 @@ class MessageLimiter:
         _summary.note(self.source)
         return "close"
 
-    def retry_after(self) -> float:
-        """Seconds until a message would pass again (after a ``"limited"`` verdict).
-
-        The transport stops reading the connection that long: the flood then
-        waits in the kernel's socket buffers and TCP slows the sender down,
-        instead of the server reading and refusing every message at full speed.
-        """
-        wait = (1.0 - self.msg_tokens) / self.msg_rate if self.msg_tokens < 1.0 else 0.0
-        if self.byte_tokens < 0.0:
-            wait = max(wait, -self.byte_tokens / self.bytes_rate)
-        return min(max(wait, 0.0), 1.0)
-
 
 # --------------------------------------------------------------------------
 # Addresses
