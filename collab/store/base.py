@@ -52,6 +52,26 @@ class DocState:
     history: list[StoredOp] = field(default_factory=list)
 
 
+def replay(doc: str, snap_rev: int, text: str, ops: list[StoredOp], rev: int, history_depth: int) -> DocState:
+    """The state at ``rev``: the snapshot at ``snap_rev`` with the logged ops after it applied.
+
+    ``ops`` are the logged ops read for the load (ascending; those up to the
+    snapshot only fill the kept history). Raises if the log has a gap or
+    stops short of ``rev``: a damaged store must not be served as if whole.
+    """
+    current = snap_rev
+    for entry in ops:
+        if entry.rev <= snap_rev:
+            continue
+        if entry.rev != current + 1:
+            raise RuntimeError(f"document {doc!r}: the log has a gap after revision {current}")
+        text = ot.apply(text, entry.op)
+        current = entry.rev
+    if current != rev:
+        raise RuntimeError(f"document {doc!r}: the log ends at {current} but the document is at {rev}")
+    return DocState(rev, text, [o for o in ops if o.rev > rev - history_depth])
+
+
 @dataclass(frozen=True, slots=True)
 class DocInfo:
     """A row of the document list."""

@@ -23,8 +23,7 @@ import time
 from typing import Any, AsyncIterator
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .. import ot
-from .base import DocInfo, DocState, RevisionConflict, Store, StoredOp
+from .base import DocInfo, DocState, RevisionConflict, Store, StoredOp, replay
 from .base import dump_op as _dumps
 from .base import load_op as _loads
 
@@ -325,17 +324,7 @@ class PostgresStore(Store):
                     "SELECT rev, op, client, op_id FROM collab_ops WHERE doc = $1 AND rev > $2 ORDER BY rev", doc, start
                 )
         ops = [StoredOp(r["rev"], _loads(r["op"]), r["client"], r["op_id"]) for r in rows]
-        current = snap_rev
-        for entry in ops:
-            if entry.rev <= snap_rev:
-                continue
-            if entry.rev != current + 1:
-                raise RuntimeError(f"document {doc!r}: the log has a gap after revision {current}")
-            text = ot.apply(text, entry.op)
-            current = entry.rev
-        if current != rev:
-            raise RuntimeError(f"document {doc!r}: the log ends at {current} but the document is at {rev}")
-        return DocState(rev, text, [o for o in ops if o.rev > rev - history_depth])
+        return replay(doc, snap_rev, text, ops, rev, history_depth)
 
     async def find_op(self, doc: str, op_id: str) -> int | None:
         return await self.pool.fetchval("SELECT rev FROM collab_op_ids WHERE doc = $1 AND op_id = $2", doc, op_id)

@@ -17,8 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
-from .. import ot
-from .base import DocInfo, DocState, RevisionConflict, Store, StoredOp
+from .base import DocInfo, DocState, RevisionConflict, Store, StoredOp, replay
 from .base import dump_op as _dumps
 from .base import load_op as _loads
 
@@ -228,18 +227,7 @@ class SqliteStore(Store):
                 "SELECT rev, op, client, op_id FROM ops WHERE doc = ? AND rev > ? ORDER BY rev", (doc, start)
             )
         ]
-        current = snap_rev
-        for entry in ops:
-            if entry.rev <= snap_rev:
-                continue
-            if entry.rev != current + 1:
-                raise RuntimeError(f"document {doc!r}: the log has a gap after revision {current}")
-            text = ot.apply(text, entry.op)
-            current = entry.rev
-        if current != rev:
-            raise RuntimeError(f"document {doc!r}: the log ends at {current} but the document is at {rev}")
-        history = [o for o in ops if o.rev > rev - history_depth]
-        return DocState(rev, text, history)
+        return replay(doc, snap_rev, text, ops, rev, history_depth)
 
     async def load(self, doc: str, history_depth: int) -> DocState:
         return await self._run(self._load_sync, doc, history_depth)
