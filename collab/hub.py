@@ -521,6 +521,7 @@ class Document:
                 # Another process committed first: roll back, integrate its operations
                 # (next turn), and apply this batch again.
                 self.conflicts += 1
+                self.hub.conflicts += 1
                 self._contended_until = asyncio.get_running_loop().time() + CONTENDED_SECONDS
                 self._rollback(saved)
                 self._inbox = [(p, s, f) for p, s, f, _ in applied] + self._inbox
@@ -673,6 +674,7 @@ class Document:
             author_remote.cursor, author_remote.cursor_rev = cursor, entry.rev
         self._trim()
         self.remote_applied += 1
+        self.hub.remote_applied += 1
         if self.store.may_conflict:
             self._contended_until = asyncio.get_running_loop().time() + CONTENDED_SECONDS
         if self.rev > self._known_rev:
@@ -832,6 +834,9 @@ class Hub:
         self.docs: dict[str, Document] = {}
         self._loading: dict[str, asyncio.Future[Document]] = {}
         self.ops_applied = 0
+        #: Batches that lost their revisions to another process, and ops integrated from other processes.
+        self.conflicts = 0
+        self.remote_applied = 0
         self.closing = False
         self._started = False
         self._start_lock: asyncio.Lock | None = None

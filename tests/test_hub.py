@@ -138,6 +138,8 @@ async def test_conflict_rolls_back_integrates_and_retries(cluster):
     a.read()
     b.read()
     assert h1.docs["d"].conflicts + h2.docs["d"].conflicts == 1
+    assert h1.conflicts + h2.conflicts == 1  # the hub-wide counter behind /metrics
+    assert h1.remote_applied + h2.remote_applied == 1  # the loser integrated the winner's op
     state = await store.load("d", 10)
     assert state.rev == 2 and sorted([state.text[:3], state.text[3:]]) == ["AAA", "BBB"]
     # The loser's client saw the winner's op first, then its own ack: strict order.

@@ -362,6 +362,7 @@ async def test_http_api(server, ws_open):
     assert await text_of(server, "put") == "hello brave 🌍 world"
     metrics = (await http_get(f"{server.base_url}/metrics")).text
     assert "collab_ops_applied_total 2" in metrics
+    assert "collab_conflicts_total 0" in metrics and "collab_remote_ops_total 0" in metrics  # one process
 
 
 async def test_batch_frames_are_opt_in_and_keep_order(server, ws_open):
