@@ -13,8 +13,11 @@ import json
 import os
 import platform
 import resource
+import socket
+import subprocess
 import statistics
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -86,6 +89,32 @@ def raise_nofile(want: int = 65536) -> int:
             return soft
         return target
     return soft
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(proc: subprocess.Popen, port: int, timeout: float = 30.0) -> None:
+    """Return once the collab server ``proc`` answers ``GET /healthz``; exit saying why if it dies or never does."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            raise SystemExit(f"the collab server exited with {proc.returncode}: {err}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit(f"the collab server did not become healthy on port {port} within {timeout:g} s")
 
 
 def machine() -> str:

@@ -20,13 +20,12 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-from _common import REPO, machine, percentile, raise_nofile, table
+from _common import REPO, free_port, machine, percentile, raise_nofile, table, wait_healthy
 
 import httpx
 import websockets
@@ -39,21 +38,8 @@ def start_server(port: int, data_dir: str) -> subprocess.Popen:
     if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
         cmd = ["taskset", "-c", "0", *cmd]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("the collab server did not start: " + proc.stderr.read().decode()[-2000:])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    wait_healthy(proc, port)
+    return proc
 
 
 def frames_sent(port: int) -> int:

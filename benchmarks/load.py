@@ -53,7 +53,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, machine, percentile, raise_nofile, summarize_collapsed, table  # noqa: E402
+from _common import REPO, free_port, machine, percentile, raise_nofile, summarize_collapsed, table  # noqa: E402
 
 import orjson  # noqa: E402
 import psutil  # noqa: E402
@@ -509,12 +509,6 @@ class Run:
 
 
 # -- servers ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _child_setup() -> None:

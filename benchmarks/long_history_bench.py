@@ -18,16 +18,14 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 
-from _common import REPO, machine, median, table
+from _common import REPO, free_port, machine, median, table, wait_healthy
 
-import httpx
 import websockets
 
 from collab.store import StoredOp
@@ -53,12 +51,6 @@ async def build(path: str, ops: int, depth: int, batch: int = 10_000) -> float:
     return time.perf_counter() - t0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def time_welcome(port: int, doc: str) -> tuple[float, int]:
     t0 = time.perf_counter()
     async with websockets.connect(f"ws://127.0.0.1:{port}/ws/{doc}", max_size=None) as ws:
@@ -79,16 +71,7 @@ def open_times(data_dir: str, doc: str, rounds: int) -> tuple[list[float], int]:
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("server did not start")
-                time.sleep(0.05)
+            wait_healthy(proc, port)
             elapsed, rev = asyncio.run(time_welcome(port, doc))
             times.append(elapsed)
         finally:

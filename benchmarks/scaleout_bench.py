@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,16 +32,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import websockets
+from _common import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -63,17 +56,8 @@ class Server:
         code = "from collab.config import Settings; from collab.server import run; run(Settings.from_env())"
         self.proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=str(ROOT),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"a server failed to start: {self.proc.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise SystemExit("a server did not become healthy within 30 s")
+        wait_healthy(self.proc, self.port)
+        return self
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the process so far (from /proc)."""
