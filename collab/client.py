@@ -120,7 +120,7 @@ def diff_op(old: str, new: str) -> Operation:
             raise ImportError
         from diff_match_patch import diff_match_patch
     except ImportError:
-        return _prefix_suffix_diff(old, new)
+        return ot.diff_splice(old, new)
     dmp = diff_match_patch()
     dmp.Diff_Timeout = 0.5
     diffs = dmp.diff_main(old, new, False)
@@ -135,17 +135,6 @@ def diff_op(old: str, new: str) -> Operation:
         else:
             op.append(-len(chunk))
     return ot.normalize(op)
-
-
-def _prefix_suffix_diff(old: str, new: str) -> Operation:
-    n = min(len(old), len(new))
-    p = 0
-    while p < n and old[p] == new[p]:
-        p += 1
-    s = 0
-    while s < n - p and old[len(old) - 1 - s] == new[len(new) - 1 - s]:
-        s += 1
-    return ot.normalize([p, new[p : len(new) - s], -(len(old) - p - s), s])
 
 
 def _cursor_from_wire(value: Any) -> Cursor | None:

@@ -925,7 +925,7 @@ class Hub:
         if self.store.may_conflict:
             await doc.sync()
         rev, current = await doc._quietly(doc.snapshot)
-        op = diff_op(current, text)
+        op = ot.diff_splice(current, text)
         return await doc.submit(None, Submit(rev, op, op_id or "http-" + secrets.token_hex(8), None))  # type: ignore[return-value]
 
     def _forget(self, doc: Document) -> None:
@@ -1031,14 +1031,3 @@ class Hub:
     def connections(self) -> int:
         return sum(len(d.peers) for d in self.docs.values())
 
-
-def diff_op(old: str, new: str) -> ot.Operation:
-    """The operation turning ``old`` into ``new`` by replacing only the middle that differs."""
-    limit = min(len(old), len(new))
-    prefix = 0
-    while prefix < limit and old[prefix] == new[prefix]:
-        prefix += 1
-    suffix = 0
-    while suffix < limit - prefix and old[-1 - suffix] == new[-1 - suffix]:
-        suffix += 1
-    return ot.from_splice(len(old), prefix, len(old) - prefix - suffix, new[prefix : len(new) - suffix])

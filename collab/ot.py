@@ -43,6 +43,7 @@ __all__ = [
     "transform_index",
     "transform_cursor",
     "from_splice",
+    "diff_splice",
 ]
 
 Component: TypeAlias = int | str
@@ -673,3 +674,40 @@ def from_splice(doc_len: int, pos: int, delete: int, insert: str) -> Operation:
     b.delete(delete)
     b.retain(doc_len - pos - delete)
     return b.ops
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """Length of the longest common prefix (binary search over C-level slice compares)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _common_suffix(a: str, b: str, limit: int) -> int:
+    """Length of the longest common suffix, at most ``limit``."""
+    la, lb = len(a), len(b)
+    lo, hi = 0, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[la - mid :] == b[lb - mid :]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def diff_splice(old: str, new: str) -> Operation:
+    """The operation turning ``old`` into ``new`` by replacing only the middle that differs.
+
+    Keeps the common prefix and suffix, so carets outside the change stay
+    put. Not a minimal diff (see diff-match-patch for that), but O(n log n)
+    in C-level compares, fine for a whole-document replace.
+    """
+    prefix = _common_prefix(old, new)
+    suffix = _common_suffix(old, new, min(len(old), len(new)) - prefix)
+    return from_splice(len(old), prefix, len(old) - prefix - suffix, new[prefix : len(new) - suffix])

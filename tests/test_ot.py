@@ -508,3 +508,14 @@ def test_prop_transform_index_matches_clamp_first(case: tuple[str, list], index:
     _, op = case
     assert ot.transform_index(index, op) == _reference_transform_index(index, op)
     assert ot.transform_index(index, ot.normalize(op)) == _reference_transform_index(index, ot.normalize(op))
+
+
+@given(st.text(alphabet=["a", "b", "😀", "𝄞", "中"], max_size=12), st.text(alphabet=["a", "b", "😀", "𝄞", "中"], max_size=12))
+def test_diff_splice_turns_old_into_new_keeping_prefix_and_suffix(old, new):
+    op = ot.diff_splice(old, new)
+    assert ot.apply(old, op) == new
+    assert ot.normalize(op) == op
+    inserted = sum(len(c) for c in op if isinstance(c, str))
+    assert inserted <= len(new)
+    if old == new:
+        assert ot.is_noop(op)
