@@ -130,7 +130,7 @@ async def hub_replay(store: Store, p: Prepared, window: int, watchers: int) -> t
     n = len(ops)
     validate, normalize, submit = ot.validate, ot.normalize, doc.submit
     sent = acked = delivered = 0
-    outbox, ready = writer.outbox, writer.ready
+    ready, take = writer.ready, writer.take
     t0 = time.perf_counter()
     while acked < n:
         while sent < n and sent - acked < window:
@@ -138,14 +138,12 @@ async def hub_replay(store: Store, p: Prepared, window: int, watchers: int) -> t
             sent += 1
         await ready.wait()
         ready.clear()
-        while outbox:
-            frame = outbox.popleft()
+        for frame in take():
             if not frame.startswith('{"type":"ack"'):
                 raise RuntimeError(f"unexpected frame for the writer: {frame[:200]}")
             acked += 1
         for peer in others:
-            delivered += len(peer.outbox)
-            peer.outbox.clear()
+            delivered += len(peer.take())
             peer.ready.clear()
     elapsed = time.perf_counter() - t0
     await hub.close()

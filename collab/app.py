@@ -43,6 +43,7 @@ from .protocol import (
 )
 from .backplane import open_backplane
 from .store import Store, open_store
+from .transport import EXTENSION as DIRECT_EXTENSION
 
 log = logging.getLogger("collab.app")
 
@@ -74,6 +75,9 @@ class CollabApp:
         #: WebSocket frames sent, and messages that rode in a batch frame instead of their own.
         self.frames_sent = 0
         self.frames_coalesced = 0
+        #: Connections with frames to write at the end of this event-loop turn.
+        self._dirty: list[_Conn] = []
+        self._flush_scheduled = False
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -127,7 +131,7 @@ class CollabApp:
         limiter = guard.MessageLimiter(s.msg_rate, s.msg_burst, s.bytes_rate, s.bytes_burst)
         peer: Peer | None = None
         doc: Document | None = None
-        pump: asyncio.Task[None] | None = None
+        conn: _Conn | None = None
 
         async def reply(msg: dict) -> None:
             if peer is not None:
@@ -171,12 +175,11 @@ class CollabApp:
                             user = protocol.User(grant.name, user.color if user else "")
                         peer = Peer(user, grant.role, s.client_queue_size)
                         peer.batch = msg.batch
-                        pump = asyncio.create_task(self._pump(ws, peer))
+                        conn = _Conn(self, ws, peer)
                         try:
                             doc = await self.hub.join(doc_id, peer, msg.since)
                         except ProtocolError:
-                            pump.cancel()
-                            peer, pump = None, None
+                            peer, conn = None, None
                             raise
                     elif isinstance(msg, Submit):
                         await doc.submit(peer, msg)
@@ -191,56 +194,44 @@ class CollabApp:
         except WebSocketDisconnect:
             pass
         finally:
-            if peer is not None:
+            if peer is not None and conn is not None:
                 if doc is not None:
                     doc.remove(peer)
-                if not peer.closed:
-                    peer.closed = True
-                    peer.ready.set()
-            if pump is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(pump, timeout=5)
+                if peer.closed:  # closed by the server: send what it queued, then the close frame
+                    conn.start_drain()
+                else:
+                    peer.closed = True  # the client went away: nothing more to send
+                if conn.drain is not None:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await asyncio.wait_for(asyncio.shield(conn.drain), timeout=5)
 
     @staticmethod
     def _frame_bytes(message: dict) -> int:
         text = message.get("text")
         return len(text.encode("utf-8", "surrogatepass")) if text is not None else len(message.get("bytes") or b"")
 
-    async def _pump(self, ws: WebSocket, peer: Peer) -> None:
-        """Send what the hub queued for ``peer``; close when the hub says so.
+    # -- fan-out -----------------------------------------------------------------
 
-        Frames go straight to the ASGI ``send`` (uvicorn's), not through
-        Starlette's ``WebSocket.send_text``, whose state checks cost a
-        coroutine layer per frame per peer; a send on a connection that is
-        gone raises all the same (uvicorn's ClientDisconnected/RuntimeError)
-        and ends the pump below. The close still goes through ``ws.close``.
+    def _schedule(self, conn: "_Conn") -> None:
+        """Flush ``conn`` at the end of this event-loop turn, with every other connection that has frames."""
+        self._dirty.append(conn)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write what the hub queued this turn: one transport write per connection.
+
+        A broadcast is encoded into frame bytes once, whoever receives it
+        (the cache is keyed by the identity of the hub's encoded message, and
+        keeps the message alive so the key stays unique until the end).
         """
-        send = ws._send
-        try:
-            while True:
-                await peer.ready.wait()
-                peer.ready.clear()
-                if peer.closed and not peer.flush:
-                    peer.outbox.clear()  # dropped as too slow: don't wait on it any longer
-                    guard.note_slow_client_drop()
-                outbox = peer.outbox
-                while outbox:
-                    if peer.batch and len(outbox) > 1:
-                        frames = list(outbox)
-                        outbox.clear()
-                        await send({"type": "websocket.send", "text": protocol.batch_frame(frames)})
-                        self.frames_coalesced += len(frames) - 1
-                    else:
-                        await send({"type": "websocket.send", "text": outbox.popleft()})
-                    self.frames_sent += 1
-                if peer.closed:
-                    if peer.close_code != 1000:
-                        await ws.close(peer.close_code, peer.close_reason[:120])
-                    return
-        except Exception:  # the connection went away under us
-            peer.closed = True
-            if peer.doc is not None:
-                peer.doc.remove(peer)
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        cache: dict[int, tuple[str, bytes]] = {}
+        for conn in dirty:
+            conn.flush(cache)
+
 
     # -- HTTP API ---------------------------------------------------------------
 
@@ -370,6 +361,102 @@ class CollabApp:
         self._doc_param(request)
         return self._page("editor.html")
 
+
+class _Conn:
+    """The way out of one WebSocket connection: frames the hub queued for its peer.
+
+    Written synchronously through uvicorn's ``collab.direct`` extension
+    (:mod:`collab.transport`) when the server offers it and the client keeps
+    up; otherwise, and to close, a drain task awaits ASGI ``send`` (which
+    waits while the client is slow, and raises once it is gone). While that
+    task runs it owns the connection's output, so frames stay in order.
+    """
+
+    __slots__ = ("app", "ws", "peer", "direct", "drain", "closed_sent")
+
+    def __init__(self, app: CollabApp, ws: WebSocket, peer: Peer) -> None:
+        self.app = app
+        self.ws = ws
+        self.peer = peer
+        self.direct = ws.scope.get("extensions", {}).get(DIRECT_EXTENSION)
+        self.drain: asyncio.Task[None] | None = None
+        self.closed_sent = False
+        peer.notify = self.schedule
+
+    def schedule(self) -> None:
+        self.app._schedule(self)
+
+    def flush(self, cache: dict[int, tuple[str, bytes]]) -> None:
+        if self.drain is not None:
+            return  # the drain task owns the output and looks at the outbox again before it ends
+        peer = self.peer
+        if peer.closed:
+            self.start_drain()
+            return
+        direct = self.direct
+        if not peer.outbox:
+            return
+        if direct is None:
+            self.start_drain()
+            return
+        frames = peer.outbox
+        app = self.app
+        if peer.batch and len(frames) > 1:
+            data = direct.encode_text(protocol.batch_frame(frames))
+            sent, coalesced = 1, len(frames) - 1
+        else:
+            parts = []
+            for frame in frames:
+                hit = cache.get(id(frame))
+                if hit is None:
+                    hit = cache[id(frame)] = (frame, direct.encode_text(frame))
+                parts.append(hit[1])
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            sent, coalesced = len(frames), 0
+        if direct.write_frames(data):
+            peer.outbox = []
+            app.frames_sent += sent
+            app.frames_coalesced += coalesced
+        else:  # the client is slow (or going away): wait for it in a task
+            self.start_drain()
+
+    def start_drain(self) -> None:
+        if self.drain is None and not self.closed_sent:
+            self.drain = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        """Send the outbox through ASGI ``send`` until it is empty; close if the hub asked to."""
+        peer, app = self.peer, self.app
+        send = self.ws._send  # uvicorn's own send: a connection that is gone raises
+        try:
+            while True:
+                if peer.closed and not peer.flush and peer.outbox:
+                    peer.take()  # dropped as too slow: don't wait on it any longer
+                    guard.note_slow_client_drop()
+                frames = peer.take()
+                if frames:
+                    if peer.batch and len(frames) > 1:
+                        await send({"type": "websocket.send", "text": protocol.batch_frame(frames)})
+                        app.frames_sent += 1
+                        app.frames_coalesced += len(frames) - 1
+                    else:
+                        for frame in frames:
+                            await send({"type": "websocket.send", "text": frame})
+                        app.frames_sent += len(frames)
+                    continue
+                if peer.closed:
+                    self.closed_sent = True
+                    if peer.close_code != 1000:
+                        await self.ws.close(peer.close_code, peer.close_reason[:120])
+                return
+        except Exception:  # the connection went away under us
+            self.closed_sent = True
+            if not peer.closed:
+                peer.closed = True
+                if peer.doc is not None:
+                    peer.doc.remove(peer)
+        finally:
+            self.drain = None
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> Starlette:
     """Build the ASGI app; with no arguments the settings come from the environment."""

@@ -93,24 +93,30 @@ class HubConfig:
 class Peer:
     """One connected client of one document, as the hub sees it.
 
-    The transport drains :attr:`outbox` whenever :attr:`ready` is set, and
-    closes the connection with :attr:`close_code` once :attr:`closed` is true.
+    Frames for the client collect in :attr:`outbox`. Its consumer either
+    sets :attr:`notify` (called when the outbox goes from empty to not
+    empty, and on :meth:`kick`) or waits on :attr:`ready`; it takes the
+    frames with :meth:`take`, and closes the connection with
+    :attr:`close_code` once :attr:`closed` is true.
     """
 
     __slots__ = (
-        "id", "user", "role", "cursor", "cursor_rev", "outbox", "ready", "closed", "close_code", "close_reason",
-        "limit", "doc", "flush", "batch",
+        "id", "user", "role", "cursor", "cursor_rev", "outbox", "notify", "_ready", "closed", "close_code",
+        "close_reason", "limit", "doc", "flush", "batch",
     )
 
-    def __init__(self, user: User | None = None, role: str = "edit", queue_size: int = 1000) -> None:
+    def __init__(self, user: User | None = None, role: str = "edit", queue_size: int = 1000,
+                 notify: Callable[[], None] | None = None) -> None:
         self.id = secrets.token_hex(6)
         self.user = user
         self.role = role
         self.cursor: Cursor | None = None
         #: The revision :attr:`cursor` is valid at; the document moves it forward lazily.
         self.cursor_rev = 0
-        self.outbox: deque[str] = deque()
-        self.ready = asyncio.Event()
+        self.outbox: list[str] = []
+        #: Called when there is something new to send (instead of setting :attr:`ready`).
+        self.notify = notify
+        self._ready: asyncio.Event | None = None
         self.closed = False
         self.close_code = 1000
         self.close_reason = ""
@@ -121,18 +127,38 @@ class Peer:
         self.limit = queue_size
         self.doc: Document | None = None
 
+    @property
+    def ready(self) -> asyncio.Event:
+        """Set when there is something to send, for a consumer without :attr:`notify` (made on first use)."""
+        if self._ready is None:
+            self._ready = asyncio.Event()
+        return self._ready
+
+    def _wake(self) -> None:
+        if self.notify is not None:
+            self.notify()
+        else:
+            self.ready.set()
+
     def send(self, frame: str) -> None:
         """Queue one encoded frame; drop the peer if it is not keeping up."""
         if self.closed:
             return
-        if len(self.outbox) >= self.limit:
+        outbox = self.outbox
+        if len(outbox) >= self.limit:
             self.kick(CLOSE_POLICY, "too slow: the outgoing queue is full; reconnect and resume with 'since'", flush=False)
             return
-        self.outbox.append(frame)
-        self.ready.set()
+        outbox.append(frame)
+        if len(outbox) == 1:
+            self._wake()
 
     def send_msg(self, msg: dict) -> None:
         self.send(encode(msg))
+
+    def take(self) -> list[str]:
+        """The queued frames, oldest first, leaving the outbox empty."""
+        frames, self.outbox = self.outbox, []
+        return frames
 
     def kick(self, code: int, reason: str, flush: bool = True) -> None:
         """Ask the transport to close this connection, after what is queued if ``flush``."""
@@ -142,7 +168,7 @@ class Peer:
         self.flush = flush
         self.close_code = code
         self.close_reason = reason
-        self.ready.set()
+        self._wake()
         if self.doc is not None:
             self.doc.remove(self)
 

@@ -29,11 +29,12 @@ ASGIApp = Callable[..., Any]
 GRACEFUL_SHUTDOWN = 10
 
 
-def _ws_implementation() -> str:
-    """uvicorn's sans-I/O ``websockets`` protocol; the legacy one on old uvicorn versions."""
-    from uvicorn.config import WS_PROTOCOLS
+def _ws_implementation() -> str | type:
+    """uvicorn's sans-I/O ``websockets`` protocol with collab's direct-write extension
+    (:mod:`collab.transport`); the legacy protocol, through plain ASGI, on old uvicorn versions."""
+    from collab.transport import DirectWebSocketProtocol
 
-    return "websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "websockets"
+    return DirectWebSocketProtocol if DirectWebSocketProtocol is not None else "websockets"
 
 
 def build_config(settings: Settings, app: ASGIApp, **overrides: Any) -> uvicorn.Config:
@@ -94,12 +95,15 @@ async def serve(
     *,
     sockets: list[socket.socket] | None = None,
     started: asyncio.Event | None = None,
+    **overrides: Any,
 ) -> None:
     """Serve until stopped by a signal or by cancelling this coroutine.
 
     ``sockets``: already bound listening sockets (otherwise
     ``settings.host``/``settings.port`` are bound). ``started`` is set once
-    the server accepts connections. Cancelling shuts the server down
+    the server accepts connections. ``overrides`` are ``uvicorn.Config``
+    options (tests use ``ws=`` to run without the direct-write protocol).
+    Cancelling shuts the server down
     gracefully (listening sockets closed, connections closed) before the
     cancellation propagates.
     """
@@ -107,7 +111,7 @@ async def serve(
         from collab.app import create_app
 
         app = create_app(settings)
-    server = build_server(settings, app, started)
+    server = build_server(settings, app, started, **overrides)
     task = asyncio.ensure_future(server.serve(sockets=sockets))
     try:
         await asyncio.shield(task)

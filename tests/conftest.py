@@ -68,7 +68,7 @@ async def server_factory(tmp_path) -> AsyncIterator:
 
     running: list[RunningServer] = []
 
-    async def start(app=None, **overrides: Any) -> RunningServer:
+    async def start(app=None, uvicorn_options: dict | None = None, **overrides: Any) -> RunningServer:
         data_dir = overrides.pop("data_dir", None) or str(tmp_path / f"data{len(running)}")
         settings = Settings(data_dir=data_dir, host="127.0.0.1").replace(**overrides)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -78,7 +78,7 @@ async def server_factory(tmp_path) -> AsyncIterator:
         settings = settings.replace(port=port)
         app = app or create_app(settings)
         started = asyncio.Event()
-        task = asyncio.create_task(serve(settings, app, sockets=[sock], started=started))
+        task = asyncio.create_task(serve(settings, app, sockets=[sock], started=started, **(uvicorn_options or {})))
         waiter = asyncio.create_task(started.wait())
         await asyncio.wait({task, waiter}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
         if task.done():

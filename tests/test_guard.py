@@ -348,11 +348,12 @@ def test_metrics_text_is_prometheus_exposition() -> None:
 
 
 async def test_websocket_upgrade_through_guard_releases_slots_and_enforces_frame_limit() -> None:
-    """Both uvicorn websockets implementations work behind the guard; slots come back on close."""
+    """collab's protocol (direct writes) and both of uvicorn's own (plain ASGI send) work
+    behind the guard; slots come back on close."""
     from websockets.exceptions import ConnectionClosed
 
-    for ws_impl in ("websockets-sansio", "websockets"):
-        async with running(ws=ws_impl, conn_per_ip=2, conn_rate=1000, conn_burst=1000,
+    for ws_impl in (None, "websockets-sansio", "websockets"):
+        async with running(real_app=True, ws=ws_impl, conn_per_ip=2, conn_rate=1000, conn_burst=1000,
                            max_message_bytes=64 * 1024) as srv:
             for i in range(6):  # 3x the per-IP cap, sequentially: each close must free its slot
                 ws = await ws_connect(srv, src="127.0.0.2")

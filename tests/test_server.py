@@ -15,6 +15,15 @@ from conftest import http_get
 EMOJI = "héllo 😀 wörld 👍🏽 𝄞"
 
 
+@pytest.fixture(params=["direct", "asgi"])
+async def server(request, server_factory):
+    """Every test here runs twice: on collab's uvicorn protocol, whose fan-out writes frames
+    directly (collab.transport), and on uvicorn's own, where it goes through ASGI ``send``."""
+    if request.param == "asgi":
+        return await server_factory(uvicorn_options={"ws": "websockets-sansio"})
+    return await server_factory()
+
+
 async def text_of(server, doc: str) -> str:
     r = await http_get(f"{server.base_url}/api/docs/{doc}/text")
     assert r.status_code == 200
