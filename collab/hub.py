@@ -63,6 +63,8 @@ log = logging.getLogger("collab.hub")
 #: process commits to the document holding its turn in the store, instead of
 #: optimistically (and likely losing the race, which costs a whole retry).
 CONTENDED_SECONDS = 2.0
+#: Batches of one document whose commits may be in flight at once (pipelined stores).
+MAX_IN_FLIGHT = 4
 T = TypeVar("T")
 
 
@@ -267,6 +269,12 @@ class Document:
         self.remote_applied = 0
         #: Until then, commit holding the document's turn: other processes are writing it too.
         self._contended_until = 0.0
+        #: With a pipelined store (``store.pipelined``): batches applied in memory whose
+        #: commit was started but not yet announced, oldest first. The next batch is
+        #: applied while the previous one is being written (its fsync overlaps the work).
+        self.pipelined = hub.store.pipelined and not self.shared
+        self._flight: deque[tuple[asyncio.Future[None], list]] = deque()
+        self._settle_waiters: list[asyncio.Future[None]] = []
 
     # -- joining and leaving -------------------------------------------------
 
@@ -486,6 +494,10 @@ class Document:
         loop = asyncio.get_running_loop()
         try:
             while self._inbox or self._deferred or self._behind():
+                if self._flight and (self._deferred or self._behind() or len(self._flight) >= MAX_IN_FLIGHT):
+                    # Joins and presence see only committed state (and the pipeline stays short).
+                    await self._settled()
+                    continue
                 contended = self._inbox and loop.time() < self._contended_until
                 if conflicts_in_a_row or contended:
                     # Lost the race for these revisions (or other processes are writing
@@ -501,7 +513,10 @@ class Document:
                     conflicts_in_a_row += 1
                     continue
                 conflicts_in_a_row = 0
-                self._announce(applied)  # after the store's commit: durable before visible
+                if applied:
+                    self._announce(applied)  # after the store's commit: durable before visible
+        except DocumentFailed:
+            pass  # a pipelined commit failed while this loop waited: already handled in _landed
         except _Resync:
             log.warning("document %s: missed operations are no longer in the store; clients reconnect", self.id)
             self._fail(CLOSE_RESTART, "this server fell behind; reconnect to resume")
@@ -510,7 +525,7 @@ class Document:
             self._fail()
         finally:
             self._committer = None
-            if not self.peers:
+            if not self.peers and not self._flight:
                 self._schedule_unload()
 
     async def _turn(self) -> list | None:
@@ -538,6 +553,10 @@ class Document:
                 elif peer is not None:
                     peer.send_msg(error_msg(exc.code, exc.message, exc.id))
         new = [r for *_, r in applied if isinstance(r, StoredOp)]
+        if self.pipelined:
+            if applied:
+                self._launch(new, applied)
+            return []
         if new:
             try:
                 await self._persist(new)
@@ -570,14 +589,77 @@ class Document:
             return {}
         return await self.store.find_ops(self.id, unknown)
 
-    async def _persist(self, new: list[StoredOp]) -> None:
-        snapshot = None
+    def _snapshot_due(self) -> tuple[int, str] | None:
         if self.rev - self.last_snapshot >= max(self.config.snapshot_every, len(self.text) // 1024):
-            snapshot = (self.rev, str(self.text))
+            return (self.rev, str(self.text))
+        return None
+
+    async def _persist(self, new: list[StoredOp]) -> None:
+        snapshot = self._snapshot_due()
         await self.store.append(self.id, new, len(self.text), snapshot)
         if snapshot is not None:
             self.last_snapshot = self.rev
         self.hub.ops_applied += len(new)
+
+    def _launch(self, new: list[StoredOp], applied: list) -> None:
+        """Start committing a batch and return at once; it is announced when it and every earlier one landed.
+
+        A batch with nothing new (only resends of ops applied earlier) still
+        waits its turn: its acks must not overtake the commit of the op they
+        acknowledge, which may be in flight.
+        """
+        loop = asyncio.get_running_loop()
+        if new:
+            snapshot = self._snapshot_due()
+            commit: asyncio.Future[None] = loop.create_task(self.store.append(self.id, new, len(self.text), snapshot))
+            if snapshot is not None:
+                self.last_snapshot = self.rev  # if this commit fails, the document is dropped anyway
+            self.hub.ops_applied += len(new)
+        else:
+            commit = loop.create_future()
+            commit.set_result(None)
+        self._flight.append((commit, applied))
+        commit.add_done_callback(self._landed)
+
+    def _landed(self, _: object = None) -> None:
+        """Announce the batches whose commits landed, in order; fail the document if one did not."""
+        flight = self._flight
+        while flight and flight[0][0].done():
+            commit, applied = flight.popleft()
+            if self.failed:
+                self._refuse(applied)
+                continue
+            exc = DocumentFailed(self.id) if commit.cancelled() else commit.exception()
+            if exc is not None:
+                log.error("document %s: commit failed; disconnecting its clients so they resume from the store",
+                          self.id, exc_info=exc)
+                self._refuse(applied)
+                self._fail()
+                continue
+            self._announce(applied)
+            self._trim()  # only now: the ids of ops in flight must stay in memory (the store can't tell yet)
+        if not flight:
+            waiters, self._settle_waiters = self._settle_waiters, []
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+            if self._deferred or self._inbox:
+                self._wake()
+            elif not self.peers and self._committer is None:
+                self._schedule_unload()
+
+    def _refuse(self, applied: list) -> None:
+        for _, _, fut, _ in applied:
+            if fut is not None and not fut.done():
+                fut.set_exception(DocumentFailed(self.id))
+
+    async def _settled(self) -> None:
+        """Return once every commit in flight has landed and been announced."""
+        if not self._flight:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._settle_waiters.append(fut)
+        await fut
 
     def _announce(self, applied: list) -> None:
         """Acknowledge and broadcast a committed batch, in revision order; tell the other processes."""
@@ -793,7 +875,7 @@ class Document:
         """
         if self.failed:
             raise DocumentFailed(self.id)
-        if self._committer is None:
+        if self._committer is None and not self._flight:
             return fn()
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._deferred.append((fn, fut))
@@ -812,7 +894,15 @@ class Document:
     # -- lifecycle ---------------------------------------------------------------
 
     def _fail(self, code: int = CLOSE_INTERNAL, reason: str = "storage failed; reconnect to resume") -> None:
+        if self.failed:
+            return
         self.failed = True
+        for _, applied in self._flight:
+            self._refuse(applied)
+        waiters, self._settle_waiters = self._settle_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_exception(DocumentFailed(self.id))
         for peer, sub, fut in self._inbox:
             if fut is not None and not fut.done():
                 fut.set_exception(DocumentFailed(self.id))
@@ -837,7 +927,7 @@ class Document:
 
     def _unload_if_idle(self) -> None:
         self._unload_handle = None
-        if not self.peers and self._committer is None and not self._inbox:
+        if not self.peers and self._committer is None and not self._inbox and not self._flight:
             self.hub._forget(self)
 
     def snapshot(self) -> tuple[int, str]:
@@ -1041,6 +1131,7 @@ class Hub:
         tasks = [d._committer for d in self.docs.values() if d._committer is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(d._settled() for d in list(self.docs.values())), return_exceptions=True)
         for doc in list(self.docs.values()):
             for peer in list(doc.peers.values()):
                 peer.kick(CLOSE_RESTART, "the server is restarting: reconnect")

@@ -313,3 +313,103 @@ async def test_an_announcement_overtaking_a_store_read_is_still_integrated_in_or
     await settle(h1, h2)
     b.read()
     assert b.revs == [1, 2, 3, 4] and b.text == "0123" == state.text
+
+
+# -- pipelined commits (SQLite) --------------------------------------------------------
+
+
+async def _hold_writer(store):
+    """Keep the SQLite store's writer thread busy (as a slow disk would) until the returned event is set."""
+    import threading
+
+    release = threading.Event()
+    asyncio.get_running_loop().run_in_executor(store._executor, release.wait, 10)
+    return release
+
+
+async def test_sqlite_batches_are_applied_while_the_previous_commit_is_in_flight_and_acked_in_order(tmp_path):
+    from collab.store.sqlite import SqliteStore
+
+    store = SqliteStore(str(tmp_path / "p.sqlite3"))
+    await store.open()
+    hub = Hub(store)
+    try:
+        writer, watcher = Peer(User("w", "#000")), Peer(User("v", "#000"))
+        doc = await hub.join("p", writer, None)
+        await hub.join("p", watcher, None)
+        drain(writer), drain(watcher)
+        gate = await _hold_writer(store)
+        await doc.submit(writer, Submit(0, ["😀"], "a1", None))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        await doc.submit(writer, Submit(1, [1, "b"], "a2", None))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        # Both batches are applied in memory (the second did not wait for the first's commit)...
+        assert doc.rev == 2 and len(doc._flight) == 2
+        # ...but nothing is visible before it is durable, and a newcomer waits for a quiet point.
+        assert drain(writer) == [] and drain(watcher) == []
+        late = Peer(User("late", "#000"))
+        joining = asyncio.ensure_future(hub.join("p", late, None))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not joining.done()
+        gate.set()
+        await asyncio.wait_for(joining, 10)
+        assert [(m["type"], m.get("id"), m.get("rev")) for m in drain(writer)] == [
+            ("ack", "a1", 1), ("ack", "a2", 2), ("join", None, None)]
+        assert [m["rev"] for m in drain(watcher) if m["type"] == "op"] == [1, 2]
+        welcome = drain(late)[0]
+        assert (welcome["rev"], welcome["text"]) == (2, "😀b")
+        assert (await store.load("p", 10)).text == "😀b"
+    finally:
+        await hub.close()
+        await store.close()
+
+
+async def test_sqlite_a_failed_commit_refuses_the_batches_queued_behind_it(tmp_path):
+    """A commit that fails with later batches in flight: none of them is acknowledged or
+    stored, the clients are disconnected (1011), and the document reloads from what is durable."""
+    import sqlite3
+
+    from collab.protocol import CLOSE_INTERNAL
+    from collab.store.sqlite import SqliteStore
+
+    store = SqliteStore(str(tmp_path / "f.sqlite3"))
+    await store.open()
+    hub = Hub(store)
+    try:
+        writer = Peer(User("w", "#000"))
+        doc = await hub.join("f", writer, None)
+        await doc.submit(writer, Submit(0, ["kept"], "k1", None))
+        await settle(hub)
+        while doc._flight:
+            await asyncio.sleep(0.01)
+        drain(writer)
+        gate = await _hold_writer(store)
+        # The next transaction fails as a full disk would: a trigger aborts inserts of this op id.
+        blocker = sqlite3.connect(store.path)
+        blocker.execute("CREATE TRIGGER fail AFTER INSERT ON ops WHEN new.op_id = 'x1' "
+                        "BEGIN SELECT RAISE(ABORT, 'disk full (simulated)'); END")
+        blocker.commit()
+        blocker.close()
+        await doc.submit(writer, Submit(1, [4, "x"], "x1", None))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        await doc.submit(writer, Submit(2, [5, "y"], "x2", None))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert len(doc._flight) == 2
+        gate.set()
+        for _ in range(500):
+            if writer.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert writer.closed and writer.close_code == CLOSE_INTERNAL
+        assert [m for m in drain(writer) if m["type"] == "ack"] == []
+        state = await store.load("f", 10)
+        assert (state.rev, state.text) == (1, "kept")
+        assert await store.find_ops("f", ["x1", "x2"]) == {}
+    finally:
+        await hub.close()
+        await store.close()

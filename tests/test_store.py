@@ -130,14 +130,34 @@ async def test_a_taken_revision_is_a_conflict_and_changes_nothing(stores):
     await store.append("d", ops(1, 3), 3)
     with pytest.raises(RevisionConflict):
         await store.append("d", [StoredOp(3, [2, "y"], "c2", "other3")], 3)
-    if store.may_conflict:  # a shared store refuses a gap too (SQLite has one writer and does not check)
-        with pytest.raises(RevisionConflict):
-            await store.append("d", [StoredOp(5, [3, "y"], "c2", "other5")], 4)
+    with pytest.raises(RevisionConflict):  # a gap too
+        await store.append("d", [StoredOp(5, [3, "y"], "c2", "other5")], 4)
     state = await store.load("d", 10)
     assert (state.rev, state.text) == (3, "xxx")
     assert await store.find_op("d", "other3") is None
     await store.append("d", [StoredOp(4, [3, "y"], "c2", "y4")], 4)
     assert (await store.load("d", 10)).text == "xxxy"
+
+
+async def test_an_append_queued_behind_a_refused_one_is_refused_too(stores):
+    """The hub queues a document's next batch before the previous one is written (pipelining):
+    if that one is refused, the next must not land and leave a hole in the log."""
+    store = await stores()
+    await store.append("d", ops(1, 3), 3)
+    first, second, other = await asyncio.gather(
+        store.append("d", [StoredOp(5, [3, "😀"], "c2", "gap5")], 4),
+        store.append("d", [StoredOp(6, [4, "y"], "c2", "gap6")], 5),
+        store.append("e", ops(1, 2, "e"), 2),
+        return_exceptions=True,
+    )
+    assert isinstance(first, RevisionConflict) and isinstance(second, RevisionConflict), (first, second)
+    assert other is None  # another document in the same group commit is not held back
+    state = await store.load("d", 10)
+    assert (state.rev, state.text) == (3, "xxx")
+    assert await store.find_op("d", "gap6") is None
+    await store.append("d", [StoredOp(4, [3, "😀"], "c2", "ok4")], 4)  # and the log goes on from where it was
+    assert (await store.load("d", 10)).text == "xxx😀"
+    assert (await store.load("e", 10)).text == "xx"
 
 
 async def test_snapshot_compacts_the_log_and_loading_stays_exact(stores):

@@ -98,6 +98,11 @@ class Store(abc.ABC):
 
     #: True when several processes may append to one document (PostgreSQL).
     may_conflict: bool = False
+    #: True when the hub may queue a document's next append before the previous one
+    #: returns: the store commits appends in the order they were made, and refuses
+    #: (``RevisionConflict``) one that does not continue its document's log, so a
+    #: refused append can never leave a hole behind the ones queued after it.
+    pipelined: bool = False
 
     async def open(self) -> None:
         """Connect and create or migrate the schema."""

@@ -63,17 +63,22 @@ _Append = tuple[str, list[StoredOp], int, "tuple[int, str] | None", "asyncio.Fut
 class SqliteStore(Store):
     """Documents in one SQLite database file at ``path``."""
 
+    pipelined = True  # one flusher commits appends in order; _check_revisions_sync refuses gaps
+
     def __init__(self, path: str, history_depth: int = 1000, synchronous: str = "FULL") -> None:
         self.path = path
         self.history_depth = history_depth
         self.synchronous = synchronous
         self._db: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._pending: list[_Append] = []
         self._flusher: asyncio.Task[None] | None = None
         #: Transactions committed and ops written, for /metrics and benchmarks.
         self.commits = 0
         self.ops_written = 0
+        #: The revision each document's next append must start at, as far as this writer knows.
+        self._next_rev: dict[str, int] = {}
 
     # -- plumbing ---------------------------------------------------------
 
@@ -94,6 +99,11 @@ class SqliteStore(Store):
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(SCHEMA)
         self._db = db
+        # A second connection for the hub's hot-path read of op ids, used from the event
+        # loop itself: in WAL mode it neither waits for nor blocks the writer's commit.
+        reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        reader.execute("PRAGMA query_only=1")
+        self._reader = reader
 
     async def open(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collab-sqlite")
@@ -105,6 +115,9 @@ class SqliteStore(Store):
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None
+        if self._reader is not None:
+            await self._run(self._reader.close)
+            self._reader = None
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -161,21 +174,54 @@ class SqliteStore(Store):
         now = time.time()
         db.execute("BEGIN IMMEDIATE")
         try:
+            errors, following = self._check_revisions_sync(db, batch)
+            good = [b for b, e in zip(batch, errors) if e is None]
             try:
-                self._write_all_sync(db, batch, now)
-                errors: list[Exception | None] = [None] * len(batch)
+                self._write_all_sync(db, good, now)
             except sqlite3.IntegrityError:
                 db.execute("ROLLBACK")
                 db.execute("BEGIN IMMEDIATE")
-                errors = self._write_each_sync(db, batch, now)
+                each = iter(self._write_each_sync(db, good, now))
+                errors = [e if e is not None else next(each) for e in errors]
             db.execute("COMMIT")
         except BaseException:
+            self._next_rev.clear()  # not written after all: read them again next time
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        for (doc, _, _, _), error in zip(batch, errors):
+            if error is None:
+                self._next_rev[doc] = following[doc]
+            else:
+                self._next_rev.pop(doc, None)
         self.commits += 1
         self.ops_written += sum(len(ops) for (_, ops, _, _), e in zip(batch, errors) if e is None)
         return errors
+
+    def _check_revisions_sync(self, db: sqlite3.Connection, batch: list) -> tuple[list[Exception | None], dict[str, int]]:
+        """Refuse appends that do not continue their document's log (a gap, or a revision taken).
+
+        The hub commits a document's batches in order, and the next one may
+        be queued before the previous is written (pipelining); if that one
+        failed, the next would leave a hole in the log. Revisions expected
+        next are cached per document (this store is the file's only writer).
+        """
+        errors: list[Exception | None] = []
+        following: dict[str, int] = {}
+        for doc, ops, _, _ in batch:
+            expected = following.get(doc)
+            if expected is None:
+                expected = self._next_rev.get(doc)
+            if expected is None:
+                row = db.execute("SELECT rev FROM docs WHERE id = ?", (doc,)).fetchone()
+                expected = (row[0] if row else 0) + 1
+            if ops[0].rev != expected:
+                errors.append(RevisionConflict(f"{doc}: expected revision {expected}, got {ops[0].rev}"))
+                following[doc] = expected
+                continue
+            errors.append(None)
+            following[doc] = ops[-1].rev + 1
+        return errors, following
 
     def _write_all_sync(self, db: sqlite3.Connection, batch: list, now: float) -> None:
         rows = [(doc, o.rev, _dumps(o.op), o.client, o.id) for doc, ops, _, _ in batch for o in ops]
@@ -241,17 +287,26 @@ class SqliteStore(Store):
         return await self._run(self._find_op_sync, doc, op_id)
 
     def _find_ops_sync(self, doc: str, op_ids: list[str]) -> dict[str, int]:
-        assert self._db is not None
+        assert self._reader is not None
         found: dict[str, int] = {}
         for i in range(0, len(op_ids), 500):  # SQLite limits the parameters of one statement
             chunk = op_ids[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(f"SELECT op_id, rev FROM op_ids WHERE doc = ? AND op_id IN ({marks})", (doc, *chunk))
+            rows = self._reader.execute(f"SELECT op_id, rev FROM op_ids WHERE doc = ? AND op_id IN ({marks})", (doc, *chunk))
             found.update(rows)
         return found
 
     async def find_ops(self, doc: str, op_ids: list[str]) -> dict[str, int]:
-        return await self._run(self._find_ops_sync, doc, op_ids)
+        """Run on the event loop, not the store's thread: an index lookup of a few
+        microseconds on its own connection, which neither queues behind a commit
+        in progress nor holds it up (WAL). The hub asks this once per batch for
+        ids it no longer holds in memory, that is for every batch of a document
+        longer than its kept history, so a thread round trip here would cost
+        every such batch a commit's wait. Sees committed appends only: the hub
+        keeps the ids of batches in flight in memory."""
+        if self._reader is None:
+            raise RuntimeError("the SQLite store is not open")
+        return self._find_ops_sync(doc, op_ids)
 
     def _ops_since_sync(self, doc: str, rev: int) -> list[StoredOp]:
         assert self._db is not None
