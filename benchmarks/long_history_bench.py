@@ -42,7 +42,8 @@ async def build(path: str, ops: int, depth: int, batch: int = 10_000) -> float:
         pending.append(StoredOp(rev, ([length] if length else []) + ["x"], "gen", f"op{rev}"))
         length += 1
         if len(pending) == batch or rev == ops:
-            # The hub snapshots every max(snapshot_every, len // 1024) ops; one per batch is close to that here.
+            # The hub snapshots every max(snapshot_every, len // 256) ops (about 3,900 at the end here);
+            # one snapshot per 10,000-op batch is of the same order.
             await store.append("long", pending, length, (rev, "x" * length))
             pending = []
     # The baseline: the same text written in one op, so only the history differs.

@@ -57,7 +57,7 @@ class Settings:
     #: Operations kept (in memory and in the store) for resume and transform.
     history_depth: int = 1000
     #: A snapshot of the text is stored every this many operations.
-    snapshot_every: int = 100
+    snapshot_every: int = 1000
     #: Largest document, in code points.
     max_doc_chars: int = 10_000_000
     #: Seconds a document with no connected client stays in memory.

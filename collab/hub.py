@@ -63,6 +63,11 @@ log = logging.getLogger("collab.hub")
 #: process commits to the document holding its turn in the store, instead of
 #: optimistically (and likely losing the race, which costs a whole retry).
 CONTENDED_SECONDS = 2.0
+#: A snapshot writes the whole text, so a document of N characters is snapshotted
+#: every N / SNAPSHOT_BYTES_PER_OP operations at the most: snapshots cost about
+#: this many characters per operation, whatever the document's size, and a load
+#: replays at most that many operations after the last one.
+SNAPSHOT_BYTES_PER_OP = 256
 #: Batches of one document whose commits may be in flight at once (pipelined stores).
 MAX_IN_FLIGHT = 4
 T = TypeVar("T")
@@ -77,7 +82,7 @@ class HubConfig:
     """The hub's share of :class:`collab.config.Settings`."""
 
     history_depth: int = 1000
-    snapshot_every: int = 100
+    snapshot_every: int = 1000
     max_doc_chars: int = 10_000_000
     queue_size: int = 1000
     idle_unload_seconds: float = 30.0
@@ -590,7 +595,7 @@ class Document:
         return await self.store.find_ops(self.id, unknown)
 
     def _snapshot_due(self) -> tuple[int, str] | None:
-        if self.rev - self.last_snapshot >= max(self.config.snapshot_every, len(self.text) // 1024):
+        if self.rev - self.last_snapshot >= max(self.config.snapshot_every, len(self.text) // SNAPSHOT_BYTES_PER_OP):
             return (self.rev, str(self.text))
         return None
 
