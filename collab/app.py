@@ -30,6 +30,7 @@ from .config import Settings
 from .hub import Document, Hub, HubConfig, Peer
 from .protocol import (
     BAD_MESSAGE,
+    CLOSE_INTERNAL,
     CLOSE_NO_DOCUMENT,
     CLOSE_POLICY,
     CLOSE_TOO_BIG,
@@ -230,7 +231,11 @@ class CollabApp:
         dirty, self._dirty = self._dirty, []
         cache: dict[int, tuple[str, bytes]] = {}
         for conn in dirty:
-            conn.flush(cache)
+            try:
+                conn.flush(cache)
+            except Exception:  # one broken connection must not hold back the others' frames
+                log.exception("writing to a client failed; closing that connection")
+                conn.peer.kick(CLOSE_INTERNAL, "the server could not write to this connection; reconnect", flush=False)
 
 
     # -- HTTP API ---------------------------------------------------------------
