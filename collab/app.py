@@ -2,8 +2,10 @@
 
 This module adapts Starlette's WebSocket to a :class:`collab.hub.Peer`: one
 task reads frames, parses them with :mod:`collab.protocol` and hands them to
-the document; another drains the peer's outbox. Everything about ordering
-and presence lives in :mod:`collab.hub`.
+the document; what the hub queues for the peer is written once per
+event-loop turn, straight to the socket where the server offers it
+(:mod:`collab.transport`), else by a drain task through ASGI ``send``.
+Everything about ordering and presence lives in :mod:`collab.hub`.
 """
 
 from __future__ import annotations
