@@ -407,25 +407,28 @@ class _Conn:
             self.start_drain()
             return
         frames = peer.outbox
-        app = self.app
-        if peer.batch and len(frames) > 1:
-            data = direct.encode_text(protocol.batch_frame(frames))
-            sent, coalesced = 1, len(frames) - 1
-        else:
-            parts = []
-            for frame in frames:
-                hit = cache.get(id(frame))
-                if hit is None:
-                    hit = cache[id(frame)] = (frame, direct.encode_text(frame))
-                parts.append(hit[1])
-            data = parts[0] if len(parts) == 1 else b"".join(parts)
-            sent, coalesced = len(frames), 0
-        if direct.write_frames(data):
+        texts = self._texts(frames)
+        parts = []
+        for text in texts:
+            hit = cache.get(id(text))
+            if hit is None:
+                hit = cache[id(text)] = (text, direct.encode_text(text))
+            parts.append(hit[1])
+        if direct.write_frames(parts[0] if len(parts) == 1 else b"".join(parts)):
             peer.outbox = []
-            app.frames_sent += sent
-            app.frames_coalesced += coalesced
+            self._count(frames, texts)
         else:  # the client is slow (or going away): wait for it in a task
             self.start_drain()
+
+    def _texts(self, frames: list[str]) -> list[str]:
+        """The WebSocket messages for ``frames``: one ``batch`` frame if the client takes them, else each."""
+        if self.peer.batch and len(frames) > 1:
+            return [protocol.batch_frame(frames)]
+        return frames
+
+    def _count(self, frames: list[str], texts: list[str]) -> None:
+        self.app.frames_sent += len(texts)
+        self.app.frames_coalesced += len(frames) - len(texts)
 
     def start_drain(self) -> None:
         if self.drain is None and not self.closed_sent:
@@ -433,7 +436,7 @@ class _Conn:
 
     async def _drain(self) -> None:
         """Send the outbox through ASGI ``send`` until it is empty; close if the hub asked to."""
-        peer, app = self.peer, self.app
+        peer = self.peer
         send = self.ws._send  # uvicorn's own send: a connection that is gone raises
         try:
             while True:
@@ -442,14 +445,10 @@ class _Conn:
                     guard.note_slow_client_drop()
                 frames = peer.take()
                 if frames:
-                    if peer.batch and len(frames) > 1:
-                        await send({"type": "websocket.send", "text": protocol.batch_frame(frames)})
-                        app.frames_sent += 1
-                        app.frames_coalesced += len(frames) - 1
-                    else:
-                        for frame in frames:
-                            await send({"type": "websocket.send", "text": frame})
-                        app.frames_sent += len(frames)
+                    texts = self._texts(frames)
+                    for text in texts:
+                        await send({"type": "websocket.send", "text": text})
+                    self._count(frames, texts)
                     continue
                 if peer.closed:
                     self.closed_sent = True
@@ -464,6 +463,7 @@ class _Conn:
                     peer.doc.remove(peer)
         finally:
             self.drain = None
+
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> Starlette:
     """Build the ASGI app; with no arguments the settings come from the environment."""
