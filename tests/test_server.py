@@ -92,8 +92,9 @@ async def test_idempotent_resend_across_reconnect(server, ws_open):
     assert (await http_get(f"{server.base_url}/api/docs/idem")).json()["rev"] == 1
 
 
-async def test_resend_on_a_new_base_of_an_op_older_than_memory_is_not_applied_twice(server_factory, ws_open):
-    server = await server_factory(history_depth=2)
+@pytest.mark.parametrize("snapshot_every", [1000, 2], ids=["in-the-log", "compacted"])
+async def test_resend_on_a_new_base_of_an_op_older_than_memory_is_not_applied_twice(server_factory, ws_open, snapshot_every):
+    server = await server_factory(history_depth=2, snapshot_every=snapshot_every)
     a = await ws_open(server.ws("twice"))
     await a.join()
     await a.send({"type": "op", "rev": 0, "op": ["a"], "id": "dup"})

@@ -175,6 +175,29 @@ async def test_snapshot_compacts_the_log_and_loading_stays_exact(stores):
     assert await store.find_op("d", "op1") == 1, "op ids must outlive the compacted log"
 
 
+async def test_find_ops_sees_ids_in_the_log_compacted_and_after_reopening(stores):
+    """The hub's per-batch lookup: every applied id, wherever the store keeps it, and nothing else."""
+    store = await stores()  # history_depth=5
+    await store.append("d", ops(1, 3, prefix="a"), 3)
+    await store.append("other", ops(1, 1, prefix="z"), 1)
+    assert await store.find_ops("d", ["a1", "a3", "new", "z1"]) == {"a1": 1, "a3": 3}
+    text = "xxx"
+    for start in range(4, 16, 4):  # snapshots at 7, 11 and 15 compact the log through 10
+        text += "xxxx"
+        await store.append("d", ops(start, 4, prefix="b", doc_len=len(text) - 4), len(text), (start + 3, text))
+    assert (await store.ops_since("d", 0))[0].rev > 1, "the log was not compacted"
+    wanted = ["a1", "a3", "b4", "b12", "b15", "new"]
+    assert await store.find_ops("d", wanted) == {"a1": 1, "a3": 3, "b4": 4, "b12": 12, "b15": 15}
+    assert [await store.find_op("d", i) for i in wanted] == [1, 3, 4, 12, 15, None]
+    if stores.kind == "memory":
+        return
+    await store.close()
+    again = await stores()
+    assert await again.find_ops("d", wanted) == {"a1": 1, "a3": 3, "b4": 4, "b12": 12, "b15": 15}
+    await again.append("d", ops(16, 1, prefix="c", doc_len=len(text)), len(text) + 1)
+    assert await again.find_ops("d", ["a1", "b15", "c16", "new"]) == {"a1": 1, "b15": 15, "c16": 16}
+
+
 async def test_list_docs_most_recent_first_with_size(stores):
     store = await stores()
     await store.append("a", ops(1, 1), 1)
@@ -270,3 +293,20 @@ async def test_exclusive_on_a_new_document_does_not_list_it(stores):
     assert (await store.load("fresh", 10)).rev == 0
     await store.append("fresh", ops(1, 1), 1)
     assert [d.id for d in await store.list_docs()] == ["fresh"]
+
+
+async def test_sqlite_lookups_without_the_in_memory_log_ids_scan_the_log(tmp_path):
+    """Documents whose log ids were dropped from memory (cap reached) are still looked up right."""
+    store = SqliteStore(str(tmp_path / "ids.sqlite3"), history_depth=5)
+    store.LOG_IDS_MAX = 3  # room for one document's ids at a time
+    await store.open()
+    try:
+        await store.append("a", ops(1, 3, prefix="a"), 3)
+        await store.append("b", ops(1, 3, prefix="b"), 3)
+        assert list(store._log_ids) == ["b"], "the test needs 'a' dropped from memory"
+        for doc, other in (("a", "b"), ("b", "a")):
+            assert await store.find_ops(doc, [f"{doc}1", f"{doc}3", f"{other}1", "🦄"]) == {f"{doc}1": 1, f"{doc}3": 3}
+        await store.append("a", ops(4, 1, prefix="a", doc_len=3), 4)  # read back from the log, with the new one
+        assert list(store._log_ids) == ["a"] and store._log_ids["a"] == {"a1": 1, "a2": 2, "a3": 3, "a4": 4}
+    finally:
+        await store.close()

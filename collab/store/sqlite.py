@@ -14,6 +14,7 @@ import asyncio
 import os
 import sqlite3
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
@@ -41,7 +42,10 @@ CREATE TABLE IF NOT EXISTS ops (
     PRIMARY KEY (doc, rev)
 ) WITHOUT ROWID;
 -- Op ids outlive the ops they name (the log is compacted), so that a client
--- resending an operation from long ago is still told it was applied.
+-- resending an operation from long ago is still told it was applied. An id is
+-- copied here when its op leaves the log, not when it is written: ids are
+-- random, so one row per op here would dirty one more page per op in every
+-- commit (ops are appended in revision order and share their pages).
 CREATE TABLE IF NOT EXISTS op_ids (
     doc TEXT NOT NULL,
     op_id TEXT NOT NULL,
@@ -79,6 +83,11 @@ class SqliteStore(Store):
         self.ops_written = 0
         #: The revision each document's next append must start at, as far as this writer knows.
         self._next_rev: dict[str, int] = {}
+        #: Per recently written document, op id -> revision of the ops still in the log
+        #: (their ids are not in ``op_ids`` yet): the hub's per-batch id lookup reads this
+        #: instead of scanning the log. Written by the store's thread after each commit only.
+        self._log_ids: OrderedDict[str, dict[str, int]] = OrderedDict()
+        self._log_ids_count = 0
 
     # -- plumbing ---------------------------------------------------------
 
@@ -154,7 +163,14 @@ class SqliteStore(Store):
             self._flusher = None
 
     _INSERT_OPS = "INSERT INTO ops (doc, rev, op, client, op_id) VALUES (?, ?, ?, ?, ?)"
-    _INSERT_IDS = "INSERT OR IGNORE INTO op_ids (doc, op_id, rev) VALUES (?, ?, ?)"
+    #: Keep the ids of the ops a compaction removes (in key order: each page is written once).
+    _KEEP_IDS = (
+        "INSERT OR IGNORE INTO op_ids (doc, op_id, rev) "
+        "SELECT doc, op_id, rev FROM ops WHERE doc = ? AND rev <= ? ORDER BY op_id"
+    )
+    #: How many ids :attr:`_log_ids` keeps in all, about 100 bytes each (the least
+    #: recently written documents are dropped first; their lookups scan their log).
+    LOG_IDS_MAX = 500_000
     _UPSERT_DOC = (
         "INSERT INTO docs (id, rev, size, created, updated) VALUES (?, ?, ?, ?, ?) "
         "ON CONFLICT(id) DO UPDATE SET rev = excluded.rev, size = excluded.size, updated = excluded.updated"
@@ -189,14 +205,38 @@ class SqliteStore(Store):
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
-        for (doc, _, _, _), error in zip(batch, errors):
+        for (doc, ops, _, snapshot), error in zip(batch, errors):
             if error is None:
                 self._next_rev[doc] = following[doc]
+                self._remember_ids_sync(db, doc, ops, snapshot)
             else:
                 self._next_rev.pop(doc, None)
+                self._log_ids_count -= len(self._log_ids.pop(doc, None) or ())
         self.commits += 1
         self.ops_written += sum(len(ops) for (_, ops, _, _), e in zip(batch, errors) if e is None)
         return errors
+
+    def _remember_ids_sync(self, db: sqlite3.Connection, doc: str, ops: list[StoredOp],
+                           snapshot: tuple[int, str] | None) -> None:
+        """Bring :attr:`_log_ids` up to a commit of ``ops`` to ``doc`` (store thread, after COMMIT)."""
+        ids = self._log_ids.pop(doc, None)
+        if ids is None:  # first write to this document here: read what its log holds
+            ids = dict(db.execute("SELECT op_id, rev FROM ops WHERE doc = ?", (doc,)))
+        else:
+            self._log_ids_count -= len(ids)
+            for o in ops:
+                ids[o.id] = o.rev
+        if snapshot is not None:
+            gone = self._compacted_through(snapshot, ops[-1].rev)
+            ids = {i: r for i, r in ids.items() if r > gone}
+        self._log_ids[doc] = ids
+        self._log_ids_count += len(ids)
+        while self._log_ids_count > self.LOG_IDS_MAX and len(self._log_ids) > 1:
+            self._log_ids_count -= len(self._log_ids.popitem(last=False)[1])
+
+    def _compacted_through(self, snapshot: tuple[int, str], last: int) -> int:
+        """The last revision a snapshot at ``snapshot[0]`` removes from the log (``last`` is the newest)."""
+        return min(snapshot[0], last - self.history_depth)
 
     def _check_revisions_sync(self, db: sqlite3.Connection, batch: list) -> tuple[list[Exception | None], dict[str, int]]:
         """Refuse appends that do not continue their document's log (a gap, or a revision taken).
@@ -226,7 +266,6 @@ class SqliteStore(Store):
     def _write_all_sync(self, db: sqlite3.Connection, batch: list, now: float) -> None:
         rows = [(doc, o.rev, _dumps(o.op), o.client, o.id) for doc, ops, _, _ in batch for o in ops]
         db.executemany(self._INSERT_OPS, rows)
-        db.executemany(self._INSERT_IDS, [(doc, op_id, rev) for doc, rev, _, _, op_id in rows])
         last: dict[str, tuple[str, int, int, float, float]] = {}
         for doc, ops, size, _ in batch:
             last[doc] = (doc, ops[-1].rev, size, now, now)
@@ -254,7 +293,8 @@ class SqliteStore(Store):
         rev, text = snapshot
         db.execute("INSERT OR REPLACE INTO snapshots (doc, rev, text) VALUES (?, ?, ?)", (doc, rev, text))
         db.execute("DELETE FROM snapshots WHERE doc = ? AND rev < ?", (doc, rev))
-        keep_after = min(rev, last - self.history_depth)
+        keep_after = self._compacted_through(snapshot, last)
+        db.execute(self._KEEP_IDS, (doc, keep_after))
         db.execute("DELETE FROM ops WHERE doc = ? AND rev <= ?", (doc, keep_after))
 
     # -- reads --------------------------------------------------------------
@@ -280,21 +320,36 @@ class SqliteStore(Store):
 
     def _find_op_sync(self, doc: str, op_id: str) -> int | None:
         assert self._db is not None
-        row = self._db.execute("SELECT rev FROM op_ids WHERE doc = ? AND op_id = ?", (doc, op_id)).fetchone()
-        return row[0] if row else None
+        return self._lookup_sync(self._db, doc, [op_id], None).get(op_id)
 
     async def find_op(self, doc: str, op_id: str) -> int | None:
         return await self._run(self._find_op_sync, doc, op_id)
 
-    def _find_ops_sync(self, doc: str, op_ids: list[str]) -> dict[str, int]:
-        assert self._reader is not None
+    @staticmethod
+    def _lookup_sync(db: sqlite3.Connection, doc: str, op_ids: list[str], log_ids: dict[str, int] | None) -> dict[str, int]:
+        """Revisions of ``op_ids`` in ``doc``: from ``op_ids`` (compacted ops) and from the log.
+
+        ``log_ids`` is the log's ids when known (:attr:`_log_ids`); without
+        it, the document's log is scanned (it is short: about
+        ``history_depth`` plus one snapshot interval of ops).
+        """
         found: dict[str, int] = {}
+        if log_ids is not None:
+            for i in op_ids:
+                rev = log_ids.get(i)
+                if rev is not None:
+                    found[i] = rev
         for i in range(0, len(op_ids), 500):  # SQLite limits the parameters of one statement
             chunk = op_ids[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            rows = self._reader.execute(f"SELECT op_id, rev FROM op_ids WHERE doc = ? AND op_id IN ({marks})", (doc, *chunk))
-            found.update(rows)
+            found.update(db.execute(f"SELECT op_id, rev FROM op_ids WHERE doc = ? AND op_id IN ({marks})", (doc, *chunk)))
+            if log_ids is None:
+                found.update(db.execute(f"SELECT op_id, rev FROM ops WHERE doc = ? AND op_id IN ({marks})", (doc, *chunk)))
         return found
+
+    def _find_ops_sync(self, doc: str, op_ids: list[str]) -> dict[str, int]:
+        assert self._reader is not None
+        return self._lookup_sync(self._reader, doc, op_ids, self._log_ids.get(doc))
 
     async def find_ops(self, doc: str, op_ids: list[str]) -> dict[str, int]:
         """Run on the event loop, not the store's thread: an index lookup of a few
