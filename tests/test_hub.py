@@ -413,3 +413,26 @@ async def test_sqlite_a_failed_commit_refuses_the_batches_queued_behind_it(tmp_p
     finally:
         await hub.close()
         await store.close()
+
+
+async def test_a_submit_on_any_kept_base_is_transformed_through_exactly_the_ops_after_it():
+    """Bases near the newest end and near the oldest kept one (the history is read from either end)."""
+    hub = Hub(MemoryStore(history_depth=8), HubConfig(history_depth=8))
+    writer, other = Peer(User("w", "#000")), Peer(User("o", "#000"))
+    doc = await hub.join("k", writer, None)
+    await hub.join("k", other, None)
+    for i in range(12):  # revisions 1-12 append "a"; 5-12 stay kept
+        await doc.submit(writer, Submit(i, [i, "a"] if i else ["a"], f"a{i}", None))
+        await settle(hub)
+    assert doc.history_start == 4
+    drain(writer), drain(other)
+    for n, behind in enumerate(range(9)):  # 0 to 8 revisions behind: every kept base
+        base, rev = doc.rev - behind, doc.rev + 1
+        assert len(doc.history) == 8 and base >= doc.history_start
+        # An insert at 0 of the text at `base` (one character per revision so far).
+        await doc.submit(other, Submit(base, ["🙂", base], f"e{n}", None))
+        await settle(hub)
+        acks = [m for m in drain(other) if m["type"] == "ack"]
+        assert acks == [{"type": "ack", "id": f"e{n}", "rev": rev}], (behind, acks)
+        assert str(doc.text) == "🙂" * (n + 1) + "a" * 12
+    assert not [m for m in drain(writer) if m["type"] == "error"]
