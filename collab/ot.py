@@ -655,7 +655,10 @@ def transform_index(index: int, op: Operation) -> int:
 
 def transform_cursor(anchor: int, head: int, op: Operation) -> tuple[int, int]:
     """Move a selection ``(anchor, head)`` through ``op``; each end as :func:`transform_index`."""
-    return transform_index(anchor, op), transform_index(head, op)
+    moved = transform_index(anchor, op)
+    if head == anchor:  # a caret, the usual case: one walk over the op
+        return moved, moved
+    return moved, transform_index(head, op)
 
 
 def from_splice(doc_len: int, pos: int, delete: int, insert: str) -> Operation:

@@ -363,6 +363,9 @@ def test_prop_cursor_in_range(case: tuple[str, list], anchor: int, head: int) ->
     a2, h2 = ot.transform_cursor(anchor, head, op)
     assert 0 <= a2 <= len(out)
     assert 0 <= h2 <= len(out)
+    assert (a2, h2) == (ot.transform_index(anchor, op), ot.transform_index(head, op))
+    caret = ot.transform_index(anchor, op)
+    assert ot.transform_cursor(anchor, anchor, op) == (caret, caret)
 
 
 @PROPS
