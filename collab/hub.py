@@ -628,15 +628,14 @@ class Document:
         waits its turn: its acks must not overtake the commit of the op they
         acknowledge, which may be in flight.
         """
-        loop = asyncio.get_running_loop()
         if new:
             snapshot = self._snapshot_due()
-            commit: asyncio.Future[None] = loop.create_task(self.store.append(self.id, new, len(self.text), snapshot))
+            commit = self.store.start_append(self.id, new, len(self.text), snapshot)
             if snapshot is not None:
                 self.last_snapshot = self.rev  # if this commit fails, the document is dropped anyway
             self.hub.ops_applied += len(new)
         else:
-            commit = loop.create_future()
+            commit = asyncio.get_running_loop().create_future()
             commit.set_result(None)
         self._flight.append((commit, applied))
         commit.add_done_callback(self._landed)

@@ -310,3 +310,21 @@ async def test_sqlite_lookups_without_the_in_memory_log_ids_scan_the_log(tmp_pat
         assert list(store._log_ids) == ["a"] and store._log_ids["a"] == {"a1": 1, "a2": 2, "a3": 3, "a4": 4}
     finally:
         await store.close()
+
+
+async def test_sqlite_appends_of_one_loop_turn_share_a_commit_and_close_waits_for_it(tmp_path):
+    path = str(tmp_path / "turn.sqlite3")
+    store = SqliteStore(path, history_depth=5)
+    await store.open()
+    futures = [store.start_append(doc, ops(1, 2, prefix=doc), 2) for doc in ("a", "b", "c")]
+    assert not any(f.done() for f in futures), "an append returned before its commit"
+    await store.close()  # waits for the commit in progress
+    assert [f.result() for f in futures] == [None, None, None]
+    assert store.commits == 1 and store.ops_written == 6
+    again = SqliteStore(path, history_depth=5)
+    await again.open()
+    try:
+        assert {d.id: d.rev for d in await again.list_docs()} == {"a": 2, "b": 2, "c": 2}
+        assert await again.find_ops("b", ["b1", "b2", "a1"]) == {"b1": 1, "b2": 2}
+    finally:
+        await again.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
 import json
 from dataclasses import dataclass, field
@@ -122,6 +123,11 @@ class Store(abc.ABC):
         ``snapshot`` is ``(rev, text)`` to store as a new snapshot. Raises
         :class:`RevisionConflict` if one of the revisions is already taken.
         """
+
+    def start_append(self, doc: str, ops: list[StoredOp], size: int,
+                     snapshot: tuple[int, str] | None = None) -> "asyncio.Future[None]":
+        """Start :meth:`append` and return its future at once (a pipelined store queues it without a task)."""
+        return asyncio.ensure_future(self.append(doc, ops, size, snapshot))
 
     @abc.abstractmethod
     async def find_op(self, doc: str, op_id: str) -> int | None:

@@ -11,6 +11,7 @@ operation survives ``kill -9`` and power loss (``synchronous=FULL``).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import sqlite3
 import time
@@ -64,6 +65,13 @@ PRAGMA user_version = 1;
 _Append = tuple[str, list[StoredOp], int, "tuple[int, str] | None", "asyncio.Future[None]"]
 
 
+def _call_soon_threadsafe(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:  # the loop is closed: nobody is waiting any more
+        pass
+
+
 class SqliteStore(Store):
     """Documents in one SQLite database file at ``path``."""
 
@@ -77,7 +85,9 @@ class SqliteStore(Store):
         self._reader: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._pending: list[_Append] = []
-        self._flusher: asyncio.Task[None] | None = None
+        #: A commit is in progress or about to start (appends queue behind it).
+        self._committing = False
+        self._idle_waiters: list[asyncio.Future[None]] = []
         #: Transactions committed and ops written, for /metrics and benchmarks.
         self.commits = 0
         self.ops_written = 0
@@ -119,8 +129,7 @@ class SqliteStore(Store):
         await self._run(self._open_sync)
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            await asyncio.shield(self._flusher)
+        await self._idle()
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None
@@ -133,34 +142,72 @@ class SqliteStore(Store):
 
     # -- writes -------------------------------------------------------------
 
-    async def append(self, doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None = None) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((doc, ops, size, snapshot, fut))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
-        await fut
+    def start_append(self, doc: str, ops: list[StoredOp], size: int,
+                     snapshot: tuple[int, str] | None = None) -> asyncio.Future[None]:
+        """Queue an append; the future resolves once it is committed (or fails with its error).
 
-    async def _flush(self) -> None:
-        """Commit what is pending, batch after batch, until nothing is."""
+        No task per append: the future is resolved straight from the
+        callback that reports the commit to the event loop, so an ack is as
+        few loop turns as possible behind its fsync. With no commit in
+        progress, the next one starts at the end of this loop turn (appends
+        made in the same turn, to any document, share it); otherwise when
+        the one in progress is reported.
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._pending.append((doc, ops, size, snapshot, fut))
+        if not self._committing:
+            self._committing = True
+            loop.call_soon(self._commit_pending)
+        return fut
+
+    async def append(self, doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None = None) -> None:
+        await self.start_append(doc, ops, size, snapshot)
+
+    def _commit_pending(self) -> None:
+        """Hand everything pending to the store's thread, as one transaction."""
+        batch, self._pending = self._pending, []
+        if not batch:
+            self._committing = False
+            self._wake_idle()
+            return
+        loop = asyncio.get_running_loop()
         try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    errors = await self._run(self._commit_sync, [(d, o, s, snap) for d, o, s, snap, _ in batch])
-                except Exception as exc:  # the whole transaction failed (disk full, I/O error)
-                    for *_, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                for (*_, fut), error in zip(batch, errors):
-                    if fut.done():
-                        continue
-                    if error is None:
-                        fut.set_result(None)
-                    else:
-                        fut.set_exception(error)
-        finally:
-            self._flusher = None
+            if self._executor is None:
+                raise RuntimeError("the SQLite store is closed")
+            work = self._executor.submit(self._commit_sync, [(d, o, s, snap) for d, o, s, snap, _ in batch])
+        except RuntimeError as exc:
+            work = concurrent.futures.Future()
+            work.set_exception(exc)
+        work.add_done_callback(lambda done: _call_soon_threadsafe(loop, self._committed, batch, done))
+
+    def _committed(self, batch: list[_Append], work: concurrent.futures.Future) -> None:
+        """On the loop: settle a transaction's appends, then start the next one."""
+        try:
+            errors: list[BaseException | None] = work.result()
+        except Exception as exc:  # the whole transaction failed (disk full, I/O error)
+            errors = [exc] * len(batch)
+        for (*_, fut), error in zip(batch, errors):
+            if fut.done():
+                continue
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
+        self._commit_pending()
+
+    def _wake_idle(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    async def _idle(self) -> None:
+        """Return once no commit is in progress or pending."""
+        while self._committing:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._idle_waiters.append(waiter)
+            await waiter
 
     _INSERT_OPS = "INSERT INTO ops (doc, rev, op, client, op_id) VALUES (?, ?, ?, ?, ?)"
     #: Keep the ids of the ops a compaction removes (in key order: each page is written once).
