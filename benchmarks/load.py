@@ -30,6 +30,7 @@ Examples::
 
     python benchmarks/load.py --scenario hot
     python benchmarks/load.py --scenario saturate --quick
+    python benchmarks/load.py --scenario saturate --quick --rounds 3   # median of 3 interleaved rounds
     python benchmarks/load.py --scenario idle
 """
 
@@ -627,6 +628,41 @@ def report(scenario: Scenario, results: list[dict[str, Any]]) -> str:
     )  # fmt: skip
 
 
+def summary(scenario: Scenario, rounds: list[list[dict[str, Any]]]) -> str:
+    """Per server: the median (and range) over rounds of each figure and of its ratio to the same round's relay."""
+
+    def med(values: list[float], fmt: str) -> str:
+        values = sorted(values)
+        mid = values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
+        return f"{mid:{fmt}} [{values[0]:{fmt}}-{values[-1]:{fmt}}]"
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else 0.0
+
+    rows = []
+    for j, first in enumerate(rounds[0]):
+        runs = [(r[j], r[0]) for r in rounds]
+        if scenario.idle:
+            rows.append([first["target"], med([x["per_conn"] / 1024 for x, _ in runs], ".1f"),
+                         med([ratio(x["per_conn"], b["per_conn"]) for x, b in runs], ".2f")])
+            continue
+        rows.append([
+            first["target"],
+            med([x["applied"] for x, _ in runs], ",.0f"), med([ratio(x["applied"], b["applied"]) for x, b in runs], ".2f"),
+            med([x["p99"] for x, _ in runs], ".2f"), med([ratio(x["p99"], b["p99"]) for x, b in runs], ".2f"),
+            med([x["cpu_per_edit"] for x, _ in runs], ".0f"),
+            med([ratio(x["cpu_per_edit"], b["cpu_per_edit"]) for x, b in runs], ".2f"),
+            "n/a" if first["converged"] == "n/a" else ("yes" if all(x["converged"] == "yes" for x, _ in runs) else "NO"),
+            sum(x["errors"] for x, _ in runs),
+        ])  # fmt: skip
+    if scenario.idle:
+        return table(["server", "KiB/connection", "× relay"], rows)
+    return table(
+        ["server", "applied/s", "× relay", "p99 ms", "p99 × relay", "CPU µs/applied edit", "× relay", "converged", "errors"],
+        rows,
+    )  # fmt: skip
+
+
 SCENARIOS = {
     "hot": Scenario("hot", 1, 50, 10.0, 15.0),
     "many": Scenario("many", 200, 5, 2.0, 15.0),
@@ -662,6 +698,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-pin", action="store_true", help="let the OS place the server and the generator on any CPU")
     ap.add_argument("--json", metavar="FILE", help="also write the raw results to FILE")
     ap.add_argument("--profile", metavar="FILE", help="py-spy the collab server during the editing window (collapsed stacks to FILE)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run relay and collab alternately this many times and also print the median of the "
+                         "per-round ratios (a shared machine's speed drifts between runs)")
     args = ap.parse_args(argv)
     sc = SCENARIOS[args.scenario]
     if args.quick:
@@ -685,10 +724,18 @@ def main(argv: list[str] | None = None) -> None:
         + ("idle" if sc.idle else f"{sc.rate or 'max'} edits/s each for {sc.seconds:g} s")
         + ("; server on CPU 0, generator on CPU 1\n" if pin_prefix(0) else "; not pinned\n")
     )
-    results = [run_target("relay", sc, "")]
-    for store in [s for s in args.stores.split(",") if s]:
-        results.append(run_target("collab", sc, store, args.profile))
-    print(report(sc, results))
+    rounds: list[list[dict[str, Any]]] = []
+    for i in range(max(1, args.rounds)):
+        results = [run_target("relay", sc, "")]
+        for store in [s for s in args.stores.split(",") if s]:
+            results.append(run_target("collab", sc, store, args.profile if i == 0 else None))
+        rounds.append(results)
+        if args.rounds > 1:
+            print(f"round {i + 1} of {args.rounds}:")
+        print(report(sc, results))
+    if len(rounds) > 1:
+        print(f"\nmedian over {len(rounds)} rounds (each ratio against the relay of its own round; range in brackets):\n")
+        print(summary(sc, rounds))
     if args.profile and Path(args.profile).is_file():
         print(f"\nprofile of the collab server ({args.profile}):\n")
         print(summarize_collapsed(args.profile))
