@@ -630,15 +630,15 @@ class Document:
         """
         if new:
             snapshot = self._snapshot_due()
-            commit = self.store.start_append(self.id, new, len(self.text), snapshot)
+            commit = self.store.start_append(self.id, new, len(self.text), snapshot, on_done=self._landed)
             if snapshot is not None:
                 self.last_snapshot = self.rev  # if this commit fails, the document is dropped anyway
             self.hub.ops_applied += len(new)
         else:
             commit = asyncio.get_running_loop().create_future()
             commit.set_result(None)
+            commit.add_done_callback(self._landed)
         self._flight.append((commit, applied))
-        commit.add_done_callback(self._landed)
 
     def _landed(self, _: object = None) -> None:
         """Announce the batches whose commits landed, in order; fail the document if one did not."""

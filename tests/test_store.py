@@ -316,10 +316,15 @@ async def test_sqlite_appends_of_one_loop_turn_share_a_commit_and_close_waits_fo
     path = str(tmp_path / "turn.sqlite3")
     store = SqliteStore(path, history_depth=5)
     await store.open()
-    futures = [store.start_append(doc, ops(1, 2, prefix=doc), 2) for doc in ("a", "b", "c")]
+    seen: list[tuple[str, bool]] = []
+    futures = [
+        store.start_append(doc, ops(1, 2, prefix=doc), 2, on_done=lambda f, doc=doc: seen.append((doc, f.done())))
+        for doc in ("a", "b", "c")
+    ]
     assert not any(f.done() for f in futures), "an append returned before its commit"
     await store.close()  # waits for the commit in progress
     assert [f.result() for f in futures] == [None, None, None]
+    assert seen == [("a", True), ("b", True), ("c", True)], "on_done runs once per append, after it is settled"
     assert store.commits == 1 and store.ops_written == 6
     again = SqliteStore(path, history_depth=5)
     await again.open()

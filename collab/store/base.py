@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 from dataclasses import dataclass, field
-from typing import AsyncContextManager, AsyncIterator
+from typing import AsyncContextManager, AsyncIterator, Callable
 
 from .. import ot
 
@@ -124,10 +124,18 @@ class Store(abc.ABC):
         :class:`RevisionConflict` if one of the revisions is already taken.
         """
 
-    def start_append(self, doc: str, ops: list[StoredOp], size: int,
-                     snapshot: tuple[int, str] | None = None) -> "asyncio.Future[None]":
-        """Start :meth:`append` and return its future at once (a pipelined store queues it without a task)."""
-        return asyncio.ensure_future(self.append(doc, ops, size, snapshot))
+    def start_append(self, doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None = None,
+                     on_done: "Callable[[asyncio.Future[None]], object] | None" = None) -> "asyncio.Future[None]":
+        """Start :meth:`append` and return its future at once.
+
+        ``on_done(future)`` is called once the future is done: as one of its
+        done callbacks here; a pipelined store may call it sooner, straight
+        from where it settles the future.
+        """
+        fut = asyncio.ensure_future(self.append(doc, ops, size, snapshot))
+        if on_done is not None:
+            fut.add_done_callback(on_done)
+        return fut
 
     @abc.abstractmethod
     async def find_op(self, doc: str, op_id: str) -> int | None:

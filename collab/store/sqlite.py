@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import sqlite3
 import time
@@ -25,6 +26,7 @@ from .base import load_op as _loads
 
 
 T = TypeVar("T")
+log = logging.getLogger("collab.store")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -62,7 +64,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
 PRAGMA user_version = 1;
 """
 
-_Append = tuple[str, list[StoredOp], int, "tuple[int, str] | None", "asyncio.Future[None]"]
+_Append = tuple[str, list[StoredOp], int, "tuple[int, str] | None", "asyncio.Future[None]", Any]
 
 
 def _call_soon_threadsafe(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: Any) -> None:
@@ -142,20 +144,20 @@ class SqliteStore(Store):
 
     # -- writes -------------------------------------------------------------
 
-    def start_append(self, doc: str, ops: list[StoredOp], size: int,
-                     snapshot: tuple[int, str] | None = None) -> asyncio.Future[None]:
+    def start_append(self, doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None = None,
+                     on_done: Callable[[asyncio.Future[None]], object] | None = None) -> asyncio.Future[None]:
         """Queue an append; the future resolves once it is committed (or fails with its error).
 
-        No task per append: the future is resolved straight from the
-        callback that reports the commit to the event loop, so an ack is as
-        few loop turns as possible behind its fsync. With no commit in
-        progress, the next one starts at the end of this loop turn (appends
-        made in the same turn, to any document, share it); otherwise when
-        the one in progress is reported.
+        No task per append: the future is settled, and ``on_done(future)``
+        called, straight from the callback that reports the commit to the
+        event loop, so an ack is as few loop turns as possible behind its
+        fsync. With no commit in progress, the next one starts at the end of
+        this loop turn (appends made in the same turn, to any document,
+        share it); otherwise when the one in progress is reported.
         """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        self._pending.append((doc, ops, size, snapshot, fut))
+        self._pending.append((doc, ops, size, snapshot, fut, on_done))
         if not self._committing:
             self._committing = True
             loop.call_soon(self._commit_pending)
@@ -175,7 +177,7 @@ class SqliteStore(Store):
         try:
             if self._executor is None:
                 raise RuntimeError("the SQLite store is closed")
-            work = self._executor.submit(self._commit_sync, [(d, o, s, snap) for d, o, s, snap, _ in batch])
+            work = self._executor.submit(self._commit_sync, [(d, o, s, snap) for d, o, s, snap, _, _ in batch])
         except RuntimeError as exc:
             work = concurrent.futures.Future()
             work.set_exception(exc)
@@ -187,13 +189,19 @@ class SqliteStore(Store):
             errors: list[BaseException | None] = work.result()
         except Exception as exc:  # the whole transaction failed (disk full, I/O error)
             errors = [exc] * len(batch)
-        for (*_, fut), error in zip(batch, errors):
+        for (*_, fut, _), error in zip(batch, errors):
             if fut.done():
                 continue
             if error is None:
                 fut.set_result(None)
             else:
                 fut.set_exception(error)
+        for *_, fut, on_done in batch:  # after every future is settled: a callback may look at later ones
+            if on_done is not None:
+                try:
+                    on_done(fut)
+                except Exception:
+                    log.exception("a commit callback failed")
         self._commit_pending()
 
     def _wake_idle(self) -> None:
