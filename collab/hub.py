@@ -423,26 +423,27 @@ class Document:
             raise ProtocolError(STALE_REV, f"revision {sub.rev} is older than the kept history; rejoin", sub.id)
         op = sub.op
         cursor = sub.cursor
+        size = len(self.text)
         if sub.rev == self.rev:
-            if ot.base_length(op) != len(self.text):
+            spans, new_len = ot.lengths(op)
+            if spans != size:
                 raise ProtocolError(
-                    BAD_OP,
-                    f"operation spans {ot.base_length(op)} characters but revision {sub.rev} has {len(self.text)}",
-                    sub.id,
+                    BAD_OP, f"operation spans {spans} characters but revision {sub.rev} has {size}", sub.id
                 )
         else:
             concurrent = self._after(sub.rev)
             expected = ot.base_length(concurrent[0].op)
-            if ot.base_length(op) != expected:
+            spans = ot.base_length(op)
+            if spans != expected:
                 raise ProtocolError(
-                    BAD_OP, f"operation spans {ot.base_length(op)} characters but revision {sub.rev} has {expected}", sub.id
+                    BAD_OP, f"operation spans {spans} characters but revision {sub.rev} has {expected}", sub.id
                 )
             for entry in concurrent:
                 op, other = ot.transform(op, entry.op)
                 if cursor is not None:
                     cursor = Cursor(*ot.transform_cursor(cursor.anchor, cursor.head, other))
-        new_len = ot.target_length(op)
-        if new_len > self.config.max_doc_chars and new_len > len(self.text):
+            new_len = ot.target_length(op)
+        if new_len > self.config.max_doc_chars and new_len > size:
             raise ProtocolError(
                 TOO_LARGE, f"the document would have {new_len} characters; the limit is {self.config.max_doc_chars}", sub.id
             )
@@ -453,9 +454,8 @@ class Document:
         self.history.append(entry)
         self.ids[sub.id] = self.rev
         if peer is not None:  # the others' cursors move lazily (_cursor_now)
-            if cursor is not None:
-                size = len(self.text)
-                cursor = Cursor(min(cursor.anchor, size), min(cursor.head, size))
+            if cursor is not None and (cursor.anchor > new_len or cursor.head > new_len):
+                cursor = Cursor(min(cursor.anchor, new_len), min(cursor.head, new_len))
             peer.cursor, peer.cursor_rev = cursor, self.rev
         return entry
 

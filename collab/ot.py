@@ -236,6 +236,20 @@ def target_length(op: Operation) -> int:
     return n
 
 
+def lengths(op: Operation) -> tuple[int, int]:
+    """``(base_length(op), target_length(op))`` in one walk over ``op``."""
+    base = target = 0
+    for c in op:
+        if type(c) is str:
+            target += len(c)
+        elif c > 0:
+            base += c
+            target += c
+        else:
+            base -= c
+    return base, target
+
+
 def is_noop(op: Operation) -> bool:
     """True if ``op`` changes nothing: it is empty or consists of retains only."""
     return all(type(c) is int and c > 0 for c in op)

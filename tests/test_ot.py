@@ -101,6 +101,7 @@ def test_lengths_count_code_points() -> None:
     assert ot.base_length(op) == 6
     assert ot.target_length(op) == 3 + 4
     assert ot.base_length([]) == ot.target_length([]) == 0
+    assert ot.lengths(op) == (6, 7) and ot.lengths([]) == (0, 0)
 
 
 def test_is_noop() -> None:
@@ -306,6 +307,7 @@ def test_prop_generated_ops_validate_and_lengths(case: tuple[str, list]) -> None
     assert ot.validate(op, len(d)) is op
     out = ot.apply(d, op)
     assert len(out) == ot.target_length(op)
+    assert ot.lengths(op) == (len(d), len(out))
 
 
 @PROPS
