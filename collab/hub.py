@@ -1066,6 +1066,7 @@ class Hub:
     def _forget(self, doc: Document) -> None:
         if self.docs.get(doc.id) is doc:
             del self.docs[doc.id]
+            self.store.forget(doc.id)
             if self.backplane is not None and self._started and not self.closing:
                 asyncio.get_running_loop().create_task(self._unsubscribe(doc.id))
 

@@ -436,3 +436,34 @@ async def test_a_submit_on_any_kept_base_is_transformed_through_exactly_the_ops_
         assert acks == [{"type": "ack", "id": f"e{n}", "rev": rev}], (behind, acks)
         assert str(doc.text) == "🙂" * (n + 1) + "a" * 12
     assert not [m for m in drain(writer) if m["type"] == "error"]
+
+
+async def test_sqlite_a_closed_document_leaves_nothing_cached_in_the_store(tmp_path):
+    """The store's in-memory op ids live as long as the hub keeps the document open."""
+    from collab.store.sqlite import SqliteStore
+
+    store = SqliteStore(str(tmp_path / "u.sqlite3"))
+    await store.open()
+    hub = Hub(store, HubConfig(idle_unload_seconds=0.05))
+    try:
+        writer = Peer(User("w", "#000"))
+        doc = await hub.join("u", writer, None)
+        await doc.submit(writer, Submit(0, ["🦄"], "u1", None))
+        await settle(hub)
+        while doc._flight:
+            await asyncio.sleep(0.01)
+        await store._run(lambda: None)  # the store's thread is past the commit
+        assert store._log_ids.get("u") == {"u1": 1}
+        doc.remove(writer)
+        for _ in range(200):
+            if "u" not in hub.docs:
+                break
+            await asyncio.sleep(0.01)
+        assert "u" not in hub.docs, "the idle document was not closed"
+        await store._run(lambda: None)
+        assert "u" not in store._log_ids and store._log_ids_count == 0
+        again = await hub.join("u", Peer(User("v", "#000")), None)  # reopened: still finds the op by its id
+        assert await store.find_ops("u", ["u1", "nope"]) == {"u1": 1} and str(again.text) == "🦄"
+    finally:
+        await hub.close()
+        await store.close()

@@ -137,6 +137,9 @@ class Store(abc.ABC):
             fut.add_done_callback(on_done)
         return fut
 
+    def forget(self, doc: str) -> None:
+        """The hub closed ``doc``: drop what is cached in memory for it (the default caches nothing)."""
+
     @abc.abstractmethod
     async def find_op(self, doc: str, op_id: str) -> int | None:
         """The revision at which op ``op_id`` was applied, if it ever was."""

@@ -95,9 +95,10 @@ class SqliteStore(Store):
         self.ops_written = 0
         #: The revision each document's next append must start at, as far as this writer knows.
         self._next_rev: dict[str, int] = {}
-        #: Per recently written document, op id -> revision of the ops still in the log
-        #: (their ids are not in ``op_ids`` yet): the hub's per-batch id lookup reads this
-        #: instead of scanning the log. Written by the store's thread after each commit only.
+        #: Per document written since the hub opened it, op id -> revision of the ops still
+        #: in the log (their ids are not in ``op_ids`` yet): the hub's per-batch id lookup
+        #: reads this instead of scanning the log. Changed by the store's thread only: after
+        #: each commit, and when the hub closes the document (:meth:`forget`).
         self._log_ids: OrderedDict[str, dict[str, int]] = OrderedDict()
         self._log_ids_count = 0
 
@@ -223,9 +224,11 @@ class SqliteStore(Store):
         "INSERT OR IGNORE INTO op_ids (doc, op_id, rev) "
         "SELECT doc, op_id, rev FROM ops WHERE doc = ? AND rev <= ? ORDER BY op_id"
     )
-    #: How many ids :attr:`_log_ids` keeps in all, about 100 bytes each (the least
-    #: recently written documents are dropped first; their lookups scan their log).
-    LOG_IDS_MAX = 500_000
+    #: A safety net: how many ids :attr:`_log_ids` keeps in all, about 100 bytes each
+    #: (the least recently written documents are dropped first; their lookups scan their
+    #: log). An open document's ids take about as much memory as its kept history, and
+    #: are dropped with it when the hub closes the document.
+    LOG_IDS_MAX = 2_000_000
     _UPSERT_DOC = (
         "INSERT INTO docs (id, rev, size, created, updated) VALUES (?, ?, ?, ?, ?) "
         "ON CONFLICT(id) DO UPDATE SET rev = excluded.rev, size = excluded.size, updated = excluded.updated"
@@ -288,6 +291,17 @@ class SqliteStore(Store):
         self._log_ids_count += len(ids)
         while self._log_ids_count > self.LOG_IDS_MAX and len(self._log_ids) > 1:
             self._log_ids_count -= len(self._log_ids.popitem(last=False)[1])
+
+    def forget(self, doc: str) -> None:
+        if self._executor is not None:
+            try:
+                self._executor.submit(self._forget_sync, doc)
+            except RuntimeError:  # shutting down
+                pass
+
+    def _forget_sync(self, doc: str) -> None:
+        self._log_ids_count -= len(self._log_ids.pop(doc, None) or ())
+        self._next_rev.pop(doc, None)
 
     def _compacted_through(self, snapshot: tuple[int, str], last: int) -> int:
         """The last revision a snapshot at ``snapshot[0]`` removes from the log (``last`` is the newest)."""
