@@ -10,7 +10,9 @@ clients of a crashed process leaving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from typing import AsyncIterator
 
 import pytest
 
@@ -327,13 +329,30 @@ async def _hold_writer(store):
     return release
 
 
-async def test_sqlite_batches_are_applied_while_the_previous_commit_is_in_flight_and_acked_in_order(tmp_path):
+async def landed(hub: Hub, doc) -> None:
+    """Settle ``hub`` and wait until ``doc`` has no commit in flight (a pipelined store)."""
+    await settle(hub)
+    while doc._flight:
+        await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def sqlite_hub(path, config: HubConfig | None = None) -> AsyncIterator[tuple]:
+    """A hub over a real SQLite store at ``path``; both closed at the end."""
     from collab.store.sqlite import SqliteStore
 
-    store = SqliteStore(str(tmp_path / "p.sqlite3"))
+    store = SqliteStore(str(path))
     await store.open()
-    hub = Hub(store)
+    hub = Hub(store, config)
     try:
+        yield store, hub
+    finally:
+        await hub.close()
+        await store.close()
+
+
+async def test_sqlite_batches_are_applied_while_the_previous_commit_is_in_flight_and_acked_in_order(tmp_path):
+    async with sqlite_hub(tmp_path / "p.sqlite3") as (store, hub):
         writer, watcher = Peer(User("w", "#000")), Peer(User("v", "#000"))
         doc = await hub.join("p", writer, None)
         await hub.join("p", watcher, None)
@@ -362,9 +381,6 @@ async def test_sqlite_batches_are_applied_while_the_previous_commit_is_in_flight
         welcome = drain(late)[0]
         assert (welcome["rev"], welcome["text"]) == (2, "😀b")
         assert (await store.load("p", 10)).text == "😀b"
-    finally:
-        await hub.close()
-        await store.close()
 
 
 async def test_sqlite_a_failed_commit_refuses_the_batches_queued_behind_it(tmp_path):
@@ -373,18 +389,12 @@ async def test_sqlite_a_failed_commit_refuses_the_batches_queued_behind_it(tmp_p
     import sqlite3
 
     from collab.protocol import CLOSE_INTERNAL
-    from collab.store.sqlite import SqliteStore
 
-    store = SqliteStore(str(tmp_path / "f.sqlite3"))
-    await store.open()
-    hub = Hub(store)
-    try:
+    async with sqlite_hub(tmp_path / "f.sqlite3") as (store, hub):
         writer = Peer(User("w", "#000"))
         doc = await hub.join("f", writer, None)
         await doc.submit(writer, Submit(0, ["kept"], "k1", None))
-        await settle(hub)
-        while doc._flight:
-            await asyncio.sleep(0.01)
+        await landed(hub, doc)
         drain(writer)
         gate = await _hold_writer(store)
         # The next transaction fails as a full disk would: a trigger aborts inserts of this op id.
@@ -410,9 +420,6 @@ async def test_sqlite_a_failed_commit_refuses_the_batches_queued_behind_it(tmp_p
         state = await store.load("f", 10)
         assert (state.rev, state.text) == (1, "kept")
         assert await store.find_ops("f", ["x1", "x2"]) == {}
-    finally:
-        await hub.close()
-        await store.close()
 
 
 async def test_a_submit_on_any_kept_base_is_transformed_through_exactly_the_ops_after_it():
@@ -440,18 +447,11 @@ async def test_a_submit_on_any_kept_base_is_transformed_through_exactly_the_ops_
 
 async def test_sqlite_a_closed_document_leaves_nothing_cached_in_the_store(tmp_path):
     """The store's in-memory op ids live as long as the hub keeps the document open."""
-    from collab.store.sqlite import SqliteStore
-
-    store = SqliteStore(str(tmp_path / "u.sqlite3"))
-    await store.open()
-    hub = Hub(store, HubConfig(idle_unload_seconds=0.05))
-    try:
+    async with sqlite_hub(tmp_path / "u.sqlite3", HubConfig(idle_unload_seconds=0.05)) as (store, hub):
         writer = Peer(User("w", "#000"))
         doc = await hub.join("u", writer, None)
         await doc.submit(writer, Submit(0, ["🦄"], "u1", None))
-        await settle(hub)
-        while doc._flight:
-            await asyncio.sleep(0.01)
+        await landed(hub, doc)
         await store._run(lambda: None)  # the store's thread is past the commit
         assert store._log_ids.get("u") == {"u1": 1}
         doc.remove(writer)
@@ -464,6 +464,3 @@ async def test_sqlite_a_closed_document_leaves_nothing_cached_in_the_store(tmp_p
         assert "u" not in store._log_ids and store._log_ids_count == 0
         again = await hub.join("u", Peer(User("v", "#000")), None)  # reopened: still finds the op by its id
         assert await store.find_ops("u", ["u1", "nope"]) == {"u1": 1} and str(again.text) == "🦄"
-    finally:
-        await hub.close()
-        await store.close()

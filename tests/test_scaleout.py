@@ -115,6 +115,23 @@ class Proxy:
                 w.close()
 
 
+async def _drop_test_state(schema: str, prefix: str) -> None:
+    """Remove a test's PostgreSQL schema and its Redis keys."""
+    import asyncpg
+    import redis.asyncio as aioredis
+
+    conn = await asyncpg.connect(PG_URL, timeout=5)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+    r = aioredis.from_url(REDIS_URL)
+    keys = [k async for k in r.scan_iter(match=f"{prefix}:*")]
+    if keys:
+        await r.delete(*keys)
+    await r.aclose()
+
+
 @pytest.fixture
 async def cluster(tmp_path) -> AsyncIterator:
     """``await cluster(n)`` starts ``n`` processes on a fresh schema and Redis prefix."""
@@ -141,19 +158,7 @@ async def cluster(tmp_path) -> AsyncIterator:
     yield start
     for p in procs:
         p.kill()
-    import asyncpg
-    import redis.asyncio as aioredis
-
-    conn = await asyncpg.connect(PG_URL, timeout=5)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
-    r = aioredis.from_url(REDIS_URL)
-    keys = [k async for k in r.scan_iter(match=f"{prefix}:*")]
-    if keys:
-        await r.delete(*keys)
-    await r.aclose()
+    await _drop_test_state(schema, prefix)
 
 
 async def editor(d: cc.Document, me: int, rng: random.Random, edits: int, inserted: list[str]) -> None:
@@ -290,19 +295,7 @@ async def real_hubs() -> AsyncIterator:
     for hub in hubs:
         await hub.close()
         await hub.store.close()
-    import asyncpg
-    import redis.asyncio as aioredis
-
-    conn = await asyncpg.connect(PG_URL, timeout=5)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
-    r = aioredis.from_url(REDIS_URL)
-    keys = [k async for k in r.scan_iter(match=f"{prefix}:*")]
-    if keys:
-        await r.delete(*keys)
-    await r.aclose()
+    await _drop_test_state(schema, prefix)
 
 
 async def test_a_dropped_redis_connection_is_noticed_and_the_gap_filled(real_hubs):
