@@ -239,7 +239,6 @@ class CollabApp:
                 log.exception("writing to a client failed; closing that connection")
                 conn.peer.kick(CLOSE_INTERNAL, "the server could not write to this connection; reconnect", flush=False)
 
-
     # -- HTTP API ---------------------------------------------------------------
 
     def _doc_param(self, request: Request) -> str:
