@@ -7,10 +7,10 @@ one process and one run:
 * **hub, memory**: a :class:`collab.hub.Hub` over a ``MemoryStore``
   (persistence off), one writer and ``--watchers`` other peers joined (with
   cursors, so presence bookkeeping runs); each op goes through what the
-  server does after JSON decoding: ``ot.validate`` + ``ot.normalize`` (as
-  ``protocol.parse``), ``Document.submit`` (base-length check, history, op
-  ids, cursor transforms, group commit, ack and one encoded broadcast), and
-  the peers' outboxes are drained;
+  server does after JSON decoding: ``ot.validated`` (as ``protocol.parse``),
+  ``Document.submit`` (base-length check, history, op ids, cursor
+  transforms, group commit, ack and one encoded broadcast), and the peers'
+  outboxes are drained;
 * **hub, SQLite**: the same over a ``SqliteStore`` in a temporary directory
   (``synchronous=FULL``: every batch is fsynced before its ack).
 
@@ -128,13 +128,13 @@ async def hub_replay(store: Store, p: Prepared, window: int, watchers: int) -> t
     base = doc.rev
     ops, ids, cursors = p.ops, p.ids, p.cursors
     n = len(ops)
-    validate, normalize, submit = ot.validate, ot.normalize, doc.submit
+    validated, submit = ot.validated, doc.submit
     sent = acked = delivered = 0
     ready, take = writer.ready, writer.take
     t0 = time.perf_counter()
     while acked < n:
         while sent < n and sent - acked < window:
-            await submit(writer, Submit(base + sent, normalize(validate(ops[sent])), ids[sent], cursors[sent]))
+            await submit(writer, Submit(base + sent, validated(ops[sent]), ids[sent], cursors[sent]))
             sent += 1
         await ready.wait()
         ready.clear()

@@ -216,6 +216,47 @@ def normalize(op: Operation) -> Operation:
     return b.ops
 
 
+def validated(op: object) -> Operation:
+    """``normalize(validate(op))``, in one walk when ``op`` is already canonical.
+
+    Returns ``op`` itself in that case (what clients send nearly always is):
+    the server calls this for every operation it receives, and the two
+    separate walks and the copy were a tenth of its per-operation cost.
+    Anything else takes the two-step path, which gives the same result and
+    the same errors.
+    """
+    if type(op) is list:
+        last = 0  # kind of the previous component: 1 retain, 2 insert, 3 delete
+        for c in op:
+            t = type(c)
+            if t is int:
+                if c > 0:
+                    if last == 1:
+                        break
+                    last = 1
+                elif c < 0:
+                    if last == 3:
+                        break
+                    last = 3
+                else:
+                    break
+            elif t is str:
+                # Inserts go before deletes, and adjacent inserts merge: either is not canonical.
+                if last >= 2 or not c:
+                    break
+                if not c.isascii():
+                    try:
+                        c.encode("utf-8")
+                    except UnicodeEncodeError:  # a lone surrogate: validate names it
+                        break
+                last = 2
+            else:
+                break
+        else:
+            return op
+    return normalize(validate(op))
+
+
 def base_length(op: Operation) -> int:
     """Length of the document ``op`` applies to: retains plus deletes."""
     n = 0

@@ -96,6 +96,35 @@ def test_normalize_does_not_mutate() -> None:
     assert op == [1, 1, -1, "a"]
 
 
+@pytest.mark.parametrize(
+    "op",
+    [
+        [], [5], ["a"], [-1], [3, "x", 2], [2, "😀👍🏽", -3, 1], [1, -1, 1], ["é", -2],
+        [1, 2], ["a", "b"], [-1, -2], [-1, "a"], [2, -1, "中", 3], ["a", -1, "b"],
+    ],
+)
+def test_validated_is_normalize_of_validate(op: list) -> None:
+    want = ot.normalize(ot.validate(list(op)))
+    got = ot.validated(op)
+    assert got == want
+    if want == op:
+        assert got is op  # canonical already: no copy
+    else:
+        assert got is not op
+
+
+@pytest.mark.parametrize(
+    "op",
+    [None, "ab", (1, 2), [1, 0], [1, ""], [1.5], [True], [None], [[1]], [{"a": 1}], ["ok", "a\ud83d"], [1, "\udc00"], [-1, "\udc00"]],
+)
+def test_validated_raises_what_validate_raises(op: object) -> None:
+    with pytest.raises(InvalidOperation) as want:
+        ot.normalize(ot.validate(op))
+    with pytest.raises(InvalidOperation) as got:
+        ot.validated(op)
+    assert str(got.value) == str(want.value)
+
+
 def test_lengths_count_code_points() -> None:
     op = [2, "😀👍🏽𝄞", -3, 1]
     assert ot.base_length(op) == 6
@@ -258,6 +287,24 @@ def test_from_splice() -> None:
 ALPHABET = st.sampled_from(list("ab \n") + ["é", "中", "文", "😀", "👍", "🏽", "𝄞", "🇫", "\u200d"])
 docs = st.text(ALPHABET, max_size=30)
 inserts = st.text(ALPHABET, min_size=1, max_size=5)
+
+
+components = st.one_of(
+    st.integers(-4, 4), inserts, st.just(""), st.just("\ud800"), st.just(1.0), st.just(True), st.none()
+)
+
+
+@given(st.lists(components, max_size=6))
+def test_validated_matches_the_two_step_path(op: list) -> None:
+    try:
+        want: object = ot.normalize(ot.validate(list(op)))
+    except InvalidOperation as exc:
+        want = str(exc)
+    try:
+        got: object = ot.validated(op)
+    except InvalidOperation as exc:
+        got = str(exc)
+    assert got == want
 
 
 @st.composite
