@@ -45,6 +45,10 @@ class MemoryStore(Store):
     async def find_op(self, doc: str, op_id: str) -> int | None:
         return self._ids.get(doc, {}).get(op_id)
 
+    async def find_ops(self, doc: str, op_ids: list[str]) -> dict[str, int]:
+        ids = self._ids.get(doc, {})
+        return {i: ids[i] for i in op_ids if i in ids}
+
     async def ops_since(self, doc: str, rev: int) -> list[StoredOp]:
         return [o for o in self._ops.get(doc, []) if o.rev > rev]
 
