@@ -5,8 +5,8 @@ hub touches text, so its representation can change without the hub
 noticing.
 
 Representation. A short text is one Python ``str``, edited with
-:func:`collab.ot.apply` (slicing a few tens of KiB is cheaper than any
-index). Past :attr:`DocText.SMALL` code points the text becomes a list of
+:func:`collab.ot.apply` (slicing a few KiB is as cheap as any index). Past
+:attr:`DocText.SMALL` code points the text becomes a list of
 *chunks* (``str`` pieces of about :attr:`DocText.CHUNK` code points) with a
 Fenwick tree of their lengths, so finding a position and editing it costs
 ``O(log chunks + CHUNK)`` instead of copying the whole document: the
@@ -29,8 +29,10 @@ class DocText:
     :class:`collab.ot.InvalidOperation` and leaves the text unchanged.
     """
 
-    #: Below this many code points the text is one plain ``str``.
-    SMALL = 64 * 1024
+    #: Below this many code points the text is one plain ``str``. Chunks win early:
+    #: replaying automerge-paper (up to 105,000 code points), ``apply`` cost 1.0-1.2 µs
+    #: per edit with 8 Ki here and 1.7-1.9 µs with 64 Ki (slicing the str: 3.5-4 µs).
+    SMALL = 8 * 1024
     #: Target chunk size in code points; a chunk is split past ``2 * CHUNK``.
     CHUNK = 2048
 
