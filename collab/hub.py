@@ -683,20 +683,25 @@ class Document:
     def _announce(self, applied: list) -> None:
         """Acknowledge and broadcast a committed batch, in revision order; tell the other processes."""
         published: list[list] = []
+        # One list of recipients for the whole batch (nobody joins or leaves in between).
+        peers = list(self.peers.values())
         for peer, sub, fut, result in applied:
             if isinstance(result, int):  # a resend of an op applied earlier
                 if fut is not None:
                     fut.set_result(result)
                 elif peer is not None:
-                    peer.send_msg(ack_msg(sub.id, result))
+                    peer.send(encode(ack_msg(sub.id, result)))
                 continue
             if fut is not None:
                 fut.set_result(result.rev)
             elif peer is not None:
-                peer.send_msg(ack_msg(sub.id, result.rev))
+                peer.send(encode(ack_msg(sub.id, result.rev)))
             # The author's selection right after this op (unknown if it sent a later one in the batch).
             cursor = peer.cursor if peer is not None and peer.cursor_rev == result.rev else None
-            self._broadcast(encode(op_msg(result.rev, result.op, result.client, cursor, result.id)), skip=peer)
+            frame = encode(op_msg(result.rev, result.op, result.client, cursor, result.id))
+            for p in peers:
+                if p is not peer:
+                    p.send(frame)
             if self.backplane is not None:
                 published.append([result.rev, result.op, result.client, result.id, _cur(cursor)])
         if published and self.backplane is not None:
