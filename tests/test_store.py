@@ -17,6 +17,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import pytest
 
 from collab.store import RevisionConflict, Store, StoredOp
+from collab.store.idfilter import IdFilter
 from collab.store.memory import MemoryStore
 from collab.store.sqlite import SqliteStore
 
@@ -333,3 +334,34 @@ async def test_sqlite_appends_of_one_loop_turn_share_a_commit_and_close_waits_fo
         assert await again.find_ops("b", ["b1", "b2", "a1"]) == {"b1": 1, "b2": 2}
     finally:
         await again.close()
+
+
+def test_id_filter_holds_every_id_it_was_given_and_few_others():
+    """No false negatives (a resend must never be applied twice), through growth; few false positives."""
+    given = [f"op-{i}-😀" for i in range(60_000)]
+    f = IdFilter(given[:100], capacity=1000)
+    for i in given[100:]:
+        f.add(i)
+    assert f.count == len(given) and len(f._parts) > 1, "the test needs the filter to have grown"
+    assert all(i in f for i in given)
+    others = [f"other-{i}" for i in range(20_000)]
+    rate = sum(i in f for i in others) / len(others)
+    assert rate < 0.03, f"{rate:.2%} of unknown ids pass the filter"
+    assert "op-0-😀" in IdFilter(["op-0-😀"]) and "op-1-😀" not in IdFilter()
+
+
+async def test_sqlite_lookup_asks_the_database_about_ids_the_filter_lets_through(tmp_path):
+    """An id the filter wrongly lets through is still not found: the database has the last word."""
+    store = SqliteStore(str(tmp_path / "f.sqlite3"), history_depth=2)
+    await store.open()
+    try:
+        text = ""
+        for start in range(1, 13, 4):  # snapshots compact the log
+            text += "xxxx"
+            await store.append("d", ops(start, 4, prefix="a", doc_len=len(text) - 4), len(text), (start + 3, text))
+        log_ids = store._log_ids["d"]
+        assert "a1" not in log_ids and "a1" in store._filters["d"], "a1 was compacted after the document was opened"
+        assert store._lookup_sync(store._reader, "d", ["a1", "a12", "new"], log_ids, IdFilter(["new"])) == {"a12": 12}
+        assert store._lookup_sync(store._reader, "d", ["a1", "a12", "new"], log_ids, store._filters["d"]) == {"a1": 1, "a12": 12}
+    finally:
+        await store.close()

@@ -23,6 +23,7 @@ from typing import Any, Callable, TypeVar
 from .base import DocInfo, DocState, RevisionConflict, Store, StoredOp, replay
 from .base import dump_op as _dumps
 from .base import load_op as _loads
+from .idfilter import IdFilter
 
 
 T = TypeVar("T")
@@ -101,6 +102,12 @@ class SqliteStore(Store):
         #: each commit, and when the hub closes the document (:meth:`forget`).
         self._log_ids: OrderedDict[str, dict[str, int]] = OrderedDict()
         self._log_ids_count = 0
+        #: For each document in :attr:`_log_ids`, a filter of the ids in ``op_ids``: the
+        #: lookup asks the database only for ids the filter does not rule out. Kept and
+        #: dropped with the document's log ids, and filled in before them: whenever a
+        #: lookup sees a document's log ids, that document's filter holds every id the
+        #: log no longer has.
+        self._filters: dict[str, IdFilter] = {}
 
     # -- plumbing ---------------------------------------------------------
 
@@ -269,28 +276,40 @@ class SqliteStore(Store):
                 self._remember_ids_sync(db, doc, ops, snapshot)
             else:
                 self._next_rev.pop(doc, None)
-                self._log_ids_count -= len(self._log_ids.pop(doc, None) or ())
+                self._drop_ids_sync(doc)
         self.commits += 1
         self.ops_written += sum(len(ops) for (_, ops, _, _), e in zip(batch, errors) if e is None)
         return errors
 
     def _remember_ids_sync(self, db: sqlite3.Connection, doc: str, ops: list[StoredOp],
                            snapshot: tuple[int, str] | None) -> None:
-        """Bring :attr:`_log_ids` up to a commit of ``ops`` to ``doc`` (store thread, after COMMIT)."""
+        """Bring :attr:`_log_ids` and :attr:`_filters` up to a commit of ``ops`` to ``doc``
+        (store thread, after COMMIT)."""
         ids = self._log_ids.pop(doc, None)
-        if ids is None:  # first write to this document here: read what its log holds
+        if ids is None:  # first write to this document here: read what its log and op_ids hold
+            compacted = [i for (i,) in db.execute("SELECT op_id FROM op_ids WHERE doc = ?", (doc,))]
+            self._filters[doc] = IdFilter(compacted, capacity=max(16384, 4 * len(compacted)))
             ids = dict(db.execute("SELECT op_id, rev FROM ops WHERE doc = ?", (doc,)))
         else:
             self._log_ids_count -= len(ids)
             for o in ops:
                 ids[o.id] = o.rev
-        if snapshot is not None:
-            gone = self._compacted_through(snapshot, ops[-1].rev)
-            ids = {i: r for i, r in ids.items() if r > gone}
+            if snapshot is not None:  # the ids leaving the log go into op_ids: into the filter first
+                gone = self._compacted_through(snapshot, ops[-1].rev)
+                add = self._filters[doc].add
+                for i, r in ids.items():
+                    if r <= gone:
+                        add(i)
+                ids = {i: r for i, r in ids.items() if r > gone}
         self._log_ids[doc] = ids
         self._log_ids_count += len(ids)
         while self._log_ids_count > self.LOG_IDS_MAX and len(self._log_ids) > 1:
-            self._log_ids_count -= len(self._log_ids.popitem(last=False)[1])
+            self._drop_ids_sync(next(iter(self._log_ids)))
+
+    def _drop_ids_sync(self, doc: str) -> None:
+        """Forget ``doc``'s log ids and filter (its lookups then scan its log)."""
+        self._log_ids_count -= len(self._log_ids.pop(doc, None) or ())
+        self._filters.pop(doc, None)
 
     def forget(self, doc: str) -> None:
         if self._executor is not None:
@@ -300,7 +319,7 @@ class SqliteStore(Store):
                 pass
 
     def _forget_sync(self, doc: str) -> None:
-        self._log_ids_count -= len(self._log_ids.pop(doc, None) or ())
+        self._drop_ids_sync(doc)
         self._next_rev.pop(doc, None)
 
     def _compacted_through(self, snapshot: tuple[int, str], last: int) -> int:
@@ -395,12 +414,15 @@ class SqliteStore(Store):
         return await self._run(self._find_op_sync, doc, op_id)
 
     @staticmethod
-    def _lookup_sync(db: sqlite3.Connection, doc: str, op_ids: list[str], log_ids: dict[str, int] | None) -> dict[str, int]:
+    def _lookup_sync(db: sqlite3.Connection, doc: str, op_ids: list[str], log_ids: dict[str, int] | None,
+                     compacted: IdFilter | None = None) -> dict[str, int]:
         """Revisions of ``op_ids`` in ``doc``: from ``op_ids`` (compacted ops) and from the log.
 
         ``log_ids`` is the log's ids when known (:attr:`_log_ids`); without
         it, the document's log is scanned (it is short: about
-        ``history_depth`` plus one snapshot interval of ops).
+        ``history_depth`` plus one snapshot interval of ops). ``compacted``
+        filters the ids that ``op_ids`` is asked for (:attr:`_filters`; used
+        only with ``log_ids``).
         """
         found: dict[str, int] = {}
         if log_ids is not None:
@@ -408,6 +430,10 @@ class SqliteStore(Store):
                 rev = log_ids.get(i)
                 if rev is not None:
                     found[i] = rev
+            if found:
+                op_ids = [i for i in op_ids if i not in found]
+            if compacted is not None:
+                op_ids = compacted.maybe(op_ids)
         for i in range(0, len(op_ids), 500):  # SQLite limits the parameters of one statement
             chunk = op_ids[i : i + 500]
             marks = ",".join("?" * len(chunk))
@@ -418,7 +444,10 @@ class SqliteStore(Store):
 
     def _find_ops_sync(self, doc: str, op_ids: list[str]) -> dict[str, int]:
         assert self._reader is not None
-        return self._lookup_sync(self._reader, doc, op_ids, self._log_ids.get(doc))
+        # Log ids first, then the filter: the store's thread fills a filter in before
+        # it publishes the log ids that no longer hold the ids it took in.
+        log_ids = self._log_ids.get(doc)
+        return self._lookup_sync(self._reader, doc, op_ids, log_ids, self._filters.get(doc) if log_ids is not None else None)
 
     async def find_ops(self, doc: str, op_ids: list[str]) -> dict[str, int]:
         """Run on the event loop, not the store's thread: an index lookup of a few

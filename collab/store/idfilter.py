@@ -1,0 +1,98 @@
+"""A compact in-memory filter of op ids: "surely not seen" or "maybe seen".
+
+The hub asks its store, once per batch, whether the batch's op ids were
+applied long ago (a client resending an old op). They almost never were,
+but an index lookup per id on every batch was the SQLite store's biggest
+cost on the event loop. An :class:`IdFilter` (a Bloom filter) answers
+"no" for nearly all of them from memory, and never answers "no" for an id
+it was given, so only the rare "maybe" goes to the database.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+
+class IdFilter:
+    """A Bloom filter of strings, which grows by adding larger parts.
+
+    ``id in f`` is ``True`` for every id given to :meth:`add`, and for about
+    0.5% of the others per part (a part is added each time the filter
+    quadruples, so there are few). 16 bits and 3 probes per id, unrolled: a
+    lookup costs about 0.25 µs per part in Python, against 1.7 µs per id
+    for the SQLite index lookup it saves. Uses :func:`hash`, so a
+    filter is valid only in the process that built it.
+    """
+
+    BITS_PER_ID = 16
+
+    __slots__ = ("_parts", "_room", "_capacity", "count")
+
+    def __init__(self, ids: Iterable[str] = (), capacity: int = 4096) -> None:
+        ids = list(ids)
+        #: ``(bits, mask)`` for each part; new ids go into the last one.
+        self._parts: list[tuple[bytearray, int]] = []
+        self._capacity = 0
+        self._room = 0
+        #: Ids added.
+        self.count = 0
+        self._grow(max(capacity, 2 * len(ids)))
+        for i in ids:
+            self.add(i)
+
+    def _grow(self, capacity: int) -> None:
+        size = 1 << max(6, (capacity * self.BITS_PER_ID - 1).bit_length())  # in bits, a power of two: probes are masked
+        self._parts.append((bytearray(size >> 3), size - 1))
+        self._capacity = capacity
+        self._room = capacity
+
+    def add(self, key: str) -> None:
+        if self._room <= 0:
+            self._grow(4 * self._capacity)
+        self._room -= 1
+        self.count += 1
+        bits, mask = self._parts[-1]
+        h = hash(key)
+        step = (h >> 32) | 1  # probes h, h + step, h + 2 * step (Kirsch and Mitzenmacher)
+        for x in (h & mask, (h + step) & mask, (h + 2 * step) & mask):
+            bits[x >> 3] |= 1 << (x & 7)
+
+    def __contains__(self, key: object) -> bool:
+        h = hash(key)
+        step = (h >> 32) | 1
+        for bits, mask in self._parts:
+            x = h & mask
+            if not bits[x >> 3] & (1 << (x & 7)):
+                continue
+            x = (h + step) & mask
+            if not bits[x >> 3] & (1 << (x & 7)):
+                continue
+            x = (h + 2 * step) & mask
+            if bits[x >> 3] & (1 << (x & 7)):
+                return True
+        return False
+
+    def maybe(self, keys: Iterable[str]) -> list[str]:
+        """Those of ``keys`` that may have been added (``[k for k in keys if k in self]``, faster)."""
+        parts = self._parts
+        out = []
+        for key in keys:
+            h = hash(key)
+            step = (h >> 32) | 1
+            for bits, mask in parts:
+                x = h & mask
+                if not bits[x >> 3] & (1 << (x & 7)):
+                    continue
+                x = (h + step) & mask
+                if not bits[x >> 3] & (1 << (x & 7)):
+                    continue
+                x = (h + 2 * step) & mask
+                if bits[x >> 3] & (1 << (x & 7)):
+                    out.append(key)
+                    break
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the bit arrays."""
+        return sum(len(bits) for bits, _ in self._parts)
