@@ -211,8 +211,24 @@ def _cursor_of(value: object) -> Cursor | None:
 _Item = tuple["Peer | None", Submit, "asyncio.Future[int] | None"]
 
 
+#: What :meth:`Document._announce` sends for one applied item: the author's ``ack``
+#: frame (``None`` if it is not a connection), the ``op`` frame for the others
+#: (``None`` for a resend of an op applied earlier), and the author's selection in it.
+_Frames = tuple["str | None", "str | None", "Cursor | None"]
+
+
 class _Resync(Exception):
     """The store no longer holds the operations this process missed: reload the document."""
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A batch applied in memory whose commit was started (pipelined stores)."""
+
+    commit: "asyncio.Future[None]"
+    applied: list
+    #: Its frames, encoded while the commit is written (see :meth:`Document._encode_flight`).
+    frames: "list[_Frames] | None" = None
 
 
 @dataclass(slots=True)
@@ -278,7 +294,7 @@ class Document:
         #: commit was started but not yet announced, oldest first. The next batch is
         #: applied while the previous one is being written (its fsync overlaps the work).
         self.pipelined = hub.store.pipelined and not self.shared
-        self._flight: deque[tuple[asyncio.Future[None], list]] = deque()
+        self._flight: deque[_Flight] = deque()
         self._settle_waiters: list[asyncio.Future[None]] = []
 
     # -- joining and leaving -------------------------------------------------
@@ -638,13 +654,27 @@ class Document:
             commit = asyncio.get_running_loop().create_future()
             commit.set_result(None)
             commit.add_done_callback(self._landed)
-        self._flight.append((commit, applied))
+        flight = _Flight(commit, applied)
+        self._flight.append(flight)
+        # After the store's own call_soon: the commit is under way while this encodes.
+        asyncio.get_running_loop().call_soon(self._encode_flight, flight)
+
+    def _encode_flight(self, flight: _Flight) -> None:
+        """Encode a batch's acks and broadcasts while its commit is being written.
+
+        The frames do not depend on the commit's outcome, only whether they
+        are sent does; encoding them here uses time the loop would otherwise
+        spend waiting for the fsync, so they go out sooner once it lands.
+        """
+        if flight.frames is None and not flight.commit.done() and not self.failed:
+            flight.frames = self._frames(flight.applied)
 
     def _landed(self, _: object = None) -> None:
         """Announce the batches whose commits landed, in order; fail the document if one did not."""
         flight = self._flight
-        while flight and flight[0][0].done():
-            commit, applied = flight.popleft()
+        while flight and flight[0].commit.done():
+            done = flight.popleft()
+            commit, applied = done.commit, done.applied
             if self.failed:
                 self._refuse(applied)
                 continue
@@ -655,7 +685,7 @@ class Document:
                 self._refuse(applied)
                 self._fail()
                 continue
-            self._announce(applied)
+            self._announce(applied, done.frames)
             self._trim()  # only now: the ids of ops in flight must stay in memory (the store can't tell yet)
         if not flight:
             waiters, self._settle_waiters = self._settle_waiters, []
@@ -680,32 +710,46 @@ class Document:
         self._settle_waiters.append(fut)
         await fut
 
-    def _announce(self, applied: list) -> None:
-        """Acknowledge and broadcast a committed batch, in revision order; tell the other processes."""
-        published: list[list] = []
+    def _frames(self, applied: list) -> list[_Frames]:
+        """For each applied item: its ack for its author (if a connection), its broadcast
+        (if new) and the author's selection sent with it, the frames encoded."""
+        frames: list[_Frames] = []
+        for peer, sub, fut, result in applied:
+            rev = result if isinstance(result, int) else result.rev
+            ack = encode(ack_msg(sub.id, rev)) if fut is None and peer is not None else None
+            if isinstance(result, int):  # a resend of an op applied earlier: nothing to broadcast
+                frames.append((ack, None, None))
+                continue
+            # The author's selection right after this op (unknown if it sent a later one since).
+            cursor = peer.cursor if peer is not None and peer.cursor_rev == result.rev else None
+            frames.append((ack, encode(op_msg(result.rev, result.op, result.client, cursor, result.id)), cursor))
+        return frames
+
+    def _announce(self, applied: list, frames: list[_Frames] | None = None) -> None:
+        """Acknowledge and broadcast a committed batch, in revision order; tell the other processes.
+
+        ``frames`` are the batch's frames if :meth:`_encode_flight` encoded them already.
+        """
+        if frames is None:
+            frames = self._frames(applied)
         # One list of recipients for the whole batch (nobody joins or leaves in between).
         peers = list(self.peers.values())
-        for peer, sub, fut, result in applied:
-            if isinstance(result, int):  # a resend of an op applied earlier
-                if fut is not None:
-                    fut.set_result(result)
-                elif peer is not None:
-                    peer.send(encode(ack_msg(sub.id, result)))
-                continue
+        for (peer, sub, fut, result), (ack, frame, _) in zip(applied, frames):
             if fut is not None:
-                fut.set_result(result.rev)
-            elif peer is not None:
-                peer.send(encode(ack_msg(sub.id, result.rev)))
-            # The author's selection right after this op (unknown if it sent a later one in the batch).
-            cursor = peer.cursor if peer is not None and peer.cursor_rev == result.rev else None
-            frame = encode(op_msg(result.rev, result.op, result.client, cursor, result.id))
-            for p in peers:
-                if p is not peer:
-                    p.send(frame)
-            if self.backplane is not None:
-                published.append([result.rev, result.op, result.client, result.id, _cur(cursor)])
-        if published and self.backplane is not None:
-            self.backplane.publish(self.id, {"t": "ops", "ops": published})
+                fut.set_result(result if isinstance(result, int) else result.rev)
+            elif ack is not None:
+                peer.send(ack)
+            if frame is not None:
+                for p in peers:
+                    if p is not peer:
+                        p.send(frame)
+        if self.backplane is not None:
+            published = [
+                [r.rev, r.op, r.client, r.id, _cur(cursor)]
+                for (*_, r), (_, frame, cursor) in zip(applied, frames) if frame is not None
+            ]
+            if published:
+                self.backplane.publish(self.id, {"t": "ops", "ops": published})
 
     def _broadcast(self, frame: str, skip: Peer | None = None) -> None:
         for p in list(self.peers.values()):
@@ -921,8 +965,8 @@ class Document:
         if self.failed:
             return
         self.failed = True
-        for _, applied in self._flight:
-            self._refuse(applied)
+        for flight in self._flight:
+            self._refuse(flight.applied)
         waiters, self._settle_waiters = self._settle_waiters, []
         for w in waiters:
             if not w.done():

@@ -366,6 +366,8 @@ async def test_sqlite_batches_are_applied_while_the_previous_commit_is_in_flight
             await asyncio.sleep(0)
         # Both batches are applied in memory (the second did not wait for the first's commit)...
         assert doc.rev == 2 and len(doc._flight) == 2
+        # ...and their frames encoded while the disk is busy...
+        assert [len(f.frames or ()) for f in doc._flight] == [1, 1]
         # ...but nothing is visible before it is durable, and a newcomer waits for a quiet point.
         assert drain(writer) == [] and drain(watcher) == []
         late = Peer(User("late", "#000"))
