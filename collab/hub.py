@@ -359,8 +359,14 @@ class Document:
         if cursor is None or rev < self.history_start or rev > self.rev:
             return None
         anchor, head = cursor.anchor, cursor.head
-        for entry in self._after(rev):
-            anchor, head = ot.transform_cursor(anchor, head, entry.op)
+        if anchor == head:  # a caret, the usual case: one call per op
+            transform_index = ot.transform_index
+            for entry in self._after(rev):
+                anchor = transform_index(anchor, entry.op)
+            head = anchor
+        else:
+            for entry in self._after(rev):
+                anchor, head = ot.transform_cursor(anchor, head, entry.op)
         size = len(self.text)
         return Cursor(min(anchor, size), min(head, size))
 
@@ -430,49 +436,47 @@ class Document:
         Returns the new entry, or the revision of an earlier application of
         the same id. Raises :class:`ProtocolError` for a refused submit.
         """
-        known = self.ids.get(sub.id)
+        op_id, base, rev = sub.id, sub.rev, self.rev
+        known = self.ids.get(op_id)
         if known is not None:
             return known
-        if sub.rev > self.rev:
-            raise ProtocolError(BAD_REV, f"'rev' is {sub.rev} but the document is at revision {self.rev}", sub.id)
-        if sub.rev < self.history_start:
-            raise ProtocolError(STALE_REV, f"revision {sub.rev} is older than the kept history; rejoin", sub.id)
+        if base > rev:
+            raise ProtocolError(BAD_REV, f"'rev' is {base} but the document is at revision {rev}", op_id)
+        if base < self.history_start:
+            raise ProtocolError(STALE_REV, f"revision {base} is older than the kept history; rejoin", op_id)
         op = sub.op
         cursor = sub.cursor
-        size = len(self.text)
-        if sub.rev == self.rev:
+        text = self.text
+        size = len(text)
+        if base == rev:
             spans, new_len = ot.lengths(op)
             if spans != size:
-                raise ProtocolError(
-                    BAD_OP, f"operation spans {spans} characters but revision {sub.rev} has {size}", sub.id
-                )
+                raise ProtocolError(BAD_OP, f"operation spans {spans} characters but revision {base} has {size}", op_id)
         else:
-            concurrent = self._after(sub.rev)
+            concurrent = self._after(base)
             expected = ot.base_length(concurrent[0].op)
             spans = ot.base_length(op)
             if spans != expected:
-                raise ProtocolError(
-                    BAD_OP, f"operation spans {spans} characters but revision {sub.rev} has {expected}", sub.id
-                )
+                raise ProtocolError(BAD_OP, f"operation spans {spans} characters but revision {base} has {expected}", op_id)
             for entry in concurrent:
                 op, other = ot.transform(op, entry.op)
                 if cursor is not None:
                     cursor = Cursor(*ot.transform_cursor(cursor.anchor, cursor.head, other))
             new_len = ot.target_length(op)
-        if new_len > self.config.max_doc_chars and new_len > size:
+        if new_len > size and new_len > self.config.max_doc_chars:
             raise ProtocolError(
-                TOO_LARGE, f"the document would have {new_len} characters; the limit is {self.config.max_doc_chars}", sub.id
+                TOO_LARGE, f"the document would have {new_len} characters; the limit is {self.config.max_doc_chars}", op_id
             )
-        self.text.apply(op)
-        self.rev += 1
-        entry = StoredOp(self.rev, op, peer.id if peer is not None else "server", sub.id)
+        text.apply(op)
+        self.rev = rev = rev + 1
+        entry = StoredOp(rev, op, peer.id if peer is not None else "server", op_id)
         # Trimmed to history_depth only once committed (see _trim), so a conflict can roll back.
         self.history.append(entry)
-        self.ids[sub.id] = self.rev
+        self.ids[op_id] = rev
         if peer is not None:  # the others' cursors move lazily (_cursor_now)
             if cursor is not None and (cursor.anchor > new_len or cursor.head > new_len):
                 cursor = Cursor(min(cursor.anchor, new_len), min(cursor.head, new_len))
-            peer.cursor, peer.cursor_rev = cursor, self.rev
+            peer.cursor, peer.cursor_rev = cursor, rev
         return entry
 
     def _after(self, rev: int) -> list[StoredOp]:

@@ -39,7 +39,7 @@ class MemoryStore(Store):
         if snapshot is not None:
             self._snapshots[doc] = snapshot
             keep_after = min(snapshot[0], ops[-1].rev - self.history_depth)
-            self._ops[doc] = [o for o in log if o.rev > keep_after]
+            del log[: max(0, keep_after - log[0].rev + 1)]  # the log holds consecutive revisions
         self._info[doc] = DocInfo(doc, ops[-1].rev, size, time.time())
 
     async def find_op(self, doc: str, op_id: str) -> int | None:
