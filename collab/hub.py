@@ -583,16 +583,19 @@ class Document:
         earlier = await self._ids_in_store(batch)
         saved = self._save() if self.store.may_conflict else None
         applied: list[tuple[Peer | None, Submit, asyncio.Future[int] | None, StoredOp | int]] = []
+        new: list[StoredOp] = []
         for peer, sub, fut in batch:
             try:
                 result = earlier.get(sub.id) or self._apply(peer, sub)
-                applied.append((peer, sub, fut, result))
             except ProtocolError as exc:
                 if fut is not None:
                     fut.set_exception(exc)
                 elif peer is not None:
                     peer.send_msg(error_msg(exc.code, exc.message, exc.id))
-        new = [r for *_, r in applied if isinstance(r, StoredOp)]
+                continue
+            applied.append((peer, sub, fut, result))
+            if type(result) is StoredOp:
+                new.append(result)
         if self.pipelined:
             if applied:
                 self._launch(new, applied)

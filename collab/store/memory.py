@@ -47,7 +47,7 @@ class MemoryStore(Store):
 
     async def find_ops(self, doc: str, op_ids: list[str]) -> dict[str, int]:
         ids = self._ids.get(doc, {})
-        return {i: ids[i] for i in op_ids if i in ids}
+        return {i: rev for i in op_ids if (rev := ids.get(i)) is not None}
 
     async def ops_since(self, doc: str, rev: int) -> list[StoredOp]:
         return [o for o in self._ops.get(doc, []) if o.rev > rev]
