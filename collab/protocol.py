@@ -243,6 +243,22 @@ def op_msg(rev: int, op: ot.Operation, client: str, cursor: Cursor | None, id: s
     return msg
 
 
+def op_frames(rev: int, op: ot.Operation, client: str, cursor: Cursor | None, id: str) -> tuple[str, str]:
+    """``encode(ack_msg(id, rev))`` and ``encode(op_msg(rev, op, client, cursor, id))``, together.
+
+    The hub sends both for every operation; built here without the helper
+    calls (a fifth of the cost of the pair).
+    """
+    if _orjson is None:
+        return encode(ack_msg(id, rev)), encode(op_msg(rev, op, client, cursor, id))
+    dumps = _orjson.dumps
+    cur = None if cursor is None else {"anchor": cursor.anchor, "head": cursor.head}
+    return (
+        dumps({"type": "ack", "id": id, "rev": rev}).decode(),
+        dumps({"type": "op", "rev": rev, "op": op, "client": client, "cursor": cur, "id": id}).decode(),
+    )
+
+
 def join_msg(client: str, user: User | None) -> dict[str, Any]:
     return {"type": "join", "client": client, "user": _usr(user)}
 
