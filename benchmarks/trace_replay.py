@@ -8,7 +8,7 @@ one process and one run:
   (persistence off), one writer and ``--watchers`` other peers joined (with
   cursors, so presence bookkeeping runs); each op goes through what the
   server does after JSON decoding: ``ot.validated`` (as ``protocol.parse``),
-  ``Document.submit`` (base-length check, history, op ids, cursor
+  ``Document.offer`` (base-length check, history, op ids, cursor
   transforms, group commit, ack and one encoded broadcast), and the peers'
   outboxes are drained;
 * **hub, SQLite**: the same over a ``SqliteStore`` in a temporary directory
@@ -109,7 +109,7 @@ async def _seed(store: Store, start: str) -> None:
 
 
 async def hub_replay(store: Store, p: Prepared, window: int, watchers: int) -> tuple[float, str, int]:
-    """Time the trace through ``Document.submit``; returns (seconds, final text, frames delivered)."""
+    """Time the trace through ``Document.offer``; returns (seconds, final text, frames delivered)."""
     await _seed(store, p.start)
     config = HubConfig(max_doc_chars=max(20_000_000, 2 * len(p.end)))
     hub = Hub(store, config)
@@ -128,13 +128,14 @@ async def hub_replay(store: Store, p: Prepared, window: int, watchers: int) -> t
     base = doc.rev
     ops, ids, cursors = p.ops, p.ids, p.cursors
     n = len(ops)
-    validated, submit = ot.validated, doc.submit
+    validated, offer = ot.validated, doc.offer
     sent = acked = delivered = 0
     ready, take = writer.ready, writer.take
     t0 = time.perf_counter()
     while acked < n:
         while sent < n and sent - acked < window:
-            await submit(writer, Submit(base + sent, validated(ops[sent]), ids[sent], cursors[sent]))
+            if not offer(writer, Submit(base + sent, validated(ops[sent]), ids[sent], cursors[sent])):
+                raise RuntimeError("the replay's submits never need the store")
             sent += 1
         await ready.wait()
         ready.clear()

@@ -185,7 +185,8 @@ class CollabApp:
                             peer, conn = None, None
                             raise
                     elif isinstance(msg, Submit):
-                        await doc.submit(peer, msg)
+                        if not doc.offer(peer, msg):
+                            await doc.submit(peer, msg)
                     elif isinstance(msg, Presence):
                         await doc.presence(peer, msg)
                     else:

@@ -46,6 +46,7 @@ from .protocol import (
     error_msg,
     join_msg,
     leave_msg,
+    op_frames,
     op_msg,
     peer_json,
     presence_msg,
@@ -401,6 +402,22 @@ class Document:
 
     # -- submitting ----------------------------------------------------------
 
+    def offer(self, peer: Peer, sub: Submit) -> bool:
+        """Queue a connection's ``sub`` for the next batch if that needs no waiting.
+
+        Returns ``False``, having done nothing, when it does (the document
+        must first read the store): then ``await submit(peer, sub)``. The
+        usual case costs no coroutine, and a connection sends one per edit.
+        Raises :class:`ProtocolError` as :meth:`submit` does.
+        """
+        if peer.role != "edit":
+            raise ProtocolError(FORBIDDEN, "this connection is read-only: its token does not allow editing", sub.id)
+        if (self.shared and sub.rev > self.rev) or (sub.rev < self.history_start and sub.id not in self.ids):
+            return False
+        self._inbox.append((peer, sub, None))
+        self._wake()
+        return True
+
     async def submit(self, peer: Peer | None, sub: Submit) -> int | None:
         """Queue ``sub`` for the next batch.
 
@@ -722,14 +739,13 @@ class Document:
         (if new) and the author's selection sent with it, the frames encoded."""
         frames: list[_Frames] = []
         for peer, sub, fut, result in applied:
-            rev = result if isinstance(result, int) else result.rev
-            ack = encode(ack_msg(sub.id, rev)) if fut is None and peer is not None else None
             if isinstance(result, int):  # a resend of an op applied earlier: nothing to broadcast
-                frames.append((ack, None, None))
+                frames.append((encode(ack_msg(sub.id, result)) if fut is None and peer is not None else None, None, None))
                 continue
             # The author's selection right after this op (unknown if it sent a later one since).
             cursor = peer.cursor if peer is not None and peer.cursor_rev == result.rev else None
-            frames.append((ack, encode(op_msg(result.rev, result.op, result.client, cursor, result.id)), cursor))
+            ack, frame = op_frames(result.rev, result.op, result.client, cursor, result.id)
+            frames.append((ack if fut is None and peer is not None else None, frame, cursor))
         return frames
 
     def _announce(self, applied: list, frames: list[_Frames] | None = None) -> None:

@@ -19,7 +19,9 @@ import pytest
 from collab import ot
 from collab.backplane import LocalBackplane, LocalBus
 from collab.hub import Hub, HubConfig, Peer
-from collab.protocol import CLOSE_RESTART, Cursor, Presence, Submit, User
+from collab.protocol import (
+    CLOSE_RESTART, Cursor, Presence, ProtocolError, Submit, User, ack_msg, encode, op_frames, op_msg,
+)
 from collab.store.memory import MemoryStore
 
 
@@ -466,3 +468,36 @@ async def test_sqlite_a_closed_document_leaves_nothing_cached_in_the_store(tmp_p
         assert "u" not in store._log_ids and store._log_ids_count == 0
         again = await hub.join("u", Peer(User("v", "#000")), None)  # reopened: still finds the op by its id
         assert await store.find_ops("u", ["u1", "nope"]) == {"u1": 1} and str(again.text) == "🦄"
+
+
+async def test_offer_queues_at_once_or_hands_over_to_submit():
+    """``offer`` is ``submit``'s fast path: same result, or ``False`` when the store must be asked."""
+    hub = Hub(MemoryStore(), HubConfig(history_depth=2))
+    writer, reader = Peer(User("w", "#000")), Peer(User("r", "#000"), role="view")
+    doc = await hub.join("o", writer, None)
+    await hub.join("o", reader, None)
+    drain(writer), drain(reader)
+    for i, op in enumerate([["😀"], [1, "a"], [2, "b"], [3, "c"]]):
+        assert doc.offer(writer, Submit(i, op, f"o{i}", None)) is True
+        await settle(hub)
+    assert [(m["type"], m["rev"]) for m in drain(writer)] == [("ack", 1), ("ack", 2), ("ack", 3), ("ack", 4)]
+    assert str(doc.text) == "😀abc" and doc.history_start == 2
+    # Older than the kept history: only the store knows whether these were applied.
+    assert doc.offer(writer, Submit(0, ["😀"], "o0", None)) is False
+    assert doc.offer(writer, Submit(1, [1, "z"], "new", None)) is False
+    assert doc._inbox == []
+    await doc.submit(writer, Submit(0, ["😀"], "o0", None))
+    assert drain(writer) == [{"type": "ack", "id": "o0", "rev": 1}]
+    with pytest.raises(ProtocolError) as exc:
+        doc.offer(reader, Submit(4, [4, "x"], "r1", None))
+    assert exc.value.code == "forbidden" and doc._inbox == []
+    await hub.close()
+
+
+@pytest.mark.parametrize("cursor", [None, Cursor(3, 1)])
+def test_op_frames_are_the_ack_and_op_messages(cursor):
+    args = (7, [2, "😀 \"q\"\n", -1, 4], "c1", cursor, "id-é")
+    ack, frame = op_frames(*args)
+    assert json.loads(ack) == ack_msg("id-é", 7)
+    assert json.loads(frame) == json.loads(encode(op_msg(*args)))
+    assert (ack, frame) == (encode(ack_msg("id-é", 7)), encode(op_msg(*args)))
