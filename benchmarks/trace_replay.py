@@ -139,14 +139,16 @@ async def hub_replay(store: Store, p: Prepared, window: int, watchers: int) -> t
             sent += 1
         await ready.wait()
         ready.clear()
-        for frame in take():
-            if not frame.startswith('{"type":"ack"'):
-                raise RuntimeError(f"unexpected frame for the writer: {frame[:200]}")
-            acked += 1
+        frames = take()
+        if not frames[-1].startswith('{"type":"ack"'):  # an error frame: the final text check would fail too
+            raise RuntimeError(f"unexpected frame for the writer: {frames[-1][:200]}")
+        acked += len(frames)
         for peer in others:
             delivered += len(peer.take())
             peer.ready.clear()
     elapsed = time.perf_counter() - t0
+    if doc.rev != base + n:
+        raise RuntimeError(f"{doc.rev - base} of {n} ops were applied")
     await hub.close()
     return elapsed, str(doc.text), delivered
 

@@ -415,7 +415,8 @@ class Document:
         if (self.shared and sub.rev > self.rev) or (sub.rev < self.history_start and sub.id not in self.ids):
             return False
         self._inbox.append((peer, sub, None))
-        self._wake()
+        if self._committer is None:
+            self._wake()
         return True
 
     async def submit(self, peer: Peer | None, sub: Submit) -> int | None:
@@ -520,10 +521,10 @@ class Document:
         for p in itertools.chain(self.peers.values(), self.remote_peers.values()):
             if p.cursor is not None and p.cursor_rev < new_start:
                 self._cursor_now(p)  # move it while the ops it needs are still kept
-        while len(self.history) > self.config.history_depth:
-            old = self.history.popleft()
-            self.history_start = old.rev
-            self.ids.pop(old.id, None)
+        popleft, forget = self.history.popleft, self.ids.pop
+        for _ in range(excess):
+            forget(popleft().id, None)
+        self.history_start = new_start
 
     def _save(self) -> _Saved:
         return _Saved(
