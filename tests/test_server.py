@@ -373,6 +373,9 @@ async def test_http_api(server, ws_open):
     metrics = (await http_get(f"{server.base_url}/metrics")).text
     assert "collab_ops_applied_total 2" in metrics
     assert "collab_conflicts_total 0" in metrics and "collab_remote_ops_total 0" in metrics  # one process
+    assert "collab_store_ops_written_total 2" in metrics  # the same two, durably
+    commits = int(metrics.split("collab_store_commits_total ")[1].split()[0])
+    assert 1 <= commits <= 2
 
 
 async def test_batch_frames_are_opt_in_and_keep_order(server, ws_open):
