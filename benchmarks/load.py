@@ -443,6 +443,7 @@ class Run:
         self.window_open = False
         window = time.perf_counter() - t0
         converged, failures = await self._quiesce()
+        ops_per_commit = await self._ops_per_commit()
         if spy is not None:
             await asyncio.get_running_loop().run_in_executor(None, spy.wait)
         cpu = sum(self.proc.cpu_times()[:2]) - cpu0
@@ -469,6 +470,7 @@ class Run:
             peak_rss=self.peak_rss,
             converged=converged,
             failures=failures,
+            ops_per_commit=ops_per_commit,
             errors=t.errors,
             error_samples=t.error_samples,
         )
@@ -500,6 +502,18 @@ class Run:
                 ):
                     failures += 1
         return ("yes" if failures == 0 else "NO"), failures
+
+    async def _ops_per_commit(self) -> str:
+        """The server's average group commit (``/metrics``), or ``n/a`` (relay, memory store)."""
+        if self.relay:
+            return "n/a"
+        import httpx
+
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=30) as http:
+            text = (await http.get("/metrics")).text
+        counters = dict(line.split() for line in text.splitlines() if line.startswith("collab_store_"))
+        commits = int(counters.get("collab_store_commits_total", 0))
+        return f"{int(counters['collab_store_ops_written_total']) / commits:.1f}" if commits else "n/a"
 
     def _loop_cpu(self) -> float:
         """CPU seconds of the server's main thread (the event loop), apart from its helper threads."""
@@ -621,12 +635,13 @@ def report(scenario: Scenario, results: list[dict[str, Any]]) -> str:
             r["target"], r["edits"], r["applied"], r["applied"] / base["applied"], r["deliveries"],
             r["p50"], r["p99"], r["p99"] / base["p99"] if base["p99"] else 0.0, r["max"],
             r["cpu"], r["loop_cpu"], r["cpu_per_edit"], r["cpu_per_edit"] / base["cpu_per_edit"] if base["cpu_per_edit"] else 0.0,
-            r["gen_cpu"], r["wall"], r["load"], r["peak_rss"] / 2**20, r["converged"], r["errors"],
+            r["gen_cpu"], r["wall"], r["load"], r["peak_rss"] / 2**20, r.get("ops_per_commit", "n/a"), r["converged"],
+            r["errors"],
         ])  # fmt: skip
     return table(
         ["server", "edits sent", "applied/s", "× relay", "deliveries/s", "p50 ms", "p99 ms", "p99 × relay",
          "max ms", "server CPU s", "loop thread CPU s", "CPU µs/applied edit", "× relay", "generator CPU s", "wall s", "load avg",
-         "peak RSS MiB", "converged", "errors"],
+         "peak RSS MiB", "ops/commit", "converged", "errors"],
         rows,
     )  # fmt: skip
 
