@@ -160,6 +160,20 @@ class Peer:
         if len(outbox) == 1:
             self._wake()
 
+    def send_many(self, frames: list[str]) -> None:
+        """Queue several encoded frames, in order, as :meth:`send` would one by one."""
+        if self.closed:
+            return
+        outbox = self.outbox
+        was_empty = not outbox
+        if len(outbox) + len(frames) > self.limit:
+            outbox.extend(frames[: max(0, self.limit - len(outbox))])
+            self.kick(CLOSE_POLICY, "too slow: the outgoing queue is full; reconnect and resume with 'since'", flush=False)
+            return
+        outbox.extend(frames)
+        if was_empty and frames:
+            self._wake()
+
     def send_msg(self, msg: dict) -> None:
         self.send(encode(msg))
 
@@ -756,17 +770,22 @@ class Document:
         """
         if frames is None:
             frames = self._frames(applied)
-        # One list of recipients for the whole batch (nobody joins or leaves in between).
-        peers = list(self.peers.values())
+        # Each connection's frames of the whole batch, queued at once at the end
+        # (nobody joins or leaves in between): one send_many per connection.
+        outs = {p: [] for p in self.peers.values()}
+        pairs = [(p, out.append) for p, out in outs.items()]
         for (peer, sub, fut, result), (ack, frame, _) in zip(applied, frames):
             if fut is not None:
                 fut.set_result(result if isinstance(result, int) else result.rev)
-            elif ack is not None:
-                peer.send(ack)
+            elif ack is not None and peer in outs:  # else it left: nothing to send
+                outs[peer].append(ack)
             if frame is not None:
-                for p in peers:
+                for p, add in pairs:
                     if p is not peer:
-                        p.send(frame)
+                        add(frame)
+        for p, out in outs.items():
+            if out:
+                p.send_many(out)
         if self.backplane is not None:
             published = [
                 [r.rev, r.op, r.client, r.id, _cur(cursor)]

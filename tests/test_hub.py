@@ -20,7 +20,7 @@ from collab import ot
 from collab.backplane import LocalBackplane, LocalBus
 from collab.hub import Hub, HubConfig, Peer
 from collab.protocol import (
-    CLOSE_RESTART, Cursor, Presence, ProtocolError, Submit, User, ack_msg, encode, op_frames, op_msg,
+    CLOSE_POLICY, CLOSE_RESTART, Cursor, Presence, ProtocolError, Submit, User, ack_msg, encode, op_frames, op_msg,
 )
 from collab.store.memory import MemoryStore
 
@@ -501,3 +501,19 @@ def test_op_frames_are_the_ack_and_op_messages(cursor):
     assert json.loads(ack) == ack_msg("id-é", 7)
     assert json.loads(frame) == json.loads(encode(op_msg(*args)))
     assert (ack, frame) == (encode(ack_msg("id-é", 7)), encode(op_msg(*args)))
+
+
+def test_send_many_queues_in_order_wakes_once_and_drops_a_peer_that_falls_behind():
+    woken = []
+    peer = Peer(User("p", "#000"), queue_size=3, notify=lambda: woken.append(1))
+    peer.send_many([])
+    assert peer.outbox == [] and woken == []
+    peer.send_many(["a", "b"])
+    peer.send_many(["c"])
+    assert peer.outbox == ["a", "b", "c"] and woken == [1] and not peer.closed
+    peer.outbox = ["a"]
+    peer.send_many(["b", "c", "d"])  # one more than the queue holds: as send() would, frame by frame
+    assert peer.outbox == ["a", "b", "c"]
+    assert peer.closed and peer.close_code == CLOSE_POLICY and not peer.flush
+    peer.send_many(["e"])
+    assert peer.outbox == ["a", "b", "c"]

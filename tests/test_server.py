@@ -374,7 +374,7 @@ async def test_http_api(server, ws_open):
     assert "collab_ops_applied_total 2" in metrics
     assert "collab_conflicts_total 0" in metrics and "collab_remote_ops_total 0" in metrics  # one process
     assert "collab_store_ops_written_total 2" in metrics  # the same two, durably
-    commits = int(metrics.split("collab_store_commits_total ")[1].split()[0])
+    commits = int(metrics.split("\ncollab_store_commits_total ")[1].split()[0])
     assert 1 <= commits <= 2
 
 
