@@ -7,7 +7,7 @@ one process and one run:
 * **hub, memory**: a :class:`collab.hub.Hub` over a ``MemoryStore``
   (persistence off), one writer and ``--watchers`` other peers joined (with
   cursors, so presence bookkeeping runs); each op goes through what the
-  server does after JSON decoding: ``ot.validated`` (as ``protocol.parse``),
+  server does after JSON decoding: ``ot.checked`` (as ``protocol.parse``),
   ``Document.offer`` (base-length check, history, op ids, cursor
   transforms, group commit, ack and one encoded broadcast), and the peers'
   outboxes are drained;
@@ -128,13 +128,14 @@ async def hub_replay(store: Store, p: Prepared, window: int, watchers: int) -> t
     base = doc.rev
     ops, ids, cursors = p.ops, p.ids, p.cursors
     n = len(ops)
-    validated, offer = ot.validated, doc.offer
+    checked, offer = ot.checked, doc.offer
     sent = acked = delivered = 0
     ready, take = writer.ready, writer.take
     t0 = time.perf_counter()
     while acked < n:
         while sent < n and sent - acked < window:
-            if not offer(writer, Submit(base + sent, validated(ops[sent]), ids[sent], cursors[sent])):
+            op, base_len, target_len = checked(ops[sent])
+            if not offer(writer, Submit(base + sent, op, ids[sent], cursors[sent], (base_len, target_len))):
                 raise RuntimeError("the replay's submits never need the store")
             sent += 1
         await ready.wait()

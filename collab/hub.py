@@ -481,7 +481,7 @@ class Document:
         text = self.text
         size = len(text)
         if base == rev:
-            spans, new_len = ot.lengths(op)
+            spans, new_len = sub.lengths or ot.lengths(op)
             if spans != size:
                 raise ProtocolError(BAD_OP, f"operation spans {spans} characters but revision {base} has {size}", op_id)
         else:

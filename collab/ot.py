@@ -225,8 +225,18 @@ def validated(op: object) -> Operation:
     Anything else takes the two-step path, which gives the same result and
     the same errors.
     """
+    return checked(op)[0]
+
+
+def checked(op: object) -> tuple[Operation, int, int]:
+    """:func:`validated` with the result's :func:`lengths`, from the same walk.
+
+    ``(op, base_length, target_length)``: the server checks an operation's
+    base length against the document right after parsing it.
+    """
     if type(op) is list:
         last = 0  # kind of the previous component: 1 retain, 2 insert, 3 delete
+        base = target = 0
         for c in op:
             t = type(c)
             if t is int:
@@ -234,10 +244,13 @@ def validated(op: object) -> Operation:
                     if last == 1:
                         break
                     last = 1
+                    base += c
+                    target += c
                 elif c < 0:
                     if last == 3:
                         break
                     last = 3
+                    base -= c
                 else:
                     break
             elif t is str:
@@ -250,11 +263,13 @@ def validated(op: object) -> Operation:
                     except UnicodeEncodeError:  # a lone surrogate: validate names it
                         break
                 last = 2
+                target += len(c)
             else:
                 break
         else:
-            return op
-    return normalize(validate(op))
+            return op, base, target
+    op = normalize(validate(op))
+    return (op, *lengths(op))
 
 
 def base_length(op: Operation) -> int:

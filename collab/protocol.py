@@ -104,6 +104,8 @@ class Submit:
     op: ot.Operation
     id: str
     cursor: Cursor | None
+    #: ``ot.lengths(op)`` when the parser computed them (:func:`collab.ot.checked`), else ``None``.
+    lengths: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,10 +200,10 @@ def parse(data: str | bytes) -> Message:
         if "op" not in msg:
             raise ProtocolError(BAD_MESSAGE, "'op' is missing", id)
         try:
-            op = ot.validated(msg["op"])
+            op, base_len, target_len = ot.checked(msg["op"])
         except ot.InvalidOperation as exc:
             raise ProtocolError(BAD_OP, str(exc), id) from None
-        return Submit(rev, op, id, _cursor(msg.get("cursor"), id))  # type: ignore[arg-type]
+        return Submit(rev, op, id, _cursor(msg.get("cursor"), id), (base_len, target_len))  # type: ignore[arg-type]
     if kind == "presence":
         return Presence(_rev(msg, "rev"), _cursor(msg.get("cursor")), _user(msg.get("user")))  # type: ignore[arg-type]
     if kind == "join":

@@ -517,3 +517,12 @@ def test_send_many_queues_in_order_wakes_once_and_drops_a_peer_that_falls_behind
     assert peer.closed and peer.close_code == CLOSE_POLICY and not peer.flush
     peer.send_many(["e"])
     assert peer.outbox == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("op", [[2, "😀", -1, 3], [1, -1, "ab", 2], ["x", "y"]])
+def test_parse_gives_a_submit_its_op_normalized_with_its_lengths(op):
+    from collab.protocol import parse
+
+    sub = parse(json.dumps({"type": "op", "rev": 3, "id": "p1", "op": op}))
+    assert isinstance(sub, Submit) and sub.op == ot.normalize(op)
+    assert sub.lengths == ot.lengths(sub.op)

@@ -305,6 +305,8 @@ def test_validated_matches_the_two_step_path(op: list) -> None:
     except InvalidOperation as exc:
         got = str(exc)
     assert got == want
+    if isinstance(want, list):  # checked: the same op, with its lengths from the same walk
+        assert ot.checked(op) == (want, *ot.lengths(want))
 
 
 @st.composite
