@@ -58,22 +58,10 @@ class IdFilter:
             bits[x >> 3] |= 1 << (x & 7)
 
     def __contains__(self, key: object) -> bool:
-        h = hash(key)
-        step = (h >> 32) | 1
-        for bits, mask in self._parts:
-            x = h & mask
-            if not bits[x >> 3] & (1 << (x & 7)):
-                continue
-            x = (h + step) & mask
-            if not bits[x >> 3] & (1 << (x & 7)):
-                continue
-            x = (h + 2 * step) & mask
-            if bits[x >> 3] & (1 << (x & 7)):
-                return True
-        return False
+        return bool(self.maybe((key,)))  # type: ignore[arg-type]
 
     def maybe(self, keys: Iterable[str]) -> list[str]:
-        """Those of ``keys`` that may have been added (``[k for k in keys if k in self]``, faster)."""
+        """Those of ``keys`` that may have been added, in order (one call for a batch of ids)."""
         parts = self._parts
         out = []
         for key in keys:
@@ -91,8 +79,3 @@ class IdFilter:
                     out.append(key)
                     break
         return out
-
-    @property
-    def nbytes(self) -> int:
-        """Memory held by the bit arrays."""
-        return sum(len(bits) for bits, _ in self._parts)
