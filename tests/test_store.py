@@ -365,3 +365,23 @@ async def test_sqlite_lookup_asks_the_database_about_ids_the_filter_lets_through
         assert store._lookup_sync(store._reader, "d", ["a1", "a12", "new"], log_ids, store._filters["d"]) == {"a1": 1, "a12": 12}
     finally:
         await store.close()
+
+
+async def test_sqlite_a_document_with_many_compacted_ids_gets_no_filter_and_is_looked_up_right(tmp_path):
+    path = str(tmp_path / "big.sqlite3")
+    store = SqliteStore(path, history_depth=2)
+    await store.open()
+    text = ""
+    for start in range(1, 13, 4):  # snapshots compact the log: op_ids gets a1 .. a10
+        text += "xxxx"
+        await store.append("d", ops(start, 4, prefix="a", doc_len=len(text) - 4), len(text), (start + 3, text))
+    await store.close()
+    again = SqliteStore(path, history_depth=2)
+    again.FILTER_BUILD_MAX = 5  # fewer than op_ids holds: building a filter would take too long
+    await again.open()
+    try:
+        await again.append("d", ops(13, 1, prefix="b", doc_len=len(text)), len(text) + 1)
+        assert "d" in again._log_ids and "d" not in again._filters
+        assert await again.find_ops("d", ["a1", "a10", "a12", "b13", "new"]) == {"a1": 1, "a10": 10, "a12": 12, "b13": 13}
+    finally:
+        await again.close()

@@ -102,11 +102,11 @@ class SqliteStore(Store):
         #: each commit, and when the hub closes the document (:meth:`forget`).
         self._log_ids: OrderedDict[str, dict[str, int]] = OrderedDict()
         self._log_ids_count = 0
-        #: For each document in :attr:`_log_ids`, a filter of the ids in ``op_ids``: the
-        #: lookup asks the database only for ids the filter does not rule out. Kept and
-        #: dropped with the document's log ids, and filled in before them: whenever a
-        #: lookup sees a document's log ids, that document's filter holds every id the
-        #: log no longer has.
+        #: For documents in :attr:`_log_ids` (not all: see :attr:`FILTER_BUILD_MAX`), a
+        #: filter of the ids in ``op_ids``: the lookup asks the database only for ids the
+        #: filter does not rule out. Made with the document's log ids and dropped with
+        #: them, and filled in before them: whenever a lookup sees a document's log ids,
+        #: that document's filter (if any) holds every id the log no longer has.
         self._filters: dict[str, IdFilter] = {}
 
     # -- plumbing ---------------------------------------------------------
@@ -236,6 +236,11 @@ class SqliteStore(Store):
     #: log). An open document's ids take about as much memory as its kept history, and
     #: are dropped with it when the hub closes the document.
     LOG_IDS_MAX = 2_000_000
+    #: A document whose ``op_ids`` holds more ids than this when it is first written
+    #: after opening gets no filter (its lookups ask the database, as without one):
+    #: building one costs about 1 µs per id on the store's thread, which every commit
+    #: waits for, so this bounds that pause to about 20 ms.
+    FILTER_BUILD_MAX = 20_000
     _UPSERT_DOC = (
         "INSERT INTO docs (id, rev, size, created, updated) VALUES (?, ?, ?, ?, ?) "
         "ON CONFLICT(id) DO UPDATE SET rev = excluded.rev, size = excluded.size, updated = excluded.updated"
@@ -287,8 +292,10 @@ class SqliteStore(Store):
         (store thread, after COMMIT)."""
         ids = self._log_ids.pop(doc, None)
         if ids is None:  # first write to this document here: read what its log and op_ids hold
-            compacted = [i for (i,) in db.execute("SELECT op_id FROM op_ids WHERE doc = ?", (doc,))]
-            self._filters[doc] = IdFilter(compacted, capacity=max(16384, 4 * len(compacted)))
+            compacted = [i for (i,) in db.execute(
+                "SELECT op_id FROM op_ids WHERE doc = ? LIMIT ?", (doc, self.FILTER_BUILD_MAX + 1))]
+            if len(compacted) <= self.FILTER_BUILD_MAX:
+                self._filters[doc] = IdFilter(compacted, capacity=max(16384, 4 * len(compacted)))
             ids = dict(db.execute("SELECT op_id, rev FROM ops WHERE doc = ?", (doc,)))
         else:
             self._log_ids_count -= len(ids)
@@ -296,10 +303,11 @@ class SqliteStore(Store):
                 ids[o.id] = o.rev
             if snapshot is not None:  # the ids leaving the log go into op_ids: into the filter first
                 gone = self._compacted_through(snapshot, ops[-1].rev)
-                add = self._filters[doc].add
-                for i, r in ids.items():
-                    if r <= gone:
-                        add(i)
+                compacted_filter = self._filters.get(doc)
+                if compacted_filter is not None:
+                    for i, r in ids.items():
+                        if r <= gone:
+                            compacted_filter.add(i)
                 ids = {i: r for i, r in ids.items() if r > gone}
         self._log_ids[doc] = ids
         self._log_ids_count += len(ids)
