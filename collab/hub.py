@@ -154,7 +154,7 @@ class Peer:
             return
         outbox = self.outbox
         if len(outbox) >= self.limit:
-            self.kick(CLOSE_POLICY, "too slow: the outgoing queue is full; reconnect and resume with 'since'", flush=False)
+            self._fell_behind()
             return
         outbox.append(frame)
         if len(outbox) == 1:
@@ -168,11 +168,15 @@ class Peer:
         was_empty = not outbox
         if len(outbox) + len(frames) > self.limit:
             outbox.extend(frames[: max(0, self.limit - len(outbox))])
-            self.kick(CLOSE_POLICY, "too slow: the outgoing queue is full; reconnect and resume with 'since'", flush=False)
+            self._fell_behind()
             return
         outbox.extend(frames)
         if was_empty and frames:
             self._wake()
+
+    def _fell_behind(self) -> None:
+        """The outbox is full: drop the connection without sending what it holds."""
+        self.kick(CLOSE_POLICY, "too slow: the outgoing queue is full; reconnect and resume with 'since'", flush=False)
 
     def send_msg(self, msg: dict) -> None:
         self.send(encode(msg))
