@@ -216,23 +216,15 @@ def normalize(op: Operation) -> Operation:
     return b.ops
 
 
-def validated(op: object) -> Operation:
-    """``normalize(validate(op))``, in one walk when ``op`` is already canonical.
-
-    Returns ``op`` itself in that case (what clients send nearly always is):
-    the server calls this for every operation it receives, and the two
-    separate walks and the copy were a tenth of its per-operation cost.
-    Anything else takes the two-step path, which gives the same result and
-    the same errors.
-    """
-    return checked(op)[0]
-
-
 def checked(op: object) -> tuple[Operation, int, int]:
-    """:func:`validated` with the result's :func:`lengths`, from the same walk.
+    """``normalize(validate(op))`` with its :func:`lengths`: ``(op, base_length, target_length)``.
 
-    ``(op, base_length, target_length)``: the server checks an operation's
-    base length against the document right after parsing it.
+    One walk when ``op`` is already canonical, and ``op`` itself is returned
+    (what clients send nearly always is): the server calls this for every
+    operation it receives, and separate walks and a copy were a tenth of its
+    per-operation cost; it checks the base length against the document right
+    after. Anything else takes the two-step path, which gives the same result
+    and the same errors.
     """
     if type(op) is list:
         last = 0  # kind of the previous component: 1 retain, 2 insert, 3 delete
