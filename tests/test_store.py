@@ -10,6 +10,7 @@ are skipped with the reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from typing import AsyncIterator, Awaitable, Callable
@@ -102,6 +103,27 @@ def ops(start: int, n: int, prefix: str = "op", doc_len: int = 0) -> list[Stored
     return out
 
 
+@contextlib.asynccontextmanager
+async def sqlite_store(path, history_depth: int, **attrs: int) -> AsyncIterator[SqliteStore]:
+    """An open SQLite store at ``path`` with class limits overridden by ``attrs``; closed at the end."""
+    store = SqliteStore(str(path), history_depth=history_depth)
+    for name, value in attrs.items():
+        setattr(store, name, value)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def append_snapshotted(store: Store, doc: str, starts: range, prefix: str, text: str = "") -> str:
+    """Append 4 ops from each of ``starts`` to ``doc`` (on ``text``), each 4 with a snapshot; the new text."""
+    for start in starts:
+        text += "xxxx"
+        await store.append(doc, ops(start, 4, prefix=prefix, doc_len=len(text) - 4), len(text), (start + 3, text))
+    return text
+
+
 async def test_new_document_is_empty(stores):
     store = await stores()
     state = await store.load("nothing", 10)
@@ -182,10 +204,7 @@ async def test_find_ops_sees_ids_in_the_log_compacted_and_after_reopening(stores
     await store.append("d", ops(1, 3, prefix="a"), 3)
     await store.append("other", ops(1, 1, prefix="z"), 1)
     assert await store.find_ops("d", ["a1", "a3", "new", "z1"]) == {"a1": 1, "a3": 3}
-    text = "xxx"
-    for start in range(4, 16, 4):  # snapshots at 7, 11 and 15 compact the log through 10
-        text += "xxxx"
-        await store.append("d", ops(start, 4, prefix="b", doc_len=len(text) - 4), len(text), (start + 3, text))
+    text = await append_snapshotted(store, "d", range(4, 16, 4), "b", "xxx")  # snapshots at 7, 11 and 15 compact the log through 10
     assert (await store.ops_since("d", 0))[0].rev > 1, "the log was not compacted"
     wanted = ["a1", "a3", "b4", "b12", "b15", "new"]
     assert await store.find_ops("d", wanted) == {"a1": 1, "a3": 3, "b4": 4, "b12": 12, "b15": 15}
@@ -298,10 +317,7 @@ async def test_exclusive_on_a_new_document_does_not_list_it(stores):
 
 async def test_sqlite_lookups_without_the_in_memory_log_ids_scan_the_log(tmp_path):
     """Documents whose log ids were dropped from memory (cap reached) are still looked up right."""
-    store = SqliteStore(str(tmp_path / "ids.sqlite3"), history_depth=5)
-    store.LOG_IDS_MAX = 3  # room for one document's ids at a time
-    await store.open()
-    try:
+    async with sqlite_store(tmp_path / "ids.sqlite3", 5, LOG_IDS_MAX=3) as store:  # room for one document's ids
         await store.append("a", ops(1, 3, prefix="a"), 3)
         await store.append("b", ops(1, 3, prefix="b"), 3)
         assert list(store._log_ids) == ["b"], "the test needs 'a' dropped from memory"
@@ -309,8 +325,6 @@ async def test_sqlite_lookups_without_the_in_memory_log_ids_scan_the_log(tmp_pat
             assert await store.find_ops(doc, [f"{doc}1", f"{doc}3", f"{other}1", "🦄"]) == {f"{doc}1": 1, f"{doc}3": 3}
         await store.append("a", ops(4, 1, prefix="a", doc_len=3), 4)  # read back from the log, with the new one
         assert list(store._log_ids) == ["a"] and store._log_ids["a"] == {"a1": 1, "a2": 2, "a3": 3, "a4": 4}
-    finally:
-        await store.close()
 
 
 async def test_sqlite_appends_of_one_loop_turn_share_a_commit_and_close_waits_for_it(tmp_path):
@@ -352,36 +366,20 @@ def test_id_filter_holds_every_id_it_was_given_and_few_others():
 
 async def test_sqlite_lookup_asks_the_database_about_ids_the_filter_lets_through(tmp_path):
     """An id the filter wrongly lets through is still not found: the database has the last word."""
-    store = SqliteStore(str(tmp_path / "f.sqlite3"), history_depth=2)
-    await store.open()
-    try:
-        text = ""
-        for start in range(1, 13, 4):  # snapshots compact the log
-            text += "xxxx"
-            await store.append("d", ops(start, 4, prefix="a", doc_len=len(text) - 4), len(text), (start + 3, text))
+    async with sqlite_store(tmp_path / "f.sqlite3", 2) as store:
+        await append_snapshotted(store, "d", range(1, 13, 4), "a")  # snapshots compact the log
         log_ids = store._log_ids["d"]
         assert "a1" not in log_ids and "a1" in store._filters["d"], "a1 was compacted after the document was opened"
         assert store._lookup_sync(store._reader, "d", ["a1", "a12", "new"], log_ids, IdFilter(["new"])) == {"a12": 12}
         assert store._lookup_sync(store._reader, "d", ["a1", "a12", "new"], log_ids, store._filters["d"]) == {"a1": 1, "a12": 12}
-    finally:
-        await store.close()
 
 
 async def test_sqlite_a_document_with_many_compacted_ids_gets_no_filter_and_is_looked_up_right(tmp_path):
-    path = str(tmp_path / "big.sqlite3")
-    store = SqliteStore(path, history_depth=2)
-    await store.open()
-    text = ""
-    for start in range(1, 13, 4):  # snapshots compact the log: op_ids gets a1 .. a10
-        text += "xxxx"
-        await store.append("d", ops(start, 4, prefix="a", doc_len=len(text) - 4), len(text), (start + 3, text))
-    await store.close()
-    again = SqliteStore(path, history_depth=2)
-    again.FILTER_BUILD_MAX = 5  # fewer than op_ids holds: building a filter would take too long
-    await again.open()
-    try:
+    path = tmp_path / "big.sqlite3"
+    async with sqlite_store(path, 2) as store:
+        text = await append_snapshotted(store, "d", range(1, 13, 4), "a")  # snapshots compact the log: op_ids gets a1 .. a10
+    # Fewer than op_ids holds: building a filter would take too long.
+    async with sqlite_store(path, 2, FILTER_BUILD_MAX=5) as again:
         await again.append("d", ops(13, 1, prefix="b", doc_len=len(text)), len(text) + 1)
         assert "d" in again._log_ids and "d" not in again._filters
         assert await again.find_ops("d", ["a1", "a10", "a12", "b13", "new"]) == {"a1": 1, "a10": 10, "a12": 12, "b13": 13}
-    finally:
-        await again.close()
