@@ -286,6 +286,32 @@ async def test_concurrent_appends_to_many_documents_all_land(stores):
         assert state.rev == 3 and state.text in ("xxy", "xxz")
 
 
+async def test_a_commit_of_more_ops_than_one_insert_statement_holds_them_all(stores):
+    """SQLite writes a batch's ops 64 rows per statement: a batch of 3 x 70 ops, in one
+    loop turn, lands whole and in order, the last partial statement included."""
+    store = await stores()
+    commits = getattr(store, "commits", 0)
+    texts = {}
+    appends = []
+    for d in ("a", "b😀", "c"):
+        text, batch = "", []
+        for i in range(70):
+            op: list = [len(text), "😀" if i % 3 else d] if text else [d]
+            text += "😀" if text and i % 3 else d
+            batch.append(StoredOp(i + 1, op, "c1", f"{d}-{i + 1}"))
+        texts[d] = text
+        appends.append(store.append(d, batch, len(text)))
+    await asyncio.gather(*appends)
+    if isinstance(store, SqliteStore):
+        assert store.commits == commits + 1, "the appends of one loop turn share one transaction"
+    for d, text in texts.items():
+        state = await store.load(d, 100)
+        assert (state.rev, state.text) == (70, text)
+        assert [o.rev for o in state.history] == list(range(1, 71))
+        assert await store.find_ops(d, [f"{d}-1", f"{d}-64", f"{d}-65", f"{d}-70"]) == {
+            f"{d}-1": 1, f"{d}-64": 64, f"{d}-65": 65, f"{d}-70": 70}
+
+
 async def test_exclusive_turn_holds_other_writers_back(stores):
     """Inside ``exclusive`` this handle reads the latest ops and appends; another handle's append of the same revision fails."""
     first = await stores()
@@ -354,10 +380,18 @@ def test_id_filter_holds_every_id_it_was_given_and_few_others():
     """No false negatives (a resend must never be applied twice), through growth; few false positives."""
     given = [f"op-{i}-😀" for i in range(60_000)]
     f = IdFilter(given[:100], capacity=1000)
-    for i in given[100:]:
+    for i in given[100:30_000]:
         f.add(i)
-    assert f.count == len(given) and len(f._parts) > 1, "the test needs the filter to have grown"
+    for start in range(30_000, 60_000, 7_777):  # many at once, across growths
+        f.update(given[start : min(start + 7_777, 60_000)])
+    assert f.count == len(given) and len(f._parts) > 2, "the test needs the filter to have grown"
     assert all(i in f for i in given)
+    one_by_one = IdFilter(capacity=1000)
+    for i in given:
+        one_by_one.add(i)
+    bulk = IdFilter(capacity=1000)
+    bulk.update(given)
+    assert bulk._parts == one_by_one._parts and bulk.count == one_by_one.count, "update is add, many times"
     others = [f"other-{i}" for i in range(20_000)]
     rate = sum(i in f for i in others) / len(others)
     assert rate < 0.03, f"{rate:.2%} of unknown ids pass the filter"

@@ -37,8 +37,7 @@ class IdFilter:
         #: Ids added.
         self.count = 0
         self._grow(max(capacity, 2 * len(ids)))
-        for i in ids:
-            self.add(i)
+        self.update(ids)
 
     def _grow(self, capacity: int) -> None:
         size = 1 << max(6, (capacity * self.BITS_PER_ID - 1).bit_length())  # in bits, a power of two: probes are masked
@@ -47,14 +46,26 @@ class IdFilter:
         self._room = capacity
 
     def add(self, key: str) -> None:
-        if self._room <= 0:
+        self.update((key,))
+
+    def update(self, keys: Iterable[str]) -> None:
+        """Add every id of ``keys`` (one call for a compaction's ids costs less per id)."""
+        keys = list(keys)
+        while len(keys) > self._room:  # fill the last part up, then add a larger one
+            room = self._room
+            self.update(keys[:room])
+            keys = keys[room:]
             self._grow(4 * self._capacity)
-        self._room -= 1
-        self.count += 1
+        self._room -= len(keys)
+        self.count += len(keys)
         bits, mask = self._parts[-1]
-        h = hash(key)
-        step = (h >> 32) | 1  # probes h, h + step, h + 2 * step (Kirsch and Mitzenmacher)
-        for x in (h & mask, (h + step) & mask, (h + 2 * step) & mask):
+        for h in map(hash, keys):
+            step = (h >> 32) | 1  # probes h, h + step, h + 2 * step (Kirsch and Mitzenmacher)
+            x = h & mask
+            bits[x >> 3] |= 1 << (x & 7)
+            x = (h + step) & mask
+            bits[x >> 3] |= 1 << (x & 7)
+            x = (h + 2 * step) & mask
             bits[x >> 3] |= 1 << (x & 7)
 
     def __contains__(self, key: object) -> bool:
