@@ -91,7 +91,7 @@ def main() -> None:
         path = os.path.join(data, "collab.sqlite3")
         build_s = asyncio.run(build(path, args.ops, args.depth))
         db = sqlite3.connect(path)
-        kept = db.execute("SELECT count(*) FROM ops WHERE doc = 'long'").fetchone()[0]
+        kept = db.execute("SELECT coalesce(sum(rev - first + 1), 0) FROM log WHERE doc = 'long'").fetchone()[0]
         db.close()
         fresh, _ = open_times(data, "fresh", args.rounds)
         long, rev = open_times(data, "long", args.rounds)

@@ -403,7 +403,7 @@ async def test_sqlite_a_failed_commit_refuses_the_batches_queued_behind_it(tmp_p
         gate = await _hold_writer(store)
         # The next transaction fails as a full disk would: a trigger aborts inserts of this op id.
         blocker = sqlite3.connect(store.path)
-        blocker.execute("CREATE TRIGGER fail AFTER INSERT ON ops WHEN new.op_id = 'x1' "
+        blocker.execute("CREATE TRIGGER fail AFTER INSERT ON log WHEN instr(new.ops, '\"x1\"') > 0 "
                         "BEGIN SELECT RAISE(ABORT, 'disk full (simulated)'); END")
         blocker.commit()
         blocker.close()

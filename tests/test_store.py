@@ -206,14 +206,17 @@ async def test_find_ops_sees_ids_in_the_log_compacted_and_after_reopening(stores
     assert await store.find_ops("d", ["a1", "a3", "new", "z1"]) == {"a1": 1, "a3": 3}
     text = await append_snapshotted(store, "d", range(4, 16, 4), "b", "xxx")  # snapshots at 7, 11 and 15 compact the log through 10
     assert (await store.ops_since("d", 0))[0].rev > 1, "the log was not compacted"
-    wanted = ["a1", "a3", "b4", "b12", "b15", "new"]
-    assert await store.find_ops("d", wanted) == {"a1": 1, "a3": 3, "b4": 4, "b12": 12, "b15": 15}
-    assert [await store.find_op("d", i) for i in wanted] == [1, 3, 4, 12, 15, None]
+    # Every id: those compacted, those of a log row that straddles the compaction point (b8-b11
+    # through 10: SQLite keeps a row per append), and those after it.
+    every = {f"a{r}": r for r in range(1, 4)} | {f"b{r}": r for r in range(4, 16)}
+    wanted = [*every, "new"]
+    assert await store.find_ops("d", wanted) == every
+    assert [await store.find_op("d", i) for i in wanted] == [*every.values(), None]
     if stores.kind == "memory":
         return
     await store.close()
     again = await stores()
-    assert await again.find_ops("d", wanted) == {"a1": 1, "a3": 3, "b4": 4, "b12": 12, "b15": 15}
+    assert await again.find_ops("d", wanted) == every
     await again.append("d", ops(16, 1, prefix="c", doc_len=len(text)), len(text) + 1)
     assert await again.find_ops("d", ["a1", "b15", "c16", "new"]) == {"a1": 1, "b15": 15, "c16": 16}
 
@@ -417,3 +420,55 @@ async def test_sqlite_a_document_with_many_compacted_ids_gets_no_filter_and_is_l
         await again.append("d", ops(13, 1, prefix="b", doc_len=len(text)), len(text) + 1)
         assert "d" in again._log_ids and "d" not in again._filters
         assert await again.find_ops("d", ["a1", "a10", "a12", "b13", "new"]) == {"a1": 1, "a10": 10, "a12": 12, "b13": 13}
+
+
+#: The schema of collab's first SQLite files (user_version 1): a row per op.
+SCHEMA_1 = """
+CREATE TABLE docs (id TEXT PRIMARY KEY, rev INTEGER NOT NULL, size INTEGER NOT NULL, created REAL NOT NULL, updated REAL NOT NULL);
+CREATE TABLE ops (doc TEXT NOT NULL, rev INTEGER NOT NULL, op TEXT NOT NULL, client TEXT NOT NULL, op_id TEXT NOT NULL,
+                  PRIMARY KEY (doc, rev)) WITHOUT ROWID;
+CREATE TABLE op_ids (doc TEXT NOT NULL, op_id TEXT NOT NULL, rev INTEGER NOT NULL, PRIMARY KEY (doc, op_id)) WITHOUT ROWID;
+CREATE TABLE snapshots (doc TEXT NOT NULL, rev INTEGER NOT NULL, text TEXT NOT NULL, PRIMARY KEY (doc, rev)) WITHOUT ROWID;
+PRAGMA user_version = 1;
+"""
+
+
+async def test_sqlite_opens_a_schema_1_file_and_keeps_every_op(tmp_path):
+    """A file written by the per-op schema: its log moves into batch rows, nothing lost or renumbered."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA_1)
+    # "a": snapshot at 3 ("héllo"), log 2..6 with a gap-free run; ids 1 compacted. "b😀": no snapshot.
+    db.execute("INSERT INTO docs VALUES ('a', 6, 8, 0, 1), ('b😀', 2, 2, 0, 2)")
+    db.execute("INSERT INTO snapshots VALUES ('a', 3, 'héllo')")
+    db.execute("INSERT INTO op_ids VALUES ('a', 'a1', 1)")
+    rows = [("a", 2, '[1,"é"]', "c1", "a2"), ("a", 3, '[2,"llo"]', "c1", "a3"), ("a", 4, '[5,"😀"]', "c2", "a4"),
+            ("a", 5, '[6,"!"]', "c1", "a5"), ("a", 6, '[7,"?"]', "c2", "a6"),
+            ("b😀", 1, '["😀"]', "c3", "b1"), ("b😀", 2, '[1,"x"]', "c3", "b2")]
+    db.executemany("INSERT INTO ops VALUES (?, ?, ?, ?, ?)", rows)
+    db.commit()
+    db.close()
+    async with sqlite_store(path, 2) as store:
+        state = await store.load("a", 2)
+        assert (state.rev, state.text) == (6, "héllo😀!?")
+        assert [(o.rev, o.op, o.client, o.id) for o in await store.ops_since("a", 3)] == [
+            (4, [5, "😀"], "c2", "a4"), (5, [6, "!"], "c1", "a5"), (6, [7, "?"], "c2", "a6")]
+        assert await store.find_ops("a", ["a1", "a2", "a6", "nope"]) == {"a1": 1, "a2": 2, "a6": 6}
+        assert (await store.load("b😀", 10)).text == "😀x"
+        await store.append("b😀", [StoredOp(3, [2, "y"], "c3", "b3")], 3)  # and writing goes on
+        assert [o.id for o in await store.ops_since("b😀", 0)] == ["b1", "b2", "b3"]
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'ops'").fetchone()
+        assert db.execute("SELECT doc, first, rev FROM log ORDER BY doc, rev").fetchall() == [
+            ("a", 2, 6), ("b😀", 1, 2), ("b😀", 3, 3)], "runs of consecutive revisions share a row"
+        db.execute("PRAGMA user_version = 3")
+        db.commit()
+    finally:
+        db.close()
+    with pytest.raises(SystemExit, match="newer collab"):
+        async with sqlite_store(path, 2):
+            pass
