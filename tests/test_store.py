@@ -44,6 +44,22 @@ async def _pg_reason() -> str | None:
 Opener = Callable[[], Awaitable[Store]]
 
 
+async def test_an_append_overlapping_another_handles_is_refused(stores):
+    """A handle that last wrote revision 3 must not take 4-5 after another handle took 4:
+    SQLite keeps a log row per append, keyed by its last revision (5, not 4)."""
+    first = await stores()
+    second = await stores()
+    await first.append("d", ops(1, 1), 1)
+    await first.append("d", ops(2, 2, doc_len=1), 3)
+    await second.append("d", [StoredOp(4, [3, "😀"], "p2", "p2-4")], 4)
+    with pytest.raises(RevisionConflict):
+        await first.append("d", ops(4, 2, doc_len=3), 5)
+    for handle in (first, second):
+        assert [(o.rev, o.id) for o in await handle.ops_since("d", 0)] == [
+            (1, "op1"), (2, "op2"), (3, "op3"), (4, "p2-4")]
+        assert (await handle.load("d", 10)).text == "xxx😀"
+
+
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def stores(request, tmp_path) -> AsyncIterator[Opener]:
     """``await stores()`` opens a handle on one shared store; the first call makes it.
