@@ -236,6 +236,12 @@ _Item = tuple["Peer | None", Submit, "asyncio.Future[int] | None"]
 _Frames = tuple["str | None", "str | None", "Cursor | None"]
 
 
+def _may_edit(peer: Peer, sub: Submit) -> None:
+    """Refuse ``sub`` from a read-only connection (both ways in: :meth:`Document.offer` and ``submit``)."""
+    if peer.role != "edit":
+        raise ProtocolError(FORBIDDEN, "this connection is read-only: its token does not allow editing", sub.id)
+
+
 class _Resync(Exception):
     """The store no longer holds the operations this process missed: reload the document."""
 
@@ -428,8 +434,7 @@ class Document:
         usual case costs no coroutine, and a connection sends one per edit.
         Raises :class:`ProtocolError` as :meth:`submit` does.
         """
-        if peer.role != "edit":
-            raise ProtocolError(FORBIDDEN, "this connection is read-only: its token does not allow editing", sub.id)
+        _may_edit(peer, sub)
         if (self.shared and sub.rev > self.rev) or (sub.rev < self.history_start and sub.id not in self.ids):
             return False
         self._inbox.append((peer, sub, None))
@@ -444,8 +449,8 @@ class Document:
         this returns ``None`` at once. For ``peer=None`` (the HTTP API) it
         waits and returns the revision, or raises :class:`ProtocolError`.
         """
-        if peer is not None and peer.role != "edit":
-            raise ProtocolError(FORBIDDEN, "this connection is read-only: its token does not allow editing", sub.id)
+        if peer is not None:
+            _may_edit(peer, sub)
         if self.shared and sub.rev > self.rev:
             await self.sync()  # based on a revision this process has not seen yet
         if sub.rev < self.history_start and sub.id not in self.ids:
