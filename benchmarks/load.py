@@ -658,6 +658,23 @@ def report(scenario: Scenario, results: list[dict[str, Any]]) -> str:
     )  # fmt: skip
 
 
+#: A generator busier than this (CPU seconds per wall second) may itself be what limits a run.
+GENERATOR_BUSY = 0.9
+
+
+def generator_notes(results: list[dict[str, Any]]) -> str:
+    """A line for each run in which the generator, not the server, may have been the limit."""
+    notes = []
+    for r in results:
+        busy = r.get("gen_cpu", 0.0) / r["wall"] if r.get("wall") else 0.0
+        if busy >= GENERATOR_BUSY:
+            notes.append(
+                f"note: the generator was busy {busy:.0%} of the time during {r['target']}'s run: "
+                "it, not the server, may be what limited that run's throughput and latency"
+            )
+    return "\n".join(notes)
+
+
 def summary(scenario: Scenario, rounds: list[list[dict[str, Any]]]) -> str:
     """Per server: the median (and range) over rounds of each figure and of its ratio to the same round's relay."""
 
@@ -763,6 +780,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.rounds > 1:
             print(f"round {i + 1} of {args.rounds}:")
         print(report(sc, results))
+        notes = generator_notes(results)
+        if notes:
+            print(notes)
     if len(rounds) > 1:
         print(f"\nmedian over {len(rounds)} rounds (each ratio against the relay of its own round; range in brackets):\n")
         print(summary(sc, rounds))
