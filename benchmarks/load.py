@@ -435,7 +435,7 @@ class Run:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         # The generator's own cyclic GC stays out of the window: a full collection
-        # of its 1,000 clients' state took 30-60 ms, and every frame that arrived
+        # of its 1,000 clients' state took 15-62 ms, and every frame that arrived
         # meanwhile was timed as late (most of the deliveries over 4 ms in `many`
         # fell in such a pause). The server's GC is left as it is: that is measured.
         gc.collect()
