@@ -334,7 +334,7 @@ class SqliteStore(Store):
         now = time.time()
         db.execute("BEGIN IMMEDIATE")
         try:
-            errors, following = self._check_revisions_sync(db, batch)
+            errors = self._check_revisions_sync(db, batch)
             good = [b for b, e in zip(batch, errors) if e is None]
             try:
                 self._write_all_sync(db, good, now)
@@ -402,7 +402,7 @@ class SqliteStore(Store):
         """The last revision a snapshot at ``snapshot[0]`` removes from the log (``last`` is the newest)."""
         return min(snapshot[0], last - self.history_depth)
 
-    def _check_revisions_sync(self, db: sqlite3.Connection, batch: list) -> tuple[list[Exception | None], dict[str, int]]:
+    def _check_revisions_sync(self, db: sqlite3.Connection, batch: list) -> list[Exception | None]:
         """Refuse appends that do not continue their document's log (a gap, or a revision taken).
 
         The hub commits a document's batches in order, and the next one may
@@ -425,7 +425,7 @@ class SqliteStore(Store):
                 continue
             errors.append(None)
             following[doc] = ops[-1].rev + 1
-        return errors, following
+        return errors
 
     def _write_all_sync(self, db: sqlite3.Connection, batch: list, now: float) -> None:
         db.executemany(_INSERT_LOG, [(doc, ops[-1].rev, ops[0].rev, _dump_batch(ops)) for doc, ops, _, _ in batch])
