@@ -577,8 +577,16 @@ def start_server(target: str, port: int, data_dir: str, store: str) -> subproces
             "--handshake-timeout", "60", "--log-level", "warning",
         ]  # fmt: skip
     env = dict(os.environ)
-    if store == "memory" and target != "relay":
+    if target == "relay":
+        pass
+    elif store == "memory":
         env["DATABASE_URL"] = "memory:"
+    elif store in ("sqlite", "sqlite-normal"):
+        env.pop("DATABASE_URL", None)
+        # fsync per commit, or committed once the OS has it
+        env["COLLAB_SQLITE_SYNC"] = "normal" if store == "sqlite-normal" else "full"
+    else:
+        raise SystemExit(f"unknown store {store!r}: use sqlite, sqlite-normal or memory")
     proc = subprocess.Popen(pin_prefix(0) + cmd, cwd=str(REPO), env=env, preexec_fn=_child_setup)
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -738,7 +746,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scenario", choices=sorted(SCENARIOS), required=True)
     ap.add_argument("--seconds", type=float, help="editing time (default 15; --quick 5)")
     ap.add_argument("--quick", action="store_true", help="5 s of editing; idle: 1,000 connections over 100 documents")
-    ap.add_argument("--stores", default="sqlite", help="collab stores to run: sqlite, memory or both (sqlite,memory)")
+    ap.add_argument("--stores", default="sqlite", help="collab stores to run, comma-separated: sqlite (fsync per commit, the default), "
+                    "sqlite-normal (COLLAB_SQLITE_SYNC=normal), memory")
     ap.add_argument("--docs", type=int, help="override the number of documents")
     ap.add_argument("--clients", type=int, help="override the clients per document")
     ap.add_argument("--rate", type=float, help="override edits/s per client (0: as fast as acks allow)")

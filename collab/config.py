@@ -33,6 +33,20 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise SystemExit(f"{name}={raw!r} is not a number; unset it or give e.g. {name}={default}") from None
 
 
+#: ``COLLAB_SQLITE_SYNC`` values -> SQLite's ``synchronous`` setting.
+SQLITE_SYNC = {"full": "FULL", "normal": "NORMAL"}
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: Mapping[str, str]) -> str:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value not in choices:
+        raise SystemExit(f"{name}={raw!r} is not one of {', '.join(choices)}; unset it or give e.g. {name}={default}")
+    return value
+
+
 def _list(env: Mapping[str, str], name: str) -> list[str]:
     raw = env.get(name, "")
     return [part.strip() for part in raw.split(",") if part.strip()]
@@ -45,6 +59,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     data_dir: str = "./data"
+    #: When a SQLite commit counts as done: ``full`` (the default) after an fsync, so
+    #: an acknowledged edit survives a power cut; ``normal`` once the operating system
+    #: has it, which survives a crash of collab (``kill -9``) but not of the machine.
+    sqlite_sync: str = "full"
     #: ``postgres://...`` selects the PostgreSQL store; empty means SQLite in ``data_dir``.
     database_url: str = ""
     #: ``redis://...`` enables the cross-process backplane.
@@ -99,6 +117,7 @@ class Settings:
             host=env.get("COLLAB_HOST", d.host),
             port=_int(env, "PORT", _int(env, "COLLAB_PORT", d.port)),
             data_dir=env.get("COLLAB_DATA_DIR", d.data_dir),
+            sqlite_sync=_choice(env, "COLLAB_SQLITE_SYNC", d.sqlite_sync, SQLITE_SYNC),
             database_url=env.get("DATABASE_URL", env.get("COLLAB_DATABASE_URL", "")),
             redis_url=env.get("REDIS_URL", env.get("COLLAB_REDIS_URL", "")),
             workers=_int(env, "WEB_CONCURRENCY", d.workers),

@@ -84,7 +84,17 @@ def test_every_serve_flag_maps_to_a_setting():
         assert needed in flags
 
 
-@pytest.mark.parametrize("argv", [["serve", "--port", "x"], ["serve", "--workers", "0"], ["cat", "http://h"],
+def test_sqlite_sync_from_flag_and_environment():
+    parse = build_parser().parse_args
+    assert serve_settings(parse(["serve"]), {}).sqlite_sync == "full"
+    assert serve_settings(parse(["serve"]), {"COLLAB_SQLITE_SYNC": "NORMAL"}).sqlite_sync == "normal"
+    assert serve_settings(parse(["serve", "--sqlite-sync", "full"]), {"COLLAB_SQLITE_SYNC": "normal"}).sqlite_sync == "full"
+    with pytest.raises(SystemExit, match="COLLAB_SQLITE_SYNC='off' is not one of full, normal"):
+        serve_settings(parse(["serve"]), {"COLLAB_SQLITE_SYNC": "off"})
+
+
+@pytest.mark.parametrize("argv", [["serve", "--port", "x"], ["serve", "--workers", "0"], ["serve", "--sqlite-sync", "off"],
+                                  ["cat", "http://h"],
                                   ["token", "--role", "read"], ["token", "--doc", "a", "--role", "admin"]])
 def test_bad_arguments_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as e:

@@ -395,6 +395,23 @@ async def test_sqlite_appends_of_one_loop_turn_share_a_commit_and_close_waits_fo
         await again.close()
 
 
+@pytest.mark.parametrize("setting,pragma", [("full", 2), ("normal", 1)])
+async def test_sqlite_sync_setting_reaches_the_database(tmp_path, setting, pragma):
+    """``COLLAB_SQLITE_SYNC`` picks SQLite's ``synchronous`` (2 = FULL, fsync per commit; 1 = NORMAL)."""
+    from collab.config import Settings
+    from collab.store import open_store
+
+    store = await open_store(Settings.from_env({"COLLAB_DATA_DIR": str(tmp_path), "COLLAB_SQLITE_SYNC": setting}))
+    try:
+        assert isinstance(store, SqliteStore)
+        await store.append("d", ops(1, 2), 2)
+        assert await store._run(lambda: store._db.execute("PRAGMA synchronous").fetchone()[0]) == pragma
+    finally:
+        await store.close()
+    with pytest.raises(ValueError, match="use one of FULL, NORMAL"):
+        SqliteStore(str(tmp_path / "x.sqlite3"), synchronous="OFF")
+
+
 def test_id_filter_holds_every_id_it_was_given_and_few_others():
     """No false negatives (a resend must never be applied twice), through growth; few false positives."""
     given = [f"op-{i}-😀" for i in range(60_000)]

@@ -213,6 +213,10 @@ async def open_store(settings) -> Store:
 
         from .sqlite import SqliteStore
 
-        store = SqliteStore(os.path.join(settings.data_dir, "collab.sqlite3"), history_depth=settings.history_depth)
+        store = SqliteStore(
+            os.path.join(settings.data_dir, "collab.sqlite3"),
+            history_depth=settings.history_depth,
+            synchronous=settings.sqlite_sync.upper(),
+        )
     await store.open()
     return store

@@ -5,7 +5,11 @@ blocks on disk. Appends made in the same event-loop turn (and while the
 previous commit is in progress), across all documents, are written in one
 transaction: one ``fsync`` makes a whole batch durable, and an append
 returns only after its transaction has committed, so an acknowledged
-operation survives ``kill -9`` and power loss (``synchronous=FULL``).
+operation survives ``kill -9`` and power loss (``synchronous=FULL``, the
+default). With ``synchronous=NORMAL`` (``COLLAB_SQLITE_SYNC=normal``) a commit
+is done once the operating system holds it, without an fsync: that still
+survives ``kill -9``, but a power cut or kernel crash may lose the last
+commits (the file stays consistent).
 """
 
 from __future__ import annotations
@@ -148,10 +152,15 @@ class SqliteStore(Store):
 
     pipelined = True  # one flusher commits appends in order; _check_revisions_sync refuses gaps
 
+    #: The ``synchronous`` settings accepted (see the module's docstring).
+    SYNCHRONOUS = ("FULL", "NORMAL")
+
     def __init__(self, path: str, history_depth: int = 1000, synchronous: str = "FULL") -> None:
+        if synchronous.upper() not in self.SYNCHRONOUS:
+            raise ValueError(f"synchronous={synchronous!r}: use one of {', '.join(self.SYNCHRONOUS)}")
         self.path = path
         self.history_depth = history_depth
-        self.synchronous = synchronous
+        self.synchronous = synchronous.upper()
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
