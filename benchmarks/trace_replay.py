@@ -158,9 +158,9 @@ async def with_memory(p: Prepared, window: int, watchers: int) -> tuple[float, s
     return await hub_replay(MemoryStore(), p, window, watchers)
 
 
-async def with_sqlite(p: Prepared, window: int, watchers: int) -> tuple[float, str, int]:
+async def with_sqlite(p: Prepared, window: int, watchers: int, synchronous: str = "FULL") -> tuple[float, str, int]:
     with tempfile.TemporaryDirectory(prefix="collab-bench-") as tmp:
-        store = SqliteStore(str(Path(tmp) / "collab.sqlite3"))
+        store = SqliteStore(str(Path(tmp) / "collab.sqlite3"), synchronous=synchronous)
         await store.open()
         try:
             return await hub_replay(store, p, window, watchers)
@@ -206,6 +206,9 @@ def bench_traces(args: argparse.Namespace) -> str:
                     )
             for w in args.sqlite_windows:
                 variants.append((f"sqlite w={w}", lambda w=w: run_async(with_sqlite, p, w, args.watchers)[:2]))
+            for w in args.sqlite_normal_windows:
+                variants.append((f"sqlite-normal w={w}",
+                                 lambda w=w: run_async(with_sqlite, p, w, args.watchers, "NORMAL")[:2]))
             for label, fn in variants:
                 seconds, text = fn()
                 check(f"{name} {label}", text, p.end)
@@ -280,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=1, help="interleaved repetitions; the best is kept")
     ap.add_argument("--windows", default="1,64,256", help="writer windows for the in-memory hub")
     ap.add_argument("--sqlite-windows", default="64,256", help="writer windows for the SQLite hub")
+    ap.add_argument("--sqlite-normal-windows", default="",
+                    help="writer windows for the SQLite hub with synchronous=NORMAL (COLLAB_SQLITE_SYNC=normal), e.g. 256")
     ap.add_argument("--watchers", type=int, default=2, help="other peers joined, receiving every op")
     ap.add_argument("--large", action="store_true", help="only the large-document table")
     ap.add_argument("--sizes", default="0,1048576,10485760", help="starting text sizes for --large")
@@ -294,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     args.traces = list(TRACE_NAMES) if args.traces == "all" else [t for t in args.traces.split(",") if t]
     args.windows = [int(w) for w in args.windows.split(",") if w]
     args.sqlite_windows = [int(w) for w in args.sqlite_windows.split(",") if w]
+    args.sqlite_normal_windows = [int(w) for w in args.sqlite_normal_windows.split(",") if w]
     args.sizes = [int(s) for s in args.sizes.split(",")]
     global LOOP
     if args.loop is None:
