@@ -249,8 +249,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if ":" in shown:
         shown = f"[{shown}]"
     where = settings.database_url.split("@")[-1] if settings.database_url else os.path.abspath(settings.data_dir)
-    if not settings.database_url and settings.sqlite_sync != "full":
-        where += f", sqlite sync: {settings.sqlite_sync}"
+    if settings.sqlite_sync != "full":
+        if settings.database_url:
+            print("note: COLLAB_SQLITE_SYNC / --sqlite-sync applies to SQLite only; with PostgreSQL, its own "
+                  "synchronous_commit decides when a commit is durable", file=sys.stderr)
+        else:
+            where += f", sqlite sync: {settings.sqlite_sync}"
     print(f"collab {__version__} serving http://{shown}:{settings.port}/  "
           f"(WebSocket ws://{shown}:{settings.port}/ws/DOC, data: {where}, "
           f"auth: {'on' if settings.secret else 'off'}); Ctrl-C stops", flush=True)

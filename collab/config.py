@@ -33,11 +33,11 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise SystemExit(f"{name}={raw!r} is not a number; unset it or give e.g. {name}={default}") from None
 
 
-#: ``COLLAB_SQLITE_SYNC`` values -> SQLite's ``synchronous`` setting.
-SQLITE_SYNC = {"full": "FULL", "normal": "NORMAL"}
+#: ``COLLAB_SQLITE_SYNC`` values: SQLite's ``synchronous`` setting, in lower case.
+SQLITE_SYNC = ("full", "normal")
 
 
-def _choice(env: Mapping[str, str], name: str, default: str, choices: Mapping[str, str]) -> str:
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
