@@ -577,16 +577,14 @@ def start_server(target: str, port: int, data_dir: str, store: str) -> subproces
             "--handshake-timeout", "60", "--log-level", "warning",
         ]  # fmt: skip
     env = dict(os.environ)
-    if target == "relay":
-        pass
-    elif store == "memory":
-        env["DATABASE_URL"] = "memory:"
-    elif store in ("sqlite", "sqlite-normal"):
+    if target != "relay":
+        if store not in ("sqlite", "sqlite-normal", "memory"):
+            raise SystemExit(f"unknown store {store!r}: use sqlite, sqlite-normal or memory")
         env.pop("DATABASE_URL", None)
-        # fsync per commit, or committed once the OS has it
+        if store == "memory":
+            env["DATABASE_URL"] = "memory:"
+        # fsync per commit, or committed once the OS has it (set either way: the caller's env must not decide)
         env["COLLAB_SQLITE_SYNC"] = "normal" if store == "sqlite-normal" else "full"
-    else:
-        raise SystemExit(f"unknown store {store!r}: use sqlite, sqlite-normal or memory")
     proc = subprocess.Popen(pin_prefix(0) + cmd, cwd=str(REPO), env=env, preexec_fn=_child_setup)
     deadline = time.time() + 30
     while time.time() < deadline:

@@ -16,6 +16,7 @@ import sys
 from typing import Any, Sequence
 
 from . import __version__
+from .config import sqlite_sync
 
 EPILOG = """\
 examples:
@@ -78,15 +79,6 @@ def _csv(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
-def _sqlite_sync(text: str) -> str:
-    from .config import SQLITE_SYNC
-
-    value = text.strip().lower()
-    if value not in SQLITE_SYNC:
-        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(SQLITE_SYNC)}")
-    return value
-
-
 def _positive_int(text: str) -> int:
     try:
         n = int(text)
@@ -122,7 +114,7 @@ SERVE_FLAGS: list[tuple[str, str, Any, str, str]] = [
     ("--host", "host", str, "COLLAB_HOST", "address to listen on; 0.0.0.0 for every interface (default 127.0.0.1)"),
     ("--port", "port", _port, "PORT, COLLAB_PORT", "TCP port (default 8000)"),
     ("--data-dir", "data_dir", str, "COLLAB_DATA_DIR", "directory of the SQLite database (default ./data)"),
-    ("--sqlite-sync", "sqlite_sync", _sqlite_sync, "COLLAB_SQLITE_SYNC",
+    ("--sqlite-sync", "sqlite_sync", sqlite_sync, "COLLAB_SQLITE_SYNC",
      "full (default): an edit is acknowledged once fsynced, and survives a power cut; normal: once the OS "
      "has it, which survives kill -9 but not a crash of the machine, for 1.1-1.4 times the edits/s under heavy load"),
     ("--database-url", "database_url", str, "DATABASE_URL", "postgres://... to store documents in PostgreSQL instead of SQLite"),

@@ -37,14 +37,22 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
 SQLITE_SYNC = ("full", "normal")
 
 
-def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+def sqlite_sync(text: str) -> str:
+    """``text`` as a :data:`SQLITE_SYNC` value (any case); ``ValueError`` if it is none of them."""
+    value = text.strip().lower()
+    if value not in SQLITE_SYNC:
+        raise ValueError(f"{text!r} is not one of {', '.join(SQLITE_SYNC)}")
+    return value
+
+
+def _sqlite_sync(env: Mapping[str, str], name: str, default: str) -> str:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
-    value = raw.strip().lower()
-    if value not in choices:
-        raise SystemExit(f"{name}={raw!r} is not one of {', '.join(choices)}; unset it or give e.g. {name}={default}")
-    return value
+    try:
+        return sqlite_sync(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{name}={exc}; unset it or give e.g. {name}={default}") from None
 
 
 def _list(env: Mapping[str, str], name: str) -> list[str]:
@@ -117,7 +125,7 @@ class Settings:
             host=env.get("COLLAB_HOST", d.host),
             port=_int(env, "PORT", _int(env, "COLLAB_PORT", d.port)),
             data_dir=env.get("COLLAB_DATA_DIR", d.data_dir),
-            sqlite_sync=_choice(env, "COLLAB_SQLITE_SYNC", d.sqlite_sync, SQLITE_SYNC),
+            sqlite_sync=_sqlite_sync(env, "COLLAB_SQLITE_SYNC", d.sqlite_sync),
             database_url=env.get("DATABASE_URL", env.get("COLLAB_DATABASE_URL", "")),
             redis_url=env.get("REDIS_URL", env.get("COLLAB_REDIS_URL", "")),
             workers=_int(env, "WEB_CONCURRENCY", d.workers),
