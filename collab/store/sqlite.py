@@ -448,7 +448,11 @@ class SqliteStore(Store):
 
     def _write_each_sync(self, db: sqlite3.Connection, batch: list, now: float) -> list[Exception | None]:
         errors: list[Exception | None] = []
+        refused: set[str] = set()
         for doc, ops, size, snapshot in batch:
+            if doc in refused:  # a later batch of a document whose earlier one failed: it would leave a gap
+                errors.append(RevisionConflict(f"{doc}: revision {ops[0].rev} follows a refused append"))
+                continue
             db.execute("SAVEPOINT one")
             try:
                 self._write_all_sync(db, [(doc, ops, size, snapshot)], now)
@@ -458,6 +462,7 @@ class SqliteStore(Store):
                 db.execute("ROLLBACK TO one")
                 db.execute("RELEASE one")
                 errors.append(RevisionConflict(f"{doc}: revision {ops[0].rev} is already taken ({exc})"))
+                refused.add(doc)
         return errors
 
     def _snapshot_sync(self, db: sqlite3.Connection, doc: str, snapshot: tuple[int, str], last: int) -> None:
