@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 from typing import AsyncIterator
 
 import pytest
@@ -322,13 +324,21 @@ async def test_an_announcement_overtaking_a_store_read_is_still_integrated_in_or
 # -- pipelined commits (SQLite) --------------------------------------------------------
 
 
-async def _hold_writer(store):
-    """Keep the SQLite store's writer thread busy (as a slow disk would) until the returned event is set."""
-    import threading
+class _Paused:
+    """The SQLite store's fsync helper stopped (SIGSTOP), as a disk that does not answer; ``set()`` resumes it."""
 
-    release = threading.Event()
-    asyncio.get_running_loop().run_in_executor(store._executor, release.wait, 10)
-    return release
+    def __init__(self, store) -> None:
+        self.pid = store.fsync_helper_pid
+        assert self.pid is not None, "a FULL SQLite store fsyncs in a helper process"
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def set(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
+
+async def _hold_writer(store) -> _Paused:
+    """Hold every commit of the SQLite store short of durable (its fsync) until ``set()``."""
+    return _Paused(store)
 
 
 async def landed(hub: Hub, doc) -> None:
@@ -346,9 +356,12 @@ async def sqlite_hub(path, config: HubConfig | None = None) -> AsyncIterator[tup
     store = SqliteStore(str(path))
     await store.open()
     hub = Hub(store, config)
+    pid = store.fsync_helper_pid
     try:
         yield store, hub
     finally:
+        if pid is not None:  # resume a helper a failed test left stopped, or closing waits for it
+            os.kill(pid, signal.SIGCONT)
         await hub.close()
         await store.close()
 
@@ -401,28 +414,31 @@ async def test_sqlite_a_failed_commit_refuses_the_batches_queued_behind_it(tmp_p
         await landed(hub, doc)
         drain(writer)
         gate = await _hold_writer(store)
+        await doc.submit(writer, Submit(1, [4, "!"], "k2", None))  # written, waiting for its fsync
+        for _ in range(20):
+            await asyncio.sleep(0)
         # The next transaction fails as a full disk would: a trigger aborts inserts of this op id.
         blocker = sqlite3.connect(store.path)
         blocker.execute("CREATE TRIGGER fail AFTER INSERT ON log WHEN instr(new.ops, '\"x1\"') > 0 "
                         "BEGIN SELECT RAISE(ABORT, 'disk full (simulated)'); END")
         blocker.commit()
         blocker.close()
-        await doc.submit(writer, Submit(1, [4, "x"], "x1", None))
+        await doc.submit(writer, Submit(2, [5, "x"], "x1", None))
         for _ in range(20):
             await asyncio.sleep(0)
-        await doc.submit(writer, Submit(2, [5, "y"], "x2", None))
+        await doc.submit(writer, Submit(3, [6, "y"], "x2", None))
         for _ in range(20):
             await asyncio.sleep(0)
-        assert len(doc._flight) == 2
+        assert len(doc._flight) == 3  # x1 and x2 queue behind k2, for one transaction
         gate.set()
         for _ in range(500):
             if writer.closed:
                 break
             await asyncio.sleep(0.01)
         assert writer.closed and writer.close_code == CLOSE_INTERNAL
-        assert [m for m in drain(writer) if m["type"] == "ack"] == []
+        assert [m["id"] for m in drain(writer) if m["type"] == "ack"] == ["k2"]
         state = await store.load("f", 10)
-        assert (state.rev, state.text) == (1, "kept")
+        assert (state.rev, state.text) == (2, "kept!")  # x2 is refused with x1: no gap in the log
         assert await store.find_ops("f", ["x1", "x2"]) == {}
 
 

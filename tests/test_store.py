@@ -395,21 +395,124 @@ async def test_sqlite_appends_of_one_loop_turn_share_a_commit_and_close_waits_fo
         await again.close()
 
 
-@pytest.mark.parametrize("setting,pragma", [("full", 2), ("normal", 1)])
-async def test_sqlite_sync_setting_reaches_the_database(tmp_path, setting, pragma):
-    """``COLLAB_SQLITE_SYNC`` picks SQLite's ``synchronous`` (2 = FULL, fsync per commit; 1 = NORMAL)."""
+async def _wait_done(fut: asyncio.Future, seconds: float) -> bool:
+    """Whether ``fut`` finishes within ``seconds`` (it is left running otherwise)."""
+    done, _ = await asyncio.wait([fut], timeout=seconds)
+    return bool(done)
+
+
+def _committed_rev(path: str, doc: str) -> int:
+    """The document's revision as another connection sees the file (committed, durable or not)."""
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    try:
+        row = db.execute("SELECT rev FROM docs WHERE id = ?", (doc,)).fetchone()
+        return row[0] if row else 0
+    finally:
+        db.close()
+
+
+async def test_sqlite_full_finishes_an_append_only_once_the_wal_is_fsynced(tmp_path):
+    """``COLLAB_SQLITE_SYNC=full``: a commit reaches the file at once, but its append (so its ack)
+    waits for the fsync helper; stopping the helper, as a disk that does not answer, holds it."""
+    import signal
+
     from collab.config import Settings
     from collab.store import open_store
 
-    store = await open_store(Settings.from_env({"COLLAB_DATA_DIR": str(tmp_path), "COLLAB_SQLITE_SYNC": setting}))
+    store = await open_store(Settings.from_env({"COLLAB_DATA_DIR": str(tmp_path), "COLLAB_SQLITE_SYNC": "full"}))
+    assert isinstance(store, SqliteStore)
+    pid = store.fsync_helper_pid
+    assert pid is not None
     try:
-        assert isinstance(store, SqliteStore)
-        await store.append("d", ops(1, 2), 2)
-        assert await store._run(lambda: store._db.execute("PRAGMA synchronous").fetchone()[0]) == pragma
+        await store.append("d", ops(1, 1), 1)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            pending = asyncio.ensure_future(store.append("d", ops(2, 1, doc_len=1), 2))
+            assert not await _wait_done(pending, 0.5)
+            assert _committed_rev(store.path, "d") == 2  # written, not yet known to be on disk
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert await _wait_done(pending, 10)
+        await pending
+    finally:
+        await store.close()
+
+
+async def test_sqlite_document_list_never_shows_a_revision_before_it_is_durable(tmp_path):
+    """The list is read on another connection, which sees a commit before its fsync; it answers after."""
+    import signal
+
+    store = SqliteStore(str(tmp_path / "l.sqlite3"), history_depth=5)
+    await store.open()
+    pid = store.fsync_helper_pid
+    assert pid is not None
+    try:
+        await store.append("d", ops(1, 1), 1)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            pending = asyncio.ensure_future(store.append("d", ops(2, 1, doc_len=1), 2))
+            await asyncio.sleep(0.05)
+            listing = asyncio.ensure_future(store.list_docs())
+            assert not await _wait_done(listing, 0.5)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert await _wait_done(listing, 10) and pending.done()
+        assert [(d.id, d.rev) for d in listing.result()] == [("d", 2)]
+    finally:
+        await store.close()
+
+
+async def test_sqlite_normal_finishes_an_append_at_its_commit_with_no_fsync_helper(tmp_path):
+    from collab.config import Settings
+    from collab.store import open_store
+
+    store = await open_store(Settings.from_env({"COLLAB_DATA_DIR": str(tmp_path), "COLLAB_SQLITE_SYNC": "normal"}))
+    try:
+        assert isinstance(store, SqliteStore) and store.fsync_helper_pid is None
+        await asyncio.wait_for(store.append("d", ops(1, 2), 2), 10)
+        assert _committed_rev(store.path, "d") == 2
     finally:
         await store.close()
     with pytest.raises(ValueError, match="use one of FULL, NORMAL"):
         SqliteStore(str(tmp_path / "x.sqlite3"), synchronous="OFF")
+
+
+async def test_sqlite_appends_go_on_when_the_fsync_helper_dies(tmp_path, caplog):
+    """A killed helper, even with an fsync owed: the store fsyncs on its thread from then on, and says so."""
+    import signal
+
+    store = SqliteStore(str(tmp_path / "h.sqlite3"), history_depth=5)
+    await store.open()
+    try:
+        await store.append("d", ops(1, 1), 1)
+        pid = store.fsync_helper_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        pending = asyncio.ensure_future(store.append("d", ops(2, 1, doc_len=1), 2))
+        assert not await _wait_done(pending, 0.3)
+        os.kill(pid, signal.SIGKILL)  # dies owing that fsync
+        assert await _wait_done(pending, 10)
+        await pending
+        assert store.fsync_helper_pid is None
+        await asyncio.wait_for(store.append("d", ops(3, 2, doc_len=2), 4), 10)
+        assert (await store.load("d", 10)).rev == 4
+        assert "fsync helper process stopped" in caplog.text
+    finally:
+        await store.close()
+
+
+async def test_sqlite_checkpoints_keep_the_wal_small(tmp_path):
+    """The writer never checkpoints itself: the store's thread does, between commits, or the WAL
+    would grow with every commit for as long as the server runs."""
+    async with sqlite_store(tmp_path / "w.sqlite3", 5, CHECKPOINT_BYTES=64 << 10) as store:
+        text = "😀" * 1000
+        for rev in range(1, 301):  # about 1.2 MB of log rows, plus their snapshots
+            op: list = [(rev - 1) * 1000, text] if rev > 1 else [text]
+            await store.append("d", [StoredOp(rev, op, "c1", f"op{rev}")], rev * 1000)
+        assert os.path.getsize(store.path + "-wal") < (1 << 20)
+        assert (await store.load("d", 5)).text == text * 300
 
 
 def test_id_filter_holds_every_id_it_was_given_and_few_others():

@@ -1,21 +1,32 @@
 """The embedded default store: one SQLite file, written with group commit.
 
-Every SQLite call runs on one dedicated thread, so the event loop never
-blocks on disk. Appends made in the same event-loop turn (and while the
-previous commit is in progress), across all documents, are written in one
-transaction: one ``fsync`` makes a whole batch durable, and an append
-returns only after its transaction has committed, so an acknowledged
-operation survives ``kill -9`` and power loss (``synchronous=FULL``, the
-default). With ``synchronous=NORMAL`` (``COLLAB_SQLITE_SYNC=normal``) a commit
-is done once the operating system holds it, without an fsync: that still
+Appends made in the same event-loop turn (and while the previous commit is
+in progress), across all documents, are written in one transaction, and an
+append returns only once its transaction is durable, so an acknowledged
+operation survives ``kill -9``.
+
+The transaction itself runs on the event loop, with SQLite's
+``synchronous=NORMAL``: a few dozen microseconds of CPU that only hand the
+pages to the operating system, so nothing waits for the disk there. With
+``FULL`` (the default) an append then waits for an ``fdatasync`` of the WAL
+file, made by a helper process (:mod:`collab.store.walsync`) while the loop
+goes on; one ``fdatasync`` covers the whole transaction, as SQLite's own
+``synchronous=FULL`` would, and survives a power cut too. With ``NORMAL``
+(``COLLAB_SQLITE_SYNC=normal``) an append is done at its commit: that still
 survives ``kill -9``, but a power cut or kernel crash may lose the last
 commits (the file stays consistent).
+
+WAL checkpoints, reads that may be long (loading a document, the document
+list) and opening the file run on one dedicated thread, on their own
+connection, so none of them holds up the event loop; the writer's
+connection checkpoints nothing itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import os
@@ -23,12 +34,13 @@ import sqlite3
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from .base import DocInfo, DocState, RevisionConflict, Store, StoredOp, replay
 from .base import dump_op as _dumps
 from .base import load_op as _loads
 from .idfilter import IdFilter
+from .walsync import WalSync
 
 
 T = TypeVar("T")
@@ -140,6 +152,20 @@ def _migrate(db: sqlite3.Connection) -> None:
         raise
 
 
+@contextlib.contextmanager
+def _reading(db: sqlite3.Connection) -> Iterator[None]:
+    """One read transaction: the statements inside see one state of the file.
+
+    The store's thread reads while the event loop commits, on another
+    connection; separate statements could each see a different commit.
+    """
+    db.execute("BEGIN")
+    try:
+        yield
+    finally:
+        db.execute("COMMIT")
+
+
 def _call_soon_threadsafe(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: Any) -> None:
     try:
         loop.call_soon_threadsafe(fn, *args)
@@ -161,20 +187,30 @@ class SqliteStore(Store):
         self.path = path
         self.history_depth = history_depth
         self.synchronous = synchronous.upper()
+        #: The store thread's connection: opening, loads, lists, checkpoints.
         self._db: sqlite3.Connection | None = None
+        #: The event loop's connections: commits, and the hub's per-batch id lookup.
+        self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
+        self._walsync: WalSync | None = None
+        #: About how many bytes the writer added to the WAL since its last checkpoint.
+        self._wal_bytes = 0
         self._executor: ThreadPoolExecutor | None = None
         self._pending: list[_Append] = []
         #: A commit is in progress or about to start (appends queue behind it).
         self._committing = False
         self._idle_waiters: list[asyncio.Future[None]] = []
+        #: Transactions started and settled (durable, or failed) so far, and who waits for more.
+        self._started = 0
+        self._settled = 0
+        self._settled_waiters: list[asyncio.Future[None]] = []
         #: Transactions committed and ops written, for /metrics and benchmarks.
         self.commits = 0
         self.ops_written = 0
         #: Per document written since the hub opened it, op id -> revision of the ops after
         #: its last compaction point (the ids up to it are in ``op_ids``): the hub's
-        #: per-batch id lookup reads this instead of scanning the log. Changed by the store's thread only: after
-        #: each commit, and when the hub closes the document (:meth:`forget`).
+        #: per-batch id lookup reads this instead of scanning the log. Changed on the event
+        #: loop: after each commit, and when the hub closes the document (:meth:`forget`).
         self._log_ids: OrderedDict[str, dict[str, int]] = OrderedDict()
         self._log_ids_count = 0
         #: For documents in :attr:`_log_ids` (not all: see :attr:`FILTER_BUILD_MAX`), a
@@ -183,6 +219,8 @@ class SqliteStore(Store):
         #: them, and filled in before them: whenever a lookup sees a document's log ids,
         #: that document's filter (if any) holds every id the log no longer has.
         self._filters: dict[str, IdFilter] = {}
+        #: Filters being built on the store's thread: the ids compacted since each began.
+        self._filter_builds: dict[str, list[str]] = {}
 
     # -- plumbing ---------------------------------------------------------
 
@@ -207,8 +245,14 @@ class SqliteStore(Store):
             db.close()
             raise
         self._db = db
-        # A second connection for the hub's hot-path read of op ids, used from the event
-        # loop itself: in WAL mode it neither waits for nor blocks the writer's commit.
+        # The event loop's writer: NORMAL hands a commit to the OS without waiting for the
+        # disk (with FULL, WalSync's fdatasync follows); checkpoints are the thread's.
+        writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        writer.execute("PRAGMA synchronous=NORMAL")
+        writer.execute("PRAGMA wal_autocheckpoint=0")
+        writer.execute("PRAGMA busy_timeout=5000")
+        self._writer = writer
+        # A reader for the hub's hot-path read of op ids, also used from the event loop.
         reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         reader.execute("PRAGMA query_only=1")
         self._reader = reader
@@ -221,15 +265,28 @@ class SqliteStore(Store):
             self._executor.shutdown(wait=False)
             self._executor = None
             raise
+        if self.synchronous == "FULL":
+            self._walsync = WalSync(self.path + "-wal", self._executor)
+            self._walsync.start()
+
+    @property
+    def fsync_helper_pid(self) -> int | None:
+        """The process id of the helper that fsyncs the WAL (``FULL``, while it runs)."""
+        return self._walsync.helper_pid if self._walsync is not None else None
 
     async def close(self) -> None:
         await self._idle()
+        if self._walsync is not None:
+            self._walsync.close()
+            self._walsync = None
+        for name in ("_writer", "_reader"):
+            conn = getattr(self, name)
+            if conn is not None:
+                conn.close()
+                setattr(self, name, None)
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None
-        if self._reader is not None:
-            await self._run(self._reader.close)
-            self._reader = None
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -259,28 +316,33 @@ class SqliteStore(Store):
         await self.start_append(doc, ops, size, snapshot)
 
     def _commit_pending(self) -> None:
-        """Hand everything pending to the store's thread, as one transaction."""
+        """Commit everything pending as one transaction; settle it once it is durable."""
         batch, self._pending = self._pending, []
         if not batch:
             self._committing = False
             self._wake_idle()
             return
         loop = asyncio.get_running_loop()
+        self._started += 1
         try:
-            if self._executor is None:
+            if self._writer is None:
                 raise RuntimeError("the SQLite store is closed")
-            work = self._executor.submit(self._commit_sync, [(d, o, s, snap) for d, o, s, snap, _, _ in batch])
-        except RuntimeError as exc:
-            work = concurrent.futures.Future()
-            work.set_exception(exc)
-        work.add_done_callback(lambda done: _call_soon_threadsafe(loop, self._committed, batch, done))
-
-    def _committed(self, batch: list[_Append], work: concurrent.futures.Future) -> None:
-        """On the loop: settle a transaction's appends, then start the next one."""
-        try:
-            errors: list[BaseException | None] = work.result()
+            errors: list[BaseException | None] = list(self._commit_sync([(d, o, s, snap) for d, o, s, snap, _, _ in batch]))
         except Exception as exc:  # the whole transaction failed (disk full, I/O error)
             errors = [exc] * len(batch)
+        walsync = self._walsync
+        if walsync is None or all(e is not None for e in errors):
+            loop.call_soon(self._committed, batch, errors)
+        else:
+            walsync.sync(lambda error: self._committed(batch, errors if error is None else [error] * len(batch)))
+
+    def _committed(self, batch: list[_Append], errors: list[BaseException | None]) -> None:
+        """Settle a transaction's appends once it is durable, then start the next one."""
+        self._settled += 1
+        waiters, self._settled_waiters = self._settled_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
         for (*_, fut, _), error in zip(batch, errors):
             if fut.done():
                 continue
@@ -294,6 +356,36 @@ class SqliteStore(Store):
                     on_done(fut)
                 except Exception:
                     log.exception("a commit callback failed")
+        if self._wal_bytes >= self.CHECKPOINT_BYTES and self._executor is not None:
+            self._checkpoint()
+        else:
+            self._commit_pending()
+
+    #: About this many bytes in the WAL start a checkpoint (SQLite's own default is
+    #: 1,000 pages, 4 MiB with its default page size).
+    CHECKPOINT_BYTES = 4 << 20
+
+    def _checkpoint(self) -> None:
+        """Checkpoint the WAL on the store's thread, then go on committing.
+
+        No commit runs meanwhile (appends queue, as behind a commit), so the
+        checkpoint copies the whole WAL and the next commit can start the
+        WAL file over: a checkpoint racing a stream of commits would never
+        catch up, and the file would grow without end.
+        """
+        assert self._executor is not None
+        self._wal_bytes = 0
+        loop = asyncio.get_running_loop()
+        work = self._executor.submit(self._checkpoint_sync)
+        work.add_done_callback(lambda done: _call_soon_threadsafe(loop, self._checkpointed, done))
+
+    def _checkpoint_sync(self) -> None:
+        assert self._db is not None
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
+    def _checkpointed(self, work: concurrent.futures.Future) -> None:
+        if work.exception() is not None:  # the next one may succeed; the WAL only grows meanwhile
+            log.warning("a WAL checkpoint failed: %s", work.exception())
         self._commit_pending()
 
     def _wake_idle(self) -> None:
@@ -321,8 +413,8 @@ class SqliteStore(Store):
     LOG_IDS_MAX = 2_000_000
     #: A document whose ``op_ids`` holds more ids than this when it is first written
     #: after opening gets no filter (its lookups ask the database, as without one):
-    #: building one costs about 1 µs per id on the store's thread, which every commit
-    #: waits for, so this bounds that pause to about 20 ms.
+    #: a filter costs about 1 µs per id to build, on the store's thread, and about
+    #: 4 bytes per id of memory.
     FILTER_BUILD_MAX = 20_000
     _UPSERT_DOC = (
         "INSERT INTO docs (id, rev, size, created, updated) VALUES (?, ?, ?, ?, ?) "
@@ -338,7 +430,7 @@ class SqliteStore(Store):
         the transaction rolled back and redone document by document under
         savepoints, so one conflicting append fails alone.
         """
-        db = self._db
+        db = self._writer
         assert db is not None
         now = time.time()
         db.execute("BEGIN IMMEDIATE")
@@ -369,23 +461,23 @@ class SqliteStore(Store):
     def _remember_ids_sync(self, db: sqlite3.Connection, doc: str, ops: list[StoredOp],
                            snapshot: tuple[int, str] | None) -> None:
         """Bring :attr:`_log_ids` and :attr:`_filters` up to a commit of ``ops`` to ``doc``
-        (store thread, after COMMIT)."""
+        (on the loop, after COMMIT)."""
         ids = self._log_ids.pop(doc, None)
-        if ids is None:  # first write to this document here: read what its log and op_ids hold
-            compacted = [i for (i,) in db.execute(
-                "SELECT op_id FROM op_ids WHERE doc = ? LIMIT ?", (doc, self.FILTER_BUILD_MAX + 1))]
-            if len(compacted) <= self.FILTER_BUILD_MAX:
-                self._filters[doc] = IdFilter(compacted, capacity=max(16384, 4 * len(compacted)))
+        if ids is None:  # first write to this document here: read what its log holds
             ids = _log_ids(db.execute("SELECT first, ops FROM log WHERE doc = ?", (doc,)))
+            self._build_filter(doc)
         else:
             self._log_ids_count -= len(ids)
             for o in ops:
                 ids[o.id] = o.rev
             if snapshot is not None:  # the ids leaving the log go into op_ids: into the filter first
                 gone = self._compacted_through(snapshot, ops[-1].rev)
+                leaving = [i for i, r in ids.items() if r <= gone]
                 compacted_filter = self._filters.get(doc)
                 if compacted_filter is not None:
-                    compacted_filter.update([i for i, r in ids.items() if r <= gone])
+                    compacted_filter.update(leaving)
+                elif doc in self._filter_builds:
+                    self._filter_builds[doc].extend(leaving)
                 ids = {i: r for i, r in ids.items() if r > gone}
         self._log_ids[doc] = ids
         self._log_ids_count += len(ids)
@@ -396,15 +488,47 @@ class SqliteStore(Store):
         """Forget ``doc``'s log ids and filter (its lookups then scan its log)."""
         self._log_ids_count -= len(self._log_ids.pop(doc, None) or ())
         self._filters.pop(doc, None)
+        self._filter_builds.pop(doc, None)
+
+    def _build_filter(self, doc: str) -> None:
+        """Build ``doc``'s filter of compacted ids on the store's thread; install it on the loop.
+
+        Until it is installed, the document's lookups ask the database for
+        every id its log ids lack, which is always right. Ids compacted while
+        the thread reads are collected in :attr:`_filter_builds` and added at
+        installation: the thread's read sees every compaction committed
+        before this call (commits run on the loop), the list every one after.
+        """
+        if self._executor is None:
+            return
+        since: list[str] = []
+        self._filter_builds[doc] = since
+        loop = asyncio.get_running_loop()
+        try:
+            work = self._executor.submit(self._read_filter_sync, doc)
+        except RuntimeError:  # shutting down: no filter
+            del self._filter_builds[doc]
+            return
+        work.add_done_callback(lambda done: _call_soon_threadsafe(loop, self._filter_built, doc, since, done))
+
+    def _read_filter_sync(self, doc: str) -> IdFilter | None:
+        assert self._db is not None
+        compacted = [i for (i,) in self._db.execute(
+            "SELECT op_id FROM op_ids WHERE doc = ? LIMIT ?", (doc, self.FILTER_BUILD_MAX + 1))]
+        if len(compacted) > self.FILTER_BUILD_MAX:
+            return None
+        return IdFilter(compacted, capacity=max(16384, 4 * len(compacted)))
+
+    def _filter_built(self, doc: str, since: list[str], work: concurrent.futures.Future) -> None:
+        if self._filter_builds.get(doc) is not since:  # dropped (or rebuilt) meanwhile
+            return
+        del self._filter_builds[doc]
+        built = None if work.exception() is not None else work.result()
+        if built is not None and doc in self._log_ids:
+            built.update(since)
+            self._filters[doc] = built
 
     def forget(self, doc: str) -> None:
-        if self._executor is not None:
-            try:
-                self._executor.submit(self._forget_sync, doc)
-            except RuntimeError:  # shutting down
-                pass
-
-    def _forget_sync(self, doc: str) -> None:
         self._drop_ids_sync(doc)
 
     def _compacted_through(self, snapshot: tuple[int, str], last: int) -> int:
@@ -437,11 +561,14 @@ class SqliteStore(Store):
         return errors
 
     def _write_all_sync(self, db: sqlite3.Connection, batch: list, now: float) -> None:
-        db.executemany(_INSERT_LOG, [(doc, ops[-1].rev, ops[0].rev, _dump_batch(ops)) for doc, ops, _, _ in batch])
+        rows = [(doc, ops[-1].rev, ops[0].rev, _dump_batch(ops)) for doc, ops, _, _ in batch]
+        db.executemany(_INSERT_LOG, rows)
         last: dict[str, tuple[str, int, int, float, float]] = {}
         for doc, ops, size, _ in batch:
             last[doc] = (doc, ops[-1].rev, size, now, now)
         db.executemany(self._UPSERT_DOC, list(last.values()))
+        # About what the WAL grows by: the rows, and a page or so per document and for the commit.
+        self._wal_bytes += sum(len(r[3]) for r in rows) + 4096 * (1 + len(last))
         for doc, ops, _, snapshot in batch:
             if snapshot is not None:
                 self._snapshot_sync(db, doc, snapshot, ops[-1].rev)
@@ -485,12 +612,17 @@ class SqliteStore(Store):
             chunk = values[i : i + step]
             db.execute(_insert_ids(len(chunk) // 3), chunk)
         db.execute("DELETE FROM log WHERE doc = ? AND rev <= ?", (doc, keep_after))
+        self._wal_bytes += 4 * len(text) + 64 * len(kept)
 
     # -- reads --------------------------------------------------------------
 
     def _load_sync(self, doc: str, history_depth: int) -> DocState:
         db = self._db
         assert db is not None
+        with _reading(db):
+            return self._load_in(db, doc, history_depth)
+
+    def _load_in(self, db: sqlite3.Connection, doc: str, history_depth: int) -> DocState:
         row = db.execute("SELECT rev, text FROM snapshots WHERE doc = ? ORDER BY rev DESC LIMIT 1", (doc,)).fetchone()
         snap_rev, text = row if row else (0, "")
         row = db.execute("SELECT rev FROM docs WHERE id = ?", (doc,)).fetchone()
@@ -513,7 +645,8 @@ class SqliteStore(Store):
 
     def _find_op_sync(self, doc: str, op_id: str) -> int | None:
         assert self._db is not None
-        return self._lookup_sync(self._db, doc, [op_id], None).get(op_id)
+        with _reading(self._db):  # one snapshot: a compaction between the two reads would hide the id
+            return self._lookup_sync(self._db, doc, [op_id], None).get(op_id)
 
     async def find_op(self, doc: str, op_id: str) -> int | None:
         return await self._run(self._find_op_sync, doc, op_id)
@@ -553,19 +686,19 @@ class SqliteStore(Store):
 
     def _find_ops_sync(self, doc: str, op_ids: list[str]) -> dict[str, int]:
         assert self._reader is not None
-        # Log ids first, then the filter: the store's thread fills a filter in before
-        # it publishes the log ids that no longer hold the ids it took in.
+        # On the loop, like every commit: a lookup sees a document's log ids and filter as
+        # one commit left them (a filter still being built is simply absent).
         log_ids = self._log_ids.get(doc)
         return self._lookup_sync(self._reader, doc, op_ids, log_ids, self._filters.get(doc) if log_ids is not None else None)
 
     async def find_ops(self, doc: str, op_ids: list[str]) -> dict[str, int]:
         """Run on the event loop, not the store's thread: an index lookup of a few
-        microseconds on its own connection, which neither queues behind a commit
-        in progress nor holds it up (WAL). The hub asks this once per batch for
+        microseconds on its own connection. The hub asks this once per batch for
         ids it no longer holds in memory, that is for every batch of a document
         longer than its kept history, so a thread round trip here would cost
-        every such batch a commit's wait. Sees committed appends only: the hub
-        keeps the ids of batches in flight in memory."""
+        every such batch a wait. Sees committed appends, which may still wait
+        for their fsync: the hub keeps the ids of batches in flight in memory,
+        and an ack of a resend waits for the commits in flight before it."""
         if self._reader is None:
             raise RuntimeError("the SQLite store is not open")
         return self._find_ops_sync(doc, op_ids)
@@ -583,7 +716,18 @@ class SqliteStore(Store):
         return [DocInfo(*row) for row in rows]
 
     async def list_docs(self) -> list[DocInfo]:
-        return await self._run(self._list_sync)
+        """Read on the store's thread, returned once every commit the read could see is durable
+        (a revision is never shown before it is acknowledged)."""
+        docs = await self._run(self._list_sync)
+        await self._durable(self._started)  # every commit the read saw was started by now
+        return docs
+
+    async def _durable(self, count: int) -> None:
+        """Return once the first ``count`` commits are settled (durable, or failed)."""
+        while self._settled < count:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._settled_waiters.append(waiter)
+            await waiter
 
     async def ping(self) -> None:
         assert self._db is not None
