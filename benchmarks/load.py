@@ -24,7 +24,8 @@ composed into a buffer, transform on receipt); at the end every client of a
 document must hold the same text as the server (``GET /api/docs/{doc}``).
 Latency is from an edit's send to its arrival at each other client
 (matched by revision through the sender's ack; with the relay, by op id).
-Server CPU seconds and peak RSS come from psutil.
+Server CPU seconds (with its child processes: the SQLite store's fsync helper) and
+peak RSS come from psutil.
 
 Examples::
 
@@ -421,7 +422,7 @@ class Run:
                 rss_before=rss_before,
                 rss_after=rss_after,
                 per_conn=(rss_after - rss_before) / len(self.clients),
-                cpu=sum(self.proc.cpu_times()[:2]),
+                cpu=self._server_cpu(),
                 peak_rss=max(self.peak_rss, rss_after),
             )
             await self._close_all()
@@ -441,7 +442,7 @@ class Run:
         gc.collect()
         gc.freeze()
         gc.disable()
-        cpu0 = sum(self.proc.cpu_times()[:2])
+        cpu0 = self._server_cpu()
         loop0 = self._loop_cpu()
         gen0 = time.process_time()
         t0 = time.perf_counter()
@@ -458,7 +459,7 @@ class Run:
         ops_per_commit = await self._ops_per_commit()
         if spy is not None:
             await asyncio.get_running_loop().run_in_executor(None, spy.wait)
-        cpu = sum(self.proc.cpu_times()[:2]) - cpu0
+        cpu = self._server_cpu() - cpu0
         loop_cpu = self._loop_cpu() - loop0
         gen_cpu = time.process_time() - gen0
         wall = time.perf_counter() - t0
@@ -526,6 +527,16 @@ class Run:
         counters = dict(line.split() for line in text.splitlines() if line.startswith("collab_store_"))
         commits = int(counters.get("collab_store_commits_total", 0))
         return f"{int(counters['collab_store_ops_written_total']) / commits:.1f}" if commits else "n/a"
+
+    def _server_cpu(self) -> float:
+        """CPU seconds of the server process and its children (the SQLite store's fsync helper)."""
+        total = sum(self.proc.cpu_times()[:2])
+        for child in self.proc.children(recursive=True):
+            try:
+                total += sum(child.cpu_times()[:2])
+            except psutil.Error:
+                pass
+        return total
 
     def _loop_cpu(self) -> float:
         """CPU seconds of the server's main thread (the event loop), apart from its helper threads."""
