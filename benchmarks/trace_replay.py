@@ -295,6 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compare-loops", action="store_true", help="also run the in-memory path on the other event loop")
     ap.add_argument("--profile", action="store_true", help="cProfile the in-memory hub path instead of timing")
     ap.add_argument("--quick", action="store_true", help="automerge-paper only, first 50,000 patches (large: 5,000)")
+    ap.add_argument("--gc", choices=["server", "default"], default="server",
+                    help="cyclic GC settings: the server's (collab.server.tune_gc, the default) or Python's")
     args = ap.parse_args(argv)
     args.traces = list(TRACE_NAMES) if args.traces == "all" else [t for t in args.traces.split(",") if t]
     args.windows = [int(w) for w in args.windows.split(",") if w]
@@ -315,7 +317,11 @@ def main(argv: list[str] | None = None) -> None:
         args.limit = args.limit or 50_000
         args.large_limit = min(args.large_limit, 5_000)
         args.slice_limit = min(args.slice_limit, 200)
-    print(f"machine: {machine()}; event loop: {args.loop}")
+    if args.gc == "server":
+        from collab.server import tune_gc
+
+        tune_gc()  # the hub allocates per op; the server runs it with these settings
+    print(f"machine: {machine()}; event loop: {args.loop}; gc: {args.gc}")
     print(f"command: python benchmarks/trace_replay.py {' '.join(sys.argv[1:] if argv is None else argv)}\n")
     t0 = time.perf_counter()
     if args.profile:

@@ -143,7 +143,7 @@ def _bind(settings: Settings) -> socket.socket:
     return sock
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """Make the cyclic GC cheaper for a long-running server process.
 
     ``gc.freeze()`` moves everything alive after startup (modules, the app)
@@ -158,6 +158,7 @@ def _tune_gc() -> None:
     KiB per connection at 1,000 connections (more gen-0 garbage held before
     a collection: a bounded amount, not per connection). Only here, in the
     CLI's worker process: :func:`serve` leaves an embedder's GC alone.
+    ``benchmarks/trace_replay.py`` calls it too, to time the hub as it runs here.
     """
     gc.collect()
     gc.freeze()
@@ -165,7 +166,7 @@ def _tune_gc() -> None:
 
 
 def _worker(settings: Settings, app: ASGIApp | None, sock: socket.socket) -> None:
-    _tune_gc()
+    tune_gc()
     config_loop = uvicorn.Config(app or (lambda: None), log_config=None).get_loop_factory()
     runner = asyncio.Runner(loop_factory=config_loop) if hasattr(asyncio, "Runner") else None
     if runner is None:  # Python 3.10
