@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import os
 import secrets
-from typing import AsyncIterator, Awaitable, Callable
+import signal
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -401,6 +402,18 @@ async def _wait_done(fut: asyncio.Future, seconds: float) -> bool:
     return bool(done)
 
 
+@contextlib.contextmanager
+def _fsync_stopped(store: SqliteStore) -> Iterator[None]:
+    """The store's fsync helper stopped (SIGSTOP), as a disk that does not answer, until the block ends."""
+    pid = store.fsync_helper_pid
+    assert pid is not None, "a FULL SQLite store fsyncs in a helper process"
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 def _committed_rev(path: str, doc: str) -> int:
     """The document's revision as another connection sees the file (committed, durable or not)."""
     import sqlite3
@@ -416,24 +429,17 @@ def _committed_rev(path: str, doc: str) -> int:
 async def test_sqlite_full_finishes_an_append_only_once_the_wal_is_fsynced(tmp_path):
     """``COLLAB_SQLITE_SYNC=full``: a commit reaches the file at once, but its append (so its ack)
     waits for the fsync helper; stopping the helper, as a disk that does not answer, holds it."""
-    import signal
-
     from collab.config import Settings
     from collab.store import open_store
 
     store = await open_store(Settings.from_env({"COLLAB_DATA_DIR": str(tmp_path), "COLLAB_SQLITE_SYNC": "full"}))
     assert isinstance(store, SqliteStore)
-    pid = store.fsync_helper_pid
-    assert pid is not None
     try:
         await store.append("d", ops(1, 1), 1)
-        os.kill(pid, signal.SIGSTOP)
-        try:
+        with _fsync_stopped(store):
             pending = asyncio.ensure_future(store.append("d", ops(2, 1, doc_len=1), 2))
             assert not await _wait_done(pending, 0.5)
             assert _committed_rev(store.path, "d") == 2  # written, not yet known to be on disk
-        finally:
-            os.kill(pid, signal.SIGCONT)
         assert await _wait_done(pending, 10)
         await pending
     finally:
@@ -442,22 +448,15 @@ async def test_sqlite_full_finishes_an_append_only_once_the_wal_is_fsynced(tmp_p
 
 async def test_sqlite_document_list_never_shows_a_revision_before_it_is_durable(tmp_path):
     """The list is read on another connection, which sees a commit before its fsync; it answers after."""
-    import signal
-
     store = SqliteStore(str(tmp_path / "l.sqlite3"), history_depth=5)
     await store.open()
-    pid = store.fsync_helper_pid
-    assert pid is not None
     try:
         await store.append("d", ops(1, 1), 1)
-        os.kill(pid, signal.SIGSTOP)
-        try:
+        with _fsync_stopped(store):
             pending = asyncio.ensure_future(store.append("d", ops(2, 1, doc_len=1), 2))
             await asyncio.sleep(0.05)
             listing = asyncio.ensure_future(store.list_docs())
             assert not await _wait_done(listing, 0.5)
-        finally:
-            os.kill(pid, signal.SIGCONT)
         assert await _wait_done(listing, 10) and pending.done()
         assert [(d.id, d.rev) for d in listing.result()] == [("d", 2)]
     finally:
@@ -481,8 +480,6 @@ async def test_sqlite_normal_finishes_an_append_at_its_commit_with_no_fsync_help
 
 async def test_sqlite_appends_go_on_when_the_fsync_helper_dies(tmp_path, caplog):
     """A killed helper, even with an fsync owed: the store fsyncs on its thread from then on, and says so."""
-    import signal
-
     store = SqliteStore(str(tmp_path / "h.sqlite3"), history_depth=5)
     await store.open()
     try:
@@ -501,6 +498,31 @@ async def test_sqlite_appends_go_on_when_the_fsync_helper_dies(tmp_path, caplog)
         assert "fsync helper process stopped" in caplog.text
     finally:
         await store.close()
+
+
+async def test_sqlite_commits_on_the_loop_except_those_with_a_large_snapshot(tmp_path):
+    """A commit is a few dozen microseconds on the event loop; one carrying a large snapshot
+    (about 10 ms per MB to write) runs on the store's thread, so the loop serves on meanwhile."""
+    import threading
+
+    async with sqlite_store(tmp_path / "t.sqlite3", 5, SNAPSHOT_ON_LOOP_MAX=1000) as store:
+        where: list[str] = []
+        real = store._commit_sync
+
+        def spy(batch):  # records where each transaction runs, and runs it
+            where.append(threading.current_thread().name)
+            return real(batch)
+
+        store._commit_sync = spy  # type: ignore[method-assign]
+        small, large = "😀" * 10, "😀" * 1001
+        await store.append("d", [StoredOp(1, [small], "c1", "a")], 10, (1, small))
+        await store.append("d", [StoredOp(2, [10, large], "c1", "b")], 1011, (2, small + large))
+        await store.append("d", [StoredOp(3, [1011, "x"], "c1", "c")], 1012)
+        assert where[0] == where[2] == threading.current_thread().name
+        assert where[1].startswith("collab-sqlite")
+        state = await store.load("d", 5)
+        assert (state.rev, state.text) == (3, small + large + "x")
+        assert await store.find_ops("d", ["a", "b", "c"]) == {"a": 1, "b": 2, "c": 3}
 
 
 async def test_sqlite_checkpoints_keep_the_wal_small(tmp_path):

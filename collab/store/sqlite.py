@@ -5,7 +5,8 @@ in progress), across all documents, are written in one transaction, and an
 append returns only once its transaction is durable, so an acknowledged
 operation survives ``kill -9``.
 
-The transaction itself runs on the event loop, with SQLite's
+The transaction itself runs on the event loop (unless it carries a large
+snapshot: see :attr:`SqliteStore.SNAPSHOT_ON_LOOP_MAX`), with SQLite's
 ``synchronous=NORMAL``: a few dozen microseconds of CPU that only hand the
 pages to the operating system, so nothing waits for the disk there. With
 ``FULL`` (the default) an append then waits for an ``fdatasync`` of the WAL
@@ -193,6 +194,7 @@ class SqliteStore(Store):
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._walsync: WalSync | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: About how many bytes the writer added to the WAL since its last checkpoint.
         self._wal_bytes = 0
         self._executor: ThreadPoolExecutor | None = None
@@ -209,8 +211,10 @@ class SqliteStore(Store):
         self.ops_written = 0
         #: Per document written since the hub opened it, op id -> revision of the ops after
         #: its last compaction point (the ids up to it are in ``op_ids``): the hub's
-        #: per-batch id lookup reads this instead of scanning the log. Changed on the event
-        #: loop: after each commit, and when the hub closes the document (:meth:`forget`).
+        #: per-batch id lookup reads this instead of scanning the log. Changed after each
+        #: commit (on the loop, or on the store's thread for one with a large snapshot: a
+        #: filter is updated before the ids that left the log are dropped, so a lookup on
+        #: the loop meanwhile is still right), and when the hub closes the document.
         self._log_ids: OrderedDict[str, dict[str, int]] = OrderedDict()
         self._log_ids_count = 0
         #: For documents in :attr:`_log_ids` (not all: see :attr:`FILTER_BUILD_MAX`), a
@@ -258,6 +262,7 @@ class SqliteStore(Store):
         self._reader = reader
 
     async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collab-sqlite")
         try:
             await self._run(self._open_sync)
@@ -324,15 +329,41 @@ class SqliteStore(Store):
             return
         loop = asyncio.get_running_loop()
         self._started += 1
+        items = [(d, o, s, snap) for d, o, s, snap, _, _ in batch]
+        if self._executor is not None and any(snap is not None and len(snap[1]) > self.SNAPSHOT_ON_LOOP_MAX
+                                              for *_, snap in items):
+            # A large snapshot takes milliseconds to write (about 10 ms per MB): on the
+            # store's thread, which gives up the GIL inside SQLite, the loop serves on.
+            try:
+                work = self._executor.submit(self._commit_sync, items)
+            except RuntimeError as exc:  # shut down
+                work = concurrent.futures.Future()
+                work.set_exception(exc)
+            work.add_done_callback(lambda done: _call_soon_threadsafe(loop, self._written_on_thread, batch, done))
+            return
         try:
             if self._writer is None:
                 raise RuntimeError("the SQLite store is closed")
-            errors: list[BaseException | None] = list(self._commit_sync([(d, o, s, snap) for d, o, s, snap, _, _ in batch]))
+            errors: list[BaseException | None] = list(self._commit_sync(items))
         except Exception as exc:  # the whole transaction failed (disk full, I/O error)
             errors = [exc] * len(batch)
+        self._written(batch, errors)
+
+    #: A commit carrying a snapshot longer than this (code points) runs on the store's thread.
+    SNAPSHOT_ON_LOOP_MAX = 65536
+
+    def _written_on_thread(self, batch: list[_Append], work: concurrent.futures.Future) -> None:
+        try:
+            errors: list[BaseException | None] = list(work.result())
+        except Exception as exc:
+            errors = [exc] * len(batch)
+        self._written(batch, errors)
+
+    def _written(self, batch: list[_Append], errors: list[BaseException | None]) -> None:
+        """A transaction is written (or failed): settle it once it is durable."""
         walsync = self._walsync
         if walsync is None or all(e is not None for e in errors):
-            loop.call_soon(self._committed, batch, errors)
+            asyncio.get_running_loop().call_soon(self._committed, batch, errors)
         else:
             walsync.sync(lambda error: self._committed(batch, errors if error is None else [error] * len(batch)))
 
@@ -461,7 +492,7 @@ class SqliteStore(Store):
     def _remember_ids_sync(self, db: sqlite3.Connection, doc: str, ops: list[StoredOp],
                            snapshot: tuple[int, str] | None) -> None:
         """Bring :attr:`_log_ids` and :attr:`_filters` up to a commit of ``ops`` to ``doc``
-        (on the loop, after COMMIT)."""
+        (after COMMIT, where the commit ran)."""
         ids = self._log_ids.pop(doc, None)
         if ids is None:  # first write to this document here: read what its log holds
             ids = _log_ids(db.execute("SELECT first, ops FROM log WHERE doc = ?", (doc,)))
@@ -503,7 +534,8 @@ class SqliteStore(Store):
             return
         since: list[str] = []
         self._filter_builds[doc] = since
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None
         try:
             work = self._executor.submit(self._read_filter_sync, doc)
         except RuntimeError:  # shutting down: no filter
@@ -686,8 +718,8 @@ class SqliteStore(Store):
 
     def _find_ops_sync(self, doc: str, op_ids: list[str]) -> dict[str, int]:
         assert self._reader is not None
-        # On the loop, like every commit: a lookup sees a document's log ids and filter as
-        # one commit left them (a filter still being built is simply absent).
+        # Log ids first, then the filter: a commit updates a filter before it drops the ids
+        # that left the log (a filter still being built is simply absent: ask the database).
         log_ids = self._log_ids.get(doc)
         return self._lookup_sync(self._reader, doc, op_ids, log_ids, self._filters.get(doc) if log_ids is not None else None)
 
