@@ -10,27 +10,28 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping, TypeVar
+
+T = TypeVar("T")
+
+
+def _parsed(env: Mapping[str, str], name: str, default: T, parse: Callable[[str], T], expected: str) -> T:
+    """``env[name]`` through ``parse``; ``default`` when unset or empty; a bad value stops with what was ``expected``."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return parse(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not {expected}; unset it or give e.g. {name}={default}") from None
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SystemExit(f"{name}={raw!r} is not a whole number; unset it or give e.g. {name}={default}") from None
+    return _parsed(env, name, default, int, "a whole number")
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SystemExit(f"{name}={raw!r} is not a number; unset it or give e.g. {name}={default}") from None
+    return _parsed(env, name, default, float, "a number")
 
 
 #: ``COLLAB_SQLITE_SYNC`` values: SQLite's ``synchronous`` setting, in lower case.
@@ -46,13 +47,7 @@ def sqlite_sync(text: str) -> str:
 
 
 def _sqlite_sync(env: Mapping[str, str], name: str, default: str) -> str:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return sqlite_sync(raw)
-    except ValueError as exc:
-        raise SystemExit(f"{name}={exc}; unset it or give e.g. {name}={default}") from None
+    return _parsed(env, name, default, sqlite_sync, f"one of {', '.join(SQLITE_SYNC)}")
 
 
 def _list(env: Mapping[str, str], name: str) -> list[str]:
