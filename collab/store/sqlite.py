@@ -327,19 +327,13 @@ class SqliteStore(Store):
             self._committing = False
             self._wake_idle()
             return
-        loop = asyncio.get_running_loop()
         self._started += 1
         items = [(d, o, s, snap) for d, o, s, snap, _, _ in batch]
         if self._executor is not None and any(snap is not None and len(snap[1]) > self.SNAPSHOT_ON_LOOP_MAX
                                               for *_, snap in items):
             # A large snapshot takes milliseconds to write (about 10 ms per MB): on the
             # store's thread, which gives up the GIL inside SQLite, the loop serves on.
-            try:
-                work = self._executor.submit(self._commit_sync, items)
-            except RuntimeError as exc:  # shut down
-                work = concurrent.futures.Future()
-                work.set_exception(exc)
-            work.add_done_callback(lambda done: _call_soon_threadsafe(loop, self._written_on_thread, batch, done))
+            self._on_thread(functools.partial(self._written_on_thread, batch), self._commit_sync, items)
             return
         try:
             if self._writer is None:
@@ -387,7 +381,7 @@ class SqliteStore(Store):
                     on_done(fut)
                 except Exception:
                     log.exception("a commit callback failed")
-        if self._wal_bytes >= self.CHECKPOINT_BYTES and self._executor is not None:
+        if self._wal_bytes >= self.CHECKPOINT_BYTES:
             self._checkpoint()
         else:
             self._commit_pending()
@@ -404,11 +398,22 @@ class SqliteStore(Store):
         WAL file over: a checkpoint racing a stream of commits would never
         catch up, and the file would grow without end.
         """
-        assert self._executor is not None
         self._wal_bytes = 0
-        loop = asyncio.get_running_loop()
-        work = self._executor.submit(self._checkpoint_sync)
-        work.add_done_callback(lambda done: _call_soon_threadsafe(loop, self._checkpointed, done))
+        self._on_thread(self._checkpointed, self._checkpoint_sync)
+
+    def _on_thread(self, then: Callable[[concurrent.futures.Future], object], fn: Callable[..., object], *args: Any) -> None:
+        """Run ``fn(*args)`` on the store's thread, then ``then(future)`` on the loop (also when
+        it could not start: the future holds the error)."""
+        loop = self._loop
+        assert loop is not None
+        try:
+            if self._executor is None:
+                raise RuntimeError("the SQLite store is closed")
+            work = self._executor.submit(fn, *args)
+        except RuntimeError as exc:  # closed, or shutting down
+            work = concurrent.futures.Future()
+            work.set_exception(exc)
+        work.add_done_callback(lambda done: _call_soon_threadsafe(loop, then, done))
 
     def _checkpoint_sync(self) -> None:
         assert self._db is not None
@@ -530,18 +535,9 @@ class SqliteStore(Store):
         installation: the thread's read sees every compaction committed
         before this call (commits run on the loop), the list every one after.
         """
-        if self._executor is None:
-            return
         since: list[str] = []
         self._filter_builds[doc] = since
-        loop = self._loop
-        assert loop is not None
-        try:
-            work = self._executor.submit(self._read_filter_sync, doc)
-        except RuntimeError:  # shutting down: no filter
-            del self._filter_builds[doc]
-            return
-        work.add_done_callback(lambda done: _call_soon_threadsafe(loop, self._filter_built, doc, since, done))
+        self._on_thread(functools.partial(self._filter_built, doc, since), self._read_filter_sync, doc)
 
     def _read_filter_sync(self, doc: str) -> IdFilter | None:
         assert self._db is not None
