@@ -373,6 +373,31 @@ async def test_sqlite_lookups_without_the_in_memory_log_ids_scan_the_log(tmp_pat
         assert list(store._log_ids) == ["a"] and store._log_ids["a"] == {"a1": 1, "a2": 2, "a3": 3, "a4": 4}
 
 
+@pytest.mark.parametrize("in_memory", [True, False], ids=["ids-in-memory", "ids-from-the-log"])
+async def test_sqlite_compaction_moves_exactly_the_compacted_ids_to_op_ids(tmp_path, in_memory):
+    """A compaction copies every id through its point into ``op_ids``: from the log ids it
+    keeps in memory, or, for a document it holds none for, from the log itself. Two
+    appends of one document in one transaction, the second with a snapshot and longer
+    than the kept history, so that the first one's ops are compacted by the second."""
+    async with sqlite_store(tmp_path / "c.sqlite3", 3, **({} if in_memory else {"LOG_IDS_MAX": 0})) as store:
+        await store.append("d", ops(1, 4, prefix="a"), 4)
+        await store.append("other", ops(1, 1, prefix="o"), 1)  # with no room, "d"'s ids leave memory
+        assert ("d" in store._log_ids) is in_memory
+        text = "x" * 4
+        first, second = ops(5, 2, prefix="b", doc_len=4), ops(7, 6, prefix="😀", doc_len=6)
+        text += "x" * 8
+        await asyncio.gather(store.append("d", first, 6), store.append("d", second, 12, (12, text)))
+        assert store.commits == 3, "the two appends must share a transaction"
+        # Compacted through 12 - 3 = 9: a1-a4, b5, b6, 😀7-😀9; 😀10-😀12 stay in the log only.
+        rows = store._writer.execute("SELECT op_id, rev FROM op_ids WHERE doc = 'd'").fetchall()
+        assert sorted(rows, key=lambda r: r[1]) == [(f"a{r}", r) for r in range(1, 5)] + [
+            ("b5", 5), ("b6", 6), ("😀7", 7), ("😀8", 8), ("😀9", 9)]
+        every = {f"a{r}": r for r in range(1, 5)} | {"b5": 5, "b6": 6} | {f"😀{r}": r for r in range(7, 13)}
+        assert await store.find_ops("d", [*every, "new"]) == every
+        state = await store.load("d", 3)
+        assert (state.rev, state.text, [o.id for o in state.history]) == (12, text, ["😀10", "😀11", "😀12"])
+
+
 async def test_sqlite_appends_of_one_loop_turn_share_a_commit_and_close_waits_for_it(tmp_path):
     path = str(tmp_path / "turn.sqlite3")
     store = SqliteStore(path, history_depth=5)

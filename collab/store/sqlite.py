@@ -30,6 +30,7 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import operator
 import os
 import sqlite3
 import time
@@ -106,6 +107,9 @@ def _dump_batch(ops: list[StoredOp]) -> str:
 def _load_batch(first: int, ops: str) -> list[StoredOp]:
     """The inverse of :func:`_dump_batch`, for a row starting at revision ``first``."""
     return [StoredOp(first + k, op, client, op_id) for k, (op, client, op_id) in enumerate(_loads(ops))]
+
+
+_first = operator.itemgetter(0)
 
 
 def _log_ids(rows: Any) -> dict[str, int]:
@@ -474,7 +478,7 @@ class SqliteStore(Store):
             errors = self._check_revisions_sync(db, batch)
             good = [b for b, e in zip(batch, errors) if e is None]
             try:
-                self._write_all_sync(db, good, now)
+                self._write_all_sync(db, good, now, {})
             except sqlite3.IntegrityError:
                 db.execute("ROLLBACK")
                 db.execute("BEGIN IMMEDIATE")
@@ -588,9 +592,14 @@ class SqliteStore(Store):
             following[doc] = ops[-1].rev + 1
         return errors
 
-    def _write_all_sync(self, db: sqlite3.Connection, batch: list, now: float) -> None:
+    def _write_all_sync(self, db: sqlite3.Connection, batch: list, now: float,
+                        written: dict[str, list[list[StoredOp]]]) -> None:
+        """Write ``batch`` in the open transaction; ``written`` collects, per document,
+        the ops written so far in this transaction (compactions read it)."""
         rows = [(doc, ops[-1].rev, ops[0].rev, _dump_batch(ops)) for doc, ops, _, _ in batch]
         db.executemany(_INSERT_LOG, rows)
+        for doc, ops, _, _ in batch:
+            written.setdefault(doc, []).append(ops)
         last: dict[str, tuple[str, int, int, float, float]] = {}
         for doc, ops, size, _ in batch:
             last[doc] = (doc, ops[-1].rev, size, now, now)
@@ -599,10 +608,11 @@ class SqliteStore(Store):
         self._wal_bytes += sum(len(r[3]) for r in rows) + 4096 * (1 + len(last))
         for doc, ops, _, snapshot in batch:
             if snapshot is not None:
-                self._snapshot_sync(db, doc, snapshot, ops[-1].rev)
+                self._snapshot_sync(db, doc, snapshot, ops[-1].rev, written.get(doc, []))
 
     def _write_each_sync(self, db: sqlite3.Connection, batch: list, now: float) -> list[Exception | None]:
         errors: list[Exception | None] = []
+        written: dict[str, list[list[StoredOp]]] = {}
         refused: set[str] = set()
         for doc, ops, size, snapshot in batch:
             if doc in refused:  # a later batch of a document whose earlier one failed: it would leave a gap
@@ -610,30 +620,34 @@ class SqliteStore(Store):
                 continue
             db.execute("SAVEPOINT one")
             try:
-                self._write_all_sync(db, [(doc, ops, size, snapshot)], now)
+                self._write_all_sync(db, [(doc, ops, size, snapshot)], now, written)
                 db.execute("RELEASE one")
                 errors.append(None)
             except sqlite3.IntegrityError as exc:
                 db.execute("ROLLBACK TO one")
                 db.execute("RELEASE one")
+                if written.get(doc, [None])[-1] is ops:
+                    written[doc].pop()
                 errors.append(RevisionConflict(f"{doc}: revision {ops[0].rev} is already taken ({exc})"))
                 refused.add(doc)
         return errors
 
-    def _snapshot_sync(self, db: sqlite3.Connection, doc: str, snapshot: tuple[int, str], last: int) -> None:
+    def _snapshot_sync(self, db: sqlite3.Connection, doc: str, snapshot: tuple[int, str], last: int,
+                       written: list[list[StoredOp]]) -> None:
         """Store a snapshot and compact the log behind it, keeping ``history_depth`` ops.
 
         Every op up to the compaction point has its id in ``op_ids`` after
         this; the rows wholly before it leave the log. A row that straddles
         it stays whole (so some ops are both in the log and in ``op_ids``),
-        and leaves with a later compaction.
+        and leaves with a later compaction. ``written`` is the document's
+        ops written earlier in this transaction, this append's included.
         """
         rev, text = snapshot
         db.execute("INSERT OR REPLACE INTO snapshots (doc, rev, text) VALUES (?, ?, ?)", (doc, rev, text))
         db.execute("DELETE FROM snapshots WHERE doc = ? AND rev < ?", (doc, rev))
         keep_after = self._compacted_through(snapshot, last)
-        rows = db.execute("SELECT first, ops FROM log WHERE doc = ? AND first <= ?", (doc, keep_after))
-        kept = sorted((i, r) for i, r in _log_ids(rows).items() if r <= keep_after)  # in key order: each page written once
+        kept = self._compactable(db, doc, keep_after, written)
+        kept.sort(key=_first)  # in key order: each page written once
         values = [v for i, r in kept for v in (doc, i, r)]
         step = 3 * self.INSERT_IDS
         for i in range(0, len(values), step):
@@ -641,6 +655,28 @@ class SqliteStore(Store):
             db.execute(_insert_ids(len(chunk) // 3), chunk)
         db.execute("DELETE FROM log WHERE doc = ? AND rev <= ?", (doc, keep_after))
         self._wal_bytes += 4 * len(text) + 64 * len(kept)
+
+    def _compactable(self, db: sqlite3.Connection, doc: str, keep_after: int,
+                     written: list[list[StoredOp]]) -> list[tuple[str, int]]:
+        """``(id, revision)`` of the ops in ``doc``'s log through ``keep_after`` that
+        ``op_ids`` may lack.
+
+        From memory when :attr:`_log_ids` holds the document (the log's ids
+        as of the last commit, less those already compacted) with the ops
+        written since, in this transaction: reading the rows back and
+        decoding their JSON cost about as much as inserting the ids.
+        Otherwise from the log itself (``INSERT OR IGNORE`` skips the ids of
+        a straddling row that are in ``op_ids`` already).
+        """
+        known = self._log_ids.get(doc)
+        if known is None:
+            rows = db.execute("SELECT first, ops FROM log WHERE doc = ? AND first <= ?", (doc, keep_after))
+            return [(i, r) for i, r in _log_ids(rows).items() if r <= keep_after]
+        kept = [(i, r) for i, r in known.items() if r <= keep_after]
+        for ops in written:
+            if ops[0].rev <= keep_after:
+                kept.extend((o.id, o.rev) for o in ops if o.rev <= keep_after)
+        return kept
 
     # -- reads --------------------------------------------------------------
 
