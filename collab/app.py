@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, AsyncIterator, Coroutine
+from typing import Any, AsyncIterator, Callable, Coroutine
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -49,6 +49,19 @@ from .store import Store, open_store
 from .transport import EXTENSION as DIRECT_EXTENSION
 
 log = logging.getLogger("collab.app")
+
+
+#: Events a session's ``received`` hands to its task (see ``DirectWebSocketProtocol.receiver``).
+_CHECKED = "collab.checked"
+_FAILED = "collab.failed"
+_END_TYPE = "collab.end"
+_END = {"type": _END_TYPE}
+_SLOW_DOWN = "too many messages: slow down"
+
+
+def _payload_bytes(payload: str | bytes) -> int:
+    """The size of a message on the wire (a ``str`` as UTF-8)."""
+    return len(payload.encode("utf-8", "surrogatepass")) if isinstance(payload, str) else len(payload)
 
 
 def static_dir() -> Path | None:
@@ -142,34 +155,80 @@ class CollabApp:
             else:
                 await ws.send_text(encode(msg))
 
+        def admit(size: int, wire_bytes: Callable[[], int]) -> int | str | None:
+            """``None`` to go on with a message of ``size`` (its ``len``), else why not:
+            ``RATE_LIMITED`` (answer with an error) or a close code (see :func:`refusal`)."""
+            if size * 4 > s.max_message_bytes and wire_bytes() > s.max_message_bytes:
+                return CLOSE_TOO_BIG
+            verdict = limiter.check(size)
+            if verdict == "ok":
+                return None
+            return CLOSE_POLICY if verdict == "close" else RATE_LIMITED
+
+        def refusal(verdict: int | str, joined: bool) -> tuple[int, str]:
+            """The close code and reason for a message :func:`admit` refused with ``verdict``."""
+            if verdict == CLOSE_TOO_BIG:
+                return CLOSE_TOO_BIG, f"message larger than {s.max_message_bytes} bytes" + (": split the edit" if joined else "")
+            return CLOSE_POLICY, "message flood"
+
+        def received(payload: str | bytes) -> dict | None:
+            """A message that came while this task waited (see ``DirectWebSocketProtocol.receiver``).
+
+            Runs the checks and parsing of the loop below, and an edit's usual
+            case (``Document.offer``), in uvicorn's ``data_received``; anything
+            that must wait goes on in this task, as the event returned.
+            """
+            assert peer is not None and doc is not None
+            if peer.closed:
+                return _END
+            try:
+                verdict = admit(len(payload), lambda: _payload_bytes(payload))
+                if verdict is not None:
+                    if verdict == RATE_LIMITED:
+                        peer.send_msg(error_msg(RATE_LIMITED, _SLOW_DOWN))
+                        return None
+                    peer.kick(*refusal(verdict, joined=True))
+                    return _END
+                try:
+                    msg = protocol.parse(payload)
+                    if type(msg) is not Submit or not doc.offer(peer, msg):
+                        return {"type": _CHECKED, "msg": msg}
+                except ProtocolError as exc:
+                    peer.send_msg(error_msg(exc.code, exc.message, exc.id))
+                return _END if peer.closed else None
+            except Exception as exc:  # raised in the task instead, as if it had happened there
+                return {"type": _FAILED, "exc": exc}
+
         # After accept, the raw ASGI receive: Starlette's WebSocket.receive only
         # re-checks the message type on the way, and we look at it ourselves.
         receive = ws._receive
         try:
             while True:
                 message = await receive()
-                if message["type"] == "websocket.disconnect":
+                kind = message["type"]
+                if kind == _CHECKED:  # checked and parsed by received()
+                    msg = message["msg"]
+                elif kind == "websocket.disconnect" or kind == _END_TYPE:
                     break
-                text = message.get("text")
-                size = len(text) if text is not None else len(message.get("bytes") or b"")
-                if size * 4 > s.max_message_bytes and self._frame_bytes(message) > s.max_message_bytes:
-                    if peer is not None:
-                        peer.kick(CLOSE_TOO_BIG, f"message larger than {s.max_message_bytes} bytes: split the edit")
-                        break
-                    await ws.close(CLOSE_TOO_BIG, f"message larger than {s.max_message_bytes} bytes")
-                    return
-                verdict = limiter.check(size)
-                if verdict != "ok":
-                    if verdict == "close":
+                elif kind == _FAILED:
+                    raise message["exc"]
+                else:
+                    msg = None
+                    text = message.get("text")
+                    size = len(text) if text is not None else len(message.get("bytes") or b"")
+                    verdict = admit(size, lambda: self._frame_bytes(message))
+                    if verdict is not None:
+                        if verdict == RATE_LIMITED:
+                            await reply(error_msg(RATE_LIMITED, _SLOW_DOWN))
+                            continue
                         if peer is not None:
-                            peer.kick(CLOSE_POLICY, "message flood")
+                            peer.kick(*refusal(verdict, joined=True))
                             break
-                        await ws.close(CLOSE_POLICY, "message flood")
+                        await ws.close(*refusal(verdict, joined=False))
                         return
-                    await reply(error_msg(RATE_LIMITED, "too many messages: slow down"))
-                    continue
                 try:
-                    msg = protocol.parse(text if text is not None else message.get("bytes") or b"")
+                    if msg is None:
+                        msg = protocol.parse(text if text is not None else message.get("bytes") or b"")
                     if peer is None or doc is None:
                         if not isinstance(msg, Join):
                             raise ProtocolError(BAD_MESSAGE, "send 'join' first", getattr(msg, "id", None))
@@ -184,6 +243,8 @@ class CollabApp:
                         except ProtocolError:
                             peer, conn = None, None
                             raise
+                        if conn.direct is not None:
+                            conn.direct.receiver = received
                     elif isinstance(msg, Submit):
                         if not doc.offer(peer, msg):
                             await doc.submit(peer, msg)
@@ -198,6 +259,8 @@ class CollabApp:
         except WebSocketDisconnect:
             pass
         finally:
+            if conn is not None and conn.direct is not None:
+                conn.direct.receiver = None
             if peer is not None and conn is not None:
                 if doc is not None:
                     doc.remove(peer)
@@ -212,7 +275,7 @@ class CollabApp:
     @staticmethod
     def _frame_bytes(message: dict) -> int:
         text = message.get("text")
-        return len(text.encode("utf-8", "surrogatepass")) if text is not None else len(message.get("bytes") or b"")
+        return _payload_bytes(text) if text is not None else len(message.get("bytes") or b"")
 
     # -- fan-out -----------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""uvicorn's WebSocket protocol with a direct-write extension for the hub's fan-out.
+"""uvicorn's WebSocket protocol with a direct path for the hub's fan-out and for incoming edits.
 
 Under plain ASGI every frame sent to every client is an ``await send(...)``
 through uvicorn, websockets' sans-I/O state machine and the transport: a
@@ -8,7 +8,7 @@ is most of a collaborative server's time (``docs/benchmarks.md``).
 
 :class:`DirectWebSocketProtocol` is uvicorn's ``websockets-sansio`` protocol
 plus one ASGI extension, ``scope["extensions"]["collab.direct"]``, whose value
-is the protocol itself with two methods:
+is the protocol itself with two methods and an attribute:
 
 * :meth:`DirectWebSocketProtocol.encode_text` (static): the bytes of one
   complete, unmasked server text frame; encode a broadcast once, write the
@@ -18,7 +18,13 @@ is the protocol itself with two methods:
   writing when that is not safe (the transport is paused because the client
   reads slowly, a close was sent or received, the connection is gone), in
   which case the app falls back to ``await send(...)``, which waits for the
-  transport or raises as ASGI says.
+  transport or raises as ASGI says;
+* :attr:`DirectWebSocketProtocol.receiver`: set by the app, it is called with
+  each message that arrives while the app's task waits in ``receive`` with
+  nothing queued, inside ``data_received``, instead of the message being
+  queued for that task: no event dict, future, task wake-up, nor the pause
+  and resume of reading uvicorn wraps around each message. What it cannot
+  finish there it returns as an event, which ``receive`` returns next.
 
 Frames are written whole and only while the connection is open and nothing
 else is half-written (websockets' own output, pings and close frames, is
@@ -36,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from typing import Any
+from typing import Any, Callable
 
 try:  # uvicorn >= 0.35
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -159,6 +165,39 @@ if WebSocketsSansIOProtocol is not None:
                 # Only the handshake needs them; after it they are ~1 KiB of headers per connection.
                 self.request = None  # type: ignore[assignment]
                 self.response = None  # type: ignore[assignment]
+
+        #: Set by the app while a session has joined (``None`` otherwise): called with each
+        #: complete data message (``str`` or ``bytes``) that arrives while the app's task
+        #: waits for one and none is queued, inside ``data_received``. It returns ``None``
+        #: when it has handled the message, or an event for the app's ``receive`` to
+        #: return next (the task goes on from there); it must not raise.
+        receiver: Callable[[str | bytes], dict | None] | None = None
+
+        def send_receive_event_to_app(self) -> None:
+            """Hand a message to :attr:`receiver` when the app is idle; else queue it as uvicorn does.
+
+            Queued, a message costs an event dict, a future, a task wake-up
+            and, around it, a pause and a resume of reading (two ``epoll_ctl``
+            calls); taken here, none of them. Only while the app's task waits
+            in ``receive`` with nothing queued, so messages are still handled
+            in the order they came.
+            """
+            receiver, inbox = self.receiver, self.queue
+            if receiver is None or self.close_sent or inbox._items or inbox._waiter is None:
+                super().send_receive_event_to_app()
+                return
+            data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+            payload: str | bytes = data
+            if self.curr_msg_data_type == "text":
+                try:
+                    payload = data.decode()
+                except UnicodeDecodeError:
+                    super().send_receive_event_to_app()  # uvicorn logs it and closes with 1007
+                    return
+            self.frames = []
+            event = receiver(payload)
+            if event is not None:
+                inbox.put_nowait(event)
 
         def write_frames(self, data: bytes) -> bool:
             """Write encoded frames now; ``False`` (nothing written) if the app must ``await send`` instead."""

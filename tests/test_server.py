@@ -173,6 +173,46 @@ async def test_presence_for_late_joiner_is_transformed(server, ws_open):
     assert moved["rev"] == 2 and moved["cursor"] == {"anchor": 2, "head": 2}
 
 
+async def test_messages_in_one_write_keep_their_order_inline_and_in_the_task(server, ws_open):
+    """Frames that arrive together: on collab's protocol the first edit is taken inline
+    (in ``data_received``), the presence goes on in the session's task, and what comes
+    behind it queues for that task; everyone still sees them in the order they were sent."""
+    from websockets.frames import Frame, Opcode
+
+    a = await ws_open(server.ws("inline"))
+    b = await ws_open(server.ws("inline"))
+    wa = await a.join()
+    await b.join()
+    await a.recv_type("join")
+    msgs = [
+        {"type": "op", "rev": 0, "op": ["😀ab"], "id": "x1"},
+        {"type": "presence", "rev": 0, "cursor": {"anchor": 0, "head": 0}},
+        {"type": "op", "rev": 1, "op": [3, "c"], "id": "x2"},
+        {"type": "op", "rev": 2, "op": ["👍🏽", 4], "id": "x3"},
+        "not json",
+        {"type": "op", "rev": 3, "op": [6, "d"], "id": "x4"},
+    ]
+    wire = b"".join(Frame(Opcode.TEXT, (m if isinstance(m, str) else json.dumps(m)).encode()).serialize(mask=True)
+                    for m in msgs)
+    a.conn.transport.write(wire)  # one write: the server reads them in one go
+    answers = [await a.recv() for _ in range(5)]
+    assert [(m["id"], m["rev"]) for m in answers if m["type"] == "ack"] == [("x1", 1), ("x2", 2), ("x3", 3), ("x4", 4)]
+    assert [m["code"] for m in answers if m["type"] == "error"] == ["bad_message"]  # errors need no commit: any place
+    seen = []
+    while len(seen) < 5:
+        m = await b.recv()
+        if m["type"] in ("op", "presence"):
+            seen.append(m)
+    ops = [m["rev"] for m in seen if m["type"] == "op"]
+    assert ops == [1, 2, 3, 4]
+    presence = next(m for m in seen if m["type"] == "presence")
+    # Broadcast at the revision it is expressed in: before op 1 as sent, or after it, moved past the insert.
+    assert presence["client"] == wa["client"]
+    assert (presence["rev"], presence["cursor"]) in ((0, {"anchor": 0, "head": 0}), (1, {"anchor": 3, "head": 3}))
+    assert seen.index(presence) == presence["rev"]
+    assert await text_of(server, "inline") == "👍🏽😀abcd"
+
+
 async def test_leave_is_broadcast(server, ws_open):
     a = await ws_open(server.ws("leave"))
     b = await ws_open(server.ws("leave"))

@@ -115,3 +115,63 @@ async def test_direct_write_refuses_once_the_client_is_gone() -> None:
         assert results == {"message": "websocket.disconnect", "write": False}
     finally:
         await _stop(task)
+
+
+async def test_receiver_takes_messages_inline_only_while_the_app_waits_with_nothing_queued() -> None:
+    """``receiver`` sees a message inside ``data_received`` when the app's task waits in
+    ``receive`` with nothing queued; an event it returns is what ``receive`` gives next;
+    while the task is busy, messages queue as usual. The order is the order sent."""
+    log: list[tuple[str, object]] = []
+    busy_done = asyncio.Event()
+
+    async def app(scope, receive, send):
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        direct = scope["extensions"][EXTENSION]
+
+        def receiver(payload):
+            if payload in ("slow", "end"):
+                return {"type": "test.slow", "payload": payload}  # goes on in the task
+            log.append(("inline", payload))
+            return None
+
+        direct.receiver = receiver
+        while True:
+            message = await receive()
+            if message["type"] == "test.slow":
+                log.append(("task", message["payload"]))
+                if message["payload"] == "end":
+                    break
+                await send({"type": "websocket.send", "text": "busy"})
+                await busy_done.wait()  # the client sends more meanwhile: they must queue
+            elif message["type"] == "websocket.receive":
+                log.append(("queued", message.get("text") or message.get("bytes")))
+                if message.get("text") == "q2":
+                    await send({"type": "websocket.send", "text": "idle"})
+            else:
+                break
+        direct.receiver = None
+        await send({"type": "websocket.send", "text": repr(log)})
+
+    url, task = await _serve(app)
+    try:
+        async with websockets.connect(url) as ws:
+            await ws.send("a😀")
+            await ws.send(b"\x00\xffbin")
+            await ws.send("slow")
+            assert await asyncio.wait_for(ws.recv(), 10) == "busy"
+            await ws.send("q1")
+            await ws.send("q2")
+            await asyncio.sleep(0.2)
+            busy_done.set()
+            assert await asyncio.wait_for(ws.recv(), 10) == "idle"
+            await asyncio.sleep(0.05)  # the task is back in receive with nothing queued
+            await ws.send("b")
+            await ws.send("end")
+            result = await asyncio.wait_for(ws.recv(), 10)
+        assert result == repr([("inline", "a😀"), ("inline", b"\x00\xffbin"), ("task", "slow"),
+                               ("queued", "q1"), ("queued", "q2"), ("inline", "b"), ("task", "end")])
+    finally:
+        await _stop(task)
