@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Coroutine
+from typing import Any, AsyncIterator, Coroutine
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -155,10 +155,11 @@ class CollabApp:
             else:
                 await ws.send_text(encode(msg))
 
-        def admit(size: int, wire_bytes: Callable[[], int]) -> int | str | None:
-            """``None`` to go on with a message of ``size`` (its ``len``), else why not:
-            ``RATE_LIMITED`` (answer with an error) or a close code (see :func:`refusal`)."""
-            if size * 4 > s.max_message_bytes and wire_bytes() > s.max_message_bytes:
+        def admit(payload: str | bytes) -> int | str | None:
+            """``None`` to go on with ``payload``, else why not: ``RATE_LIMITED``
+            (answer with an error) or a close code (see :func:`refusal`)."""
+            size = len(payload)
+            if size * 4 > s.max_message_bytes and _payload_bytes(payload) > s.max_message_bytes:
                 return CLOSE_TOO_BIG
             verdict = limiter.check(size)
             if verdict == "ok":
@@ -182,7 +183,7 @@ class CollabApp:
             if peer.closed:
                 return _END
             try:
-                verdict = admit(len(payload), lambda: _payload_bytes(payload))
+                verdict = admit(payload)
                 if verdict is not None:
                     if verdict == RATE_LIMITED:
                         peer.send_msg(error_msg(RATE_LIMITED, _SLOW_DOWN))
@@ -215,8 +216,8 @@ class CollabApp:
                 else:
                     msg = None
                     text = message.get("text")
-                    size = len(text) if text is not None else len(message.get("bytes") or b"")
-                    verdict = admit(size, lambda: self._frame_bytes(message))
+                    payload = text if text is not None else message.get("bytes") or b""
+                    verdict = admit(payload)
                     if verdict is not None:
                         if verdict == RATE_LIMITED:
                             await reply(error_msg(RATE_LIMITED, _SLOW_DOWN))
@@ -228,7 +229,7 @@ class CollabApp:
                         return
                 try:
                     if msg is None:
-                        msg = protocol.parse(text if text is not None else message.get("bytes") or b"")
+                        msg = protocol.parse(payload)
                     if peer is None or doc is None:
                         if not isinstance(msg, Join):
                             raise ProtocolError(BAD_MESSAGE, "send 'join' first", getattr(msg, "id", None))
@@ -271,11 +272,6 @@ class CollabApp:
                 if conn.drain is not None:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await asyncio.wait_for(asyncio.shield(conn.drain), timeout=5)
-
-    @staticmethod
-    def _frame_bytes(message: dict) -> int:
-        text = message.get("text")
-        return _payload_bytes(text) if text is not None else len(message.get("bytes") or b"")
 
     # -- fan-out -----------------------------------------------------------------
 
