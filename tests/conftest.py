@@ -3,19 +3,25 @@
 ``server`` is an in-process uvicorn server (same event loop as the test) on
 a fresh SQLite data directory; ``server_factory`` makes more, with settings
 overridden; ``ServerProcess`` runs one in a child process, for tests that
-kill it.
+kill it. ``frontend_node_modules`` installs the browser client's pinned
+JavaScript dependencies on first use (or skips, saying what is missing), so
+the one test command works on a fresh clone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +34,52 @@ import websockets
 from collab.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+FRONTEND = ROOT / "frontend"
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def node_modules_problem(frontend: Path = FRONTEND) -> str | None:
+    """Install ``frontend/node_modules`` from ``package-lock.json`` (``npm ci``) unless it is fresh.
+
+    Returns ``None`` when the modules are there, else the one-line reason they
+    are not (no Node.js, no npm, ``npm ci`` failed). Runs under a file lock,
+    so test runs started at the same time in one checkout install once.
+    """
+    if shutil.which("node") is None:
+        return "node is not installed: the JavaScript tests need Node.js >= 18 (and npm)"
+    modules = frontend / "node_modules"
+    stamp = modules / ".package-lock.json"  # written by npm after every install
+    lock_path = Path(tempfile.gettempdir()) / f"collab-npm-{hashlib.sha1(str(frontend).encode()).hexdigest()[:12]}.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.exists() and stamp.stat().st_mtime >= (frontend / "package-lock.json").stat().st_mtime:
+            return None
+        npm = shutil.which("npm")
+        if npm is None:
+            return "npm is not installed: it installs frontend/node_modules for the JavaScript tests"
+        try:
+            result = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=frontend,
+                                    capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired:
+            return "npm ci in frontend/ took over 10 minutes; run it by hand and retry"
+        if result.returncode != 0:
+            last = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
+            return f"npm ci in frontend/ failed ({last}); run it by hand to see why"
+    return None
+
+
+@pytest.fixture(scope="session")
+def frontend_node_modules() -> Path:
+    """``frontend/node_modules``, installed by ``npm ci`` on first use; skips the test when that cannot be done."""
+    problem = node_modules_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    return FRONTEND / "node_modules"
 
 
 @dataclass

@@ -1,18 +1,19 @@
-"""Runs the browser client's Node unit tests (frontend/test/) as part of the one test command."""
+"""Runs the browser client's Node unit tests (frontend/test/) as part of the one test command.
+
+Their JavaScript dependencies come from the ``frontend_node_modules``
+fixture (``npm ci`` on first use); without Node.js or npm the test skips and
+says so.
+"""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
-
-import pytest
 
 FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: the JS unit tests need Node.js >= 18")
-def test_node_unit_tests_pass():
+def test_node_unit_tests_pass(frontend_node_modules):
     tests = sorted(str(p.relative_to(FRONTEND)) for p in (FRONTEND / "test").glob("*.test.*js"))
     assert tests, "no JS unit tests found under frontend/test/"
     result = subprocess.run(["node", "--test", *tests], cwd=FRONTEND, capture_output=True, text=True, timeout=120)
