@@ -89,6 +89,10 @@ class Settings:
     max_message_bytes: int = 4 * 1024 * 1024
     #: Outgoing messages queued for one client before it is dropped as too slow.
     client_queue_size: int = 1000
+    #: Bytes of outgoing messages queued for one client before it is dropped as too slow.
+    client_queue_bytes: int = 8 * 1024 * 1024
+    #: Operations waiting in one document's inbox before its connections stop being read.
+    doc_inbox_size: int = 1024
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
 
@@ -131,6 +135,8 @@ class Settings:
             idle_unload_seconds=_float(env, "COLLAB_IDLE_UNLOAD_SECONDS", d.idle_unload_seconds),
             max_message_bytes=_int(env, "COLLAB_MAX_MESSAGE_BYTES", d.max_message_bytes),
             client_queue_size=_int(env, "COLLAB_CLIENT_QUEUE_SIZE", d.client_queue_size),
+            client_queue_bytes=_int(env, "COLLAB_CLIENT_QUEUE_BYTES", d.client_queue_bytes),
+            doc_inbox_size=_int(env, "COLLAB_DOC_INBOX_SIZE", d.doc_inbox_size),
             ping_interval=_float(env, "COLLAB_PING_INTERVAL", d.ping_interval),
             ping_timeout=_float(env, "COLLAB_PING_TIMEOUT", d.ping_timeout),
             conn_rate=_float(env, "COLLAB_CONN_RATE", d.conn_rate),
