@@ -11,7 +11,8 @@ Retains plus deletes must equal the length of the document the operation is
 applied to (its *base length*); retains plus inserted characters give the
 length of the result (its *target length*).  A *character* is one Unicode
 code point, i.e. Python ``str`` indexing, so an emoji counts as one; lone
-surrogates are rejected.
+surrogates are rejected, and no count (a component, or what an operation
+spans) may exceed :data:`MAX_LENGTH`.
 
 The *normalized* (canonical) form is the one ot.js's builder produces:
 adjacent components of one kind are merged, an insert adjacent to a delete
@@ -31,7 +32,9 @@ __all__ = [
     "Component",
     "Operation",
     "InvalidOperation",
+    "MAX_LENGTH",
     "validate",
+    "checked",
     "normalize",
     "base_length",
     "target_length",
@@ -50,6 +53,13 @@ Component: TypeAlias = int | str
 Operation: TypeAlias = list[Component]
 
 _HINT = "(use a positive retain, a negative delete or a non-empty insert)"
+
+#: The largest count an operation may hold, in a component or in what it
+#: spans: JavaScript's largest exact integer, so every client can count it,
+#: and far above any document's size limit. Bounding it here keeps every
+#: later step (the base-length check, error messages, storage, JSON) on
+#: numbers of a few digits, whatever a client sends.
+MAX_LENGTH = 2**53 - 1
 
 
 class InvalidOperation(ValueError):
@@ -90,11 +100,16 @@ def _surrogate_reason(i: int, s: str) -> str:
     return f"component {i}: insert is not valid Unicode"  # pragma: no cover
 
 
+def _too_long(i: int) -> str:
+    return f"component {i}: a count larger than any document ({MAX_LENGTH} characters at most)"
+
+
 def validate(op: object, doc_len: int | None = None) -> Operation:
     """Check that ``op`` is a well-formed operation and return it.
 
     Each component must be a non-zero ``int`` (not ``bool``) or a non-empty
-    ``str`` without lone surrogates.  If ``doc_len`` is given, the operation
+    ``str`` without lone surrogates, and neither a component nor the base or
+    target length may exceed :data:`MAX_LENGTH`.  If ``doc_len`` is given, the operation
     must span exactly that many characters.  Raises :class:`InvalidOperation`
     with a user-facing reason otherwise.  The same list is returned, not
     normalized; call :func:`normalize` for the canonical form.
@@ -103,12 +118,15 @@ def validate(op: object, doc_len: int | None = None) -> Operation:
         raise InvalidOperation(
             f"an operation must be an array of components, not {_json_kind(op)}"
         )
-    span = 0
+    span = target = 0
     for i, c in enumerate(op):
         t = type(c)
         if t is int:
+            if c > MAX_LENGTH or c < -MAX_LENGTH:
+                raise InvalidOperation(_too_long(i))
             if c > 0:
                 span += c
+                target += c
             elif c < 0:
                 span -= c
             else:
@@ -123,7 +141,10 @@ def validate(op: object, doc_len: int | None = None) -> Operation:
                     c.encode("utf-8")
                 except UnicodeEncodeError:
                     raise InvalidOperation(_surrogate_reason(i, c)) from None
+            target += len(c)
         elif t is float:
+            if not -MAX_LENGTH <= c <= MAX_LENGTH:  # also infinity: an integer too large for a double
+                raise InvalidOperation(_too_long(i))
             raise InvalidOperation(f"component {i}: floats are not allowed")
         elif t is bool:
             raise InvalidOperation(f"component {i}: booleans are not allowed")
@@ -135,6 +156,11 @@ def validate(op: object, doc_len: int | None = None) -> Operation:
             raise InvalidOperation(
                 f"component {i}: {_json_kind(c)} is not a valid component {_HINT}"
             )
+    if span > MAX_LENGTH or target > MAX_LENGTH:
+        raise InvalidOperation(
+            f"operation spans {_plural(span, 'character')} and leaves {target}: "
+            f"no document holds more than {MAX_LENGTH}"
+        )
     if doc_len is not None and span != doc_len:
         raise InvalidOperation(
             f"operation spans {_plural(span, 'character')} but the document has {doc_len}"
@@ -221,10 +247,10 @@ def checked(op: object) -> tuple[Operation, int, int]:
 
     One walk when ``op`` is already canonical, and ``op`` itself is returned
     (what clients send nearly always is): the server calls this for every
-    operation it receives, and separate walks and a copy were a tenth of its
-    per-operation cost; it checks the base length against the document right
-    after. Anything else takes the two-step path, which gives the same result
-    and the same errors.
+    operation it receives, so it is written for speed; it checks the base
+    length against the document right after. Anything else, including counts
+    above :data:`MAX_LENGTH`, takes the two-step path, which gives the same
+    result and the same errors.
     """
     if type(op) is list:
         last = 0  # kind of the previous component: 1 retain, 2 insert, 3 delete
@@ -259,7 +285,8 @@ def checked(op: object) -> tuple[Operation, int, int]:
             else:
                 break
         else:
-            return op, base, target
+            if base <= MAX_LENGTH and target <= MAX_LENGTH:
+                return op, base, target
     op = normalize(validate(op))
     return (op, *lengths(op))
 
@@ -517,6 +544,11 @@ def transform(a: Operation, b: Operation) -> tuple[Operation, Operation]:
     insert goes first (ot.js tie-break); the server passes the incoming
     operation as ``a`` so the later-arriving insert is placed first.
 
+    Non-canonical input (adjacent retains, an insert after a delete, ...) is
+    normalized first, as ot.js's ``TextOperation.fromJSON`` does: the
+    tie-break depends on where inserts stand, so only the canonical form
+    gives ot.js's answer.
+
     Two single splices (see :func:`_splice`), which is what typing produces,
     are transformed arithmetically; anything else, or a length mismatch,
     goes through :func:`_transform_general`. Both give identical results.
@@ -561,8 +593,28 @@ def transform(a: Operation, b: Operation) -> tuple[Operation, Operation]:
     return _transform_general(a, b)
 
 
+def _canonical(op: Operation) -> bool:
+    """Whether ``op`` is in normalized form (see :func:`normalize`); bad components count as canonical."""
+    last = 0  # kind of the previous component: 1 retain, 2 insert, 3 delete
+    for c in op:
+        if type(c) is str:
+            if last >= 2 or not c:
+                return False
+            last = 2
+        elif type(c) is int:
+            kind = 1 if c > 0 else 3 if c < 0 else 0
+            if kind == last or not kind:
+                return False
+            last = kind
+    return True
+
+
 def _transform_general(a: Operation, b: Operation) -> tuple[Operation, Operation]:
     """:func:`transform` for any two operations: a walk over both, component by component."""
+    if not _canonical(a):
+        a = normalize(a)
+    if not _canonical(b):
+        b = normalize(b)
     la, lb = base_length(a), base_length(b)
     if la != lb:
         raise InvalidOperation(

@@ -2,6 +2,11 @@
 server's (collab/ot.py): same transform (including the insert tie-break),
 compose, apply, normalize and cursor transform, in code points, emoji
 included. Random cases are generated here, run through both, and compared.
+
+The random operations are deliberately not normalized. ot.js normalizes
+every operation it reads (``TextOperation.fromJSON``), so the server's
+``transform`` of raw operations must equal the JavaScript ``transform`` of
+their normalized forms: that is ot.js's answer.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ process.stdin.on('end', async () => {
   for (const c of cases) {
     const r = {};
     const wrap = (f) => { try { return f(); } catch (e) { return {error: String(e.message)}; } };
-    r.transform = wrap(() => ot.transform(c.a, c.b));
+    // ot.js normalizes on the way in (TextOperation.fromJSON): its transform of c.a and c.b.
+    r.transform = wrap(() => ot.transform(ot.normalize(c.a), ot.normalize(c.b)));
     r.compose = wrap(() => ot.compose(c.a, c.c));
     r.apply_a = wrap(() => ot.apply(c.text, c.a));
     r.normalize = wrap(() => ot.normalize(c.raw));

@@ -53,6 +53,36 @@ def test_validate_rejects_non_lists(op: object) -> None:
         ot.validate(op)
 
 
+BIG = 10**4300  # as many digits as Python turns into a str
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        [ot.MAX_LENGTH + 1],
+        [-(ot.MAX_LENGTH + 1)],
+        ["😀", BIG],
+        [BIG, BIG],  # each alone is a valid int; the sum has 4,301 digits
+        [ot.MAX_LENGTH, 1],  # the sum exceeds what any document holds
+        [ot.MAX_LENGTH, "🦊"],  # so does the result
+        [1.8446744073709552e19],  # a JSON integer above 64 bits, as orjson reads it
+        [float("inf")],  # a JSON integer above a double's range, read as a float
+    ],
+    ids=["component", "delete", "4300-digit", "4301-digit-sum", "span", "target", "float-above-64-bits", "infinity"],
+)
+def test_counts_beyond_max_length_are_refused(op: list) -> None:
+    for check in (ot.validate, ot.checked):
+        with pytest.raises(InvalidOperation) as info:
+            check(op)
+        assert "larger than any document" in str(info.value) or "no document holds more" in str(info.value)
+        assert len(str(info.value)) < 200  # never the number itself
+
+
+def test_max_length_itself_is_a_valid_count() -> None:
+    assert ot.checked([ot.MAX_LENGTH]) == ([ot.MAX_LENGTH], ot.MAX_LENGTH, ot.MAX_LENGTH)
+    assert ot.validate([ot.MAX_LENGTH - 1, "😀"]) == [ot.MAX_LENGTH - 1, "😀"]
+
+
 def test_validate_wrong_length() -> None:
     with pytest.raises(InvalidOperation) as exc:
         ot.validate([2, "x", -3], 7)
@@ -216,6 +246,39 @@ def test_transform_insert_inside_deleted_range_survives() -> None:
     b = [1, -4, 1]
     a2, b2 = ot.transform(a, b)
     assert ot.apply(ot.apply(d, a), b2) == ot.apply(ot.apply(d, b), a2) == "aXf"
+
+
+# ot.js's own answers (npm ``ot`` 0.0.15, ``TextOperation.transform`` of
+# ``fromJSON`` of each side) for operations that are not normalized: an insert
+# after a delete, adjacent retains, adjacent inserts. Recorded with "中" (one
+# UTF-16 unit, as ot.js counts) and run here with an emoji in its place (one
+# code point, as collab counts): the counts are the same.
+OTJS_NON_NORMALIZED = [
+    ([-1, "x", 1], ["y", 2], ["x", 1, -1, 1], [1, "y", 1]),
+    ([1, 1, "x", -1], [2, "y", -1], [2, "x", 1], [3, "y"]),
+    ([-2, "ab", "c", 1], [1, -1, "z", 1], ["abc", -1, 2], [3, "z", 1]),
+    (["q", -1, "r", 2], [-1, "s", 2], ["qr", 3], [2, "s", 2]),
+    (
+        [-2, " aé", 3, "x", "bb", 2, "é中 ", -2],
+        [-1, "b", "a", 3, "ab", 2, 2, -1],
+        [" aé", 2, -1, 5, "xbb", 2, "é中 ", -1],
+        [3, "ba", 2, "ab", 9],
+    ),
+]
+
+
+def _emoji(op: list) -> list:
+    return [c.replace("中", "😀") if isinstance(c, str) else c for c in op]
+
+
+@pytest.mark.parametrize("a, b, a2, b2", OTJS_NON_NORMALIZED)
+def test_transform_of_non_normalized_input_gives_otjs_answer(a: list, b: list, a2: list, b2: list) -> None:
+    a, b, a2, b2 = map(_emoji, (a, b, a2, b2))
+    raw_a, raw_b = list(a), list(b)
+    assert [list(x) for x in ot.transform(a, b)] == [a2, b2]
+    assert (a, b) == (raw_a, raw_b)  # the caller's lists are not changed
+    # The same answer as for the normalized operations, which is what ot.js transforms.
+    assert [list(x) for x in ot.transform(ot.normalize(a), ot.normalize(b))] == [a2, b2]
 
 
 def test_transform_length_mismatch() -> None:
