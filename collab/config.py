@@ -108,6 +108,17 @@ class Settings:
     bytes_burst: int = 8 * 1024 * 1024
     trusted_proxies: list[str] = field(default_factory=list)
     ipv6_prefix: int = 64
+    #: Share of ``max_connections`` kept for addresses holding fewer than ``conn_reserve_per_ip``.
+    conn_reserve: float = 0.1
+    conn_reserve_per_ip: int = 4
+    #: Message and byte budgets shared by all connections of one address (see collab.limits).
+    addr_msg_rate: float = 200.0
+    addr_msg_burst: int = 400
+    addr_bytes_rate: float = 4 * 1024 * 1024
+    addr_bytes_burst: int = 16 * 1024 * 1024
+    #: Seconds an address closed for flooding (1008) waits before it may connect again; doubling up to the max.
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
 
     # Access control.
     secret: str = ""
@@ -148,6 +159,14 @@ class Settings:
             msg_burst=_int(env, "COLLAB_MSG_BURST", d.msg_burst),
             bytes_rate=_float(env, "COLLAB_BYTES_RATE", d.bytes_rate),
             bytes_burst=_int(env, "COLLAB_BYTES_BURST", d.bytes_burst),
+            conn_reserve=_float(env, "COLLAB_CONN_RESERVE", d.conn_reserve),
+            conn_reserve_per_ip=_int(env, "COLLAB_CONN_RESERVE_PER_IP", d.conn_reserve_per_ip),
+            addr_msg_rate=_float(env, "COLLAB_ADDR_MSG_RATE", d.addr_msg_rate),
+            addr_msg_burst=_int(env, "COLLAB_ADDR_MSG_BURST", d.addr_msg_burst),
+            addr_bytes_rate=_float(env, "COLLAB_ADDR_BYTES_RATE", d.addr_bytes_rate),
+            addr_bytes_burst=_int(env, "COLLAB_ADDR_BYTES_BURST", d.addr_bytes_burst),
+            backoff_base=_float(env, "COLLAB_BACKOFF_BASE", d.backoff_base),
+            backoff_max=_float(env, "COLLAB_BACKOFF_MAX", d.backoff_max),
             trusted_proxies=_list(env, "COLLAB_TRUSTED_PROXIES"),
             ipv6_prefix=_int(env, "COLLAB_IPV6_PREFIX", d.ipv6_prefix),
             secret=env.get("COLLAB_SECRET", ""),
