@@ -44,7 +44,7 @@ def build_config(settings: Settings, app: ASGIApp, **overrides: Any) -> uvicorn.
     :func:`collab.guard.client_ip` from ``settings.trusted_proxies`` only.
     """
     if settings.trusted_proxies:
-        app = guard.ProxyIPLimit(app, guard.Limits.from_settings(settings))
+        app = guard.ProxyIPLimit(app, settings)
     options: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
@@ -85,7 +85,7 @@ def build_server(settings: Settings, app: ASGIApp, started: asyncio.Event | None
     """A ``uvicorn.Server`` for ``app`` with the flood guard installed."""
     config = build_config(settings, app, **overrides)
     server = _Server(config, started)
-    guard.install(server, guard.Limits.from_settings(settings))
+    guard.install(server, settings)  # settings: shares the per-address state with the app (SourceLimits.for_settings)
     return server
 
 
