@@ -61,6 +61,13 @@ class CliError(Exception):
     """A failure to report on stderr as one line (exit status 1)."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported as one line that points to ``--help``."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 # ---------------------------------------------------------------------------
 # Parsing helpers
 
@@ -150,7 +157,7 @@ SERVE_FLAGS: list[tuple[str, str, Any, str, str]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="collab",
         description="collab: a self-hostable real-time collaborative text editor.",
         epilog=EPILOG,
@@ -227,7 +234,26 @@ def serve_settings(args: argparse.Namespace, env: dict[str, str] | None = None):
     return Settings.from_env(env).replace(**changes)
 
 
+def banner(settings, port: int) -> str:
+    """The line ``collab serve`` prints once it serves: where, which store, whether auth is on."""
+    from .startup import where
+
+    shown = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    if settings.database_url:
+        store = where(settings.database_url, 5432)
+    else:
+        store = os.path.abspath(settings.data_dir)
+        if settings.sqlite_sync != "full":
+            store += f", sqlite sync: {settings.sqlite_sync}"
+    return (f"collab {__version__} serving http://{shown}:{port}/  (WebSocket ws://{shown}:{port}/ws/DOC, "
+            f"data: {store}, auth: {'on' if settings.secret else 'off'}); Ctrl-C stops")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .startup import Sources
+
     settings = serve_settings(args)
     if settings.secret:
         from .auth import check_secret
@@ -236,25 +262,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
             check_secret(settings.secret)
         except ValueError as e:
             raise CliError(str(e)) from None
-    from .backplane import check_settings
     from .server import run
 
-    check_settings(settings)  # refuse several workers without PostgreSQL + Redis before saying "serving"
+    if settings.sqlite_sync != "full" and settings.database_url:
+        print("note: COLLAB_SQLITE_SYNC / --sqlite-sync applies to SQLite only; with PostgreSQL, its own "
+              "synchronous_commit decides when a commit is durable", file=sys.stderr)
 
-    shown = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    if ":" in shown:
-        shown = f"[{shown}]"
-    where = settings.database_url.split("@")[-1] if settings.database_url else os.path.abspath(settings.data_dir)
-    if settings.sqlite_sync != "full":
-        if settings.database_url:
-            print("note: COLLAB_SQLITE_SYNC / --sqlite-sync applies to SQLite only; with PostgreSQL, its own "
-                  "synchronous_commit decides when a commit is durable", file=sys.stderr)
-        else:
-            where += f", sqlite sync: {settings.sqlite_sync}"
-    print(f"collab {__version__} serving http://{shown}:{settings.port}/  "
-          f"(WebSocket ws://{shown}:{settings.port}/ws/DOC, data: {where}, "
-          f"auth: {'on' if settings.secret else 'off'}); Ctrl-C stops", flush=True)
-    run(settings)
+    def ready(port: int) -> None:
+        warning = settings.storage_warning  # loud, and last before the banner, where it is seen
+        if warning:
+            print(f"collab: WARNING: {warning}", file=sys.stderr, flush=True)
+        print(banner(settings, port), flush=True)
+
+    run(settings, on_ready=ready, sources=Sources.of(vars(args), os.environ))
     return 0
 
 
@@ -449,6 +469,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except ValueError as e:  # e.g. an invalid document name
         print(f"collab {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except SystemExit as e:  # a setting or start-up problem, already one line saying what to do
+        if not isinstance(e.code, str):
+            raise
+        print(f"collab {args.command}: error: {e.code}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130 if args.command != "tail" else 0

@@ -34,6 +34,45 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return _parsed(env, name, default, float, "a number")
 
 
+def port_number(text: str) -> int:
+    """``text`` as a TCP port, 0-65535 (0: any free port); ``ValueError`` otherwise."""
+    n = int(text)
+    if not 0 <= n <= 65535:
+        raise ValueError(f"{n} is outside 0-65535")
+    return n
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    return _parsed(env, name, default, port_number, "a port number (0-65535)")
+
+
+#: Variables that PaaS platforms set in every process, and the platform each reveals.
+PLATFORM_MARKERS: tuple[tuple[str, str], ...] = (
+    ("DYNO", "Heroku or Dokku"),
+    ("RENDER", "Render"),
+    ("FLY_APP_NAME", "Fly.io"),
+    ("RAILWAY_ENVIRONMENT", "Railway"),
+    ("K_SERVICE", "Google Cloud Run"),
+)
+
+
+def detect_platform(env: Mapping[str, str]) -> str:
+    """The hosting platform ``env`` reveals, e.g. ``"Render (RENDER is set)"``; ``""`` for none.
+
+    ``WEB_CONCURRENCY`` alone counts too: platforms and their buildpacks set it,
+    people running collab on their own machine rarely do.
+    """
+    for var, name in PLATFORM_MARKERS:
+        if env.get(var):
+            return f"{name} ({var} is set)"
+    if env.get("WEB_CONCURRENCY"):
+        return "a hosting platform (WEB_CONCURRENCY is set)"
+    return ""
+
+
+DEFAULT_DATA_DIR = "./data"
+
+
 #: ``COLLAB_SQLITE_SYNC`` values: SQLite's ``synchronous`` setting, in lower case.
 SQLITE_SYNC = ("full", "normal")
 
@@ -61,11 +100,14 @@ class Settings:
 
     host: str = "127.0.0.1"
     port: int = 8000
-    data_dir: str = "./data"
+    data_dir: str = DEFAULT_DATA_DIR
     #: When a SQLite commit counts as done: ``full`` (the default) after an fsync, so
     #: an acknowledged edit survives a power cut; ``normal`` once the operating system
     #: has it, which survives a crash of collab (``kill -9``) but not of the machine.
     sqlite_sync: str = "full"
+    #: Seconds an fsync of the SQLite store may stay unanswered before ``/healthz``
+    #: reports the store unhealthy (a disk that hangs); acks wait for it meanwhile.
+    fsync_timeout: float = 10.0
     #: ``postgres://...`` selects the PostgreSQL store; empty means SQLite in ``data_dir``.
     database_url: str = ""
     #: ``redis://...`` enables the cross-process backplane.
@@ -125,6 +167,23 @@ class Settings:
     allowed_origins: list[str] = field(default_factory=list)
 
     log_level: str = "info"
+    #: The hosting platform the environment reveals (see :func:`detect_platform`); ``""`` for none.
+    platform: str = ""
+
+    @property
+    def storage_warning(self) -> str | None:
+        """What the operator must hear when documents may vanish with the disk; ``None`` when they need not.
+
+        Said when documents go to a SQLite file in the default ``./data`` on a
+        host that looks like a PaaS platform, whose local disk is usually
+        wiped on each restart and deploy. Setting ``DATABASE_URL`` or an
+        explicit data directory (a mounted volume) silences it.
+        """
+        if self.database_url or not self.platform or self.data_dir != DEFAULT_DATA_DIR:
+            return None
+        return (f"documents are stored in a SQLite file in {os.path.abspath(self.data_dir)} on this machine's disk, "
+                f"and this looks like {self.platform}, whose disk is usually wiped on every restart and deploy: "
+                "set DATABASE_URL to a PostgreSQL database, or point COLLAB_DATA_DIR at a persistent volume")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -133,9 +192,10 @@ class Settings:
         d = cls()
         return cls(
             host=env.get("COLLAB_HOST", d.host),
-            port=_int(env, "PORT", _int(env, "COLLAB_PORT", d.port)),
+            port=_port(env, "PORT", _port(env, "COLLAB_PORT", d.port)),
             data_dir=env.get("COLLAB_DATA_DIR", d.data_dir),
             sqlite_sync=_sqlite_sync(env, "COLLAB_SQLITE_SYNC", d.sqlite_sync),
+            fsync_timeout=_float(env, "COLLAB_FSYNC_TIMEOUT", d.fsync_timeout),
             database_url=env.get("DATABASE_URL", env.get("COLLAB_DATABASE_URL", "")),
             redis_url=env.get("REDIS_URL", env.get("COLLAB_REDIS_URL", "")),
             workers=_int(env, "WEB_CONCURRENCY", d.workers),
@@ -172,6 +232,7 @@ class Settings:
             secret=env.get("COLLAB_SECRET", ""),
             allowed_origins=_list(env, "COLLAB_ALLOWED_ORIGINS"),
             log_level=env.get("COLLAB_LOG_LEVEL", d.log_level),
+            platform=detect_platform(env),
         )
 
     def replace(self, **changes) -> "Settings":

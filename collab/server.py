@@ -2,7 +2,10 @@
 
 :func:`serve` is the coroutine (used by tests and embedders); :func:`run`
 is the blocking entry point used by the CLI, with ``settings.workers``
-processes sharing one listening socket.
+processes sharing one listening socket. :func:`run` first runs the
+start-up checks of :mod:`collab.startup` (one line per problem, before
+anything says "serving") and reports readiness only once every worker
+accepts connections with its store open.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
+from multiprocessing.connection import wait as wait_any
 from typing import Any, Callable
 
 import uvicorn
 
 from collab import guard
 from collab.config import Settings
+from collab.startup import Sources, StartupError, preflight
 
 log = logging.getLogger("collab.server")
 
@@ -127,22 +133,6 @@ async def serve(
         raise
 
 
-def _bind(settings: Settings) -> socket.socket:
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((settings.host, settings.port))
-    except OSError as exc:
-        raise SystemExit(
-            f"cannot listen on {settings.host}:{settings.port} ({exc.strerror}); "
-            "pick another --port / COLLAB_PORT or stop the process using it"
-        ) from None
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
 def tune_gc() -> None:
     """Make the cyclic GC cheaper for a long-running server process.
 
@@ -165,37 +155,73 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 1000)
 
 
-def _worker(settings: Settings, app: ASGIApp | None, sock: socket.socket) -> None:
+async def _serve_announced(settings: Settings, app: ASGIApp | None, sock: socket.socket,
+                           ready: Callable[[], None] | None) -> None:
+    """:func:`serve` on ``sock``, calling ``ready()`` once it accepts connections (its store open)."""
+    started = asyncio.Event()
+
+    async def announce() -> None:
+        await started.wait()
+        if ready is not None:
+            ready()
+
+    announcer = asyncio.ensure_future(announce())
+    try:
+        await serve(settings, app, sockets=[sock], started=started)
+    finally:
+        announcer.cancel()
+    if not started.is_set():
+        raise StartupError("the server stopped before it was ready; the log above says why")
+
+
+def _worker(settings: Settings, app: ASGIApp | None, sock: socket.socket,
+            ready: Callable[[], None] | None = None) -> None:
     tune_gc()
     config_loop = uvicorn.Config(app or (lambda: None), log_config=None).get_loop_factory()
     runner = asyncio.Runner(loop_factory=config_loop) if hasattr(asyncio, "Runner") else None
     if runner is None:  # Python 3.10
-        asyncio.run(serve(settings, app, sockets=[sock]))
+        asyncio.run(_serve_announced(settings, app, sock, ready))
         return
     with runner:
-        runner.run(serve(settings, app, sockets=[sock]))
+        runner.run(_serve_announced(settings, app, sock, ready))
 
 
-def run(settings: Settings, app: ASGIApp | None = None) -> None:
+def _support_warning() -> None:
+    """One warning line when the uvicorn internals the transport relies on are missing (plain ASGI then)."""
+    from collab import transport
+
+    check = getattr(transport, "support_problem", None)
+    problem = check() if check is not None else None
+    if problem:
+        print(f"collab: warning: {problem}", file=sys.stderr, flush=True)
+
+
+def run(settings: Settings, app: ASGIApp | None = None, *, on_ready: Callable[[int], None] | None = None,
+        sources: Sources | None = None) -> None:
     """Serve ``app`` (default: ``collab.app.create_app(settings)``) until SIGINT/SIGTERM.
 
-    With ``settings.workers > 1`` the socket is bound once and shared by that
-    many forked processes; each has its own guard, so per-IP limits apply
-    per process (a client may get up to ``workers`` times ``conn_per_ip``).
+    A start-up problem raises :class:`collab.startup.StartupError` (one line
+    saying what to do) before ``on_ready(port)`` is called, which happens once
+    every worker accepts connections. ``sources`` says which setting gave the
+    port and the worker count, for those messages (default: read from the
+    environment). With ``settings.workers > 1`` the socket is bound once and
+    shared by that many forked processes; each has its own guard, so per-IP
+    limits apply per process (a client may get up to ``workers`` times
+    ``conn_per_ip``).
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from collab.backplane import check_settings
-
-    check_settings(settings)  # several workers need PostgreSQL + Redis: refuse up front, saying what to set
-    sock = _bind(settings)
-    log.info("listening on http://%s:%d (%d worker%s)", settings.host, sock.getsockname()[1],
+    _support_warning()
+    sock = preflight(settings, sources or Sources.of({}, os.environ))
+    port = sock.getsockname()[1]
+    log.info("listening on http://%s:%d (%d worker%s)", settings.host, port,
              settings.workers, "" if settings.workers == 1 else "s")
     if settings.workers <= 1:
-        _worker(settings, app, sock)
+        _worker(settings, app, sock, None if on_ready is None else (lambda: on_ready(port)))
         return
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_worker, args=(settings, app, sock), daemon=False) for _ in range(settings.workers)]
+    events = [ctx.Event() for _ in range(settings.workers)]
+    procs = [ctx.Process(target=_worker, args=(settings, app, sock, ev.set), daemon=False) for ev in events]
     for p in procs:
         p.start()
 
@@ -206,6 +232,16 @@ def run(settings: Settings, app: ASGIApp | None = None) -> None:
 
     signal.signal(signal.SIGTERM, _forward)
     signal.signal(signal.SIGINT, _forward)
+    while not all(ev.is_set() for ev in events):
+        if any(p.exitcode is not None for p in procs):
+            _forward(signal.SIGTERM, None)
+            for p in procs:
+                p.join()
+            sock.close()
+            raise StartupError("a worker process stopped during start-up; the lines above say why")
+        wait_any([p.sentinel for p in procs], timeout=0.1)
+    if on_ready is not None:
+        on_ready(port)
     for p in procs:
         p.join()
     sock.close()

@@ -14,7 +14,10 @@ import pytest
 
 
 def port_free(port: int) -> bool:
+    """Whether the server could bind ``port`` now: as it does, with SO_REUSEADDR, so that a port
+    whose last connections are only in TIME-WAIT counts as free."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
