@@ -89,12 +89,16 @@ class HubConfig:
     idle_unload_seconds: float = 30.0
     #: The transport's frame limit, announced in ``welcome`` so clients split larger edits.
     max_message_bytes: int = 4 * 1024 * 1024
+    #: Bytes a peer's outbox may hold (beyond its ``welcome``) before it is dropped as too slow.
+    queue_bytes: int = 8 * 1024 * 1024
+    #: Submits a document's inbox holds; beyond, ``offer`` declines and ``submit`` waits for room.
+    inbox_size: int = 1024
 
     @classmethod
     def from_settings(cls, s) -> "HubConfig":
         return cls(
             s.history_depth, s.snapshot_every, s.max_doc_chars, s.client_queue_size, s.idle_unload_seconds,
-            s.max_message_bytes,
+            s.max_message_bytes, s.client_queue_bytes, s.doc_inbox_size,
         )
 
 
@@ -109,19 +113,21 @@ class Peer:
     """
 
     __slots__ = (
-        "id", "user", "role", "cursor", "cursor_rev", "outbox", "notify", "_ready", "closed", "close_code",
-        "close_reason", "limit", "doc", "flush", "batch",
+        "id", "user", "role", "cursor", "cursor_rev", "_outbox", "_bytes", "notify", "_ready", "closed", "close_code",
+        "close_reason", "limit", "byte_limit", "doc", "flush", "batch", "transformed",
     )
 
     def __init__(self, user: User | None = None, role: str = "edit", queue_size: int = 1000,
-                 notify: Callable[[], None] | None = None) -> None:
+                 notify: Callable[[], None] | None = None, queue_bytes: int | None = None) -> None:
         self.id = secrets.token_hex(6)
         self.user = user
         self.role = role
         self.cursor: Cursor | None = None
         #: The revision :attr:`cursor` is valid at; the document moves it forward lazily.
         self.cursor_rev = 0
-        self.outbox: list[str] = []
+        self._outbox: list[str] = []
+        #: Bytes (UTF-8) of the frames in the outbox, the ``welcome`` not counted.
+        self._bytes = 0
         #: Called when there is something new to send (instead of setting :attr:`ready`).
         self.notify = notify
         self._ready: asyncio.Event | None = None
@@ -133,7 +139,25 @@ class Peer:
         #: The client accepts ``batch`` frames, so queued messages may be coalesced.
         self.batch = False
         self.limit = queue_size
+        #: Bytes the outbox may hold; ``None``: the document's ``HubConfig.queue_bytes``, set on join.
+        self.byte_limit = queue_bytes
+        #: History operations this peer's submits were transformed against (a cost the transport charges).
+        self.transformed = 0
         self.doc: Document | None = None
+
+    @property
+    def outbox(self) -> list[str]:
+        """The frames queued for the client, oldest first (replace it, or :meth:`take` it, to empty it)."""
+        return self._outbox
+
+    @outbox.setter
+    def outbox(self, frames: list[str]) -> None:
+        self._outbox = frames
+        self._bytes = sum(map(frame_bytes, frames)) if frames else 0
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
 
     @property
     def ready(self) -> asyncio.Event:
@@ -148,30 +172,45 @@ class Peer:
         else:
             self.ready.set()
 
-    def send(self, frame: str) -> None:
-        """Queue one encoded frame; drop the peer if it is not keeping up."""
+    def send(self, frame: str, nbytes: int = -1) -> None:
+        """Queue one encoded frame (of ``nbytes`` bytes, if known); drop the peer if it is not keeping up."""
         if self.closed:
             return
-        outbox = self.outbox
-        if len(outbox) >= self.limit:
+        outbox = self._outbox
+        if nbytes < 0:
+            nbytes = len(frame) if frame.isascii() else len(frame.encode())
+        size = self._bytes + nbytes
+        if outbox and (len(outbox) >= self.limit or (self.byte_limit is not None and size > self.byte_limit)):
             self._fell_behind()
             return
         outbox.append(frame)
+        self._bytes = size
         if len(outbox) == 1:
             self._wake()
 
-    def send_many(self, frames: list[str]) -> None:
-        """Queue several encoded frames, in order, as :meth:`send` would one by one."""
-        if self.closed:
+    def greet(self, frame: str) -> None:
+        """Queue the ``welcome``: not counted against the byte cap (the document's size bounds it)."""
+        if not self.closed:
+            self._outbox.append(frame)
+            if len(self._outbox) == 1:
+                self._wake()
+
+    def send_many(self, frames: list[str], nbytes: int = -1) -> None:
+        """Queue several encoded frames (``nbytes`` in all, if known), in order, as :meth:`send` would."""
+        if self.closed or not frames:
             return
-        outbox = self.outbox
+        outbox = self._outbox
         was_empty = not outbox
-        if len(outbox) + len(frames) > self.limit:
-            outbox.extend(frames[: max(0, self.limit - len(outbox))])
-            self._fell_behind()
+        if nbytes < 0:
+            nbytes = sum(map(frame_bytes, frames))
+        size = self._bytes + nbytes
+        if len(outbox) + len(frames) > self.limit or (self.byte_limit is not None and size > self.byte_limit):
+            for frame in frames:  # as send() would, frame by frame, up to the one that does not fit
+                self.send(frame)
             return
         outbox.extend(frames)
-        if was_empty and frames:
+        self._bytes = size
+        if was_empty:
             self._wake()
 
     def _fell_behind(self) -> None:
@@ -183,7 +222,8 @@ class Peer:
 
     def take(self) -> list[str]:
         """The queued frames, oldest first, leaving the outbox empty."""
-        frames, self.outbox = self.outbox, []
+        frames, self._outbox = self._outbox, []
+        self._bytes = 0
         return frames
 
     def kick(self, code: int, reason: str, flush: bool = True) -> None:
@@ -197,6 +237,11 @@ class Peer:
         self._wake()
         if self.doc is not None:
             self.doc.remove(self)
+
+
+def frame_bytes(frame: str) -> int:
+    """The size of ``frame`` on the wire (UTF-8); ASCII frames, the usual case, cost one ``len``."""
+    return len(frame) if frame.isascii() else len(frame.encode())
 
 
 class RemotePeer:
@@ -240,6 +285,36 @@ def _may_edit(peer: Peer, sub: Submit) -> None:
     """Refuse ``sub`` from a read-only connection (both ways in: :meth:`Document.offer` and ``submit``)."""
     if peer.role != "edit":
         raise ProtocolError(FORBIDDEN, "this connection is read-only: its token does not allow editing", sub.id)
+
+
+def _reused(op_id: str, rev: int) -> ProtocolError:
+    return ProtocolError(
+        BAD_OP, f"operation id {op_id!r} was already used for a different operation (applied at revision {rev}); "
+        "send each new operation with a fresh id", op_id)
+
+
+@dataclass(slots=True)
+class _RemoteOp:
+    """An operation another process announced committing, checked for shape (not yet for content)."""
+
+    entry: StoredOp
+    cursor: Cursor | None
+    #: The length of the text it applies to.
+    spans: int
+
+
+def _remote_op(item: object) -> _RemoteOp | None:
+    """``[rev, op, client, id, cursor]`` from the backplane as a :class:`_RemoteOp`, or ``None`` if malformed."""
+    if type(item) is not list or len(item) != 5:
+        return None
+    rev, op, client, op_id, cursor = item
+    if type(rev) is not int or rev < 1 or type(client) is not str or type(op_id) is not str:
+        return None
+    try:
+        op, spans, _ = ot.checked(op)
+    except ValueError:
+        return None
+    return _RemoteOp(StoredOp(rev, op, client, op_id), _cursor_of(cursor), spans)
 
 
 class _Resync(Exception):
@@ -298,12 +373,14 @@ class Document:
         self.remote_peers: dict[str, RemotePeer] = {}
         self.last_snapshot = rev
         self._inbox: list[_Item] = []
+        #: Submitters waiting for room in a full inbox.
+        self._room_waiters: list[asyncio.Future[None]] = []
         self._deferred: list[tuple[Callable[[], object], asyncio.Future]] = []
         self._committer: asyncio.Task[None] | None = None
         self._unload_handle: asyncio.TimerHandle | None = None
         self.failed = False
         # Other processes' work, integrated between batches.
-        self._remote_ops: dict[int, tuple[StoredOp, Cursor | None]] = {}
+        self._remote_ops: dict[int, _RemoteOp] = {}
         self._remote_events: list[dict] = []
         #: The highest revision known to be committed somewhere.
         self._known_rev = rev
@@ -350,7 +427,9 @@ class Document:
         else:
             welcome["text"] = str(self.text)
         peer.doc = self
-        peer.send_msg(welcome)
+        if peer.byte_limit is None:
+            peer.byte_limit = self.config.queue_bytes
+        peer.greet(encode(welcome))
         self._broadcast(encode(join_msg(peer.id, peer.user)))
         self.peers[peer.id] = peer
         if self.backplane is not None:
@@ -435,7 +514,8 @@ class Document:
         Raises :class:`ProtocolError` as :meth:`submit` does.
         """
         _may_edit(peer, sub)
-        if (self.shared and sub.rev > self.rev) or (sub.rev < self.history_start and sub.id not in self.ids):
+        if (len(self._inbox) >= self.config.inbox_size or (self.shared and sub.rev > self.rev)
+                or (sub.rev < self.history_start and sub.id not in self.ids)):
             return False
         self._inbox.append((peer, sub, None))
         if self._committer is None:
@@ -466,10 +546,27 @@ class Document:
                 f"revision {sub.rev} is older than the kept history (from {self.history_start}); rejoin and resend",
                 sub.id,
             )
+        while len(self._inbox) >= self.config.inbox_size:
+            await self._room()
         fut = None if peer is not None else asyncio.get_running_loop().create_future()
         self._inbox.append((peer, sub, fut))
         self._wake()
         return None if fut is None else await fut
+
+    async def _room(self) -> None:
+        """Return once the commit loop took the inbox (a full inbox holds its submitters here)."""
+        if self.failed:
+            raise DocumentFailed(self.id)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._room_waiters.append(fut)
+        self._wake()
+        await fut
+
+    def _made_room(self) -> None:
+        waiters, self._room_waiters = self._room_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
 
     def _apply(self, peer: Peer | None, sub: Submit) -> StoredOp | int:
         """Order one submit into the in-memory state.
@@ -480,6 +577,8 @@ class Document:
         op_id, base, rev = sub.id, sub.rev, self.rev
         known = self.ids.get(op_id)
         if known is not None:
+            if not self._is_resend(sub, known):
+                raise _reused(op_id, known)
             return known
         if base > rev:
             raise ProtocolError(BAD_REV, f"'rev' is {base} but the document is at revision {rev}", op_id)
@@ -499,6 +598,8 @@ class Document:
             spans = ot.base_length(op)
             if spans != expected:
                 raise ProtocolError(BAD_OP, f"operation spans {spans} characters but revision {base} has {expected}", op_id)
+            if peer is not None:
+                peer.transformed += len(concurrent)
             for entry in concurrent:
                 op, other = ot.transform(op, entry.op)
                 if cursor is not None:
@@ -519,6 +620,31 @@ class Document:
                 cursor = Cursor(min(cursor.anchor, new_len), min(cursor.head, new_len))
             peer.cursor, peer.cursor_rev = cursor, rev
         return entry
+
+    def _is_resend(self, sub: Submit, rev: int) -> bool:
+        """Whether ``sub`` is the op applied at ``rev`` (same id) sent again, as is or rebased.
+
+        A client resends its unacknowledged op with the same id, on its
+        original base or rebased onto the revisions it saw since (never one
+        at or after ``rev``, which it would have taken as its ack). So ``sub``
+        transformed up to ``rev - 1`` is the applied op. When ``sub``'s base is
+        no longer kept, only the id can be compared, and it is taken as a resend.
+        """
+        base, start = sub.rev, self.history_start
+        if base < start:
+            return True
+        if base >= rev:
+            return False
+        history = self.history
+        op = sub.op
+        if ot.base_length(op) != ot.base_length(history[base - start].op):
+            return False
+        try:
+            for i in range(base - start, rev - start - 1):
+                op = ot.transform(op, history[i].op)[0]
+        except ValueError:
+            return False
+        return op == history[rev - start - 1].op
 
     def _after(self, rev: int) -> list[StoredOp]:
         """The kept operations after revision ``rev`` (which must be kept), oldest first.
@@ -621,6 +747,8 @@ class Document:
         if not self._inbox:
             return []
         batch, self._inbox = self._inbox, []
+        if self._room_waiters:
+            self._made_room()
         earlier = await self._ids_in_store(batch)
         saved = self._save() if self.store.may_conflict else None
         applied: list[tuple[Peer | None, Submit, asyncio.Future[int] | None, StoredOp | int]] = []
@@ -783,18 +911,26 @@ class Document:
         # (nobody joins or leaves in between): one send_many per connection.
         outs = {p: [] for p in self.peers.values()}
         pairs = [(p, out.append) for p, out in outs.items()]
+        # Every connection gets every broadcast but its own: sizes are summed once, then corrected per author.
+        shared = 0
+        own: dict[Peer, int] = {}
         for (peer, sub, fut, result), (ack, frame, _) in zip(applied, frames):
             if fut is not None:
                 fut.set_result(result if isinstance(result, int) else result.rev)
             elif ack is not None and peer in outs:  # else it left: nothing to send
                 outs[peer].append(ack)
+                own[peer] = own.get(peer, 0) + frame_bytes(ack)
             if frame is not None:
+                size = frame_bytes(frame)
+                shared += size
+                if peer in outs:
+                    own[peer] = own.get(peer, 0) - size
                 for p, add in pairs:
                     if p is not peer:
                         add(frame)
         for p, out in outs.items():
             if out:
-                p.send_many(out)
+                p.send_many(out, shared + own.get(p, 0))
         if self.backplane is not None:
             published = [
                 [r.rev, r.op, r.client, r.id, _cur(cursor)]
@@ -814,8 +950,18 @@ class Document:
         """Take a backplane message; the commit loop integrates it between batches."""
         kind = msg.get("t")
         if kind == "ops":
-            for rev, op, client, op_id, cursor in msg.get("ops", ()):
-                self._remote_ops[rev] = (StoredOp(rev, op, client, op_id), _cursor_of(cursor))
+            ops = msg.get("ops")
+            for item in ops if type(ops) is list else (None,):
+                remote = _remote_op(item)
+                if remote is None:  # not an operation: the store has the truth
+                    self._check_store = True
+                    continue
+                rev = remote.entry.rev
+                if rev in self._remote_ops and self._remote_ops[rev].entry != remote.entry:
+                    del self._remote_ops[rev]  # two versions of one revision: trust neither
+                    self._check_store = True
+                    continue
+                self._remote_ops[rev] = remote
                 if rev > self._known_rev:
                     self._known_rev = rev
         elif kind in ("join", "leave", "presence") and isinstance(msg.get("client"), str):
@@ -859,6 +1005,7 @@ class Document:
         # What is still buffered lies after a gap (a message lost, or overtaken): the store has it.
         if self._check_store or self._store_waiters or self._known_rev > self.rev or late_presence or self._remote_ops:
             self._check_store = False
+            announced = set(self._remote_ops)  # committed before this read, if real: the read must show them
             waiters, self._store_waiters = self._store_waiters, []
             try:
                 missed = await self.store.ops_since(self.id, self.rev)
@@ -874,9 +1021,11 @@ class Document:
                 raise _Resync(self.id)
             for entry in missed:
                 if entry.rev == self.rev + 1:
-                    cursor = self._remote_ops.get(entry.rev, (None, None))[1]
-                    self._integrate(entry, cursor)
+                    remote = self._remote_ops.get(entry.rev)
+                    self._integrate(entry, remote.cursor if remote is not None else None)
             self._integrate_buffered()
+            for rev in announced.intersection(self._remote_ops):
+                del self._remote_ops[rev]  # announced, yet not in the store: not a real commit
             # Announcements that arrived during the read may be ahead of what it returned.
             self._known_rev = max(self.rev, max(self._remote_ops, default=0))
             for w in waiters:
@@ -885,9 +1034,13 @@ class Document:
         self._process_events()
 
     def _integrate_buffered(self) -> None:
+        """Apply the buffered announcements that extend the document exactly; the store settles the rest."""
         while self.rev + 1 in self._remote_ops:
-            entry, cursor = self._remote_ops.pop(self.rev + 1)
-            self._integrate(entry, cursor)
+            remote = self._remote_ops.pop(self.rev + 1)
+            if remote.spans != len(self.text):
+                self._check_store = True
+                break
+            self._integrate(remote.entry, remote.cursor)
         for rev in [r for r in self._remote_ops if r <= self.rev]:
             del self._remote_ops[rev]
 
@@ -915,8 +1068,15 @@ class Document:
             for peer, sub, fut in self._inbox:
                 if sub.id != entry.id:
                     kept.append((peer, sub, fut))
-                elif fut is not None:
-                    fut.set_result(entry.rev)
+                    continue
+                refused = None if self._is_resend(sub, entry.rev) else _reused(entry.id, entry.rev)
+                if fut is not None:
+                    if refused is None:
+                        fut.set_result(entry.rev)
+                    else:
+                        fut.set_exception(refused)
+                elif peer is not None and refused is not None:
+                    peer.send_msg(error_msg(refused.code, refused.message, refused.id))
                 elif peer is not None:
                     peer.send_msg(ack_msg(entry.id, entry.rev))
                     author = peer
@@ -1031,10 +1191,11 @@ class Document:
             if not fut.done():
                 fut.set_exception(DocumentFailed(self.id))
         self._deferred = []
-        for fut in self._store_waiters:
+        for fut in self._store_waiters + self._room_waiters:
             if not fut.done():
                 fut.set_exception(DocumentFailed(self.id))
         self._store_waiters = []
+        self._room_waiters = []
         for peer in list(self.peers.values()):
             peer.kick(code, reason)
         self.hub._forget(self)
@@ -1102,37 +1263,37 @@ class Hub:
             return doc
         loading = self._loading.get(doc_id)
         if loading is None:
-            loading = asyncio.get_running_loop().create_future()
-            self._loading[doc_id] = loading
-            try:
-                infos: dict[str, dict] = {}
-                dead: set[str] = set()
-                if self.backplane is not None:
-                    # Subscribe before loading: nothing committed after the load can be missed.
-                    await self.start()
-                    assert self._sub_lock is not None
-                    async with self._sub_lock:
-                        await self.backplane.subscribe(doc_id)
-                    infos = await self.backplane.peers(doc_id)
-                    dead = await self.backplane.dead({str(i.get("proc")) for i in infos.values()})
-                state = await self.store.load(doc_id, self.config.history_depth)
-                doc = Document(self, doc_id, state.rev, state.text, state.history)
-                self.docs[doc_id] = doc
-                if self.backplane is not None:
-                    doc.adopt_peers(infos, dead)
-                    for msg in self._early.pop(doc_id, []):
-                        doc._on_remote(msg)
-                loading.set_result(doc)
-            except BaseException as exc:
-                self._early.pop(doc_id, None)
-                loading.set_exception(exc)
-                loading.exception()  # mark retrieved if nobody else waits
-                raise
-            finally:
-                del self._loading[doc_id]
-            doc._schedule_unload()  # unloaded again unless someone joins
-            return doc
+            # A task of its own: a caller that gives up (cancelled) does not cancel the others' load.
+            loading = self._loading[doc_id] = asyncio.ensure_future(self._load(doc_id))
+            loading.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved even if nobody waits
         return await asyncio.shield(loading)
+
+    async def _load(self, doc_id: str) -> Document:
+        try:
+            infos: dict[str, dict] = {}
+            dead: set[str] = set()
+            if self.backplane is not None:
+                # Subscribe before loading: nothing committed after the load can be missed.
+                await self.start()
+                assert self._sub_lock is not None
+                async with self._sub_lock:
+                    await self.backplane.subscribe(doc_id)
+                infos = await self.backplane.peers(doc_id)
+                dead = await self.backplane.dead({str(i.get("proc")) for i in infos.values()})
+            state = await self.store.load(doc_id, self.config.history_depth)
+            doc = Document(self, doc_id, state.rev, state.text, state.history)
+            self.docs[doc_id] = doc
+            if self.backplane is not None:
+                doc.adopt_peers(infos, dead)
+                for msg in self._early.pop(doc_id, []):
+                    doc._on_remote(msg)
+        except BaseException:
+            self._early.pop(doc_id, None)
+            raise
+        finally:
+            del self._loading[doc_id]
+        doc._schedule_unload()  # unloaded again unless someone joins
+        return doc
 
     async def join(self, doc_id: str, peer: Peer, since: int | None) -> Document:
         """Open ``doc_id`` and admit ``peer`` to it."""
@@ -1157,12 +1318,17 @@ class Hub:
 
     async def replace(self, doc_id: str, text: str, op_id: str | None = None) -> int:
         """Replace the text of ``doc_id`` with ``text`` as one ordinary edit; returns its revision."""
-        doc = await self.document(doc_id)
-        if self.store.may_conflict:
-            await doc.sync()
-        rev, current = await doc._quietly(doc.snapshot)
-        op = ot.diff_splice(current, text)
-        return await doc.submit(None, Submit(rev, op, op_id or "http-" + secrets.token_hex(8), None))  # type: ignore[return-value]
+        while True:
+            doc = await self.document(doc_id)
+            try:
+                if self.store.may_conflict:
+                    await doc.sync()
+                rev, current = await doc._quietly(doc.snapshot)
+                op = ot.diff_splice(current, text)
+                sub = Submit(rev, op, op_id or "http-" + secrets.token_hex(8), None)
+                return await doc.submit(None, sub)  # type: ignore[return-value]
+            except DocumentFailed:
+                continue  # dropped after a storage error: load it afresh and diff again
 
     def _forget(self, doc: Document) -> None:
         if self.docs.get(doc.id) is doc:

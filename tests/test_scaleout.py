@@ -364,3 +364,53 @@ async def test_a_crashed_process_s_clients_leave_and_its_edits_stay(real_hubs):
 
     await asyncio.wait_for(left(), 30)  # heartbeat_ttl=3 here: well within
     assert doc2.remote_peers == {}
+
+
+async def test_forged_duplicated_and_out_of_order_announcements_never_apply_as_they_are(real_hubs):
+    """Messages on a document's Redis channel that do not extend it exactly are repaired from the store."""
+    import json
+
+    import redis.asyncio as aioredis
+
+    from collab.hub import Peer
+    from collab.protocol import Submit
+    from collab.store.base import StoredOp
+
+    h1, h2 = await real_hubs(2)
+    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    doc1 = await h1.join("forge", a, None)
+    doc2 = await h2.join("forge", b, None)
+    assert await doc1.submit(None, Submit(0, ["héllo 🌍"], "h1", None)) == 1
+    channel = f"{h2.backplane.prefix}:doc:forge"
+    r = aioredis.from_url(REDIS_URL)
+
+    async def publish(ops) -> None:
+        await r.publish(channel, json.dumps({"t": "ops", "proc": "forger", "ops": ops}))
+
+    async def reaches(rev: int) -> None:
+        while doc2.snapshot()[0] < rev or doc2._committer is not None:
+            await asyncio.sleep(0.02)
+
+    try:
+        await asyncio.wait_for(reaches(1), 30)
+        await publish([[2, [99, "x"], "evil", "e1", None]])  # the next revision, but spans the wrong length
+        await publish([[2, [7, "😈"], "evil", "e2", None], [2, [7, "!"], "evil", "e3", None]])  # two versions of rev 2
+        await publish("not a list")
+        await publish([[2, "not an op", "evil", "e4", None], ["2", [7, "x"], "evil", "e5", None], [True, [7], 1, 2]])
+        await publish([[10**12, [7, "y"], "evil", "e6", None]])  # far ahead: the store never confirms it
+        await publish([[1, ["dup"], "evil", "e7", None]])  # an old revision again
+        # Two real commits that bypass process 1 (so nothing announces them), announced out of order and twice.
+        ops = [StoredOp(2, [7, "!"], "x", "r2"), StoredOp(3, [8, "?"], "x", "r3")]
+        await h1.store.append("forge", ops, 10)
+        await publish([[3, [8, "?"], "x", "r3", None]])
+        await publish([[2, [7, "!"], "x", "r2", None], [3, [8, "?"], "x", "r3", None]])
+        assert await doc1.submit(None, Submit(3, [9, "."], "h4", None)) == 4
+        await asyncio.wait_for(reaches(4), 30)
+    finally:
+        await r.aclose()
+    state = await h1.store.load("forge", 10)
+    assert (state.rev, state.text) == (4, "héllo 🌍!?.")
+    assert doc2.snapshot() == (4, "héllo 🌍!?.") and doc2._known_rev == 4 and not doc2._remote_ops
+    assert not b.closed
+    ops = [m for m in map(json.loads, b.outbox) if m["type"] == "op"]
+    assert [m["rev"] for m in ops] == [1, 2, 3, 4] and [m["id"] for m in ops] == ["h1", "r2", "r3", "h4"]
