@@ -1,4 +1,4 @@
-"""Make a SQLite WAL file durable from a helper process.
+"""Make a SQLite WAL file durable: the fsync helper process and the event loop's end of it.
 
 The SQLite store commits on the event loop with ``synchronous=NORMAL``: a
 commit's pages reach the operating system (which survives ``kill -9``) but
@@ -7,21 +7,22 @@ only once an ``fdatasync`` of the WAL file has covered it, which is what
 SQLite's own ``synchronous=FULL`` does at every commit, and survives a power
 cut too.
 
-That ``fdatasync`` runs in a small helper process (:data:`HELPER`), not on a
-thread of the server: a thread that returns from a blocking call must win
-back the GIL from the busy event loop, and on a server's one core those
-hand-offs cost more than the call itself (``docs/benchmarks.md``, ninth
-round). The loop writes one byte per request into a pipe; the helper reads
-every request waiting, makes one ``fdatasync`` that covers them all, and
-answers one byte per request (``0`` done, ``1`` failed); the loop sees the
+That ``fdatasync`` runs in a small helper process, this module run as
+``python -m collab.store.walsync REQUESTS REPLIES PATH`` (see :func:`main`),
+not on a thread of the server: a thread that returns from a blocking call
+must win back the GIL from the busy event loop, and on a server's one core
+those hand-offs cost more than the call itself (``docs/benchmarks.md``).
+The loop writes one byte per request into a pipe; the helper reads every
+request waiting, makes one ``fdatasync`` that covers them all, and answers
+one byte per request (:data:`DONE` or :data:`FAILED`); the loop sees the
 answer through its own ``epoll``, like a socket.
 
 The helper has no state worth keeping: it ignores ``SIGINT`` and
 ``SIGTERM`` (so a Ctrl-C or a service manager's stop does not take it away
-while the server drains its last commits) and exits when the server's end
-of the pipe closes, including when the server is killed. If it dies or
-cannot be started, :class:`WalSync` goes on with the same ``fdatasync`` on
-a thread, and logs why.
+while the server drains its last commits) and exits quietly when the
+server's end of a pipe closes, including when the server is killed. If it
+dies or cannot be started, :class:`WalSync` goes on with the same
+``fdatasync`` on a thread, and logs why.
 """
 
 from __future__ import annotations
@@ -31,50 +32,102 @@ import collections
 import concurrent.futures
 import logging
 import os
+import signal
 import subprocess
 import sys
 from typing import Callable
 
 log = logging.getLogger("collab.store")
 
-#: The helper: ``python -c HELPER requests replies path``, with the two pipe
-#: ends passed down. It opens the WAL file itself, and again if the file at
-#: ``path`` is ever another one (an fsync of a replaced file would cover nothing).
-HELPER = r"""
-import os, signal, sys
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-requests, replies, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-sync = getattr(os, "fdatasync", os.fsync)
-fd = -1
-while True:
-    asked = os.read(requests, 65536)
-    if not asked:
-        break
+#: The helper's answer to a request: the fdatasync covering it succeeded, or failed.
+DONE, FAILED = b"\0", b"\1"
+#: Tests only: while the file this names exists, the helper answers :data:`FAILED`
+#: without syncing (a failing disk cannot be caused on purpose). Read once, at start.
+FAULT_ENV = "COLLAB_TEST_FSYNC_FAULT"
+
+Done = Callable[[BaseException | None], object]
+
+
+def fdatasync_path(path: str) -> None:
+    """One ``fdatasync`` of the file at ``path``, on the calling thread (the fallback's work)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        getattr(os, "fdatasync", os.fsync)(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_file(fd: int, path: str) -> tuple[int, bool]:
+    """``fdatasync`` the file at ``path`` through ``fd`` (opened again if the path names another
+    file now: an fsync of a replaced file covers nothing). Returns the descriptor to keep and
+    whether the sync succeeded."""
     try:
         if fd < 0 or os.fstat(fd).st_ino != os.stat(path).st_ino:
             if fd >= 0:
                 os.close(fd)
             fd = -1
             fd = os.open(path, os.O_RDONLY)
-        sync(fd)
-        answer = b"\0"
-    except OSError as exc:
-        print(f"collab: fdatasync of {path!r} failed: {exc}", file=sys.stderr, flush=True)
-        answer = b"\1"
-    os.write(replies, answer * len(asked))
-"""
-
-Done = Callable[[BaseException | None], object]
-
-
-def fdatasync_path(path: str) -> None:
-    """What the helper does for one request, on the calling thread."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
         getattr(os, "fdatasync", os.fsync)(fd)
-    finally:
-        os.close(fd)
+        return fd, True
+    except OSError as exc:
+        _say(f"collab: fdatasync of {path!r} failed: {exc}")
+        return fd, False
+
+
+def _say(line: str) -> None:
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr is gone with the server: nobody to tell
+        pass
+
+
+def serve(requests: int, replies: int, path: str, fault: str | None = None) -> None:
+    """Answer requests read from ``requests`` on ``replies`` until either pipe closes.
+
+    Every request waiting is answered by one sync. ``fault`` (tests only):
+    while that file exists, answer :data:`FAILED` without syncing.
+    """
+    fd = -1
+    while True:
+        try:
+            asked = os.read(requests, 65536)
+        except OSError:
+            return
+        if not asked:  # the server closed its end, or died
+            return
+        if fault is not None and os.path.exists(fault):
+            ok = False
+        else:
+            fd, ok = sync_file(fd, path)
+        try:
+            os.write(replies, (DONE if ok else FAILED) * len(asked))
+        except OSError:  # BrokenPipeError: the server is gone, nobody waits for the answer
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The helper process: ``python -m collab.store.walsync REQUESTS REPLIES PATH``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3:
+        _say("usage: python -m collab.store.walsync REQUESTS_FD REPLIES_FD WAL_PATH (started by the SQLite store)")
+        return 2
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    serve(int(args[0]), int(args[1]), args[2], os.environ.get(FAULT_ENV) or None)
+    return 0
+
+
+def helper_command(requests: int, replies: int, path: str) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that start the helper on these pipe ends.
+
+    ``-m``, with the directory that holds the ``collab`` package first on
+    ``PYTHONPATH``, finds this module wherever the package lives; ``-S``
+    skips site-packages, which the helper does not need.
+    """
+    package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package, env.get("PYTHONPATH", "")) if p)
+    return [sys.executable, "-S", "-m", "collab.store.walsync", str(requests), str(replies), path], env
 
 
 class WalSync:
@@ -110,10 +163,9 @@ class WalSync:
             req_r, self._requests = os.pipe()
             self._replies, rep_w = os.pipe()
             try:
-                self._helper = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-c", HELPER, str(req_r), str(rep_w), self.path],
-                    pass_fds=(req_r, rep_w), stdin=subprocess.DEVNULL, close_fds=True,
-                )
+                command, env = helper_command(req_r, rep_w, self.path)
+                self._helper = subprocess.Popen(command, env=env, pass_fds=(req_r, rep_w),
+                                                stdin=subprocess.DEVNULL, close_fds=True)
             finally:
                 os.close(req_r)
                 os.close(rep_w)
@@ -150,7 +202,7 @@ class WalSync:
             return
         for answer in answers:
             done = self._waiting.popleft()
-            done(None if answer == 0 else OSError(f"fdatasync of {self.path!r} failed (the server's log says why)"))
+            done(None if answer == DONE[0] else OSError(f"fdatasync of {self.path!r} failed (the server's log says why)"))
 
     def _lost(self, why: str) -> None:
         """The helper died: fsync on the thread from now on, starting with what it owed."""
@@ -210,3 +262,7 @@ class WalSync:
         """Stop the helper. Call once nothing waits for a sync."""
         self._close_helper()
         self._threaded = True
+
+
+if __name__ == "__main__":
+    sys.exit(main())
