@@ -21,6 +21,7 @@ import pytest
 from collab.store import RevisionConflict, Store, StoredOp
 from collab.store.idfilter import IdFilter
 from collab.store.memory import MemoryStore
+from collab.store.opindex import lookup
 from collab.store.sqlite import SqliteStore
 
 PG_URL = os.environ.get("COLLAB_TEST_DATABASE_URL", "")
@@ -366,11 +367,11 @@ async def test_sqlite_lookups_without_the_in_memory_log_ids_scan_the_log(tmp_pat
     async with sqlite_store(tmp_path / "ids.sqlite3", 5, LOG_IDS_MAX=3) as store:  # room for one document's ids
         await store.append("a", ops(1, 3, prefix="a"), 3)
         await store.append("b", ops(1, 3, prefix="b"), 3)
-        assert list(store._log_ids) == ["b"], "the test needs 'a' dropped from memory"
+        assert list(store._index.log_ids) == ["b"], "the test needs 'a' dropped from memory"
         for doc, other in (("a", "b"), ("b", "a")):
             assert await store.find_ops(doc, [f"{doc}1", f"{doc}3", f"{other}1", "🦄"]) == {f"{doc}1": 1, f"{doc}3": 3}
         await store.append("a", ops(4, 1, prefix="a", doc_len=3), 4)  # read back from the log, with the new one
-        assert list(store._log_ids) == ["a"] and store._log_ids["a"] == {"a1": 1, "a2": 2, "a3": 3, "a4": 4}
+        assert list(store._index.log_ids) == ["a"] and store._index.log_ids["a"] == {"a1": 1, "a2": 2, "a3": 3, "a4": 4}
 
 
 @pytest.mark.parametrize("in_memory", [True, False], ids=["ids-in-memory", "ids-from-the-log"])
@@ -382,7 +383,7 @@ async def test_sqlite_compaction_moves_exactly_the_compacted_ids_to_op_ids(tmp_p
     async with sqlite_store(tmp_path / "c.sqlite3", 3, **({} if in_memory else {"LOG_IDS_MAX": 0})) as store:
         await store.append("d", ops(1, 4, prefix="a"), 4)
         await store.append("other", ops(1, 1, prefix="o"), 1)  # with no room, "d"'s ids leave memory
-        assert ("d" in store._log_ids) is in_memory
+        assert ("d" in store._index.log_ids) is in_memory
         text = "x" * 4
         first, second = ops(5, 2, prefix="b", doc_len=4), ops(7, 6, prefix="😀", doc_len=6)
         text += "x" * 8
@@ -588,10 +589,10 @@ async def test_sqlite_lookup_asks_the_database_about_ids_the_filter_lets_through
     """An id the filter wrongly lets through is still not found: the database has the last word."""
     async with sqlite_store(tmp_path / "f.sqlite3", 2) as store:
         await append_snapshotted(store, "d", range(1, 13, 4), "a")  # snapshots compact the log
-        log_ids = store._log_ids["d"]
-        assert "a1" not in log_ids and "a1" in store._filters["d"], "a1 was compacted after the document was opened"
-        assert store._lookup_sync(store._reader, "d", ["a1", "a12", "new"], log_ids, IdFilter(["new"])) == {"a12": 12}
-        assert store._lookup_sync(store._reader, "d", ["a1", "a12", "new"], log_ids, store._filters["d"]) == {"a1": 1, "a12": 12}
+        log_ids, filters = store._index.log_ids["d"], store._index.filters
+        assert "a1" not in log_ids and "a1" in filters["d"], "a1 was compacted after the document was opened"
+        assert lookup(store._reader, "d", ["a1", "a12", "new"], log_ids, IdFilter(["new"])) == {"a12": 12}
+        assert lookup(store._reader, "d", ["a1", "a12", "new"], log_ids, filters["d"]) == {"a1": 1, "a12": 12}
 
 
 async def test_sqlite_a_document_with_many_compacted_ids_gets_no_filter_and_is_looked_up_right(tmp_path):
@@ -601,7 +602,7 @@ async def test_sqlite_a_document_with_many_compacted_ids_gets_no_filter_and_is_l
     # Fewer than op_ids holds: building a filter would take too long.
     async with sqlite_store(path, 2, FILTER_BUILD_MAX=5) as again:
         await again.append("d", ops(13, 1, prefix="b", doc_len=len(text)), len(text) + 1)
-        assert "d" in again._log_ids and "d" not in again._filters
+        assert "d" in again._index.log_ids and "d" not in again._index.filters
         assert await again.find_ops("d", ["a1", "a10", "a12", "b13", "new"]) == {"a1": 1, "a10": 10, "a12": 12, "b13": 13}
 
 

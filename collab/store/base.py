@@ -1,4 +1,4 @@
-"""The storage interface shared by every store."""
+"""The storage interface every store implements, and the types that cross it."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ def load_op(text: str | bytes) -> ot.Operation:
 class StoredOp:
     """One applied operation: revision ``rev`` turned ``rev - 1`` into ``rev``.
 
-    Treat as immutable. Not ``frozen``: a frozen dataclass's ``__init__`` costs
-    four times as much, and one is made for every operation.
+    Treat as immutable. Not ``frozen``: a frozen dataclass's ``__init__`` is
+    several times slower, and one is made for every operation.
     """
 
     rev: int
@@ -96,6 +96,11 @@ class RevisionConflict(Exception):
     Only stores shared by several processes raise it; the hub then loads what
     it missed, transforms its batch past it and tries again.
     """
+
+
+class StoreFailed(RuntimeError):
+    """The store can no longer vouch for what it holds (an fsync failed): it refuses every
+    append and read until the server is restarted."""
 
 
 class Store(abc.ABC):
@@ -178,6 +183,15 @@ class Store(abc.ABC):
     async def ping(self) -> None:
         """Raise if the store cannot serve (used by ``/healthz``)."""
 
+    def health(self) -> str | None:
+        """``None`` while the store is healthy, else why not, in one line (``/healthz`` answers 503 with it).
+
+        Cheap and synchronous: for example a failed fsync (the store has
+        stopped; restart the server), or an fsync outstanding for too long
+        (a disk that does not answer).
+        """
+        return None
+
     def exclusive(self, doc: str) -> AsyncContextManager[None]:
         """Hold ``doc``'s turn: no other process can append to it until the block ends.
 
@@ -193,30 +207,3 @@ class Store(abc.ABC):
 @contextlib.asynccontextmanager
 async def _nothing() -> AsyncIterator[None]:
     yield
-
-
-async def open_store(settings) -> Store:
-    """The store the settings select, opened: PostgreSQL for a ``postgres://`` URL, else SQLite."""
-    url = settings.database_url
-    if url.startswith(("postgres://", "postgresql://")):
-        from .postgres import PostgresStore
-
-        store: Store = PostgresStore(url, history_depth=settings.history_depth)
-    elif url.startswith("memory:"):
-        from .memory import MemoryStore
-
-        store = MemoryStore(history_depth=settings.history_depth)
-    elif url:
-        raise SystemExit(f"DATABASE_URL={url!r} is not understood: use postgres://user@host/db, or unset it for SQLite")
-    else:
-        import os
-
-        from .sqlite import SqliteStore
-
-        store = SqliteStore(
-            os.path.join(settings.data_dir, "collab.sqlite3"),
-            history_depth=settings.history_depth,
-            synchronous=settings.sqlite_sync.upper(),
-        )
-    await store.open()
-    return store
