@@ -137,8 +137,8 @@ class Source:
 
 
 def _bucket(rate: float, burst: float) -> tuple[float, float]:
-    """``(rate, burst)`` with a rate of 0 (disabled) as an infinite rate."""
-    return (float(rate) if rate > 0 else math.inf), float(max(burst, 1))
+    """``(rate, burst)``; a rate of 0 (disabled) as an infinite burst that never needs refilling."""
+    return (float(rate), float(max(burst, 1))) if rate > 0 else (0.0, math.inf)
 
 
 class ConnectionLimiter:
@@ -320,11 +320,11 @@ class SourceLimits(ConnectionLimiter):
     def _new_source(self, now: float) -> Source:
         return Source(self.burst, self.msg_burst, self.bytes_burst, now)
 
-    def message_limiter(self, source_key: str) -> "MessageLimiter":
+    def message_limiter(self, source_key: str, now: float | None = None) -> "MessageLimiter":
         """A limiter for one new connection from ``source_key``, also charged to the address."""
         lim = self.limits
         return MessageLimiter(lim.msg_rate, lim.msg_burst, lim.bytes_rate, lim.bytes_burst,
-                              lim.strikes, lim.strike_window, source=source_key, owner=self)
+                              lim.strikes, lim.strike_window, source=source_key, owner=self, now=now)
 
     def take(self, key: str, nbytes: int, now: float) -> bool:
         """Charge one message of ``nbytes`` to ``key``'s budgets; False (nothing charged) if spent."""
@@ -391,15 +391,17 @@ class MessageLimiter:
         strike_window: float = 10.0,
         source: str = "",
         owner: SourceLimits | None = None,
+        now: float | None = None,
     ) -> None:
         self.msg_rate, self.msg_burst = _bucket(msg_rate, msg_burst)
         self.bytes_rate, self.bytes_burst = _bucket(bytes_rate, bytes_burst)
-        self.strikes = float(max(strikes, 1))
-        self.strike_rate = self.strikes / strike_window if strike_window > 0 else math.inf
+        # A strike window of 0 forgives every limited message at once: never "close".
+        self.strikes = float(max(strikes, 1)) if strike_window > 0 else math.inf
+        self.strike_rate = self.strikes / strike_window if strike_window > 0 else 0.0
         self.msg_tokens = self.msg_burst
         self.byte_tokens = self.bytes_burst
         self.strike_tokens = self.strikes
-        self.stamp = _monotonic()
+        self.stamp = _monotonic() if now is None else now
         self.source = source
         self.owner = owner
 
