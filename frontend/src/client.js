@@ -22,13 +22,19 @@
 // first goes out, the rest stays in `buffer` and follows on each ack, so a
 // huge paste never becomes a frame the server closes with 1009. If a
 // connection is nevertheless closed for size (1009, or an abnormal close
-// twice in a row right after sending a large op), the limit is halved, the
-// refused op (never applied: its frame was refused) goes back to the buffer
-// and is sent again in smaller pieces, with new ids. Nothing is discarded.
+// twice for the same large op), the limit is halved, the refused op (never
+// applied: its frame was refused) goes back to the buffer and is sent again
+// in smaller pieces, with new ids. Nothing is discarded.
+//
+// No timers and no clock decide anything here: a `rate_limited` op is
+// announced with a 'retry' event and sent again by resend() (the session
+// waits first), so tests/conformance/client.json can replay transcripts
+// against this class and against the Python client (collab/clientstate.py).
 
 import { apply, compose, transform, transformCursor, isNoop, invert } from './ot.js';
 import { diffOp } from './diff.js';
 import { splitOp, jsonBytes } from './split.js';
+import { CLOSE_CODES, CLOSE_ABNORMAL, ERROR_CODES } from './protocol.js';
 
 const HISTORY_KEEP = 200;
 
@@ -38,8 +44,7 @@ export const DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024;
 export const MIN_MESSAGE_BYTES = 1024;
 /** Slack for digits that grow when an op is transformed and resent. */
 const SIZE_SLACK = 64;
-/** An abnormal close this soon after sending an op this large counts as a refusal for size. */
-const SUSPECT_MS = 5000;
+/** An abnormal close after sending an op this large may be a refusal for size. */
 const SUSPECT_BYTES = MIN_MESSAGE_BYTES;
 
 function defaultId() {
@@ -210,14 +215,18 @@ export class SyncClient {
   // ---- internals --------------------------------------------------------
 
   _sendOp(out, cursor) {
-    this.outstanding = { ...out, cursor, sentAt: Date.now(), sends: 0, refusals: 0, suspect: 0 };
+    // sentRev/sentOp: exactly what was first sent, for the resend after a long absence.
+    this.outstanding = {
+      ...out, cursor, sentRev: out.rev, sentOp: out.op, sentAt: Date.now(), sends: 0, refusals: 0, suspect: 0,
+    };
     if (this.send) this._transmit(this.outstanding, cursor);
   }
 
-  /** Send the outstanding op `o` (first send or resend, same id). */
-  _transmit(o, cursor) {
-    const msg = { type: 'op', rev: o.rev, op: o.op, id: o.id, cursor };
-    o.sentAt = Date.now();
+  /** Send the outstanding op `o` (first send or resend, same id); `probe`:
+   * exactly as first sent, to learn whether it had been applied. */
+  _transmit(o, cursor, probe = false) {
+    const msg = { type: 'op', rev: probe ? o.sentRev : o.rev, op: probe ? o.sentOp : o.op, id: o.id, cursor };
+    o.sentAt = Date.now(); // for the session's ack watchdog
     o.sentOn = this.conn;
     o.sends++;
     o.bytes = o.bytes || jsonBytes(msg);
@@ -254,11 +263,11 @@ export class SyncClient {
   _checkTooLarge(code) {
     const o = this.outstanding;
     if (!o || !this.send || o.sentOn !== this.conn || code == null) return;
-    let tooLarge = code === 1009;
-    if (!tooLarge && code === 1006 && o.bytes > SUSPECT_BYTES && Date.now() - o.sentAt < SUSPECT_MS) {
+    let tooLarge = code === CLOSE_CODES.TOO_BIG;
+    if (!tooLarge && code === CLOSE_ABNORMAL && o.bytes > SUSPECT_BYTES) {
       // The server may reset the connection while the browser is still
       // writing the frame it refuses, so 1009 can arrive as 1006. Twice
-      // in a row, right after sending this op: assume the size.
+      // for the same op: assume the size.
       o.suspect++;
       tooLarge = o.suspect >= 2;
     }
@@ -344,8 +353,7 @@ export class SyncClient {
       // Resend it with its rev and id; `ack` means it had been applied,
       // `stale_rev` means it had not (docs/protocol.md).
       this.resolving = { text: msg.text, rev: msg.rev, peers, queue: [] };
-      const o = this.outstanding;
-      this._transmit(o, null);
+      this._transmit(this.outstanding, null, true);
       return;
     }
     this._rebase(msg.text, msg.rev, false);
@@ -507,25 +515,29 @@ export class SyncClient {
     this.emit('cursor', msg.client, null);
   }
 
+  /** Send the outstanding op again, same id (after a 'retry' event and a pause). */
+  resend() {
+    const o = this.outstanding;
+    if (!o || !this.send) return;
+    if (this.resolving) this._transmit(o, null, true);
+    else if (this.ready) this._transmit(o, null);
+  }
+
   _error(msg) {
     const o = this.outstanding;
     const mine = !!o && msg.id != null && msg.id === o.id;
+    if (mine && msg.code === ERROR_CODES.RATE_LIMITED) {
+      // Not applied this time: the session calls resend() after a pause.
+      this.emit('retry', o.id);
+      return;
+    }
     if (this.resolving && mine) {
       // stale_rev (or anything else refusing the resend): it had not been
       // applied. Keep it as a local change, rebased on the snapshot.
       this._finishResolving(false);
       return;
     }
-    if (mine && msg.code === 'rate_limited') {
-      // Not applied: send it again shortly (same id, current base).
-      setTimeout(() => {
-        if (this.outstanding === o && this.send && this.ready) {
-          this._transmit(o, null);
-        }
-      }, 1000);
-      return;
-    }
-    if (mine && (msg.code === 'stale_rev' || msg.code === 'bad_rev')) {
+    if (mine && (msg.code === ERROR_CODES.STALE_REV || msg.code === ERROR_CODES.BAD_REV)) {
       this.emit('resync', msg.code);
       return;
     }

@@ -2,7 +2,7 @@
 // WebSocket URLs, the local user's identity (name and colour, kept in
 // localStorage), and document names.
 
-export const DOC_NAME_RE = /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$/;
+export { DOC_NAME_RE } from './protocol.js';
 
 /** Where the page URL carries the access token: `?token=` (query) or
  * `#token=` (fragment: share links use it, since browsers never send a

@@ -3,10 +3,12 @@
 // WebSocket class, timers and randomness are injectable for tests; the page
 // calls online()/offline() from the browser's events.
 
+import { CLOSE_CODES } from './protocol.js';
+
 const FATAL_CLOSE = new Map([
-  [4001, 'Access denied: the link\'s token is missing or invalid.'],
-  [4003, 'Access denied: this token is not valid for this document.'],
-  [4004, 'No such document (the name is not valid).'],
+  [CLOSE_CODES.BAD_TOKEN, 'Access denied: the link\'s token is missing or invalid.'],
+  [CLOSE_CODES.NOT_ALLOWED, 'Access denied: this token is not valid for this document.'],
+  [CLOSE_CODES.NO_DOCUMENT, 'No such document (the name is not valid).'],
 ]);
 
 export class Session {
@@ -16,14 +18,14 @@ export class Session {
    * @param {import('./client.js').SyncClient} opts.client
    * @param {function} [opts.WebSocket]
    * @param {function} [opts.random]  Math.random replacement
-   * @param {object} [opts.timing] {base, max, ackTimeout, joinTimeout} in ms
+   * @param {object} [opts.timing] {base, max, ackTimeout, joinTimeout, retry} in ms
    */
   constructor({ url, client, WebSocket = globalThis.WebSocket, random = Math.random, timing = {} }) {
     this.url = url;
     this.client = client;
     this.WebSocket = WebSocket;
     this.random = random;
-    this.timing = { base: 500, max: 15000, ackTimeout: 15000, joinTimeout: 10000, ...timing };
+    this.timing = { base: 500, max: 15000, ackTimeout: 15000, joinTimeout: 10000, retry: 1000, ...timing };
     this.ws = null;
     this.attempt = 0;
     this.timer = null;
@@ -34,6 +36,10 @@ export class Session {
     this.stopped = false;
     this.listeners = [];
     client.on('resync', (why) => this.reconnect(why));
+    // rate_limited: the op was not applied; send it again after a pause (same id).
+    client.on('retry', (id) => setTimeout(() => {
+      if (client.outstanding && client.outstanding.id === id) client.resend();
+    }, this.timing.retry));
     this.tooLarge = null;
     client.on('too-large', (info) => { this.tooLarge = info; });
     client.on('ready', () => {
@@ -136,7 +142,7 @@ export class Session {
         this._setStatus('closed', fatal);
         return;
       }
-      if (ev.code === 1008 || ev.code === 1013) this.attempt = Math.max(this.attempt, 4);
+      if (ev.code === CLOSE_CODES.POLICY || ev.code === CLOSE_CODES.OVERLOADED) this.attempt = Math.max(this.attempt, 4);
       // Closed for size with nothing left to shrink: do not hammer the server.
       if (this.tooLarge && this.tooLarge.stuck) this.attempt = Math.max(this.attempt, 4);
       this._schedule();
