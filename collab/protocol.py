@@ -42,15 +42,59 @@ CLOSE_BAD_TOKEN = 4001
 CLOSE_NOT_ALLOWED = 4003
 CLOSE_NO_DOCUMENT = 4004
 
-DOC_NAME_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,127}")
+#: Every ``error.code`` the server sends, with when it is sent.
+ERROR_CODES: dict[str, str] = {
+    BAD_MESSAGE: "not JSON, not an object, unknown type, bad fields",
+    BAD_OP: "invalid operation or wrong base length",
+    BAD_REV: "'rev' or 'since' in the future",
+    STALE_REV: "base revision older than kept history",
+    FORBIDDEN: "write by a read-only client",
+    TOO_LARGE: "the document would exceed its size limit",
+    RATE_LIMITED: "the client sends faster than allowed",
+}
+
+#: Every WebSocket close code the server uses, by name (``CLOSE_<NAME>``).
+CLOSE_CODES: dict[str, int] = {
+    "NORMAL": CLOSE_NORMAL,
+    "GOING_AWAY": CLOSE_GOING_AWAY,
+    "POLICY": CLOSE_POLICY,
+    "TOO_BIG": CLOSE_TOO_BIG,
+    "INTERNAL": CLOSE_INTERNAL,
+    "RESTART": CLOSE_RESTART,
+    "OVERLOADED": CLOSE_OVERLOADED,
+    "BAD_TOKEN": CLOSE_BAD_TOKEN,
+    "NOT_ALLOWED": CLOSE_NOT_ALLOWED,
+    "NO_DOCUMENT": CLOSE_NO_DOCUMENT,
+}
+
+#: The characters of a document name, as a regular-expression class body.
+DOC_NAME_CHARS = "A-Za-z0-9._-"
+#: A whole document name: 1-128 of :data:`DOC_NAME_CHARS`, not starting with
+#: ``.``. The same text is a valid JavaScript ``RegExp``.
+DOC_NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
+DOC_NAME_RE = re.compile(DOC_NAME_PATTERN)
 MAX_ID_LEN = 64
 MAX_NAME_LEN = 64
 MAX_COLOR_LEN = 32
+#: The largest ``rev``/``since`` a client may name (JavaScript's largest exact
+#: integer); a larger one is in the future of every document: ``bad_rev``.
+MAX_REV = 2**53 - 1
+#: The largest cursor offset a client may send (no document is longer).
+MAX_OFFSET = ot.MAX_LENGTH
+
+
+def wire_constants() -> dict[str, Any]:
+    """The close codes, error codes and document-name rule, as JSON-ready data.
+
+    What a client in another language must agree on; the JavaScript client's
+    copy is tested against this.
+    """
+    return {"close_codes": dict(CLOSE_CODES), "error_codes": list(ERROR_CODES), "doc_name_pattern": DOC_NAME_PATTERN}
 
 
 def valid_doc_name(name: str) -> bool:
     """1-128 of ``A-Z a-z 0-9 . _ -``, not starting with ``.``."""
-    return DOC_NAME_RE.fullmatch(name) is not None
+    return type(name) is str and DOC_NAME_RE.fullmatch(name) is not None
 
 
 class ProtocolError(Exception):
@@ -118,42 +162,64 @@ class Presence:
 Message = Join | Submit | Presence
 
 
+def _int_or_float(literal: str) -> int | float:
+    """A JSON integer as orjson reads it: exact within 64 bits, else a float (infinity past a double)."""
+    return int(literal) if len(literal) < 19 else float(literal)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _loads(data: str) -> Any:
+    """The JSON value of ``data``: orjson, or for what it refuses, json within the same bounds.
+
+    orjson refuses escaped lone surrogates (json reads them, and validation
+    then names the field), integers past a double's range (read here as
+    orjson reads those past 64 bits: as floats, so no number of thousands
+    of digits exists after parsing) and nesting past 1,024 levels (json's
+    ``RecursionError``, which the caller maps to ``bad_message``).
+    """
     if _orjson is not None:
         try:
             return _orjson.loads(data)
         except ValueError:
-            pass  # orjson refuses escaped lone surrogates; json accepts them and validation names the component
-    return json.loads(data)
+            pass
+    return json.loads(data, parse_int=_int_or_float, parse_constant=_no_constant)
 
 
-def _is_int(value: Any) -> bool:
-    return type(value) is int
+def _encodes(value: str) -> bool:
+    """Whether ``value`` encodes as UTF-8, i.e. holds no lone surrogate (no encoder or store could take it)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _rev(msg: dict, field: str, *, optional: bool = False, id: str | None = None) -> int | None:
     value = msg.get(field)
+    if type(value) is int and 0 <= value <= MAX_REV:
+        return value
     if value is None and optional:
         return None
-    if not _is_int(value) or value < 0:
-        raise ProtocolError(BAD_MESSAGE, f"'{field}' must be a non-negative integer revision", id)
-    return value
+    if type(value) in (int, float) and value > MAX_REV:  # a float here: an integer past 64 bits
+        raise ProtocolError(BAD_REV, f"'{field}' is in the future of every document (revisions end at {MAX_REV})", id)
+    raise ProtocolError(BAD_MESSAGE, f"'{field}' must be a non-negative integer revision", id)
 
 
 def _cursor(value: Any, id: str | None = None) -> Cursor | None:
     if value is None:
         return None
-    if (
-        not isinstance(value, dict)
-        or not _is_int(value.get("anchor"))
-        or not _is_int(value.get("head"))
-        or value["anchor"] < 0
-        or value["head"] < 0
-    ):
-        raise ProtocolError(
-            BAD_MESSAGE, "'cursor' must be null or {\"anchor\": int, \"head\": int} with non-negative code point offsets", id
-        )
-    return Cursor(value["anchor"], value["head"])
+    if type(value) is dict:
+        anchor, head = value.get("anchor"), value.get("head")
+        if type(anchor) is int and type(head) is int and 0 <= anchor <= MAX_OFFSET and 0 <= head <= MAX_OFFSET:
+            return Cursor(anchor, head)
+    raise ProtocolError(
+        BAD_MESSAGE, "'cursor' must be null or {\"anchor\": int, \"head\": int} with non-negative code point offsets", id
+    )
 
 
 def _user(value: Any) -> User | None:
@@ -169,33 +235,41 @@ def _user(value: Any) -> User | None:
         raise ProtocolError(
             BAD_MESSAGE, f"'user.name' is limited to {MAX_NAME_LEN} and 'user.color' to {MAX_COLOR_LEN} characters"
         )
-    try:
-        (name + color).encode("utf-8")
-    except UnicodeEncodeError:
-        raise ProtocolError(BAD_MESSAGE, "'user' contains a lone surrogate") from None
+    if not _encodes(name + color):
+        raise ProtocolError(BAD_MESSAGE, "'user' contains a lone surrogate: send valid Unicode text")
     return User(name, color)
 
 
 def parse(data: str | bytes) -> Message:
     """Parse one frame from a client into a message object.
 
-    Raises :class:`ProtocolError` (``bad_message``, or ``bad_op`` for an
-    operation that is not well formed) for anything else. The base-length
-    check of an operation needs the document and is the hub's job.
+    Raises :class:`ProtocolError` (``bad_message``, ``bad_op`` for an
+    operation that is not well formed, ``bad_rev`` for a revision no
+    document can reach) for anything else. What comes back holds only
+    strings that encode as UTF-8 and integers of at most 53 bits, so no
+    later step (the hub, the store, the encoder) can fail on a client's
+    content. The base-length check of an operation needs the document and
+    is the hub's job.
     """
     if not isinstance(data, str):
         raise ProtocolError(BAD_MESSAGE, "binary frames are not accepted: send JSON in a text frame")
     try:
         msg = _loads(data)
+    except RecursionError:
+        raise ProtocolError(BAD_MESSAGE, "the message is nested too deeply: send one flat JSON object") from None
     except (ValueError, TypeError):
         raise ProtocolError(BAD_MESSAGE, "the frame is not valid JSON") from None
-    if not isinstance(msg, dict):
+    if type(msg) is not dict:
         raise ProtocolError(BAD_MESSAGE, "a message must be a JSON object with a string field 'type'")
     kind = msg.get("type")
     if kind == "op":
         id = msg.get("id")
-        if not isinstance(id, str) or not 1 <= len(id) <= MAX_ID_LEN:
+        if type(id) is not str or not 1 <= len(id) <= MAX_ID_LEN:
             raise ProtocolError(BAD_MESSAGE, f"'id' must be a string of 1-{MAX_ID_LEN} characters")
+        # Checked first, as the error for any later field carries the id back. A NUL
+        # is refused too: PostgreSQL's text type cannot store it.
+        if "\x00" in id or not (id.isascii() or _encodes(id)):
+            raise ProtocolError(BAD_MESSAGE, "'id' contains a lone surrogate or U+0000: use printable text, e.g. a UUID")
         rev = _rev(msg, "rev", id=id)
         if "op" not in msg:
             raise ProtocolError(BAD_MESSAGE, "'op' is missing", id)

@@ -1,0 +1,111 @@
+"""No message knocks over a document: each hostile frame is an error on its own connection only.
+
+Every case runs against a real server (both WebSocket paths, as in
+``test_server``): the sender gets the documented error and stays connected,
+another client of the same document stays connected and can edit, a client
+of another document too, the document is unchanged, and nothing is logged
+as an error (a document failure logs one and closes everyone with 1011).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from conftest import http_get
+
+FOX = "🦊 fox"
+BIG = "1" + "0" * 4299  # 4,300 digits: Python turns no longer int into a str
+DEEP = 1100  # past orjson's 1,024 levels and Python's recursion limit
+
+
+def _op(rev: int, op: str, id: str, extra: str = "") -> str:
+    """An ``op`` message as raw JSON text (so it can hold what json.dumps would not write)."""
+    return f'{{"type":"op","rev":{rev},"op":{op},"id":{id}{extra}}}'
+
+
+# (name, raw frame, error code, the error's id). The document is FOX at revision 1.
+HOSTILE = [
+    ("id-lone-surrogate", _op(1, '["x",5]', '"\\ud800"'), "bad_message", None),
+    ("id-lone-surrogate-rev-string", _op('"1"', '["x",5]', '"\\ud800"'), "bad_message", None),
+    ("id-lone-low-surrogate-emoji", _op(1, '["🐝",5]', '"🐝\\udc00"'), "bad_message", None),
+    ("id-nul", _op(1, '["x",5]', '"a\\u0000b"'), "bad_message", None),
+    ("retains-sum-4301-digits", _op(1, f"[{BIG},{BIG}]", '"big-sum"'), "bad_op", "big-sum"),
+    ("retain-beyond-64-bits", _op(1, "[18446744073709551616]", '"r64"'), "bad_op", "r64"),
+    ("retain-sum-beyond-max", _op(1, "[9007199254740991,9007199254740991]", '"r53"'), "bad_op", "r53"),
+    ("insert-lone-surrogate", _op(1, '[5,"🐝\\ud83d"]', '"half-emoji"'), "bad_op", "half-emoji"),
+    ("op-nested-too-deep", _op(1, "[" * DEEP + "]" * DEEP, '"deep"'), "bad_message", None),
+    ("frame-nested-too-deep", "[" * DEEP + "]" * DEEP, "bad_message", None),
+    ("object-nested-too-deep", '{"a":' * DEEP + "1" + "}" * DEEP, "bad_message", None),
+    ("rev-beyond-64-bits", _op(18446744073709551616, '[5,"🐝"]', '"rev64"'), "bad_rev", "rev64"),
+    ("rev-4300-digits", _op(BIG, '[5,"🐝"]', '"rev-big"'), "bad_rev", "rev-big"),
+    ("rev-beyond-max", _op(9007199254740992, '[5,"🐝"]', '"rev53"'), "bad_rev", "rev53"),
+    ("presence-rev-beyond-64-bits", '{"type":"presence","rev":18446744073709551616,"cursor":null}', "bad_rev", None),
+    ("presence-user-lone-surrogate", '{"type":"presence","rev":1,"cursor":null,"user":{"name":"\\udfff","color":""}}',
+     "bad_message", None),
+    ("cursor-4300-digits", _op(1, '[5,"🐝"]', '"cur"', f',"cursor":{{"anchor":{BIG},"head":0}}'), "bad_message", "cur"),
+]
+
+
+@pytest.fixture(params=["direct", "asgi"])
+async def server(request, server_factory):
+    if request.param == "asgi":
+        return await server_factory(uvicorn_options={"ws": "websockets-sansio"})
+    return await server_factory()
+
+
+async def _scene(server, ws_open):
+    """A bystander who wrote FOX, an attacker on the same document, a client on another one."""
+    bystander = await ws_open(server.ws("hostile"))
+    await bystander.join(user={"name": "Bea 🐝", "color": "#fc0"})
+    await bystander.send({"type": "op", "rev": 0, "op": [FOX], "id": "fox"})
+    assert (await bystander.recv_type("ack"))["rev"] == 1
+    attacker = await ws_open(server.ws("hostile"))
+    assert (await attacker.join())["text"] == FOX
+    elsewhere = await ws_open(server.ws("elsewhere"))
+    await elsewhere.join()
+    return bystander, attacker, elsewhere
+
+
+async def _still_fine(server, bystander, attacker, elsewhere) -> None:
+    """Everyone is connected, the bystander can edit, and the hostile frame changed nothing."""
+    await bystander.send({"type": "op", "rev": 1, "op": [len(FOX), " 🎉"], "id": "party"})
+    assert await bystander.recv_type("ack") == {"type": "ack", "id": "party", "rev": 2}
+    seen = await attacker.recv_type("op")
+    assert (seen["rev"], seen["op"]) == (2, [len(FOX), " 🎉"])
+    await elsewhere.send({"type": "op", "rev": 0, "op": ["🌍"], "id": "earth"})
+    assert (await elsewhere.recv_type("ack"))["rev"] == 1
+    doc = (await http_get(f"{server.base_url}/api/docs/hostile")).json()
+    assert (doc["rev"], doc["text"]) == (2, FOX + " 🎉")
+
+
+@pytest.mark.parametrize("frame, code, id", [case[1:] for case in HOSTILE], ids=[case[0] for case in HOSTILE])
+async def test_hostile_frame_is_an_error_for_its_sender_only(server, ws_open, caplog, frame, code, id):
+    caplog.set_level(logging.WARNING)
+    bystander, attacker, elsewhere = await _scene(server, ws_open)
+    await attacker.send(frame)
+    error = await attacker.recv_type("error")
+    assert error["code"] == code, error
+    assert error.get("id") == id
+    assert error["message"] and len(error["message"]) < 300
+    await _still_fine(server, bystander, attacker, elsewhere)
+    # The attacker's connection is still usable, too.
+    await attacker.send({"type": "op", "rev": 2, "op": ["🐝", len(FOX) + 2], "id": "bee"})
+    assert (await attacker.recv_type("ack"))["rev"] == 3
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize("since", ["18446744073709551616", BIG, "9007199254740992", "1e400"],
+                         ids=["64-bits", "4300-digits", "beyond-max", "1e400"])
+async def test_since_beyond_any_revision_is_bad_rev_and_the_connection_can_join(server, ws_open, since):
+    bystander, _, elsewhere = await _scene(server, ws_open)
+    late = await ws_open(server.ws("hostile"))
+    await late.send(f'{{"type":"join","since":{since}}}')
+    error = await late.recv_type("error")
+    assert error["code"] == "bad_rev", error
+    welcome = await late.join(since=0)
+    assert [o["op"] for o in welcome["ops"]] == [[FOX]]
+    await bystander.send({"type": "op", "rev": 1, "op": [len(FOX), "🎉"], "id": "again"})
+    assert (await bystander.recv_type("ack"))["rev"] == 2
+    assert (await late.recv_type("op"))["op"] == [len(FOX), "🎉"]
