@@ -1,4 +1,5 @@
-"""Unit tests of collab.auth: tokens, patterns, roles, share links, Origin rules, log redaction."""
+"""Unit tests of collab.auth (collab.tokens, collab.browser_policy, collab.log_redaction re-exported):
+tokens, patterns, roles, share links, Origin rules, log redaction."""
 
 from __future__ import annotations
 
@@ -172,6 +173,8 @@ def test_foreign_jwt_with_same_secret_refused():
         {"aud": "collab", "docs": ["a"], "role": "admin"},
         {"aud": "collab", "docs": ["a"], "role": "edit", "share": "yes"},
         {"aud": "collab", "docs": ["a"], "role": "edit", "name": 5},
+        # A lone surrogate (half an emoji) could not be sent to the other clients in 'join'.
+        {"aud": "collab", "docs": ["a"], "role": "edit", "name": "Ada \ud83e"},
         {"aud": "collab", "docs": ["a"], "role": "edit", "exp": "tomorrow"},
     ],
 )
@@ -518,3 +521,18 @@ def test_parse_ttl_optional():
     assert auth.parse_ttl_optional("never") is None
     assert auth.parse_ttl_optional("None") is None
     assert auth.parse_ttl_optional("1h") == 3600
+
+
+def test_auth_reexports_the_split_modules():
+    from collab import browser_policy, log_redaction, protocol, tokens
+
+    assert auth.mint_token is tokens.mint_token and auth.origin_allowed is browser_policy.origin_allowed
+    assert auth.RedactTokens is log_redaction.RedactTokens and auth.SECURITY_HEADERS is browser_policy.SECURITY_HEADERS
+    assert all(hasattr(auth, name) for name in auth.__all__)
+    # One source for close codes: the token errors use the protocol's.
+    assert (auth.CLOSE_BAD_TOKEN, auth.CLOSE_NOT_ALLOWED) == (protocol.CLOSE_BAD_TOKEN, protocol.CLOSE_NOT_ALLOWED) == (4001, 4003)
+
+
+def test_token_name_with_emoji_is_kept():
+    token = mint_token(SECRET, "a", name="Ada 🦊")
+    assert verify_token(SECRET, token).name == "Ada 🦊"
