@@ -29,9 +29,9 @@ class DocText:
     :class:`collab.ot.InvalidOperation` and leaves the text unchanged.
     """
 
-    #: Below this many code points the text is one plain ``str``. Chunks win early:
-    #: replaying automerge-paper (up to 105,000 code points), ``apply`` cost 1.0-1.2 µs
-    #: per edit with 8 Ki here and 1.7-1.9 µs with 64 Ki (slicing the str: 3.5-4 µs).
+    #: Below this many code points the text is one plain ``str``; above it chunks
+    #: are cheaper per edit than slicing one ``str`` (measured with a real editing
+    #: trace, see ``docs/benchmarks.md``).
     SMALL = 8 * 1024
     #: Target chunk size in code points; a chunk is split past ``2 * CHUNK``.
     CHUNK = 2048
