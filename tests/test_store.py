@@ -656,3 +656,225 @@ async def test_sqlite_opens_a_schema_1_file_and_keeps_every_op(tmp_path):
     with pytest.raises(SystemExit, match="newer collab"):
         async with sqlite_store(path, 2):
             pass
+
+
+# -- a failed fsync is fatal (the store stops until restart) ---------------------------------
+
+
+async def _in_flight(store: SqliteStore) -> None:
+    """Return once a commit of ``store`` is written and waits for its fsync (a few loop turns)."""
+    for _ in range(100):
+        if store._started == store._settled + 1:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("no commit went in flight")
+
+
+@contextlib.asynccontextmanager
+async def faulty_store(tmp_path, monkeypatch, **kwargs) -> AsyncIterator[tuple[SqliteStore, "os.PathLike"]]:
+    """A FULL SQLite store whose fsync helper answers "failed" while the returned fault file exists."""
+    from collab.store.walsync import FAULT_ENV
+
+    fault = tmp_path / "fsync-fault"
+    monkeypatch.setenv(FAULT_ENV, str(fault))  # the helper reads it when the store starts it
+    store = SqliteStore(str(tmp_path / "f.sqlite3"), history_depth=5, **kwargs)
+    await store.open()
+    try:
+        assert store.fsync_helper_pid is not None
+        yield store, fault
+    finally:
+        if fault.exists():
+            fault.unlink()
+        os.kill(store.fsync_helper_pid or os.getpid(), signal.SIGCONT)
+        await store.close()
+
+
+async def test_sqlite_a_failed_fsync_stops_the_store_and_refuses_what_was_queued_behind_it(tmp_path, monkeypatch):
+    from collab.store import StoreFailed
+
+    async with faulty_store(tmp_path, monkeypatch) as (store, fault):
+        await store.append("d", ops(1, 1), 1)
+        assert store.health() is None
+        fault.touch()
+        failing = store.start_append("d", ops(2, 1, doc_len=1), 2)
+        await asyncio.sleep(0)  # its commit is written and its fsync asked for...
+        assert (store._started, store._settled) == (2, 1)
+        behind = [store.start_append("d", ops(3, 1, doc_len=2), 3), store.start_append("😀", ops(1, 1), 1)]
+        with pytest.raises(StoreFailed, match="fsync of the WAL failed"):
+            await failing
+        for fut in behind:  # ...and these, queued behind it, are refused, never written
+            with pytest.raises(StoreFailed):
+                await fut
+        assert _committed_rev(store.path, "d") == 2 and _committed_rev(store.path, "😀") == 0
+        fault.unlink()  # the disk seems fine again: the store stays stopped all the same
+        with pytest.raises(StoreFailed):
+            await store.append("other", ops(1, 1), 1)
+        for read in (store.load("d", 5), store.find_op("d", "op1"), store.find_ops("d", ["op1"]),
+                     store.ops_since("d", 0), store.list_docs(), store.revisions(["d"]), store.ping()):
+            with pytest.raises(StoreFailed):
+                await read
+        assert "fsync of the WAL failed" in (store.health() or "") and "restart" in (store.health() or "")
+        assert _committed_rev(store.path, "other") == 0
+    again = SqliteStore(str(tmp_path / "f.sqlite3"), history_depth=5)
+    await again.open()  # after a restart: whole, the failed commit's rows either there or not, never half
+    try:
+        state = await again.load("d", 5)
+        assert (state.rev, state.text) in ((1, "x"), (2, "xx"))
+        assert [o.rev for o in state.history] == list(range(1, state.rev + 1))
+        await again.append("d", ops(state.rev + 1, 1, prefix="again", doc_len=state.rev), state.rev + 1)
+        assert again.health() is None
+    finally:
+        await again.close()
+
+
+@pytest.mark.parametrize("read", ["load", "find_op", "find_ops", "ops_since", "list_docs"])
+async def test_sqlite_a_read_that_may_have_seen_an_unsynced_commit_raises_when_its_fsync_fails(tmp_path, monkeypatch, read):
+    """A read that could see a commit whose fsync is outstanding answers only once it is durable:
+    here the fsync fails, so the read raises instead of returning rows no fsync covered."""
+    from collab.store import StoreFailed
+
+    async with faulty_store(tmp_path, monkeypatch) as (store, fault):
+        await store.append("d", ops(1, 1), 1)
+        fault.touch()
+        with _fsync_stopped(store):
+            pending = asyncio.ensure_future(store.append("d", ops(2, 1, prefix="new", doc_len=1), 2))
+            await _in_flight(store)
+            calls = {"load": lambda: store.load("d", 5), "find_op": lambda: store.find_op("d", "new2"),
+                     "find_ops": lambda: store.find_ops("d", ["new2"]), "ops_since": lambda: store.ops_since("d", 0),
+                     "list_docs": store.list_docs}
+            reading = asyncio.ensure_future(calls[read]())
+            assert not await _wait_done(reading, 0.3)
+        with pytest.raises(StoreFailed):
+            await asyncio.wait_for(reading, 10)
+        with pytest.raises(StoreFailed):
+            await pending
+
+
+async def test_sqlite_find_ops_answers_at_once_when_nothing_it_found_awaits_an_fsync(tmp_path):
+    """The per-batch lookup of the hub does not wait for a commit in flight unless it found one of its ids."""
+    store = SqliteStore(str(tmp_path / "n.sqlite3"), history_depth=5)
+    await store.open()
+    try:
+        await store.append("d", ops(1, 2), 2)
+        with _fsync_stopped(store):
+            pending = asyncio.ensure_future(store.append("d", ops(3, 1, prefix="new", doc_len=2), 3))
+            await _in_flight(store)
+            assert await asyncio.wait_for(store.find_ops("d", ["op1", "nope"]), 10) == {"op1": 1}
+            assert await asyncio.wait_for(store.find_ops("d", ["nope"]), 10) == {}
+            waiting = asyncio.ensure_future(store.find_ops("d", ["new3"]))
+            assert not await _wait_done(waiting, 0.3)
+        assert await asyncio.wait_for(waiting, 10) == {"new3": 3}
+        await pending
+    finally:
+        await store.close()
+
+
+async def test_sqlite_health_reports_an_fsync_outstanding_longer_than_its_timeout(tmp_path):
+    """A disk that does not answer holds every ack: health() says so once the timeout has passed."""
+    store = SqliteStore(str(tmp_path / "h.sqlite3"), history_depth=5, fsync_timeout=0.05)
+    await store.open()
+    try:
+        await store.append("d", ops(1, 1), 1)
+        assert store.health() is None
+        with _fsync_stopped(store):
+            pending = asyncio.ensure_future(store.append("d", ops(2, 1, doc_len=1), 2))
+            deadline = asyncio.get_running_loop().time() + 10
+            while store.health() is None and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)  # waiting for the event: the timeout passing
+            reason = store.health()
+            assert reason is not None and "outstanding" in reason and "-wal" in reason
+            with pytest.raises(Exception, match="outstanding"):
+                await store.ping()
+            assert not pending.done()
+        await asyncio.wait_for(pending, 10)
+        assert store.health() is None, "a hung fsync that answers is healthy again"
+    finally:
+        await store.close()
+
+
+async def test_sqlite_the_ordering_rules_are_asserted(tmp_path):
+    """No checkpoint while a commit waits for its fsync, and no second unsynced commit."""
+    store = SqliteStore(str(tmp_path / "r.sqlite3"), history_depth=5)
+    await store.open()
+    try:
+        with _fsync_stopped(store):
+            pending = asyncio.ensure_future(store.append("d", ops(1, 1), 1))
+            await _in_flight(store)
+            with pytest.raises(AssertionError, match="rule 2"):
+                store._checkpoint()
+            with pytest.raises(AssertionError, match="rule 1"):
+                store._pending = [pending_append(store)]
+                store._commit_pending()
+            store._pending = []
+        await asyncio.wait_for(pending, 10)
+    finally:
+        await store.close()
+
+
+def pending_append(store: SqliteStore):
+    from collab.store.sqlite_write import Append
+
+    return Append("x", ops(1, 1), 1, None, asyncio.get_running_loop().create_future(), None)
+
+
+async def test_sqlite_one_documents_unstorable_append_fails_alone(tmp_path):
+    """Appends of several documents share a transaction; one that cannot be stored (a lone
+    surrogate, an integer too large for the log's JSON, a name or snapshot SQLite cannot bind)
+    fails with its document's later appends, and the others commit."""
+    path = str(tmp_path / "iso.sqlite3")
+    store = SqliteStore(path, history_depth=5)
+    await store.open()
+    bad = [("surrogate", [StoredOp(1, ["\ud800"], "c1", "s1")]), ("huge", [StoredOp(1, [10**30, "x"], "c1", "h1")]),
+           ("name\ud800", ops(1, 1)), ("id", [StoredOp(1, ["x"], "c1", "\udfff")])]
+    try:
+        futures = {doc: store.start_append(doc, o, 1) for doc, o in [("good😀", ops(1, 1)), *bad]}
+        futures["snapshot"] = store.start_append("snapshot", ops(1, 1), 1, (1, "x\ud800"))  # fails in the write itself
+        after = store.start_append("surrogate", ops(2, 1, doc_len=1), 2)  # would follow the refused one
+        later_good = store.start_append("good😀", ops(2, 1, doc_len=1), 2)
+        await asyncio.wait(list(futures.values()) + [after, later_good])
+        assert store.commits == 1, "the test needs them all in one transaction"
+        assert futures.pop("good😀").exception() is None and later_good.exception() is None
+        for doc, fut in futures.items():
+            assert fut.exception() is not None, doc
+        assert isinstance(after.exception(), RevisionConflict)
+        await store.append("surrogate", [StoredOp(1, ["ok"], "c1", "s1")], 2)  # the document goes on
+    finally:
+        await store.close()
+    again = SqliteStore(path, history_depth=5)
+    await again.open()
+    try:
+        assert {d.id: d.rev for d in await again.list_docs()} == {"good😀": 2, "surrogate": 1}
+        assert (await again.load("good😀", 5)).text == "xx"
+    finally:
+        await again.close()
+
+
+async def test_sqlite_does_not_open_when_the_disk_refuses_to_make_the_files_durable(tmp_path, monkeypatch):
+    """What a run whose fsync failed left with the kernel is made durable before serving: if the
+    disk refuses (a fault no test can cause, hence the stand-in), the store does not open."""
+    import errno
+
+    from collab.store import sqlite_schema
+
+    path = tmp_path / "o.sqlite3"
+    async with sqlite_store(path, 5) as store:
+        await store.append("d", ops(1, 1), 1)
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(sqlite_schema.os, "fsync", fsync)
+    async with sqlite_store(path, 5) as store:
+        assert (await store.load("d", 5)).rev == 1
+    assert len(synced) >= 2, "the database and its directory (and the WAL, if any) are fsynced at open"
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(sqlite_schema.os, "fsync", failing)
+    with pytest.raises(SystemExit, match="refused an fsync"):
+        async with sqlite_store(path, 5):
+            pass

@@ -132,6 +132,8 @@ class SqliteStore(Store):
         self._started = 0
         self._settled = 0
         self._settled_waiters: list[asyncio.Future[None]] = []
+        #: The appends of the commit started and not yet settled (rule 1: at most one).
+        self._unsynced: list[Append] | None = None
         #: When the outstanding fsync was asked for (``time.monotonic()``), if one is.
         self._sync_since: float | None = None
         #: Why the store stopped (a failed fsync), or ``None``.
@@ -297,6 +299,7 @@ class SqliteStore(Store):
             return
         assert self._settled == self._started and not self._checkpointing, "rule 1: one unsynced commit at a time"
         self._started += 1
+        self._unsynced = batch
         if self._executor is not None and any(a.snapshot is not None and len(a.snapshot[1]) > self.SNAPSHOT_ON_LOOP_MAX
                                               for a in batch):
             # A large snapshot takes milliseconds to write: on the store's thread, which
@@ -356,6 +359,7 @@ class SqliteStore(Store):
     def _committed(self, batch: list[Append], errors: list[BaseException | None]) -> None:
         """Settle a transaction's appends once it is durable, then checkpoint or start the next one."""
         self._settled += 1
+        self._unsynced = None
         waiters, self._settled_waiters = self._settled_waiters, []
         for w in waiters:
             if not w.done():
@@ -480,10 +484,15 @@ class SqliteStore(Store):
         if self._reader is None or self._index is None:
             raise RuntimeError("the SQLite store is not open")
         found = self._index.find(self._reader, doc, op_ids)
-        if found and self._settled < self._started:
+        if found and self._settled < self._started and self._maybe_unsynced(doc, max(found.values())):
             await self._durable(self._started)
             self._raise_if_failed()
         return found
+
+    def _maybe_unsynced(self, doc: str, rev: int) -> bool:
+        """Whether revision ``rev`` of ``doc`` may be in the commit whose fsync is outstanding."""
+        unsynced = self._unsynced
+        return unsynced is None or any(a.doc == doc and a.ops[0].rev <= rev for a in unsynced)
 
     def _ops_since_sync(self, doc: str, rev: int) -> list[StoredOp]:
         return log_after(self._thread_db(), doc, rev)
@@ -499,5 +508,8 @@ class SqliteStore(Store):
         return await self._read(self._list_sync)
 
     async def ping(self) -> None:
-        self._raise_if_failed()
+        """Raise if the store cannot serve: it failed, an fsync hangs (see :meth:`health`), or the file is unreadable."""
+        problem = self.health()
+        if problem is not None:
+            raise StoreFailed(problem)
         await self._run(self._thread_db().execute, "SELECT 1")

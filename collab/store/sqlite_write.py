@@ -112,7 +112,11 @@ class GroupWrite:
         for k, a in enumerate(batch):
             expected = following.get(a.doc)
             if expected is None:
-                row = db.execute("SELECT rev FROM docs WHERE id = ?", (a.doc,)).fetchone()
+                try:
+                    row = db.execute("SELECT rev FROM docs WHERE id = ?", (a.doc,)).fetchone()
+                except (UnicodeError, OverflowError, sqlite3.InterfaceError) as exc:  # a name SQLite cannot bind
+                    errors[k] = ValueError(f"{a.doc!r}: the document's name cannot be stored ({exc})")
+                    continue
                 expected = (row[0] if row else 0) + 1
             if errors[k] is not None:
                 following[a.doc] = expected
