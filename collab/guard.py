@@ -42,6 +42,7 @@ from .limits import (
     transform_cost,
 )
 from .metrics import COUNTERS, LOG_INTERVAL, Counters, metrics_text, note, note_slow_client_drop, track
+from .protocol import CLOSE_OVERLOADED
 
 __all__ = [
     "COUNTERS", "LOG_INTERVAL", "ConnectionLimiter", "Counters", "Guard", "GuardedProtocol", "IPNetwork",
@@ -385,4 +386,4 @@ async def _deny_websocket(scope: Mapping[str, Any], send: Callable, message: str
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "websocket.http.response.body", "body": body})
     else:
-        await send({"type": "websocket.close", "code": 1013, "reason": message[:120]})
+        await send({"type": "websocket.close", "code": CLOSE_OVERLOADED, "reason": message[:120]})
