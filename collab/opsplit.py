@@ -127,7 +127,7 @@ def split_op(op: Operation, budget: int) -> Split:
         if cps == 0:
             if changed:
                 return _cut(op, head, used, k, None, consumed, produced, base_len)
-            cps = 1  # progress whatever the budget: one character
+            cps = _prefix(c, 6)[0]  # progress whatever the budget: what 6 bytes hold, one character at least
         part = c[:cps]
         head.append(part)
         used += comma + json_string_bytes(part)

@@ -1,5 +1,10 @@
-"""Tests of collab.client: the sans-I/O state machine against an in-memory
-reference server, and (when the real server fixture exists) end to end."""
+"""Tests of the Python client: the state machine's own API (events, errors),
+randomized sessions against an in-memory reference server, splitting large
+edits, and end to end against the real server.
+
+The scenario cases (welcome, acks, resume, resend, refusals, presence,
+splitting...) are transcripts in tests/conformance/client.json, replayed by
+tests/test_conformance.py here and by the browser client's Node tests."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from collab import ot
+from collab.opsplit import json_bytes, split_op
 from collab.client import (
     Acked,
     Changed,
@@ -25,7 +31,7 @@ from collab.client import (
 )
 
 # ---------------------------------------------------------------------------
-# A tiny reference server speaking the protocol, for driving ClientState.
+# A tiny reference server speaking the protocol, for the randomized sessions.
 
 
 @dataclass
@@ -189,42 +195,12 @@ def joined(text="", rev=0) -> ClientState:
     return s
 
 
-def test_join_carries_user_and_since_after_first_welcome():
-    s = ClientState({"name": "bot"})
-    s.connection_made()
-    assert s.messages_to_send() == [{"type": "join", "since": None, "batch": True, "user": {"name": "bot"}}]
-    s.receive(welcome(3, "abc"))
-    assert (s.text, s.rev, s.phase) == ("abc", 3, "ready")
-    s.connection_lost()
-    s.connection_made()
-    assert s.messages_to_send()[0]["since"] == 3
-
 
 def test_first_snapshot_is_not_reported_as_a_change():
     s = joined("héllo 👋", 2)
     assert s.text == "héllo 👋"
     assert not [e for e in s.events_received() if isinstance(e, Changed)]
 
-
-def test_states_synchronized_awaiting_buffer_with_emoji():
-    s = joined("👋🌍", 5)
-    s.edit(ot.from_splice(2, 1, 0, "🎉"))  # between the two emoji
-    assert s.text == "👋🎉🌍"
-    [m] = s.messages_to_send()
-    assert m["type"] == "op" and m["rev"] == 5 and m["op"] == [1, "🎉", 1] and m["id"] == "x-1"
-    # Awaiting: the next edits are buffered and composed, not sent.
-    s.edit(ot.from_splice(3, 3, 0, "!"))
-    s.edit(ot.from_splice(4, 0, 1, ""))
-    assert s.messages_to_send() == []
-    assert s.text == "🎉🌍!"
-    assert s.buffer == [-1, 2, "!"]  # on 👋🎉🌍
-    s.receive({"type": "ack", "id": "x-1", "rev": 6})
-    assert isinstance(s.events_received()[0], Acked)
-    [m2] = s.messages_to_send()
-    assert m2["rev"] == 6 and m2["op"] == [-1, 2, "!"] and m2["id"] == "x-2"
-    assert s.server_text == "👋🎉🌍"
-    s.receive({"type": "ack", "id": "x-2", "rev": 7})
-    assert s.synchronized and s.server_text == s.text == "🎉🌍!"
 
 
 def test_remote_op_is_transformed_through_inflight_and_buffer():
@@ -244,148 +220,11 @@ def test_remote_op_is_transformed_through_inflight_and_buffer():
     assert m["rev"] == 3 and ot.apply(s.server_text, m["op"]) == s.text
 
 
-def test_concurrent_insert_at_same_position_matches_server_tie_break():
-    server = FakeServer()
-    a, b = Sim(server), Sim(server)
-    for s in (a, b):
-        s.connect()
-        s.up()
-        s.down()
-    a.splice(0, 0, "A")
-    b.splice(0, 0, "B")
-    a.up()  # A first
-    b.up()  # B arrives later: placed first
-    settle(server, [a, b])
-    assert server.text == "BA" == a.state.text == b.state.text
 
 
-def test_own_op_in_welcome_ops_counts_as_ack_and_is_not_resent():
-    server = FakeServer()
-    a, b = Sim(server), Sim(server)
-    for s in (a, b):
-        s.connect()
-        settle(server, [s])
-    a.splice(0, 0, "hi 👋")
-    a.up()  # the server applies it ...
-    a.conn.inbox.clear()  # ... but the ack is lost
-    a.disconnect()
-    a.splice(0, 0, ">")  # an edit while offline
-    b.splice(0, 0, "b")
-    settle(server, [b])
-    a.connect()
-    join = a.outbox[0]
-    assert join["since"] == 0
-    settle(server, [a, b])
-    assert server.applied_ids.count("x") == 0  # sanity
-    assert a.state.text == b.state.text == server.text
-    assert server.text.count("hi 👋") == 1 and ">" in server.text
-    ids = [i for i in server.applied_ids]
-    assert len(ids) == len(set(ids)) == 3
 
 
-def test_unacknowledged_op_is_resent_with_same_id_and_not_applied_twice():
-    server = FakeServer()
-    a = Sim(server)
-    a.connect()
-    settle(server, [a])
-    a.splice(0, 0, "x")
-    sent_id = a.outbox[0]["id"]
-    a.up()
-    a.conn.inbox.clear()  # ack lost
-    # The server keeps the op but our welcome comes from before it (race): simulate by
-    # rejoining with since=0 and dropping the op from welcome.ops by hand.
-    a.disconnect()
-    a.connect()
-    a.up()
-    w = a.conn.inbox.pop(0)
-    w["ops"] = []
-    w["rev"] = 0
-    server_rev = server.rev
-    a.state.receive(w)
-    a.collect()
-    [resend] = a.outbox
-    assert resend["id"] == sent_id and resend["rev"] == 0
-    a.up()
-    assert server.rev == server_rev  # not applied again
-    assert a.conn.inbox[-1] == {"type": "ack", "id": sent_id, "rev": 1}
 
-
-def test_long_absence_resend_acknowledged_rebases_buffer():
-    server = FakeServer(depth=2)
-    a, b = Sim(server), Sim(server)
-    for s in (a, b):
-        s.connect()
-        settle(server, [s])
-    a.splice(0, 0, "hello")
-    probe_op, probe_id = a.outbox[0]["op"], a.outbox[0]["id"]
-    a.up()
-    a.conn.inbox.clear()  # applied, ack lost
-    a.disconnect()
-    a.splice(5, 0, " world")  # buffered offline (inflight still pending)
-    for ch in "123":
-        b.splice(0, 0, ch)
-        settle(server, [b])
-    a.connect()
-    a.up()
-    a.down(1)  # the welcome: a snapshot, since our revision is gone
-    assert a.state.phase == "resolving"
-    probe = a.outbox[0]
-    assert (probe["rev"], probe["op"], probe["id"]) == (0, probe_op, probe_id)
-    settle(server, [a, b])
-    assert server.text == a.state.text == b.state.text == "321hello world"
-    assert server.applied_ids.count(probe_id) == 1
-
-
-def test_long_absence_resend_stale_rebases_everything():
-    server = FakeServer(depth=2)
-    a, b = Sim(server), Sim(server)
-    for s in (a, b):
-        s.connect()
-        settle(server, [s])
-    b.splice(0, 0, "base")
-    settle(server, [a, b])
-    a.splice(4, 0, " 👋")
-    a.outbox.clear()  # lost before reaching the server
-    a.disconnect()
-    a.splice(0, 0, "¡")
-    for ch in "xyz":
-        b.splice(len(b.state.text), 0, ch)
-        settle(server, [b])
-    a.connect()
-    settle(server, [a, b])
-    assert server.text == a.state.text == b.state.text == "¡base 👋xyz"
-
-
-def test_presence_only_while_synchronized_else_rides_on_next_op():
-    s = joined("abc", 1)
-    s.set_cursor((1, 2))
-    assert s.messages_to_send() == [{"type": "presence", "rev": 1, "cursor": {"anchor": 1, "head": 2}}]
-    s.edit([3, "d"])
-    [op] = s.messages_to_send()
-    assert op["cursor"] == {"anchor": 1, "head": 2}
-    s.set_cursor((4, 4))
-    assert s.messages_to_send() == []  # unacknowledged op: no presence
-    s.receive({"type": "ack", "id": op["id"], "rev": 2})
-    assert s.messages_to_send() == [{"type": "presence", "rev": 2, "cursor": {"anchor": 4, "head": 4}}]
-
-
-def test_peer_cursors_follow_remote_and_local_ops():
-    s = ClientState()
-    s.connection_made()
-    s.receive(welcome(1, "hello", peers=[{"client": "p", "user": {"name": "P"}, "cursor": {"anchor": 5, "head": 5}}]))
-    assert s.peers["p"].cursor == (5, 5) and s.peers["p"].name == "P"
-    s.edit(["🙂", 5])
-    assert s.peers["p"].cursor == (6, 6)
-    s.messages_to_send()
-    # Presence at the current revision (server coords) is moved through own pending op.
-    s.receive({"type": "presence", "client": "p", "rev": 1, "cursor": {"anchor": 0, "head": 2}})
-    assert s.peers["p"].cursor == (1, 3)
-    s.receive({"type": "op", "rev": 2, "op": [-2, 3], "client": "q", "cursor": None})
-    assert s.text == "🙂llo" and s.peers["p"].cursor == (1, 1)
-    s.receive({"type": "join", "client": "r", "user": {"name": "R"}})
-    assert s.peers["r"].cursor is None
-    s.receive({"type": "leave", "client": "p"})
-    assert set(s.peers) == {"q", "r"}
 
 
 def test_refused_op_is_rolled_back():
@@ -401,39 +240,8 @@ def test_refused_op_is_rolled_back():
     assert ot.apply(ch.before, ch.op) == "abc"
 
 
-def test_rate_limited_op_is_retried_with_the_same_id():
-    from collab.client import RetryLater
-
-    s = joined("", 0)
-    s.edit(["a"])
-    [m] = s.messages_to_send()
-    s.receive({"type": "error", "code": "rate_limited", "message": "slow down", "id": m["id"]})
-    assert [type(e) for e in s.events_received()] == [RetryLater]
-    assert s.text == "a" and s.inflight is not None
-    s.resend()
-    [again] = s.messages_to_send()
-    assert (again["id"], again["op"], again["rev"]) == (m["id"], ["a"], 0)
 
 
-def test_presence_at_an_older_revision_is_moved_forward():
-    s = joined("abc", 0)
-    s.receive({"type": "op", "rev": 1, "op": ["XY", 3], "client": "q", "cursor": None})
-    s.receive({"type": "presence", "client": "p", "rev": 0, "cursor": {"anchor": 1, "head": 1}})
-    assert s.peers["p"].cursor == (3, 3)
-
-
-def test_revision_gap_asks_for_reconnect():
-    s = joined("", 1)
-    s.receive({"type": "op", "rev": 3, "op": ["x"], "client": "p"})
-    assert any(isinstance(e, ReconnectNeeded) for e in s.events_received())
-    assert s.text == ""
-
-
-def test_duplicate_op_is_ignored():
-    s = joined("", 0)
-    s.receive({"type": "op", "rev": 1, "op": ["x"], "client": "p"})
-    s.receive({"type": "op", "rev": 1, "op": ["x"], "client": "p"})
-    assert s.text == "x" and s.rev == 1
 
 
 def test_invalid_local_edit_raises_before_sending():
@@ -460,6 +268,44 @@ def test_urls():
         ws_url("ws://h", "../etc")
     with pytest.raises(ValueError, match="scheme"):
         ws_url("ftp://h", "x")
+
+
+@settings(max_examples=300, deadline=None)
+@given(base=st.text(alphabet=st.sampled_from('ab"\\\n\t\x01é中😀'), max_size=30),
+       inserts=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 3),
+                                  st.text(alphabet=st.sampled_from('ab"\\\n\x1f\u2028é中😀🎉'), max_size=60)),
+                        min_size=1, max_size=4),
+       budget=st.integers(30, 150))
+def test_split_op_pieces_fit_and_apply_one_after_another(base, inserts, budget):
+    op: list = [len(base)] if base else []
+    text = base
+    for pos, delete, ins in inserts:
+        pos %= len(text) + 1
+        step = ot.from_splice(len(text), pos, min(delete, len(text) - pos), ins)
+        op = ot.compose(op, step) if op else step
+        text = ot.apply(text, step)
+    rest, cur = ot.normalize(op), base
+    for _ in range(10_000):
+        part = split_op(rest, budget)
+        ot.validate(part.head, len(cur))
+        assert part.nbytes >= json_bytes(part.head)
+        if part.tail is not None:
+            assert json_bytes(part.head) <= budget, part.head
+            assert ot.normalize(ot.compose(part.head, part.tail)) == ot.normalize(rest)
+        cur = ot.apply(cur, part.head)
+        if part.tail is None:
+            break
+        rest = part.tail
+    else:
+        raise AssertionError("no progress")
+    assert cur == text
+
+
+def test_split_op_makes_progress_whatever_the_budget():
+    assert split_op([3, "abc", -2, 4], 1000).tail is None
+    part = split_op(["😀😀😀"], 1)
+    assert (part.head, part.tail) == (["😀"], [1, "😀😀"])
+    assert any(isinstance(c, str) for c in split_op([123456, "xyzw", 7], 12).head)
 
 
 # ---------------------------------------------------------------------------
@@ -838,10 +684,34 @@ async def test_edits_before_open_are_sent_on_join(server):
     assert await doc_text(server, "early") == (1, "queued")
 
 
-def test_batch_frames_are_unpacked_in_order():
-    s = joined("ab")
-    s.receive({"type": "batch", "messages": [
-        {"type": "op", "rev": 1, "op": [2, "😀"], "client": "o", "cursor": None},
-        {"type": "op", "rev": 2, "op": ["x", 3], "client": "o", "cursor": None},
-    ]})
-    assert (s.text, s.rev) == ("xab😀", 2)
+# ---------------------------------------------------------------------------
+# Large edits against the real server: split under its frame limit.
+
+
+async def test_e2e_an_edit_above_the_frame_limit_goes_out_in_pieces(server_factory):
+    server = await server_factory(max_message_bytes=8192)
+    async with collab.connect(server.base_url, "big") as a, collab.connect(server.base_url, "big") as b:
+        sent = tap(a)
+        paste = 'line "quoted" \\ 😀 é\n' * 1000
+        await a.insert(0, paste)
+        await a.synced(timeout=20)
+        ops = [m for m in sent if m["type"] == "op"]
+        assert len(ops) > 1 and all(json_bytes(m) <= 8192 for m in ops)
+        assert a.connections == 1  # never closed for size
+        await b.wait_for(lambda t: t == paste, timeout=10)
+        assert await doc_text(server, "big") == (len(ops), paste)
+
+
+async def test_e2e_a_close_for_size_keeps_the_edit_and_resends_it_smaller(server_factory):
+    """The client believes the limit is larger than the server's: the server closes with 1009
+    (or resets: 1006), the client halves its limit and sends the edit again in pieces."""
+    server = await server_factory(max_message_bytes=4096)
+    d = collab.connect(server.base_url, "shrink")
+    d.state.limit.forced = 64_000
+    async with d:
+        paste = "😀 twenty bytes..\n" * 1000
+        await d.insert(0, paste)
+        await d.synced(timeout=30)
+        assert d.connections >= 2 and d.state.max_message_bytes <= 4096
+        assert d.last_error is None or d.last_error.code != "too_large"
+    assert (await doc_text(server, "shrink"))[1] == paste

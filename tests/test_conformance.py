@@ -11,6 +11,9 @@ through the same file, so both clients pass the same cases.  The file's
 from __future__ import annotations
 
 import json
+import random
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +123,59 @@ def test_conformance(case: dict) -> None:
 def test_case_names_are_unique() -> None:
     names = [c["name"] for c in DATA["cases"]]
     assert len(names) == len(set(names))
+
+
+SPLIT_RUNNER = r"""
+import { splitOp } from %s;
+let input = '';
+process.stdin.setEncoding('utf8');
+process.stdin.on('data', (d) => { input += d; });
+process.stdin.on('end', () => {
+  const out = [];
+  for (const { op, budget } of JSON.parse(input)) {
+    const pieces = [];
+    let rest = op;
+    for (;;) {
+      const { head, tail, bytes } = splitOp(rest, budget);
+      pieces.push([head, bytes]);
+      if (!tail) break;
+      rest = tail;
+    }
+    out.push(pieces);
+  }
+  process.stdout.write(JSON.stringify(out));
+});
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: cannot run frontend/src/split.js")
+def test_split_op_cuts_exactly_where_the_browser_does() -> None:
+    """Random operations (escapes, emoji, deletes) cut under random budgets: same pieces, same sizes."""
+    from collab.opsplit import split_op
+
+    rnd = random.Random(21)
+    alphabet = ["a", " ", '"', "\\", "\n", "\x01", "\u2028", "é", "中", "😀", "🎉"]
+    cases = []
+    for _ in range(300):
+        text = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 40)))
+        op: list = [len(text)] if text else []
+        for _ in range(rnd.randint(1, 4)):
+            pos = rnd.randint(0, len(text))
+            ins = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 80)))
+            step = ot.from_splice(len(text), pos, rnd.randint(0, min(3, len(text) - pos)), ins)
+            op = ot.compose(op, step) if op else step
+            text = ot.apply(text, step)
+        cases.append({"op": ot.normalize(op), "budget": rnd.randint(1, 200)})
+    split_js = (Path(__file__).resolve().parent.parent / "frontend" / "src" / "split.js").as_uri()
+    run = subprocess.run(["node", "--input-type=module", "-e", SPLIT_RUNNER % json.dumps(split_js)],
+                         input=json.dumps(cases, ensure_ascii=False), capture_output=True, text=True,
+                         encoding="utf-8", timeout=60, check=True)
+    for case, js_pieces in zip(cases, json.loads(run.stdout), strict=True):
+        pieces, rest = [], case["op"]
+        while True:
+            part = split_op(rest, case["budget"])
+            pieces.append([part.head, part.nbytes])
+            if part.tail is None:
+                break
+            rest = part.tail
+        assert pieces == js_pieces, case

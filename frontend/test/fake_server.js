@@ -1,5 +1,7 @@
-// A small in-memory server speaking the collab protocol, for the client
-// tests: one document, a bounded history (to exercise the long-absence path),
+// A small in-memory server speaking the collab protocol, for the randomized
+// client simulations (the scenario cases are transcripts in
+// tests/conformance/client.json, shared with the Python client): one
+// document, a bounded history (to exercise the long-absence path),
 // idempotent submit by id, and per-connection FIFO queues whose delivery the
 // test controls (so any interleaving, and message loss on disconnect, can be
 // simulated).
