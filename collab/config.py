@@ -73,6 +73,16 @@ def detect_platform(env: Mapping[str, str]) -> str:
 DEFAULT_DATA_DIR = "./data"
 
 
+def redis_url(env: Mapping[str, str]) -> str:
+    """``REDIS_URL`` (or ``COLLAB_REDIS_URL``); with ``COLLAB_REDIS_INSECURE_TLS=1`` a ``rediss://`` URL
+    accepts a self-signed certificate (Heroku Redis has one, and add-on variables cannot be edited)."""
+    url = env.get("REDIS_URL", env.get("COLLAB_REDIS_URL", ""))
+    if env.get("COLLAB_REDIS_INSECURE_TLS", "").strip().lower() in ("1", "true", "yes", "on") \
+            and url.startswith("rediss://") and "ssl_cert_reqs=" not in url:
+        url += ("&" if "?" in url else "?") + "ssl_cert_reqs=none&ssl_check_hostname=false"
+    return url
+
+
 #: ``COLLAB_SQLITE_SYNC`` values: SQLite's ``synchronous`` setting, in lower case.
 SQLITE_SYNC = ("full", "normal")
 
@@ -135,6 +145,10 @@ class Settings:
     client_queue_bytes: int = 8 * 1024 * 1024
     #: Operations waiting in one document's inbox before its connections stop being read.
     doc_inbox_size: int = 1024
+    #: Bytes all unfinished incoming WebSocket messages together may hold (close 1013 beyond).
+    incoming_bytes: int = 64 * 1024 * 1024
+    #: Seconds a client may take to send one WebSocket message once it began (close 1008 after).
+    message_timeout: float = 60.0
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
 
@@ -197,7 +211,7 @@ class Settings:
             sqlite_sync=_sqlite_sync(env, "COLLAB_SQLITE_SYNC", d.sqlite_sync),
             fsync_timeout=_float(env, "COLLAB_FSYNC_TIMEOUT", d.fsync_timeout),
             database_url=env.get("DATABASE_URL", env.get("COLLAB_DATABASE_URL", "")),
-            redis_url=env.get("REDIS_URL", env.get("COLLAB_REDIS_URL", "")),
+            redis_url=redis_url(env),
             workers=_int(env, "WEB_CONCURRENCY", d.workers),
             presence_timeout=_float(env, "COLLAB_PRESENCE_TIMEOUT", d.presence_timeout),
             history_depth=_int(env, "COLLAB_HISTORY_DEPTH", d.history_depth),
@@ -208,6 +222,8 @@ class Settings:
             client_queue_size=_int(env, "COLLAB_CLIENT_QUEUE_SIZE", d.client_queue_size),
             client_queue_bytes=_int(env, "COLLAB_CLIENT_QUEUE_BYTES", d.client_queue_bytes),
             doc_inbox_size=_int(env, "COLLAB_DOC_INBOX_SIZE", d.doc_inbox_size),
+            incoming_bytes=_int(env, "COLLAB_INCOMING_BYTES", d.incoming_bytes),
+            message_timeout=_float(env, "COLLAB_MESSAGE_TIMEOUT", d.message_timeout),
             ping_interval=_float(env, "COLLAB_PING_INTERVAL", d.ping_interval),
             ping_timeout=_float(env, "COLLAB_PING_TIMEOUT", d.ping_timeout),
             conn_rate=_float(env, "COLLAB_CONN_RATE", d.conn_rate),
