@@ -143,13 +143,13 @@ async def test_conflict_rolls_back_integrates_and_retries(cluster):
     await settle(h1, h2)
     a.read()
     b.read()
-    assert h1.docs["d"].conflicts + h2.docs["d"].conflicts == 1
+    assert h1.docs["d"].replica.conflicts + h2.docs["d"].replica.conflicts == 1
     assert h1.conflicts + h2.conflicts == 1  # the hub-wide counter behind /metrics
     assert h1.remote_applied + h2.remote_applied == 1  # the loser integrated the winner's op
     state = await store.load("d", 10)
     assert state.rev == 2 and sorted([state.text[:3], state.text[3:]]) == ["AAA", "BBB"]
     # The loser's client saw the winner's op first, then its own ack: strict order.
-    loser = b if h2.docs["d"].conflicts else a
+    loser = b if h2.docs["d"].replica.conflicts else a
     assert loser.revs == [1, 2]
     winner = a if loser is b else b
     for member in bus.members.values():
@@ -312,7 +312,7 @@ async def test_an_announcement_overtaking_a_store_read_is_still_integrated_in_or
         a.read()
     state = await store.load("d", 10)
     last = state.history[-1]
-    b.doc._on_remote({"t": "ops", "proc": h1.backplane.process_id,
+    b.doc.on_remote({"t": "ops", "proc": h1.backplane.process_id,
                       "ops": [[last.rev, last.op, last.client, last.id, None]]})
     release.set()
     await syncing
@@ -382,7 +382,7 @@ async def test_sqlite_batches_are_applied_while_the_previous_commit_is_in_flight
         # Both batches are applied in memory (the second did not wait for the first's commit)...
         assert doc.rev == 2 and len(doc._flight) == 2
         # ...and their frames encoded while the disk is busy...
-        assert [len(f.frames or ()) for f in doc._flight] == [1, 1]
+        assert [(f.encoded, len(f.items)) for f in doc._flight] == [(True, 1), (True, 1)]
         # ...but nothing is visible before it is durable, and a newcomer waits for a quiet point.
         assert drain(writer) == [] and drain(watcher) == []
         late = Peer(User("late", "#000"))

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from collab.hub import Hub, HubConfig, Peer
+from collab.hub import DocumentFailed, Hub, HubConfig, Peer
 from collab.protocol import CLOSE_INTERNAL, CLOSE_POLICY, Submit, User
 from collab.store.memory import MemoryStore
 
@@ -265,4 +265,31 @@ async def test_a_cancelled_loader_does_not_cancel_the_others_waiting_for_that_lo
     gate.set()
     doc = await asyncio.wait_for(second, 10)
     assert first.cancelled() and second_peer.id in doc.peers
+    await hub.close()
+
+
+async def test_a_failed_write_on_an_awaited_store_acks_nothing_and_closes_every_session():
+    """The one failure path, for stores that are not pipelined (the memory store here, PostgreSQL in production)."""
+    store = GatedStore()
+    hub = Hub(store)
+    writer, reader = Peer(User("w", "#000")), Peer(User("r", "#000"))
+    doc = await hub.join("f", writer, None)
+    await hub.join("f", reader, None)
+    await doc.submit(writer, Submit(0, ["kept"], "k1", None))
+    await settle(hub)
+    drain(writer), drain(reader)
+    store.gate = gate = asyncio.Event()
+    store.fail = True
+    await doc.submit(writer, Submit(1, [4, "!"], "lost", None))
+    await store.waiting.wait()
+    http = asyncio.ensure_future(doc.submit(None, Submit(1, [4, "?"], "http-1", None)))  # queued behind it
+    await settle(hub)
+    gate.set()
+    with pytest.raises(DocumentFailed):
+        await asyncio.wait_for(http, 10)
+    for peer in (writer, reader):
+        assert peer.closed and peer.close_code == CLOSE_INTERNAL
+        assert [m for m in drain(peer) if m["type"] in ("ack", "op")] == []
+    assert "f" not in hub.docs
+    assert await hub.read("f") == (1, "kept")
     await hub.close()

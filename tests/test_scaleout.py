@@ -356,7 +356,7 @@ async def test_a_crashed_process_s_clients_leave_and_its_edits_stay(real_hubs):
     # A crash: h1's tasks stop without a word (no leave published, no heartbeat withdrawn).
     for task in h1.backplane._tasks:
         task.cancel()
-    h1._watcher.cancel()
+    h1.cluster._watcher.cancel()
 
     async def left() -> None:
         while not any(json.loads(f) == {"type": "leave", "client": a.id} for f in b.outbox):
@@ -410,7 +410,7 @@ async def test_forged_duplicated_and_out_of_order_announcements_never_apply_as_t
         await r.aclose()
     state = await h1.store.load("forge", 10)
     assert (state.rev, state.text) == (4, "héllo 🌍!?.")
-    assert doc2.snapshot() == (4, "héllo 🌍!?.") and doc2._known_rev == 4 and not doc2._remote_ops
+    assert doc2.snapshot() == (4, "héllo 🌍!?.") and doc2.replica.known_rev == 4 and not doc2.replica.ops
     assert not b.closed
     ops = [m for m in map(json.loads, b.outbox) if m["type"] == "op"]
     assert [m["rev"] for m in ops] == [1, 2, 3, 4] and [m["id"] for m in ops] == ["h1", "r2", "r3", "h4"]

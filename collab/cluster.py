@@ -1,0 +1,485 @@
+"""The cross-process part of the hub: other processes' operations and clients, and the backplane's lifecycle.
+
+With a shared store (PostgreSQL) several processes commit to one document.
+Each open document has a :class:`Replica`: it buffers what the backplane
+announces (operations, joins, leaves, presence), knows when the store must
+be read (a gap, a conflict, a missed message, a forged one), and integrates
+it all between batches, in revision order, through the document's public
+methods. Announcements are never trusted as they are: an operation is
+applied only if it is well formed and extends the document exactly, anything
+else is settled by reading the store.
+
+The :class:`Cluster` is the hub's side: it starts the backplane, subscribes
+to documents as they load, routes messages to their replica, re-reads after
+a reconnect, and watches for crashed processes and missed commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from . import ot
+from .hubconfig import DocumentFailed, HubCounters
+from .peer import Peer, RemotePeer
+from .protocol import (
+    Cursor, User, _cur, _usr, ack_msg, encode, error_msg, join_msg, leave_msg, op_msg, presence_msg,
+)
+from .sequencer import reused
+from .store.base import Store, StoredOp
+
+if TYPE_CHECKING:
+    from .backplane import Backplane
+
+log = logging.getLogger("collab.hub")
+
+#: Seconds after another process's commit (or a conflict) during which this
+#: process commits to the document holding its turn in the store, instead of
+#: optimistically (and likely losing the race, which costs a whole retry).
+CONTENDED_SECONDS = 2.0
+
+
+class Resync(Exception):
+    """The store no longer holds the operations this process missed: reload the document."""
+
+
+def user_of(value: object) -> User | None:
+    """A :class:`User` from its JSON form (from another collab process)."""
+    if isinstance(value, dict) and isinstance(value.get("name"), str) and isinstance(value.get("color"), str):
+        return User(value["name"], value["color"])
+    return None
+
+
+def cursor_of(value: object) -> Cursor | None:
+    if isinstance(value, dict) and type(value.get("anchor")) is int and type(value.get("head")) is int:
+        return Cursor(value["anchor"], value["head"])
+    return None
+
+
+@dataclass(slots=True)
+class RemoteOp:
+    """An operation another process announced committing, checked for shape (not yet for content)."""
+
+    entry: StoredOp
+    cursor: Cursor | None
+    #: The length of the text it applies to.
+    spans: int
+
+
+def remote_op(item: object) -> RemoteOp | None:
+    """``[rev, op, client, id, cursor]`` from the backplane as a :class:`RemoteOp`, or ``None`` if malformed."""
+    if type(item) is not list or len(item) != 5:
+        return None
+    rev, op, client, op_id, cursor = item
+    if type(rev) is not int or rev < 1 or type(client) is not str or type(op_id) is not str:
+        return None
+    try:
+        op, spans, _ = ot.checked(op)
+    except ValueError:
+        return None
+    return RemoteOp(StoredOp(rev, op, client, op_id), cursor_of(cursor), spans)
+
+
+class Replica:
+    """What one document knows of the other processes serving it.
+
+    ``doc`` (a :class:`collab.document.Document`) provides ``id``, ``seq``
+    (its sequencer), ``peers``, ``broadcast(frame, skip)``, ``trim()`` and
+    ``take_queued(op_id)``; the replica calls them only between batches.
+    """
+
+    def __init__(self, doc: Any, store: Store, backplane: "Backplane | None", counters: HubCounters) -> None:
+        self.doc = doc
+        self.store = store
+        self.backplane = backplane
+        self.counters = counters
+        #: Clients of other processes on this document.
+        self.peers: dict[str, RemotePeer] = {}
+        self.ops: dict[int, RemoteOp] = {}
+        self.events: list[dict] = []
+        #: The highest revision known to be committed somewhere.
+        self.known_rev = doc.seq.rev
+        #: Read the store for missed operations before the next batch.
+        self.check_store = False
+        self.store_waiters: list[asyncio.Future[None]] = []
+        #: Batches retried after a conflict, and operations learned from others (for metrics).
+        self.conflicts = 0
+        self.applied = 0
+        #: Until then, commit holding the document's turn: other processes are writing it too.
+        self.contended_until = 0.0
+
+    # -- taking messages ------------------------------------------------------------
+
+    def on_message(self, msg: dict) -> bool:
+        """Buffer a backplane message; ``True`` if the document has something to integrate."""
+        kind = msg.get("t")
+        if kind == "ops":
+            ops = msg.get("ops")
+            for item in ops if type(ops) is list else (None,):
+                self._take_op(item)
+        elif kind in ("join", "leave", "presence") and isinstance(msg.get("client"), str):
+            self.events.append(msg)
+        else:
+            return False
+        return True
+
+    def _take_op(self, item: object) -> None:
+        remote = remote_op(item)
+        if remote is None:  # not an operation: the store has the truth
+            self.check_store = True
+            return
+        rev = remote.entry.rev
+        held = self.ops.get(rev)
+        if held is not None and held.entry != remote.entry:
+            del self.ops[rev]  # two versions of one revision: trust neither
+            self.check_store = True
+            return
+        self.ops[rev] = remote
+        if rev > self.known_rev:
+            self.known_rev = rev
+
+    def sync_later(self, rev: int | None = None) -> bool:
+        """Note that the store may hold more (revision ``rev`` at least); ``True`` if that is news."""
+        if rev is None:
+            self.check_store = True
+        elif rev > self.known_rev:
+            self.known_rev = rev
+        else:
+            return False
+        return True
+
+    def wait_for_store(self) -> "asyncio.Future[None]":
+        """A future set once everything committed so far (by anyone) is integrated."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.store_waiters.append(fut)
+        return fut
+
+    def behind(self) -> bool:
+        return bool(self.ops or self.events or self.check_store or self.store_waiters
+                    or self.known_rev > self.doc.seq.rev)
+
+    # -- integrating ------------------------------------------------------------------
+
+    async def catch_up(self) -> None:
+        """Integrate other processes' operations and presence, reading the store for what was missed."""
+        seq = self.doc.seq
+        self._integrate_buffered()
+        late_presence = any(e["t"] == "presence" and isinstance(e.get("rev"), int) and e["rev"] > seq.rev
+                            for e in self.events)
+        # What is still buffered lies after a gap (a message lost, or overtaken): the store has it.
+        if self.check_store or self.store_waiters or self.known_rev > seq.rev or late_presence or self.ops:
+            self.check_store = False
+            waiters, self.store_waiters = self.store_waiters, []
+            announced = set(self.ops)  # committed before this read, if real: the read must show them
+            try:
+                missed = await self.store.ops_since(self.doc.id, seq.rev)
+            except BaseException as exc:
+                _refuse(waiters, lambda: exc if isinstance(exc, Exception) else DocumentFailed(self.doc.id))
+                raise
+            if missed and missed[0].rev > seq.rev + 1:
+                _refuse(waiters, lambda: DocumentFailed(self.doc.id))
+                raise Resync(self.doc.id)
+            for entry in missed:
+                if entry.rev == seq.rev + 1:
+                    remote = self.ops.get(entry.rev)
+                    self.integrate(entry, remote.cursor if remote is not None else None)
+            self._integrate_buffered()
+            for rev in announced.intersection(self.ops):
+                del self.ops[rev]  # announced, yet not in the store: not a real commit
+            # Announcements that arrived during the read may be ahead of what it returned.
+            self.known_rev = max(seq.rev, max(self.ops, default=0))
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+        self._process_events()
+
+    def _integrate_buffered(self) -> None:
+        """Apply the buffered announcements that extend the document exactly; the store settles the rest."""
+        seq = self.doc.seq
+        while seq.rev + 1 in self.ops:
+            remote = self.ops.pop(seq.rev + 1)
+            if remote.spans != len(seq.text):
+                self.check_store = True
+                break
+            self.integrate(remote.entry, remote.cursor)
+        for rev in [r for r in self.ops if r <= seq.rev]:
+            del self.ops[rev]
+
+    def integrate(self, entry: StoredOp, cursor: Cursor | None) -> None:
+        """Apply another process's committed operation (the next revision) and show it to the clients here."""
+        doc = self.doc
+        doc.seq.integrate(entry)
+        author_remote = self.peers.get(entry.client)
+        if author_remote is not None:  # everyone else's selection moves lazily
+            author_remote.cursor, author_remote.cursor_rev = cursor, entry.rev
+        doc.trim()
+        self.applied += 1
+        self.counters.remote_applied += 1
+        if self.store.may_conflict:
+            self.contended_until = asyncio.get_running_loop().time() + CONTENDED_SECONDS
+        if entry.rev > self.known_rev:
+            self.known_rev = entry.rev
+        author = self._answer_resends(entry)
+        doc.broadcast(encode(_op_msg(entry, cursor)), skip=author)
+
+    def _answer_resends(self, entry: StoredOp) -> Peer | None:
+        """Answer the queued submits of ``entry``'s id: ack a resend, refuse a reuse with new content.
+
+        Its author reconnected here after the other process committed it.
+        Returns the connection that resent it (it gets the ack, not the op).
+        """
+        author: Peer | None = None
+        for item in self.doc.take_queued(entry.id):
+            refused = None if self.doc.seq.is_resend(item.sub, entry.rev) else reused(entry.id, entry.rev)
+            if item.reply is not None:
+                if refused is None:
+                    item.reply.set_result(entry.rev)
+                else:
+                    item.reply.set_exception(refused)
+            elif item.peer is not None and refused is not None:
+                item.peer.send_msg(error_msg(refused.code, refused.message, refused.id))
+            elif item.peer is not None:
+                item.peer.send_msg(ack_msg(entry.id, entry.rev))
+                author = item.peer
+        return author
+
+    def _process_events(self) -> None:
+        """Other processes' joins, leaves and presence, in arrival order (between batches)."""
+        doc, seq = self.doc, self.doc.seq
+        events, self.events = self.events, []
+        for e in events:
+            client = e["client"]
+            if e["t"] == "leave":
+                if self.peers.pop(client, None) is not None:
+                    doc.broadcast(encode(leave_msg(client)))
+                continue
+            remote = self.peers.get(client)
+            user = user_of(e.get("user"))
+            if remote is None:
+                remote = self.peers[client] = RemotePeer(client, str(e.get("proc", "")), user, None)
+                doc.broadcast(encode(join_msg(client, user)))
+            elif user is not None:
+                remote.user = user
+            if e["t"] == "presence":
+                rev = e.get("rev")
+                remote.cursor = seq.move_cursor(cursor_of(e.get("cursor")), rev if type(rev) is int else -1)
+                remote.cursor_rev = seq.rev
+                doc.broadcast(encode(presence_msg(client, seq.rev, remote.cursor, remote.user)))
+
+    # -- conflicts ------------------------------------------------------------------------
+
+    def contended(self) -> bool:
+        """Whether other processes wrote this document lately (so commit holding its turn)."""
+        return asyncio.get_running_loop().time() < self.contended_until
+
+    def lost_race(self) -> None:
+        """A batch lost its revisions to another process: read what it committed before retrying."""
+        self.conflicts += 1
+        self.counters.conflicts += 1
+        self.contended_until = asyncio.get_running_loop().time() + CONTENDED_SECONDS
+        self.check_store = True
+
+    def fail(self) -> None:
+        """The document failed: whoever waits for the store to be read gets :class:`DocumentFailed`."""
+        waiters, self.store_waiters = self.store_waiters, []
+        _refuse(waiters, lambda: DocumentFailed(self.doc.id))
+
+    # -- telling the others -------------------------------------------------------------
+
+    def info(self, peer: Peer) -> dict:
+        return {"user": _usr(peer.user), "cursor": _cur(self.doc.seq.cursor_now(peer)), "rev": self.doc.seq.rev}
+
+    def joined(self, peer: Peer) -> None:
+        if self.backplane is not None:
+            self.backplane.set_peer(self.doc.id, peer.id, self.info(peer))
+            self.backplane.publish(self.doc.id, {"t": "join", "client": peer.id, "user": _usr(peer.user)})
+
+    def left(self, peer: Peer) -> None:
+        if self.backplane is not None:
+            self.backplane.forget_peer(self.doc.id, peer.id)
+            self.backplane.publish(self.doc.id, {"t": "leave", "client": peer.id})
+
+    def moved(self, peer: Peer, cursor: Cursor | None) -> None:
+        if self.backplane is not None:
+            self.backplane.set_peer(self.doc.id, peer.id, self.info(peer))
+            self.backplane.publish(self.doc.id, {"t": "presence", "client": peer.id, "rev": self.doc.seq.rev,
+                                                 "cursor": _cur(cursor), "user": _usr(peer.user)})
+
+    def committed(self, ops: list[list]) -> None:
+        """Announce ``[rev, op, client, id, cursor]`` entries this process committed."""
+        if self.backplane is not None and ops:
+            self.backplane.publish(self.doc.id, {"t": "ops", "ops": ops})
+
+    def reannounce(self) -> None:
+        """Record and announce this process's clients again (after the backplane lost them)."""
+        for peer in self.doc.peers.values():
+            self.joined(peer)
+
+    def adopt_peers(self, infos: dict[str, dict], dead: set[str]) -> bool:
+        """Take the presence record of other processes' clients (on load, or after a resync).
+
+        Clients no longer in the record, or of dead processes, are announced
+        as left. ``True`` if there is something to integrate.
+        """
+        own = self.backplane.process_id if self.backplane is not None else ""
+        current = {c: i for c, i in infos.items() if i.get("proc") not in dead and i.get("proc") != own}
+        if self.backplane is not None:
+            for client, info in infos.items():
+                if info.get("proc") in dead:  # left behind by a crashed process: tidy up
+                    self.backplane.forget_peer(self.doc.id, client)
+        for client in list(self.peers):
+            if client not in current:
+                self.events.append({"t": "leave", "client": client})
+        for client, info in current.items():
+            if client not in self.peers:
+                self.events.append({"t": "presence", "client": client, "proc": info.get("proc", ""),
+                                    "user": info.get("user"), "cursor": info.get("cursor"),
+                                    "rev": info.get("rev", -1)})
+        return bool(self.events)
+
+    def drop_processes(self, dead: set[str]) -> bool:
+        """Announce the clients of processes whose heartbeat expired as left; ``True`` if any."""
+        for remote in list(self.peers.values()):
+            if remote.proc in dead:
+                self.events.append({"t": "leave", "client": remote.id})
+                if self.backplane is not None:
+                    self.backplane.forget_peer(self.doc.id, remote.id)
+        return bool(self.events)
+
+
+def _op_msg(entry: StoredOp, cursor: Cursor | None) -> dict:
+    return op_msg(entry.rev, entry.op, entry.client, cursor, entry.id)
+
+
+def _refuse(waiters: list["asyncio.Future[None]"], make_exc: Callable[[], Exception]) -> None:
+    for w in waiters:
+        if not w.done():
+            w.set_exception(make_exc())
+
+
+class Cluster:
+    """The hub's link to the other processes: one backplane, the documents it subscribed to, a watch.
+
+    ``docs`` and ``loading`` are the hub's own dicts of open and loading
+    documents (read here, never changed).
+    """
+
+    def __init__(self, backplane: "Backplane", store: Store, docs: dict, loading: dict) -> None:
+        self.backplane = backplane
+        self.store = store
+        self.docs = docs
+        self.loading = loading
+        self.started = False
+        self.closing = False
+        self._start_lock = asyncio.Lock()
+        self._sub_lock = asyncio.Lock()
+        self._watcher: asyncio.Task[None] | None = None
+        #: Backplane messages for documents being loaded, replayed once they are.
+        self._early: dict[str, list[dict]] = {}
+
+    async def start(self) -> None:
+        """Connect the backplane and start the watch (once)."""
+        async with self._start_lock:
+            if self.started:
+                return
+            await self.backplane.start(self._on_message, self._on_resync)
+            self._watcher = asyncio.create_task(self._watch(), name="collab-hub-watch")
+            self.started = True
+
+    async def subscribe(self, doc_id: str) -> tuple[dict[str, dict], set[str]]:
+        """Subscribe to ``doc_id`` before it is loaded (nothing committed after the load can be missed).
+
+        Returns the presence record of its clients and which of their processes are dead.
+        """
+        await self.start()
+        async with self._sub_lock:
+            await self.backplane.subscribe(doc_id)
+        infos = await self.backplane.peers(doc_id)
+        dead = await self.backplane.dead({str(i.get("proc")) for i in infos.values()})
+        return infos, dead
+
+    def early_messages(self, doc_id: str) -> list[dict]:
+        """What arrived for ``doc_id`` while it was loading (taken: call once)."""
+        return self._early.pop(doc_id, [])
+
+    def forget(self, doc_id: str) -> None:
+        """``doc_id`` was closed: unsubscribe (unless it is open or loading again by then)."""
+        self._early.pop(doc_id, None)
+        if self.started and not self.closing:
+            asyncio.get_running_loop().create_task(self._unsubscribe(doc_id))
+
+    async def _unsubscribe(self, doc_id: str) -> None:
+        async with self._sub_lock:
+            if doc_id not in self.docs and doc_id not in self.loading:
+                try:
+                    await self.backplane.unsubscribe(doc_id)
+                except Exception as exc:
+                    log.warning("unsubscribing from %s failed: %s", doc_id, exc)
+
+    def _on_message(self, doc_id: str, msg: dict) -> None:
+        doc = self.docs.get(doc_id)
+        if doc is not None:
+            doc.on_remote(msg)
+        elif doc_id in self.loading:
+            self._early.setdefault(doc_id, []).append(msg)
+
+    def _on_resync(self) -> None:
+        """Messages may have been lost: re-read the store, re-announce our clients, re-read others'."""
+        for doc in list(self.docs.values()):
+            doc.sync_later()
+            doc.replica.reannounce()
+        if self.docs:
+            asyncio.get_running_loop().create_task(self._refresh_peers(list(self.docs.values())))
+
+    async def _refresh_peers(self, docs: Iterable[Any]) -> None:
+        for doc in docs:
+            try:
+                infos = await self.backplane.peers(doc.id)
+                dead = await self.backplane.dead({str(i.get("proc")) for i in infos.values()})
+            except Exception as exc:
+                log.warning("reading who is on %s failed: %s", doc.id, exc)
+                continue
+            if self.docs.get(doc.id) is doc:
+                doc.adopt_peers(infos, dead)
+
+    async def _watch(self) -> None:
+        """Every ``backplane.check_interval``: drop dead processes' clients, catch up missed commits."""
+        while True:
+            await asyncio.sleep(self.backplane.check_interval)
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("liveness check failed (%s); retrying", exc)
+
+    async def check(self) -> None:
+        """One round of the watch: crashed processes' clients leave; documents behind the store catch up."""
+        docs = list(self.docs.values())
+        procs = {r.proc for d in docs for r in d.remote_peers.values()}
+        if procs:
+            dead = await self.backplane.dead(procs)
+            if dead:
+                for doc in docs:
+                    doc.drop_processes(dead)
+        watched = [d.id for d in docs if d.peers]
+        if watched:
+            revs = await self.store.revisions(watched)
+            for doc_id, rev in revs.items():
+                doc = self.docs.get(doc_id)
+                if doc is not None:
+                    doc.sync_later(rev)
+
+    async def close(self) -> None:
+        """Stop the watch and the backplane."""
+        self.closing = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            try:
+                await self._watcher
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.started:
+            await self.backplane.close()

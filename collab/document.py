@@ -1,0 +1,599 @@
+"""One open document's asyncio session: its inbox, its one commit pipeline, and who is connected.
+
+A :class:`Document` wraps the document's :class:`~collab.sequencer.Sequencer`.
+Submits wait in a bounded inbox; one commit loop takes them in batches
+(*group commit*), orders each batch with the sequencer and writes it to the
+store. A batch is acknowledged and broadcast only once its commit has landed,
+so nothing is ever shown that a crash could take back.
+
+Every store goes through the same pipeline: a batch becomes a
+:class:`Flight`, and :meth:`Document._landed` settles flights in order,
+with one path for success (announce), for a lost race with another process
+(roll back, integrate, retry) and for failure (refuse everything, close the
+sessions). A store that keeps appends in order (``store.pipelined``) has
+up to ``MAX_IN_FLIGHT`` batches in flight; any other has one, awaited.
+
+Joins and presence run between batches, when the in-memory state equals the
+durable state, which keeps every client's stream in strict revision order.
+Other processes' work comes in through the :class:`~collab.cluster.Replica`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
+
+from . import fanout
+from .cluster import Replica, Resync
+from .fanout import Item
+from .hubconfig import DocumentFailed, HubConfig, HubCounters
+from .peer import Peer, RemotePeer
+from .protocol import (
+    BAD_REV, CLOSE_INTERNAL, CLOSE_RESTART, FORBIDDEN, STALE_REV, Presence, ProtocolError, Submit, ack_msg, encode,
+    error_msg, join_msg, leave_msg, peer_json, presence_msg,
+)
+from .sequencer import Saved, Sequencer
+from .store.base import DocState, RevisionConflict, Store, StoredOp
+
+if TYPE_CHECKING:
+    from .backplane import Backplane
+
+log = logging.getLogger("collab.hub")
+
+#: A snapshot writes the whole text, so a document of N characters is snapshotted
+#: every N / SNAPSHOT_BYTES_PER_OP operations at the most: snapshots cost about
+#: this many characters per operation, whatever the document's size, and a load
+#: replays at most that many operations after the last one.
+SNAPSHOT_BYTES_PER_OP = 256
+#: Batches of one document whose commits may be in flight at once (pipelined stores).
+MAX_IN_FLIGHT = 4
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Flight:
+    """An ordered batch whose commit was started; settled in order by :meth:`Document._landed`."""
+
+    items: list[Item]
+    new: list[StoredOp]
+    #: The state to roll back to if another process took these revisions (stores that may conflict).
+    saved: Saved | None
+    last_snapshot: int
+    commit: "asyncio.Future[None] | None" = None
+    encoded: bool = False
+    #: Another process took its revisions: rolled back and queued again.
+    lost: bool = False
+
+
+def _may_edit(peer: Peer, sub: Submit) -> None:
+    """Refuse ``sub`` from a read-only connection (both ways in: :meth:`Document.offer` and ``submit``)."""
+    if peer.role != "edit":
+        raise ProtocolError(FORBIDDEN, "this connection is read-only: its token does not allow editing", sub.id)
+
+
+class Document:
+    """The live state of one open document (see the module's docstring)."""
+
+    def __init__(self, doc_id: str, state: DocState, store: Store, config: HubConfig, counters: HubCounters,
+                 backplane: "Backplane | None" = None, on_close: Callable[["Document"], None] | None = None) -> None:
+        self.id = doc_id
+        self.store = store
+        self.config = config
+        self.counters = counters
+        self._on_close = on_close
+        self.seq = Sequencer(state.rev, state.text, state.history, config.history_depth, config.max_doc_chars)
+        #: Whether other processes may commit to this document.
+        self.shared = backplane is not None or store.may_conflict
+        self.replica = Replica(self, store, backplane, counters)
+        self.peers: dict[str, Peer] = {}
+        self.last_snapshot = state.rev
+        self._inbox: list[Item] = []
+        self._room_waiters: list[asyncio.Future[None]] = []
+        self._deferred: list[tuple[Callable[[], object], asyncio.Future]] = []
+        self._committer: asyncio.Task[None] | None = None
+        self._unload_handle: asyncio.TimerHandle | None = None
+        self.failed = False
+        #: With a pipelined store the next batch is ordered while the previous one is written.
+        self.pipelined = store.pipelined and not self.shared
+        self._max_in_flight = MAX_IN_FLIGHT if self.pipelined else 1
+        self._flight: deque[Flight] = deque()
+        self._settle_waiters: list[asyncio.Future[None]] = []
+
+    # -- the sequencer's state, for readers ----------------------------------------
+
+    @property
+    def rev(self) -> int:
+        return self.seq.rev
+
+    @property
+    def text(self):
+        return self.seq.text
+
+    @property
+    def history(self) -> deque[StoredOp]:
+        return self.seq.history
+
+    @property
+    def history_start(self) -> int:
+        return self.seq.history_start
+
+    @property
+    def remote_peers(self) -> dict[str, RemotePeer]:
+        return self.replica.peers
+
+    def snapshot(self) -> tuple[int, str]:
+        """The committed revision and text (call between batches)."""
+        return self.seq.rev, str(self.seq.text)
+
+    async def read(self) -> tuple[int, str]:
+        """The committed revision and text, at the next point where everything in memory is committed."""
+        return await self._quietly(self.snapshot)
+
+    # -- joining and leaving -------------------------------------------------
+
+    async def join(self, peer: Peer, since: int | None) -> None:
+        """Admit ``peer``: queue its ``welcome`` and tell the others.
+
+        Raises :class:`ProtocolError` (``bad_rev``) for a ``since`` in the future.
+        """
+        if self.shared and since is not None and since > self.seq.rev:
+            await self.sync()  # it may come from another process that is ahead of this one
+        await self._quietly(lambda: self._admit(peer, since))
+
+    def _admit(self, peer: Peer, since: int | None) -> None:
+        seq = self.seq
+        if since is not None and since > seq.rev:
+            raise ProtocolError(BAD_REV, f"'since' is {since} but the document is at revision {seq.rev}")
+        if self._unload_handle is not None:
+            self._unload_handle.cancel()
+            self._unload_handle = None
+        peers = [peer_json(p.id, p.user, seq.cursor_now(p)) for p in self._holders()]
+        welcome: dict = {
+            "type": "welcome", "client": peer.id, "rev": seq.rev, "role": peer.role, "peers": peers,
+            "max_message_bytes": self.config.max_message_bytes,
+        }
+        if since is not None and since >= seq.history_start:
+            welcome["ops"] = [o.to_json() for o in seq.after(since)]
+        else:
+            welcome["text"] = str(seq.text)
+        peer.doc = self
+        if peer.byte_limit is None:
+            peer.byte_limit = self.config.queue_bytes
+        peer.greet(encode(welcome))
+        self.broadcast(encode(join_msg(peer.id, peer.user)))
+        self.peers[peer.id] = peer
+        self.replica.joined(peer)
+
+    def remove(self, peer: Peer) -> None:
+        """Forget ``peer`` and tell the others it left."""
+        if self.peers.pop(peer.id, None) is None:
+            return
+        self.broadcast(encode(leave_msg(peer.id)))
+        self.replica.left(peer)
+        if not self.peers:
+            self.schedule_unload()
+
+    def kick_all(self, code: int, reason: str) -> None:
+        """Ask every connection to close (after what is queued for it)."""
+        for peer in list(self.peers.values()):
+            peer.kick(code, reason)
+
+    # -- presence ------------------------------------------------------------
+
+    async def presence(self, peer: Peer, msg: Presence) -> None:
+        """Record ``peer``'s selection (moved to the current revision) and broadcast it."""
+        if self.shared and msg.rev > self.seq.rev:
+            await self.sync()
+        await self._quietly(lambda: self._presence(peer, msg))
+
+    def _presence(self, peer: Peer, msg: Presence) -> None:
+        seq = self.seq
+        if msg.rev > seq.rev:
+            raise ProtocolError(BAD_REV, f"presence 'rev' is {msg.rev} but the document is at revision {seq.rev}")
+        # Too old to move: None; the client's next presence puts it right.
+        cursor = seq.move_cursor(msg.cursor, msg.rev)
+        if msg.user is not None:
+            peer.user = msg.user
+        peer.cursor, peer.cursor_rev = cursor, seq.rev
+        if peer.id in self.peers:
+            self.broadcast(encode(presence_msg(peer.id, seq.rev, cursor, peer.user)), skip=peer)
+            self.replica.moved(peer, cursor)
+
+    # -- submitting ----------------------------------------------------------
+
+    def offer(self, peer: Peer, sub: Submit) -> bool:
+        """Queue a connection's ``sub`` for the next batch if that needs no waiting.
+
+        Returns ``False``, having done nothing, when it does (the inbox is
+        full, or the document must first read the store): then ``await
+        submit(peer, sub)``. The usual case costs no coroutine.
+        Raises :class:`ProtocolError` as :meth:`submit` does.
+        """
+        _may_edit(peer, sub)
+        seq = self.seq
+        if (len(self._inbox) >= self.config.inbox_size or (self.shared and sub.rev > seq.rev)
+                or (sub.rev < seq.history_start and sub.id not in seq.ids)):
+            return False
+        self._inbox.append(Item(peer, sub))
+        if self._committer is None:
+            self._wake()
+        return True
+
+    async def submit(self, peer: Peer | None, sub: Submit) -> int | None:
+        """Queue ``sub`` for the next batch, waiting for room in the inbox.
+
+        For a peer, the answer (``ack`` or ``error``) goes to its outbox and
+        this returns ``None`` once queued. For ``peer=None`` (the HTTP API) it
+        waits and returns the revision, or raises :class:`ProtocolError`.
+        """
+        if peer is not None:
+            _may_edit(peer, sub)
+        if self.shared and sub.rev > self.seq.rev:
+            await self.sync()  # based on a revision this process has not seen yet
+        seq = self.seq
+        if sub.rev < seq.history_start and not seq.knows(sub.id):
+            # Only the store can tell whether an op this old was applied (then only its id can be compared).
+            rev = await self.store.find_op(self.id, sub.id)
+            if rev is None:
+                raise ProtocolError(
+                    STALE_REV,
+                    f"revision {sub.rev} is older than the kept history (from {seq.history_start}); rejoin and resend",
+                    sub.id,
+                )
+            if peer is not None:
+                peer.send_msg(ack_msg(sub.id, rev))
+            return None if peer is not None else rev
+        while len(self._inbox) >= self.config.inbox_size:
+            await self._room()
+        reply = None if peer is not None else asyncio.get_running_loop().create_future()
+        self._inbox.append(Item(peer, sub, reply))
+        self._wake()
+        return None if reply is None else await reply
+
+    async def _room(self) -> None:
+        """Return once the commit loop took the inbox (a full inbox holds its submitters here)."""
+        if self.failed:
+            raise DocumentFailed(self.id)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._room_waiters.append(fut)
+        self._wake()
+        await fut
+
+    # -- the commit loop -------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self._committer is None and not self.failed:
+            self._committer = asyncio.create_task(self._commit_loop())
+
+    async def _commit_loop(self) -> None:
+        """Integrate others' work, then order, commit and announce batches, until there is nothing left."""
+        conflicts_in_a_row = 0
+        replica = self.replica
+        try:
+            while not self.failed and (self._inbox or self._deferred or replica.behind()):
+                if self._flight and (self._deferred or replica.behind() or len(self._flight) >= self._max_in_flight):
+                    # Joins and presence see only committed state (and the pipeline stays short).
+                    await self._settled()
+                    continue
+                if conflicts_in_a_row or (self._inbox and replica.contended()):
+                    # Lost the race for these revisions (or other processes are writing this
+                    # document right now): take the document's turn in the store, so this
+                    # commit cannot lose the race (a hot document stays fair).
+                    if conflicts_in_a_row > 20:
+                        raise RuntimeError(f"document {self.id}: 20 conflicts in a row; giving up")
+                    async with self.store.exclusive(self.id):
+                        won = await self._turn()
+                else:
+                    won = await self._turn()
+                conflicts_in_a_row = 0 if won else conflicts_in_a_row + 1
+        except DocumentFailed:
+            pass  # a commit failed while this loop waited: already handled in _landed
+        except Resync:
+            log.warning("document %s: missed operations are no longer in the store; clients reconnect", self.id)
+            self._fail(CLOSE_RESTART, "this server fell behind; reconnect to resume")
+        except Exception:
+            log.exception("document %s failed; disconnecting its clients so they resume from the store", self.id)
+            self._fail()
+        finally:
+            self._committer = None
+            if not self.peers and not self._flight:
+                self.schedule_unload()
+
+    async def _turn(self) -> bool:
+        """One turn: catch up, run what waited, order and commit one batch.
+
+        Returns ``False`` if another process took the batch's revisions (it
+        was rolled back and queued again).
+        """
+        if self.replica.behind():
+            await self.replica.catch_up()
+        self._run_deferred()
+        if not self._inbox:
+            return True
+        batch, self._inbox = self._inbox, []
+        if self._room_waiters:
+            _resolve(self._room_waiters)
+            self._room_waiters = []
+        earlier = await self._ids_in_store(batch)
+        saved = self.seq.save(self._holders()) if self.store.may_conflict else None
+        items, new = self._order(batch, earlier)
+        if not items:
+            return True
+        flight = Flight(items, new, saved, self.last_snapshot)
+        self._flight.append(flight)
+        if self.pipelined:
+            self._start(flight)
+            return True
+        await self._write(flight)
+        return not flight.lost
+
+    def _order(self, batch: list[Item], earlier: dict[str, int]) -> tuple[list[Item], list[StoredOp]]:
+        """Order ``batch`` with the sequencer; refusals are answered here. Returns the items kept and the new entries."""
+        apply = self.seq.apply
+        items: list[Item] = []
+        new: list[StoredOp] = []
+        for item in batch:
+            sub = item.sub
+            try:
+                result = earlier.get(sub.id) or apply(sub, item.peer)
+            except ProtocolError as exc:
+                if item.reply is not None:
+                    item.reply.set_exception(exc)
+                elif item.peer is not None:
+                    item.peer.send_msg(error_msg(exc.code, exc.message, exc.id))
+                continue
+            item.result = result
+            items.append(item)
+            if type(result) is StoredOp:
+                new.append(result)
+        return items, new
+
+    async def _ids_in_store(self, batch: list[Item]) -> dict[str, int]:
+        """Revisions of ops in ``batch`` applied so long ago that only the store remembers their ids.
+
+        The sequencer knows the kept history's ids only; once older ops exist,
+        an id it does not know may still have been applied (a client resending
+        an old op on a newer base), so ask the store, once per batch.
+        """
+        seq = self.seq
+        if seq.history_start == 0:
+            return {}
+        unknown = [item.sub.id for item in batch if item.sub.id not in seq.ids]
+        if not unknown:
+            return {}
+        return await self.store.find_ops(self.id, unknown)
+
+    def _snapshot_due(self) -> tuple[int, str] | None:
+        seq = self.seq
+        if seq.rev - self.last_snapshot >= max(self.config.snapshot_every, len(seq.text) // SNAPSHOT_BYTES_PER_OP):
+            self.last_snapshot = seq.rev  # if this commit fails or loses its race, last_snapshot is put back
+            return (seq.rev, str(seq.text))
+        return None
+
+    # -- the one pipeline ------------------------------------------------------------
+
+    def _start(self, flight: Flight) -> None:
+        """Start a pipelined commit and return at once; :meth:`_landed` settles it once it and every earlier one landed.
+
+        A batch with nothing new (only resends of ops applied earlier) still
+        waits its turn: its acks must not overtake the commit of the op they
+        acknowledge, which may be in flight.
+        """
+        loop = asyncio.get_running_loop()
+        if flight.new:
+            flight.commit = self.store.start_append(
+                self.id, flight.new, len(self.seq.text), self._snapshot_due(), on_done=self._landed)
+        else:
+            flight.commit = loop.create_future()
+            flight.commit.set_result(None)
+            flight.commit.add_done_callback(self._landed)
+        # After the store's own call_soon: the commit is under way while this encodes.
+        loop.call_soon(self._encode_early, flight)
+
+    async def _write(self, flight: Flight) -> None:
+        """Write a batch and wait for it (stores that are not pipelined), then settle it as a pipelined one is."""
+        commit = flight.commit = asyncio.get_running_loop().create_future()
+        try:
+            if flight.new:
+                await self.store.append(self.id, flight.new, len(self.seq.text), self._snapshot_due())
+        except Exception as exc:
+            commit.set_exception(exc)
+        else:
+            commit.set_result(None)
+        self._landed()
+
+    def _landed(self, _: object = None) -> None:
+        """Settle the flights whose commits are done, in order: announce, retry after a lost race, or fail."""
+        flights = self._flight
+        while flights and flights[0].commit is not None and flights[0].commit.done():
+            flight = flights.popleft()
+            commit = flight.commit
+            exc = DocumentFailed(self.id) if commit.cancelled() else commit.exception()
+            if self.failed:
+                _refuse(flight.items, self.id)
+            elif exc is None:
+                self._announce(flight)
+                self.seq.trim(self._holders())  # only now: ops in flight must keep their ids in memory
+            elif isinstance(exc, RevisionConflict) and flight.saved is not None:
+                self._lost_race(flight)
+            else:
+                log.error("document %s: commit failed; disconnecting its clients so they resume from the store",
+                          self.id, exc_info=exc)
+                _refuse(flight.items, self.id)
+                self._fail()
+        if not flights:
+            _resolve(self._settle_waiters)
+            self._settle_waiters = []
+            if self._deferred or self._inbox:
+                self._wake()
+            elif not self.peers and self._committer is None:
+                self.schedule_unload()
+
+    def _lost_race(self, flight: Flight) -> None:
+        """Another process committed these revisions first: roll back, integrate its ops (next turn), retry."""
+        assert flight.saved is not None
+        self.seq.rollback(flight.saved)
+        self.last_snapshot = flight.last_snapshot
+        for item in flight.items:
+            item.reset()
+        self._inbox = flight.items + self._inbox
+        flight.lost = True
+        self.replica.lost_race()
+
+    async def _settled(self) -> None:
+        """Return once every commit in flight has landed and been announced."""
+        if not self._flight:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._settle_waiters.append(fut)
+        await fut
+
+    async def settle(self) -> None:
+        """Return once the commit loop is idle and every commit has landed (for shutdown)."""
+        if self._committer is not None:
+            await asyncio.gather(self._committer, return_exceptions=True)
+        await self._settled()
+
+    def _encode_early(self, flight: Flight) -> None:
+        """Encode a batch's frames while its commit is being written (they do not depend on its outcome)."""
+        if not flight.encoded and flight.commit is not None and not flight.commit.done() and not self.failed:
+            fanout.encode(flight.items)
+            flight.encoded = True
+
+    def _announce(self, flight: Flight) -> None:
+        """Acknowledge and broadcast a committed batch, in revision order; tell the other processes."""
+        if not flight.encoded:
+            fanout.encode(flight.items)
+        self.counters.ops_applied += len(flight.new)
+        fanout.deliver(flight.items, self.peers.values())
+        if self.replica.backplane is not None:
+            self.replica.committed(fanout.published(flight.items))
+
+    # -- what the replica calls (between batches) -----------------------------------------
+
+    def broadcast(self, frame: str, skip: Peer | None = None) -> None:
+        """Queue ``frame`` for every connection but ``skip``."""
+        for p in list(self.peers.values()):
+            if p is not skip:
+                p.send(frame)
+
+    def trim(self) -> None:
+        """Keep the sequencer's history to its depth."""
+        self.seq.trim(self._holders())
+
+    def take_queued(self, op_id: str) -> list[Item]:
+        """Take the queued submits of op ``op_id`` out of the inbox (another process committed that op)."""
+        if not any(item.sub.id == op_id for item in self._inbox):
+            return []
+        taken = [item for item in self._inbox if item.sub.id == op_id]
+        self._inbox = [item for item in self._inbox if item.sub.id != op_id]
+        return taken
+
+    def _holders(self) -> Iterator[Peer | RemotePeer]:
+        """Everyone with a selection on this document."""
+        return itertools.chain(self.peers.values(), self.replica.peers.values())
+
+    # -- other processes ---------------------------------------------------------------
+
+    def on_remote(self, msg: dict) -> None:
+        """Take a backplane message; the commit loop integrates it between batches."""
+        if self.replica.on_message(msg):
+            self._wake()
+
+    def sync_later(self, rev: int | None = None) -> None:
+        """Note that the store may hold more (revision ``rev`` at least); catch up between batches."""
+        if self.replica.sync_later(rev):
+            self._wake()
+
+    async def sync(self) -> None:
+        """Integrate everything committed to the store so far (by any process) before returning."""
+        if self.failed:
+            raise DocumentFailed(self.id)
+        fut = self.replica.wait_for_store()
+        self._wake()
+        await fut
+
+    def adopt_peers(self, infos: dict[str, dict], dead: set[str]) -> None:
+        """Take the presence record of other processes' clients (see :meth:`Replica.adopt_peers`)."""
+        if self.replica.adopt_peers(infos, dead):
+            self._wake()
+
+    def drop_processes(self, dead: set[str]) -> None:
+        """Announce the clients of processes whose heartbeat expired as left."""
+        if self.replica.drop_processes(dead):
+            self._wake()
+
+    # -- between batches -------------------------------------------------------
+
+    async def _quietly(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` when the in-memory state is all committed: now, or between two batches.
+
+        ``fn`` runs synchronously there, so no batch can start while it looks.
+        """
+        if self.failed:
+            raise DocumentFailed(self.id)
+        if self._committer is None and not self._flight:
+            return fn()
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._deferred.append((fn, fut))
+        return await fut
+
+    def _run_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        for fn, fut in deferred:
+            if fut.done():
+                continue
+            try:
+                fut.set_result(fn())
+            except Exception as exc:
+                fut.set_exception(exc)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def _fail(self, code: int = CLOSE_INTERNAL, reason: str = "storage failed; reconnect to resume") -> None:
+        """The one failure path: refuse everything not yet acknowledged, close the sessions, drop the document."""
+        if self.failed:
+            return
+        self.failed = True
+        for flight in self._flight:
+            _refuse(flight.items, self.id)
+        _refuse(self._inbox, self.id)
+        self._inbox = []
+        waiters = [*self._settle_waiters, *self._room_waiters, *(fut for _, fut in self._deferred)]
+        self._settle_waiters, self._room_waiters, self._deferred = [], [], []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_exception(DocumentFailed(self.id))
+        self.replica.fail()
+        self.kick_all(code, reason)
+        if self._on_close is not None:
+            self._on_close(self)
+
+    def schedule_unload(self) -> None:
+        """Close the document after ``idle_unload_seconds`` unless someone joins by then."""
+        if self._unload_handle is not None or self.failed:
+            return
+        loop = asyncio.get_running_loop()
+        self._unload_handle = loop.call_later(self.config.idle_unload_seconds, self._unload_if_idle)
+
+    def _unload_if_idle(self) -> None:
+        self._unload_handle = None
+        if not self.peers and self._committer is None and not self._inbox and not self._flight:
+            if self._on_close is not None:
+                self._on_close(self)
+
+def _refuse(items: list[Item], doc_id: str) -> None:
+    """Tell internal submitters that their items will never be acknowledged."""
+    for item in items:
+        if item.reply is not None and not item.reply.done():
+            item.reply.set_exception(DocumentFailed(doc_id))
+
+
+def _resolve(waiters: list["asyncio.Future[None]"]) -> None:
+    for w in waiters:
+        if not w.done():
+            w.set_result(None)

@@ -1,0 +1,102 @@
+"""A committed batch on its way out: each submit's frames, and their delivery to every connection.
+
+An :class:`Item` carries one submit through a document's pipeline: who sent
+it, what, and once ordered its result. :func:`encode` turns a batch into
+frames (an ``ack`` for the author, an ``op`` for everyone else, encoded once
+whatever the number of readers), and :func:`deliver` queues them on each
+connection's :class:`~collab.peer.Peer` in revision order, one
+``send_many`` per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Iterable
+
+from .peer import Peer, frame_bytes
+from .protocol import Cursor, Submit, _cur, ack_msg, encode as encode_msg, op_frames
+from .store.base import StoredOp
+
+
+@dataclass(slots=True)
+class Item:
+    """One submit on its way through the pipeline: who sent what, and, once ordered, its result and frames."""
+
+    peer: Peer | None
+    sub: Submit
+    #: For internal submits (the HTTP API): receives the revision.
+    reply: "asyncio.Future[int] | None" = None
+    #: The new entry, or the revision of an earlier application of the same id.
+    result: StoredOp | int | None = None
+    #: The author's ``ack`` frame (``None`` if it is not a connection).
+    ack: str | None = None
+    #: The ``op`` frame for the others (``None`` for a resend of an op applied earlier).
+    frame: str | None = None
+    #: The author's selection right after this op, sent with it.
+    cursor: Cursor | None = None
+
+    def reset(self) -> None:
+        """Forget the result and frames (the batch is ordered again)."""
+        self.result = self.ack = self.frame = self.cursor = None
+
+
+def encode(items: Iterable[Item]) -> None:
+    """Fill in each item's ack for its author (if a connection), its broadcast (if new) and the author's selection."""
+    for item in items:
+        peer, result = item.peer, item.result
+        to_author = item.reply is None and peer is not None
+        if type(result) is int:  # a resend of an op applied earlier: nothing to broadcast
+            if to_author:
+                item.ack = encode_msg(ack_msg(item.sub.id, result))
+            continue
+        assert isinstance(result, StoredOp)
+        # The author's selection right after this op (unknown if it sent a later one since).
+        cursor = peer.cursor if peer is not None and peer.cursor_rev == result.rev else None
+        ack, item.frame = op_frames(result.rev, result.op, result.client, cursor, result.id)
+        item.cursor = cursor
+        if to_author:
+            item.ack = ack
+
+
+def deliver(items: list[Item], peers: Iterable[Peer]) -> None:
+    """Answer internal submitters and queue the encoded batch for every connection, in revision order.
+
+    Each connection's frames of the whole batch are queued at once at the end
+    (nobody joins or leaves in between): one ``send_many`` per connection.
+    """
+    outs: dict[Peer | None, list[str]] = {p: [] for p in peers}
+    pairs = [(p, out.append) for p, out in outs.items()]
+    # Every connection gets every broadcast but its own: sizes are summed once, then corrected per author.
+    shared = 0
+    own: dict[Peer | None, int] = {}
+    for item in items:
+        peer = item.peer
+        if item.reply is not None:
+            result = item.result
+            item.reply.set_result(result if type(result) is int else result.rev)  # type: ignore[union-attr]
+        elif item.ack is not None and peer in outs:  # else it left: nothing to send
+            outs[peer].append(item.ack)
+            own[peer] = own.get(peer, 0) + frame_bytes(item.ack)
+        frame = item.frame
+        if frame is not None:
+            size = frame_bytes(frame)
+            shared += size
+            if peer in outs:
+                own[peer] = own.get(peer, 0) - size
+            for p, add in pairs:
+                if p is not peer:
+                    add(frame)
+    for p, out in outs.items():
+        if out:
+            p.send_many(out, shared + own.get(p, 0))  # type: ignore[union-attr]
+
+
+def published(items: Iterable[Item]) -> list[list]:
+    """The batch's new operations as the backplane carries them: ``[rev, op, client, id, cursor]``."""
+    out = []
+    for item in items:
+        entry = item.result
+        if item.frame is not None and isinstance(entry, StoredOp):
+            out.append([entry.rev, entry.op, entry.client, entry.id, _cur(item.cursor)])
+    return out
