@@ -143,6 +143,8 @@ class Document:
     Use ``async with connect(...) as d`` or ``d = await connect(...)`` and
     ``await d.close()``.  Edits apply to :attr:`text` at once and are sent in
     the background; :meth:`synced` waits for the server to acknowledge them.
+    An edit too large for one frame goes out as several consecutive
+    operations under the server's ``welcome.max_message_bytes``.
     """
 
     def __init__(

@@ -8,7 +8,7 @@ Plain dataclasses with no behaviour beyond small views, shared by
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import ot
@@ -194,4 +194,4 @@ class TooLarge(Event):
     code: int
     nbytes: int
     limit: int
-    stuck: bool = field(default=False)
+    stuck: bool = False

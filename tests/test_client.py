@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from collab import ot
 from collab.opsplit import json_bytes, split_op
 from collab.client import (
-    Acked,
     Changed,
     ClientState,
     CollabError,
