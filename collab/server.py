@@ -17,7 +17,6 @@ import multiprocessing
 import os
 import signal
 import socket
-import sys
 from multiprocessing.connection import wait as wait_any
 from typing import Any, Callable
 
@@ -186,16 +185,6 @@ def _worker(settings: Settings, app: ASGIApp | None, sock: socket.socket,
         runner.run(_serve_announced(settings, app, sock, ready))
 
 
-def _support_warning() -> None:
-    """One warning line when the uvicorn internals the transport relies on are missing (plain ASGI then)."""
-    from collab import transport
-
-    check = getattr(transport, "support_problem", None)
-    problem = check() if check is not None else None
-    if problem:
-        print(f"collab: warning: {problem}", file=sys.stderr, flush=True)
-
-
 def run(settings: Settings, app: ASGIApp | None = None, *, on_ready: Callable[[int], None] | None = None,
         sources: Sources | None = None) -> None:
     """Serve ``app`` (default: ``collab.app.create_app(settings)``) until SIGINT/SIGTERM.
@@ -211,7 +200,6 @@ def run(settings: Settings, app: ASGIApp | None = None, *, on_ready: Callable[[i
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _support_warning()
     sock = preflight(settings, sources or Sources.of({}, os.environ))
     port = sock.getsockname()[1]
     log.info("listening on http://%s:%d (%d worker%s)", settings.host, port,
