@@ -9,10 +9,15 @@ as an error (a document failure logs one and closes everyone with 1011).
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from collab import protocol
 from conftest import http_get
 
 FOX = "🦊 fox"
@@ -109,3 +114,99 @@ async def test_since_beyond_any_revision_is_bad_rev_and_the_connection_can_join(
     await bystander.send({"type": "op", "rev": 1, "op": [len(FOX), "🎉"], "id": "again"})
     assert (await bystander.recv_type("ack"))["rev"] == 2
     assert (await late.recv_type("op"))["op"] == [len(FOX), "🎉"]
+
+
+# ---------------------------------------------------------------- parse alone
+
+
+@pytest.mark.parametrize("frame, code, id", [case[1:] for case in HOSTILE], ids=[case[0] for case in HOSTILE])
+def test_parse_refuses_each_hostile_frame_with_its_code(frame, code, id):
+    with pytest.raises(protocol.ProtocolError) as info:
+        protocol.parse(frame)
+    assert (info.value.code, info.value.id) == (code, id)
+    protocol.encode(protocol.error_msg(info.value.code, info.value.message, info.value.id))  # the answer can be sent
+
+
+def _json_values():
+    scalars = (
+        st.none() | st.booleans() | st.floats(allow_nan=False) | st.text(max_size=8)
+        | st.integers(min_value=-(2**70), max_value=2**70) | st.sampled_from([0, 1, -1, 2**53 - 1, 2**53, 2**64])
+    )
+    return st.recursive(
+        scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+        max_leaves=12,
+    )
+
+
+def _frames():
+    """Frames close to valid messages, each field either plausible or hostile."""
+    hostile = st.sampled_from(["\ud800", "🦊\udc00", "a\x00b", _RAW_BIG, _RAW_DEEP, 2**64, 2**53, -1, 1.5])
+    rev = st.integers(0, 3) | hostile | _json_values()
+    ident = st.text(min_size=1, max_size=8) | hostile.map(str) | hostile | _json_values()
+    component = st.integers(-(2**60), 2**60) | st.text(max_size=4) | hostile
+    cursor = st.none() | st.fixed_dictionaries({"anchor": rev, "head": rev}) | _json_values()
+    user = st.none() | st.fixed_dictionaries({"name": ident, "color": st.just("#0f0") | hostile}) | _json_values()
+    fields = st.fixed_dictionaries(
+        {"type": st.sampled_from(["op", "presence", "join"]) | st.text(max_size=3)},
+        optional={"rev": rev, "since": rev, "id": ident, "op": st.lists(component, max_size=5) | _json_values(),
+                  "cursor": cursor, "user": user, "batch": st.booleans()},
+    )
+    # ensure_ascii: lone surrogates in the generated text travel as \ud800 escapes, as a client would send them.
+    return fields.map(_raw_json) | st.text(max_size=40)
+
+
+_RAW_BIG, _RAW_DEEP = "<big>", "<deep>"
+
+
+def _raw_json(value: dict) -> str:
+    """``value`` as JSON text, with the placeholders made into what json.dumps cannot write."""
+    text = json.dumps(value, ensure_ascii=True)
+    return text.replace(json.dumps(_RAW_BIG), BIG).replace(json.dumps(_RAW_DEEP), "[" * DEEP + "]" * DEEP)
+
+
+def _holds_only_safe_values(value: object) -> bool:
+    if isinstance(value, str):
+        return value == value.encode("utf-8").decode("utf-8")
+    if isinstance(value, int):
+        return abs(value) <= 2**53 - 1
+    if isinstance(value, (list, tuple)):
+        return all(_holds_only_safe_values(v) for v in value)
+    return True
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_frames())
+def test_parse_gives_a_message_of_safe_values_or_a_protocol_error(frame):
+    """Whatever a client sends, parse raises nothing but ProtocolError, and what it returns
+    holds only strings any encoder or store takes and integers of at most 53 bits."""
+    try:
+        msg = protocol.parse(frame)
+    except protocol.ProtocolError as exc:
+        assert exc.code in protocol.ERROR_CODES
+        protocol.encode(protocol.error_msg(exc.code, exc.message, exc.id))
+        return
+    fields = [getattr(msg, name) for name in msg.__slots__]
+    for value in fields:
+        if isinstance(value, (protocol.Cursor, protocol.User)):
+            value = [getattr(value, name) for name in value.__slots__]
+        assert _holds_only_safe_values(value), (frame, msg)
+
+
+def test_wire_constants_are_the_module_constants():
+    wire = protocol.wire_constants()
+    assert json.loads(json.dumps(wire)) == wire
+    assert wire["close_codes"] == {name: getattr(protocol, f"CLOSE_{name}") for name in wire["close_codes"]}
+    assert wire["close_codes"]["NO_DOCUMENT"] == 4004 and wire["close_codes"]["POLICY"] == 1008
+    assert wire["error_codes"] == ["bad_message", "bad_op", "bad_rev", "stale_rev", "forbidden", "too_large", "rate_limited"]
+    assert wire["doc_name_pattern"] == protocol.DOC_NAME_PATTERN
+
+
+@pytest.mark.parametrize(
+    "name, ok",
+    [("notes", True), ("a", True), ("team-1_x.md", True), ("-a", True), ("_", True), ("a" * 128, True),
+     ("a" * 129, False), ("", False), (".hidden", False), ("a/b", False), ("a\n", False), ("🦊", False),
+     ("a b", False), ("..", False)],
+)
+def test_doc_name_rule(name, ok):
+    assert protocol.valid_doc_name(name) is ok
+    assert (re.compile(protocol.DOC_NAME_PATTERN).fullmatch(name) is not None) is ok
