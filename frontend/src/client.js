@@ -87,6 +87,7 @@ export class SyncClient {
     this.buffer = null; // local edits not sent yet (composed)
     this.history = []; // recent server ops [{rev, op}], to move old presence forward
 
+    this.freshJoin = false; // join without `since` next time (the server did not know our revision)
     this.send = null; // set while a socket is open
     this.ready = false; // welcome processed on the current connection
     this.resolving = null; // {text, rev, peers, queue}: waiting to learn the fate of a resend
@@ -143,7 +144,8 @@ export class SyncClient {
     this.ready = false;
     this.resolving = null;
     // batch: the server may coalesce what is queued for us into one frame (docs/protocol.md).
-    const join = { type: 'join', since: this.rev, batch: true };
+    // freshJoin: the server did not know our revision; ask for a snapshot.
+    const join = { type: 'join', since: this.freshJoin ? null : this.rev, batch: true };
     if (this.user) join.user = this.user;
     send(join);
   }
@@ -315,6 +317,7 @@ export class SyncClient {
 
   _welcome(msg) {
     this.clientId = msg.client;
+    this.freshJoin = false;
     if (Number.isInteger(msg.max_message_bytes) && msg.max_message_bytes > 0) {
       this.serverLimit = msg.max_message_bytes;
     }
@@ -532,9 +535,25 @@ export class SyncClient {
       return;
     }
     if (this.resolving && mine) {
-      // stale_rev (or anything else refusing the resend): it had not been
-      // applied. Keep it as a local change, rebased on the snapshot.
+      if (msg.code === ERROR_CODES.STALE_REV || msg.code === ERROR_CODES.BAD_REV) {
+        // It had not been applied: keep it as a local change, rebased on the snapshot.
+        this._finishResolving(false);
+        return;
+      }
+      // Refused outright (bad_op, forbidden, too_large): it can never be
+      // applied. Undo every local change, adopt the snapshot, say so.
+      const pending = this.pending;
+      if (pending) this.editor.applyRemote(invert(pending, this.serverText));
+      this.outstanding = null;
+      this.buffer = null;
+      this.emit('refused', msg);
       this._finishResolving(false);
+      return;
+    }
+    if (!mine && msg.code === ERROR_CODES.BAD_REV && this.send && !this.ready && !this.resolving) {
+      // Our `since` is in the server's future (it lost data?): start over from its snapshot.
+      this.freshJoin = true;
+      this.emit('resync', 'the server does not know our revision');
       return;
     }
     if (mine && (msg.code === ERROR_CODES.STALE_REV || msg.code === ERROR_CODES.BAD_REV)) {
