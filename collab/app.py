@@ -1,17 +1,16 @@
-"""The Starlette app: WebSocket transport, HTTP API and the frontend's files.
+"""The Starlette app: routes, the HTTP API, the frontend's files, and the state behind them.
 
-This module adapts Starlette's WebSocket to a :class:`collab.hub.Peer`: one
-task reads frames, parses them with :mod:`collab.protocol` and hands them to
-the document; what the hub queues for the peer is written once per
-event-loop turn, straight to the socket where the server offers it
-(:mod:`collab.transport`), else by a drain task through ASGI ``send``.
-Everything about ordering and presence lives in :mod:`collab.hub`.
+:class:`CollabApp` holds the settings, the store and the hub. A WebSocket
+on ``/ws/{doc}`` is served by a :class:`collab.connection.Session` (one per
+connection); the HTTP API reads and replaces documents through the hub and
+refuses a body larger than ``max_message_bytes`` from its ``Content-Length``
+or while it streams, never after reading it whole.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -25,43 +24,19 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import auth, guard, protocol
-from .config import Settings
-from .hub import Document, Hub, HubConfig, Peer
-from .protocol import (
-    BAD_MESSAGE,
-    CLOSE_INTERNAL,
-    CLOSE_NO_DOCUMENT,
-    CLOSE_POLICY,
-    CLOSE_TOO_BIG,
-    RATE_LIMITED,
-    Join,
-    Presence,
-    ProtocolError,
-    Submit,
-    encode,
-    error_msg,
-)
 from .backplane import open_backplane
+from .config import Settings
+from .connection import Fanout, Session
+from .hub import Hub, HubConfig
+from .protocol import ProtocolError
 from .store import Store, open_store
-from .transport import EXTENSION as DIRECT_EXTENSION
 
 log = logging.getLogger("collab.app")
 
-
-#: Events a session's ``received`` hands to its task (see ``DirectWebSocketProtocol.receiver``).
-_CHECKED = "collab.checked"
-_FAILED = "collab.failed"
-_END_TYPE = "collab.end"
-_END = {"type": _END_TYPE}
-_SLOW_DOWN = "too many messages: slow down"
-
-
-def _payload_bytes(payload: str | bytes) -> int:
-    """The size of a message on the wire (a ``str`` as UTF-8)."""
-    return len(payload.encode("utf-8", "surrogatepass")) if isinstance(payload, str) else len(payload)
+#: The largest body of ``POST /api/docs/{doc}/share`` (a small JSON object).
+SHARE_BODY_BYTES = 4096
 
 
 def static_dir() -> Path | None:
@@ -80,6 +55,25 @@ def static_dir() -> Path | None:
     return None
 
 
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or ``None`` when it is larger than ``limit`` bytes.
+
+    Refused from ``Content-Length`` before a byte is read, or (chunked) as
+    soon as the bytes received pass the limit: never held whole first.
+    """
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        return None
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class CollabApp:
     """The state behind the routes: settings, store and hub."""
 
@@ -88,12 +82,8 @@ class CollabApp:
         self.store = store
         self.hub: Hub | None = None if store is None else Hub(store, HubConfig.from_settings(settings))
         self._owns_store = store is None
-        #: WebSocket frames sent, and messages that rode in a batch frame instead of their own.
-        self.frames_sent = 0
-        self.frames_coalesced = 0
-        #: Connections with frames to write at the end of this event-loop turn.
-        self._dirty: list[_Conn] = []
-        self._flush_scheduled = False
+        #: Writes every session's queued frames once per event-loop turn.
+        self.fanout = Fanout()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -113,10 +103,6 @@ class CollabApp:
 
     # -- WebSocket -------------------------------------------------------------
 
-    async def websocket(self, ws: WebSocket) -> None:
-        """The ``/ws/{doc}`` route when reached through Starlette's router (see :class:`_Starlette`)."""
-        await self._session(ws, ws.path_params["doc"])
-
     def asgi_websocket(self, scope: Scope, receive: Receive, send: Send, doc_id: str) -> Coroutine[Any, Any, None]:
         """``/ws/{doc}`` as a plain ASGI handler, ahead of Starlette's middleware stack.
 
@@ -126,178 +112,7 @@ class CollabApp:
         wrapper per frame sent. Returns the session's coroutine rather than
         awaiting it, one frame less per connection.
         """
-        return self._session(WebSocket(scope, receive, send), doc_id)
-
-    async def _session(self, ws: WebSocket, doc_id: str) -> None:
-        s = self.settings
-        await ws.accept()
-        if not auth.origin_allowed(ws.headers.get("origin"), ws.headers.get("host"), s.allowed_origins, bool(s.secret)):
-            await ws.close(CLOSE_POLICY, "this Origin may not connect: see COLLAB_ALLOWED_ORIGINS")
-            return
-        if not protocol.valid_doc_name(doc_id):
-            await ws.close(CLOSE_NO_DOCUMENT, "invalid document name: use 1-128 of A-Z a-z 0-9 . _ - not starting with '.'")
-            return
-        try:
-            token = auth.extract_token(ws.headers.get("authorization"), ws.query_params.get("token"))
-            grant = auth.authorize(s.secret, token, doc_id)
-        except auth.AuthError as exc:
-            await ws.close(exc.close_code, str(exc)[:120])
-            return
-        assert self.hub is not None
-        limiter = guard.MessageLimiter(s.msg_rate, s.msg_burst, s.bytes_rate, s.bytes_burst)
-        peer: Peer | None = None
-        doc: Document | None = None
-        conn: _Conn | None = None
-
-        async def reply(msg: dict) -> None:
-            if peer is not None:
-                peer.send_msg(msg)
-            else:
-                await ws.send_text(encode(msg))
-
-        def admit(payload: str | bytes) -> int | str | None:
-            """``None`` to go on with ``payload``, else why not: ``RATE_LIMITED``
-            (answer with an error) or a close code (see :func:`refusal`)."""
-            size = len(payload)
-            if size * 4 > s.max_message_bytes and _payload_bytes(payload) > s.max_message_bytes:
-                return CLOSE_TOO_BIG
-            verdict = limiter.check(size)
-            if verdict == "ok":
-                return None
-            return CLOSE_POLICY if verdict == "close" else RATE_LIMITED
-
-        def refusal(verdict: int | str, joined: bool) -> tuple[int, str]:
-            """The close code and reason for a message :func:`admit` refused with ``verdict``."""
-            if verdict == CLOSE_TOO_BIG:
-                return CLOSE_TOO_BIG, f"message larger than {s.max_message_bytes} bytes" + (": split the edit" if joined else "")
-            return CLOSE_POLICY, "message flood"
-
-        def received(payload: str | bytes) -> dict | None:
-            """A message that came while this task waited (see ``DirectWebSocketProtocol.receiver``).
-
-            Runs the checks and parsing of the loop below, and an edit's usual
-            case (``Document.offer``), in uvicorn's ``data_received``; anything
-            that must wait goes on in this task, as the event returned.
-            """
-            assert peer is not None and doc is not None
-            if peer.closed:
-                return _END
-            try:
-                verdict = admit(payload)
-                if verdict is not None:
-                    if verdict == RATE_LIMITED:
-                        peer.send_msg(error_msg(RATE_LIMITED, _SLOW_DOWN))
-                        return None
-                    peer.kick(*refusal(verdict, joined=True))
-                    return _END
-                try:
-                    msg = protocol.parse(payload)
-                    if type(msg) is not Submit or not doc.offer(peer, msg):
-                        return {"type": _CHECKED, "msg": msg}
-                except ProtocolError as exc:
-                    peer.send_msg(error_msg(exc.code, exc.message, exc.id))
-                return _END if peer.closed else None
-            except Exception as exc:  # raised in the task instead, as if it had happened there
-                return {"type": _FAILED, "exc": exc}
-
-        # After accept, the raw ASGI receive: Starlette's WebSocket.receive only
-        # re-checks the message type on the way, and we look at it ourselves.
-        receive = ws._receive
-        try:
-            while True:
-                message = await receive()
-                kind = message["type"]
-                if kind == _CHECKED:  # checked and parsed by received()
-                    msg = message["msg"]
-                elif kind == "websocket.disconnect" or kind == _END_TYPE:
-                    break
-                elif kind == _FAILED:
-                    raise message["exc"]
-                else:
-                    msg = None
-                    text = message.get("text")
-                    payload = text if text is not None else message.get("bytes") or b""
-                    verdict = admit(payload)
-                    if verdict is not None:
-                        if verdict == RATE_LIMITED:
-                            await reply(error_msg(RATE_LIMITED, _SLOW_DOWN))
-                            continue
-                        if peer is not None:
-                            peer.kick(*refusal(verdict, joined=True))
-                            break
-                        await ws.close(*refusal(verdict, joined=False))
-                        return
-                try:
-                    if msg is None:
-                        msg = protocol.parse(payload)
-                    if peer is None or doc is None:
-                        if not isinstance(msg, Join):
-                            raise ProtocolError(BAD_MESSAGE, "send 'join' first", getattr(msg, "id", None))
-                        user = msg.user
-                        if grant.name:  # a name vouched for by the token beats a self-chosen one
-                            user = protocol.User(grant.name, user.color if user else "")
-                        peer = Peer(user, grant.role, s.client_queue_size)
-                        peer.batch = msg.batch
-                        conn = _Conn(self, ws, peer)
-                        try:
-                            doc = await self.hub.join(doc_id, peer, msg.since)
-                        except ProtocolError:
-                            peer, conn = None, None
-                            raise
-                        if conn.direct is not None:
-                            conn.direct.receiver = received
-                    elif isinstance(msg, Submit):
-                        if not doc.offer(peer, msg):
-                            await doc.submit(peer, msg)
-                    elif isinstance(msg, Presence):
-                        await doc.presence(peer, msg)
-                    else:
-                        raise ProtocolError(BAD_MESSAGE, "already joined: 'join' is only the first message")
-                except ProtocolError as exc:
-                    await reply(error_msg(exc.code, exc.message, exc.id))
-                if peer is not None and peer.closed:
-                    break
-        except WebSocketDisconnect:
-            pass
-        finally:
-            if conn is not None and conn.direct is not None:
-                conn.direct.receiver = None
-            if peer is not None and conn is not None:
-                if doc is not None:
-                    doc.remove(peer)
-                if peer.closed:  # closed by the server: send what it queued, then the close frame
-                    conn.start_drain()
-                else:
-                    peer.closed = True  # the client went away: nothing more to send
-                if conn.drain is not None:
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await asyncio.wait_for(asyncio.shield(conn.drain), timeout=5)
-
-    # -- fan-out -----------------------------------------------------------------
-
-    def _schedule(self, conn: "_Conn") -> None:
-        """Flush ``conn`` at the end of this event-loop turn, with every other connection that has frames."""
-        self._dirty.append(conn)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        """Write what the hub queued this turn: one transport write per connection.
-
-        A broadcast is encoded into frame bytes once, whoever receives it
-        (the cache is keyed by the identity of the hub's encoded message, and
-        keeps the message alive so the key stays unique until the end).
-        """
-        self._flush_scheduled = False
-        dirty, self._dirty = self._dirty, []
-        cache: dict[int, tuple[str, bytes]] = {}
-        for conn in dirty:
-            try:
-                conn.flush(cache)
-            except Exception:  # one broken connection must not hold back the others' frames
-                log.exception("writing to a client failed; closing that connection")
-                conn.peer.kick(CLOSE_INTERNAL, "the server could not write to this connection; reconnect", flush=False)
+        return Session(self, scope, receive, send, doc_id).run()
 
     # -- HTTP API ---------------------------------------------------------------
 
@@ -316,11 +131,15 @@ class CollabApp:
             raise HTTPException(exc.http_status, str(exc)) from None
 
     async def healthz(self, request: Request) -> Response:
+        """200 when the store answers and reports no problem; else 503 with the reason."""
         try:
             assert self.store is not None
             await self.store.ping()
+            problem = self.store.health()
         except Exception as exc:
-            return JSONResponse({"status": "unavailable", "reason": str(exc)}, status_code=503)
+            problem = str(exc) or type(exc).__name__
+        if problem is not None:
+            return JSONResponse({"status": "unavailable", "reason": problem}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def list_docs(self, request: Request) -> Response:
@@ -347,11 +166,10 @@ class CollabApp:
         if self._grant(request, doc).role != "edit":
             raise HTTPException(403, "this token is read-only: it may not change the document")
         assert self.hub is not None
-        body = await request.body()
-        if len(body) > self.settings.max_message_bytes:
-            return JSONResponse(
-                {"error": "too_large", "message": f"the body exceeds {self.settings.max_message_bytes} bytes"}, status_code=413
-            )
+        limit = self.settings.max_message_bytes
+        body = await read_body(request, limit)
+        if body is None:
+            return JSONResponse({"error": "too_large", "message": f"the body exceeds {limit} bytes"}, status_code=413)
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
@@ -367,8 +185,12 @@ class CollabApp:
         """Mint a link to this document with the asked role, within the caller's own rights."""
         doc = self._doc_param(request)
         grant = self._grant(request, doc)
+        raw = await read_body(request, SHARE_BODY_BYTES)
+        if raw is None:
+            return JSONResponse({"error": "too_large", "message": f"the body exceeds {SHARE_BODY_BYTES} bytes"},
+                                status_code=413)
         try:
-            body = await request.json()
+            body = json.loads(raw) if raw else None
         except ValueError:
             body = None
         role = body.get("role") if isinstance(body, dict) else None
@@ -408,10 +230,10 @@ class CollabApp:
             f"collab_store_ops_written_total {getattr(self.store, 'ops_written', 0)}",
             "# HELP collab_frames_sent_total WebSocket frames sent to clients.",
             "# TYPE collab_frames_sent_total counter",
-            f"collab_frames_sent_total {self.frames_sent}",
+            f"collab_frames_sent_total {self.fanout.frames_sent}",
             "# HELP collab_messages_coalesced_total Messages sent inside a batch frame instead of their own frame.",
             "# TYPE collab_messages_coalesced_total counter",
-            f"collab_messages_coalesced_total {self.frames_coalesced}",
+            f"collab_messages_coalesced_total {self.fanout.frames_coalesced}",
         ]
         return PlainTextResponse("\n".join(lines) + "\n" + guard.metrics_text(), media_type="text/plain; version=0.0.4")
 
@@ -434,108 +256,12 @@ class CollabApp:
         return self._page("editor.html")
 
 
-class _Conn:
-    """The way out of one WebSocket connection: frames the hub queued for its peer.
-
-    Written synchronously through uvicorn's ``collab.direct`` extension
-    (:mod:`collab.transport`) when the server offers it and the client keeps
-    up; otherwise, and to close, a drain task awaits ASGI ``send`` (which
-    waits while the client is slow, and raises once it is gone). While that
-    task runs it owns the connection's output, so frames stay in order.
-    """
-
-    __slots__ = ("app", "ws", "peer", "direct", "drain", "closed_sent")
-
-    def __init__(self, app: CollabApp, ws: WebSocket, peer: Peer) -> None:
-        self.app = app
-        self.ws = ws
-        self.peer = peer
-        self.direct = ws.scope.get("extensions", {}).get(DIRECT_EXTENSION)
-        self.drain: asyncio.Task[None] | None = None
-        self.closed_sent = False
-        peer.notify = self.schedule
-
-    def schedule(self) -> None:
-        self.app._schedule(self)
-
-    def flush(self, cache: dict[int, tuple[str, bytes]]) -> None:
-        if self.drain is not None:
-            return  # the drain task owns the output and looks at the outbox again before it ends
-        peer = self.peer
-        if peer.closed:
-            self.start_drain()
-            return
-        direct = self.direct
-        if not peer.outbox:
-            return
-        if direct is None:
-            self.start_drain()
-            return
-        frames = peer.outbox
-        texts = self._texts(frames)
-        parts = []
-        for text in texts:
-            hit = cache.get(id(text))
-            if hit is None:
-                hit = cache[id(text)] = (text, direct.encode_text(text))
-            parts.append(hit[1])
-        if direct.write_frames(parts[0] if len(parts) == 1 else b"".join(parts)):
-            peer.outbox = []
-            self._count(frames, texts)
-        else:  # the client is slow (or going away): wait for it in a task
-            self.start_drain()
-
-    def _texts(self, frames: list[str]) -> list[str]:
-        """The WebSocket messages for ``frames``: one ``batch`` frame if the client takes them, else each."""
-        if self.peer.batch and len(frames) > 1:
-            return [protocol.batch_frame(frames)]
-        return frames
-
-    def _count(self, frames: list[str], texts: list[str]) -> None:
-        self.app.frames_sent += len(texts)
-        self.app.frames_coalesced += len(frames) - len(texts)
-
-    def start_drain(self) -> None:
-        if self.drain is None and not self.closed_sent:
-            self.drain = asyncio.get_running_loop().create_task(self._drain())
-
-    async def _drain(self) -> None:
-        """Send the outbox through ASGI ``send`` until it is empty; close if the hub asked to."""
-        peer = self.peer
-        send = self.ws._send  # uvicorn's own send: a connection that is gone raises
-        try:
-            while True:
-                if peer.closed and not peer.flush and peer.outbox:
-                    peer.take()  # dropped as too slow: don't wait on it any longer
-                    guard.note_slow_client_drop()
-                frames = peer.take()
-                if frames:
-                    texts = self._texts(frames)
-                    for text in texts:
-                        await send({"type": "websocket.send", "text": text})
-                    self._count(frames, texts)
-                    continue
-                if peer.closed:
-                    self.closed_sent = True
-                    if peer.close_code != 1000:
-                        await self.ws.close(peer.close_code, peer.close_reason[:120])
-                return
-        except Exception:  # the connection went away under us
-            self.closed_sent = True
-            if not peer.closed:
-                peer.closed = True
-                if peer.doc is not None:
-                    peer.doc.remove(peer)
-        finally:
-            self.drain = None
-
-
 def create_app(settings: Settings | None = None, store: Store | None = None) -> Starlette:
     """Build the ASGI app; with no arguments the settings come from the environment."""
     settings = settings or Settings.from_env()
     state = CollabApp(settings, store)
     root = static_dir()
-    ws_route = WebSocketRoute("/ws/{doc:path}", state.websocket)
+    ws_route = WebSocketRoute("/ws/{doc:path}", _WebSocketEndpoint(state))
     routes = [
         Route("/healthz", state.healthz),
         Route("/metrics", state.metrics),
@@ -560,7 +286,7 @@ class _Starlette(Starlette):
     """Starlette, with ``/ws/{doc}`` connections handed to the handler directly.
 
     The match is the route's own regex, so exactly the paths the router
-    would give ``state.websocket`` go there; anything else (other paths, a
+    would give :class:`_WebSocketEndpoint` go there; anything else (other paths, a
     ``root_path`` to strip, HTTP, lifespan) takes the usual middleware stack.
     """
 
@@ -575,6 +301,16 @@ class _Starlette(Starlette):
                 await handler(scope, receive, send, m["doc"])
                 return
         await super().__call__(scope, receive, send)
+
+
+class _WebSocketEndpoint:
+    """``/ws/{doc}`` as a raw ASGI endpoint of Starlette's router (a class, so the router passes ASGI through)."""
+
+    def __init__(self, state: CollabApp) -> None:
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await Session(self.state, scope, receive, send, scope["path_params"]["doc"]).run()
 
 
 class SecurityHeaders:

@@ -35,11 +35,11 @@ GRACEFUL_SHUTDOWN = 10
 
 
 def _ws_implementation() -> str | type:
-    """uvicorn's sans-I/O ``websockets`` protocol with collab's direct-write extension
-    (:mod:`collab.transport`); the legacy protocol, through plain ASGI, on old uvicorn versions."""
-    from collab.transport import DirectWebSocketProtocol
+    """collab's WebSocket protocol (:mod:`collab.transport`), or uvicorn's own (plain ASGI,
+    one warning line) when this uvicorn lacks an internal it relies on."""
+    from collab import transport
 
-    return DirectWebSocketProtocol if DirectWebSocketProtocol is not None else "websockets"
+    return transport.ws_protocol()
 
 
 def build_config(settings: Settings, app: ASGIApp, **overrides: Any) -> uvicorn.Config:
@@ -54,10 +54,8 @@ def build_config(settings: Settings, app: ASGIApp, **overrides: Any) -> uvicorn.
         host=settings.host,
         port=settings.port,
         ws=_ws_implementation(),
-        # Twice the limit: the app reads a frame up to that size in full and closes with
-        # 1009 itself, cleanly. A frame cut off mid-upload makes the kernel reset the
-        # connection, and browsers then report 1006 instead of 1009.
-        ws_max_size=2 * settings.max_message_bytes,
+        # A larger message is refused from its frame header (1009), before its payload is read.
+        ws_max_size=settings.max_message_bytes,
         ws_ping_interval=settings.ping_interval if settings.ping_interval > 0 else None,
         ws_ping_timeout=settings.ping_timeout if settings.ping_timeout > 0 else None,
         ws_per_message_deflate=False,
@@ -89,8 +87,12 @@ def build_server(settings: Settings, app: ASGIApp, started: asyncio.Event | None
                  **overrides: Any) -> uvicorn.Server:
     """A ``uvicorn.Server`` for ``app`` with the flood guard installed."""
     config = build_config(settings, app, **overrides)
+    from collab import transport
+
+    transport.configure(config, settings)  # collab's protocol gets this server's incoming-memory limits
     server = _Server(config, started)
-    guard.install(server, settings)  # settings: shares the per-address state with the app (SourceLimits.for_settings)
+    if transport.support_problem() is None:  # else plain ASGI, without the guard's uvicorn glue (warned)
+        guard.install(server, settings)  # settings: shares the per-address state with the app (SourceLimits.for_settings)
     return server
 
 
