@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -252,98 +251,6 @@ def have_ipv6_loopback() -> bool:
 
 
 # --------------------------------------------------------------------------
-# Units: buckets, limiter, addresses, metrics
-
-
-def test_token_bucket_refills_at_rate_and_caps_at_burst() -> None:
-    b = guard.TokenBucket(rate=2.0, burst=3, now=0.0)
-    assert [b.take(now=0.0) for _ in range(4)] == [True, True, True, False]
-    assert not b.take(now=0.4)  # 0.8 token
-    assert b.take(now=0.5)  # 1.0 token
-    assert b.take(now=100.0) and b.take(now=100.0) and b.take(now=100.0)
-    assert not b.take(now=100.0)  # refilled only up to the burst
-    assert guard.TokenBucket(rate=0, burst=1).take(10**9)  # rate 0 = unlimited
-
-
-def test_message_limiter_limits_then_closes_and_counts() -> None:
-    before = guard.COUNTERS.limited_messages, guard.COUNTERS.flood_closes
-    lim = guard.MessageLimiter(msg_rate=1e-6, msg_burst=5, bytes_rate=1e9, bytes_burst=1e9, strikes=3)
-    verdicts = [lim.check(10) for _ in range(10)]
-    assert verdicts[:5] == ["ok"] * 5
-    assert verdicts[5:8] == ["limited"] * 3
-    assert verdicts[8:] == ["close", "close"]
-    assert guard.COUNTERS.limited_messages - before[0] == 3
-    assert guard.COUNTERS.flood_closes - before[1] == 2
-
-    by_bytes = guard.MessageLimiter(msg_rate=1e9, msg_burst=1e9, bytes_rate=1e-6, bytes_burst=100, strikes=10)
-    assert [by_bytes.check(40) for _ in range(3)] == ["ok", "ok", "limited"]
-    # A message bigger than the whole byte burst passes once the bucket is full.
-    fresh = guard.MessageLimiter(msg_rate=1e9, msg_burst=1e9, bytes_rate=1e-6, bytes_burst=100)
-    assert fresh.check(1000) == "ok" and fresh.check(1) == "limited"
-
-
-def test_client_ip_walks_forwarded_for_right_to_left_through_trusted_hops() -> None:
-    trusted = ["10.0.0.0/8", "127.0.0.1"]
-    h = [(b"x-forwarded-for", b"6.6.6.6, 1.2.3.4"), (b"x-forwarded-for", b"10.1.1.1")]
-    assert guard.client_ip("127.0.0.1", h, trusted) == "1.2.3.4"  # 6.6.6.6 is client-supplied
-    assert guard.client_ip("8.8.8.8", h, trusted) == "8.8.8.8"  # untrusted peer: header ignored
-    assert guard.client_ip("127.0.0.1", h, []) == "127.0.0.1"  # feature off
-    assert guard.client_ip("10.0.0.2", {"X-Forwarded-For": "garbage, 10.0.0.9"}, trusted) == "10.0.0.9"
-    assert guard.client_ip("10.0.0.2", {"x-forwarded-for": "10.0.0.7"}, trusted) == "10.0.0.7"
-    assert guard.client_ip("10.0.0.2", [], trusted) == "10.0.0.2"
-    assert guard.client_ip("10.0.0.2", [(b"x-forwarded-for", b"[2001:db8::1]:443")], trusted) == "2001:db8::1"
-    assert guard.client_ip("::ffff:10.0.0.2", [(b"x-forwarded-for", b"5.5.5.5:80")], trusted) == "5.5.5.5"
-    try:
-        guard.client_ip("10.0.0.2", [], ["not-an-ip"])
-    except ValueError as exc:
-        assert "COLLAB_TRUSTED_PROXIES" in str(exc)
-    else:
-        raise AssertionError("a bad trusted proxy entry must be reported")
-
-
-def test_ip_key_groups_ipv6_by_prefix() -> None:
-    assert guard.ip_key("192.0.2.7") == "192.0.2.7"
-    assert guard.ip_key("2001:db8:1:2:aaaa::1") == guard.ip_key("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
-    assert guard.ip_key("2001:db8:1:3::1") != guard.ip_key("2001:db8:1:2::1")
-    assert guard.ip_key("2001:db8:1:2:aaaa::1", 128) == "2001:db8:1:2:aaaa::1/128"
-    assert guard.ip_key("2001:db8:1:2:aaaa::1", 48) == "2001:db8:1::/48"
-    assert guard.ip_key("::ffff:192.0.2.7") == "192.0.2.7"
-
-
-def test_connection_limiter_caps_and_forgets_idle_sources() -> None:
-    lim = guard.ConnectionLimiter(conn_rate=1.0, conn_burst=2, conn_per_ip=2, max_connections=5, min_sweep=16)
-    assert [lim.acquire("a", now=0.0) for _ in range(3)] == ["ok", "ok", "per_ip"]
-    lim.release("a")
-    assert lim.acquire("a", now=0.0) == "rate"  # burst of 2 spent
-    assert lim.acquire("a", now=1.0) == "ok"
-    assert [lim.acquire(k, now=1.0) for k in "bcd"] == ["ok", "ok", "ok"]
-    assert lim.active == 5 and lim.acquire("e", now=1.0) == "global"
-    # A spray of one-shot sources does not grow the table without bound.
-    spray = guard.ConnectionLimiter(conn_rate=1e-9, conn_burst=1, conn_per_ip=1, max_connections=0, min_sweep=16)
-    for i in range(10_000):
-        assert spray.acquire(f"10.0.{i // 256}.{i % 256}", now=float(i)) == "ok"
-        spray.release(f"10.0.{i // 256}.{i % 256}")
-    assert len(spray) <= 32
-
-
-def test_metrics_text_is_prometheus_exposition() -> None:
-    text = guard.metrics_text()
-    names = set()
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split()
-            assert kind in ("counter", "gauge")
-            names.add(name)
-        elif line and not line.startswith("#"):
-            name, value = line.split(" ")
-            assert name in names, f"{name} has no TYPE line"
-            float(value)
-    assert "collab_guard_refused_conn_rate_total" in names
-    assert "collab_guard_limited_messages_total" in names
-    assert text.endswith("\n")
-
-
-# --------------------------------------------------------------------------
 # Real servers
 
 
@@ -541,18 +448,16 @@ asyncio.run(main(int(sys.argv[1]), float(sys.argv[2])))
 """
 
 
-async def polite_latencies(srv: Server, n: int, interval: float = 0.06) -> list[float]:
-    """Ack latency of ``n`` edits sent one per ``interval`` s (under ``msg_rate`` 20/s)."""
+async def polite_edits(srv: Server, n: int, interval: float = 0.06) -> int:
+    """``n`` edits from a polite address, one per ``interval`` s (under ``msg_rate``); returns how many were acked."""
     ws = await ws_connect(srv, doc="shared", src="127.0.0.3")
     await join(ws)
-    out = []
+    acked = 0
     for i in range(n):
-        t0 = time.perf_counter()
-        await edit(ws, f"p{i}-{time.perf_counter_ns()}")
-        out.append(time.perf_counter() - t0)
-        await asyncio.sleep(interval)
+        acked += (await edit(ws, f"p{i}-{time.perf_counter_ns()}"))["type"] == "ack"
+        await asyncio.sleep(interval)  # pacing, not synchronisation: a client typing
     await ws.close()
-    return out
+    return acked
 
 
 async def start_flooder(srv: Server, seconds: float) -> asyncio.subprocess.Process:
@@ -562,41 +467,125 @@ async def start_flooder(srv: Server, seconds: float) -> asyncio.subprocess.Proce
         "nice", "-n", "19", sys.executable, "-c", FLOODER, str(srv.port), str(seconds), stdout=subprocess.PIPE)
 
 
-async def test_message_flood_is_limited_and_polite_client_keeps_its_latency(tmp_path: Path) -> None:
+async def wait_for_metric(srv: Server, name: str, at_least: float, within: float = 20.0) -> dict[str, float]:
+    """Poll ``/metrics`` until ``name`` reaches ``at_least``; the metrics, or an AssertionError."""
+    deadline = time.monotonic() + within
+    while True:
+        m = await srv.metrics()
+        if m.get(name, 0) >= at_least:
+            return m
+        assert time.monotonic() < deadline, f"{name} stayed at {m.get(name)} (waited for {at_least})"
+        await asyncio.sleep(0.05)
+
+
+async def test_message_flood_is_limited_while_a_polite_client_edits(tmp_path: Path) -> None:
     # The real app: a connection over its message budget is answered rate_limited and,
-    # if it keeps on, closed with 1008; this flooder reconnects at once, throttled by the
-    # accept-time bucket. (A stub that never closed the flooder let an unloaded flooder
-    # cost the server a whole core of reading and refusing.)
+    # if it keeps on, closed with 1008, and its address backs off. (Latency under the
+    # flood is measured by benchmarks/guard_bench.py, not asserted here.)
     async with running(real_app=True, data_dir=str(tmp_path), msg_rate=20, msg_burst=20,
                        handshake_timeout=30) as srv:
-        baseline = statistics.median(await polite_latencies(srv, 30))
         flooder = await start_flooder(srv, 4)
-        await asyncio.sleep(1.0)
-        during = statistics.median(await polite_latencies(srv, 30))
+        await wait_for_metric(srv, "collab_guard_limited_messages_total", 1)
+        assert await polite_edits(srv, 20) == 20  # every polite edit acked, none rate_limited
         out, _ = await flooder.communicate()
         result = json.loads(out)
         m = await srv.metrics()
         assert result["connections"] >= 1 and result["sent"] > 0, result
-        assert m["collab_guard_limited_messages_total"] > 0, m
+        assert m["collab_guard_flood_closes_total"] >= 1 and m["collab_guard_refused_backoff_total"] >= 1, m
         # Whatever the server read of the flood, it read at most the budget plus the strikes
         # per connection: the rest was never parsed.
         assert m["collab_guard_limited_messages_total"] <= 60 * result["connections"] + 20, (m, result)
-        ratio = during / baseline
-        print(f"polite ack latency: {baseline * 1e3:.2f} ms alone, {during * 1e3:.2f} ms under a flood of "
-              f"{result['sent'] / 4:.0f} msg/s sent (x{ratio:.2f})")
-        assert ratio < 5, f"polite ack latency {baseline * 1e3:.2f} ms -> {during * 1e3:.2f} ms under flood"
 
 
-async def test_persistent_flood_is_closed_with_1008_and_reconnects_are_throttled() -> None:
-    async with running(msg_rate=50, msg_burst=50, conn_rate=2, conn_burst=3, handshake_timeout=30) as srv:
-        flooder = await start_flooder(srv, 2)
-        result = json.loads((await flooder.communicate())[0])
+async def test_flood_close_makes_the_address_back_off_and_reconnecting_does_not_refill_its_budget(
+        tmp_path: Path) -> None:
+    from websockets.exceptions import ConnectionClosed
+
+    async with running(real_app=True, data_dir=str(tmp_path), msg_rate=0.001, msg_burst=10,
+                       addr_msg_rate=0.001, addr_msg_burst=15, backoff_base=60, backoff_max=60,
+                       conn_rate=1000, conn_burst=1000, handshake_timeout=30) as srv:
+        def op_at(rev: int, op_id: str) -> str:  # based on the latest revision: nothing to transform
+            return json.dumps({"type": "op", "rev": rev, "op": ["x", rev] if rev else ["x"], "id": op_id})
+
+        first = await ws_connect(srv, src="127.0.0.4")
+        assert (await join(first))["type"] == "welcome"
+        for i in range(8):  # join + 8 edits: 9 of the connection's 10, 9 of the address's 15
+            await first.send(op_at(i, f"a{i}"))
+            assert json.loads(await first.recv())["type"] == "ack"
+        await first.close()
+        # A new connection has a fresh budget of 10, but its address has only 6 left.
+        second = await ws_connect(srv, src="127.0.0.4")
+        assert (await join(second))["rev"] == 8
+        replies = []
+        for i in range(6):
+            await second.send(op_at(8 + i, f"b{i}"))
+            replies.append(json.loads(await second.recv()))
+        assert [r["type"] for r in replies] == ["ack"] * 5 + ["error"], replies
+        assert replies[-1]["code"] == "rate_limited"
+        # Flooding on: rate_limited, then 1008; the address may not connect until its back-off passes.
+        try:
+            for _ in range(200):
+                await second.send(json.dumps({"type": "presence", "rev": 0, "cursor": None}))
+            while True:
+                await asyncio.wait_for(second.recv(), 10)
+        except ConnectionClosed as exc:
+            assert exc.rcvd is not None and exc.rcvd.code == 1008, exc
+        refused = await raw_connect(srv, "127.0.0.4")
+        assert await closed_by_server(refused[0], 5)
+        refused[1].close()
+        other = await ws_connect(srv, src="127.0.0.5")  # another address is not affected
+        assert (await join(other))["type"] == "welcome"
+        await other.close()
         m = await srv.metrics()
-        assert result["codes"].get("1008", 0) >= 3, result
-        assert m["collab_guard_flood_closes_total"] == result["codes"]["1008"]
-        assert m["collab_guard_refused_conn_rate_total"] > 0 and result["refused"] > 0
-        # Each connection got its 50 strikes (plus what refilled, 5/s, while it lasted), then was closed.
-        assert m["collab_guard_limited_messages_total"] <= 60 * result["connections"]
+        assert m["collab_guard_refused_backoff_total"] == 1 and m["collab_guard_backoff_sources"] == 1, m
+
+
+async def test_near_the_global_cap_a_quiet_address_still_gets_in(tmp_path: Path) -> None:
+    # 6 addresses open 20 connections each, round robin, against a cap of 60 with 6 kept in
+    # reserve: they stop at 54, and a quiet address can still connect, join and edit.
+    async with running(real_app=True, data_dir=str(tmp_path), max_connections=60, conn_reserve=0.1,
+                       conn_reserve_per_ip=4, conn_per_ip=20, conn_rate=1000, conn_burst=1000,
+                       handshake_timeout=30) as srv:
+        crowd = [await raw_connect(srv, f"127.0.0.{10 + a}") for _ in range(20) for a in range(6)]
+        m = await srv.metrics()  # accepted after the crowd: the kernel queues connections in order
+        assert m["collab_guard_refused_crowded_total"] == 120 - 54, m
+        assert m["collab_guard_open_connections"] == 54 + 1, m  # + the /metrics request's own
+        quiet = await ws_connect(srv, doc="notes", src="127.0.0.3")
+        assert (await join(quiet))["type"] == "welcome"
+        assert (await edit(quiet, "quiet-1"))["type"] == "ack"
+        again = await raw_connect(srv, "127.0.0.10")  # a crowding address is still refused
+        assert await closed_by_server(again[0], 5)
+        await quiet.close()
+        for _, w in crowd + [again]:
+            w.close()
+
+
+async def test_proxied_client_closed_for_flooding_is_refused_at_its_next_handshake(tmp_path: Path) -> None:
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    async with running(real_app=True, data_dir=str(tmp_path), trusted_proxies=["127.0.0.7"], msg_rate=0.001,
+                       msg_burst=5, backoff_base=60, backoff_max=60, conn_rate=1000, conn_burst=1000,
+                       handshake_timeout=30) as srv:
+        def via_proxy(client: str) -> dict:
+            return {"additional_headers": {"X-Forwarded-For": client}}
+
+        flooder = await ws_connect(srv, src="127.0.0.7", **via_proxy("1.1.1.1"))
+        try:
+            for _ in range(200):
+                await flooder.send(json.dumps({"type": "join"}))
+            while True:
+                await asyncio.wait_for(flooder.recv(), 10)
+        except ConnectionClosed as exc:
+            assert exc.rcvd is not None and exc.rcvd.code == 1008, exc
+        try:
+            await ws_connect(srv, src="127.0.0.7", **via_proxy("1.1.1.1"))
+        except InvalidStatus as exc:
+            assert exc.response.status_code == 429
+        else:
+            raise AssertionError("1.1.1.1 reconnected through the proxy during its back-off")
+        other = await ws_connect(srv, src="127.0.0.7", **via_proxy("2.2.2.2"))
+        assert (await join(other))["type"] == "welcome"
+        await other.close()
 
 
 NON_READER = r"""
@@ -609,6 +598,12 @@ s.connect(("127.0.0.1", port))
 key = base64.b64encode(os.urandom(16)).decode()
 s.sendall((f"GET /ws/big HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+head = b""
+while not head.endswith(b"\r\n\r\n"):  # the 101 response, before the first frame
+    byte = s.recv(1)
+    assert byte, f"closed during the handshake: {head!r}"
+    head += byte
+assert head.startswith(b"HTTP/1.1 101"), head
 payload = b'{"type":"join"}'
 mask = os.urandom(4)
 s.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
@@ -625,7 +620,6 @@ async def test_client_that_never_reads_is_dropped_and_server_memory_stays_bounde
         assert (await reader.stdout.readline()).strip() == b"joined"
         writer = await ws_connect(srv, doc="big", src="127.0.0.3")
         await join(writer)
-        await asyncio.sleep(0.3)
         rss_start = srv.rss()
         chunk = "y" * 60_000
         sent = 0
