@@ -9,7 +9,7 @@ Measures, in one run, so the ratios are comparable:
 
 Usage::
 
-    python benchmarks/guard_bench.py [--seconds 5] [--concurrency 16] [--out table.md]
+    python benchmarks/guard_accept_bench.py [--seconds 5] [--concurrency 16] [--out table.md]
 
 Prints a markdown section; ``--out`` also writes it to a file.
 """
@@ -226,7 +226,7 @@ def main() -> None:
     lines = [
         "## Flood guard benchmark",
         "",
-        f"`python benchmarks/guard_bench.py --seconds {args.seconds:g} --concurrency {args.concurrency}` on "
+        f"`python benchmarks/guard_accept_bench.py --seconds {args.seconds:g} --concurrency {args.concurrency}` on "
         f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; client and server on "
         "one host (loopback), client connections from distinct 127.0.x.y source addresses. Each accepted "
         "connection is a new TCP connection + `GET /healthz` + close; a refused one is a new TCP connection "
