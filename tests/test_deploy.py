@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -34,12 +35,13 @@ def procfile_web() -> str:
 
 @pytest.mark.skipif(not (PG and REDIS), reason="COLLAB_TEST_DATABASE_URL and COLLAB_TEST_REDIS_URL are not both set")
 def test_procfile_serves_with_heroku_variables(tmp_path):
-    if shutil.which("collab") is None:
-        pytest.skip("the collab command is not on PATH (install the package first)")
+    bin_dir = os.path.dirname(sys.executable)  # the collab command installed beside this Python
+    if not os.path.exists(os.path.join(bin_dir, "collab")):
+        pytest.skip(f"no collab command in {bin_dir}: install the package (pip install -e .) first")
     port = free_port()
     sep = "&" if "?" in PG else "?"
     env = {k: v for k, v in os.environ.items() if not k.startswith("COLLAB_") and k not in PLATFORM_VARS}
-    env.update(PORT=str(port), DATABASE_URL=f"{PG}{sep}schema=collab_deploy_test", WEB_CONCURRENCY="2",
+    env.update(PATH=bin_dir + os.pathsep + env.get("PATH", ""), PORT=str(port), DATABASE_URL=f"{PG}{sep}schema=collab_deploy_test", WEB_CONCURRENCY="2",
                REDIS_URL=f"{REDIS.split('?')[0]}?prefix=collab-deploy-test", DYNO="web.1", COLLAB_LOG_LEVEL="warning")
     proc = subprocess.Popen(["bash", "-c", procfile_web()], cwd=tmp_path, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)

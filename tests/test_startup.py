@@ -7,7 +7,6 @@ a subprocess.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -162,9 +161,7 @@ def test_several_workers_with_sqlite_name_web_concurrency(tmp_path):
 
 
 def start(tmp_path: Path, *args: str, **env: str) -> subprocess.Popen:
-    exe = shutil.which("collab")
-    cmd = [exe, "serve"] if exe else [sys.executable, "-m", "collab", "serve"]
-    return subprocess.Popen([*cmd, "--port", "0", *args], cwd=tmp_path, env=clean_env(**env),
+    return subprocess.Popen([sys.executable, "-m", "collab", "serve", "--port", "0", *args], cwd=tmp_path, env=clean_env(**env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
