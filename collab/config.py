@@ -169,7 +169,7 @@ class Settings:
     conn_reserve_per_ip: int = 4
     #: Message and byte budgets shared by all connections of one address (see collab.limits).
     addr_msg_rate: float = 200.0
-    addr_msg_burst: int = 400
+    addr_msg_burst: int = 200
     addr_bytes_rate: float = 4 * 1024 * 1024
     addr_bytes_burst: int = 16 * 1024 * 1024
     #: Seconds an address closed for flooding (1008) waits before it may connect again; doubling up to the max.

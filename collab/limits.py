@@ -101,7 +101,7 @@ class Limits:
     bytes_burst: int = 8 * 1024 * 1024
     #: Budgets shared by all connections of one address.
     addr_msg_rate: float = 200.0
-    addr_msg_burst: int = 400
+    addr_msg_burst: int = 200
     addr_bytes_rate: float = 4 * 1024 * 1024
     addr_bytes_burst: int = 16 * 1024 * 1024
     #: First back-off after a 1008 flood close; each further one doubles it, up to the max.
@@ -345,6 +345,23 @@ class SourceLimits(ConnectionLimiter):
         src.msg_tokens = min(src.msg_tokens + (now - src.stamp) * self.msg_rate, self.msg_burst) - units
         src.byte_tokens = min(src.byte_tokens + (now - src.stamp) * self.bytes_rate, self.bytes_burst)
         src.stamp = now
+
+    def punish(self, key: str, now: float | None = None) -> float:
+        """Start the back-off (see :meth:`ConnectionLimiter.punish`) and spend the address's message budget.
+
+        The budget is left so that it is empty when the back-off ends: a
+        flooder's next connection gets the refill rate, not a fresh burst.
+        """
+        if now is None:
+            now = _monotonic()
+        delay = super().punish(key, now)
+        if self.msg_rate > 0:
+            src = self.source(key, now)
+            m = min(src.msg_tokens + (now - src.stamp) * self.msg_rate, self.msg_burst)
+            src.byte_tokens = min(src.byte_tokens + (now - src.stamp) * self.bytes_rate, self.bytes_burst)
+            src.msg_tokens = min(m, 0.0) - delay * self.msg_rate
+            src.stamp = now
+        return delay
 
     def _idle(self, src: Source, now: float) -> bool:
         if not super()._idle(src, now):

@@ -111,6 +111,17 @@ def test_flood_close_starts_a_growing_back_off_for_the_address() -> None:
     assert src.punish("10.0.0.1", now=t + 38 + 8.5) == 1.0
 
 
+def test_after_a_flood_close_the_address_gets_no_fresh_burst() -> None:
+    src = source_limits(msg_burst=1000, addr_msg_rate=10.0, addr_msg_burst=20, backoff_base=2.0)
+    t = 1000.0
+    src.punish("10.0.0.1", now=t)
+    assert src.acquire("10.0.0.1", now=t + 1.99) == "backoff"
+    assert src.acquire("10.0.0.1", now=t + 2.0) == "ok"
+    lim = src.message_limiter("10.0.0.1", now=t + 2.0)
+    assert lim.check(1, now=t + 2.0) == "limited"  # the budget is empty when the back-off ends
+    assert verdicts(lim, 6, now=t + 2.5) == ["ok"] * 5 + ["limited"]  # then it refills at 10/s
+
+
 def test_transform_cost_is_charged_to_the_connection_and_the_address() -> None:
     assert transform_cost(0) == 0.0 and transform_cost(-3) == 0.0
     assert transform_cost(700) == 700 / limits.TRANSFORM_OPS_PER_MESSAGE
