@@ -37,3 +37,11 @@ def test_protocol_spec_is_in_the_repository():
         assert needed in spec, f"docs/protocol.md does not specify {needed}"
     for md in markdown_files():
         assert "shared/PROTOCOL.md" not in md.read_text(encoding="utf-8"), f"{md.relative_to(ROOT)} points outside"
+
+
+def test_every_environment_variable_is_in_the_readme():
+    config = (ROOT / "collab" / "config.py").read_text(encoding="utf-8")
+    names = set(re.findall(r'"((?:COLLAB_[A-Z0-9_]+)|PORT|DATABASE_URL|REDIS_URL|WEB_CONCURRENCY)"', config))
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = sorted(n for n in names if f"`{n}`" not in readme)
+    assert not missing, f"settings missing from the README's configuration table: {missing}"
