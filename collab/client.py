@@ -41,7 +41,7 @@ from .clientevents import (
     Welcomed,
 )
 from .clientstate import ClientState
-from .opsplit import dumps
+from .opsplit import CLOSE_ABNORMAL, dumps
 from .ot import Operation
 from .protocol import CLOSE_BAD_TOKEN, CLOSE_NO_DOCUMENT, CLOSE_NOT_ALLOWED, valid_doc_name
 from .textdiff import diff_op
@@ -106,9 +106,6 @@ class CollabError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
-
-
-# URLs
 
 
 def ws_url(base: str, doc: str, token: str | None = None) -> str:
@@ -502,7 +499,7 @@ class Document:
                     closed = _Closed(ws.close_code, ws.close_reason or "")
         except ConnectionClosed as e:
             rcvd = e.rcvd
-            closed = _Closed(1006, "") if rcvd is None else _Closed(rcvd.code, rcvd.reason)
+            closed = _Closed(CLOSE_ABNORMAL) if rcvd is None else _Closed(rcvd.code, rcvd.reason)
         except InvalidStatus as e:
             status = e.response.status_code
             code = {401: CLOSE_BAD_TOKEN, 403: CLOSE_NOT_ALLOWED, 404: CLOSE_NO_DOCUMENT}.get(status)
