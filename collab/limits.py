@@ -31,7 +31,7 @@ Verdict = Literal["ok", "rate", "per_ip", "global", "crowded", "backoff"]
 MessageVerdict = Literal["ok", "limited", "close"]
 
 #: History operations an op may be transformed against for the price of one message.
-TRANSFORM_OPS_PER_MESSAGE = 50.0
+TRANSFORM_OPS_PER_MESSAGE = 25.0
 
 #: Tracked addresses kept even while backing off; past this a sweep forgets the oldest state.
 MAX_TRACKED = 65_536
