@@ -123,6 +123,8 @@ async def test_receiver_takes_messages_inline_only_while_the_app_waits_with_noth
     while the task is busy, messages queue as usual. The order is the order sent."""
     log: list[tuple[str, object]] = []
     busy_done = asyncio.Event()
+    idle_again = asyncio.Event()  # set just before the task waits in receive, after "q2"
+    protocol: list = []
 
     async def app(scope, receive, send):
         if scope["type"] != "websocket":
@@ -130,6 +132,7 @@ async def test_receiver_takes_messages_inline_only_while_the_app_waits_with_noth
         await receive()
         await send({"type": "websocket.accept"})
         direct = scope["extensions"][EXTENSION]
+        protocol.append(direct)
 
         def receiver(payload):
             if payload in ("slow", "end"):
@@ -139,6 +142,8 @@ async def test_receiver_takes_messages_inline_only_while_the_app_waits_with_noth
 
         direct.receiver = receiver
         while True:
+            if ("queued", "q2") in log:
+                idle_again.set()  # the test wakes once this task is suspended in receive()
             message = await receive()
             if message["type"] == "test.slow":
                 log.append(("task", message["payload"]))
@@ -164,10 +169,11 @@ async def test_receiver_takes_messages_inline_only_while_the_app_waits_with_noth
             assert await asyncio.wait_for(ws.recv(), 10) == "busy"
             await ws.send("q1")
             await ws.send("q2")
-            await asyncio.sleep(0.2)
+            while protocol[0].queue.qsize() < 2:  # both arrived while the task is busy: queued
+                await asyncio.sleep(0.01)
             busy_done.set()
             assert await asyncio.wait_for(ws.recv(), 10) == "idle"
-            await asyncio.sleep(0.05)  # the task is back in receive with nothing queued
+            await asyncio.wait_for(idle_again.wait(), 10)  # the task is back in receive with nothing queued
             await ws.send("b")
             await ws.send("end")
             result = await asyncio.wait_for(ws.recv(), 10)
