@@ -544,10 +544,11 @@ def transform(a: Operation, b: Operation) -> tuple[Operation, Operation]:
     insert goes first (ot.js tie-break); the server passes the incoming
     operation as ``a`` so the later-arriving insert is placed first.
 
-    Non-canonical input (adjacent retains, an insert after a delete, ...) is
-    normalized first, as ot.js's ``TextOperation.fromJSON`` does: the
-    tie-break depends on where inserts stand, so only the canonical form
-    gives ot.js's answer.
+    Input is taken as its normalized form, as ot.js's ``TextOperation.fromJSON``
+    takes it: the tie-break depends on where inserts stand, so an insert
+    written after a delete is moved before it first (see
+    :func:`_insert_after_delete`); other non-canonical forms give the same
+    answer as they are.
 
     Two single splices (see :func:`_splice`), which is what typing produces,
     are transformed arithmetically; anything else, or a length mismatch,
@@ -593,27 +594,29 @@ def transform(a: Operation, b: Operation) -> tuple[Operation, Operation]:
     return _transform_general(a, b)
 
 
-def _canonical(op: Operation) -> bool:
-    """Whether ``op`` is in normalized form (see :func:`normalize`); bad components count as canonical."""
-    last = 0  # kind of the previous component: 1 retain, 2 insert, 3 delete
+def _insert_after_delete(op: Operation) -> bool:
+    """Whether an insert follows a delete in ``op``: the one non-canonical order that moves a tie.
+
+    Adjacent components of one kind, or empty parts, give the same transform
+    as their normalized form (the results are built normalized); an insert
+    written after a delete does not, since normalizing moves it to the
+    start of the deleted range.
+    """
+    after_delete = False
     for c in op:
         if type(c) is str:
-            if last >= 2 or not c:
-                return False
-            last = 2
-        elif type(c) is int:
-            kind = 1 if c > 0 else 3 if c < 0 else 0
-            if kind == last or not kind:
-                return False
-            last = kind
-    return True
+            if after_delete:
+                return True
+        else:
+            after_delete = c < 0
+    return False
 
 
 def _transform_general(a: Operation, b: Operation) -> tuple[Operation, Operation]:
     """:func:`transform` for any two operations: a walk over both, component by component."""
-    if not _canonical(a):
+    if _insert_after_delete(a):
         a = normalize(a)
-    if not _canonical(b):
+    if _insert_after_delete(b):
         b = normalize(b)
     la, lb = base_length(a), base_length(b)
     if la != lb:

@@ -435,6 +435,14 @@ def test_prop_tp1(case: tuple[str, list, list]) -> None:
 
 
 @PROPS
+@given(doc_and_two_concurrent())
+def test_prop_transform_takes_its_input_normalized(case: tuple[str, list, list]) -> None:
+    """ot.js reads every operation normalized (fromJSON), so transform must answer as for the normalized pair."""
+    _, a, b = case
+    assert ot.transform(a, b) == ot.transform(ot.normalize(a), ot.normalize(b))
+
+
+@PROPS
 @given(doc_and_two_sequential())
 def test_prop_compose(case: tuple[str, list, list]) -> None:
     d, a, b = case
