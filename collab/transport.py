@@ -286,7 +286,7 @@ if WebSocketsSansIOProtocol is not None:
         async def send(self, message: Any) -> None:
             await super().send(message)
             if self.handshake_complete and getattr(self, "request", None) is not None:
-                # Only the handshake needs them; after it they are ~1 KiB of headers per connection.
+                # Only the handshake needs them; kept, they would hold its headers for the connection's life.
                 self.request = None  # type: ignore[assignment]
                 self.response = None  # type: ignore[assignment]
             if self.close_sent:

@@ -181,3 +181,38 @@ async def test_receiver_takes_messages_inline_only_while_the_app_waits_with_noth
                                ("queued", "q1"), ("queued", "q2"), ("inline", "b"), ("task", "end")])
     finally:
         await _stop(task)
+
+
+async def test_a_large_direct_write_waits_while_the_transport_still_holds_output() -> None:
+    """One connection's transport buffer holds at most one large write: the next waits for it to drain."""
+    from collab.transport import WRITE_BUFFER_BYTES
+    from test_connection import RawWS
+
+    results: dict = {}
+    done = asyncio.Event()
+
+    async def app(scope, receive, send):
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        direct = scope["extensions"][EXTENSION]
+        direct.transport.set_write_buffer_limits(high=64 * WRITE_BUFFER_BYTES)  # keep "writable" out of the way
+        direct.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        big = direct.encode_text("x" * (2 * WRITE_BUFFER_BYTES))
+        results["first"] = direct.write_frames(big)  # nothing buffered: written
+        results["held"] = direct.transport.get_write_buffer_size() > 0  # the client reads nothing
+        results["second"] = direct.write_frames(big)
+        results["small"] = direct.write_frames(direct.encode_text("small"))
+        done.set()
+        await receive()
+
+    url, task = await _serve(app)
+    try:
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        client = await RawWS.open(port, "/ws", rcvbuf=4096)
+        await asyncio.wait_for(done.wait(), 10)
+        client.close()
+        assert results == {"first": True, "held": True, "second": False, "small": True}
+    finally:
+        await _stop(task)
