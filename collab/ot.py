@@ -545,10 +545,8 @@ def transform(a: Operation, b: Operation) -> tuple[Operation, Operation]:
     operation as ``a`` so the later-arriving insert is placed first.
 
     Input is taken as its normalized form, as ot.js's ``TextOperation.fromJSON``
-    takes it: the tie-break depends on where inserts stand, so an insert
-    written after a delete is moved before it first (see
-    :func:`_insert_after_delete`); other non-canonical forms give the same
-    answer as they are.
+    takes it: the tie-break depends on where inserts stand (see
+    :func:`_transform_general`).
 
     Two single splices (see :func:`_splice`), which is what typing produces,
     are transformed arithmetically; anything else, or a length mismatch,
@@ -594,30 +592,16 @@ def transform(a: Operation, b: Operation) -> tuple[Operation, Operation]:
     return _transform_general(a, b)
 
 
-def _insert_after_delete(op: Operation) -> bool:
-    """Whether an insert follows a delete in ``op``: the one non-canonical order that moves a tie.
-
-    Adjacent components of one kind, or empty parts, give the same transform
-    as their normalized form (the results are built normalized); an insert
-    written after a delete does not, since normalizing moves it to the
-    start of the deleted range.
-    """
-    after_delete = False
-    for c in op:
-        if type(c) is str:
-            if after_delete:
-                return True
-        else:
-            after_delete = c < 0
-    return False
-
-
 def _transform_general(a: Operation, b: Operation) -> tuple[Operation, Operation]:
-    """:func:`transform` for any two operations: a walk over both, component by component."""
-    if _insert_after_delete(a):
-        a = normalize(a)
-    if _insert_after_delete(b):
-        b = normalize(b)
+    """:func:`transform` for any two operations: a walk over both, component by component.
+
+    An insert written after a delete (not normalized) would place its text
+    after the other operation's inserts in the deleted range, where ot.js,
+    which normalizes first, places it before: reaching one, the walk starts
+    again on the normalized operations. Other non-canonical forms (adjacent
+    parts of one kind, empty parts) give the same, normalized, result as
+    they are.
+    """
     la, lb = base_length(a), base_length(b)
     if la != lb:
         raise InvalidOperation(
@@ -630,12 +614,16 @@ def _transform_general(a: Operation, b: Operation) -> tuple[Operation, Operation
     y: Component | None = b[0] if nb else None
     while x is not None or y is not None:
         if type(x) is str:
+            if ia and type(prev := a[ia - 1]) is int and prev < 0:
+                return _transform_general(normalize(a), normalize(b))
             pa.insert(x)
             pb.retain(len(x))
             ia += 1
             x = a[ia] if ia < na else None
             continue
         if type(y) is str:
+            if ib and type(prev := b[ib - 1]) is int and prev < 0:
+                return _transform_general(normalize(a), normalize(b))
             pa.retain(len(y))
             pb.insert(y)
             ib += 1
