@@ -321,10 +321,23 @@ class SourceLimits(ConnectionLimiter):
         return Source(self.burst, self.msg_burst, self.bytes_burst, now)
 
     def message_limiter(self, source_key: str, now: float | None = None) -> "MessageLimiter":
-        """A limiter for one new connection from ``source_key``, also charged to the address."""
+        """A limiter for one new connection from ``source_key``, also charged to the address.
+
+        While the address is on probation (closed for flooding, and not yet
+        clean for ``backoff_max`` since its back-off ended) the connection
+        starts with an empty message bucket: a flooder's reconnect gets the
+        refill rate, not a fresh burst. Its other connections keep theirs.
+        """
+        if now is None:
+            now = _monotonic()
         lim = self.limits
-        return MessageLimiter(lim.msg_rate, lim.msg_burst, lim.bytes_rate, lim.bytes_burst,
-                              lim.strikes, lim.strike_window, source=source_key, owner=self, now=now)
+        limiter = MessageLimiter(lim.msg_rate, lim.msg_burst, lim.bytes_rate, lim.bytes_burst,
+                                 lim.strikes, lim.strike_window, source=source_key, owner=self, now=now)
+        src = self._sources.get(source_key)
+        if src is not None and src.backoff_level and now < src.backoff_until + self.backoff_max \
+                and limiter.msg_rate > 0:
+            limiter.msg_tokens = 0.0
+        return limiter
 
     def take(self, key: str, nbytes: int, now: float) -> bool:
         """Charge one message of ``nbytes`` to ``key``'s budgets; False (nothing charged) if spent."""
@@ -345,23 +358,6 @@ class SourceLimits(ConnectionLimiter):
         src.msg_tokens = min(src.msg_tokens + (now - src.stamp) * self.msg_rate, self.msg_burst) - units
         src.byte_tokens = min(src.byte_tokens + (now - src.stamp) * self.bytes_rate, self.bytes_burst)
         src.stamp = now
-
-    def punish(self, key: str, now: float | None = None) -> float:
-        """Start the back-off (see :meth:`ConnectionLimiter.punish`) and spend the address's message budget.
-
-        The budget is left so that it is empty when the back-off ends: a
-        flooder's next connection gets the refill rate, not a fresh burst.
-        """
-        if now is None:
-            now = _monotonic()
-        delay = super().punish(key, now)
-        if self.msg_rate > 0:
-            src = self.source(key, now)
-            m = min(src.msg_tokens + (now - src.stamp) * self.msg_rate, self.msg_burst)
-            src.byte_tokens = min(src.byte_tokens + (now - src.stamp) * self.bytes_rate, self.bytes_burst)
-            src.msg_tokens = min(m, 0.0) - delay * self.msg_rate
-            src.stamp = now
-        return delay
 
     def _idle(self, src: Source, now: float) -> bool:
         if not super()._idle(src, now):

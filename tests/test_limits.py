@@ -111,15 +111,19 @@ def test_flood_close_starts_a_growing_back_off_for_the_address() -> None:
     assert src.punish("10.0.0.1", now=t + 38 + 8.5) == 1.0
 
 
-def test_after_a_flood_close_the_address_gets_no_fresh_burst() -> None:
-    src = source_limits(msg_burst=1000, addr_msg_rate=10.0, addr_msg_burst=20, backoff_base=2.0)
+def test_after_a_flood_close_a_new_connection_gets_no_fresh_burst() -> None:
+    src = source_limits(msg_rate=10.0, msg_burst=100, addr_msg_burst=1000, backoff_base=2.0, backoff_max=8.0)
     t = 1000.0
+    older = src.message_limiter("10.0.0.1", now=t)
     src.punish("10.0.0.1", now=t)
     assert src.acquire("10.0.0.1", now=t + 1.99) == "backoff"
     assert src.acquire("10.0.0.1", now=t + 2.0) == "ok"
     lim = src.message_limiter("10.0.0.1", now=t + 2.0)
-    assert lim.check(1, now=t + 2.0) == "limited"  # the budget is empty when the back-off ends
-    assert verdicts(lim, 6, now=t + 2.5) == ["ok"] * 5 + ["limited"]  # then it refills at 10/s
+    assert lim.check(1, now=t + 2.0) == "limited"  # its bucket starts empty ...
+    assert verdicts(lim, 6, now=t + 2.5) == ["ok"] * 5 + ["limited"]  # ... and refills at msg_rate
+    assert verdicts(older, 3, now=t + 2.5) == ["ok"] * 3  # a connection opened before keeps its budget
+    # Clean for backoff_max after the back-off ended: new connections get their burst again.
+    assert verdicts(src.message_limiter("10.0.0.1", now=t + 10.0), 3, now=t + 10.0) == ["ok"] * 3
 
 
 def test_transform_cost_is_charged_to_the_connection_and_the_address() -> None:
