@@ -2,9 +2,15 @@
 
 Sans-I/O: :func:`parse` turns one text frame into a :class:`Join`,
 :class:`Submit` or :class:`Presence`, or raises :class:`ProtocolError` with
-the error code the client must receive. The ``*_msg`` helpers build the
+the error code the client must receive; whatever a client sends, what it
+returns is safe to store and encode. The ``*_msg`` helpers build the
 server's messages as dicts and :func:`encode` serializes them. Nothing here
 touches a socket, a document or the event loop.
+
+This module is the one source of the wire's constants: close codes
+(``CLOSE_*``, :data:`CLOSE_CODES`), error codes (:data:`ERROR_CODES`) and the
+document-name rule (:data:`DOC_NAME_PATTERN`, :func:`valid_doc_name`);
+:func:`wire_constants` gives them as data for other languages' copies.
 """
 
 from __future__ import annotations
