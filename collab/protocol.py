@@ -170,7 +170,8 @@ Message = Join | Submit | Presence
 
 
 def _int_or_float(literal: str) -> int | float:
-    """A JSON integer as orjson reads it: exact within 64 bits, else a float (infinity past a double)."""
+    """A JSON integer read the way orjson reads it: exact when it surely fits 64 bits
+    (18 digits), else a float, which is infinity past a double's range."""
     return int(literal) if len(literal) < 19 else float(literal)
 
 
