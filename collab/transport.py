@@ -44,6 +44,8 @@ import logging
 import struct
 from typing import Any, Callable
 
+from websockets.exceptions import PayloadTooBig
+
 try:
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 except ImportError:  # pragma: no cover - uvicorn < 0.35: support_problem() says so
@@ -80,6 +82,12 @@ def encode_text(text: str) -> bytes:
     if n < 65536:
         return _pack_short(0x81, 126, n) + payload
     return _pack_long(0x81, 127, n) + payload
+
+
+def _close_frame(code: int, reason: str) -> bytes:
+    """One complete server close frame (``reason`` cut to fit a control frame)."""
+    payload = code.to_bytes(2, "big") + reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
+    return bytes((0x88, len(payload))) + payload
 
 
 class IncomingBudget:
@@ -176,7 +184,7 @@ _ATTRIBUTES = ("queue", "writable", "frames", "curr_msg_data_type", "close_sent"
                "handshake_complete", "handshake_initiated", "initial_response", "read_paused", "transport",
                "close_timer", "loop", "conn")
 #: Attributes of its websockets ``ServerProtocol``.
-_CONN_ATTRIBUTES = ("reader", "max_message_size", "fail", "send_close", "data_to_send", "close_sent")
+_CONN_ATTRIBUTES = ("reader", "max_message_size", "fail", "send_close", "data_to_send", "close_sent", "parser_exc")
 #: What :mod:`collab.guard` reads and replaces on a loaded ``uvicorn.Config``.
 _CONFIG_ATTRIBUTES = ("http_protocol_class", "ws_protocol_class", "loaded_app", "timeout_keep_alive")
 
@@ -363,8 +371,13 @@ if WebSocketsSansIOProtocol is not None:
             self._hold(0)
             sent = self.conn.close_sent
             code, reason = (sent.code, sent.reason) if sent is not None else (1006, "")
+            output = b"".join(self.conn.data_to_send())
+            if isinstance(self.conn.parser_exc, PayloadTooBig) and sent is not None and self.max_message_bytes:
+                # Said as the app says it, with what to do, rather than websockets' wording.
+                reason = f"message larger than {self.max_message_bytes} bytes: split the edit"
+                output = _close_frame(code, reason)
             self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
-            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.write(output)
             self.close_sent = True
             if self.read_paused:
                 self.read_paused = False

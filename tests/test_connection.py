@@ -243,6 +243,7 @@ async def test_a_client_still_uploading_an_oversized_message_reads_1009_not_a_re
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), 10)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    assert closed.value.rcvd.reason == "message larger than 65536 bytes: split the edit"
 
 
 async def test_unfinished_messages_share_one_budget(server_factory, raw_open):
