@@ -92,6 +92,8 @@ class Replica:
 
     def __init__(self, doc: Any, store: Store, backplane: "Backplane | None", counters: HubCounters) -> None:
         self.doc = doc
+        #: The document's sequencer (the same object for the document's life).
+        self.seq = doc.seq
         self.store = store
         self.backplane = backplane
         self.counters = counters
@@ -157,8 +159,9 @@ class Replica:
         return fut
 
     def behind(self) -> bool:
+        """Whether there is other processes' work to integrate before the next batch."""
         return bool(self.ops or self.events or self.check_store or self.store_waiters
-                    or self.known_rev > self.doc.seq.rev)
+                    or self.known_rev > self.seq.rev)
 
     # -- integrating ------------------------------------------------------------------
 
@@ -272,7 +275,7 @@ class Replica:
 
     def contended(self) -> bool:
         """Whether other processes wrote this document lately (so commit holding its turn)."""
-        return asyncio.get_running_loop().time() < self.contended_until
+        return bool(self.contended_until) and asyncio.get_running_loop().time() < self.contended_until
 
     def lost_race(self) -> None:
         """A batch lost its revisions to another process: read what it committed before retrying."""
@@ -458,7 +461,7 @@ class Cluster:
     async def check(self) -> None:
         """One round of the watch: crashed processes' clients leave; documents behind the store catch up."""
         docs = list(self.docs.values())
-        procs = {r.proc for d in docs for r in d.remote_peers.values()}
+        procs = {r.proc for d in docs for r in d.replica.peers.values()}
         if procs:
             dead = await self.backplane.dead(procs)
             if dead:

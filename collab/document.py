@@ -13,9 +13,9 @@ with one path for success (announce), for a lost race with another process
 sessions). A store that keeps appends in order (``store.pipelined``) has
 up to ``MAX_IN_FLIGHT`` batches in flight; any other has one, awaited.
 
-Joins and presence run between batches, when the in-memory state equals the
-durable state, which keeps every client's stream in strict revision order.
-Other processes' work comes in through the :class:`~collab.cluster.Replica`.
+Joins, presence and other processes' work (through the
+:class:`~collab.cluster.Replica`) are handled between batches, when the
+in-memory state is durable: every client's stream stays in revision order.
 """
 
 from __future__ import annotations
@@ -44,10 +44,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("collab.hub")
 
-#: A snapshot writes the whole text, so a document of N characters is snapshotted
-#: every N / SNAPSHOT_BYTES_PER_OP operations at the most: snapshots cost about
-#: this many characters per operation, whatever the document's size, and a load
-#: replays at most that many operations after the last one.
+#: A document of N characters is snapshotted every N / SNAPSHOT_BYTES_PER_OP operations at the most:
+#: snapshots cost about this many characters per operation, whatever the document's size.
 SNAPSHOT_BYTES_PER_OP = 256
 #: Batches of one document whose commits may be in flight at once (pipelined stores).
 MAX_IN_FLIGHT = 4
@@ -63,14 +61,17 @@ class Flight:
     #: The state to roll back to if another process took these revisions (stores that may conflict).
     saved: Saved | None
     last_snapshot: int
+    #: A pipelined commit's future (``None`` for an awaited one).
     commit: "asyncio.Future[None] | None" = None
+    #: The commit's outcome, once known: ``done``, and ``error`` if it failed.
+    done: bool = False
+    error: BaseException | None = None
     encoded: bool = False
     #: Another process took its revisions: rolled back and queued again.
     lost: bool = False
 
 
 def _may_edit(peer: Peer, sub: Submit) -> None:
-    """Refuse ``sub`` from a read-only connection (both ways in: :meth:`Document.offer` and ``submit``)."""
     if peer.role != "edit":
         raise ProtocolError(FORBIDDEN, "this connection is read-only: its token does not allow editing", sub.id)
 
@@ -120,10 +121,6 @@ class Document:
     @property
     def history_start(self) -> int:
         return self.seq.history_start
-
-    @property
-    def remote_peers(self) -> dict[str, RemotePeer]:
-        return self.replica.peers
 
     def snapshot(self) -> tuple[int, str]:
         """The committed revision and text (call between batches)."""
@@ -273,13 +270,15 @@ class Document:
         """Integrate others' work, then order, commit and announce batches, until there is nothing left."""
         conflicts_in_a_row = 0
         replica = self.replica
+        shared = self.shared  # only then can other processes' work be waiting
         try:
-            while not self.failed and (self._inbox or self._deferred or replica.behind()):
-                if self._flight and (self._deferred or replica.behind() or len(self._flight) >= self._max_in_flight):
+            while not self.failed and (self._inbox or self._deferred or (shared and replica.behind())):
+                if self._flight and (self._deferred or (shared and replica.behind())
+                                     or len(self._flight) >= self._max_in_flight):
                     # Joins and presence see only committed state (and the pipeline stays short).
                     await self._settled()
                     continue
-                if conflicts_in_a_row or (self._inbox and replica.contended()):
+                if conflicts_in_a_row or (self._inbox and replica.contended_until and replica.contended()):
                     # Lost the race for these revisions (or other processes are writing this
                     # document right now): take the document's turn in the store, so this
                     # commit cannot lose the race (a hot document stays fair).
@@ -304,12 +303,12 @@ class Document:
                 self.schedule_unload()
 
     async def _turn(self) -> bool:
-        """One turn: catch up, run what waited, order and commit one batch.
+        """One turn: catch up, run what waited, order one batch with the sequencer and commit it.
 
         Returns ``False`` if another process took the batch's revisions (it
         was rolled back and queued again).
         """
-        if self.replica.behind():
+        if self.shared and self.replica.behind():
             await self.replica.catch_up()
         self._run_deferred()
         if not self._inbox:
@@ -320,19 +319,6 @@ class Document:
             self._room_waiters = []
         earlier = await self._ids_in_store(batch)
         saved = self.seq.save(self._holders()) if self.store.may_conflict else None
-        items, new = self._order(batch, earlier)
-        if not items:
-            return True
-        flight = Flight(items, new, saved, self.last_snapshot)
-        self._flight.append(flight)
-        if self.pipelined:
-            self._start(flight)
-            return True
-        await self._write(flight)
-        return not flight.lost
-
-    def _order(self, batch: list[Item], earlier: dict[str, int]) -> tuple[list[Item], list[StoredOp]]:
-        """Order ``batch`` with the sequencer; refusals are answered here. Returns the items kept and the new entries."""
         apply = self.seq.apply
         items: list[Item] = []
         new: list[StoredOp] = []
@@ -340,7 +326,7 @@ class Document:
             sub = item.sub
             try:
                 result = earlier.get(sub.id) or apply(sub, item.peer)
-            except ProtocolError as exc:
+            except ProtocolError as exc:  # refused: answered here, and left out of the batch
                 if item.reply is not None:
                     item.reply.set_exception(exc)
                 elif item.peer is not None:
@@ -350,15 +336,25 @@ class Document:
             items.append(item)
             if type(result) is StoredOp:
                 new.append(result)
-        return items, new
+        if not items:
+            return True
+        flight = Flight(items, new, saved, self.last_snapshot)
+        self._flight.append(flight)
+        if self.pipelined:
+            self._start(flight)
+            return True
+        try:  # any other store: write and wait, then settle the flight as a pipelined one is
+            if new:
+                await self.store.append(self.id, new, len(self.seq.text), self._snapshot_due())
+        except Exception as exc:
+            flight.error = exc
+        flight.done = True
+        self._landed()
+        return not flight.lost
 
     async def _ids_in_store(self, batch: list[Item]) -> dict[str, int]:
-        """Revisions of ops in ``batch`` applied so long ago that only the store remembers their ids.
-
-        The sequencer knows the kept history's ids only; once older ops exist,
-        an id it does not know may still have been applied (a client resending
-        an old op on a newer base), so ask the store, once per batch.
-        """
+        """Revisions of ops in ``batch`` applied so long ago that only the store remembers their ids
+        (a client resending an old op on a newer base): one question to the store per batch."""
         seq = self.seq
         if seq.history_start == 0:
             return {}
@@ -377,47 +373,32 @@ class Document:
     # -- the one pipeline ------------------------------------------------------------
 
     def _start(self, flight: Flight) -> None:
-        """Start a pipelined commit and return at once; :meth:`_landed` settles it once it and every earlier one landed.
+        """Start a pipelined commit and return at once; :meth:`_landed` settles it after every earlier one.
 
-        A batch with nothing new (only resends of ops applied earlier) still
-        waits its turn: its acks must not overtake the commit of the op they
-        acknowledge, which may be in flight.
+        A batch of resends only still waits its turn: its acks must not
+        overtake the commit of the op they acknowledge.
         """
         loop = asyncio.get_running_loop()
         if flight.new:
             flight.commit = self.store.start_append(
                 self.id, flight.new, len(self.seq.text), self._snapshot_due(), on_done=self._landed)
         else:
-            flight.commit = loop.create_future()
-            flight.commit.set_result(None)
-            flight.commit.add_done_callback(self._landed)
+            flight.done = True
+            loop.call_soon(self._landed)
         # After the store's own call_soon: the commit is under way while this encodes.
         loop.call_soon(self._encode_early, flight)
-
-    async def _write(self, flight: Flight) -> None:
-        """Write a batch and wait for it (stores that are not pipelined), then settle it as a pipelined one is."""
-        commit = flight.commit = asyncio.get_running_loop().create_future()
-        try:
-            if flight.new:
-                await self.store.append(self.id, flight.new, len(self.seq.text), self._snapshot_due())
-        except Exception as exc:
-            commit.set_exception(exc)
-        else:
-            commit.set_result(None)
-        self._landed()
 
     def _landed(self, _: object = None) -> None:
         """Settle the flights whose commits are done, in order: announce, retry after a lost race, or fail."""
         flights = self._flight
-        while flights and flights[0].commit is not None and flights[0].commit.done():
+        while flights and (flights[0].done or self._finished(flights[0])):
             flight = flights.popleft()
-            commit = flight.commit
-            exc = DocumentFailed(self.id) if commit.cancelled() else commit.exception()
+            exc = flight.error
             if self.failed:
                 _refuse(flight.items, self.id)
             elif exc is None:
                 self._announce(flight)
-                self.seq.trim(self._holders())  # only now: ops in flight must keep their ids in memory
+                self.trim()  # only now: ops in flight must keep their ids in memory
             elif isinstance(exc, RevisionConflict) and flight.saved is not None:
                 self._lost_race(flight)
             else:
@@ -426,12 +407,24 @@ class Document:
                 _refuse(flight.items, self.id)
                 self._fail()
         if not flights:
-            _resolve(self._settle_waiters)
-            self._settle_waiters = []
+            if self._settle_waiters:
+                _resolve(self._settle_waiters)
+                self._settle_waiters = []
             if self._deferred or self._inbox:
                 self._wake()
             elif not self.peers and self._committer is None:
                 self.schedule_unload()
+
+    def _finished(self, flight: Flight) -> bool:
+        """Whether ``flight``'s commit is done (a pipelined one's outcome is taken from its future)."""
+        if flight.done:
+            return True
+        commit = flight.commit
+        if commit is None or not commit.done():
+            return False
+        flight.done = True
+        flight.error = DocumentFailed(self.id) if commit.cancelled() else commit.exception()
+        return True
 
     def _lost_race(self, flight: Flight) -> None:
         """Another process committed these revisions first: roll back, integrate its ops (next turn), retry."""
@@ -460,7 +453,7 @@ class Document:
 
     def _encode_early(self, flight: Flight) -> None:
         """Encode a batch's frames while its commit is being written (they do not depend on its outcome)."""
-        if not flight.encoded and flight.commit is not None and not flight.commit.done() and not self.failed:
+        if not flight.encoded and not flight.done and not self.failed:
             fanout.encode(flight.items)
             flight.encoded = True
 
@@ -483,7 +476,8 @@ class Document:
 
     def trim(self) -> None:
         """Keep the sequencer's history to its depth."""
-        self.seq.trim(self._holders())
+        if len(self.seq.history) > self.seq.history_depth:
+            self.seq.trim(self._holders())
 
     def take_queued(self, op_id: str) -> list[Item]:
         """Take the queued submits of op ``op_id`` out of the inbox (another process committed that op)."""
@@ -513,6 +507,8 @@ class Document:
         """Integrate everything committed to the store so far (by any process) before returning."""
         if self.failed:
             raise DocumentFailed(self.id)
+        if not self.shared:
+            return  # no one else commits to it
         fut = self.replica.wait_for_store()
         self._wake()
         await fut

@@ -14,7 +14,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Iterable
 
-from .peer import Peer, frame_bytes
+from .peer import Peer
 from .protocol import Cursor, Submit, _cur, ack_msg, encode as encode_msg, op_frames
 from .store.base import StoredOp
 
@@ -67,9 +67,9 @@ def deliver(items: list[Item], peers: Iterable[Peer]) -> None:
     """
     outs: dict[Peer | None, list[str]] = {p: [] for p in peers}
     pairs = [(p, out.append) for p, out in outs.items()]
-    # Every connection gets every broadcast but its own: sizes are summed once, then corrected per author.
-    shared = 0
-    own: dict[Peer | None, int] = {}
+    # Sizes are summed once for everyone: the batch's broadcasts (an author is charged
+    # its own op frames, which it does not receive, in place of its smaller acks).
+    size = 0
     for item in items:
         peer = item.peer
         if item.reply is not None:
@@ -77,19 +77,15 @@ def deliver(items: list[Item], peers: Iterable[Peer]) -> None:
             item.reply.set_result(result if type(result) is int else result.rev)  # type: ignore[union-attr]
         elif item.ack is not None and peer in outs:  # else it left: nothing to send
             outs[peer].append(item.ack)
-            own[peer] = own.get(peer, 0) + frame_bytes(item.ack)
         frame = item.frame
         if frame is not None:
-            size = frame_bytes(frame)
-            shared += size
-            if peer in outs:
-                own[peer] = own.get(peer, 0) - size
+            size += len(frame) if frame.isascii() else len(frame.encode())
             for p, add in pairs:
                 if p is not peer:
                     add(frame)
     for p, out in outs.items():
         if out:
-            p.send_many(out, shared + own.get(p, 0))  # type: ignore[union-attr]
+            p.send_many(out, size)  # type: ignore[union-attr]
 
 
 def published(items: Iterable[Item]) -> list[list]:
