@@ -194,7 +194,7 @@ def test_storage_warning_on_an_ephemeral_platform(tmp_path):
         banner_url(proc.stdout.readline())
     finally:
         err = stop(proc)
-    warning = [line for line in err.splitlines() if "WARNING" in line]
+    warning = [line for line in err.splitlines() if line.startswith("collab: WARNING")]
     assert len(warning) == 1 and "Render (RENDER is set)" in warning[0] and "DATABASE_URL" in warning[0]
 
 
