@@ -29,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 from . import auth, protocol
 from .addresses import ip_key
 from .hub import Document, Peer
-from .limits import SourceLimits, transform_cost
+from .limits import TRANSFORM_OPS_PER_MESSAGE, SourceLimits, transform_cost
 from .metrics import note_slow_client_drop
 from .protocol import (
     BAD_MESSAGE,
@@ -231,8 +231,8 @@ class Session:
             size = len(payload)
         if size > self.settings.max_message_bytes:
             return self._refuse(CLOSE_TOO_BIG, f"message larger than {self.settings.max_message_bytes} bytes")
-        if peer is not None and peer.transformed != self.charged:
-            self.limiter.charge(transform_cost(peer.transformed - self.charged))
+        if peer is not None and peer.transformed - self.charged >= TRANSFORM_OPS_PER_MESSAGE:
+            self.limiter.charge(transform_cost(peer.transformed - self.charged))  # charged a message's worth at a time
             self.charged = peer.transformed
         verdict = self.limiter.check(size)
         if verdict != "ok":
