@@ -93,6 +93,7 @@ class Document:
         self.peers: dict[str, Peer] = {}
         self.last_snapshot = state.rev
         self._inbox: list[Item] = []
+        self._inbox_size = config.inbox_size
         self._room_waiters: list[asyncio.Future[None]] = []
         self._deferred: list[tuple[Callable[[], object], asyncio.Future]] = []
         self._committer: asyncio.Task[None] | None = None
@@ -210,9 +211,10 @@ class Document:
         submit(peer, sub)``. The usual case costs no coroutine.
         Raises :class:`ProtocolError` as :meth:`submit` does.
         """
-        _may_edit(peer, sub)
+        if peer.role != "edit":
+            _may_edit(peer, sub)
         seq = self.seq
-        if (len(self._inbox) >= self.config.inbox_size or (self.shared and sub.rev > seq.rev)
+        if (len(self._inbox) >= self._inbox_size or (self.shared and sub.rev > seq.rev)
                 or (sub.rev < seq.history_start and sub.id not in seq.ids)):
             return False
         self._inbox.append(Item(peer, sub))
@@ -244,7 +246,7 @@ class Document:
             if peer is not None:
                 peer.send_msg(ack_msg(sub.id, rev))
             return None if peer is not None else rev
-        while len(self._inbox) >= self.config.inbox_size:
+        while len(self._inbox) >= self._inbox_size:
             await self._room()
         reply = None if peer is not None else asyncio.get_running_loop().create_future()
         self._inbox.append(Item(peer, sub, reply))

@@ -50,10 +50,9 @@ def encode(items: Iterable[Item]) -> None:
             if to_author:
                 item.ack = encode_msg(ack_msg(item.sub.id, result))
             continue
-        assert isinstance(result, StoredOp)
         # The author's selection right after this op (unknown if it sent a later one since).
         cursor = peer.cursor if peer is not None and peer.cursor_rev == result.rev else None
-        ack, item.frame = op_frames(result.rev, result.op, result.client, cursor, result.id)
+        ack, item.frame = op_frames(result.rev, result.op, result.client, cursor, result.id)  # type: ignore[union-attr]
         item.cursor = cursor
         if to_author:
             item.ack = ack
