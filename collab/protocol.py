@@ -169,6 +169,9 @@ class Presence:
 Message = Join | Submit | Presence
 
 
+_MISSING = object()
+
+
 def _int_or_float(literal: str) -> int | float:
     """A JSON integer read the way orjson reads it: exact when it surely fits 64 bits
     (18 digits), else a float, which is infinity past a double's range."""
@@ -205,6 +208,11 @@ def _encodes(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _storable_id(id: str) -> bool:
+    """Whether an id any store can keep: no lone surrogate, and no NUL (PostgreSQL's text refuses it)."""
+    return "\x00" not in id and _encodes(id)
 
 
 def _rev(msg: dict, field: str, *, optional: bool = False, id: str | None = None) -> int | None:
@@ -274,18 +282,21 @@ def parse(data: str | bytes) -> Message:
         id = msg.get("id")
         if type(id) is not str or not 1 <= len(id) <= MAX_ID_LEN:
             raise ProtocolError(BAD_MESSAGE, f"'id' must be a string of 1-{MAX_ID_LEN} characters")
-        # Checked first, as the error for any later field carries the id back. A NUL
-        # is refused too: PostgreSQL's text type cannot store it.
-        if "\x00" in id or not (id.isascii() or _encodes(id)):
+        # Checked first, as the error for any later field carries the id back.
+        if not id.isprintable() and not _storable_id(id):
             raise ProtocolError(BAD_MESSAGE, "'id' contains a lone surrogate or U+0000: use printable text, e.g. a UUID")
         rev = _rev(msg, "rev", id=id)
-        if "op" not in msg:
+        op = msg.get("op", _MISSING)
+        if op is _MISSING:
             raise ProtocolError(BAD_MESSAGE, "'op' is missing", id)
         try:
-            op, base_len, target_len = ot.checked(msg["op"])
+            op, base_len, target_len = ot.checked(op)
         except ot.InvalidOperation as exc:
             raise ProtocolError(BAD_OP, str(exc), id) from None
-        return Submit(rev, op, id, _cursor(msg.get("cursor"), id), (base_len, target_len))  # type: ignore[arg-type]
+        cursor = msg.get("cursor")
+        if cursor is not None:
+            cursor = _cursor(cursor, id)
+        return Submit(rev, op, id, cursor, (base_len, target_len))  # type: ignore[arg-type]
     if kind == "presence":
         return Presence(_rev(msg, "rev"), _cursor(msg.get("cursor")), _user(msg.get("user")))  # type: ignore[arg-type]
     if kind == "join":
