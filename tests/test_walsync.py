@@ -117,10 +117,10 @@ def _start_helper(wal: str, env_extra: dict[str, str] | None = None) -> tuple[su
     """The helper process as the store starts it; returns it, the requests' write end and the replies' read end."""
     req_r, req_w = os.pipe()
     rep_r, rep_w = os.pipe()
-    command, env = helper_command(req_r, rep_w, wal)
-    env.update(env_extra or {})
-    proc = subprocess.Popen(command, env=env, pass_fds=(req_r, rep_w), stdin=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, close_fds=True)
+    launch = helper_command(req_r, rep_w, wal)
+    launch.env.update(env_extra or {})
+    proc = subprocess.Popen(launch.args, env=launch.env, cwd=launch.cwd, pass_fds=(req_r, rep_w),
+                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, close_fds=True)
     os.close(req_r)
     os.close(rep_w)
     return proc, req_w, rep_r
@@ -174,3 +174,23 @@ async def test_walsync_reports_the_helpers_failure_to_its_caller_on_the_loop(tmp
         finally:
             sync.close()
 
+
+
+async def test_the_helper_finds_its_own_package_and_the_wal_from_any_working_directory(tmp_path, monkeypatch):
+    """A store opened with a relative path, from a directory holding another ``collab`` package:
+    the helper still runs this module, and syncs the right file."""
+    from collab.store.sqlite import SqliteStore
+    from collab.store import StoredOp
+
+    decoy = tmp_path / "collab"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise ImportError('a decoy collab package')\n")
+    monkeypatch.chdir(tmp_path)
+    store = SqliteStore(os.path.join("data", "😀.sqlite3"), history_depth=5)
+    await store.open()
+    try:
+        await asyncio.wait_for(store.append("d", [StoredOp(1, ["🦄"], "c1", "u1")], 1), 10)
+        assert store.fsync_helper_pid is not None, "the helper died: the store fell back to its thread"
+        assert store.health() is None
+    finally:
+        await store.close()

@@ -35,7 +35,7 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Callable
+from typing import Callable, NamedTuple
 
 log = logging.getLogger("collab.store")
 
@@ -117,17 +117,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def helper_command(requests: int, replies: int, path: str) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment that start the helper on these pipe ends.
+class Launch(NamedTuple):
+    """How to start the helper: its command line, environment and working directory."""
 
-    ``-m``, with the directory that holds the ``collab`` package first on
-    ``PYTHONPATH``, finds this module wherever the package lives; ``-S``
+    args: list[str]
+    env: dict[str, str]
+    cwd: str
+
+
+def helper_command(requests: int, replies: int, path: str) -> Launch:
+    """How to start the helper on these pipe ends, for the WAL file at ``path``.
+
+    ``-m``, run from the directory that holds the ``collab`` package (also
+    first on ``PYTHONPATH``), finds this module wherever the package lives,
+    and never another ``collab`` in the server's working directory; ``-S``
     skips site-packages, which the helper does not need.
     """
     package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package, env.get("PYTHONPATH", "")) if p)
-    return [sys.executable, "-S", "-m", "collab.store.walsync", str(requests), str(replies), path], env
+    args = [sys.executable, "-S", "-m", "collab.store.walsync", str(requests), str(replies), os.path.abspath(path)]
+    return Launch(args, env, package)
 
 
 class WalSync:
@@ -163,8 +173,8 @@ class WalSync:
             req_r, self._requests = os.pipe()
             self._replies, rep_w = os.pipe()
             try:
-                command, env = helper_command(req_r, rep_w, self.path)
-                self._helper = subprocess.Popen(command, env=env, pass_fds=(req_r, rep_w),
+                launch = helper_command(req_r, rep_w, self.path)
+                self._helper = subprocess.Popen(launch.args, env=launch.env, cwd=launch.cwd, pass_fds=(req_r, rep_w),
                                                 stdin=subprocess.DEVNULL, close_fds=True)
             finally:
                 os.close(req_r)
