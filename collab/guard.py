@@ -111,7 +111,10 @@ class Guard:
         a stalled one is not). For plain HTTP the timer is re-armed
         (``handshake_timeout`` + keep-alive) when the response is complete,
         so a slowly trickled next request on a keep-alive connection is cut
-        off as well.
+        off as well. A response that starts before the request's body was
+        read whole (a 413 refused from ``Content-Length``) closes the
+        connection after it, so the server does not read the rest of a body
+        nobody wants.
         """
         by_addr = self.by_addr
 
@@ -122,6 +125,7 @@ class Guard:
                 conn = by_addr.get((str(client[0]), int(client[1]), int(server[1])))
             if conn is None:
                 return await app(scope, receive, send)
+            body_pending = False
             if scope["type"] != "http" or not _has_body(scope):
                 conn.request_started()
                 if scope["type"] != "http":
@@ -129,20 +133,25 @@ class Guard:
             else:
                 # A request body must keep arriving: each chunk re-arms the deadline;
                 # the complete body (or the response starting) stops it.
+                body_pending = True
                 conn.rearm()
                 inner_receive = receive
 
                 async def receive() -> dict:  # noqa: F811
+                    nonlocal body_pending
                     message = await inner_receive()
                     if message.get("more_body"):
                         conn.rearm()
                     else:
+                        body_pending = False
                         conn.request_started()
                     return message
 
             async def guarded_send(message: dict) -> None:
                 if message["type"] == "http.response.start":
                     conn.request_started()
+                    if body_pending:
+                        message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
                 await send(message)
                 if message["type"] == "http.response.body" and not message.get("more_body", False):
                     conn.request_finished()

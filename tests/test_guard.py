@@ -399,6 +399,28 @@ async def test_stalled_request_body_is_cut_off_but_a_slow_steady_upload_complete
         steady_w.close()
 
 
+async def test_a_body_refused_from_its_content_length_is_not_read(tmp_path: Path) -> None:
+    """A 413 sent before the body closes the connection: the server does not read 50 MB nobody wants."""
+    async with running(real_app=True, data_dir=str(tmp_path), max_message_bytes=1000, handshake_timeout=30) as srv:
+        r, w = await raw_connect(srv, "127.0.0.2")
+        w.write(b"PUT /api/docs/big/text HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n\r\n" + b"a" * 1000)
+        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 413") and b"connection: close" in head.lower(), head
+        await asyncio.wait_for(r.read(), 10)  # the body of the 413, then EOF: the server closed
+        assert r.at_eof()
+        w.close()
+        # A body that fits is read and answered on a connection that stays open.
+        r, w = await raw_connect(srv, "127.0.0.2")
+        for i in range(2):
+            w.write(b"PUT /api/docs/small/text HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200") and b"connection: close" not in head.lower(), head
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            await r.readexactly(length)
+        w.close()
+
+
 FLOODER = r"""
 import asyncio, json, sys, time
 from websockets.asyncio.client import connect
