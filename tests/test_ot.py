@@ -353,7 +353,8 @@ inserts = st.text(ALPHABET, min_size=1, max_size=5)
 
 
 components = st.one_of(
-    st.integers(-4, 4), inserts, st.just(""), st.just("\ud800"), st.just(1.0), st.just(True), st.none()
+    st.integers(-4, 4), inserts, st.just(""), st.just("\ud800"), st.just(1.0), st.just(True), st.none(),
+    st.sampled_from([ot.MAX_LENGTH, -ot.MAX_LENGTH, ot.MAX_LENGTH + 1, 2**64, 10**4300, float("inf"), 1.8e19]),
 )
 
 
