@@ -348,15 +348,16 @@ class Document:
         try:  # any other store: write and wait, then settle the flight as a pipelined one is
             if new:
                 await self.store.append(self.id, new, len(self.seq.text), self._snapshot_due())
-        except Exception as exc:
+        except BaseException as exc:  # cancelled too: the outcome is unknown, so nothing is acknowledged
             flight.error = exc
         flight.done = True
         self._landed()
+        if flight.error is not None and not isinstance(flight.error, Exception):
+            raise flight.error
         return not flight.lost
 
     async def _ids_in_store(self, batch: list[Item]) -> dict[str, int]:
-        """Revisions of ops in ``batch`` applied so long ago that only the store remembers their ids
-        (a client resending an old op on a newer base): one question to the store per batch."""
+        """Revisions of ops in ``batch`` so old that only the store remembers their ids (one query per batch)."""
         seq = self.seq
         if seq.history_start == 0:
             return {}

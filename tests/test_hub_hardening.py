@@ -293,3 +293,18 @@ async def test_a_failed_write_on_an_awaited_store_acks_nothing_and_closes_every_
     assert "f" not in hub.docs
     assert await hub.read("f") == (1, "kept")
     await hub.close()
+
+
+async def test_a_write_cancelled_midway_acks_nothing_and_does_not_hang_shutdown():
+    store = GatedStore()
+    hub = Hub(store)
+    writer = Peer(User("w", "#000"))
+    doc = await hub.join("c", writer, None)
+    drain(writer)
+    store.gate = asyncio.Event()
+    await doc.submit(writer, Submit(0, ["maybe"], "m1", None))
+    await store.waiting.wait()
+    doc._committer.cancel()  # the loop shutting down under it: the write's outcome is unknown
+    await asyncio.wait_for(hub.close(), 10)
+    assert writer.closed and writer.close_code == CLOSE_INTERNAL
+    assert [m for m in drain(writer) if m["type"] == "ack"] == []
