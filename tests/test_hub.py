@@ -22,7 +22,7 @@ from collab import ot
 from collab.backplane import LocalBackplane, LocalBus
 from collab.hub import Hub, HubConfig, Peer
 from collab.protocol import (
-    CLOSE_POLICY, CLOSE_RESTART, Cursor, Presence, ProtocolError, Submit, User, ack_msg, encode, op_frames, op_msg,
+    CLOSE_RESTART, Cursor, Presence, ProtocolError, Submit, User, ack_msg, encode, op_frames, op_msg,
 )
 from collab.store.memory import MemoryStore
 
@@ -260,7 +260,7 @@ async def test_presence_crosses_processes_and_a_crashed_process_leaves(cluster):
     await h2.check()
     await settle(h1, h2)
     assert any(m == {"type": "leave", "client": a.peer.id} for m in b.read())
-    assert h2.docs["d"].remote_peers == {}
+    assert h2.docs["d"].replica.peers == {}
 
 
 async def test_close_finishes_commits_and_asks_clients_to_reconnect(cluster):
@@ -517,22 +517,6 @@ def test_op_frames_are_the_ack_and_op_messages(cursor):
     assert json.loads(ack) == ack_msg("id-é", 7)
     assert json.loads(frame) == json.loads(encode(op_msg(*args)))
     assert (ack, frame) == (encode(ack_msg("id-é", 7)), encode(op_msg(*args)))
-
-
-def test_send_many_queues_in_order_wakes_once_and_drops_a_peer_that_falls_behind():
-    woken = []
-    peer = Peer(User("p", "#000"), queue_size=3, notify=lambda: woken.append(1))
-    peer.send_many([])
-    assert peer.outbox == [] and woken == []
-    peer.send_many(["a", "b"])
-    peer.send_many(["c"])
-    assert peer.outbox == ["a", "b", "c"] and woken == [1] and not peer.closed
-    peer.outbox = ["a"]
-    peer.send_many(["b", "c", "d"])  # one more than the queue holds: as send() would, frame by frame
-    assert peer.outbox == ["a", "b", "c"]
-    assert peer.closed and peer.close_code == CLOSE_POLICY and not peer.flush
-    peer.send_many(["e"])
-    assert peer.outbox == ["a", "b", "c"]
 
 
 @pytest.mark.parametrize("op", [[2, "😀", -1, 3], [1, -1, "ab", 2], ["x", "y"]])
