@@ -222,7 +222,9 @@ def _rev(msg: dict, field: str, *, optional: bool = False, id: str | None = None
     if value is None and optional:
         return None
     if type(value) in (int, float) and value > MAX_REV:  # a float here: an integer past 64 bits
-        raise ProtocolError(BAD_REV, f"'{field}' is in the future of every document (revisions end at {MAX_REV})", id)
+        raise ProtocolError(
+            BAD_REV, f"'{field}' is past any revision a document can reach ({MAX_REV} at most): send one this document has", id
+        )
     raise ProtocolError(BAD_MESSAGE, f"'{field}' must be a non-negative integer revision", id)
 
 
