@@ -143,7 +143,7 @@ def validate(op: object, doc_len: int | None = None) -> Operation:
                     raise InvalidOperation(_surrogate_reason(i, c)) from None
             target += len(c)
         elif t is float:
-            if not -MAX_LENGTH <= c <= MAX_LENGTH:  # also infinity: an integer too large for a double
+            if abs(c) > MAX_LENGTH:  # also infinity: how an integer too large for a double arrives
                 raise InvalidOperation(_too_long(i))
             raise InvalidOperation(f"component {i}: floats are not allowed")
         elif t is bool:
