@@ -46,6 +46,7 @@ from .protocol import (
     error_msg,
 )
 from .transport import EXTENSION as DIRECT_EXTENSION
+from .transport import ReceiverFailed
 
 if TYPE_CHECKING:
     from .app import CollabApp
@@ -65,15 +66,6 @@ class _Close:
     def __init__(self, code: int, reason: str) -> None:
         self.code = code
         self.reason = reason
-
-
-class _Failed:
-    """A step: an exception raised in the inline path, raised again in the task."""
-
-    __slots__ = ("exc",)
-
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
 
 
 #: A step: stop reading (the peer was closed).
@@ -113,12 +105,13 @@ class Fanout:
 class Session:
     """The server side of one WebSocket connection (see the module docstring)."""
 
-    __slots__ = ("app", "settings", "scope", "receive", "send", "doc_id", "direct", "grant", "limiter",
+    __slots__ = ("app", "settings", "max_bytes", "scope", "receive", "send", "doc_id", "direct", "grant", "limiter",
                  "peer", "doc", "charged", "drain", "closed_sent", "dropped")
 
     def __init__(self, app: "CollabApp", scope: Scope, receive: Receive, send: Send, doc_id: str) -> None:
         self.app = app
         self.settings = app.settings
+        self.max_bytes = app.settings.max_message_bytes
         self.scope = scope
         self.receive = receive
         self.send = send
@@ -229,8 +222,8 @@ class Session:
             size = len(payload) if payload.isascii() else len(payload.encode("utf-8", "surrogatepass"))
         else:
             size = len(payload)
-        if size > self.settings.max_message_bytes:
-            return self._refuse(CLOSE_TOO_BIG, f"message larger than {self.settings.max_message_bytes} bytes")
+        if size > self.max_bytes:
+            return self._refuse(CLOSE_TOO_BIG, f"message larger than {self.max_bytes} bytes")
         if peer is not None and peer.transformed - self.charged >= TRANSFORM_OPS_PER_MESSAGE:
             self.limiter.charge(transform_cost(peer.transformed - self.charged))  # charged a message's worth at a time
             self.charged = peer.transformed
@@ -246,16 +239,6 @@ class Session:
         except ProtocolError as exc:
             return self._error(exc)
         return msg
-
-    def decide_inline(self, payload: str | bytes) -> Any:
-        """:meth:`decide` inside the transport's ``data_received``: it must not raise."""
-        try:
-            step = self.decide(payload)
-        except Exception as exc:  # raised in the task instead, as if it had happened there
-            return _Failed(exc)
-        if step is None and self.peer is not None and self.peer.closed:
-            return _END
-        return step
 
     def _error(self, exc: ProtocolError) -> Any:
         """Answer ``exc`` on the peer's queue; before the join, the task sends it."""
@@ -278,7 +261,7 @@ class Session:
             if step is not _END:
                 await self._close(step.code, step.reason)
             return False
-        if type(step) is _Failed:
+        if type(step) is ReceiverFailed:
             raise step.exc
         try:
             if isinstance(step, ProtocolError):
@@ -315,7 +298,7 @@ class Session:
             self.peer = None
             raise
         if self.direct is not None:
-            self.direct.receiver = self.decide_inline
+            self.direct.receiver = self.decide
 
     # -- the way out ---------------------------------------------------------------
 

@@ -90,6 +90,15 @@ def _close_frame(code: int, reason: str) -> bytes:
     return bytes((0x88, len(payload))) + payload
 
 
+class ReceiverFailed:
+    """What ``receive`` returns after the app's receiver raised ``exc`` inline (the app raises it again)."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
 class IncomingBudget:
     """Bytes that unfinished incoming messages hold, across all connections of one server."""
 
@@ -265,7 +274,8 @@ if WebSocketsSansIOProtocol is not None:
         #: complete data message (``str`` or ``bytes``) that arrives while the app's task
         #: waits for one and none is queued, inside ``data_received``. It returns ``None``
         #: when it has handled the message, or an event for the app's ``receive`` to
-        #: return next (the task goes on from there); it must not raise.
+        #: return next (the task goes on from there); what it raises comes back from
+        #: ``receive`` as a :class:`ReceiverFailed`.
         receiver: Callable[[str | bytes], Any] | None = None
 
         # Unfinished incoming message: bytes held (counted in the budget), continuation
@@ -313,6 +323,10 @@ if WebSocketsSansIOProtocol is not None:
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
+            if self.frames or self.conn.reader.buffer or self._held:  # part of a message is held
+                self._account()
+
+        def _account(self) -> None:
             if self._refused:
                 return
             held = len(self.conn.reader.buffer)
@@ -412,7 +426,10 @@ if WebSocketsSansIOProtocol is not None:
             inbox = self.queue
             receiver = self.receiver
             if receiver is not None and not inbox._items and inbox._waiter is not None:
-                event = receiver(payload)
+                try:
+                    event = receiver(payload)
+                except Exception as exc:  # raised in the app's task instead, as if it had happened there
+                    event = ReceiverFailed(exc)
                 if event is not None:
                     inbox.put_nowait(event)
                 return
