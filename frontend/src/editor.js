@@ -11,14 +11,15 @@ import {
   rectangularSelection,
 } from '@codemirror/view';
 import { history, defaultKeymap, historyKeymap, indentWithTab, undo, redo, undoDepth, redoDepth } from '@codemirror/commands';
-import { markdownLanguage, insertNewlineContinueMarkup, deleteMarkupBackward } from '@codemirror/lang-markdown';
-import { syntaxHighlighting, HighlightStyle, defaultHighlightStyle, bracketMatching } from '@codemirror/language';
+import { insertNewlineContinueMarkup, deleteMarkupBackward } from '@codemirror/lang-markdown';
+import { boundedMarkdown } from './mdlang.js';
+import { syntaxHighlighting, syntaxTree, HighlightStyle, defaultHighlightStyle, bracketMatching } from '@codemirror/language';
 import { searchKeymap, highlightSelectionMatches } from '@codemirror/search';
 import { tags } from '@lezer/highlight';
 
 import { SyncClient } from './client.js';
 import { Session } from './session.js';
-import { changesToOp, opToChanges, cursorToCp, cursorToUtf16 } from './convert.js';
+import { cpBefore, utf16At, cpTotal, docChangesToOp, opToDocChanges, wordDelta } from './textindex.js';
 import { cpLength } from './ot.js';
 import { presenceExtension, setPeerCursor, setPeerInfo } from './presence.js';
 import { ROLES, rolesToAsk, mintLink, summarize, expiryText, copiedText } from './share.js';
@@ -67,8 +68,7 @@ let view; // assigned below; the adapter is only called after that
 const adapter = {
   applyRemote(op) {
     const state = view.state;
-    const text = state.doc.toString();
-    const changes = state.changes(opToChanges(text, op));
+    const changes = state.changes(opToDocChanges(state.doc, op));
     const effects = keepCaretInPlace(changes);
     view.dispatch({
       changes,
@@ -77,8 +77,9 @@ const adapter = {
     });
   },
   getCursor() {
-    const sel = view.state.selection.main;
-    return cursorToCp(view.state.doc.sliceString(0, Math.max(sel.anchor, sel.head)), sel.anchor, sel.head);
+    const { doc, selection: { main } } = view.state;
+    const anchor = cpBefore(doc, main.anchor);
+    return { anchor, head: main.head === main.anchor ? anchor : cpBefore(doc, main.head) };
   },
 };
 
@@ -121,14 +122,19 @@ function scheduleCursor() {
   }, 30);
 }
 
+// Every step here costs the size of the edit, not of the document: a
+// keystroke in a 2 MB document must not read 2 MB.
+let wordCount = 0;
 const syncListener = EditorView.updateListener.of((update) => {
   for (const tr of update.transactions) {
-    if (!tr.docChanged || tr.annotation(remoteEdit)) continue;
+    if (!tr.docChanged) continue;
+    wordCount += wordDelta(tr.startState.doc, tr.state.doc, tr.changes);
+    if (tr.annotation(remoteEdit)) continue;
     const changes = [];
     tr.changes.iterChanges((fromA, toA, fromB, toB, inserted) => {
       changes.push({ from: fromA, to: toA, insert: inserted.toString() });
     });
-    client.localEdit(changesToOp(tr.startState.doc.toString(), changes), adapter.getCursor());
+    client.localEdit(docChangesToOp(tr.startState.doc, changes), adapter.getCursor());
   }
   if (update.docChanged || update.selectionSet) scheduleCursor();
   if (update.docChanged) scheduleCounts();
@@ -154,8 +160,9 @@ view = new EditorView({
       bracketMatching(),
       EditorView.lineWrapping,
       // The markdown language alone (not markdown(), which pulls in the HTML,
-      // CSS and JavaScript modes for embedded code: a third of the bundle).
-      markdownLanguage,
+      // CSS and JavaScript modes for embedded code: a third of the bundle),
+      // with paragraphs bounded so that a keystroke reparses a bounded span.
+      boundedMarkdown,
       syntaxHighlighting(mdHighlight),
       syntaxHighlighting(defaultHighlightStyle, { fallback: true }),
       placeholder('Start writing… (Markdown)'),
@@ -173,7 +180,9 @@ view = new EditorView({
 });
 
 // Exposed for debugging and the browser tests (read-only use).
-window.collab = { view, client, session, undo: () => undo(view), redo: () => redo(view) };
+window.collab = {
+  view, client, session, undo: () => undo(view), redo: () => redo(view), syntaxTree: () => syntaxTree(view.state),
+};
 
 // ---- read-only --------------------------------------------------------------
 function setRole(role) {
@@ -241,10 +250,10 @@ client.on('cursor', (id, cursor) => {
     view.dispatch({ effects: setPeerCursor.of({ client: id, remove: true }) });
     return;
   }
-  const end = Math.max(cursor.anchor, cursor.head);
-  const text = view.state.doc.sliceString(0, Math.min(view.state.doc.length, end * 2 + 2));
-  const c = cursorToUtf16(text, cursor);
-  view.dispatch({ effects: setPeerCursor.of({ client: id, anchor: c.anchor, head: c.head }) });
+  const doc = view.state.doc;
+  const anchor = utf16At(doc, Math.max(0, cursor.anchor));
+  const head = cursor.head === cursor.anchor ? anchor : utf16At(doc, Math.max(0, cursor.head));
+  view.dispatch({ effects: setPeerCursor.of({ client: id, anchor, head }) });
 });
 
 // ---- status -------------------------------------------------------------------
@@ -353,9 +362,8 @@ function scheduleCounts() {
   countsPending = true;
   requestAnimationFrame(() => {
     countsPending = false;
-    const text = view.state.doc.toString();
-    const chars = cpLength(text);
-    const words = (text.match(/[^\s]+/g) || []).length;
+    const chars = cpTotal(view.state.doc);
+    const words = wordCount;
     $('char-count').textContent = `${chars.toLocaleString()} character${chars === 1 ? '' : 's'}`;
     $('word-count').textContent = `${words.toLocaleString()} word${words === 1 ? '' : 's'}`;
   });

@@ -166,26 +166,37 @@ export function isNoop(op) {
   return op.every(isRetain);
 }
 
-/** Apply `op` to `text` (code point semantics). */
+/** The UTF-16 offset `cp` code points after `i` in `s`, or -1 when `s` ends first. */
+function advance(s, cp, i) {
+  while (cp > 0 && i < s.length) {
+    const c = s.charCodeAt(i);
+    if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
+      const d = s.charCodeAt(i + 1);
+      i += d >= 0xdc00 && d <= 0xdfff ? 2 : 1;
+    } else {
+      i += 1;
+    }
+    cp--;
+  }
+  return cp > 0 ? -1 : i;
+}
+
+/** Apply `op` to `text` (code point semantics), in one pass over the text. */
 export function apply(text, op) {
   const parts = [];
   let unit = 0; // UTF-16 position in text
-  let cps = 0; // code points consumed
   for (const c of op) {
     if (isInsert(c)) {
       parts.push(c);
-    } else if (c > 0) {
-      const end = cpToUtf16(text, c, unit);
-      parts.push(text.slice(unit, end));
-      unit = end;
-      cps += c;
-    } else {
-      unit = cpToUtf16(text, -c, unit);
-      cps -= c;
+      continue;
     }
+    const end = advance(text, Math.abs(c), unit);
+    if (end < 0) { unit = -1; break; }
+    if (c > 0) parts.push(text.slice(unit, end));
+    unit = end;
   }
-  if (unit !== text.length || cps !== cpLength(text)) {
-    throw new InvalidOperation(`operation spans ${cps} characters but the document has ${cpLength(text)}`);
+  if (unit !== text.length) {
+    throw new InvalidOperation(`operation spans ${baseLength(op)} characters but the document has ${cpLength(text)}`);
   }
   return parts.join('');
 }
