@@ -341,15 +341,24 @@ class SourceLimits(ConnectionLimiter):
 
     def take(self, key: str, nbytes: int, now: float) -> bool:
         """Charge one message of ``nbytes`` to ``key``'s budgets; False (nothing charged) if spent."""
-        src = self._sources.get(key) or self.source(key, now)
+        src = self._sources.get(key)
+        if src is None:
+            src = self.source(key, now)
         elapsed = now - src.stamp
         src.stamp = now
-        m = min(src.msg_tokens + elapsed * self.msg_rate, self.msg_burst)
-        b = min(src.byte_tokens + elapsed * self.bytes_rate, self.bytes_burst)
-        if m >= 1.0 and b >= min(nbytes, self.bytes_burst):
-            src.msg_tokens, src.byte_tokens = m - 1.0, b - nbytes
+        m = src.msg_tokens + elapsed * self.msg_rate
+        if m > self.msg_burst:
+            m = self.msg_burst
+        b = src.byte_tokens + elapsed * self.bytes_rate
+        burst = self.bytes_burst
+        if b > burst:
+            b = burst
+        if m >= 1.0 and b >= (nbytes if nbytes < burst else burst):
+            src.msg_tokens = m - 1.0
+            src.byte_tokens = b - nbytes
             return True
-        src.msg_tokens, src.byte_tokens = m, b
+        src.msg_tokens = m
+        src.byte_tokens = b
         return False
 
     def charge(self, key: str, units: float, now: float) -> None:
@@ -429,13 +438,20 @@ class MessageLimiter:
             now = _monotonic()
         elapsed = now - self.stamp
         self.stamp = now
-        m = min(self.msg_tokens + elapsed * self.msg_rate, self.msg_burst)
-        b = min(self.byte_tokens + elapsed * self.bytes_rate, self.bytes_burst)
-        s = min(self.strike_tokens + elapsed * self.strike_rate, self.strikes)
+        m = self.msg_tokens + elapsed * self.msg_rate
+        if m > self.msg_burst:
+            m = self.msg_burst
+        b = self.byte_tokens + elapsed * self.bytes_rate
+        burst = self.bytes_burst
+        if b > burst:
+            b = burst
+        s = self.strike_tokens + elapsed * self.strike_rate
+        if s > self.strikes:
+            s = self.strikes
         self.strike_tokens = s
-        need = nbytes if nbytes < self.bytes_burst else self.bytes_burst
         owner = self.owner
-        if m >= 1.0 and b >= need and (owner is None or owner.take(self.source, nbytes, now)):
+        if m >= 1.0 and b >= (nbytes if nbytes < burst else burst) and (
+                owner is None or owner.take(self.source, nbytes, now)):
             self.msg_tokens = m - 1.0
             self.byte_tokens = b - nbytes
             return "ok"
