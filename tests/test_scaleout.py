@@ -363,7 +363,7 @@ async def test_a_crashed_process_s_clients_leave_and_its_edits_stay(real_hubs):
             await asyncio.sleep(0.1)
 
     await asyncio.wait_for(left(), 30)  # heartbeat_ttl=3 here: well within
-    assert doc2.remote_peers == {}
+    assert doc2.replica.peers == {}
 
 
 async def test_forged_duplicated_and_out_of_order_announcements_never_apply_as_they_are(real_hubs):
