@@ -360,6 +360,8 @@ if WebSocketsSansIOProtocol is not None:
             self._partial_timer = None
             if not self._held or self._refused:
                 return
+            if self.read_paused:  # the server is not reading (the app is busy): not the client's delay
+                self._partial_since = self.loop.time()
             left = self._partial_since + self.message_timeout - self.loop.time()
             if left > 0:
                 self._partial_timer = self.loop.call_later(left, self._partial_check)
