@@ -1,10 +1,12 @@
 """No message knocks over a document: each hostile frame is an error on its own connection only.
 
-Every case runs against a real server (both WebSocket paths, as in
-``test_server``): the sender gets the documented error and stays connected,
-another client of the same document stays connected and can edit, a client
-of another document too, the document is unchanged, and nothing is logged
-as an error (a document failure logs one and closes everyone with 1011).
+Every case runs against a real server (both WebSocket paths on SQLite, as in
+``test_server``, and PostgreSQL when ``COLLAB_TEST_DATABASE_URL`` is set): the
+sender gets the documented error and stays connected, another client of the
+same document stays connected and can edit, a client of another document
+too, the document is unchanged, and nothing is logged as an error (a
+document failure logs one and closes everyone with 1011). Then the same
+frames against ``protocol.parse`` alone, and a fuzz of near-valid frames.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ BIG = "1" + "0" * 4299  # 4,300 digits: Python turns no longer int into a str
 DEEP = 1100  # past orjson's 1,024 levels and Python's recursion limit
 
 
-def _op(rev: int, op: str, id: str, extra: str = "") -> str:
+def _op(rev: object, op: str, id: str, extra: str = "") -> str:
     """An ``op`` message as raw JSON text (so it can hold what json.dumps would not write)."""
     return f'{{"type":"op","rev":{rev},"op":{op},"id":{id}{extra}}}'
 
