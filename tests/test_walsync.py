@@ -14,7 +14,8 @@ import os
 import subprocess
 
 from collab.store import walsync
-from collab.store.walsync import DONE, FAILED, FAULT_ENV, WalSync, helper_command, serve, sync_file
+from collab.store.walsync import DONE, FAILED, FAULT_ENV, serve, sync_file
+from collab.store.walsync_client import WalSync, helper_command
 
 
 def _requests(n: int) -> tuple[int, int]:

@@ -6,18 +6,35 @@ every so often so that loading stays fast, and a row in the document list.
 Implementations: :mod:`collab.store.memory` (tests, benchmarks),
 :mod:`collab.store.sqlite` (the embedded default) and
 :mod:`collab.store.postgres` (several processes, one order).
+
+The names of :mod:`collab.store.base` are imported on first use, so that the
+fsync helper (``python -m collab.store.walsync``), which imports this
+package first, starts without loading asyncio and the rest.
 """
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
-from .base import DocInfo, DocState, RevisionConflict, Store, StoredOp, StoreFailed
+if TYPE_CHECKING:
+    from .base import DocInfo, DocState, RevisionConflict, Store, StoredOp, StoreFailed
 
 __all__ = ["DocInfo", "DocState", "RevisionConflict", "Store", "StoreFailed", "StoredOp", "open_store"]
 
 
-async def open_store(settings) -> Store:
+def __getattr__(name: str) -> Any:
+    """``from collab.store import Store`` (and the other names of :mod:`collab.store.base`)."""
+    if name in __all__:
+        from . import base
+
+        value = getattr(base, name)
+        globals()[name] = value  # looked up here from now on
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+async def open_store(settings: Any) -> "Store":
     """The store the settings select, opened: PostgreSQL for a ``postgres://`` URL, else SQLite."""
     url = settings.database_url
     if url.startswith(("postgres://", "postgresql://")):

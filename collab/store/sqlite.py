@@ -47,7 +47,7 @@ from .base import DocInfo, DocState, Store, StoredOp, StoreFailed, replay
 from .opindex import OpIdIndex, lookup
 from .sqlite_schema import log_after, migrate, sync_files
 from .sqlite_write import Append, GroupWrite
-from .walsync import WalSync
+from .walsync_client import WalSync
 
 T = TypeVar("T")
 log = logging.getLogger("collab.store")
