@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 from .addresses import IPNetwork, client_ip, ip_key, is_trusted, parse_networks
 from .limits import (
@@ -118,45 +118,17 @@ class Guard:
         """
         by_addr = self.by_addr
 
-        async def guarded_app(scope: dict, receive: Callable, send: Callable) -> None:
+        def guarded_app(scope: dict, receive: Callable, send: Callable) -> Awaitable[None]:
             client, server = scope.get("client"), scope.get("server")
             conn = None
             if client and server:
                 conn = by_addr.get((str(client[0]), int(client[1]), int(server[1])))
             if conn is None:
-                return await app(scope, receive, send)
-            body_pending = False
-            if scope["type"] != "http" or not _has_body(scope):
+                return app(scope, receive, send)
+            if scope["type"] != "http":
                 conn.request_started()
-                if scope["type"] != "http":
-                    return await app(scope, receive, send)
-            else:
-                # A request body must keep arriving: each chunk re-arms the deadline;
-                # the complete body (or the response starting) stops it.
-                body_pending = True
-                conn.rearm()
-                inner_receive = receive
-
-                async def receive() -> dict:  # noqa: F811
-                    nonlocal body_pending
-                    message = await inner_receive()
-                    if message.get("more_body"):
-                        conn.rearm()
-                    else:
-                        body_pending = False
-                        conn.request_started()
-                    return message
-
-            async def guarded_send(message: dict) -> None:
-                if message["type"] == "http.response.start":
-                    conn.request_started()
-                    if body_pending:
-                        message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
-                await send(message)
-                if message["type"] == "http.response.body" and not message.get("more_body", False):
-                    conn.request_finished()
-
-            return await app(scope, receive, guarded_send)
+                return app(scope, receive, send)  # no wrapper frame held for a WebSocket's lifetime
+            return _guarded_http(app, conn, scope, receive, send)
 
         return guarded_app
 
@@ -184,6 +156,40 @@ class Guard:
 
         return type(f"Guarded{cls.__name__}", (cls,),
                     {"connection_made": connection_made, "connection_lost": connection_lost})
+
+
+async def _guarded_http(app: Callable[..., Any], conn: "GuardedProtocol", scope: dict,
+                        receive: Callable, send: Callable) -> None:
+    """One plain-HTTP request under the handshake deadline (see :meth:`Guard.wrap_app`)."""
+    body_pending = _has_body(scope)
+    if not body_pending:
+        conn.request_started()
+    else:
+        # A request body must keep arriving: each chunk re-arms the deadline;
+        # the complete body (or the response starting) stops it.
+        conn.rearm()
+        inner_receive = receive
+
+        async def receive() -> dict:
+            nonlocal body_pending
+            message = await inner_receive()
+            if message.get("more_body"):
+                conn.rearm()
+            else:
+                body_pending = False
+                conn.request_started()
+            return message
+
+    async def guarded_send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            conn.request_started()
+            if body_pending:  # answered before its body was read: do not read the rest
+                message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+        await send(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            conn.request_finished()
+
+    await app(scope, receive, guarded_send)
 
 
 class GuardedProtocol(asyncio.Protocol):
