@@ -850,8 +850,9 @@ async def test_sqlite_one_documents_unstorable_append_fails_alone(tmp_path):
 
 
 async def test_sqlite_does_not_open_when_the_disk_refuses_to_make_the_files_durable(tmp_path, monkeypatch):
-    """What a run whose fsync failed left with the kernel is made durable before serving: if the
-    disk refuses (a fault no test can cause, hence the stand-in), the store does not open."""
+    """What a run whose fsync failed left with the kernel is made durable, and dropped from the page
+    cache (read back from the disk), before serving; if the disk refuses the fsync (a fault no test
+    can cause, hence the stand-in), the store does not open."""
     import errno
 
     from collab.store import sqlite_schema
@@ -866,10 +867,13 @@ async def test_sqlite_does_not_open_when_the_disk_refuses_to_make_the_files_dura
         synced.append(fd)
         real_fsync(fd)
 
+    dropped: list[int] = []
     monkeypatch.setattr(sqlite_schema.os, "fsync", fsync)
+    monkeypatch.setattr(sqlite_schema.os, "posix_fadvise", lambda fd, offset, length, advice: dropped.append(advice))
     async with sqlite_store(path, 5) as store:
         assert (await store.load("d", 5)).rev == 1
     assert len(synced) >= 2, "the database and its directory (and the WAL, if any) are fsynced at open"
+    assert dropped and set(dropped) == {os.POSIX_FADV_DONTNEED}, "then read from the disk, not the page cache"
 
     def failing(fd: int) -> None:
         raise OSError(errno.EIO, "Input/output error")

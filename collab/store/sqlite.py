@@ -23,7 +23,8 @@ report the next fsync as a success, so nothing written since can be
 vouched for. The store then refuses every append and read
 (:class:`~collab.store.base.StoreFailed`) until the server restarts, and
 :meth:`SqliteStore.health` says why; on the next start the files are
-fsynced before anything is read (:func:`~collab.store.sqlite_schema.sync_files`).
+fsynced and dropped from the page cache before anything is read, so what is
+served is what the disk holds (:func:`~collab.store.sqlite_schema.sync_files`).
 
 WAL checkpoints, reads that may be long (loading a document, the document
 list) and opening the file run on one dedicated thread, on their own

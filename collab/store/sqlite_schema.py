@@ -93,13 +93,18 @@ def log_after(db: sqlite3.Connection, doc: str, rev: int) -> list[StoredOp]:
 
 
 def sync_files(path: str) -> None:
-    """``fsync`` the database at ``path``, its WAL and their directory, those that exist.
+    """Make the database at ``path``, its WAL and their directory durable, and read them from the disk.
 
-    Run before serving: whatever the operating system still holds of an
-    earlier run (one whose fsync failed, say) is then on disk, or the server
-    does not start; either way it is never served as if durable when it is not.
+    Run before serving. Each existing file is fsynced (what the operating
+    system still holds of an earlier run is then on disk, or the server does
+    not start), then dropped from the page cache: after a failed fsync the
+    kernel may have marked pages clean without writing them, and a read of
+    the cache would serve what the disk does not hold. Afterwards every read
+    comes from the disk, so a commit whose fsync failed is there or absent,
+    never served half-durable.
     """
-    for name in (path, path + "-wal", os.path.dirname(os.path.abspath(path))):
+    directory = os.path.dirname(os.path.abspath(path))
+    for name in (path, path + "-wal", directory):
         try:
             fd = os.open(name, os.O_RDONLY)
         except FileNotFoundError:
@@ -108,6 +113,8 @@ def sync_files(path: str) -> None:
             raise SystemExit(f"cannot open {name!r} to make it durable ({exc}); check the data directory's permissions") from None
         try:
             os.fsync(fd)
+            if name != directory and hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         except OSError as exc:
             raise SystemExit(f"the disk refused an fsync of {name!r} ({exc}); check the disk (dmesg), then start again") from None
         finally:
