@@ -124,6 +124,8 @@ SERVE_FLAGS: list[tuple[str, str, Any, str, str]] = [
     ("--sqlite-sync", "sqlite_sync", sqlite_sync, "COLLAB_SQLITE_SYNC",
      "full (default): an edit is acknowledged once fsynced, and survives a power cut; normal: once the OS "
      "has it, which survives kill -9 but not a crash of the machine, for 1.1-1.5 times the edits/s under heavy load"),
+    ("--fsync-timeout", "fsync_timeout", _positive_float, "COLLAB_FSYNC_TIMEOUT",
+     "seconds an fsync of the SQLite store may stay unanswered before /healthz answers 503 (default 10)"),
     ("--database-url", "database_url", str, "DATABASE_URL", "postgres://... to store documents in PostgreSQL instead of SQLite"),
     ("--redis-url", "redis_url", str, "REDIS_URL", "redis://... to share documents between processes and machines"),
     ("--workers", "workers", _positive_int, "WEB_CONCURRENCY", "processes sharing the port (more than 1 needs --redis-url)"),
