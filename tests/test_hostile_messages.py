@@ -150,8 +150,6 @@ async def test_insert_holding_nul_never_fails_the_document(request, server_facto
     if store == "postgres":
         if not PG_URL:
             pytest.skip("COLLAB_TEST_DATABASE_URL is not set (e.g. postgresql://postgres@127.0.0.1:5432/test)")
-        request.node.add_marker(pytest.mark.xfail(
-            strict=True, reason="the PostgreSQL store cannot store a snapshot holding U+0000 (store: escape or refuse it)"))
         schema = f"hostile_{uuid.uuid4().hex[:12]}"
         options["database_url"] = f"{PG_URL}{'&' if '?' in PG_URL else '?'}schema={schema}"
     server = await server_factory(**options)

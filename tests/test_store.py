@@ -882,3 +882,39 @@ async def test_sqlite_does_not_open_when_the_disk_refuses_to_make_the_files_dura
     with pytest.raises(SystemExit, match="refused an fsync"):
         async with sqlite_store(path, 5):
             pass
+
+
+async def test_postgres_keeps_u0000_and_migrates_schema_1_snapshots(tmp_path):
+    """PostgreSQL's text type refuses U+0000, a valid character: snapshots are bytes (schema 2),
+    and a database written by schema 1 is migrated on open with its snapshots intact."""
+    reason = await _pg_reason()
+    if reason:
+        pytest.skip(reason)
+    import asyncpg
+
+    from collab.store.postgres import MIGRATIONS, PostgresStore
+
+    schema = f"collab_test_{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(PG_URL, timeout=5)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        await conn.execute(f'SET search_path TO "{schema}"')
+        for statement in MIGRATIONS[1]:
+            await conn.execute(statement)
+        await conn.execute("CREATE TABLE collab_schema (version INTEGER NOT NULL)")
+        await conn.execute("INSERT INTO collab_schema (version) VALUES (1)")
+        await conn.execute("INSERT INTO collab_docs VALUES ('old', 1, 4, 0, 0)")
+        await conn.execute("INSERT INTO collab_ops VALUES ('old', 1, '[\"ab😀c\"]', 'c1', 'o1')")
+        await conn.execute("INSERT INTO collab_snapshots VALUES ('old', 1, 'ab😀c')")
+    finally:
+        await conn.close()
+    store = PostgresStore(PG_URL, history_depth=5, schema=schema)
+    try:
+        await store.open()
+        assert (await store.load("old", 5)).text == "ab😀c"
+        nul = "🦊\x00🐝"
+        await store.append("nul", [StoredOp(1, [nul], "c1", "n1")], 3, (1, nul))
+        assert (await store.load("nul", 5)).text == nul
+    finally:
+        await store.close()
+        await drop_schema(schema)

@@ -29,9 +29,9 @@ from .base import load_op as _loads
 
 
 #: The schema version this code writes; :meth:`PostgresStore.open` migrates older ones.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-#: Statements creating version 1, in order.
+#: Statements creating each version from the one before, in order.
 MIGRATIONS: dict[int, list[str]] = {
     1: [
         """CREATE TABLE IF NOT EXISTS collab_docs (
@@ -64,6 +64,9 @@ MIGRATIONS: dict[int, list[str]] = {
             PRIMARY KEY (doc, rev)
         )""",
     ],
+    # PostgreSQL's text type refuses U+0000, a valid character in a document:
+    # snapshots are kept as their UTF-8 bytes instead.
+    2: ["ALTER TABLE collab_snapshots ALTER COLUMN text TYPE BYTEA USING convert_to(text, 'UTF8')"],
 }
 
 
@@ -79,7 +82,7 @@ _APPEND_REST = """
     SELECT $1, * FROM unnest($8::text[], $6::bigint[]) WHERE EXISTS (SELECT 1 FROM moved)
 ), s AS (
     INSERT INTO collab_snapshots (doc, rev, text)
-    SELECT $1, $10::bigint, $11::text WHERE $10::bigint IS NOT NULL AND EXISTS (SELECT 1 FROM moved)
+    SELECT $1, $10::bigint, $11::bytea WHERE $10::bigint IS NOT NULL AND EXISTS (SELECT 1 FROM moved)
     ON CONFLICT (doc, rev) DO UPDATE SET text = EXCLUDED.text
 ), ds AS (
     DELETE FROM collab_snapshots WHERE doc = $1 AND rev < $10::bigint AND EXISTS (SELECT 1 FROM moved)
@@ -104,7 +107,7 @@ APPEND_NEW = (
 def _append_args(doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None, depth: int) -> tuple:
     """The parameters of :data:`APPEND` for one append."""
     last = ops[-1].rev
-    snap_rev, snap_text = snapshot if snapshot is not None else (None, None)
+    snap_rev, snap_text = (snapshot[0], snapshot[1].encode()) if snapshot is not None else (None, None)
     keep_after = min(snap_rev, last - depth) if snap_rev is not None else None
     return (doc, last, size, time.time(), ops[0].rev - 1, [o.rev for o in ops], [_dumps(o.op) for o in ops],
             [o.id for o in ops], [o.client for o in ops], snap_rev, snap_text, keep_after)
@@ -317,7 +320,7 @@ class PostgresStore(Store):
                 row = await conn.fetchrow(
                     "SELECT rev, text FROM collab_snapshots WHERE doc = $1 ORDER BY rev DESC LIMIT 1", doc
                 )
-                snap_rev, text = (row["rev"], row["text"]) if row else (0, "")
+                snap_rev, text = (row["rev"], bytes(row["text"]).decode()) if row else (0, "")
                 rev = await conn.fetchval("SELECT rev FROM collab_docs WHERE id = $1", doc) or 0
                 start = min(snap_rev, max(0, rev - history_depth))
                 rows = await conn.fetch(
