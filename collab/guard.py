@@ -51,6 +51,9 @@ __all__ = [
     "source_limits", "transform_cost",
 ]
 
+#: Bytes of a request body the server drops, unparsed, after answering without reading it (a 413).
+LINGER_BYTES = 1024 * 1024
+
 #: The counter each accept-time refusal bumps.
 _REFUSAL_COUNTER = {
     "rate": "refused_conn_rate",
@@ -111,10 +114,9 @@ class Guard:
         a stalled one is not). For plain HTTP the timer is re-armed
         (``handshake_timeout`` + keep-alive) when the response is complete,
         so a slowly trickled next request on a keep-alive connection is cut
-        off as well. A response that starts before the request's body was
-        read whole (a 413 refused from ``Content-Length``) closes the
-        connection after it, so the server does not read the rest of a body
-        nobody wants.
+        off as well. After a response sent before the request's body was read
+        whole (a 413 refused from ``Content-Length``) the connection lingers
+        (:meth:`GuardedProtocol.linger`) instead of reading the rest.
         """
         by_addr = self.by_addr
 
@@ -183,11 +185,11 @@ async def _guarded_http(app: Callable[..., Any], conn: "GuardedProtocol", scope:
     async def guarded_send(message: dict) -> None:
         if message["type"] == "http.response.start":
             conn.request_started()
-            if body_pending:  # answered before its body was read: do not read the rest
-                message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
         await send(message)
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             conn.request_finished()
+            if body_pending:  # answered before its body was read: do not read the rest
+                conn.linger()
 
     await app(scope, receive, guarded_send)
 
@@ -201,7 +203,7 @@ class GuardedProtocol(asyncio.Protocol):
     """
 
     __slots__ = ("_guard", "_factory", "_kwargs", "_inner", "_transport", "_key", "_per_source",
-                 "_addr", "_timer", "_done")
+                 "_addr", "_timer", "_done", "_linger")
 
     def __init__(self, guard: Guard, factory: Callable[..., asyncio.Protocol], **kwargs: Any) -> None:
         self._guard = guard
@@ -214,6 +216,8 @@ class GuardedProtocol(asyncio.Protocol):
         self._addr: tuple[str, int, int] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._done = True
+        #: Bytes of an unwanted request body still to be dropped (see :meth:`linger`); -1: not lingering.
+        self._linger = -1
 
     # -- admission -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
@@ -296,7 +300,28 @@ class GuardedProtocol(asyncio.Protocol):
         guard.limiter.release(self._key, per_source=self._per_source)
 
     # -- delegation ------------------------------------------------------
+    def linger(self) -> None:
+        """The response is out but its request body was not read: drop at most :data:`LINGER_BYTES` more.
+
+        uvicorn would parse and drop the rest of the body however large it
+        is. Instead the write side is closed (the client reads the response,
+        then EOF), what still arrives is dropped unparsed, and past the budget
+        the connection is aborted; otherwise uvicorn's keep-alive timeout or
+        the deadline closes it.
+        """
+        if self._done or self._linger >= 0:
+            return
+        self._linger = LINGER_BYTES
+        transport = self._transport
+        if transport.can_write_eof() and not transport.is_closing():
+            transport.write_eof()
+
     def data_received(self, data: bytes) -> None:
+        if self._linger >= 0:
+            self._linger -= len(data)
+            if self._linger < 0:
+                self._transport.abort()
+            return
         inner = self._inner
         if inner is not None:
             inner.data_received(data)
