@@ -194,6 +194,32 @@ async def test_a_client_that_stops_reading_is_dropped_and_its_slots_released(ser
     assert (await writer.recv_type("ack"))["rev"] == i + 2
 
 
+async def test_a_flooder_that_does_not_read_is_closed_without_waiting_for_it(server_factory, ws_open, raw_open):
+    """Closing after a flood normally sends what was queued, then 1008; a client that reads
+    nothing must not keep its connection by never taking them."""
+    server = await server_factory(client_queue_bytes=1 << 30, msg_rate=5, msg_burst=5)
+    flooder = await raw_open(server, "deaf", rcvbuf=4096)
+    await flooder.text({"type": "join"})
+    writer = await ws_open(server.ws("deaf"))
+    await writer.join()
+    await until(lambda: len(server.hub.docs["deaf"].peers) == 2, what="both clients joined")
+    port = flooder.sock.getsockname()[1]
+    session = next(s for s in (p.notify.__self__ for p in server.hub.docs["deaf"].peers.values())
+                   if s.scope["client"][1] == port)
+    text = ""
+    for i in range(4):  # 4 MiB the flooder never reads: the server's writes to it stall
+        new = f"{i:04d}" * (1 << 18)
+        await writer.send({"type": "op", "rev": i, "op": [new, -len(text)] if text else [new], "id": f"w{i}"})
+        assert (await writer.recv_type("ack", timeout=30))["rev"] == i + 1
+        text = new
+    await until(lambda: not session.direct.writable.is_set(), what="the writes to the flooder to stall")
+    drops = COUNTERS.slow_client_drops
+    await flooder.send(frame(TEXT, json.dumps({"type": "presence", "rev": 0, "cursor": None}).encode()) * 200)
+    await until(lambda: session.direct.disconnected, timeout=30, what="the flooder's connection to be let go")
+    assert COUNTERS.slow_client_drops == drops  # closed for flooding, not counted as a slow reader
+    assert len(server.hub.docs["deaf"].peers) == 1
+
+
 # -- incoming size and memory -----------------------------------------------------
 
 
