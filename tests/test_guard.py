@@ -227,6 +227,14 @@ async def closed_by_server(reader: asyncio.StreamReader, within: float) -> bool:
     return data == b""
 
 
+async def release(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
+    """Close a raw connection and wait until the server has closed its side (its slot is free then)."""
+    reader, writer = conn
+    writer.write_eof()
+    assert await closed_by_server(reader, 10), "the server did not close a connection after its EOF"
+    writer.close()
+
+
 async def join(ws: Any) -> dict:
     await ws.send(json.dumps({"type": "join"}))
     return json.loads(await ws.recv())
@@ -321,16 +329,12 @@ async def test_per_ip_and_global_caps_refuse_then_admit_after_release() -> None:
         over = await raw_connect(srv, "127.0.0.9")
         assert await closed_by_server(over[0], 3)
         # Closing one frees its slot for the same address again.
-        held[0][1].close()
-        for _ in range(50):
-            if (await srv.metrics())["collab_guard_open_connections"] <= 5:
-                break
-            await asyncio.sleep(0.05)
+        await release(held[0])
         ws = await ws_connect(srv, src="127.0.0.2")
         assert (await join(ws))["type"] == "welcome"
         await ws.close()
-        for _, w in held[1:] + others:
-            w.close()
+        for conn in held[1:] + others:
+            await release(conn)
         m = await srv.metrics()
         assert m["collab_guard_refused_conn_per_ip_total"] == 1
         assert m["collab_guard_refused_global_total"] == 1
