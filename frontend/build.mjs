@@ -1,6 +1,7 @@
 // Build the browser editor: bundle src/*.js with esbuild into dist/, copy the
 // pages and styles, and stamp asset URLs with a content hash (?v=...) so a
-// browser never mixes an old bundle with a new page. Deterministic: the
+// browser never mixes an old bundle with a new page (chunks loaded by the
+// bundles carry the hash in their names). Deterministic: the
 // output depends only on the sources and the pinned package versions (no
 // timestamps, no absolute paths), so the committed dist/ can be checked.
 //
@@ -29,6 +30,10 @@ async function buildInto(out) {
     bundle: true,
     minify: true,
     format: 'esm',
+    // The preview (Markdown renderer, sanitizer, highlighter) is imported
+    // dynamically and becomes its own chunk, named by content hash.
+    splitting: true,
+    chunkNames: '[name]-[hash]',
     target: ['es2020'],
     charset: 'utf8',
     legalComments: 'none',

@@ -493,6 +493,7 @@ def test_read_only_role_and_token_passing(tmp_path, pages):
         r.wait_for_function("() => collab.view.state.doc.toString() === 'only the writer'", timeout=5000)
         assert r.is_visible("#readonly-badge")
         assert r.get_attribute(".cm-content", "contenteditable") == "false"
+        r.click("#mode-edit")  # a read-only link opens in view mode (issue 24); the editor refuses typing
         focus_at(r, "end")
         r.keyboard.type("nope")
         time.sleep(0.3)

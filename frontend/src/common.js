@@ -118,3 +118,36 @@ export function el(tag, className = '', text = null) {
   if (text !== null) e.textContent = text;
   return e;
 }
+
+// ---- colour theme ------------------------------------------------------------
+// "auto" follows the system (prefers-color-scheme); "light" and "dark" are
+// the user's choice, remembered in this browser. style.css reads
+// <html data-theme>.
+const THEME_KEY = 'collab.theme';
+const THEMES = ['auto', 'light', 'dark'];
+
+export function themeChoice() {
+  let t = null;
+  try {
+    t = localStorage.getItem(THEME_KEY);
+  } catch (e) {
+    t = null;
+  }
+  return THEMES.includes(t) ? t : 'auto';
+}
+
+export function nextTheme(t) {
+  return THEMES[(THEMES.indexOf(t) + 1) % THEMES.length];
+}
+
+/** Apply (and remember) a theme choice; with no argument, the remembered one. */
+export function applyTheme(t = themeChoice()) {
+  if (t === 'auto') delete document.documentElement.dataset.theme;
+  else document.documentElement.dataset.theme = t;
+  try {
+    if (t === 'auto') localStorage.removeItem(THEME_KEY);
+    else localStorage.setItem(THEME_KEY, t);
+  } catch (e) {
+    /* private mode: for this page only */
+  }
+}

@@ -21,11 +21,15 @@ import { SyncClient } from './client.js';
 import { Session } from './session.js';
 import { cpBefore, utf16At, cpTotal, docChangesToOp, opToDocChanges, wordDelta } from './textindex.js';
 import { cpLength } from './ot.js';
+import { CLOSE_CODES } from './protocol.js';
 import { presenceExtension, setPeerCursor, setPeerInfo } from './presence.js';
-import { ROLES, rolesToAsk, mintLink, summarize, expiryText, copiedText } from './share.js';
+import { ROLES, rolesToAsk, mintLink, summarize, expiryText, copiedText, tokenClaims } from './share.js';
+import { deleteEmojiBackward } from './grapheme.js';
 import {
-  wsUrl, pageToken, loadUser, saveUser, safeColor, initials, el, PALETTE, DOC_NAME_RE,
+  wsUrl, pageToken, loadUser, saveUser, safeColor, initials, el, PALETTE, DOC_NAME_RE, applyTheme, nextTheme, themeChoice,
 } from './common.js';
+
+applyTheme();
 
 const $ = (id) => document.getElementById(id);
 const remoteEdit = Annotation.define();
@@ -38,6 +42,7 @@ $('doc-name').title = docName;
 let user = loadUser();
 
 // ---- markdown look ----------------------------------------------------------
+// Colours are CSS variables (style.css), so the light and dark themes share these rules.
 const mdHighlight = HighlightStyle.define([
   { tag: tags.heading1, class: 'tok-heading1', fontWeight: '700' },
   { tag: tags.heading2, class: 'tok-heading2', fontWeight: '700' },
@@ -45,22 +50,24 @@ const mdHighlight = HighlightStyle.define([
   { tag: tags.strong, fontWeight: '700' },
   { tag: tags.emphasis, fontStyle: 'italic' },
   { tag: tags.strikethrough, textDecoration: 'line-through' },
-  { tag: tags.link, color: '#0969da', textDecoration: 'underline' },
-  { tag: tags.url, color: '#0969da' },
-  { tag: tags.monospace, color: '#953800', backgroundColor: 'rgba(175,184,193,.2)', borderRadius: '3px' },
-  { tag: tags.quote, color: '#57606a', fontStyle: 'italic' },
-  { tag: [tags.processingInstruction, tags.meta], color: '#8c959f' },
-  { tag: tags.contentSeparator, color: '#8c959f' },
+  { tag: tags.link, color: 'var(--md-link)', textDecoration: 'underline' },
+  { tag: tags.url, color: 'var(--md-link)' },
+  { tag: tags.monospace, color: 'var(--md-code)', backgroundColor: 'var(--md-code-bg)', borderRadius: '3px' },
+  { tag: tags.quote, color: 'var(--md-quote)', fontStyle: 'italic' },
+  { tag: [tags.processingInstruction, tags.meta], color: 'var(--md-meta)' },
+  { tag: tags.contentSeparator, color: 'var(--md-meta)' },
 ]);
 
 const theme = EditorView.theme({
-  '&': { backgroundColor: 'transparent' },
-  '.cm-activeLine': { backgroundColor: 'rgba(234, 238, 242, 0.5)' },
-  '.cm-cursor': { borderLeftColor: '#1f2328', borderLeftWidth: '2px' },
-  '&.cm-focused .cm-selectionBackground, .cm-selectionBackground, ::selection': { backgroundColor: '#c8e1ff !important' },
+  '&': { backgroundColor: 'transparent', color: 'var(--ink)' },
+  '.cm-activeLine': { backgroundColor: 'var(--active-line)' },
+  '.cm-cursor': { borderLeftColor: 'var(--ink)', borderLeftWidth: '2px' },
+  '&.cm-focused .cm-selectionBackground, .cm-selectionBackground, ::selection': { backgroundColor: 'var(--selection) !important' },
+  '.cm-panels': { backgroundColor: 'var(--paper)', color: 'var(--ink)' },
 });
 
 const editable = new Compartment();
+const hint = new Compartment();
 
 // ---- the view ---------------------------------------------------------------
 let view; // assigned below; the adapter is only called after that
@@ -125,6 +132,7 @@ function scheduleCursor() {
 // Every step here costs the size of the edit, not of the document: a
 // keystroke in a 2 MB document must not read 2 MB.
 let wordCount = 0;
+let preview = null; // the rendered view, once loaded (see setMode)
 const syncListener = EditorView.updateListener.of((update) => {
   for (const tr of update.transactions) {
     if (!tr.docChanged) continue;
@@ -137,7 +145,10 @@ const syncListener = EditorView.updateListener.of((update) => {
     client.localEdit(docChangesToOp(tr.startState.doc, changes), adapter.getCursor());
   }
   if (update.docChanged || update.selectionSet) scheduleCursor();
-  if (update.docChanged) scheduleCounts();
+  if (update.docChanged) {
+    scheduleCounts();
+    if (preview) preview.changed();
+  }
   if (update.selectionSet || update.docChanged) updateLineCol(update.state);
   if (update.transactions.length) updateUndoButtons(update.state);
 });
@@ -165,10 +176,12 @@ view = new EditorView({
       boundedMarkdown,
       syntaxHighlighting(mdHighlight),
       syntaxHighlighting(defaultHighlightStyle, { fallback: true }),
-      placeholder('Start writing… (Markdown)'),
+      hint.of(placeholder('Start writing… (Markdown)')),
       keymap.of([
         { key: 'Enter', run: insertNewlineContinueMarkup },
         { key: 'Backspace', run: deleteMarkupBackward },
+        { key: 'Backspace', run: deleteEmojiBackward },
+        { key: 'F1', run: () => { openHelp(); return true; } },
         ...defaultKeymap, ...historyKeymap, ...searchKeymap, indentWithTab]),
       editable.of([EditorState.readOnly.of(true), EditorView.editable.of(false)]),
       presenceExtension(),
@@ -198,7 +211,8 @@ client.on('ready', () => {
   if (firstWelcome) {
     firstWelcome = false;
     setRole(client.role);
-    if (client.role !== 'read') view.focus();
+    if (client.role === 'read') setMode('view'); // a read-only link is for reading
+    else view.focus();
   }
   $('rev').textContent = `rev ${client.rev}`;
 });
@@ -215,11 +229,15 @@ function peerInfoMap() {
   return info;
 }
 
+const narrow = window.matchMedia('(max-width: 720px)');
+narrow.addEventListener('change', () => renderPeople(peerInfoMap()));
+
 function renderPeople(info) {
   const list = $('people');
   list.replaceChildren();
   const all = [{ name: `${user.name} (you)`, color: user.color, me: true }, ...info.values()];
-  const shown = all.slice(0, 6);
+  // On a phone the header has room for three avatars (with "+N" after them).
+  const shown = all.slice(0, narrow.matches ? 2 : 6);
   for (const p of shown) {
     const li = el('li', p.me ? 'person me' : 'person');
     const av = el('span', 'avatar', initials(p.name.replace(/ \(you\)$/, '')));
@@ -269,7 +287,12 @@ function renderStatus() {
   const s = session.status;
   const conn = $('conn-status');
   conn.dataset.state = s;
-  conn.querySelector('.conn-text').textContent = STATUS_TEXT[s] || s;
+  let connText = STATUS_TEXT[s] || s;
+  const wait = session.nextRetryAt ? Math.ceil((session.nextRetryAt - Date.now()) / 1000) : 0;
+  if (s === 'reconnecting' && wait >= 2) connText = `Reconnecting in ${wait} s…`;
+  conn.querySelector('.conn-text').textContent = connText;
+  // A long wait between attempts: offer to try at once.
+  $('retry-now').hidden = !((s === 'reconnecting' || s === 'offline') && session.timer !== null && wait >= 2);
   const save = $('save-status');
   let state;
   let text;
@@ -289,9 +312,16 @@ function renderStatus() {
   else save.hidden = false;
 }
 
+// While waiting to reconnect, count down to the next attempt.
+setInterval(() => { if (session.status === 'reconnecting') renderStatus(); }, 1000);
+$('retry-now').addEventListener('click', () => session.retryNow());
+// Coming back to the tab after an outage: try at once rather than at the end of the backoff.
+document.addEventListener('visibilitychange', () => { if (document.visibilityState === 'visible') session.retryNow(); });
+window.addEventListener('focus', () => session.retryNow());
+
 session.onStatus((s, detail) => {
   renderStatus();
-  if (s === 'closed' && detail) showBanner(detail);
+  if (s === 'closed' && detail) showDenied(detail);
   else if (s === 'connected' && $('banner').dataset.kind !== 'too-large') hideBanner();
 });
 let bannerTimer = null;
@@ -529,8 +559,8 @@ document.addEventListener('keydown', (e) => {
   back.focus();
 });
 
-function download(ext, type) {
-  const blob = new Blob([view.state.doc.toString()], { type: `${type};charset=utf-8` });
+function download(ext, type, content = view.state.doc.toString()) {
+  const blob = new Blob([content], { type: `${type};charset=utf-8` });
   const url = URL.createObjectURL(blob);
   const a = el('a');
   a.href = url;
@@ -542,6 +572,10 @@ function download(ext, type) {
 }
 $('download-md').addEventListener('click', () => download('md', 'text/markdown'));
 $('download-txt').addEventListener('click', () => download('txt', 'text/plain'));
+$('download-html').addEventListener('click', async () => {
+  const m = await loadPreview();
+  download('html', 'text/html', m.standaloneHtml(docName, view.state.doc.toString()));
+});
 
 // ---- your name ----------------------------------------------------------------------
 function renderMe() {
@@ -586,8 +620,116 @@ $('name-form').addEventListener('submit', () => {
   renderMe();
 });
 
+// ---- access refused ---------------------------------------------------------------------
+/** The session ended for good (no access, invalid name): say why, with what
+ * to do next, and take away what cannot work any more. Text already in the
+ * page stays and can still be downloaded. */
+function showDenied(detail) {
+  let text = detail;
+  const code = session.fatalCode;
+  if (code === CLOSE_CODES.BAD_TOKEN) {
+    const claims = tokenClaims(token);
+    if (!token) {
+      text = 'Access denied: this server needs a link that carries access (a token). Ask the document\'s owner for a link.';
+    } else if (claims && typeof claims.exp === 'number' && claims.exp * 1000 <= Date.now()) {
+      text = `Access denied: this link expired on ${new Date(claims.exp * 1000).toLocaleString()}. Ask for a new link.`;
+    } else {
+      text = 'Access denied: this link is not valid (mistyped, revoked, or for another server). Ask for a new link.';
+    }
+  } else if (code === CLOSE_CODES.NOT_ALLOWED) {
+    text = 'Access denied: this link does not give access to this document. Ask for a link to it.';
+  }
+  showBanner(text);
+  document.body.classList.add('denied');
+  const empty = view.state.doc.length === 0;
+  view.dispatch({
+    effects: [
+      hint.reconfigure(placeholder(empty ? 'Nothing to show: no access to this document.' : '')),
+      editable.reconfigure([EditorState.readOnly.of(true), EditorView.editable.of(false)]),
+    ],
+  });
+  closeMenus();
+  shareBtn.disabled = true;
+  shareBtn.title = 'No access: nothing to share';
+  downloadBtn.disabled = empty;
+  updateUndoButtons(view.state);
+}
+
+// ---- edit / split / view ----------------------------------------------------------------
+// The preview code (Markdown renderer, sanitizer, code highlighter) is a
+// separate chunk, loaded the first time the rendered view or the HTML
+// export is wanted.
+const MODES = ['edit', 'split', 'view'];
+let mode = 'edit';
+let previewModule = null;
+
+function loadPreview() {
+  if (!previewModule) {
+    previewModule = import('./preview.js').then((m) => {
+      preview = new m.Preview({ view, scroller: $('preview-scroll'), body: $('preview-body'), note: $('preview-note') });
+      return m;
+    });
+  }
+  return previewModule;
+}
+
+async function setMode(m) {
+  if (!MODES.includes(m)) return;
+  mode = m;
+  document.body.dataset.mode = m;
+  for (const x of MODES) $(`mode-${x}`).setAttribute('aria-pressed', String(x === m));
+  $('preview').hidden = m === 'edit';
+  $('editor').hidden = m === 'view';
+  if (m !== 'view') view.requestMeasure();
+  if (m === 'edit') {
+    if (preview) preview.setMode(false, false);
+    return;
+  }
+  await loadPreview();
+  if (mode === m) preview.setMode(true, m === 'split');
+}
+for (const m of MODES) $(`mode-${m}`).addEventListener('click', () => setMode(m));
+
+// ---- shortcuts panel and theme ------------------------------------------------------------
+const help = $('help-dialog');
+function openHelp() {
+  if (help.open) return;
+  closeMenus();
+  help.showModal();
+  $('help-close').focus();
+}
+$('help-btn').addEventListener('click', openHelp);
+$('help-close').addEventListener('click', () => help.close());
+help.addEventListener('close', () => { if (mode !== 'view' && !view.state.readOnly) view.focus(); });
+
+const typingTarget = (t) => t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName));
+document.addEventListener('keydown', (e) => {
+  if (e.defaultPrevented) return;
+  if (e.ctrlKey && e.altKey && !e.shiftKey && !e.metaKey && ['1', '2', '3'].includes(e.key)) {
+    e.preventDefault();
+    setMode(MODES[Number(e.key) - 1]);
+  } else if (e.key === '?' && !e.ctrlKey && !e.altKey && !e.metaKey && !typingTarget(e.target)) {
+    e.preventDefault();
+    openHelp();
+  } else if (e.key === 'F1') {
+    e.preventDefault();
+    openHelp();
+  }
+});
+
+function renderTheme() {
+  const t = themeChoice();
+  $('theme-btn').textContent = `Theme: ${t}`;
+  $('theme-btn').title = t === 'auto' ? 'Colour theme: follows the system. Click for light.' : `Colour theme: ${t}. Click to change.`;
+}
+$('theme-btn').addEventListener('click', () => {
+  applyTheme(nextTheme(themeChoice()));
+  renderTheme();
+});
+
 // ---- go ------------------------------------------------------------------------------
 renderMe();
+renderTheme();
 renderStatus();
 scheduleCounts();
 updateUndoButtons(view.state);

@@ -1,14 +1,17 @@
 // The home page (/): the documents that exist, a button for a new document
 // with a fresh random name, and a field to open one by name.
 
-import { apiUrl, pageUrl, randomDocName, DOC_NAME_RE, el } from './common.js';
+import { apiUrl, pageUrl, pageToken, randomDocName, DOC_NAME_RE, el, applyTheme } from './common.js';
+
+applyTheme();
 
 const $ = (id) => document.getElementById(id);
 
-function formatSize(n) {
-  if (n < 1024) return `${n} B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
-  return `${(n / 1024 / 1024).toFixed(1)} MB`;
+// The list's `size` is the document's length in characters (code points),
+// not bytes: shown as a count ("1.6K", "2M"), the exact number in the tooltip.
+const compact = new Intl.NumberFormat('en', { notation: 'compact', maximumFractionDigits: 1 });
+function formatChars(n) {
+  return n < 10000 ? n.toLocaleString() : compact.format(n);
 }
 
 function parseTime(t) {
@@ -33,6 +36,10 @@ async function loadDocs() {
   const status = $('docs-status');
   try {
     const res = await fetch(apiUrl('/api/docs'), { headers: { Accept: 'application/json' } });
+    if (res.status === 401 || res.status === 403) {
+      noAccess(res.status);
+      return;
+    }
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     let docs = await res.json();
     if (docs && !Array.isArray(docs) && Array.isArray(docs.docs)) docs = docs.docs;
@@ -47,7 +54,9 @@ async function loadDocs() {
       a.href = pageUrl(d.id);
       name.appendChild(a);
       tr.appendChild(name);
-      tr.appendChild(el('td', 'num', typeof d.size === 'number' ? formatSize(d.size) : ''));
+      const size = el('td', 'num', typeof d.size === 'number' ? formatChars(d.size) : '');
+      if (typeof d.size === 'number') size.title = `${d.size.toLocaleString()} character${d.size === 1 ? '' : 's'}`;
+      tr.appendChild(size);
       tr.appendChild(el('td', 'num', typeof d.rev === 'number' ? d.rev.toLocaleString() : ''));
       const when = parseTime(d.updated);
       const td = el('td', 'muted', relativeTime(when));
@@ -63,6 +72,22 @@ async function loadDocs() {
     status.hidden = false;
     status.textContent = `Could not load the document list (${e.message}).`;
   }
+}
+
+/** The server wants a token this page does not have (or refuses it): there
+ * is nothing to list or create from here, so say how to get in instead of
+ * offering buttons that cannot work. */
+function noAccess(status) {
+  const hadToken = !!pageToken();
+  $('new-doc').hidden = true;
+  $('open-form').hidden = true;
+  $('doc-list-section').hidden = true;
+  const note = $('access-note');
+  note.hidden = false;
+  note.textContent = hadToken
+    ? `This link does not give access to the document list (HTTP ${status}). Open the document link you were given, or ask for a new one.`
+    : 'This server is private: open a document with the link you were given (it carries your access), '
+      + 'or ask its administrator for one (collab token).';
 }
 
 $('new-doc').addEventListener('click', () => {

@@ -32,6 +32,8 @@ export class Session {
     this.watchdog = null;
     this.status = 'connecting'; // connecting | connected | reconnecting | offline | closed
     this.fatal = null;
+    this.fatalCode = null; // the close code that ended the session for good
+    this.nextRetryAt = null; // Date.now() of the next scheduled attempt, while waiting
     this.isOffline = false;
     this.stopped = false;
     this.listeners = [];
@@ -89,6 +91,18 @@ export class Session {
     }
   }
 
+  /** Waiting to reconnect: try now instead of at the scheduled time (the
+   * "Retry now" button, or the page becoming visible again). */
+  retryNow() {
+    if (this.ws || this.fatal || this.stopped || this.timer === null) return false;
+    clearTimeout(this.timer);
+    this.timer = null;
+    this.nextRetryAt = null;
+    this.isOffline = false;
+    this._connect();
+    return true;
+  }
+
   /** Drop the current connection (if any) and connect again soon. */
   reconnect(why) {
     if (why && globalThis.console) console.warn('collab: reconnecting:', why);
@@ -98,6 +112,7 @@ export class Session {
 
   _connect() {
     this.timer = null;
+    this.nextRetryAt = null;
     if (this.stopped || this.fatal) return;
     this._setStatus(this.attempt === 0 && this.client.rev === null ? 'connecting' : 'reconnecting');
     let ws;
@@ -139,6 +154,7 @@ export class Session {
       const fatal = FATAL_CLOSE.get(ev.code);
       if (fatal) {
         this.fatal = fatal;
+        this.fatalCode = ev.code;
         this._setStatus('closed', fatal);
         return;
       }
@@ -177,8 +193,10 @@ export class Session {
       this._setStatus('offline');
       return;
     }
+    const delay = this.nextDelay();
+    this.nextRetryAt = Date.now() + delay;
+    this.timer = setTimeout(() => this._connect(), delay);
     this._setStatus('reconnecting');
-    this.timer = setTimeout(() => this._connect(), this.nextDelay());
   }
 
   /** Watchdog: a connection that never welcomes us or never acknowledges

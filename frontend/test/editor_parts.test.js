@@ -1,0 +1,31 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Text } from '@codemirror/state';
+import { emojiClusterStart } from '../src/grapheme.js';
+import { excerptRange, BIG_DOC, EXCERPT_LINES } from '../src/preview.js';
+
+test('Backspace takes a whole emoji sequence, and leaves other clusters to CodeMirror', () => {
+  const end = (s) => emojiClusterStart(s, s.length);
+  assert.equal(end('hi 👋🏽'), 3); // skin tone
+  assert.equal(end('x👨‍👩‍👧'), 1); // joined family
+  assert.equal(end('🇫🇷'), 0); // flag
+  assert.equal(end('a❤️'), 1); // variation selector
+  assert.equal(end('a😀'), null); // one code point: CodeMirror's Backspace already takes it whole
+  assert.equal(end('e\u0301'), null); // a combining accent goes on its own
+  assert.equal(end(''), null);
+});
+
+test('the preview renders a small document whole and an excerpt of a large one', () => {
+  const small = Text.of(['# a', '', 'b']);
+  assert.deepEqual(excerptRange(small, 2), { from: 1, to: 3, whole: true });
+  const lines = Array.from({ length: 40000 }, (_, i) => (i % 10 === 0 ? '' : `line ${i} with some words`));
+  const big = Text.of(lines);
+  assert.ok(big.length > BIG_DOC);
+  const r = excerptRange(big, 20000);
+  assert.equal(r.whole, false);
+  assert.ok(r.from <= 20000 - 40 && r.from >= 20000 - 140, JSON.stringify(r));
+  assert.equal(big.line(r.from).text, ''); // starts at a blank line: a block boundary
+  assert.equal(r.to - r.from + 1, EXCERPT_LINES);
+  assert.equal(excerptRange(big, 1).from, 1);
+  assert.equal(excerptRange(big, big.lines).to, big.lines);
+});
