@@ -1,4 +1,4 @@
-"""Flood protection (collab.guard, collab.server) against real uvicorn servers.
+"""Flood protection (collab.guard, collab.server) against the real app on real uvicorn servers.
 
 Each server runs in its own process (``python tests/test_guard.py <json>``)
 so that flooding clients and the server do not share an event loop, and
@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,101 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from collab import guard  # noqa: E402
 from collab.config import Settings  # noqa: E402
 
-# --------------------------------------------------------------------------
-# The test app: /healthz, /metrics and a tiny room protocol on /ws/{doc}
-
-
-def make_app(settings: Settings, strikes: int = 50) -> Any:
-    """A small Starlette app shaped like collab's: join/welcome, op/ack/broadcast, a bounded queue."""
-    from starlette.applications import Starlette
-    from starlette.responses import PlainTextResponse
-    from starlette.routing import Route, WebSocketRoute
-    from starlette.websockets import WebSocket, WebSocketDisconnect
-
-    rooms: dict[str, dict[int, asyncio.Queue]] = {}
-    revs: dict[str, int] = {}
-    counter = iter(range(1, 1 << 62))
-
-    async def healthz(request: Any) -> PlainTextResponse:
-        return PlainTextResponse("ok")
-
-    async def metrics(request: Any) -> PlainTextResponse:
-        return PlainTextResponse(guard.metrics_text(), media_type="text/plain; version=0.0.4")
-
-    async def upload(request: Any) -> PlainTextResponse:
-        return PlainTextResponse(str(len(await request.body())))
-
-    async def room(ws: WebSocket) -> None:
-        doc = ws.path_params["doc"]
-        await ws.accept()
-        me = next(counter)
-        queue: asyncio.Queue = asyncio.Queue(maxsize=settings.client_queue_size)
-        limiter = guard.MessageLimiter(settings.msg_rate, settings.msg_burst, settings.bytes_rate,
-                                       settings.bytes_burst, strikes=strikes,
-                                       source=ws.client.host if ws.client else "")
-        peers = rooms.setdefault(doc, {})
-        peers[me] = queue
-        dropped = asyncio.Event()
-
-        def deliver(to: int, q: asyncio.Queue, msg: str) -> None:
-            try:
-                q.put_nowait(msg)
-            except asyncio.QueueFull:
-                rooms.get(doc, {}).pop(to, None)
-                guard.note_slow_client_drop()
-                with contextlib.suppress(asyncio.QueueFull):
-                    q.get_nowait()
-                    q.put_nowait(None)  # tell its writer to close
-
-        async def writer() -> None:
-            while True:
-                msg = await queue.get()
-                if msg is None:
-                    dropped.set()
-                    await ws.close(1013)
-                    return
-                await ws.send_text(msg)
-
-        wtask = asyncio.create_task(writer())
-        try:
-            while not dropped.is_set():
-                text = await ws.receive_text()
-                verdict = limiter.check(len(text))
-                if verdict == "close":
-                    await ws.close(1008)
-                    return
-                if verdict == "limited":
-                    deliver(me, queue, json.dumps({"type": "error", "code": "rate_limited", "message": "slow down"}))
-                    continue
-                msg = json.loads(text)
-                if msg["type"] == "join":
-                    deliver(me, queue, json.dumps({"type": "welcome", "client": str(me), "rev": revs.get(doc, 0)}))
-                elif msg["type"] == "op":
-                    rev = revs[doc] = revs.get(doc, 0) + 1
-                    deliver(me, queue, json.dumps({"type": "ack", "id": msg["id"], "rev": rev}))
-                    out = json.dumps({"type": "op", "rev": rev, "op": msg["op"], "client": str(me)})
-                    for other, q in list(peers.items()):
-                        if other != me:
-                            deliver(other, q, out)
-        except (WebSocketDisconnect, RuntimeError):
-            pass
-        finally:
-            peers.pop(me, None)
-            wtask.cancel()
-
-    return Starlette(routes=[
-        Route("/healthz", healthz),
-        Route("/metrics", metrics),
-        Route("/upload", upload, methods=["POST"]),
-        WebSocketRoute("/ws/{doc}", room),
-    ])
-
-
 def _server_main(spec: dict) -> None:
-    """Subprocess entry: serve the test app (or the real one) and print the port."""
+    """Subprocess entry: serve the real app (collab.server.serve) and print the port."""
     from collab import server
 
     settings = Settings(**spec.get("settings", {}))
@@ -130,11 +40,10 @@ def _server_main(spec: dict) -> None:
     sock.listen(4096)
 
     async def main() -> None:
-        app = None if spec.get("real_app") else make_app(settings, **spec.get("app", {}))
         if spec.get("ws"):
             server._ws_implementation = lambda: spec["ws"]  # type: ignore[assignment]
         started = asyncio.Event()
-        task = asyncio.create_task(server.serve(settings, app, sockets=[sock], started=started))
+        task = asyncio.create_task(server.serve(settings, sockets=[sock], started=started))
         await started.wait()
         print(f"PORT {sock.getsockname()[1]}", flush=True)
         await task
@@ -182,26 +91,31 @@ class Server:
 
 
 @contextlib.asynccontextmanager
-async def running(real_app: bool = False, ws: str | None = None, app: dict | None = None,
-                  **settings: Any) -> AsyncIterator[Server]:
-    """Start a server process with ``settings`` overrides; stop it afterwards."""
-    spec = {"settings": {"log_level": "warning", **settings}, "real_app": real_app, "ws": ws, "app": app or {}}
-    proc = subprocess.Popen([sys.executable, __file__, json.dumps(spec)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=str(ROOT), text=True)
-    try:
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
-        if not line.startswith("PORT "):
-            proc.kill()
-            raise RuntimeError(f"server did not start: {line!r} {proc.stderr.read()}")
-        yield Server(proc, int(line.split()[1]))
-    finally:
-        proc.terminate()
+async def running(ws: str | None = None, **settings: Any) -> AsyncIterator[Server]:
+    """Start the real app in a server process with ``settings`` overrides; stop it afterwards.
+
+    Documents go to a temporary directory unless ``data_dir`` is given; the
+    server's log goes to a file there (a pipe nobody reads could fill up).
+    """
+    with tempfile.TemporaryDirectory(prefix="collab-guard-test-") as tmp, \
+            open(os.path.join(tmp, "server.log"), "w+") as log:
+        spec = {"settings": {"log_level": "warning", "data_dir": tmp, **settings}, "ws": ws}
+        proc = subprocess.Popen([sys.executable, __file__, json.dumps(spec)], stdout=subprocess.PIPE,
+                                stderr=log, cwd=str(ROOT), text=True)
         try:
-            await asyncio.wait_for(asyncio.to_thread(proc.wait), 20)
-        except asyncio.TimeoutError:
-            proc.kill()
-        proc.stdout.close()
-        proc.stderr.close()
+            line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+            if not line.startswith("PORT "):
+                proc.kill()
+                log.seek(0)
+                raise RuntimeError(f"server did not start: {line!r} {log.read()}")
+            yield Server(proc, int(line.split()[1]))
+        finally:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(asyncio.to_thread(proc.wait), 20)
+            except asyncio.TimeoutError:
+                proc.kill()
+            proc.stdout.close()
 
 
 async def ws_connect(server: Server, doc: str = "d", src: str = "127.0.0.2", **kw: Any) -> Any:
@@ -270,7 +184,7 @@ async def test_websocket_upgrade_through_guard_releases_slots_and_enforces_frame
     from websockets.exceptions import ConnectionClosed
 
     for ws_impl in (None, "websockets-sansio", "websockets"):
-        async with running(real_app=True, ws=ws_impl, conn_per_ip=2, conn_rate=1000, conn_burst=1000,
+        async with running(ws=ws_impl, conn_per_ip=2, conn_rate=1000, conn_burst=1000,
                            max_message_bytes=64 * 1024) as srv:
             for i in range(6):  # 3x the per-IP cap, sequentially: each close must free its slot
                 ws = await ws_connect(srv, src="127.0.0.2")
@@ -385,7 +299,7 @@ async def test_slowloris_crowd_does_not_lock_out_a_legitimate_client() -> None:
 
 async def test_stalled_request_body_is_cut_off_but_a_slow_steady_upload_completes() -> None:
     async with running(handshake_timeout=1.0) as srv:
-        head = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 60\r\n\r\n"
+        head = b"PUT /api/docs/up/text HTTP/1.1\r\nHost: x\r\nContent-Length: 60\r\n\r\n"
         stalled_r, stalled_w = await raw_connect(srv, "127.0.0.2")
         stalled_w.write(head + b"x" * 10)
         steady_r, steady_w = await raw_connect(srv, "127.0.0.3")
@@ -395,7 +309,7 @@ async def test_stalled_request_body_is_cut_off_but_a_slow_steady_upload_complete
             steady_w.write(b"y" * 10)
         assert await closed_by_server(stalled_r, 5)
         response = b""
-        while not response.endswith(b"\r\n\r\n60"):
+        while not response.endswith(b'{"id":"up","rev":1}'):
             chunk = await asyncio.wait_for(steady_r.read(4096), 5)
             assert chunk, f"connection closed after {response!r}"
             response += chunk
@@ -407,7 +321,7 @@ async def test_stalled_request_body_is_cut_off_but_a_slow_steady_upload_complete
 
 async def test_a_body_refused_from_its_content_length_is_not_read(tmp_path: Path) -> None:
     """After a 413 sent before the body, the server drops at most LINGER_BYTES of it, not 50 MB."""
-    async with running(real_app=True, data_dir=str(tmp_path), max_message_bytes=1000, handshake_timeout=30) as srv:
+    async with running(data_dir=str(tmp_path), max_message_bytes=1000, handshake_timeout=30) as srv:
         r, w = await raw_connect(srv, "127.0.0.2")
         w.write(b"PUT /api/docs/big/text HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n\r\n" + b"a" * 1000)
         head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
@@ -514,7 +428,7 @@ async def test_message_flood_is_limited_while_a_polite_client_edits(tmp_path: Pa
     # The real app: a connection over its message budget is answered rate_limited and,
     # if it keeps on, closed with 1008, and its address backs off. (Latency under the
     # flood is measured by benchmarks/guard_bench.py, not asserted here.)
-    async with running(real_app=True, data_dir=str(tmp_path), msg_rate=20, msg_burst=20,
+    async with running(data_dir=str(tmp_path), msg_rate=20, msg_burst=20,
                        handshake_timeout=30) as srv:
         flooder = await start_flooder(srv, 4)
         await wait_for_metric(srv, "collab_guard_limited_messages_total", 1)
@@ -533,7 +447,7 @@ async def test_flood_close_makes_the_address_back_off_and_reconnecting_does_not_
         tmp_path: Path) -> None:
     from websockets.exceptions import ConnectionClosed
 
-    async with running(real_app=True, data_dir=str(tmp_path), msg_rate=0.001, msg_burst=10,
+    async with running(data_dir=str(tmp_path), msg_rate=0.001, msg_burst=10,
                        addr_msg_rate=0.001, addr_msg_burst=15, backoff_base=60, backoff_max=60,
                        conn_rate=1000, conn_burst=1000, handshake_timeout=30) as srv:
         def op_at(rev: int, op_id: str) -> str:  # based on the latest revision: nothing to transform
@@ -575,7 +489,7 @@ async def test_flood_close_makes_the_address_back_off_and_reconnecting_does_not_
 async def test_near_the_global_cap_a_quiet_address_still_gets_in(tmp_path: Path) -> None:
     # 6 addresses open 20 connections each, round robin, against a cap of 60 with 6 kept in
     # reserve: they stop at 54, and a quiet address can still connect, join and edit.
-    async with running(real_app=True, data_dir=str(tmp_path), max_connections=60, conn_reserve=0.1,
+    async with running(data_dir=str(tmp_path), max_connections=60, conn_reserve=0.1,
                        conn_reserve_per_ip=4, conn_per_ip=20, conn_rate=1000, conn_burst=1000,
                        handshake_timeout=30) as srv:
         crowd = [await raw_connect(srv, f"127.0.0.{10 + a}") for _ in range(20) for a in range(6)]
@@ -595,7 +509,7 @@ async def test_near_the_global_cap_a_quiet_address_still_gets_in(tmp_path: Path)
 async def test_proxied_client_closed_for_flooding_is_refused_at_its_next_handshake(tmp_path: Path) -> None:
     from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-    async with running(real_app=True, data_dir=str(tmp_path), trusted_proxies=["127.0.0.7"], msg_rate=0.001,
+    async with running(data_dir=str(tmp_path), trusted_proxies=["127.0.0.7"], msg_rate=0.001,
                        msg_burst=5, backoff_base=60, backoff_max=60, conn_rate=1000, conn_burst=1000,
                        handshake_timeout=30) as srv:
         def via_proxy(client: str) -> dict:
@@ -644,33 +558,37 @@ time.sleep(600)  # never read again
 """
 
 
-async def test_client_that_never_reads_is_dropped_and_server_memory_stays_bounded() -> None:
-    async with running(client_queue_size=200, msg_rate=100000, msg_burst=100000,
-                       bytes_rate=1e12, bytes_burst=1e12, handshake_timeout=30) as srv:
+async def test_client_that_never_reads_is_dropped_and_server_memory_stays_bounded(tmp_path: Path) -> None:
+    """The real app: a joined client that stops reading is dropped once its queue passes
+    client_queue_bytes, its connection released, and the server does not hold what it missed."""
+    unlimited = dict(msg_rate=1e6, msg_burst=10**6, bytes_rate=1e12, bytes_burst=10**12, addr_msg_rate=1e6,
+                     addr_msg_burst=10**6, addr_bytes_rate=1e12, addr_bytes_burst=10**12)
+    async with running(data_dir=str(tmp_path), sqlite_sync="normal", history_depth=20,
+                       client_queue_bytes=1_000_000, handshake_timeout=30, **unlimited) as srv:
         reader = await asyncio.create_subprocess_exec(sys.executable, "-c", NON_READER, str(srv.port),
                                                       stdout=subprocess.PIPE)
         assert (await reader.stdout.readline()).strip() == b"joined"
         writer = await ws_connect(srv, doc="big", src="127.0.0.3")
-        await join(writer)
+        rev = (await join(writer))["rev"]
         rss_start = srv.rss()
         chunk = "y" * 60_000
-        sent = 0
-        for i in range(3000):  # ~180 MB broadcast towards the non-reader
-            await writer.send(json.dumps({"type": "op", "rev": 0, "op": [chunk], "id": f"b{i}"}))
-            sent += len(chunk)
-            if i % 50 == 0:
-                # Drain our acks so we are a good reader ourselves.
-                while True:
-                    try:
-                        await asyncio.wait_for(writer.recv(), 0.001)
-                    except asyncio.TimeoutError:
-                        break
-        await edit(writer, "last")
-        m = await srv.metrics()
+        length = 0
+        for i in range(400):  # 24 MB broadcast towards the non-reader; each op replaces the text
+            await writer.send(json.dumps({"type": "op", "rev": rev, "op": [-length, chunk] if length else [chunk],
+                                          "id": f"b{i}"}))
+            while (msg := json.loads(await writer.recv()))["type"] != "ack":
+                assert msg["type"] != "error", msg
+            rev, length = msg["rev"], len(chunk)
+        m = await wait_for_metric(srv, "collab_guard_slow_client_drops_total", 1)
         growth = srv.rss() - rss_start
-        print(f"server RSS growth {growth / 1e6:.1f} MB while broadcasting {sent / 1e6:.0f} MB to a non-reader")
-        assert m["collab_guard_slow_client_drops_total"] >= 1
-        assert growth < sent / 4, f"server RSS grew {growth / 1e6:.1f} MB for {sent / 1e6:.0f} MB sent"
+        print(f"server RSS growth {growth / 1e6:.1f} MB while broadcasting 24 MB to a non-reader")
+        assert growth < 12e6, f"server RSS grew {growth / 1e6:.1f} MB"
+        # Its connection is let go too (within the drain timeout): only the writer and /metrics remain.
+        deadline = time.monotonic() + 20
+        while m["collab_guard_open_connections"] > 2:
+            assert time.monotonic() < deadline, m
+            await asyncio.sleep(0.1)
+            m = await srv.metrics()
         await writer.close()
         reader.kill()
         await reader.wait()
@@ -724,7 +642,7 @@ async def test_real_app_behind_the_guard_acks_and_rate_limits(tmp_path: Path) ->
     """collab.app.create_app served by collab.server.serve: edit, then get rate_limited and 1008."""
     from websockets.exceptions import ConnectionClosed
 
-    async with running(real_app=True, data_dir=str(tmp_path), msg_rate=5, msg_burst=5,
+    async with running(data_dir=str(tmp_path), msg_rate=5, msg_burst=5,
                        conn_per_ip=3, conn_rate=1000, conn_burst=1000, handshake_timeout=30) as srv:
         ws = await ws_connect(srv, doc="notes", src="127.0.0.2")
         welcome = await join(ws)
