@@ -37,7 +37,9 @@ def start_server(port: int, data_dir: str) -> subprocess.Popen:
            "--max-connections", "100000", "--msg-rate", "10000", "--msg-burst", "10000", "--log-level", "warning"]
     if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
         cmd = ["taskset", "-c", "0", *cmd]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Every client comes from 127.0.0.1: open the per-address budgets as wide as the per-connection ones.
+    env = dict(os.environ, COLLAB_ADDR_MSG_RATE="1000000", COLLAB_ADDR_MSG_BURST="1000000")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wait_healthy(proc, port)
     return proc
 

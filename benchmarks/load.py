@@ -596,6 +596,9 @@ def start_server(target: str, port: int, data_dir: str, store: str) -> subproces
             env["DATABASE_URL"] = "memory:"
         # fsync per commit, or committed once the OS has it (set either way: the caller's env must not decide)
         env["COLLAB_SQLITE_SYNC"] = "normal" if store == "sqlite-normal" else "full"
+        # Every generated client comes from 127.0.0.1: the per-address budgets, opened wide like the rest.
+        env.update(COLLAB_ADDR_MSG_RATE="1000000", COLLAB_ADDR_MSG_BURST="1000000",
+                   COLLAB_ADDR_BYTES_RATE="1000000000", COLLAB_ADDR_BYTES_BURST="1000000000")
     proc = subprocess.Popen(pin_prefix(0) + cmd, cwd=str(REPO), env=env, preexec_fn=_child_setup)
     deadline = time.time() + 30
     while time.time() < deadline:

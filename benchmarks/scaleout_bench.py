@@ -49,7 +49,8 @@ class Server:
     def start(self) -> "Server":
         env = dict(os.environ, COLLAB_PORT=str(self.port), COLLAB_HOST="127.0.0.1", COLLAB_LOG_LEVEL="warning",
                    COLLAB_MSG_RATE="100000", COLLAB_MSG_BURST="100000", COLLAB_CONN_RATE="10000",
-                   COLLAB_CONN_BURST="10000", COLLAB_CONN_PER_IP="10000")
+                   COLLAB_CONN_BURST="10000", COLLAB_CONN_PER_IP="10000",
+                   COLLAB_ADDR_MSG_RATE="1000000", COLLAB_ADDR_MSG_BURST="1000000")
         env.pop("PORT", None)
         env.pop("WEB_CONCURRENCY", None)
         env.update(self.env)
