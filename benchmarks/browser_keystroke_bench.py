@@ -16,6 +16,7 @@ static assets, from the Resource Timing API, with an empty cache).
 
     python benchmarks/browser_keystroke_bench.py            # 40 keys per document
     python benchmarks/browser_keystroke_bench.py --keys 80
+    python benchmarks/browser_keystroke_bench.py --split    # also with the rendered view beside
 
 Needs python playwright and chromium at /usr/bin/chromium (or COLLAB_CHROMIUM).
 """
@@ -71,13 +72,16 @@ def prose(size: int, blank_every: int | None) -> str:
     return "\n".join(lines)[:size]
 
 
-def measure(browser, base: str, doc: str, keys: int, warmup: int) -> list[float]:
+def measure(browser, base: str, doc: str, keys: int, warmup: int, split: bool = False) -> list[float]:
     ctx = browser.new_context(viewport={"width": 1200, "height": 800})
     try:
         page = ctx.new_page()
         page.goto(f"{base}/d/{doc}")
         page.wait_for_selector("#conn-status[data-state=connected]", timeout=60_000)
         page.wait_for_function("() => collab.client.rev !== null && collab.view.state.doc.length > 0", timeout=60_000)
+        if split:  # the rendered view beside the editor, when the page has one
+            page.click("#mode-split")
+            page.wait_for_selector("#preview-body [data-line]", timeout=60_000)
         page.evaluate("() => { const v = collab.view; v.focus();"
                       " v.dispatch({selection: {anchor: v.state.doc.length}, scrollIntoView: true}); }")
         page.evaluate(PROBE)
@@ -112,6 +116,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--keys", type=int, default=40, help="measured keys per document")
     ap.add_argument("--warmup", type=int, default=5, help="keys typed first and not counted")
+
+    ap.add_argument("--split", action="store_true", help="also type in the 2 MB document with the rendered view beside")
     args = ap.parse_args()
 
     docs = {
@@ -119,6 +125,9 @@ def main() -> None:
         "2 MB, no blank line": ("big-flat", prose(2_000_000, None)),
         "2 MB, blank line every 4": ("big-para", prose(2_000_000, 4)),
     }
+    runs = [(label, name, False) for label, (name, _) in docs.items()]
+    if args.split:
+        runs.append(("2 MB, no blank line, split view", "big-flat", True))
     port = free_port()
     with tempfile.TemporaryDirectory() as data:
         env = dict(os.environ, COLLAB_DATA_DIR=data, COLLAB_PORT=str(port), COLLAB_HOST="127.0.0.1")
@@ -133,8 +142,8 @@ def main() -> None:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
                 try:
-                    results = {label: measure(browser, base, name, args.keys, args.warmup)
-                               for label, (name, _) in docs.items()}
+                    results = {label: measure(browser, base, name, args.keys, args.warmup, split)
+                               for label, name, split in runs}
                     transferred, decoded = page_bytes(browser, base, "small")
                 finally:
                     browser.close()

@@ -31,12 +31,14 @@
 // waits first), so tests/conformance/client.json can replay transcripts
 // against this class and against the Python client (collab/clientstate.py).
 
-import { apply, compose, transform, transformCursor, isNoop, invert } from './ot.js';
+import { apply, compose, transform, transformCursor, isNoop, invert, validate, targetLength, cpLength } from './ot.js';
 import { diffOp } from './diff.js';
 import { splitOp, jsonBytes } from './split.js';
 import { CLOSE_CODES, CLOSE_ABNORMAL, ERROR_CODES } from './protocol.js';
 
 const HISTORY_KEEP = 200;
+/** Operations queued on serverText before they are applied to it. */
+const SERVER_OPS_KEEP = 500;
 
 /** Message size used when the server does not say (bytes of JSON, UTF-8). */
 export const DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024;
@@ -82,7 +84,7 @@ export class SyncClient {
     this.listeners = new Map();
 
     this.rev = null; // last server revision applied locally; null before the first welcome
-    this.serverText = ''; // the document at `rev`, as the server has it
+    this.serverText = ''; // the document at `rev`, as the server has it (see the accessors below)
     this.outstanding = null; // {op, id, rev, cursor, sentAt}: sent, not yet acknowledged
     this.buffer = null; // local edits not sent yet (composed)
     this.history = []; // recent server ops [{rev, op}], to move old presence forward
@@ -122,6 +124,35 @@ export class SyncClient {
   }
 
   // ---- state queries ----------------------------------------------------
+
+  /** The document at `rev` as the server has it. Built on demand: acks and
+   * remote ops only queue their operation (checked against the length at
+   * once), so the common path costs the size of the edit, not of the
+   * document; the text is needed only to rebase after a long absence or to
+   * undo a refused edit. */
+  get serverText() {
+    if (this._serverOps.length) {
+      let t = this._serverBase;
+      for (const op of this._serverOps) t = apply(t, op);
+      this._serverBase = t;
+      this._serverOps = [];
+    }
+    return this._serverBase;
+  }
+
+  set serverText(text) {
+    this._serverBase = text;
+    this._serverOps = [];
+    this._serverLength = cpLength(text);
+  }
+
+  /** The server applied `op` to serverText (refused, as apply() would, when it does not fit). */
+  _advanceServer(op) {
+    validate(op, this._serverLength);
+    this._serverLength = targetLength(op);
+    this._serverOps.push(op);
+    if (this._serverOps.length >= SERVER_OPS_KEEP) void this.serverText;
+  }
 
   /** True when every local edit has been acknowledged by the server. */
   get saved() {
@@ -434,7 +465,7 @@ export class SyncClient {
       if (!inWelcome) this._flush();
       return true;
     }
-    this.serverText = apply(this.serverText, op);
+    this._advanceServer(op);
     this.rev = rev;
     this._remember(rev, op);
     let local = op;
@@ -460,7 +491,7 @@ export class SyncClient {
 
   _ack(rev) {
     const o = this.outstanding;
-    this.serverText = apply(this.serverText, o.op);
+    this._advanceServer(o.op);
     this.rev = rev;
     this._remember(rev, o.op);
     this.outstanding = null;
