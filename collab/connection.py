@@ -46,6 +46,7 @@ from .protocol import (
     error_msg,
 )
 from .transport import EXTENSION as DIRECT_EXTENSION
+from .store import StoreFailed
 from .transport import ReceiverFailed
 
 if TYPE_CHECKING:
@@ -136,8 +137,23 @@ class Session:
             return
         try:
             await self._read()
+        except Exception as exc:  # a server fault (the store failed, a bug): the client must hear 1011
+            await self._fail(exc)
         finally:
             await self._finish()
+
+    async def _fail(self, exc: Exception) -> None:
+        """Close with 1011 so that the client keeps its edits and resumes, never a bare drop."""
+        if isinstance(exc, StoreFailed):  # the store already said why, once
+            log.warning("closing a session of %r with 1011: %s", self.doc_id, exc)
+        else:
+            log.error("closing a session of %r with 1011 after an unexpected error", self.doc_id, exc_info=exc)
+        reason = "storage failed; reconnect to resume"
+        if self.peer is not None:
+            self.peer.kick(CLOSE_INTERNAL, reason)
+        else:
+            with contextlib.suppress(Exception):  # the connection may be gone already
+                await self._close(CLOSE_INTERNAL, reason)
 
     async def _open(self) -> bool:
         """Accept the handshake, then check Origin, document name and token; close and ``False`` if refused."""

@@ -63,7 +63,7 @@ async def test_after_a_failed_fsync_nothing_is_acked_and_a_restart_applies_the_u
         await b.send({"type": "op", "rev": 1, "op": [1, "🦄"], "id": "a2"})
         got, code = await _until_closed(b)  # its join cannot load the document: the store refuses
         assert not _acks(got, "a2") and not [m for m in got if m.get("type") == "welcome"], got
-        assert code in (1011, None), code  # 1011, or dropped where the transport does not map a failed join yet
+        assert code == 1011, code
         health = await http_get(f"{server.base_url}/healthz")
         assert health.status_code == 503 and "fsync" in health.text
     finally:
