@@ -292,7 +292,7 @@ function renderStatus() {
   if (s === 'reconnecting' && wait >= 2) connText = `Reconnecting in ${wait} s…`;
   conn.querySelector('.conn-text').textContent = connText;
   // A long wait between attempts: offer to try at once.
-  $('retry-now').hidden = !((s === 'reconnecting' || s === 'offline') && session.timer !== null && wait >= 2);
+  $('retry-now').hidden = !(s === 'reconnecting' && session.timer !== null && wait >= 2);
   const save = $('save-status');
   let state;
   let text;

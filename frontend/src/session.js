@@ -76,6 +76,8 @@ export class Session {
   offline() {
     this.isOffline = true;
     clearTimeout(this.timer);
+    this.timer = null;
+    this.nextRetryAt = null;
     this._drop();
     if (!this.fatal) this._setStatus('offline');
   }
@@ -92,13 +94,13 @@ export class Session {
   }
 
   /** Waiting to reconnect: try now instead of at the scheduled time (the
-   * "Retry now" button, or the page becoming visible again). */
+   * "Retry now" button, or the page becoming visible again). Nothing to do
+   * while the browser says it is offline: online() reconnects then. */
   retryNow() {
-    if (this.ws || this.fatal || this.stopped || this.timer === null) return false;
+    if (this.ws || this.fatal || this.stopped || this.isOffline || this.timer === null) return false;
     clearTimeout(this.timer);
     this.timer = null;
     this.nextRetryAt = null;
-    this.isOffline = false;
     this._connect();
     return true;
   }

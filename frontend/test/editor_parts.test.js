@@ -29,3 +29,29 @@ test('the preview renders a small document whole and an excerpt of a large one',
   assert.equal(excerptRange(big, 1).from, 1);
   assert.equal(excerptRange(big, big.lines).to, big.lines);
 });
+
+test('retry now connects at once while a reconnect waits, not while the browser is offline', async () => {
+  const { Session } = await import('../src/session.js');
+  const opened = [];
+  class FakeWs {
+    constructor(url) { this.url = url; this.readyState = 0; opened.push(this); }
+    close() {}
+    send() {}
+  }
+  const client = { rev: null, on() {}, connected() {}, disconnected() {} };
+  const s = new Session({ url: 'ws://x/ws/d', client, WebSocket: FakeWs, random: () => 0, timing: { base: 60000, max: 60000 } });
+  s.start();
+  clearInterval(s.watchdog);
+  assert.equal(opened.length, 1);
+  opened[0].onclose({ code: 1006 });
+  assert.equal(s.status, 'reconnecting');
+  assert.ok(s.nextRetryAt > Date.now() + 20000);
+  assert.equal(s.retryNow(), true);
+  assert.equal(opened.length, 2);
+  assert.equal(s.retryNow(), false); // a connection is open already
+  s.offline(); // the browser says offline: nothing to retry until it is back
+  assert.equal(s.retryNow(), false);
+  s.online();
+  assert.equal(opened.length, 3);
+  s.stop();
+});
