@@ -19,7 +19,9 @@ During each attack a quiet address (127.0.0.3) connects, joins and edits once.
 A first round without an attack shows how much the p99 moves by itself (noise).
 Reported per attack: polite p99 before and during (target: at most 2x), the
 server's RSS above its level before the attack, peak during and after
-(target: at most 100 MB), whether the quiet address got in, and what the
+(target: at most 100 MB), whether the quiet address got in, the CPU the
+server and the attacker used (% of one core; on one machine the attacker's
+and the kernel's loopback work compete with the server), and what the
 attacker achieved. Loopback only; every loop is bounded; it stops by itself.
 
 Usage::
@@ -554,6 +556,8 @@ class Row:
     polite_errors: int = 0
     rss_during: float = 0.0
     rss_after: float = 0.0
+    server_cpu: float = 0.0
+    attacker_cpu: float = 0.0
     quiet: str = ""
     attacker: dict = field(default_factory=dict)
     ops_per_s: float = 0.0
@@ -576,6 +580,7 @@ class Bench:
             raise SystemExit(f"benchmark server did not start (got {line!r})")
         self.port = int(line.split()[1])
         self.ps = psutil.Process(self.server.pid)
+        self.server_cpu = lambda: sum(self.ps.cpu_times()[:2])
         self.polite_lines: list[tuple[float, str]] = []
         self.rss: list[tuple[float, int]] = []
         self.stop = threading.Event()
@@ -644,6 +649,7 @@ def attack_round(bench: Bench, name: str, label: str, args: argparse.Namespace) 
     t0 = time.time()
     c0 = bench.counters()
     rss0 = bench.rss_at(t0)
+    server_cpu0, attacker_cpu0 = bench.server_cpu(), _children_cpu()
     proc = subprocess.Popen(["nice", "-n", "10", sys.executable, __file__, "--run-attack", name, str(bench.port),
                              str(args.attack), str(args.max_connections)], stdout=subprocess.PIPE, text=True)
     lines: list[dict] = []
@@ -670,6 +676,8 @@ def attack_round(bench: Bench, name: str, label: str, args: argparse.Namespace) 
     reader.join(5)
     t1 = time.time()
     c1 = bench.counters()
+    row.server_cpu = (bench.server_cpu() - server_cpu0) / (t1 - t0) * 100
+    row.attacker_cpu = (_children_cpu() - attacker_cpu0) / (t1 - t0) * 100
     time.sleep(args.after)
     t2 = time.time()
     row.p50_before, row.p99_before, _ = bench.latency(t_quiet, t0)
@@ -695,15 +703,16 @@ def table(rows: list[Row], args: argparse.Namespace, load: tuple[float, float], 
         f"after; other processes used {cpu:.0f}% of the machine's CPU during the run (noise).",
         "",
         "| attack | polite p50, p99 before → during (ms) | p99 ratio | RSS +MB during / after | quiet address got in "
-        "| attacker ops/s applied | server counters | attacker saw |",
-        "| --- | ---: | ---: | ---: | --- | ---: | --- | --- |",
+        "| CPU % server / attacker | attacker ops/s applied | server counters | attacker saw |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | --- | --- |",
     ]
     for r in rows:
         ratio = r.p99_during / r.p99_before if r.p99_before else float("nan")
         errs = f", {r.polite_errors} polite errors" if r.polite_errors else ""
         lines.append(f"| {r.name} | {r.p50_before:.1f}, {r.p99_before:.1f} → {r.p50_during:.1f}, "
                      f"{r.p99_during:.1f}{errs} | {ratio:.1f}x | "
-                     f"{r.rss_during:+.0f} / {r.rss_after:+.0f} | {r.quiet} | {r.ops_per_s:.0f} | "
+                     f"{r.rss_during:+.0f} / {r.rss_after:+.0f} | {r.quiet} | "
+                     f"{r.server_cpu:.0f} / {r.attacker_cpu:.0f} | {r.ops_per_s:.0f} | "
                      f"{_brief(r.guard)} | {_brief(r.attacker)} |")
     return "\n".join(lines)
 
@@ -748,6 +757,14 @@ def main() -> None:
     busy = (sum(cpu1) - cpu1.idle - cpu1.iowait) - (sum(cpu0) - cpu0.idle - cpu0.iowait)
     others = max(0.0, busy - (own1 - own0)) / ((t_end - t_start) * (os.cpu_count() or 1)) * 100
     print(table(rows, args, (load0, os.getloadavg()[0]), others))
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished (waited-for) children."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def _own_cpu() -> float:
