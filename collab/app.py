@@ -169,11 +169,11 @@ class CollabApp:
         limit = self.settings.max_message_bytes
         body = await read_body(request, limit)
         if body is None:
-            return JSONResponse({"error": "too_large", "message": f"the body exceeds {limit} bytes"}, status_code=413)
+            return JSONResponse({"error": protocol.TOO_LARGE, "message": f"the body exceeds {limit} bytes"}, status_code=413)
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
-            return JSONResponse({"error": "bad_message", "message": "the body must be UTF-8 text"}, status_code=400)
+            return JSONResponse({"error": protocol.BAD_MESSAGE, "message": "the body must be UTF-8 text"}, status_code=400)
         try:
             rev = await self.hub.replace(doc, text)
         except ProtocolError as exc:
@@ -187,7 +187,7 @@ class CollabApp:
         grant = self._grant(request, doc)
         raw = await read_body(request, SHARE_BODY_BYTES)
         if raw is None:
-            return JSONResponse({"error": "too_large", "message": f"the body exceeds {SHARE_BODY_BYTES} bytes"},
+            return JSONResponse({"error": protocol.TOO_LARGE, "message": f"the body exceeds {SHARE_BODY_BYTES} bytes"},
                                 status_code=413)
         try:
             body = json.loads(raw) if raw else None
@@ -201,7 +201,7 @@ class CollabApp:
         except ValueError as exc:
             return JSONResponse({"error": "bad_request", "message": str(exc)}, status_code=400)
         except auth.AuthError as exc:
-            return JSONResponse({"error": "forbidden", "message": str(exc)}, status_code=exc.http_status)
+            return JSONResponse({"error": protocol.FORBIDDEN, "message": str(exc)}, status_code=exc.http_status)
         return JSONResponse(link.to_json(), headers={"Cache-Control": "no-store"})
 
     async def metrics(self, request: Request) -> Response:

@@ -179,7 +179,7 @@ class Replica:
             try:
                 missed = await self.store.ops_since(self.doc.id, seq.rev)
             except BaseException as exc:
-                _refuse(waiters, lambda: exc if isinstance(exc, Exception) else DocumentFailed(self.doc.id))
+                _refuse(waiters, lambda e=exc: e if isinstance(e, Exception) else DocumentFailed(self.doc.id))
                 raise
             if missed and missed[0].rev > seq.rev + 1:
                 _refuse(waiters, lambda: DocumentFailed(self.doc.id))

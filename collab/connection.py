@@ -34,6 +34,7 @@ from .metrics import note_slow_client_drop
 from .protocol import (
     BAD_MESSAGE,
     CLOSE_INTERNAL,
+    CLOSE_NORMAL,
     CLOSE_NO_DOCUMENT,
     CLOSE_POLICY,
     CLOSE_TOO_BIG,
@@ -45,8 +46,8 @@ from .protocol import (
     encode,
     error_msg,
 )
-from .transport import EXTENSION as DIRECT_EXTENSION
 from .store import StoreFailed
+from .transport import EXTENSION as DIRECT_EXTENSION
 from .transport import ReceiverFailed
 
 if TYPE_CHECKING:
@@ -413,7 +414,7 @@ class Session:
                     continue
                 if peer.closed:
                     self.closed_sent = True
-                    if peer.close_code != 1000:
+                    if peer.close_code != CLOSE_NORMAL:
                         await self._close(peer.close_code, peer.close_reason[:120])
                 return
         except Exception:  # the connection went away under us

@@ -14,7 +14,7 @@ import asyncio
 import secrets
 from typing import Callable, Protocol
 
-from .protocol import CLOSE_POLICY, Cursor, User, encode
+from .protocol import CLOSE_NORMAL, CLOSE_POLICY, Cursor, User, encode
 
 
 class Room(Protocol):
@@ -58,7 +58,7 @@ class Peer:
         self.notify = notify
         self._ready: asyncio.Event | None = None
         self.closed = False
-        self.close_code = 1000
+        self.close_code = CLOSE_NORMAL
         self.close_reason = ""
         #: Whether the transport sends what is queued before closing.
         self.flush = True

@@ -51,6 +51,8 @@ try:
 except ImportError:  # pragma: no cover - uvicorn < 0.35: support_problem() says so
     WebSocketsSansIOProtocol = None  # type: ignore[assignment,misc]
 
+from .protocol import CLOSE_OVERLOADED, CLOSE_POLICY
+
 log = logging.getLogger("collab.transport")
 
 EXTENSION = "collab.direct"
@@ -66,8 +68,8 @@ WRITE_BUFFER_BYTES = 1024 * 1024
 #: What a continuation frame costs beyond its payload, in the incoming budget.
 _FRAGMENT_OVERHEAD = 64
 _INVALID_DATA = 1007
-_POLICY = 1008
-_OVERLOADED = 1013
+_POLICY = CLOSE_POLICY
+_OVERLOADED = CLOSE_OVERLOADED
 
 _pack_short = struct.Struct("!BBH").pack
 _pack_long = struct.Struct("!BBQ").pack
