@@ -145,13 +145,31 @@ def test_split_mode_scroll_is_synced_both_ways(srv, pages):
         const s = document.querySelector('#preview-scroll'), edge = s.getBoundingClientRect().top;
         const first = [...document.querySelectorAll('#preview-body h2')].find((e) => e.getBoundingClientRect().bottom > edge + 4);
         return top === '## Section 100' && first && first.textContent === 'Section 100'; }""", timeout=5000)
-    # Scroll the preview to "Section 30": the editor follows.
-    a.evaluate("""() => { const s = document.querySelector('#preview-scroll');
-        const h = [...document.querySelectorAll('#preview-body h2')].find((e) => e.textContent === 'Section 30');
-        s.scrollTop += h.getBoundingClientRect().top - s.getBoundingClientRect().top; }""")
-    a.wait_for_function("""() => { const v = collab.view;
+    # The user scrolls the preview (the mouse wheel over it) up to "Section 30": the editor follows.
+    box = a.locator("#preview-scroll").bounding_box()
+    a.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    for _ in range(100):
+        if a.evaluate("""() => { const s = document.querySelector('#preview-scroll');
+            const h = [...document.querySelectorAll('#preview-body h2')].find((e) => e.textContent === 'Section 30');
+            return h.getBoundingClientRect().top >= s.getBoundingClientRect().top; }"""):
+            break
+        a.mouse.wheel(0, -300)
+    a.wait_for_function("""() => { const v = collab.view, s = document.querySelector('#preview-scroll');
+        const first = [...document.querySelectorAll('#preview-body h2')].find((e) => e.getBoundingClientRect().bottom > s.getBoundingClientRect().top + 4);
+        const n = Number(first.textContent.replace('Section ', ''));
         const h = v.scrollDOM.getBoundingClientRect().top - v.documentTop;
-        return v.state.doc.lineAt(v.lineBlockAtHeight(h + 2).from).text === '## Section 30'; }""", timeout=5000)
+        const top = v.state.doc.lineAt(v.lineBlockAtHeight(h + 2).from).number;
+        // The editor's top line is in the section the preview shows first, or just before it.
+        return n <= 30 && top >= 4 * (n - 1) + 1 && top <= 4 * n + 1; }""", timeout=5000)
+    # Typing in the editor gives the lead back to it: no tug of war between the sides.
+    a.evaluate("""() => { const v = collab.view, pos = v.state.doc.line(401).from; v.focus();
+        v.dispatch({selection: {anchor: pos}, effects: v.constructor.scrollIntoView(pos, {y: 'start'})}); }""")
+    a.keyboard.press("End")
+    a.keyboard.type(" typed")
+    a.wait_for_function("""() => { const s = document.querySelector('#preview-scroll'), edge = s.getBoundingClientRect().top;
+        const hs = [...document.querySelectorAll('#preview-body h2')].filter((e) => { const r = e.getBoundingClientRect();
+            return r.bottom > edge && r.top < s.getBoundingClientRect().bottom; });
+        return hs.some((e) => e.textContent.startsWith('Section 100')); }""", timeout=5000)
 
 
 def test_large_document_preview_renders_a_bounded_excerpt(srv, pages):
@@ -166,6 +184,11 @@ def test_large_document_preview_renders_a_bounded_excerpt(srv, pages):
     assert "large" in a.inner_text("#preview-note")
     rendered = len(a.inner_text("#preview-body"))
     assert 0 < rendered < 100_000, rendered
+    # Going to the end: the excerpt follows the editor, and the editor stays there.
+    a.evaluate("() => { const v = collab.view; v.focus(); v.dispatch({selection: {anchor: v.state.doc.length}, scrollIntoView: true}); }")
+    a.wait_for_function("() => document.querySelector('#preview-note').textContent.includes('30,000 of 30,000')", timeout=10_000)
+    a.locator("#preview-body p", has_text="29999").wait_for(timeout=5000)
+    assert a.evaluate("collab.view.viewport.to") == len(text)
     # Typing re-renders only after a pause, and still only an excerpt.
     before = renders(a)
     focus_at(a, "start")

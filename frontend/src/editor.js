@@ -13,7 +13,7 @@ import {
 import { history, defaultKeymap, historyKeymap, indentWithTab, undo, redo, undoDepth, redoDepth } from '@codemirror/commands';
 import { insertNewlineContinueMarkup, deleteMarkupBackward } from '@codemirror/lang-markdown';
 import { boundedMarkdown } from './mdlang.js';
-import { syntaxHighlighting, syntaxTree, HighlightStyle, defaultHighlightStyle, bracketMatching } from '@codemirror/language';
+import { syntaxHighlighting, syntaxTree, syntaxTreeAvailable, HighlightStyle, defaultHighlightStyle, bracketMatching } from '@codemirror/language';
 import { searchKeymap, highlightSelectionMatches } from '@codemirror/search';
 import { tags } from '@lezer/highlight';
 
@@ -195,6 +195,7 @@ view = new EditorView({
 // Exposed for debugging and the browser tests (read-only use).
 window.collab = {
   view, client, session, undo: () => undo(view), redo: () => redo(view), syntaxTree: () => syntaxTree(view.state),
+  parsed: () => syntaxTreeAvailable(view.state),
 };
 
 // ---- read-only --------------------------------------------------------------

@@ -41,6 +41,14 @@ export class Preview {
     this.renders = 0; // for tests: how many times the preview was rendered
     this.range = null;
     this.expectScroll = { editor: null, preview: null };
+    // Which side the user last touched leads the scroll sync; the other side
+    // follows. Scrolls the page causes itself (re-rendering, following the
+    // other side, typing) never lead, so the two sides cannot chase each other.
+    this.driver = 'editor';
+    for (const ev of ['wheel', 'touchstart', 'pointerdown', 'keydown']) {
+      scroller.addEventListener(ev, () => { this.driver = 'preview'; }, { passive: true });
+      view.scrollDOM.addEventListener(ev, () => { this.driver = 'editor'; }, { passive: true });
+    }
     view.scrollDOM.addEventListener('scroll', () => this._editorScrolled(), { passive: true });
     scroller.addEventListener('scroll', () => this._previewScrolled(), { passive: true });
   }
@@ -150,21 +158,22 @@ export class Preview {
   }
 
   _editorScrolled() {
+    if (!this.active) return;
+    if (this.range && !this.range.whole) {
+      const top = this._topLine();
+      if (top < this.range.from || top > this.range.to - 40) this.changed(); // render the excerpt around it
+    }
     const want = this.expectScroll.editor;
     this.expectScroll.editor = null;
     if (want !== null && Math.abs(this.view.scrollDOM.scrollTop - want) <= 1) return; // our own sync
-    if (this.range && !this.range.whole) {
-      const top = this._topLine();
-      if (top < this.range.from || top > this.range.to - 40) this.changed();
-    }
-    this.syncFromEditor();
+    if (this.driver === 'editor') this.syncFromEditor();
   }
 
   _previewScrolled() {
     const want = this.expectScroll.preview;
     this.expectScroll.preview = null;
     if (want !== null && Math.abs(this.scroller.scrollTop - want) <= 1) return; // our own sync
-    this.syncFromPreview();
+    if (this.driver === 'preview') this.syncFromPreview();
   }
 }
 
