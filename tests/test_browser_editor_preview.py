@@ -161,6 +161,15 @@ def test_split_mode_scroll_is_synced_both_ways(srv, pages):
         const top = v.state.doc.lineAt(v.lineBlockAtHeight(h + 2).from).number;
         // The editor's top line is in the section the preview shows first, or just before it.
         return n <= 30 && top >= 4 * (n - 1) + 1 && top <= 4 * n + 1; }""", timeout=5000)
+    # (Once the wheel's scrolling has come to rest: three frames without movement.)
+    a.wait_for_function("""() => new Promise((resolve) => {
+        const s = document.querySelector('#preview-scroll');
+        let last = s.scrollTop, still = 0;
+        const tick = () => {
+          if (s.scrollTop === last) still++; else { still = 0; last = s.scrollTop; }
+          if (still >= 3) resolve(true); else requestAnimationFrame(tick);
+        };
+        requestAnimationFrame(tick); })""")
     # Typing in the editor gives the lead back to it: no tug of war between the sides.
     a.evaluate("""() => { const v = collab.view, pos = v.state.doc.line(401).from; v.focus();
         v.dispatch({selection: {anchor: pos}, effects: v.constructor.scrollIntoView(pos, {y: 'start'})}); }""")
@@ -189,6 +198,15 @@ def test_large_document_preview_renders_a_bounded_excerpt(srv, pages):
     a.wait_for_function("() => document.querySelector('#preview-note').textContent.includes('30,000 of 30,000')", timeout=10_000)
     a.locator("#preview-body p", has_text="29999").wait_for(timeout=5000)
     assert a.evaluate("collab.view.viewport.to") == len(text)
+    # In view mode (no editor to scroll) the excerpt moves with Earlier / Later.
+    a.click("#mode-view")
+    a.click("#preview-earlier")
+    a.locator("#preview-body p", has_text="29300").wait_for(timeout=5000)
+    assert "29999" not in a.inner_text("#preview-body")
+    a.click("#preview-later")
+    a.locator("#preview-body p", has_text="29999").wait_for(timeout=5000)
+    assert a.is_disabled("#preview-later")
+    a.click("#mode-split")
     # Typing re-renders only after a pause, and still only an excerpt.
     before = renders(a)
     focus_at(a, "start")

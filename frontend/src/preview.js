@@ -25,7 +25,9 @@ export function excerptRange(doc, topLine) {
   for (let n = from, stop = Math.max(1, from - 100); n >= stop; n--) {
     if (!doc.line(n).text.trim()) { from = n; break; }
   }
-  return { from, to: Math.min(doc.lines, from + EXCERPT_LINES - 1), whole: false };
+  const to = Math.min(doc.lines, from + EXCERPT_LINES - 1);
+  // Near the end, a full excerpt ending at the last line.
+  return { from: Math.max(1, Math.min(from, to - EXCERPT_LINES + 1)), to, whole: false };
 }
 
 export class Preview {
@@ -40,6 +42,7 @@ export class Preview {
     this.timer = null;
     this.renders = 0; // for tests: how many times the preview was rendered
     this.range = null;
+    this.anchor = null; // the excerpt's line in view mode, once moved with Earlier / Later
     this.expectScroll = { editor: null, preview: null };
     // Which side the user last touched leads the scroll sync; the other side
     // follows. Scrolls the page causes itself (re-rendering, following the
@@ -71,6 +74,7 @@ export class Preview {
   }
 
   _topLine() {
+    if (!this.split && this.anchor) return this.anchor;
     const v = this.view;
     const h = v.scrollDOM.getBoundingClientRect().top - v.documentTop;
     return v.state.doc.lineAt(v.lineBlockAtHeight(Math.max(0, h)).from).number;
@@ -90,11 +94,42 @@ export class Preview {
       this.note.hidden = true;
     } else {
       this.note.hidden = false;
-      this.note.textContent = `This document is large: the preview shows lines ${r.from.toLocaleString()}–${r.to.toLocaleString()} `
-        + `of ${doc.lines.toLocaleString()}, around your place in the editor.`;
+      this.note.replaceChildren(
+        `This document is large: the preview shows lines ${r.from.toLocaleString()}–${r.to.toLocaleString()} `
+        + `of ${doc.lines.toLocaleString()}, around your place in the editor. `,
+        this._button('Earlier', 'preview-earlier', r.from > 1, () => this._move(-1)),
+        ' ',
+        this._button('Later', 'preview-later', r.to < doc.lines, () => this._move(1)),
+      );
     }
     if (this.split) this.syncFromEditor();
     else this.scroller.scrollTop = scroll;
+  }
+
+  _button(text, id, enabled, run) {
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.className = 'link-btn';
+    b.id = id;
+    b.textContent = text;
+    b.disabled = !enabled;
+    b.addEventListener('click', run);
+    return b;
+  }
+
+  /** Show the excerpt before (-1) or after (+1) this one; in split mode the editor goes there too. */
+  _move(dir) {
+    const doc = this.view.state.doc;
+    const r = this.range;
+    // excerptRange starts about 40 lines above the line it is given.
+    const line = Math.max(1, Math.min(doc.lines, dir < 0 ? r.from - EXCERPT_LINES + 40 : r.to + 41));
+    this.anchor = line;
+    if (this.split) {
+      this.driver = 'editor';
+      this.view.dispatch({ effects: this.view.constructor.scrollIntoView(doc.line(line).from, { y: 'start' }) });
+    }
+    this.render();
+    if (!this.split) this.scroller.scrollTop = 0;
   }
 
   /** Blocks with their source line, in document order. */
