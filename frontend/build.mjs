@@ -9,6 +9,7 @@
 //   node build.mjs --check    fail if dist/ differs from a fresh build
 import { build } from 'esbuild';
 import { createHash } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, existsSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
@@ -74,6 +75,14 @@ if (check) {
       else if (!readFileSync(p).equals(data)) problems.push(`stale: dist/${name}`);
     }
     for (const name of committed) if (!fresh.has(name)) problems.push(`unexpected: dist/${name}`);
+    // Chunk names carry a content hash: a changed chunk is a new file, which
+    // must be added to git too (in a git checkout; elsewhere nothing to check).
+    try {
+      const untracked = execFileSync('git', ['ls-files', '--others', '--exclude-standard', '--', 'dist'], { cwd: here, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+      for (const f of untracked.split('\n').filter(Boolean)) problems.push(`not added to git: ${f} (git add it)`);
+    } catch (e) {
+      /* not a git checkout */
+    }
     if (problems.length) {
       console.error(`frontend/dist is out of date; run frontend/build.sh and commit dist/:\n  ${problems.join('\n  ')}`);
       process.exit(1);
