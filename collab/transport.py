@@ -51,7 +51,7 @@ try:
 except ImportError:  # pragma: no cover - uvicorn < 0.35: support_problem() says so
     WebSocketsSansIOProtocol = None  # type: ignore[assignment,misc]
 
-from .protocol import CLOSE_OVERLOADED, CLOSE_POLICY
+from .protocol import CLOSE_INVALID_DATA, CLOSE_OVERLOADED, CLOSE_POLICY
 
 log = logging.getLogger("collab.transport")
 
@@ -67,9 +67,6 @@ LINGER = 2.0
 WRITE_BUFFER_BYTES = 1024 * 1024
 #: What a continuation frame costs beyond its payload, in the incoming budget.
 _FRAGMENT_OVERHEAD = 64
-_INVALID_DATA = 1007
-_POLICY = CLOSE_POLICY
-_OVERLOADED = CLOSE_OVERLOADED
 
 _pack_short = struct.Struct("!BBH").pack
 _pack_long = struct.Struct("!BBQ").pack
@@ -350,7 +347,7 @@ if WebSocketsSansIOProtocol is not None:
             if not held:
                 return
             if budget.held > budget.limit:
-                self._refuse(_OVERLOADED, "the server holds too much unfinished input: send this message again later")
+                self._refuse(CLOSE_OVERLOADED, "the server holds too much unfinished input: send this message again later")
                 return
             if started:
                 self._partial_since = self.loop.time()
@@ -368,7 +365,7 @@ if WebSocketsSansIOProtocol is not None:
             if left > 0:
                 self._partial_timer = self.loop.call_later(left, self._partial_check)
                 return
-            self._refuse(_POLICY, f"a message took over {self.message_timeout:g} s to arrive")
+            self._refuse(CLOSE_POLICY, f"a message took over {self.message_timeout:g} s to arrive")
 
         def _refuse(self, code: int, reason: str) -> None:
             """Close with ``code``, discarding later input (websockets' failure path)."""
@@ -425,7 +422,7 @@ if WebSocketsSansIOProtocol is not None:
                     payload = data.decode()
                 except UnicodeDecodeError as exc:
                     log.info("%s: closing with 1007: a text message is not UTF-8 (%s)", self._peer_name(), exc.reason)
-                    self._refuse(_INVALID_DATA, "a text message must be UTF-8")
+                    self._refuse(CLOSE_INVALID_DATA, "a text message must be UTF-8")
                     return
             inbox = self.queue
             receiver = self.receiver

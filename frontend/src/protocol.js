@@ -7,6 +7,7 @@
 export const CLOSE_CODES = Object.freeze({
   NORMAL: 1000,
   GOING_AWAY: 1001,
+  INVALID_DATA: 1007,
   POLICY: 1008,
   TOO_BIG: 1009,
   INTERNAL: 1011,
