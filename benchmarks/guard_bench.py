@@ -530,6 +530,27 @@ def serve(spec: dict) -> None:
     uvloop.run(main())
 
 
+def sink() -> None:
+    """Control server: answers any request with 413 and reads and drops everything; prints ``PORT n``."""
+    import uvloop
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 413 Request Entity Too Large\r\ncontent-length: 0\r\n\r\n")
+        try:
+            while await r.read(1 << 16):
+                pass
+        except OSError:
+            pass
+        w.close()
+
+    async def main() -> None:
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        print(f"PORT {srv.sockets[0].getsockname()[1]}", flush=True)
+        await srv.serve_forever()
+
+    uvloop.run(main())
+
+
 # --------------------------------------------------------------------------
 # The orchestration
 
@@ -650,7 +671,8 @@ def attack_round(bench: Bench, name: str, label: str, args: argparse.Namespace) 
     c0 = bench.counters()
     rss0 = bench.rss_at(t0)
     server_cpu0, attacker_cpu0 = bench.server_cpu(), _children_cpu()
-    proc = subprocess.Popen(["nice", "-n", "10", sys.executable, __file__, "--run-attack", name, str(bench.port),
+    target = bench.port if args.sink is None else args.sink
+    proc = subprocess.Popen(["nice", "-n", "10", sys.executable, __file__, "--run-attack", name, str(target),
                              str(args.attack), str(args.max_connections)], stdout=subprocess.PIPE, text=True)
     lines: list[dict] = []
     up = threading.Event()
@@ -728,11 +750,16 @@ def main() -> None:
     parser.add_argument("--after", type=float, default=3.0, help="seconds after each attack before RSS is read")
     parser.add_argument("--max-connections", type=int, default=2000, help="the server's global connection cap")
     parser.add_argument("--only", nargs="*", help="run only these attacks: " + " ".join(n for n, _ in ATTACKS))
+    parser.add_argument("--sink", type=int, help="send the attacks to this port instead (a control: the "
+                        "machine's contention without the server's work), e.g. a `--sink-serve` process")
+    parser.add_argument("--sink-serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--polite", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         return serve(json.loads(args.serve))
+    if args.sink_serve:
+        return sink()
     if args.polite:
         import uvloop
 
