@@ -148,7 +148,7 @@ def _run_js(cases: list[dict]) -> list[dict]:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_js_matches_python(seed: int) -> None:
+def test_js_matches_python(seed: int, frontend_node_modules) -> None:
     cases = _cases(seed, 400)
     results = _run_js(cases)
     assert len(results) == len(cases)
@@ -163,14 +163,3 @@ def test_js_matches_python(seed: int) -> None:
         if "diff" in js:
             # diffOp(text, other) applied to text gives other, emoji intact.
             assert js["diff"] == case["other"], case
-
-
-def test_node_unit_tests() -> None:
-    """The frontend's own Node tests (frontend/test/), so that `pytest` runs them too."""
-    frontend = ROOT / "frontend"
-    if not (frontend / "node_modules" / "diff-match-patch").is_dir():
-        pytest.skip("frontend/node_modules is missing: run frontend/build.sh (npm ci) first")
-    proc = subprocess.run(
-        [NODE, "--test", "test/"], cwd=frontend, capture_output=True, text=True, encoding="utf-8", timeout=120
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
