@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # run as `python benchmarks/x.py` from a checkout
-    sys.path.insert(0, str(REPO))
+SRC = REPO / "src"
+if str(SRC) not in sys.path:  # run as `python benchmarks/x.py` from a checkout: this checkout's collab
+    sys.path.insert(0, str(SRC))
 
 TRACE_NAMES = ("automerge-paper", "seph-blog1", "friendsforever_flat", "json-crdt-patch")
 

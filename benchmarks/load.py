@@ -56,7 +56,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, free_port, machine, percentile, raise_nofile, summarize_collapsed, table  # noqa: E402
+from _common import REPO, SRC, free_port, machine, percentile, raise_nofile, summarize_collapsed, table  # noqa: E402
 
 import orjson  # noqa: E402
 import psutil  # noqa: E402
@@ -589,6 +589,7 @@ def start_server(target: str, port: int, data_dir: str, store: str) -> subproces
         ]  # fmt: skip
     env = dict(os.environ)
     if target != "relay":
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH", "")) if p)  # this checkout's collab
         if store not in ("sqlite", "sqlite-normal", "memory"):
             raise SystemExit(f"unknown store {store!r}: use sqlite, sqlite-normal or memory")
         env.pop("DATABASE_URL", None)

@@ -40,7 +40,7 @@ def test_protocol_spec_is_in_the_repository():
 
 
 def test_every_environment_variable_is_in_the_readme():
-    config = (ROOT / "collab" / "config.py").read_text(encoding="utf-8")
+    config = (ROOT / "src" / "collab" / "config.py").read_text(encoding="utf-8")
     names = set(re.findall(r'"((?:COLLAB_[A-Z0-9_]+)|PORT|DATABASE_URL|REDIS_URL|WEB_CONCURRENCY)"', config))
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     missing = sorted(n for n in names if f"`{n}`" not in readme)

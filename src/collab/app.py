@@ -43,7 +43,7 @@ def static_dir() -> Path | None:
     """Where the built frontend is: ``COLLAB_STATIC_DIR``, the source checkout, or the installed package."""
     env = os.environ.get("COLLAB_STATIC_DIR")
     candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parent.parent / "frontend" / "dist")
+    candidates.append(Path(__file__).resolve().parents[2] / "frontend" / "dist")
     import importlib.util
 
     spec = importlib.util.find_spec("collab_frontend")  # the wheel maps frontend/dist to this data-only package
