@@ -214,6 +214,8 @@ class ServerProcess:
     port: int = field(default_factory=free_port)
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
+    #: The server's working directory (a relative data directory is inside it).
+    cwd: str = str(ROOT)
 
     @property
     def base_url(self) -> str:
@@ -229,7 +231,7 @@ class ServerProcess:
         env.update(self.env)
         code = "from collab.config import Settings; from collab.server import run; run(Settings.from_env())"
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code], env=env, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [sys.executable, "-c", code], env=env, cwd=self.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

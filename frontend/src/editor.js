@@ -325,6 +325,18 @@ session.onStatus((s, detail) => {
   if (s === 'closed' && detail) showDenied(detail);
   else if (s === 'connected' && $('banner').dataset.kind !== 'too-large') hideBanner();
 });
+// The server's word for its operator (documents on a disk that looks temporary): one line, kept.
+fetch('/healthz', { headers: { Accept: 'application/json' } })
+  .then((res) => res.json())
+  .then((body) => {
+    if (body && typeof body.notice === 'string' && body.notice) {
+      $('operator-notice').textContent = body.notice;
+      $('operator-notice').hidden = false;
+    }
+  })
+  .catch(() => {})
+  .finally(() => { $('operator-notice').dataset.checked = '1'; });
+
 let bannerTimer = null;
 client.on('saved', () => {
   renderStatus();

@@ -130,8 +130,24 @@ class CollabApp:
         except auth.AuthError as exc:
             raise HTTPException(exc.http_status, str(exc)) from None
 
+    def operator_notice(self) -> str | None:
+        """What every page should tell the operator, or ``None``: documents on a disk that looks temporary.
+
+        The start-up warning's substance, without the data directory's path
+        (anyone who opens the editor reads it).
+        """
+        s = self.settings
+        if s.storage_warning is None:
+            return None
+        return (f"Operator notice: this server keeps documents in a SQLite file on the local disk of {s.platform}, "
+                "which is usually wiped on every restart and deploy, so documents may be lost. Set DATABASE_URL "
+                "to a PostgreSQL database, or COLLAB_DATA_DIR to a persistent volume.")
+
     async def healthz(self, request: Request) -> Response:
-        """200 when the store answers and reports no problem; else 503 with the reason."""
+        """200 when the store answers and reports no problem; else 503 with the reason.
+
+        Carries ``notice`` (see :meth:`operator_notice`) when there is one; the editor shows it.
+        """
         try:
             assert self.store is not None
             await self.store.ping()
@@ -140,7 +156,8 @@ class CollabApp:
             problem = str(exc) or type(exc).__name__
         if problem is not None:
             return JSONResponse({"status": "unavailable", "reason": problem}, status_code=503)
-        return JSONResponse({"status": "ok"})
+        notice = self.operator_notice()
+        return JSONResponse({"status": "ok", "notice": notice} if notice else {"status": "ok"})
 
     async def list_docs(self, request: Request) -> Response:
         grant = self._grant(request, None)
