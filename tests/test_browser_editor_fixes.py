@@ -214,7 +214,7 @@ def test_question_mark_opens_the_shortcuts_panel(srv, pages):
     a.keyboard.press("Escape")
     a.wait_for_selector("#help-dialog:not([open])", state="attached")
     # Focus goes back to the text once the dialog's close has run: wait for it, not for a time.
-    a.wait_for_function("document.activeElement && document.activeElement.classList.contains('cm-content')")
+    a.wait_for_selector(".cm-content:focus")
     a.keyboard.press("F1")
     a.wait_for_selector("#help-dialog[open]")
     a.click("#help-close")
