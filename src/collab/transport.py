@@ -2,7 +2,7 @@
 
 This is the one module that touches uvicorn's (and its websockets state
 machine's) internals. Supported: **uvicorn >= 0.53, < 0.56** with its
-``websockets-sansio`` protocol and **websockets >= 14.1**; Starlette is used
+``websockets-sansio`` protocol and **websockets >= 16.0**; Starlette is used
 through its public API only (any release from 0.37). :func:`support_problem`
 checks at start-up that every internal used here and by :mod:`collab.guard`'s
 uvicorn glue is present; when one is not, :func:`ws_protocol` answers
@@ -57,7 +57,7 @@ log = logging.getLogger("collab.transport")
 
 EXTENSION = "collab.direct"
 #: The versions this module is written against (said when :func:`support_problem` finds a gap).
-SUPPORTED = "uvicorn >= 0.53, < 0.56 (websockets-sansio protocol), websockets >= 14.1"
+SUPPORTED = "uvicorn >= 0.53, < 0.56 (websockets-sansio protocol), websockets >= 16.0 (ServerProtocol.max_message_size)"
 #: Seconds a dropped client gets to take its close frame before the connection is aborted.
 DROP_GRACE = 2.0
 #: Seconds a refused connection keeps reading (and discarding) so the client can read its
