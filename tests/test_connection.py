@@ -389,9 +389,9 @@ async def test_an_op_transformed_against_old_history_costs_more_of_the_budget(se
 # -- HTTP ---------------------------------------------------------------------------
 
 
-async def _http(server, request: bytes, body_parts: list[bytes]) -> bytes:
+async def _http(server, request: bytes, body_parts: list[bytes], src: str = "127.0.0.1") -> bytes:
     """Send ``request`` and ``body_parts``, then read the status line: the server must answer without the rest."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.settings.port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.settings.port, local_addr=(src, 0))
     try:
         writer.write(request)
         for part in body_parts:
@@ -405,8 +405,14 @@ async def _http(server, request: bytes, body_parts: list[bytes]) -> bytes:
 async def test_a_body_over_the_limit_is_refused_before_it_is_read(server_factory):
     server = await server_factory(max_message_bytes=1000)
     head = b"PUT /api/docs/body/text HTTP/1.1\r\nHost: x\r\n"
-    status = await _http(server, head + b"Content-Length: 500000000\r\n\r\n", [b"x" * 100])
+    status = await _http(server, head + b"Content-Length: 500000000\r\n\r\n", [b"x" * 100], src="127.0.0.2")
     assert status.startswith(b"HTTP/1.1 413"), status
+    # 500 MB announced is charged to its address as if read: that address backs off.
+    try:
+        status = await _http(server, head + b"Content-Length: 5\r\n\r\n", [b"hello"], src="127.0.0.2")
+    except (ConnectionResetError, BrokenPipeError):  # refused at accept
+        status = b""
+    assert status == b"", status
     chunk = b"258\r\n" + b"y" * 600 + b"\r\n"  # 0x258 = 600 bytes; the terminating chunk never comes
     status = await _http(server, head + b"Transfer-Encoding: chunked\r\n\r\n", [chunk, chunk])
     assert status.startswith(b"HTTP/1.1 413"), status

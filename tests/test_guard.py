@@ -333,8 +333,14 @@ async def test_a_body_refused_from_its_content_length_is_not_read(tmp_path: Path
                 w.write(b"a" * 1_000_000)
                 await asyncio.wait_for(w.drain(), 10)
         w.close()
+        # 50 MB announced is far past the address's byte budget: it backs off, others do not.
+        refused = await raw_connect(srv, "127.0.0.2")
+        assert await closed_by_server(refused[0], 5)
+        refused[1].close()
+        m = await srv.metrics()
+        assert m["collab_guard_oversized_backoffs_total"] == 1 and m["collab_guard_refused_backoff_total"] == 1, m
         # A body that fits is read and answered on a connection that stays open.
-        r, w = await raw_connect(srv, "127.0.0.2")
+        r, w = await raw_connect(srv, "127.0.0.3")
         for i in range(2):
             w.write(b"PUT /api/docs/small/text HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
             head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
@@ -422,6 +428,63 @@ async def wait_for_metric(srv: Server, name: str, at_least: float, within: float
             return m
         assert time.monotonic() < deadline, f"{name} stayed at {m.get(name)} (waited for {at_least})"
         await asyncio.sleep(0.05)
+
+
+async def ws_handshake(srv: Server, src: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket handshake by hand from ``src`` (101 expected)."""
+    import base64
+
+    r, w = await raw_connect(srv, src)
+    key = base64.b64encode(os.urandom(16)).decode()
+    w.write((f"GET /ws/d HTTP/1.1\r\nHost: {HOST}:{srv.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return r, w
+
+
+def text_header(length: int) -> bytes:
+    """The header of a masked client text frame announcing ``length`` bytes (payload not included)."""
+    if length < 65536:
+        return bytes([0x81, 0x80 | 126]) + length.to_bytes(2, "big") + os.urandom(4)
+    return bytes([0x81, 0x80 | 127]) + length.to_bytes(8, "big") + os.urandom(4)
+
+
+async def close_code(r: asyncio.StreamReader) -> int:
+    """The code of the server's close frame (the next frame)."""
+    b0, b1 = await asyncio.wait_for(r.readexactly(2), 10)
+    assert b0 & 0x0F == 8, b0
+    payload = await r.readexactly(b1 & 0x7F)
+    return int.from_bytes(payload[:2], "big")
+
+
+async def test_oversized_frames_are_refused_from_the_header_and_a_flooding_address_backs_off(
+        tmp_path: Path) -> None:
+    """A frame a bit too large costs one 1009; 64 MiB announced puts the address in back-off,
+    and what it sends after the 1009 is dropped unread (the connection is aborted)."""
+    async with running(data_dir=str(tmp_path), max_message_bytes=1000, handshake_timeout=30,
+                       conn_rate=1000, conn_burst=1000) as srv:
+        polite = await ws_connect(srv, src="127.0.0.3")
+        assert (await join(polite))["type"] == "welcome"
+        r, w = await ws_handshake(srv, "127.0.0.2")
+        w.write(text_header(5000) + b"x" * 5000)
+        assert await close_code(r) == 1009
+        w.close()
+        r, w = await ws_handshake(srv, "127.0.0.2")  # one such message: no back-off
+        w.write(text_header(64 << 20))
+        assert await close_code(r) == 1009
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):  # past 1 MiB more it is aborted
+            for _ in range(64):
+                w.write(b"\xf0\x9f\x91\x8b" * 250_000)
+                await asyncio.wait_for(w.drain(), 10)
+        w.close()
+        refused = await raw_connect(srv, "127.0.0.2")
+        assert await closed_by_server(refused[0], 5)
+        refused[1].close()
+        assert (await edit(polite, "still-here-👋"))["rev"] == 1  # the other address edits on
+        await polite.close()
+        m = await srv.metrics()
+        assert m["collab_guard_oversized_backoffs_total"] == 1 and m["collab_guard_refused_backoff_total"] == 1, m
 
 
 async def test_message_flood_is_limited_while_a_polite_client_edits(tmp_path: Path) -> None:

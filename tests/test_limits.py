@@ -111,6 +111,22 @@ def test_flood_close_starts_a_growing_back_off_for_the_address() -> None:
     assert src.punish("10.0.0.1", now=t + 38 + 8.5) == 1.0
 
 
+def test_oversized_messages_are_charged_as_read_and_past_the_budget_start_a_back_off() -> None:
+    src = source_limits(addr_bytes_rate=1000.0, addr_bytes_burst=10_000)
+    t = 1000.0
+    # One message a bit too large fits in the address's budget: no back-off.
+    assert src.oversized("10.0.0.1", 6_000, now=t) == 0.0
+    assert src.acquire("10.0.0.1", now=t) == "ok"
+    # The next one, before the budget refilled, takes it below zero: the address backs off.
+    assert src.oversized("10.0.0.1", 6_000, now=t + 1) == 1.0
+    assert src.acquire("10.0.0.1", now=t + 1.5) == "backoff"
+    assert src.acquire("10.0.0.2", now=t + 1.5) == "ok"
+    # Its messages wait for the debt to be paid back, like any spent byte budget.
+    assert not src.take("10.0.0.1", 10, now=t + 1.5)
+    # A 64 MiB announcement from a fresh address backs it off at once.
+    assert src.oversized("10.0.0.3", 64 << 20, now=t) == 1.0
+
+
 def test_after_a_flood_close_a_new_connection_gets_no_fresh_burst() -> None:
     src = source_limits(msg_rate=10.0, msg_burst=100, addr_msg_burst=1000, backoff_base=2.0, backoff_max=8.0)
     t = 1000.0

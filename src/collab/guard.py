@@ -82,6 +82,17 @@ def _has_body(scope: Mapping[str, Any]) -> bool:
     return False
 
 
+def _content_length(scope: Mapping[str, Any]) -> int:
+    """The request's ``Content-Length`` (0 if absent or unreadable)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return max(int(value), 0)
+            except ValueError:
+                return 0
+    return 0
+
+
 def _addr_key(host: Any, port: Any, local_port: Any) -> tuple[str, int, int]:
     return (str(host), int(port), int(local_port))
 
@@ -156,8 +167,14 @@ class Guard:
                 conn.finish()
             cls.connection_lost(proto, exc)
 
+        def refused_oversized(proto: Any, nbytes: int) -> None:
+            conn = getattr(proto, "_collab_guarded", None)
+            if conn is not None:
+                conn.oversized(nbytes)
+
         return type(f"Guarded{cls.__name__}", (cls,),
-                    {"connection_made": connection_made, "connection_lost": connection_lost})
+                    {"connection_made": connection_made, "connection_lost": connection_lost,
+                     "refused_oversized": refused_oversized})
 
 
 async def _guarded_http(app: Callable[..., Any], conn: "GuardedProtocol", scope: dict,
@@ -189,7 +206,7 @@ async def _guarded_http(app: Callable[..., Any], conn: "GuardedProtocol", scope:
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             conn.request_finished()
             if body_pending:  # answered before its body was read: do not read the rest
-                conn.linger()
+                conn.linger(_content_length(scope))
 
     await app(scope, receive, guarded_send)
 
@@ -300,8 +317,16 @@ class GuardedProtocol(asyncio.Protocol):
         guard.limiter.release(self._key, per_source=self._per_source)
 
     # -- delegation ------------------------------------------------------
-    def linger(self) -> None:
+    def oversized(self, nbytes: int) -> None:
+        """A message or body of ``nbytes`` was refused unread: charge it to the address as if read."""
+        if self._per_source and nbytes > 0:
+            self._guard.limiter.oversized(self._key, nbytes)
+
+    def linger(self, declared: int = 0) -> None:
         """The response is out but its request body was not read: drop at most :data:`LINGER_BYTES` more.
+
+        The body's declared length (``declared``, from ``Content-Length``) is
+        charged to the address (:meth:`oversized`).
 
         uvicorn would parse and drop the rest of the body however large it
         is. Instead the write side is closed (the client reads the response,
@@ -311,6 +336,7 @@ class GuardedProtocol(asyncio.Protocol):
         """
         if self._done or self._linger >= 0:
             return
+        self.oversized(declared)
         self._linger = LINGER_BYTES
         transport = self._transport
         if transport.can_write_eof() and not transport.is_closing():

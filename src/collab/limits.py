@@ -368,6 +368,27 @@ class SourceLimits(ConnectionLimiter):
         src.byte_tokens = min(src.byte_tokens + (now - src.stamp) * self.bytes_rate, self.bytes_burst)
         src.stamp = now
 
+    def oversized(self, key: str, nbytes: int, now: float | None = None) -> float:
+        """Charge a refused oversized message or body of ``nbytes`` (as announced) to ``key``.
+
+        It is charged as if it had been read: one past the address's byte
+        budget starts the address's back-off (see :meth:`punish`), so an
+        address that keeps announcing huge frames or bodies is refused at
+        accept instead of costing a handshake and a read each time. Returns
+        the back-off started, in seconds (0: none).
+        """
+        if now is None:
+            now = _monotonic()
+        src = self._sources.get(key) or self.source(key, now)
+        src.msg_tokens = min(src.msg_tokens + (now - src.stamp) * self.msg_rate, self.msg_burst)
+        src.byte_tokens = min(src.byte_tokens + (now - src.stamp) * self.bytes_rate, self.bytes_burst) - nbytes
+        src.stamp = now
+        if src.byte_tokens >= 0:
+            return 0.0
+        COUNTERS.oversized_backoffs += 1
+        note(key)
+        return self.punish(key, now)
+
     def _idle(self, src: Source, now: float) -> bool:
         if not super()._idle(src, now):
             return False

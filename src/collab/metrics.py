@@ -47,6 +47,8 @@ class Counters:
     limited_messages: int = 0
     #: Connections closed with 1008 for flooding (counted by ``MessageLimiter.check``).
     flood_closes: int = 0
+    #: Oversized messages or request bodies that put their address past its byte budget (it backs off).
+    oversized_backoffs: int = 0
     #: Clients dropped because they did not read what was sent to them.
     slow_client_drops: int = 0
 
@@ -64,6 +66,7 @@ _COUNTER_HELP = {
     "refused_proxied": "WebSocket handshakes refused by the per-client limit behind a trusted proxy.",
     "limited_messages": "WebSocket messages refused with rate_limited.",
     "flood_closes": "WebSocket connections closed with 1008 for flooding.",
+    "oversized_backoffs": "Oversized messages or bodies that started their address's back-off.",
     "slow_client_drops": "Clients dropped because they did not read what was sent to them.",
 }
 

@@ -63,6 +63,8 @@ DROP_GRACE = 2.0
 #: Seconds a refused connection keeps reading (and discarding) so the client can read its
 #: close frame: closing with unread input makes the kernel reset the connection (1006).
 LINGER = 2.0
+#: Bytes a refused connection discards, unparsed, before it is aborted instead.
+LINGER_BYTES = 1024 * 1024
 #: A direct write of more than this is refused while the transport still holds output.
 WRITE_BUFFER_BYTES = 1024 * 1024
 #: What a continuation frame costs beyond its payload, in the incoming budget.
@@ -285,6 +287,7 @@ if WebSocketsSansIOProtocol is not None:
         _partial_timer: asyncio.TimerHandle | None = None
         _abort_timer: asyncio.TimerHandle | None = None
         _refused = False
+        _discarded = 0
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -320,7 +323,17 @@ if WebSocketsSansIOProtocol is not None:
 
         # -- receiving ----------------------------------------------------------
 
+        def refused_oversized(self, nbytes: int) -> None:
+            """A message of ``nbytes`` (as announced) was refused with 1009; the guard charges it."""
+
         def data_received(self, data: bytes) -> None:
+            if self._refused:
+                # Past a refusal websockets would only discard it, after copying it into
+                # its buffer: drop it here, and stop reading a client that keeps sending.
+                self._discarded += len(data)
+                if self._discarded > LINGER_BYTES:
+                    self.transport.abort()
+                return
             super().data_received(data)
             if self.frames or self.conn.reader.buffer or self._held:  # part of a message is held
                 self._account()
@@ -375,9 +388,10 @@ if WebSocketsSansIOProtocol is not None:
         def handle_parser_exception(self) -> None:
             """websockets refused the input (too big from a frame header, bad framing, or :meth:`_refuse`).
 
-            Its close frame goes out at once; reading goes on, discarding, for
-            :data:`LINGER` seconds, so a client still uploading reads the close
-            frame instead of a connection reset.
+            Its close frame goes out at once; reading goes on, discarding (at
+            most :data:`LINGER_BYTES`), for :data:`LINGER` seconds, so a client
+            still uploading reads the close frame instead of a connection reset.
+            A message refused as too big is reported to :meth:`refused_oversized`.
             """
             if self._refused:
                 return
@@ -387,10 +401,14 @@ if WebSocketsSansIOProtocol is not None:
             sent = self.conn.close_sent
             code, reason = (sent.code, sent.reason) if sent is not None else (1006, "")
             output = b"".join(self.conn.data_to_send())
-            if isinstance(self.conn.parser_exc, PayloadTooBig) and sent is not None and self.max_message_bytes:
-                # Said as the app says it, with what to do, rather than websockets' wording.
-                reason = f"message larger than {self.max_message_bytes} bytes: split the edit"
-                output = _close_frame(code, reason)
+            exc = self.conn.parser_exc
+            if isinstance(exc, PayloadTooBig):
+                size = getattr(exc, "size", None) or self.max_message_bytes + 1
+                self.refused_oversized(size + (getattr(exc, "current_size", None) or 0))
+                if sent is not None and self.max_message_bytes:
+                    # Said as the app says it, with what to do, rather than websockets' wording.
+                    reason = f"message larger than {self.max_message_bytes} bytes: split the edit"
+                    output = _close_frame(code, reason)
             self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
             self.transport.write(output)
             self.close_sent = True
