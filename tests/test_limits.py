@@ -123,8 +123,11 @@ def test_oversized_messages_are_charged_as_read_and_past_the_budget_start_a_back
     assert src.acquire("10.0.0.2", now=t + 1.5) == "ok"
     # Its messages wait for the debt to be paid back, like any spent byte budget.
     assert not src.take("10.0.0.1", 10, now=t + 1.5)
-    # A 64 MiB announcement from a fresh address backs it off at once.
+    # A 64 MiB announcement from a fresh address backs it off at once; its debt is capped at
+    # one burst, so its messages pass again once a burst has been refilled (10 s here).
     assert src.oversized("10.0.0.3", 64 << 20, now=t) == 1.0
+    assert not src.take("10.0.0.3", 10, now=t + 9.9)
+    assert src.take("10.0.0.3", 10, now=t + 10.1)
 
 
 def test_after_a_flood_close_a_new_connection_gets_no_fresh_burst() -> None:

@@ -381,9 +381,11 @@ class SourceLimits(ConnectionLimiter):
             now = _monotonic()
         src = self._sources.get(key) or self.source(key, now)
         src.msg_tokens = min(src.msg_tokens + (now - src.stamp) * self.msg_rate, self.msg_burst)
-        src.byte_tokens = min(src.byte_tokens + (now - src.stamp) * self.bytes_rate, self.bytes_burst) - nbytes
+        # The debt is capped at one burst: the address's own messages wait at most burst/rate.
+        tokens = min(src.byte_tokens + (now - src.stamp) * self.bytes_rate, self.bytes_burst) - nbytes
+        src.byte_tokens = max(tokens, -self.bytes_burst)
         src.stamp = now
-        if src.byte_tokens >= 0:
+        if tokens >= 0:
             return 0.0
         COUNTERS.oversized_backoffs += 1
         note(key)
