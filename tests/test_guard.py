@@ -487,6 +487,65 @@ async def test_oversized_frames_are_refused_from_the_header_and_a_flooding_addre
         assert m["collab_guard_oversized_backoffs_total"] == 1 and m["collab_guard_refused_backoff_total"] == 1, m
 
 
+async def test_handshake_gate_lets_a_few_through_per_loop_turn_and_resumes_the_rest_in_order() -> None:
+    from collab.guard import COUNTERS, HandshakeGate
+
+    gate = HandshakeGate(per_turn=2)
+    resumed: list[int] = []
+
+    class Waiter:
+        def __init__(self, i: int) -> None:
+            self.i = i
+
+        def resume(self) -> None:
+            resumed.append(self.i)
+
+    deferred = COUNTERS.deferred_handshakes
+    admitted = []
+    for i in range(7):
+        if gate.admit():
+            admitted.append(i)
+        else:
+            gate.waiting.append(Waiter(i))  # type: ignore[arg-type]
+    assert admitted == [0, 1] and COUNTERS.deferred_handshakes == deferred + 5
+    turns = []
+    for _ in range(4):
+        await asyncio.sleep(0)  # one loop turn
+        turns.append(list(resumed))
+        assert not gate.admit()  # a newcomer queues behind the waiting ones
+        gate.waiting.append(Waiter(100 + len(turns)))  # type: ignore[arg-type]
+    assert turns == [[2, 3], [2, 3, 4, 5], [2, 3, 4, 5, 6, 101], [2, 3, 4, 5, 6, 101, 102, 103]]
+
+
+async def test_a_burst_of_handshakes_all_complete_and_keep_their_data(tmp_path: Path) -> None:
+    """120 connections send their handshakes at once; each gets its 101 and then edits."""
+    async with running(data_dir=str(tmp_path), conn_rate=1000, conn_burst=1000, handshake_timeout=30) as srv:
+        import base64
+
+        conns = []
+        for i in range(120):
+            r, w = await raw_connect(srv, f"127.0.0.{2 + i % 6}")
+            key = base64.b64encode(os.urandom(16)).decode()
+            w.write((f"GET /ws/burst-{i % 3} HTTP/1.1\r\nHost: {HOST}:{srv.port}\r\nUpgrade: websocket\r\n"
+                     f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                     ).encode())
+            conns.append((r, w))
+        for r, _ in conns:
+            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 30)
+            assert head.startswith(b"HTTP/1.1 101"), head
+        mask = b"\0\0\0\0"  # a zero mask leaves the payload as it is
+        for i, (r, w) in enumerate(conns[:6]):
+            payload = json.dumps({"type": "join"}).encode()
+            w.write(bytes([0x81, 0x80 | len(payload)]) + mask + payload)
+            b0, b1 = await asyncio.wait_for(r.readexactly(2), 10)
+            n = b1 & 0x7F
+            if n == 126:
+                n = int.from_bytes(await r.readexactly(2), "big")
+            assert json.loads(await r.readexactly(n))["type"] == "welcome"
+        for _, w in conns:
+            w.close()
+
+
 async def test_message_flood_is_limited_while_a_polite_client_edits(tmp_path: Path) -> None:
     # The real app: a connection over its message budget is answered rate_limited and,
     # if it keeps on, closed with 1008, and its address backs off. (Latency under the

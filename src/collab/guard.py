@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections import deque
 from typing import Any, Awaitable, Callable, Mapping
 
 from .addresses import IPNetwork, client_ip, ip_key, is_trusted, parse_networks
@@ -53,6 +54,9 @@ __all__ = [
 
 #: Bytes of a request body the server drops, unparsed, after answering without reading it (a 413).
 LINGER_BYTES = 1024 * 1024
+
+#: New connections whose first request is handed to uvicorn per event-loop turn (:class:`HandshakeGate`).
+HANDSHAKES_PER_TURN = 8
 
 #: The counter each accept-time refusal bumps.
 _REFUSAL_COUNTER = {
@@ -97,10 +101,53 @@ def _addr_key(host: Any, port: Any, local_port: Any) -> tuple[str, int, int]:
     return (str(host), int(port), int(local_port))
 
 
+class HandshakeGate:
+    """Spreads a burst of new connections' first requests over event-loop turns.
+
+    One loop turn runs the callbacks of every socket that became readable:
+    when a few hundred connections of a flood send their handshakes together,
+    each would be parsed, upgraded and given an app task in that one turn,
+    and every other client's message would wait behind all of them.
+    :meth:`admit` lets ``per_turn`` first requests through per turn; the
+    rest are paused (:meth:`GuardedProtocol.data_received`) and resumed,
+    oldest first, ``per_turn`` per later turn.
+    """
+
+    def __init__(self, per_turn: int = HANDSHAKES_PER_TURN) -> None:
+        self.per_turn = per_turn
+        self.used = 0
+        self.waiting: deque[GuardedProtocol] = deque()
+        self._scheduled = False
+
+    def admit(self) -> bool:
+        """Whether a first request may be handled now; if not, the caller waits in :attr:`waiting`."""
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._turn)
+        if self.used < self.per_turn and not self.waiting:
+            self.used += 1
+            return True
+        COUNTERS.deferred_handshakes += 1
+        return False
+
+    def _turn(self) -> None:
+        """Once per loop turn while anything happens: a fresh count, and the oldest waiters resumed."""
+        self._scheduled = False
+        self.used = 0
+        waiting = self.waiting
+        while waiting and self.used < self.per_turn:
+            self.used += 1
+            waiting.popleft().resume()
+        if waiting:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._turn)
+
+
 class Guard:
     """Accept-time accounting shared by the :class:`GuardedProtocol` of one server."""
 
     def __init__(self, limits: Limits | SourceLimits | Any, keep_alive: float = 5.0) -> None:
+        self.gate = HandshakeGate()
         self.limiter = source_limits(limits)
         self.limits = self.limiter.limits
         self.trusted = parse_networks(tuple(self.limits.trusted_proxies))
@@ -220,7 +267,7 @@ class GuardedProtocol(asyncio.Protocol):
     """
 
     __slots__ = ("_guard", "_factory", "_kwargs", "_inner", "_transport", "_key", "_per_source",
-                 "_addr", "_timer", "_done", "_linger")
+                 "_addr", "_timer", "_done", "_linger", "_gated", "_deferred")
 
     def __init__(self, guard: Guard, factory: Callable[..., asyncio.Protocol], **kwargs: Any) -> None:
         self._guard = guard
@@ -235,6 +282,9 @@ class GuardedProtocol(asyncio.Protocol):
         self._done = True
         #: Bytes of an unwanted request body still to be dropped (see :meth:`linger`); -1: not lingering.
         self._linger = -1
+        #: Whether the first request went through the :class:`HandshakeGate`; what arrived while it waits.
+        self._gated = False
+        self._deferred: list[bytes] | None = None
 
     # -- admission -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
@@ -349,8 +399,32 @@ class GuardedProtocol(asyncio.Protocol):
                 self._transport.abort()
             return
         inner = self._inner
-        if inner is not None:
-            inner.data_received(data)
+        if inner is None:
+            return
+        if self._deferred is not None:
+            self._deferred.append(data)
+            return
+        if not self._gated:
+            self._gated = True
+            gate = self._guard.gate
+            if not gate.admit():
+                self._deferred = [data]
+                self._transport.pause_reading()
+                gate.waiting.append(self)
+                return
+        inner.data_received(data)
+
+    def resume(self) -> None:
+        """The :class:`HandshakeGate` lets the first request through: hand uvicorn what arrived."""
+        data, self._deferred = self._deferred, None
+        if self._done or self._inner is None or not data:
+            return
+        transport = self._transport
+        transport.resume_reading()
+        for chunk in data:  # in order; after an upgrade the rest belongs to the WebSocket protocol
+            if transport.is_closing():
+                return
+            (self._inner or transport.get_protocol()).data_received(chunk)
 
     def eof_received(self) -> bool | None:
         inner = self._inner

@@ -51,6 +51,8 @@ class Counters:
     oversized_backoffs: int = 0
     #: Clients dropped because they did not read what was sent to them.
     slow_client_drops: int = 0
+    #: First requests of new connections held for a later loop turn (a burst of handshakes).
+    deferred_handshakes: int = 0
 
 
 COUNTERS = Counters()
@@ -68,6 +70,7 @@ _COUNTER_HELP = {
     "flood_closes": "WebSocket connections closed with 1008 for flooding.",
     "oversized_backoffs": "Oversized messages or bodies that started their address's back-off.",
     "slow_client_drops": "Clients dropped because they did not read what was sent to them.",
+    "deferred_handshakes": "First requests of new connections held for a later event-loop turn.",
 }
 
 #: Gauge name (after ``collab_guard_``) -> help text; each tracked limiter reports these.

@@ -32,6 +32,8 @@ ASGIApp = Callable[..., Any]
 
 #: Seconds a shutdown waits for open connections before closing them.
 GRACEFUL_SHUTDOWN = 10
+#: The cyclic GC's thresholds in a server process (see :func:`tune_gc`).
+GC_THRESHOLD = (10_000, 250, 1000)
 
 
 def _ws_implementation() -> str | type:
@@ -138,22 +140,22 @@ def tune_gc() -> None:
     """Make the cyclic GC cheaper for a long-running server process.
 
     ``gc.freeze()`` moves everything alive after startup (modules, the app)
-    into a permanent generation that collections no longer traverse, and a
-    gen-0 threshold of 50,000 instead of 700 stops the hub's per-op garbage
-    (messages, ops, history entries) from triggering a collection every few
-    edits. Measured (``load.py --scenario many --stores memory --seconds
-    12``, two interleaved runs each, GC timed with ``gc.callbacks``): 6
-    collections and 0.22-0.25 s in GC per run instead of ~330 and 1.0-1.2 s;
-    the longest pause (a full collection) stays ~0.1 s; server CPU per
-    applied edit and peak RSS within the run-to-run noise; idle memory +0.6
-    KiB per connection at 1,000 connections (more gen-0 garbage held before
-    a collection: a bounded amount, not per connection). Only here, in the
-    CLI's worker process: :func:`serve` leaves an embedder's GC alone.
+    into a permanent generation that collections no longer traverse. A
+    gen-0 threshold of 10,000 instead of 700 stops the hub's per-op garbage
+    from triggering a collection every few edits, while one collection
+    stays short: its cost per object grows steeply once the young
+    generation no longer fits in the CPU's cache, and a flood of held
+    connections (about a hundred tracked objects each) fills it quickly.
+    A gen-1 collection follows only every 250 of those (2.5 million net
+    allocations), so the history entries that survive each edit do not keep
+    the older generations busy. Only here, in the CLI's worker
+    process: :func:`serve` leaves an embedder's GC alone.
     ``benchmarks/trace_replay.py`` calls it too, to time the hub as it runs here.
+    See docs/benchmarks.md ("Garbage collection") for the measurements.
     """
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 50, 1000)
+    gc.set_threshold(GC_THRESHOLD[0], GC_THRESHOLD[1], GC_THRESHOLD[2])
 
 
 async def _serve_announced(settings: Settings, app: ASGIApp | None, sock: socket.socket,
