@@ -1,6 +1,6 @@
 """Attacks against a real collab server while a polite client edits at 10 ops/s.
 
-One server (the real app, SQLite, default limits except ``--max-connections``)
+One server (the real app, SQLite, default limits; ``--max-connections`` changes the cap)
 and one polite client (127.0.0.2, its own document, one edit every 100 ms,
 waiting for each ack) run throughout. Each attack runs in its own process
 (``nice 10``: on a real network the attacker's CPU is not ours), from its own
@@ -748,7 +748,10 @@ def main() -> None:
     parser.add_argument("--attack", type=float, default=10.0, help="seconds each attack runs")
     parser.add_argument("--quiet", type=float, default=5.0, help="seconds of quiet before each attack (baseline)")
     parser.add_argument("--after", type=float, default=3.0, help="seconds after each attack before RSS is read")
-    parser.add_argument("--max-connections", type=int, default=2000, help="the server's global connection cap")
+    from collab.config import Settings
+
+    parser.add_argument("--max-connections", type=int, default=Settings().max_connections,
+                        help="the server's global connection cap (default: the server's default)")
     parser.add_argument("--only", nargs="*", help="run only these attacks: " + " ".join(n for n, _ in ATTACKS))
     parser.add_argument("--sink", type=int, help="send the attacks to this port instead (a control: the "
                         "machine's contention without the server's work), e.g. a `--sink-serve` process")

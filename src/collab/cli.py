@@ -145,7 +145,7 @@ SERVE_FLAGS: list[tuple[str, str, Any, str, str]] = [
     ("--conn-burst", "conn_burst", _positive_int, "COLLAB_CONN_BURST", "burst of new connections per IP (default 40)"),
     ("--conn-per-ip", "conn_per_ip", _positive_int, "COLLAB_CONN_PER_IP", "open connections per IP (default 64)"),
     ("--max-connections", "max_connections", _positive_int, "COLLAB_MAX_CONNECTIONS",
-     "open connections in total; beyond it new ones get 1013 (default 10000)"),
+     "open connections in total; beyond it new ones get 1013 (default 5000)"),
     ("--handshake-timeout", "handshake_timeout", _positive_float, "COLLAB_HANDSHAKE_TIMEOUT",
      "seconds a connection may take to finish its handshake (default 5)"),
     ("--msg-rate", "msg_rate", _positive_float, "COLLAB_MSG_RATE", "messages per second per connection (default 100)"),

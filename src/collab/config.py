@@ -156,7 +156,7 @@ class Settings:
     conn_rate: float = 20.0
     conn_burst: int = 40
     conn_per_ip: int = 64
-    max_connections: int = 10_000
+    max_connections: int = 5_000
     handshake_timeout: float = 5.0
     msg_rate: float = 100.0
     msg_burst: int = 200

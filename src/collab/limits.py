@@ -88,7 +88,7 @@ class Limits:
     conn_rate: float = 20.0
     conn_burst: int = 40
     conn_per_ip: int = 64
-    max_connections: int = 10_000
+    max_connections: int = 5_000
     #: Share of ``max_connections`` kept for addresses holding fewer than ``conn_reserve_per_ip``.
     conn_reserve: float = 0.1
     conn_reserve_per_ip: int = 4
