@@ -475,3 +475,44 @@ async def test_a_forged_announcement_that_fits_exactly_is_not_applied(real_hubs)
     assert doc1.snapshot() == doc2.snapshot() == (3, "héllo 🌍!🎉")
     assert _client_view(a) == _client_view(b) == (3, "héllo 🌍!🎉")
     assert not a.closed and not b.closed
+
+
+async def test_the_last_commit_of_a_burst_reaches_the_other_process_without_the_periodic_check(real_hubs):
+    """Both processes write one document (so commits take its turn in the store), then process 1 alone.
+
+    The periodic check for missed commits is stopped: process 2 learns of
+    each burst's last commit from its announcement, which must come after
+    the commit is visible in the store.
+    """
+    from collab.hub import Peer
+    from collab.protocol import Submit
+
+    h1, h2 = await real_hubs(2)
+    for hub in (h1, h2):
+        hub.cluster._watcher.cancel()
+    a, b = Peer(queue_size=100_000), Peer(queue_size=100_000)
+    doc1 = await h1.join("burst", a, None)
+    doc2 = await h2.join("burst", b, None)
+
+    async def write(doc, tag: str, count: int) -> int:
+        rev = 0
+        for i in range(count):
+            rev, text = doc.snapshot()
+            rev = await doc.submit(None, Submit(rev, ["🎉", len(text)] if text else ["🎉"], f"{tag}-{i}", None))
+        return rev
+
+    async def reaches(doc, rev: int) -> None:
+        while doc.snapshot()[0] < rev:
+            await asyncio.sleep(0.01)
+
+    for burst in range(20):
+        await asyncio.gather(write(doc1, f"a{burst}", 5), write(doc2, f"b{burst}", 5))
+        last = await write(doc1, f"last{burst}", 1)
+        try:
+            await asyncio.wait_for(reaches(doc2, last), 30)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"burst {burst}: process 2 stayed at {doc2.snapshot()[0]}, not {last}") from None
+    state = await h1.store.load("burst", 10)
+    assert state.rev == 20 * 11 and state.text == "🎉" * state.rev
+    assert doc1.snapshot() == doc2.snapshot() == (state.rev, state.text)
+    assert _client_view(a) == _client_view(b) == (state.rev, state.text)
