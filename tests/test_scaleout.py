@@ -417,3 +417,102 @@ async def test_forged_duplicated_and_out_of_order_announcements_never_apply_as_t
     assert not b.closed
     ops = [m for m in map(json.loads, b.outbox) if m["type"] == "op"]
     assert [m["rev"] for m in ops] == [1, 2, 3, 4] and [m["id"] for m in ops] == ["h1", "r2", "r3", "h4"]
+
+
+def _client_view(peer) -> tuple[int, str]:
+    """The revision and text a client sees: its ``welcome`` with every ``op`` it was sent applied."""
+    import json
+
+    from collab import ot
+
+    rev, text = 0, ""
+    for m in map(json.loads, peer.outbox):
+        if m["type"] == "welcome":
+            rev, text = m["rev"], m["text"]
+        elif m["type"] == "op":
+            assert m["rev"] == rev + 1, f"the client was sent revision {m['rev']} after {rev}"
+            rev, text = m["rev"], ot.apply(text, m["op"])
+    return rev, text
+
+
+async def test_a_forged_announcement_that_fits_exactly_is_not_applied(real_hubs):
+    """An announcement with the right revision and length, but content the store never had, is not applied.
+
+    Processes catch up from PostgreSQL's rows, never from what Redis says
+    was committed: every process and every client ends at the store's text.
+    """
+    import json
+
+    import redis.asyncio as aioredis
+
+    from collab.hub import Peer
+    from collab.protocol import Submit
+
+    h1, h2 = await real_hubs(2)
+    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    doc1 = await h1.join("fits", a, None)
+    doc2 = await h2.join("fits", b, None)
+    assert await doc1.submit(None, Submit(0, ["héllo 🌍"], "h1", None)) == 1
+
+    async def reaches(doc, rev: int) -> None:
+        while doc.snapshot()[0] < rev or doc._committer is not None:
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(reaches(doc2, 1), 30)
+    r = aioredis.from_url(REDIS_URL)
+    try:
+        # Revision 2 on a 7-character revision 1: it extends both processes' copies exactly.
+        forged = {"t": "ops", "proc": "forger", "ops": [[2, [7, "😈"], "evil", "e1", None]]}
+        await r.publish(f"{h2.backplane.prefix}:doc:fits", json.dumps(forged))
+    finally:
+        await r.aclose()
+    assert await doc1.submit(None, Submit(1, [7, "!"], "h2", None)) == 2
+    assert await doc1.submit(None, Submit(2, [8, "🎉"], "h3", None)) == 3
+    await asyncio.wait_for(reaches(doc2, 3), 30)
+    await asyncio.wait_for(reaches(doc1, 3), 30)
+    state = await h1.store.load("fits", 10)
+    assert (state.rev, state.text) == (3, "héllo 🌍!🎉")
+    assert doc1.snapshot() == doc2.snapshot() == (3, "héllo 🌍!🎉")
+    assert _client_view(a) == _client_view(b) == (3, "héllo 🌍!🎉")
+    assert not a.closed and not b.closed
+
+
+async def test_the_last_commit_of_a_burst_reaches_the_other_process_without_the_periodic_check(real_hubs):
+    """Both processes write one document (so commits take its turn in the store), then process 1 alone.
+
+    The periodic check for missed commits is stopped: process 2 learns of
+    each burst's last commit from its announcement, which must come after
+    the commit is visible in the store.
+    """
+    from collab.hub import Peer
+    from collab.protocol import Submit
+
+    h1, h2 = await real_hubs(2)
+    for hub in (h1, h2):
+        hub.cluster._watcher.cancel()
+    a, b = Peer(queue_size=100_000), Peer(queue_size=100_000)
+    doc1 = await h1.join("burst", a, None)
+    doc2 = await h2.join("burst", b, None)
+
+    async def write(doc, tag: str, count: int) -> int:
+        rev = 0
+        for i in range(count):
+            rev, text = doc.snapshot()
+            rev = await doc.submit(None, Submit(rev, ["🎉", len(text)] if text else ["🎉"], f"{tag}-{i}", None))
+        return rev
+
+    async def reaches(doc, rev: int) -> None:
+        while doc.snapshot()[0] < rev:
+            await asyncio.sleep(0.01)
+
+    for burst in range(20):
+        await asyncio.gather(write(doc1, f"a{burst}", 5), write(doc2, f"b{burst}", 5))
+        last = await write(doc1, f"last{burst}", 1)
+        try:
+            await asyncio.wait_for(reaches(doc2, last), 30)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"burst {burst}: process 2 stayed at {doc2.snapshot()[0]}, not {last}") from None
+    state = await h1.store.load("burst", 10)
+    assert state.rev == 20 * 11 and state.text == "🎉" * state.rev
+    assert doc1.snapshot() == doc2.snapshot() == (state.rev, state.text)
+    assert _client_view(a) == _client_view(b) == (state.rev, state.text)

@@ -5,9 +5,9 @@ Each open document has a :class:`Replica`: it buffers what the backplane
 announces (operations, joins, leaves, presence), knows when the store must
 be read (a gap, a conflict, a missed message, a forged one), and integrates
 it all between batches, in revision order, through the document's public
-methods. Announcements are never trusted as they are: an operation is
-applied only if it is well formed and extends the document exactly, anything
-else is settled by reading the store.
+methods. Announcements are never trusted: an announced commit only makes
+the replica read the store, and the operations applied are the store's
+rows (a forged or garbled message cannot change a document).
 
 The :class:`Cluster` is the hub's side: it starts the backplane, subscribes
 to documents as they load, routes messages to their replica, re-reads after
@@ -60,12 +60,14 @@ def cursor_of(value: object) -> Cursor | None:
 
 @dataclass(slots=True)
 class RemoteOp:
-    """An operation another process announced committing, checked for shape (not yet for content)."""
+    """An operation another process announced committing, checked for shape only.
+
+    Never applied: the store's row of that revision is. Its cursor is shown
+    if the stored row is the announced operation.
+    """
 
     entry: StoredOp
     cursor: Cursor | None
-    #: The length of the text it applies to.
-    spans: int
 
 
 def remote_op(item: object) -> RemoteOp | None:
@@ -76,10 +78,10 @@ def remote_op(item: object) -> RemoteOp | None:
     if type(rev) is not int or rev < 1 or type(client) is not str or type(op_id) is not str:
         return None
     try:
-        op, spans, _ = ot.checked(op)
+        op, _, _ = ot.checked(op)
     except ValueError:
         return None
-    return RemoteOp(StoredOp(rev, op, client, op_id), cursor_of(cursor), spans)
+    return RemoteOp(StoredOp(rev, op, client, op_id), cursor_of(cursor))
 
 
 class Replica:
@@ -128,19 +130,17 @@ class Replica:
         return True
 
     def _take_op(self, item: object) -> None:
+        """Note an announced commit: the store is read for it; the announcement keeps only its cursor."""
+        self.check_store = True  # whatever it says: the rows in the store are what gets applied
         remote = remote_op(item)
-        if remote is None:  # not an operation: the store has the truth
-            self.check_store = True
+        if remote is None:
             return
         rev = remote.entry.rev
         held = self.ops.get(rev)
         if held is not None and held.entry != remote.entry:
-            del self.ops[rev]  # two versions of one revision: trust neither
-            self.check_store = True
+            del self.ops[rev]  # two versions of one revision: take the cursor of neither
             return
         self.ops[rev] = remote
-        if rev > self.known_rev:
-            self.known_rev = rev
 
     def sync_later(self, rev: int | None = None) -> bool:
         """Note that the store may hold more (revision ``rev`` at least); ``True`` if that is news."""
@@ -166,16 +166,22 @@ class Replica:
     # -- integrating ------------------------------------------------------------------
 
     async def catch_up(self) -> None:
-        """Integrate other processes' operations and presence, reading the store for what was missed."""
+        """Integrate other processes' operations, as read from the store, and their presence.
+
+        An announcement only says that the store may hold more: the operations
+        applied are the store's rows, whatever the announcement carried (a
+        forged or garbled message cannot change a document). An announced
+        cursor is shown only with the stored operation it was announced with.
+        """
         seq = self.doc.seq
-        self._integrate_buffered()
         late_presence = any(e["t"] == "presence" and isinstance(e.get("rev"), int) and e["rev"] > seq.rev
                             for e in self.events)
-        # What is still buffered lies after a gap (a message lost, or overtaken): the store has it.
-        if self.check_store or self.store_waiters or self.known_rev > seq.rev or late_presence or self.ops:
+        if self.check_store or self.store_waiters or self.known_rev > seq.rev or late_presence:
             self.check_store = False
             waiters, self.store_waiters = self.store_waiters, []
-            announced = set(self.ops)  # committed before this read, if real: the read must show them
+            # Announced before this read: if real, the read shows them (they are published after the commit).
+            announced, self.ops = self.ops, {}
+            known_before = self.known_rev
             try:
                 missed = await self.store.ops_since(self.doc.id, seq.rev)
             except BaseException as exc:
@@ -184,31 +190,18 @@ class Replica:
             if missed and missed[0].rev > seq.rev + 1:
                 _refuse(waiters, lambda: DocumentFailed(self.doc.id))
                 raise Resync(self.doc.id)
+            if self.known_rev == known_before:  # nothing newer learned during the read: it settles the target
+                self.known_rev = seq.rev
             for entry in missed:
                 if entry.rev == seq.rev + 1:
-                    remote = self.ops.get(entry.rev)
-                    self.integrate(entry, remote.cursor if remote is not None else None)
-            self._integrate_buffered()
-            for rev in announced.intersection(self.ops):
-                del self.ops[rev]  # announced, yet not in the store: not a real commit
-            # Announcements that arrived during the read may be ahead of what it returned.
-            self.known_rev = max(seq.rev, max(self.ops, default=0))
+                    remote = announced.get(entry.rev) or self.ops.get(entry.rev)
+                    self.integrate(entry, remote.cursor if remote is not None and remote.entry == entry else None)
+            # Announcements that arrived during the read may be ahead of it: the next turn reads again.
+            self.ops = {rev: remote for rev, remote in self.ops.items() if rev > seq.rev}
             for w in waiters:
                 if not w.done():
                     w.set_result(None)
         self._process_events()
-
-    def _integrate_buffered(self) -> None:
-        """Apply the buffered announcements that extend the document exactly; the store settles the rest."""
-        seq = self.doc.seq
-        while seq.rev + 1 in self.ops:
-            remote = self.ops.pop(seq.rev + 1)
-            if remote.spans != len(seq.text):
-                self.check_store = True
-                break
-            self.integrate(remote.entry, remote.cursor)
-        for rev in [r for r in self.ops if r <= seq.rev]:
-            del self.ops[rev]
 
     def integrate(self, entry: StoredOp, cursor: Cursor | None) -> None:
         """Apply another process's committed operation (the next revision) and show it to the clients here."""

@@ -24,19 +24,18 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 from . import fanout
 from .cluster import Replica, Resync
-from .fanout import Item
+from .fanout import Flight, Item
 from .hubconfig import DocumentFailed, HubConfig, HubCounters
 from .peer import Peer, RemotePeer
 from .protocol import (
     BAD_REV, CLOSE_INTERNAL, CLOSE_RESTART, FORBIDDEN, STALE_REV, Presence, ProtocolError, Submit, ack_msg, encode,
     error_msg, join_msg, leave_msg, peer_json, presence_msg,
 )
-from .sequencer import Saved, Sequencer
+from .sequencer import Sequencer
 from .store.base import DocState, RevisionConflict, Store, StoredOp
 
 if TYPE_CHECKING:
@@ -50,25 +49,6 @@ SNAPSHOT_BYTES_PER_OP = 256
 #: Batches of one document whose commits may be in flight at once (pipelined stores).
 MAX_IN_FLIGHT = 4
 T = TypeVar("T")
-
-
-@dataclass(slots=True)
-class Flight:
-    """An ordered batch whose commit was started; settled in order by :meth:`Document._landed`."""
-
-    items: list[Item]
-    new: list[StoredOp]
-    #: The state to roll back to if another process took these revisions (stores that may conflict).
-    saved: Saved | None
-    last_snapshot: int
-    #: A pipelined commit's future (``None`` for an awaited one).
-    commit: "asyncio.Future[None] | None" = None
-    #: The commit's outcome, once known: ``done``, and ``error`` if it failed.
-    done: bool = False
-    error: BaseException | None = None
-    encoded: bool = False
-    #: Another process took its revisions: rolled back and queued again.
-    lost: bool = False
 
 
 def _may_edit(peer: Peer, sub: Submit) -> None:
@@ -286,11 +266,10 @@ class Document:
                     # commit cannot lose the race (a hot document stays fair).
                     if conflicts_in_a_row > 20:
                         raise RuntimeError(f"document {self.id}: 20 conflicts in a row; giving up")
-                    async with self.store.exclusive(self.id):
-                        won = await self._turn()
+                    flight = await self._exclusive_turn()
                 else:
-                    won = await self._turn()
-                conflicts_in_a_row = 0 if won else conflicts_in_a_row + 1
+                    flight = await self._turn()
+                conflicts_in_a_row = 0 if flight is None or not flight.lost else conflicts_in_a_row + 1
         except DocumentFailed:
             pass  # a commit failed while this loop waited: already handled in _landed
         except Resync:
@@ -304,17 +283,38 @@ class Document:
             if not self.peers and not self._flight:
                 self.schedule_unload()
 
-    async def _turn(self) -> bool:
+    async def _exclusive_turn(self) -> Flight | None:
+        """A :meth:`_turn` holding the document's turn in the store, settled once that transaction committed.
+
+        Only then is the batch durable and visible to other processes: its
+        acks, and its announcement (which makes the others read the store),
+        must not come before. If the transaction fails, nothing of it is acknowledged.
+        """
+        flight = None
+        try:
+            async with self.store.exclusive(self.id):
+                flight = await self._turn(settle=False)
+        except BaseException as exc:
+            if flight is not None and flight.error is None:
+                flight.error = exc
+            self._landed()
+            raise
+        self._landed()
+        return flight
+
+    async def _turn(self, settle: bool = True) -> Flight | None:
         """One turn: catch up, run what waited, order one batch with the sequencer and commit it.
 
-        Returns ``False`` if another process took the batch's revisions (it
-        was rolled back and queued again).
+        Returns the batch's flight (``None`` if there was none, or it is
+        pipelined): ``flight.lost`` if another process took its revisions (it
+        was rolled back and queued again). With ``settle=False`` the caller
+        settles it (:meth:`_landed`) once the commit is final.
         """
         if self.shared and self.replica.behind():
             await self.replica.catch_up()
         self._run_deferred()
         if not self._inbox:
-            return True
+            return None
         batch, self._inbox = self._inbox, []
         if self._room_waiters:
             _resolve(self._room_waiters)
@@ -339,22 +339,23 @@ class Document:
             if type(result) is StoredOp:
                 new.append(result)
         if not items:
-            return True
+            return None
         flight = Flight(items, new, saved, self.last_snapshot)
         self._flight.append(flight)
         if self.pipelined:
             self._start(flight)
-            return True
+            return None
         try:  # any other store: write and wait, then settle the flight as a pipelined one is
             if new:
                 await self.store.append(self.id, new, len(self.seq.text), self._snapshot_due())
         except BaseException as exc:  # cancelled too: the outcome is unknown, so nothing is acknowledged
             flight.error = exc
         flight.done = True
-        self._landed()
+        if settle:
+            self._landed()
         if flight.error is not None and not isinstance(flight.error, Exception):
             raise flight.error
-        return not flight.lost
+        return flight
 
     async def _ids_in_store(self, batch: list[Item]) -> dict[str, int]:
         """Revisions of ops in ``batch`` so old that only the store remembers their ids (one query per batch)."""

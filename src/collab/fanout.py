@@ -5,7 +5,8 @@ it, what, and once ordered its result. :func:`encode` turns a batch into
 frames (an ``ack`` for the author, an ``op`` for everyone else, encoded once
 whatever the number of readers), and :func:`deliver` queues them on each
 connection's :class:`~collab.peer.Peer` in revision order, one
-``send_many`` per connection.
+``send_many`` per connection. A :class:`Flight` is an ordered batch whose
+commit was started, until the document settles it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Iterable
 
 from .peer import Peer
 from .protocol import Cursor, Submit, _cur, ack_msg, encode as encode_msg, op_frames
+from .sequencer import Saved
 from .store.base import StoredOp
 
 
@@ -39,6 +41,25 @@ class Item:
     def reset(self) -> None:
         """Forget the result and frames (the batch is ordered again)."""
         self.result = self.ack = self.frame = self.cursor = None
+
+
+@dataclass(slots=True)
+class Flight:
+    """An ordered batch whose commit was started; settled in order by ``Document._landed``."""
+
+    items: list[Item]
+    new: list[StoredOp]
+    #: The state to roll back to if another process took these revisions (stores that may conflict).
+    saved: Saved | None
+    last_snapshot: int
+    #: A pipelined commit's future (``None`` for an awaited one).
+    commit: "asyncio.Future[None] | None" = None
+    #: The commit's outcome, once known: ``done``, and ``error`` if it failed.
+    done: bool = False
+    error: BaseException | None = None
+    encoded: bool = False
+    #: Another process took its revisions: rolled back and queued again.
+    lost: bool = False
 
 
 def encode(items: Iterable[Item]) -> None:
