@@ -13,7 +13,9 @@ ratio to the 2 KB document, measured in the same run, is the number to
 compare between machines (the issue's target: at most 1.5x).
 
 Also reports the bytes transferred to load the editor page (document and
-static assets, from the Resource Timing API, with an empty cache).
+static assets, from the Resource Timing API), with an empty cache and on a
+second visit, with gzip accepted and refused (``identity``: what every
+browser got before the server compressed its files).
 
     python benchmarks/browser_keystroke_bench.py            # 40 keys per document
     python benchmarks/browser_keystroke_bench.py --keys 80
@@ -102,17 +104,22 @@ def measure(browser, base: str, doc: str, keys: int, warmup: int, split: bool = 
         ctx.close()
 
 
-def page_bytes(browser, base: str, doc: str) -> tuple[int, int]:
-    """(transferred bytes, decoded bytes) of the editor page and everything it loads."""
-    ctx = browser.new_context()
+def page_bytes(browser, base: str, doc: str, gzip: bool = True) -> dict[str, tuple[int, int]]:
+    """Transferred and decoded bytes of the editor page and everything it loads, on a first visit (empty
+    cache) and a second one; ``gzip=False`` asks for the files uncompressed, as the server sent them before."""
+    headers = {} if gzip else {"Accept-Encoding": "identity"}
+    ctx = browser.new_context(extra_http_headers=headers)
     try:
         page = ctx.new_page()
-        page.goto(f"{base}/d/{doc}")
-        page.wait_for_selector("#conn-status[data-state=connected]", timeout=60_000)
-        sizes = page.evaluate("""() => [...performance.getEntriesByType('navigation'),
-                                        ...performance.getEntriesByType('resource')]
-                                  .map((e) => [e.transferSize, e.decodedBodySize])""")
-        return sum(s[0] for s in sizes), sum(s[1] for s in sizes)
+        visits = {}
+        for visit in ("first visit", "second visit"):
+            page.goto(f"{base}/d/{doc}")
+            page.wait_for_selector("#conn-status[data-state=connected]", timeout=60_000)
+            sizes = page.evaluate("""() => [...performance.getEntriesByType('navigation'),
+                                            ...performance.getEntriesByType('resource')]
+                                      .map((e) => [e.transferSize, e.decodedBodySize])""")
+            visits[visit] = (sum(s[0] for s in sizes), sum(s[1] for s in sizes))
+        return visits
     finally:
         ctx.close()
 
@@ -149,7 +156,8 @@ def main() -> None:
                 try:
                     results = {label: measure(browser, base, name, args.keys, args.warmup, split)
                                for label, name, split in runs}
-                    transferred, decoded = page_bytes(browser, base, "small")
+                    sizes = {"gzip": page_bytes(browser, base, "small"),
+                             "identity": page_bytes(browser, base, "small", gzip=False)}
                 finally:
                     browser.close()
         finally:
@@ -165,7 +173,8 @@ def main() -> None:
     print(f"# browser keystroke-to-paint ({machine()}; chromium {CHROMIUM})\n")
     print(table(["document", "keys", "median ms", "p95 ms", "max ms", "median vs 2 KB", "p95 vs 2 KB"], rows))
     print()
-    print(table(["editor page", "transferred bytes", "decoded bytes"], [["/d/{doc} + assets", transferred, decoded]]))
+    print(table(["editor page (/d/{doc} + assets)", "Accept-Encoding", "transferred bytes", "decoded bytes"],
+                [[visit, enc, t, d] for enc, visits in sizes.items() for visit, (t, d) in visits.items()]))
 
 
 if __name__ == "__main__":

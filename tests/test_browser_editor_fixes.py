@@ -4,7 +4,8 @@ page labels document sizes as characters; at 390 px with four people the
 toolbar neither overflows nor clips your own avatar; a refused page says so
 instead of inviting to write, with Share and Download off; a private
 server's home page that gets 401 offers no "New document"; a long outage
-offers "Retry now"; dark mode follows the system and has a toggle; `?`
+offers "Retry now" and reconnects by itself soon after the server is back;
+dark mode follows the system and has a toggle; `?`
 opens the shortcuts panel.
 """
 
@@ -167,6 +168,34 @@ def test_retry_now_after_a_long_outage(tmp_path, pages):
             s2.stop()
     finally:
         s.stop()
+
+
+def test_reconnects_by_itself_soon_after_a_long_outage(tmp_path, pages):
+    """The backoff has grown far beyond the test's patience: only the health probe can bring the page back."""
+    data = str(tmp_path / "data")
+    s = ServerProcess(data).start()
+    try:
+        doc = new_doc()
+        a = pages.open(f"{s.base_url}/d/{doc}", name="Alice")
+        focus_at(a, "start")
+        a.keyboard.type("before 👋🏽")
+        wait_converged(s, doc, [a])
+        a.evaluate("() => { collab.session.timing.base = 600000; collab.session.timing.max = 600000; }")
+        s.stop()
+        a.wait_for_selector("#retry-now:not([hidden])", timeout=10_000)
+        a.keyboard.type(" offline")
+        s2 = ServerProcess(data, port=s.port).start()
+        try:
+            # No click, no tab switch: the page notices the server is back.
+            wait_connected(a, timeout=15_000)
+            assert wait_converged(s2, doc, [a]) == "before 👋🏽 offline"
+            assert a.is_hidden("#retry-now")
+        finally:
+            s2.stop()
+    finally:
+        s.stop()
+    # The failed probes while the server was down are network errors, not page errors.
+    assert not [e for e in pages.errors if "pageerror" in e], pages.errors
 
 
 def test_dark_mode_follows_the_system_and_has_a_toggle(srv, pages, browser):

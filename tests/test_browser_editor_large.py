@@ -6,7 +6,8 @@ reads only a bounded stretch of the editor's text (every `sliceString` on
 CodeMirror's document tree is counted), the Markdown parse tree around the
 caret is bounded (no 2 MB paragraph), and the character and word counts,
 kept up to date from each change, equal a full recount after local and
-remote edits with emoji. Speed itself is measured by
+remote edits with emoji; the editor's code travels gzipped and is not
+downloaded again on a second visit. Speed itself is measured by
 benchmarks/browser_keystroke_bench.py.
 """
 
@@ -94,3 +95,33 @@ def test_keystroke_in_2mb_document_reads_a_bounded_stretch(srv, pages):
     wait_counts(a, final)
     assert text_of(a) == final
     assert not pages.errors, pages.errors
+
+
+#: (name, transferred bytes, decoded bytes) of the page and everything it loaded.
+SIZES = """() => [...performance.getEntriesByType('navigation'), ...performance.getEntriesByType('resource')]
+  .map((e) => [e.name, e.transferSize, e.decodedBodySize])"""
+
+
+def test_editor_page_loads_compressed_and_cached(srv, browser):
+    """The editor's code travels gzipped, and a second visit downloads none of it again."""
+    ctx = browser.new_context()
+    try:
+        page = ctx.new_page()
+        seen: dict[str, dict] = {}
+        page.on("response", lambda r: seen.__setitem__(r.url.split("?")[0].rsplit("/", 1)[-1], r.headers))
+        page.goto(f"{srv.base_url}/d/{new_doc()}")
+        page.wait_for_selector("#conn-status[data-state=connected]")
+        for name in ("editor.js", "style.css"):
+            assert seen[name].get("content-encoding") == "gzip", (name, seen[name])
+            assert "immutable" in seen[name].get("cache-control", ""), (name, seen[name])
+        first = {n.split("?")[0].rsplit("/", 1)[-1]: (t, d) for n, t, d in page.evaluate(SIZES)}
+        transferred, decoded = first["editor.js"]
+        assert 0 < transferred < decoded / 2, first["editor.js"]
+        # A second visit: the hashed bundle comes from the cache, the page is revalidated (304, headers only).
+        page.goto(page.url)
+        page.wait_for_selector("#conn-status[data-state=connected]")
+        again = {n.split("?")[0].rsplit("/", 1)[-1]: (t, d) for n, t, d in page.evaluate(SIZES)}
+        assert again["editor.js"][0] == 0, again
+        assert sum(t for t, _ in again.values()) < 2_000, again
+    finally:
+        ctx.close()

@@ -118,7 +118,9 @@ function forcedMaxMessageBytes() {
 }
 
 const client = new SyncClient({ editor: adapter, user, forceMaxMessageBytes: forcedMaxMessageBytes() });
-const session = new Session({ url: wsUrl(docName), client });
+// Is the server back? /healthz answers without a token and costs the server a store ping.
+const probeServer = () => fetch('/healthz', { cache: 'no-store', signal: AbortSignal.timeout(5000) }).then((res) => res.ok);
+const session = new Session({ url: wsUrl(docName), client, probe: probeServer });
 
 let cursorTimer = null;
 function scheduleCursor() {

@@ -1,9 +1,21 @@
 // The transport: one WebSocket at a time to /ws/{doc}, reconnecting with
 // exponential backoff and jitter, feeding a SyncClient. No DOM: the
-// WebSocket class, timers and randomness are injectable for tests; the page
-// calls online()/offline() from the browser's events.
+// WebSocket class, the health probe, timers and randomness are injectable for
+// tests; the page calls online()/offline() from the browser's events.
+//
+// While the server cannot be reached, the backoff grows to `timing.max`
+// between attempts; a cheap probe (the page asks /healthz) every
+// `timing.probe` ms in between reconnects as soon as the server answers again,
+// so the end of an outage is noticed within seconds, not at the next attempt.
+// A server that answered and refused (overloaded, policy) is not probed: the
+// backoff is what it asked for.
 
 import { CLOSE_CODES } from './protocol.js';
+
+// Closes that say nothing about the server refusing us: no close frame (1006,
+// which the browser reports for a dropped or refused connection), going away,
+// restarting.
+const UNREACHABLE_CLOSE = new Set([1006, CLOSE_CODES.GOING_AWAY, CLOSE_CODES.RESTART]);
 
 const FATAL_CLOSE = new Map([
   [CLOSE_CODES.BAD_TOKEN, 'Access denied: the link\'s token is missing or invalid.'],
@@ -18,14 +30,18 @@ export class Session {
    * @param {import('./client.js').SyncClient} opts.client
    * @param {function} [opts.WebSocket]
    * @param {function} [opts.random]  Math.random replacement
-   * @param {object} [opts.timing] {base, max, ackTimeout, joinTimeout, retry} in ms
+   * @param {object} [opts.timing] {base, max, ackTimeout, joinTimeout, retry, probe} in ms
+   * @param {function} [opts.probe]  async () => true when the server answers again (none: no probing)
    */
-  constructor({ url, client, WebSocket = globalThis.WebSocket, random = Math.random, timing = {} }) {
+  constructor({ url, client, WebSocket = globalThis.WebSocket, random = Math.random, timing = {}, probe = null }) {
     this.url = url;
     this.client = client;
     this.WebSocket = WebSocket;
     this.random = random;
-    this.timing = { base: 500, max: 15000, ackTimeout: 15000, joinTimeout: 10000, retry: 1000, ...timing };
+    this.timing = { base: 500, max: 15000, ackTimeout: 15000, joinTimeout: 10000, retry: 1000, probe: 2000, ...timing };
+    this.probe = probe;
+    this.probeTimer = null;
+    this.unreachable = false; // the last connection ended without the server refusing it
     this.ws = null;
     this.attempt = 0;
     this.timer = null;
@@ -68,6 +84,7 @@ export class Session {
   stop() {
     this.stopped = true;
     clearTimeout(this.timer);
+    this._stopProbing();
     clearInterval(this.watchdog);
     this._drop();
   }
@@ -76,6 +93,7 @@ export class Session {
   offline() {
     this.isOffline = true;
     clearTimeout(this.timer);
+    this._stopProbing();
     this.timer = null;
     this.nextRetryAt = null;
     this._drop();
@@ -115,19 +133,23 @@ export class Session {
   _connect() {
     this.timer = null;
     this.nextRetryAt = null;
+    this._stopProbing();
     if (this.stopped || this.fatal) return;
     this._setStatus(this.attempt === 0 && this.client.rev === null ? 'connecting' : 'reconnecting');
     let ws;
     try {
       ws = new this.WebSocket(this.url);
     } catch (e) {
+      this.unreachable = true;
       this._schedule();
       return;
     }
     this.ws = ws;
     this.openedAt = Date.now();
+    let opened = false;
     ws.onopen = () => {
       if (this.ws !== ws) return;
+      opened = true;
       this.client.connected((msg) => {
         if (this.ws === ws && ws.readyState === 1) ws.send(JSON.stringify(msg));
       });
@@ -160,6 +182,8 @@ export class Session {
         this._setStatus('closed', fatal);
         return;
       }
+      // Gone without a word (never opened, dropped, the server going away or restarting): worth probing.
+      this.unreachable = !opened || UNREACHABLE_CLOSE.has(ev.code);
       if (ev.code === CLOSE_CODES.POLICY || ev.code === CLOSE_CODES.OVERLOADED) this.attempt = Math.max(this.attempt, 4);
       // Closed for size with nothing left to shrink: do not hammer the server.
       if (this.tooLarge && this.tooLarge.stuck) this.attempt = Math.max(this.attempt, 4);
@@ -199,6 +223,35 @@ export class Session {
     this.nextRetryAt = Date.now() + delay;
     this.timer = setTimeout(() => this._connect(), delay);
     this._setStatus('reconnecting');
+    this._probeLater();
+  }
+
+  /** While a long wait for the next attempt runs, ask the probe again after
+   * about `timing.probe` ms (jittered, so that many pages do not ask at once). */
+  _probeLater() {
+    this._stopProbing();
+    if (!this.probe || !this.unreachable || this.timer === null) return;
+    const gap = this.timing.probe * (0.5 + this.random() * 0.5);
+    if (this.nextRetryAt - Date.now() <= gap) return; // the attempt itself comes first
+    this.probeTimer = setTimeout(() => this._probeNow(), gap);
+  }
+
+  async _probeNow() {
+    this.probeTimer = null;
+    let back = false;
+    try {
+      back = await this.probe();
+    } catch (e) {
+      back = false;
+    }
+    if (this.timer === null || this.ws) return; // connected or stopped meanwhile
+    if (back) this.retryNow();
+    else this._probeLater();
+  }
+
+  _stopProbing() {
+    clearTimeout(this.probeTimer);
+    this.probeTimer = null;
   }
 
   /** Watchdog: a connection that never welcomes us or never acknowledges

@@ -55,3 +55,50 @@ test('retry now connects at once while a reconnect waits, not while the browser 
   assert.equal(opened.length, 3);
   s.stop();
 });
+
+test('a long wait to reconnect ends as soon as the probe says the server is back', async () => {
+  const { Session } = await import('../src/session.js');
+  const opened = [];
+  class FakeWs {
+    constructor(url) { this.url = url; this.readyState = 0; opened.push(this); }
+    close() {}
+    send() {}
+  }
+  const client = { rev: null, on() {}, connected() {}, disconnected() {} };
+  let serverUp = false;
+  const probes = [];
+  let answered = null;
+  const probe = () => {
+    probes.push(serverUp);
+    const p = Promise.resolve(serverUp);
+    p.then(() => { if (answered) answered(); });
+    return p;
+  };
+  const nextAnswer = () => new Promise((r) => { answered = r; });
+  const s = new Session({
+    url: 'ws://x/ws/d', client, WebSocket: FakeWs, random: () => 0, probe, timing: { base: 600000, max: 600000, probe: 10 },
+  });
+  s.start();
+  clearInterval(s.watchdog);
+  opened[0].onopen();
+  opened[0].onclose({ code: 1006 }); // the server went away without a word
+  assert.equal(s.status, 'reconnecting');
+  await nextAnswer(); // still down: keeps waiting
+  assert.equal(opened.length, 1);
+  await nextAnswer();
+  serverUp = true;
+  await nextAnswer();
+  await new Promise((r) => setTimeout(r, 0));
+  assert.equal(opened.length, 2, 'connects at once when the probe answers');
+  assert.equal(s.probeTimer, null);
+  assert.deepEqual(probes.slice(-1), [true]);
+  // A server that answered and refused (overloaded) is not probed: its backoff stands.
+  const before = probes.length;
+  opened[1].onopen();
+  opened[1].onclose({ code: 1013 });
+  assert.equal(s.probeTimer, null);
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(probes.length, before);
+  assert.equal(opened.length, 2);
+  s.stop();
+});

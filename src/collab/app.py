@@ -9,6 +9,7 @@ or while it streams, never after reading it whole.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -20,12 +21,12 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
-from starlette.staticfiles import StaticFiles
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import auth, guard, protocol
+from .assets import REVALIDATE, Assets
 from .backplane import open_backplane
 from .config import Settings
 from .connection import Fanout, Session
@@ -82,6 +83,9 @@ class CollabApp:
         self.store = store
         self.hub: Hub | None = None if store is None else Hub(store, HubConfig.from_settings(settings))
         self._owns_store = store is None
+        root = static_dir()
+        #: The built frontend's files, compressed and hashed in memory (``None``: not built).
+        self.assets: Assets | None = None if root is None else Assets(root)
         #: Writes every session's queued frames once per event-loop turn.
         self.fanout = Fanout()
 
@@ -90,6 +94,8 @@ class CollabApp:
         auth.install_log_redaction()  # after uvicorn configured logging: no token in any log line
         if self.settings.secret:
             auth.check_secret(self.settings.secret)
+        if self.assets is not None:
+            await asyncio.to_thread(self.assets.warm)  # gzip the bundle once, off the event loop
         if self.store is None:
             self.store = await open_store(self.settings)
             self.hub = Hub(self.store, HubConfig.from_settings(self.settings), backplane=await open_backplane(self.settings))
@@ -256,28 +262,31 @@ class CollabApp:
 
     # -- pages ----------------------------------------------------------------------
 
-    def _page(self, name: str) -> Response:
-        root = static_dir()
-        if root is None or not (root / name).is_file():
+    def _page(self, request: Request, name: str) -> Response:
+        if self.assets is None or self.assets.get(name) is None:
             return PlainTextResponse(
                 "The browser editor is not built: run frontend/build.sh (the API and WebSocket work without it).",
                 status_code=404,
             )
-        return FileResponse(root / name, media_type="text/html; charset=utf-8")
+        return self.assets.response(request, name, cache_control=REVALIDATE)
 
     async def index(self, request: Request) -> Response:
-        return self._page("index.html")
+        return self._page(request, "index.html")
 
     async def editor(self, request: Request) -> Response:
         self._doc_param(request)
-        return self._page("editor.html")
+        return self._page(request, "editor.html")
+
+    async def static(self, request: Request) -> Response:
+        """``/static/{name}``: a file of the built frontend (see :mod:`collab.assets`)."""
+        assert self.assets is not None
+        return self.assets.response(request, request.path_params["name"])
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> Starlette:
     """Build the ASGI app; with no arguments the settings come from the environment."""
     settings = settings or Settings.from_env()
     state = CollabApp(settings, store)
-    root = static_dir()
     ws_route = WebSocketRoute("/ws/{doc:path}", _WebSocketEndpoint(state))
     routes = [
         Route("/healthz", state.healthz),
@@ -291,8 +300,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         Route("/", state.index),
         Route("/d/{doc}", state.editor, name="editor"),
     ]
-    if root is not None:
-        routes.append(Mount("/static", StaticFiles(directory=str(root)), name="static"))
+    if state.assets is not None:
+        routes.append(Route("/static/{name:path}", state.static, methods=["GET", "HEAD"], name="static"))
     app = _Starlette(routes=routes, lifespan=state.lifespan, middleware=[Middleware(SecurityHeaders)])
     app.ws_fast_path = (ws_route.path_regex.match, state.asgi_websocket)
     app.state.collab = state
