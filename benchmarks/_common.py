@@ -33,9 +33,9 @@ Patch = tuple[int, int, str]
 
 
 def traces_dir() -> Path:
-    """``$COLLAB_TRACES``, else ``<repo>/../shared/traces``."""
+    """``$COLLAB_TRACES``, else the traces kept in the repository (``benchmarks/traces``)."""
     env = os.environ.get("COLLAB_TRACES")
-    return Path(env) if env else REPO.parent / "shared" / "traces"
+    return Path(env) if env else REPO / "benchmarks" / "traces"
 
 
 @dataclass

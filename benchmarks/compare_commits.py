@@ -40,7 +40,7 @@ def run(tree: Path, script: str, args: list[str]) -> str:
     path = tree / "benchmarks" / script
     if not path.is_file():
         raise SystemExit(f"{path} does not exist in that tree: name a script both commits have")
-    env = {**os.environ, "COLLAB_TRACES": str(traces_dir())}  # the exported tree has no ../shared beside it
+    env = {**os.environ, "COLLAB_TRACES": str(traces_dir())}  # an older tree may not hold the traces
     proc = subprocess.run([sys.executable, str(path), *args], cwd=str(tree), env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         return f"(exit {proc.returncode})\n{proc.stdout}\n{proc.stderr[-4000:]}"

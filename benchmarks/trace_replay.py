@@ -1,6 +1,6 @@
 """Replay real editing traces through the hub's submit path, against plain str slicing.
 
-For each trace of ``../shared/traces`` (or ``$COLLAB_TRACES``) this times, in
+For each trace of ``benchmarks/traces`` (or ``$COLLAB_TRACES``) this times, in
 one process and one run:
 
 * **baseline**: ``s = s[:pos] + ins + s[pos + dl:]`` for every patch;
