@@ -1,6 +1,5 @@
 // The OT client: the state machine that keeps one editor in sync with the
-// server over the collab wire protocol (docs: /shared/PROTOCOL.md and
-// docs/protocol.md). Pure module: no DOM, no sockets. The transport
+// server over the collab wire protocol (docs/protocol.md). Pure module: no DOM, no sockets. The transport
 // (session.js) feeds it server messages with receive() and gives it a send
 // function with connected(); the editor feeds it local edits with
 // localEdit() and receives remote edits through editor.applyRemote().

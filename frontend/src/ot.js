@@ -250,8 +250,11 @@ export function compose(a, b) {
 
 /** Transform concurrent `a` and `b` (same base): returns [a', b'] with
  * apply(apply(s, a), b') === apply(apply(s, b), a'). On an insert tie, a's
- * insert goes first. */
+ * insert goes first. Input is taken in its normalized form (as the server's
+ * ot.py does): where an insert stands next to a delete decides ties. */
 export function transform(a, b) {
+  a = normalize(a);
+  b = normalize(b);
   const la = baseLength(a);
   const lb = baseLength(b);
   if (la !== lb) throw new InvalidOperation(`cannot transform: the operations span ${la} and ${lb} characters`);

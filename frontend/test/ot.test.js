@@ -107,3 +107,14 @@ test('diffOp turns one text into another per code point', () => {
   // Unchanged regions are retained, so edits elsewhere survive a transform.
   assert.deepEqual(diffOp('one two three', 'ONE two threE'), ['ONE', -3, 9, 'E', -1]);
 });
+
+test('transform takes non-normalized input as its normalized form (insert after delete) 👋', () => {
+  // [-2, '👋', -1] is ['👋', -3] once normalized: the 👋 stands at 0 and ties with b's insert there.
+  const a = [-2, '👋', -1];
+  const b = ['👋', 3];
+  const raw = transform(a, b);
+  assert.deepEqual(raw, transform(normalize(a), normalize(b)));
+  assert.deepEqual(raw, [['👋', 1, -3], [1, '👋']]);
+  const s = 'abc';
+  assert.equal(apply(apply(s, a), raw[1]), apply(apply(s, b), raw[0]));
+});
