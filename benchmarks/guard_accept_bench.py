@@ -36,7 +36,6 @@ REQUEST = b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
 
 def _serve(spec: dict) -> None:
     """Subprocess entry: a minimal app on uvicorn, with or without the guard; prints the port."""
-    import uvicorn
     import uvloop
     from starlette.applications import Starlette
     from starlette.responses import PlainTextResponse

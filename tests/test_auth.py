@@ -18,7 +18,7 @@ import pytest
 import websockets
 
 from collab.auth import mint_token
-from conftest import WS, RunningServer
+from conftest import RunningServer
 
 SECRET = "s3cr3t-" + "x" * 40
 OTHER_SECRET = "other-" + "y" * 40

@@ -6,7 +6,6 @@ import asyncio
 import random
 import re
 
-import httpx
 import pytest
 
 import collab.client as cc

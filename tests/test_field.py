@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 
-import pytest
 
 import collab.client as cc
 from conftest import WS, http_get
