@@ -138,7 +138,10 @@ class Assets:
         stamp = (st.st_mtime_ns, st.st_size)
         asset = self._cache.get(name)
         if asset is None or asset.stamp != stamp:
-            asset = load_asset(path, stamp)
+            try:
+                asset = load_asset(path, stamp)
+            except OSError:  # unreadable, or removed since the stat: as if missing
+                return None
             with self._lock:
                 self._cache[name] = asset
         return asset
