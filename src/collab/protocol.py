@@ -159,6 +159,8 @@ class Submit:
     cursor: Cursor | None
     #: ``ot.lengths(op)`` when the parser computed them (:func:`collab.ot.checked`), else ``None``.
     lengths: tuple[int, int] | None = None
+    #: Who makes it, for a submit not from a connection (the HTTP API: the token's name); else "".
+    author: str = ""
 
 
 @dataclass(frozen=True, slots=True)
