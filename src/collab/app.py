@@ -180,7 +180,8 @@ class CollabApp:
 
     async def put_text(self, request: Request) -> Response:
         doc = self._doc_param(request)
-        if self._grant(request, doc).role != "edit":
+        grant = self._grant(request, doc)
+        if grant.role != "edit":
             raise HTTPException(403, "this token is read-only: it may not change the document")
         assert self.hub is not None
         limit = self.settings.max_message_bytes
@@ -192,7 +193,7 @@ class CollabApp:
         except UnicodeDecodeError:
             return JSONResponse({"error": protocol.BAD_MESSAGE, "message": "the body must be UTF-8 text"}, status_code=400)
         try:
-            rev = await self.hub.replace(doc, text)
+            rev = await self.hub.replace(doc, text, author=grant.name or "")
         except ProtocolError as exc:
             status = 413 if exc.code == protocol.TOO_LARGE else 400
             return JSONResponse({"error": exc.code, "message": exc.message}, status_code=status)
