@@ -36,6 +36,9 @@ FORBIDDEN = "forbidden"
 TOO_LARGE = "too_large"
 RATE_LIMITED = "rate_limited"
 
+# Error codes of the HTTP API only: a revision thinned away by the retention setting (410).
+REV_GONE = "rev_gone"
+
 # WebSocket close codes.
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
