@@ -267,3 +267,39 @@ async def test_history_written_by_one_process_is_read_by_another_on_postgres(sta
         assert r.status_code == 200
         assert (await http.get(f"{one.base_url}/api/docs/shared/text")).text == texts[2]
         assert (await http.get(f"{one.base_url}/api/docs/shared/revisions")).json()[0]["to"] == len(texts)
+
+
+# -- the CLI and the Python client ---------------------------------------------------------
+
+
+async def test_cli_history_and_cat_rev_and_the_client_read_history(server_factory, ws_open):
+    from test_cli import run_cli
+
+    import collab
+
+    srv = await server_factory(secret=SECRET, session_gap=-1.0)
+    token = auth.mint_token(SECRET, ["cli"], name="ana 😀")
+    async with collab.connect(srv.base_url, "cli", token=token) as d:
+        for piece in ("hé", "🦊", "llo"):
+            await d.insert(len(d.text), piece)
+            await d.synced()
+        sessions = await d.history()
+        assert [(s.first, s.last, s.authors, s.inserted) for s in sessions] == [
+            (3, 3, ("ana 😀",), 3), (2, 2, ("ana 😀",), 1), (1, 1, ("ana 😀",), 2)]
+        assert [s.first for s in await d.history(before=3, limit=1)] == [2]
+        assert await d.text_at(2) == "hé🦊"
+        with pytest.raises(collab.client.HistoryError) as refused:
+            await d.text_at(9)
+        assert refused.value.code == "bad_rev"
+    code, out, err = await run_cli("history", srv.base_url, "cli", "--token", token)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 3 and lines[0].split()[0] == "3" and "ana 😀" in lines[0] and "+3 -0" in lines[0]
+    code, out, _ = await run_cli("history", srv.base_url, "cli", "--token", token, "--before", "3", "--limit", "1")
+    assert [line.split()[0] for line in out.splitlines()] == ["2"]
+    code, out, _ = await run_cli("cat", "--rev", "2", srv.base_url, "cli", "--token", token)
+    assert (code, out) == (0, "hé🦊")
+    code, _, err = await run_cli("cat", "--rev", "7", srv.base_url, "cli", "--token", token)
+    assert code == 1 and "HTTP 400" in err
+    code, _, err = await run_cli("history", srv.base_url, "nope", "--token", auth.mint_token(SECRET, ["nope"]))
+    assert code == 1 and "HTTP 404" in err
