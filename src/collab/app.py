@@ -33,11 +33,40 @@ from .connection import Fanout, Session
 from .hub import Hub, HubConfig
 from .protocol import ProtocolError
 from .store import Store, open_store
+from .store.history import MAX_SESSIONS, HistoryError, NoSuchDocument, RevisionGone
 
 log = logging.getLogger("collab.app")
 
-#: The largest body of ``POST /api/docs/{doc}/share`` (a small JSON object).
+#: The largest body of ``POST /api/docs/{doc}/share`` and ``/restore`` (a small JSON object).
 SHARE_BODY_BYTES = 4096
+
+
+def _count(request: Request, name: str, default: int | None, largest: int | None = None) -> int | None:
+    """Query parameter ``name`` as a whole number >= 0 (at most ``largest``); ``default`` when absent."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or (largest is not None and int(raw) > largest):
+        bound = f" up to {largest}" if largest is not None else ""
+        raise _Refused(400, protocol.BAD_REV if name in ("rev", "before") else protocol.BAD_MESSAGE,
+                       f"{name}={raw!r} must be a whole number >= 0{bound}")
+    return int(raw)
+
+
+class _Refused(Exception):
+    """A history request refused: answered ``{"error", "message"}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _history_refusal(exc: HistoryError) -> _Refused:
+    if isinstance(exc, NoSuchDocument):
+        return _Refused(404, "not_found", str(exc))
+    if isinstance(exc, RevisionGone):
+        return _Refused(410, protocol.REV_GONE, str(exc))
+    return _Refused(400, protocol.BAD_REV, str(exc))
 
 
 def static_dir() -> Path | None:
@@ -170,7 +199,23 @@ class CollabApp:
         assert self.store is not None
         return JSONResponse([d.to_json() for d in await self.store.list_docs() if grant.allows(d.id)])
 
+    async def _history(self, request: Request, read: Any) -> Response:
+        """Answer a history request: ``read(doc, grant)`` returns the response; refusals become 400/404/410."""
+        doc = self._doc_param(request)
+        grant = self._grant(request, doc)
+        try:
+            return await read(doc, grant)
+        except HistoryError as exc:
+            refused = _history_refusal(exc)
+        except _Refused as exc:
+            refused = exc
+        if refused.status == 404:
+            return PlainTextResponse(refused.message, status_code=404)
+        return JSONResponse({"error": refused.code, "message": refused.message}, status_code=refused.status)
+
     async def get_doc(self, request: Request) -> Response:
+        if "rev" in request.query_params:
+            return await self._history(request, lambda doc, _: self._doc_at(request, doc, json=True))
         doc = self._doc_param(request)
         self._grant(request, doc)
         assert self.hub is not None
@@ -178,15 +223,70 @@ class CollabApp:
         return JSONResponse({"id": doc, "rev": rev, "text": text})
 
     async def get_text(self, request: Request) -> Response:
+        if "rev" in request.query_params:
+            return await self._history(request, lambda doc, _: self._doc_at(request, doc, json=False))
         doc = self._doc_param(request)
         self._grant(request, doc)
         assert self.hub is not None
         _, text = await self.hub.read(doc)
         return PlainTextResponse(text, media_type="text/plain; charset=utf-8")
 
+    async def _doc_at(self, request: Request, doc: str, json: bool) -> Response:
+        """The text at ``?rev=N``: as ``{"id","rev","text"}`` or plain text."""
+        assert self.store is not None
+        rev = _count(request, "rev", 0)
+        assert rev is not None
+        text = await self.store.text_at(doc, rev)
+        if json:
+            return JSONResponse({"id": doc, "rev": rev, "text": text})
+        return PlainTextResponse(text, media_type="text/plain; charset=utf-8")
+
+    async def revisions(self, request: Request) -> Response:
+        """``?before=REV&limit=N``: editing sessions, newest first."""
+        async def read(doc: str, _: auth.Grant) -> Response:
+            assert self.store is not None
+            before = _count(request, "before", None)
+            limit = _count(request, "limit", 50, MAX_SESSIONS)
+            assert limit is not None
+            found = await self.store.sessions(doc, before, limit)
+            return JSONResponse([s.to_json() for s in found])
+        return await self._history(request, read)
+
+    async def authorship(self, request: Request) -> Response:
+        """``?rev=N`` (default: now): who wrote each span of the text, in code points."""
+        async def read(doc: str, _: auth.Grant) -> Response:
+            assert self.store is not None
+            return JSONResponse(await self.store.authorship(doc, _count(request, "rev", None)))
+        return await self._history(request, read)
+
+    async def restore(self, request: Request) -> Response:
+        """``{"rev": N}``: one ordinary edit turning the current text into revision N's."""
+        async def write(doc: str, grant: auth.Grant) -> Response:
+            if grant.role != "edit":
+                raise HTTPException(403, "this token is read-only: it may not restore a revision")
+            raw = await read_body(request, SHARE_BODY_BYTES)
+            if raw is None:
+                raise _Refused(413, protocol.TOO_LARGE, f"the body exceeds {SHARE_BODY_BYTES} bytes")
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+            rev = body.get("rev") if isinstance(body, dict) else None
+            if type(rev) is not int or rev < 0:
+                raise _Refused(400, protocol.BAD_REV, 'send {"rev": N}, N a revision of the document (a whole number >= 0)')
+            assert self.store is not None and self.hub is not None
+            text = await self.store.text_at(doc, rev)
+            try:
+                new = await self.hub.replace(doc, text, author=grant.name or "")
+            except ProtocolError as exc:
+                raise _Refused(413 if exc.code == protocol.TOO_LARGE else 400, exc.code, exc.message) from None
+            return JSONResponse({"id": doc, "rev": new, "restored": rev})
+        return await self._history(request, write)
+
     async def put_text(self, request: Request) -> Response:
         doc = self._doc_param(request)
-        if self._grant(request, doc).role != "edit":
+        grant = self._grant(request, doc)
+        if grant.role != "edit":
             raise HTTPException(403, "this token is read-only: it may not change the document")
         assert self.hub is not None
         limit = self.settings.max_message_bytes
@@ -198,7 +298,7 @@ class CollabApp:
         except UnicodeDecodeError:
             return JSONResponse({"error": protocol.BAD_MESSAGE, "message": "the body must be UTF-8 text"}, status_code=400)
         try:
-            rev = await self.hub.replace(doc, text)
+            rev = await self.hub.replace(doc, text, author=grant.name or "")
         except ProtocolError as exc:
             status = 413 if exc.code == protocol.TOO_LARGE else 400
             return JSONResponse({"error": exc.code, "message": exc.message}, status_code=status)
@@ -296,6 +396,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         Route("/api/docs/{doc}/text", state.get_text, methods=["GET"]),
         Route("/api/docs/{doc}/text", state.put_text, methods=["PUT"]),
         Route("/api/docs/{doc}/share", state.share, methods=["POST"]),
+        Route("/api/docs/{doc}/restore", state.restore, methods=["POST"]),
+        Route("/api/docs/{doc}/revisions", state.revisions),
+        Route("/api/docs/{doc}/authorship", state.authorship),
         ws_route,
         Route("/", state.index),
         Route("/d/{doc}", state.editor, name="editor"),

@@ -25,6 +25,8 @@ examples:
   collab cat http://127.0.0.1:8000 notes       # print the text of document "notes"
   collab put http://127.0.0.1:8000 notes < notes.txt
   collab tail http://127.0.0.1:8000 notes      # one line per change; Ctrl-C to stop
+  collab history http://127.0.0.1:8000 notes   # editing sessions, newest first
+  collab cat --rev 42 http://127.0.0.1:8000 notes   # the text at revision 42
   COLLAB_SECRET=... collab token --doc 'team-*' --role read --ttl 7d
 
 A document is any name of 1-128 characters A-Z a-z 0-9 . _ - (not starting
@@ -94,6 +96,12 @@ def _positive_int(text: str) -> int:
     if n <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
     return n
+
+
+def _revision(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a revision (a whole number >= 0)")
+    return int(text)
 
 
 def _port(text: str) -> int:
@@ -192,6 +200,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("url", metavar="URL", help=url_help)
     p.add_argument("doc", metavar="DOC", help="document name")
     p.add_argument("--token", default=os.environ.get("COLLAB_TOKEN"), help=token_help)
+    p.add_argument("--rev", type=_revision, default=None, metavar="N",
+                   help="print the text at revision N instead (see `collab history`)")
+
+    p = sub.add_parser("history", help="list a document's editing sessions, newest first",
+                       description="List DOC's editing sessions, newest first: revisions, when, who, "
+                                   "and how many characters were inserted and deleted. "
+                                   "`collab cat --rev N` prints the text at any revision.")
+    p.add_argument("url", metavar="URL", help=url_help)
+    p.add_argument("doc", metavar="DOC", help="document name")
+    p.add_argument("--token", default=os.environ.get("COLLAB_TOKEN"), help=token_help)
+    p.add_argument("--before", type=_revision, default=None, metavar="REV",
+                   help="only sessions that ended before revision REV (to page back)")
+    p.add_argument("--limit", type=_positive_int, default=50, metavar="N", help="at most N sessions (default 50)")
 
     p = sub.add_parser("put", help="replace a document's text with stdin",
                        description="Replace the text of a document with what is read from stdin (or --file), "
@@ -310,21 +331,25 @@ def _http_error(resp: Any, doc: str) -> CliError:
         401: "the server needs a token: pass --token or set COLLAB_TOKEN (mint one with `collab token`)",
         403: f"the token does not allow this on {doc!r}: mint one whose --doc matches (and --role edit to write)",
         404: "no such document or invalid name (1-128 of A-Z a-z 0-9 . _ -), or URL is not a collab server",
+        410: "that revision's history was thinned by the server's COLLAB_HISTORY_RETAIN; "
+             "`collab history` lists the revisions still kept (each session's last)",
         413: "the text is larger than the server accepts",
     }.get(resp.status_code, "")
     parts = [f"HTTP {resp.status_code}", detail, hint]
     return CliError(": ".join(p for p in parts if p))
 
 
-def _request(method: str, url: str, doc: str, token: str | None, content: bytes | None = None):
+def _request(method: str, url: str, doc: str, token: str | None, content: bytes | None = None,
+             path: str | None = None, params: dict | None = None):
     import httpx
 
     base = _http_base(url)
     headers = _headers(token)
     if content is not None:
         headers["Content-Type"] = "text/plain; charset=utf-8"
+    target = base + (path if path is not None else _doc_path(doc))
     try:
-        resp = httpx.request(method, base + _doc_path(doc), headers=headers, content=content, timeout=30)
+        resp = httpx.request(method, target, headers=headers, content=content, params=params, timeout=30)
     except httpx.HTTPError as e:
         raise CliError(f"cannot reach {base}: {e}. Is the server running? (start one with `collab serve`)") from None
     if resp.status_code >= 400:
@@ -333,7 +358,8 @@ def _request(method: str, url: str, doc: str, token: str | None, content: bytes 
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
-    resp = _request("GET", args.url, args.doc, args.token)
+    rev = getattr(args, "rev", None)
+    resp = _request("GET", args.url, args.doc, args.token, params=None if rev is None else {"rev": rev})
     out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
     if out is not None:
         sys.stdout.flush()
@@ -342,6 +368,28 @@ def cmd_cat(args: argparse.Namespace) -> int:
     else:  # a replaced stdout (tests, notebooks)
         sys.stdout.write(resp.content.decode("utf-8"))
     return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    resp = _request("GET", args.url, args.doc, args.token, path=f"/api/docs/{quote(args.doc, safe='')}/revisions",
+                    params={"limit": args.limit, **({"before": args.before} if args.before is not None else {})})
+    for s in resp.json():
+        print(session_line(s))
+    return 0
+
+
+def session_line(s: dict) -> str:
+    """One editing session as a line: revisions, local start time and length, authors, characters."""
+    import time
+
+    revs = f"{s['from']}-{s['to']}" if s["from"] != s["to"] else str(s["from"])
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s["start"]))
+    minutes = (s["end"] - s["start"]) / 60
+    took = f"{minutes:.0f} min" if minutes >= 1 else "<1 min"
+    who = ", ".join(s["authors"]) or "(unknown)"
+    return f"{revs:>15}  {when} ({took})  {who}  +{s['inserted']} -{s['deleted']}"
 
 
 def cmd_put(args: argparse.Namespace) -> int:
@@ -458,7 +506,8 @@ def _human_seconds(s: float) -> str:
     return f"{s:g} seconds"
 
 
-COMMANDS = {"serve": cmd_serve, "cat": cmd_cat, "put": cmd_put, "tail": cmd_tail, "token": cmd_token}
+COMMANDS = {"serve": cmd_serve, "cat": cmd_cat, "history": cmd_history, "put": cmd_put, "tail": cmd_tail,
+            "token": cmd_token}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Union
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from . import ot
+from . import history_client, ot
+from .history_client import HistoryError, Revision
 from .clientevents import (
     Acked,
     Changed,
@@ -67,6 +68,8 @@ __all__ = [
     "diff_op",
     "ws_url",
     "http_url",
+    "HistoryError",
+    "Revision",
 ]
 
 log = logging.getLogger("collab.client")
@@ -159,6 +162,7 @@ class Document:
     ) -> None:
         self.doc = doc
         self.url = ws_url(url, doc, token)
+        self._http = (http_url(url), token)
         self.reconnect = reconnect
         self.open_timeout = open_timeout
         self.backoff_initial = backoff_initial
@@ -304,6 +308,17 @@ class Document:
             raise self._failure
         self.state.set_cursor(None if anchor is None else (anchor, anchor if head is None else head))
         await self._flush()
+
+    # -- history (over HTTP) ---------------------------------------------------
+
+    async def history(self, before: int | None = None, limit: int = 50) -> "list[Revision]":
+        """Editing sessions, newest first (see :class:`collab.history_client.Revision`); ``before``
+        keeps those ending before that revision. Raises ``HistoryError`` when refused."""
+        return await history_client.revisions(self._http[0], self.doc, self._http[1], before, limit)
+
+    async def text_at(self, rev: int) -> str:
+        """The text at revision ``rev`` (``HistoryError`` ``rev_gone`` once thinned by the server's retention)."""
+        return await history_client.text_at(self._http[0], self.doc, rev, self._http[1])
 
     def _check_writable(self) -> None:
         if self._failure is not None:

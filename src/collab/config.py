@@ -42,6 +42,24 @@ def port_number(text: str) -> int:
     return n
 
 
+def retain_days(text: str) -> float | None:
+    """``COLLAB_HISTORY_RETAIN``: ``all`` (``None``) or a positive number of days; ``ValueError`` otherwise."""
+    if text.strip().lower() == "all":
+        return None
+    days = float(text)
+    if not days > 0:
+        raise ValueError(f"{text} is not a positive number of days")
+    return days
+
+
+def _retain(env: Mapping[str, str], name: str) -> float | None:
+    raw = env.get(name) or "all"
+    try:
+        return retain_days(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not 'all' or a positive number of days; give e.g. {name}=90") from None
+
+
 def _port(env: Mapping[str, str], name: str, default: int) -> int:
     return _parsed(env, name, default, port_number, "a port number (0-65535)")
 
@@ -135,6 +153,10 @@ class Settings:
     max_doc_chars: int = 10_000_000
     #: Seconds a document with no connected client stays in memory.
     idle_unload_seconds: float = 30.0
+    #: Days of full history kept; older sessions are thinned to one checkpoint each (``None``: keep all).
+    history_retain: float | None = None
+    #: A pause longer than this many seconds between edits starts a new editing session.
+    session_gap: float = 300.0
 
     # Connections.
     #: Largest WebSocket frame accepted, in bytes (close 1009 above it).
@@ -218,6 +240,8 @@ class Settings:
             snapshot_every=_int(env, "COLLAB_SNAPSHOT_EVERY", d.snapshot_every),
             max_doc_chars=_int(env, "COLLAB_MAX_DOC_CHARS", d.max_doc_chars),
             idle_unload_seconds=_float(env, "COLLAB_IDLE_UNLOAD_SECONDS", d.idle_unload_seconds),
+            history_retain=_retain(env, "COLLAB_HISTORY_RETAIN"),
+            session_gap=_float(env, "COLLAB_SESSION_GAP", d.session_gap),
             max_message_bytes=_int(env, "COLLAB_MAX_MESSAGE_BYTES", d.max_message_bytes),
             client_queue_size=_int(env, "COLLAB_CLIENT_QUEUE_SIZE", d.client_queue_size),
             client_queue_bytes=_int(env, "COLLAB_CLIENT_QUEUE_BYTES", d.client_queue_bytes),

@@ -134,8 +134,9 @@ class Hub:
             except DocumentFailed:
                 continue
 
-    async def replace(self, doc_id: str, text: str, op_id: str | None = None) -> int:
-        """Replace the text of ``doc_id`` with ``text`` as one ordinary edit; returns its revision."""
+    async def replace(self, doc_id: str, text: str, op_id: str | None = None, author: str = "") -> int:
+        """Replace the text of ``doc_id`` with ``text`` as one ordinary edit by ``author`` (a name, or "");
+        returns its revision."""
         while True:
             doc = await self.document(doc_id)
             try:
@@ -143,7 +144,7 @@ class Hub:
                     await doc.sync()
                 rev, current = await doc.read()
                 op = ot.diff_splice(current, text)
-                sub = Submit(rev, op, op_id or "http-" + secrets.token_hex(8), None)
+                sub = Submit(rev, op, op_id or "http-" + secrets.token_hex(8), None, author=author)
                 return await doc.submit(None, sub)  # type: ignore[return-value]
             except DocumentFailed:
                 continue  # dropped after a storage error: load it afresh and diff again

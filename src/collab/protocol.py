@@ -36,6 +36,9 @@ FORBIDDEN = "forbidden"
 TOO_LARGE = "too_large"
 RATE_LIMITED = "rate_limited"
 
+# Error codes of the HTTP API only: a revision thinned away by the retention setting (410).
+REV_GONE = "rev_gone"
+
 # WebSocket close codes.
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -159,6 +162,8 @@ class Submit:
     cursor: Cursor | None
     #: ``ot.lengths(op)`` when the parser computed them (:func:`collab.ot.checked`), else ``None``.
     lengths: tuple[int, int] | None = None
+    #: Who makes it, for a submit not from a connection (the HTTP API: the token's name); else "".
+    author: str = ""
 
 
 @dataclass(frozen=True, slots=True)

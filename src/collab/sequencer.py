@@ -51,6 +51,12 @@ class Saved:
     cursors: list[tuple[Positioned, Cursor | None, int]]
 
 
+def _name(author: object) -> str:
+    """The name ``author`` joined under (its token's, else its own), or "" for none."""
+    user = getattr(author, "user", None)
+    return user.name if user is not None else ""
+
+
 def reused(op_id: str, rev: int) -> ProtocolError:
     """The refusal of an op id already used for a different operation."""
     return ProtocolError(
@@ -116,7 +122,7 @@ class Sequencer:
             )
         text.apply(op)
         self.rev = rev = rev + 1
-        entry = StoredOp(rev, op, author.id if author is not None else "server", op_id)
+        entry = StoredOp(rev, op, author.id if author is not None else "server", op_id, sub.author or _name(author))
         # Trimmed to history_depth only once committed (see trim), so a conflict can roll back.
         self.history.append(entry)
         self.ids[op_id] = rev

@@ -1,8 +1,10 @@
 """Storage: a small async interface, its implementations, and :func:`open_store` to pick one.
 
-A store keeps, per document, an append-only log of operations (unique by
-``(doc, rev)``; op ids looked up for idempotency), a snapshot of the text
-every so often so that loading stays fast, and a row in the document list.
+A store keeps, per document, an append-only log of every operation with its
+author and commit time (unique by ``(doc, rev)``; op ids looked up for
+idempotency), a snapshot of the text every so often so that loading stays
+fast, checkpoints and editing sessions for the history
+(:mod:`collab.store.history`), and a row in the document list.
 Implementations: :mod:`collab.store.memory` (tests, benchmarks),
 :mod:`collab.store.sqlite` (the embedded default) and
 :mod:`collab.store.postgres` (several processes, one order).
@@ -40,11 +42,11 @@ async def open_store(settings: Any) -> "Store":
     if url.startswith(("postgres://", "postgresql://")):
         from .postgres import PostgresStore
 
-        store: Store = PostgresStore(url, history_depth=settings.history_depth)
+        store: Store = PostgresStore(url, history_depth=settings.history_depth, session_gap=settings.session_gap)
     elif url.startswith("memory:"):
         from .memory import MemoryStore
 
-        store = MemoryStore(history_depth=settings.history_depth)
+        store = MemoryStore(history_depth=settings.history_depth, session_gap=settings.session_gap)
     elif url:
         raise SystemExit(f"DATABASE_URL={url!r} is not understood: use postgres://user@host/db, or unset it for SQLite")
     else:
@@ -55,6 +57,11 @@ async def open_store(settings: Any) -> "Store":
             history_depth=settings.history_depth,
             synchronous=settings.sqlite_sync.upper(),
             fsync_timeout=settings.fsync_timeout,
+            session_gap=settings.session_gap,
         )
     await store.open()
+    if settings.history_retain is not None:  # before serving: thinning must not meet a commit
+        import time
+
+        await store.thin(time.time() - settings.history_retain * 86400)
     return store

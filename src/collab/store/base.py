@@ -7,9 +7,12 @@ import asyncio
 import contextlib
 import json
 from dataclasses import dataclass, field
-from typing import AsyncContextManager, AsyncIterator, Callable
+from typing import TYPE_CHECKING, AsyncContextManager, AsyncIterator, Callable
 
 from .. import ot
+
+if TYPE_CHECKING:
+    from .history import Session
 
 try:  # orjson is a dependency; the pure-Python fallback keeps working without it.
     import orjson as _orjson
@@ -39,6 +42,10 @@ class StoredOp:
     op: ot.Operation
     client: str
     id: str
+    #: Who made it: the token's name, else the name the client joined with ("" if none).
+    name: str = ""
+    #: The server's clock when it was committed (Unix time; 0 where a store did not record it).
+    time: float = 0.0
 
     def to_json(self) -> dict:
         return {"rev": self.rev, "op": self.op, "client": self.client, "id": self.id}
@@ -179,6 +186,29 @@ class Store(abc.ABC):
         """
         wanted = set(docs)
         return {d.id: d.rev for d in await self.list_docs() if d.id in wanted}
+
+    # -- history (see :mod:`collab.store.history`) ----------------------------------
+
+    async def text_at(self, doc: str, rev: int) -> str:
+        """The text of ``doc`` at revision ``rev``, rebuilt from the nearest checkpoint.
+
+        Raises :class:`~collab.store.history.NoSuchDocument`, ``RevisionAhead``
+        (beyond the committed head) or ``RevisionGone`` (thinned away).
+        """
+        raise NotImplementedError
+
+    async def sessions(self, doc: str, before: int | None = None, limit: int = 50) -> "list[Session]":
+        """``doc``'s editing sessions ending before revision ``before``, newest first, authors by name."""
+        raise NotImplementedError
+
+    async def authorship(self, doc: str, rev: int | None = None) -> list[dict]:
+        """``[{"start", "end", "author"}]`` covering the text at ``rev`` (``None``: the head), in code points."""
+        raise NotImplementedError
+
+    async def thin(self, before: float) -> int:
+        """Thin the history of sessions that ended before ``before`` (Unix time) to one checkpoint each;
+        returns how many sessions were thinned (``COLLAB_HISTORY_RETAIN``)."""
+        return 0
 
     async def ping(self) -> None:
         """Raise if the store cannot serve (used by ``/healthz``)."""

@@ -2,44 +2,64 @@
 
 from __future__ import annotations
 
+import bisect
 import time
 
 from .. import ot
+from . import history as h
 from .base import DocInfo, DocState, RevisionConflict, Store, StoredOp
 
 
 class MemoryStore(Store):
-    """Holds ops and snapshots in dicts; nothing survives the process."""
+    """Holds ops, snapshots, checkpoints and sessions in dicts; nothing survives the process."""
 
-    def __init__(self, history_depth: int = 1000) -> None:
+    def __init__(self, history_depth: int = 1000, session_gap: float = h.SESSION_GAP) -> None:
         self.history_depth = history_depth
-        self._ops: dict[str, list[StoredOp]] = {}
+        self.session_gap = session_gap
+        #: Every op from revision 1 (``ops[rev - 1]``); ``None`` where history was thinned.
+        self._ops: dict[str, list[StoredOp | None]] = {}
         self._snapshots: dict[str, tuple[int, str]] = {}
+        #: Checkpoints: revisions ascending, and the text (and authorship runs, if thinned) at each.
+        self._checkpoints: dict[str, tuple[list[int], list[str], list[h.Runs | None]]] = {}
+        self._sessions: dict[str, list[h.Session]] = {}
         self._ids: dict[str, dict[str, int]] = {}
         self._info: dict[str, DocInfo] = {}
+        self._authorship = h.AuthorshipCache()
 
     async def load(self, doc: str, history_depth: int) -> DocState:
         rev, text = self._snapshots.get(doc, (0, ""))
         ops = self._ops.get(doc, [])
-        for entry in ops:
-            if entry.rev > rev:
-                text = ot.apply(text, entry.op)
-                rev = entry.rev
-        return DocState(rev, text, [o for o in ops if o.rev > rev - history_depth])
+        for entry in ops[rev:]:
+            assert entry is not None, "thinning never reaches past the snapshot"
+            text = ot.apply(text, entry.op)
+            rev = entry.rev
+        return DocState(rev, text, [o for o in ops[max(0, rev - history_depth):] if o is not None])
 
     async def append(self, doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None = None) -> None:
         log = self._ops.setdefault(doc, [])
-        last = log[-1].rev if log else self._snapshots.get(doc, (0, ""))[0]
-        if ops[0].rev != last + 1:
-            raise RevisionConflict(f"{doc}: expected rev {last + 1}, got {ops[0].rev}")
+        if ops[0].rev != len(log) + 1:
+            raise RevisionConflict(f"{doc}: expected rev {len(log) + 1}, got {ops[0].rev}")
+        now = h.now()
+        for entry in ops:
+            entry.time = now
         log.extend(ops)
         ids = self._ids.setdefault(doc, {})
         for entry in ops:
             ids[entry.id] = entry.rev
+        sessions = self._sessions.setdefault(doc, [])
+        opened, closed = h.advance(sessions[-1] if sessions else None, ops,
+                                   [h.label(o.name, o.client) for o in ops], now, self.session_gap)
+        if closed is None and sessions:
+            sessions[-1] = opened
+        else:
+            sessions.append(opened)
         if snapshot is not None:
             self._snapshots[doc] = snapshot
-            keep_after = min(snapshot[0], ops[-1].rev - self.history_depth)
-            del log[: max(0, keep_after - log[0].rev + 1)]  # the log holds consecutive revisions
+            revs, texts, runs = self._checkpoints.setdefault(doc, ([], [], []))
+            if h.checkpoint_due(revs[-1] if revs else 0, snapshot[0], len(snapshot[1])):
+                revs.append(snapshot[0])
+                texts.append(snapshot[1])
+                runs.append(None)
         self._info[doc] = DocInfo(doc, ops[-1].rev, size, time.time())
 
     async def find_op(self, doc: str, op_id: str) -> int | None:
@@ -50,7 +70,67 @@ class MemoryStore(Store):
         return {i: rev for i in op_ids if (rev := ids.get(i)) is not None}
 
     async def ops_since(self, doc: str, rev: int) -> list[StoredOp]:
-        return [o for o in self._ops.get(doc, []) if o.rev > rev]
+        return [o for o in self._ops.get(doc, [])[rev:] if o is not None]
 
     async def list_docs(self) -> list[DocInfo]:
         return sorted(self._info.values(), key=lambda d: d.updated, reverse=True)
+
+    # -- history ----------------------------------------------------------------
+
+    def _base(self, doc: str, rev: int) -> tuple[int, str, h.Runs | None]:
+        """The nearest checkpoint (or snapshot) at or before ``rev``: revision, text, runs if kept."""
+        best: tuple[int, str, h.Runs | None] = (0, "", [])
+        revs, texts, runs = self._checkpoints.get(doc, ([], [], []))
+        i = bisect.bisect_right(revs, rev)
+        if i:
+            best = (revs[i - 1], texts[i - 1], runs[i - 1])
+        snap = self._snapshots.get(doc)
+        if snap is not None and best[0] < snap[0] <= rev:
+            best = (snap[0], snap[1], None)
+        return best
+
+    def _between(self, doc: str, base: int, rev: int) -> list[StoredOp]:
+        return [o for o in self._ops.get(doc, [])[base:rev] if o is not None]
+
+    async def text_at(self, doc: str, rev: int) -> str:
+        h.check_rev(doc, rev, len(self._ops.get(doc, [])))
+        base, text, _ = self._base(doc, rev)
+        return h.rebuild(doc, base, text, self._between(doc, base, rev), rev)
+
+    async def sessions(self, doc: str, before: int | None = None, limit: int = 50) -> list[h.Session]:
+        h.check_rev(doc, 0, len(self._ops.get(doc, [])))
+        return h.page(self._sessions.get(doc, []), before, limit)
+
+    async def authorship(self, doc: str, rev: int | None = None) -> list[dict]:
+        head = len(self._ops.get(doc, []))
+        rev = head if rev is None else rev
+        h.check_rev(doc, rev, head)
+        return h.spans(self._runs_at(doc, rev))
+
+    def _runs_at(self, doc: str, rev: int) -> h.Runs:
+        base, runs = self._authorship.nearest(doc, rev)
+        revs, _, kept = self._checkpoints.get(doc, ([], [], []))
+        for r, k in zip(revs, kept):
+            if base < r <= rev and k is not None:
+                base, runs = r, k
+        return self._authorship.replay(doc, base, runs, self._between(doc, base, rev), rev)
+
+    async def thin(self, before: float) -> int:
+        thinned = 0
+        for doc, sessions in self._sessions.items():
+            head = len(self._ops[doc])
+            bound = min(self._snapshots.get(doc, (0, ""))[0], head - self.history_depth)
+            for k, s in enumerate(sessions[:-1]):
+                if s not in h.thinnable([s], before, bound):
+                    continue
+                text, runs = await self.text_at(doc, s.last), self._runs_at(doc, s.last)
+                revs, texts, kept = self._checkpoints.setdefault(doc, ([], [], []))
+                i = bisect.bisect_left(revs, s.first)
+                j = bisect.bisect_right(revs, s.last)
+                revs[i:j], texts[i:j], kept[i:j] = [s.last], [text], [runs]
+                log = self._ops[doc]
+                log[s.first - 1 : s.last] = [None] * (s.last - s.first + 1)
+                sessions[k] = h.Session(s.first, s.last, s.start, s.end, s.authors, s.inserted, s.deleted, True)
+                self._authorship.forget(doc)
+                thinned += 1
+        return thinned

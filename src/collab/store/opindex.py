@@ -38,6 +38,7 @@ from typing import Callable
 
 from .base import StoredOp
 from .idfilter import IdFilter
+from .sqlite_schema import LOG_NOT_IN_OP_IDS
 from .sqlite_schema import log_ids as _log_ids
 
 #: ``on_thread(then, fn, *args)``: run ``fn(*args)`` on the store's thread, then ``then(future)`` on the loop.
@@ -48,9 +49,9 @@ def lookup(db: sqlite3.Connection, doc: str, op_ids: list[str], log_ids: dict[st
            compacted: IdFilter | None = None) -> dict[str, int]:
     """Revisions of ``op_ids`` in ``doc``: from ``op_ids`` (compacted ops) and from the log.
 
-    ``log_ids`` is the log's ids when known; without it, the document's log
-    is scanned (it is short: about ``history_depth`` plus one snapshot
-    interval of ops). ``compacted`` filters the ids that the ``op_ids`` table
+    ``log_ids`` is the log's ids when known; without it, the rows of the
+    document's log whose ids are not yet in ``op_ids`` are scanned (about
+    ``history_depth`` plus one snapshot interval of ops). ``compacted`` filters the ids that the ``op_ids`` table
     is asked for (used only with ``log_ids``).
     """
     found: dict[str, int] = {}
@@ -68,7 +69,7 @@ def lookup(db: sqlite3.Connection, doc: str, op_ids: list[str], log_ids: dict[st
         marks = ",".join("?" * len(chunk))
         found.update(db.execute(f"SELECT op_id, rev FROM op_ids WHERE doc = ? AND op_id IN ({marks})", (doc, *chunk)))
     if log_ids is None and op_ids:
-        in_log = _log_ids(db.execute("SELECT first, ops FROM log WHERE doc = ?", (doc,)))
+        in_log = _log_ids(db.execute(LOG_NOT_IN_OP_IDS, (doc, doc)))
         for i in op_ids:
             rev = in_log.get(i)
             if rev is not None:
@@ -112,7 +113,7 @@ class OpIdIndex:
         assert threading.get_ident() == self._owner, "the op-id index changes on the event loop only"
         ids = self.log_ids.pop(doc, None)
         if ids is None:  # first write to this document here: read what its log holds
-            ids = _log_ids(db.execute("SELECT first, ops FROM log WHERE doc = ?", (doc,)))
+            ids = _log_ids(db.execute(LOG_NOT_IN_OP_IDS, (doc, doc)))
             self._build_filter(doc)
         else:
             self.count -= len(ids)
@@ -150,7 +151,7 @@ class OpIdIndex:
         """
         known = self.log_ids.get(doc)
         if known is None:
-            rows = db.execute("SELECT first, ops FROM log WHERE doc = ? AND first <= ?", (doc, keep_after))
+            rows = db.execute(LOG_NOT_IN_OP_IDS + " AND first <= ?", (doc, doc, keep_after))
             return [(i, r) for i, r in _log_ids(rows).items() if r <= keep_after]
         kept = [(i, r) for i, r in known.items() if r <= keep_after]
         for ops in written:

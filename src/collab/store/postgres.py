@@ -23,13 +23,15 @@ import time
 from typing import Any, AsyncIterator
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from . import history
 from .base import DocInfo, DocState, RevisionConflict, Store, StoredOp, replay
 from .base import dump_op as _dumps
 from .base import load_op as _loads
+from .postgres_history import PostgresHistory
 
 
 #: The schema version this code writes; :meth:`PostgresStore.open` migrates older ones.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Statements creating each version from the one before, in order.
 MIGRATIONS: dict[int, list[str]] = {
@@ -67,16 +69,74 @@ MIGRATIONS: dict[int, list[str]] = {
     # PostgreSQL's text type refuses U+0000, a valid character in a document:
     # snapshots are kept as their UTF-8 bytes instead.
     2: ["ALTER TABLE collab_snapshots ALTER COLUMN text TYPE BYTEA USING convert_to(text, 'UTF8')"],
+    # History: every op is kept (no longer deleted behind snapshots), with its author (a row of
+    # collab_authors) and commit time; checkpoints of the text (UTF-8, compressed by TOAST) every
+    # so often; editing sessions, the open one on the docs row. A snapshot of schema 2 becomes the
+    # first checkpoint: the history before it was compacted away.
+    3: [
+        "ALTER TABLE collab_ops ADD COLUMN author INTEGER, ADD COLUMN at DOUBLE PRECISION",
+        """CREATE TABLE collab_authors (
+            id SERIAL PRIMARY KEY,
+            name TEXT NOT NULL,
+            client TEXT NOT NULL,
+            UNIQUE (name, client)
+        )""",
+        """CREATE TABLE collab_checkpoints (
+            doc TEXT NOT NULL,
+            rev BIGINT NOT NULL,
+            text BYTEA NOT NULL,
+            runs BYTEA,
+            PRIMARY KEY (doc, rev)
+        )""",
+        """CREATE TABLE collab_sessions (
+            doc TEXT NOT NULL,
+            first BIGINT NOT NULL,
+            last BIGINT NOT NULL,
+            start DOUBLE PRECISION NOT NULL,
+            "end" DOUBLE PRECISION NOT NULL,
+            authors INTEGER[] NOT NULL,
+            inserted BIGINT NOT NULL,
+            deleted BIGINT NOT NULL,
+            thinned BOOLEAN NOT NULL DEFAULT false,
+            PRIMARY KEY (doc, first)
+        )""",
+        "ALTER TABLE collab_docs ADD COLUMN s_first BIGINT, ADD COLUMN s_start DOUBLE PRECISION, "
+        "ADD COLUMN s_end DOUBLE PRECISION, ADD COLUMN s_authors INTEGER[], ADD COLUMN s_ins BIGINT, "
+        "ADD COLUMN s_del BIGINT",
+        "INSERT INTO collab_checkpoints (doc, rev, text) SELECT doc, rev, text FROM collab_snapshots",
+    ],
 }
 
 
 # One append, as one statement: the docs row moves from ``$5`` (= first - 1) to
 # ``$2`` (= last) only if it is there and none of the op ids was applied
 # before; everything else happens only if it moved. Returns one row, ``ok``.
+# The docs row also carries the open editing session: a pause longer than
+# ``$14`` seconds since its end closes it into collab_sessions (read from the
+# row as it was: every part of one statement sees the same snapshot).
+_BREAK = "(collab_docs.s_end IS NULL OR $4 - collab_docs.s_end > $14::float8)"
+_SESSION_SET = (
+    f"s_first = CASE WHEN {_BREAK} THEN $5 + 1 ELSE collab_docs.s_first END, "
+    f"s_start = CASE WHEN {_BREAK} THEN $4 ELSE collab_docs.s_start END, s_end = $4, "
+    f"s_ins = CASE WHEN {_BREAK} THEN $16::bigint ELSE collab_docs.s_ins + $16::bigint END, "
+    f"s_del = CASE WHEN {_BREAK} THEN $17::bigint ELSE collab_docs.s_del + $17::bigint END, "
+    f"s_authors = CASE WHEN {_BREAK} THEN $15::int[] ELSE ARRAY(SELECT x FROM unnest(collab_docs.s_authors || "
+    "$15::int[]) WITH ORDINALITY AS t(x, n) GROUP BY x ORDER BY min(n)) END"
+)
 _APPEND_REST = """
 , o AS (
-    INSERT INTO collab_ops (doc, rev, op, client, op_id)
-    SELECT $1, * FROM unnest($6::bigint[], $7::text[], $9::text[], $8::text[]) WHERE EXISTS (SELECT 1 FROM moved)
+    INSERT INTO collab_ops (doc, rev, op, client, op_id, author, at)
+    SELECT $1, r, op, c, i, a, $4 FROM unnest($6::bigint[], $7::text[], $9::text[], $8::text[], $13::int[]) AS u(r, op, c, i, a)
+    WHERE EXISTS (SELECT 1 FROM moved)
+), cs AS (
+    INSERT INTO collab_sessions (doc, first, last, start, "end", authors, inserted, deleted)
+    SELECT id, s_first, rev, s_start, s_end, s_authors, s_ins, s_del FROM collab_docs
+    WHERE id = $1 AND s_end IS NOT NULL AND $4 - s_end > $14::float8 AND EXISTS (SELECT 1 FROM moved)
+), cp AS (
+    INSERT INTO collab_checkpoints (doc, rev, text)
+    SELECT $1, $10::bigint, $11::bytea WHERE $10::bigint IS NOT NULL AND EXISTS (SELECT 1 FROM moved)
+    AND $10::bigint - coalesce((SELECT max(rev) FROM collab_checkpoints WHERE doc = $1), 0) >= $12::bigint
+    ON CONFLICT (doc, rev) DO NOTHING
 ), i AS (
     INSERT INTO collab_op_ids (doc, op_id, rev)
     SELECT $1, * FROM unnest($8::text[], $6::bigint[]) WHERE EXISTS (SELECT 1 FROM moved)
@@ -86,31 +146,37 @@ _APPEND_REST = """
     ON CONFLICT (doc, rev) DO UPDATE SET text = EXCLUDED.text
 ), ds AS (
     DELETE FROM collab_snapshots WHERE doc = $1 AND rev < $10::bigint AND EXISTS (SELECT 1 FROM moved)
-), dops AS (
-    DELETE FROM collab_ops WHERE doc = $1 AND rev <= $12::bigint AND EXISTS (SELECT 1 FROM moved)
 )
 SELECT EXISTS (SELECT 1 FROM moved) AS ok
 """
 _NO_ID_APPLIED = "NOT EXISTS (SELECT 1 FROM collab_op_ids WHERE doc = $1 AND op_id = ANY($8::text[]))"
 APPEND = (
-    "WITH moved AS (UPDATE collab_docs SET rev = $2, size = $3, updated = $4 "
+    f"WITH moved AS (UPDATE collab_docs SET rev = $2, size = $3, updated = $4, {_SESSION_SET} "
     f"WHERE id = $1 AND rev = $5 AND {_NO_ID_APPLIED} RETURNING 1)" + _APPEND_REST
 )
 #: The first append of a document creates its row (or moves the row ``exclusive`` left at 0).
 APPEND_NEW = (
-    "WITH moved AS (INSERT INTO collab_docs (id, rev, size, created, updated) VALUES ($1, $2, $3, $4, $4) "
-    "ON CONFLICT (id) DO UPDATE SET rev = EXCLUDED.rev, size = EXCLUDED.size, updated = EXCLUDED.updated "
+    "WITH moved AS (INSERT INTO collab_docs (id, rev, size, created, updated, s_first, s_start, s_end, s_authors, "
+    "s_ins, s_del) VALUES ($1, $2, $3, $4, $4, $5 + 1, $4, $4, $15::int[], $16, $17::bigint) "
+    f"ON CONFLICT (id) DO UPDATE SET rev = EXCLUDED.rev, size = EXCLUDED.size, updated = EXCLUDED.updated, {_SESSION_SET} "
     f"WHERE collab_docs.rev = $5 AND {_NO_ID_APPLIED} RETURNING 1)" + _APPEND_REST
 )
 
 
-def _append_args(doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None, depth: int) -> tuple:
-    """The parameters of :data:`APPEND` for one append."""
+def _append_args(doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None,
+                 authors: list[int], gap: float) -> tuple:
+    """The parameters of :data:`APPEND` for one append (``authors``: each op's author id)."""
     last = ops[-1].rev
     snap_rev, snap_text = (snapshot[0], snapshot[1].encode()) if snapshot is not None else (None, None)
-    keep_after = min(snap_rev, last - depth) if snap_rev is not None else None
+    every = max(1, len(snapshot[1]) // history.CHECKPOINT_CHARS_PER_OP) if snapshot is not None else None
+    ins = dels = 0
+    for o in ops:
+        i, d = history.counts(o.op)
+        ins += i
+        dels += d
     return (doc, last, size, time.time(), ops[0].rev - 1, [o.rev for o in ops], [_dumps(o.op) for o in ops],
-            [o.id for o in ops], [o.client for o in ops], snap_rev, snap_text, keep_after)
+            [o.id for o in ops], [o.client for o in ops], snap_rev, snap_text, every, authors, gap,
+            list(dict.fromkeys(authors)), ins, dels)
 
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -136,7 +202,7 @@ class PostgresStore(Store):
     may_conflict = True
 
     def __init__(self, url: str, history_depth: int = 1000, schema: str | None = None,
-                 min_connections: int = 2, max_connections: int = 20) -> None:
+                 min_connections: int = 2, max_connections: int = 20, session_gap: float = history.SESSION_GAP) -> None:
         dsn, url_schema = split_schema(url)
         schema = schema or url_schema
         if schema is not None and not _SCHEMA_NAME.match(schema):
@@ -144,6 +210,8 @@ class PostgresStore(Store):
         self.dsn = dsn
         self.schema = schema
         self.history_depth = history_depth
+        self.session_gap = session_gap
+        self._history = PostgresHistory(self, history_depth)
         self.min_connections = min_connections
         self.max_connections = max_connections
         self._pool: Any = None
@@ -250,15 +318,17 @@ class PostgresStore(Store):
         if held is not None:  # inside exclusive(): part of its transaction
             await self._append_held(held, doc, ops, size, snapshot)
             return
+        authors = await self._history.author_ids(ops)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((_append_args(doc, ops, size, snapshot, self.history_depth), fut))
+        self._pending.append((_append_args(doc, ops, size, snapshot, authors, self.session_gap), fut))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
         await fut
 
     async def _append_held(self, conn: Any, doc: str, ops: list[StoredOp], size: int,
                            snapshot: tuple[int, str] | None) -> None:
-        args = _append_args(doc, ops, size, snapshot, self.history_depth)
+        authors = await self._history.author_ids(ops)
+        args = _append_args(doc, ops, size, snapshot, authors, self.session_gap)
         # No savepoint needed: under the row lock the guards answer "not ok" instead of raising.
         ok = await conn.fetchval(APPEND_NEW if ops[0].rev == 1 else APPEND, *args)
         if not ok:
@@ -334,9 +404,11 @@ class PostgresStore(Store):
 
     async def ops_since(self, doc: str, rev: int) -> list[StoredOp]:
         rows = await (self._held.get(doc) or self.pool).fetch(
-            "SELECT rev, op, client, op_id FROM collab_ops WHERE doc = $1 AND rev > $2 ORDER BY rev", doc, rev
+            "SELECT o.rev, o.op, o.client, o.op_id, coalesce(a.name, '') AS name, coalesce(o.at, 0) AS at "
+            "FROM collab_ops o LEFT JOIN collab_authors a ON a.id = o.author WHERE o.doc = $1 AND o.rev > $2 ORDER BY o.rev",
+            doc, rev,
         )
-        return [StoredOp(r["rev"], _loads(r["op"]), r["client"], r["op_id"]) for r in rows]
+        return [StoredOp(r["rev"], _loads(r["op"]), r["client"], r["op_id"], r["name"], r["at"]) for r in rows]
 
     async def revisions(self, docs: list[str]) -> dict[str, int]:
         rows = await self.pool.fetch("SELECT id, rev FROM collab_docs WHERE id = ANY($1::text[])", docs)
@@ -345,6 +417,18 @@ class PostgresStore(Store):
     async def list_docs(self) -> list[DocInfo]:
         rows = await self.pool.fetch("SELECT id, rev, size, updated FROM collab_docs WHERE rev > 0 ORDER BY updated DESC")
         return [DocInfo(r["id"], r["rev"], r["size"], r["updated"]) for r in rows]
+
+    async def text_at(self, doc: str, rev: int) -> str:
+        return await self._history.text_at(doc, rev)
+
+    async def sessions(self, doc: str, before: int | None = None, limit: int = 50) -> list[history.Session]:
+        return await self._history.sessions(doc, before, limit)
+
+    async def authorship(self, doc: str, rev: int | None = None) -> list[dict]:
+        return await self._history.authorship(doc, rev)
+
+    async def thin(self, before: float) -> int:
+        return await self._history.thin(before)
 
     async def ping(self) -> None:
         await self.pool.fetchval("SELECT 1")

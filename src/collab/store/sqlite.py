@@ -44,8 +44,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
+from . import history
 from .base import DocInfo, DocState, Store, StoredOp, StoreFailed, replay
 from .opindex import OpIdIndex, lookup
+from .sqlite_history import SqliteHistory
 from .sqlite_schema import log_after, migrate, sync_files
 from .sqlite_write import Append, GroupWrite
 from .walsync_client import WalSync
@@ -106,11 +108,14 @@ class SqliteStore(Store):
     FILTER_BUILD_MAX = 20_000
 
     def __init__(self, path: str, history_depth: int = 1000, synchronous: str = "FULL",
-                 fsync_timeout: float = 10.0) -> None:
+                 fsync_timeout: float = 10.0, session_gap: float = history.SESSION_GAP) -> None:
         if synchronous.upper() not in self.SYNCHRONOUS:
             raise ValueError(f"synchronous={synchronous!r}: use one of {', '.join(self.SYNCHRONOUS)}")
         self.path = path
         self.history_depth = history_depth
+        self.session_gap = session_gap
+        #: History reads, on the store's thread.
+        self._history = SqliteHistory(history_depth)
         self.synchronous = synchronous.upper()
         #: Seconds an fsync may stay unanswered before :meth:`health` reports it.
         self.fsync_timeout = fsync_timeout
@@ -200,7 +205,7 @@ class SqliteStore(Store):
             self._executor = None
             raise
         self._index = OpIdIndex(self._on_thread, self._thread_db, self.LOG_IDS_MAX, self.FILTER_BUILD_MAX)
-        self._write = GroupWrite(self._index, self.history_depth)
+        self._write = GroupWrite(self._index, self.history_depth, self.session_gap)
         if self.synchronous == "FULL":
             self._walsync = WalSync(self.path + "-wal", self._executor)
             self._walsync.start()
@@ -456,7 +461,7 @@ class SqliteStore(Store):
             row = db.execute("SELECT rev FROM docs WHERE id = ?", (doc,)).fetchone()
             rev = row[0] if row else 0
             start = min(snap_rev, max(0, rev - history_depth))
-            ops = log_after(db, doc, start)
+            ops = log_after(db, doc, start, self._history.names)
         finally:
             db.execute("COMMIT")
         return replay(doc, snap_rev, text, ops, rev, history_depth)
@@ -496,7 +501,7 @@ class SqliteStore(Store):
         return unsynced is None or any(a.doc == doc and a.ops[0].rev <= rev for a in unsynced)
 
     def _ops_since_sync(self, doc: str, rev: int) -> list[StoredOp]:
-        return log_after(self._thread_db(), doc, rev)
+        return log_after(self._thread_db(), doc, rev, self._history.names)
 
     async def ops_since(self, doc: str, rev: int) -> list[StoredOp]:
         return await self._read(self._ops_since_sync, doc, rev)
@@ -507,6 +512,20 @@ class SqliteStore(Store):
 
     async def list_docs(self) -> list[DocInfo]:
         return await self._read(self._list_sync)
+
+    async def text_at(self, doc: str, rev: int) -> str:
+        return await self._read(self._history.text_at, self._thread_db(), doc, rev)
+
+    async def sessions(self, doc: str, before: int | None = None, limit: int = 50) -> list[history.Session]:
+        return await self._read(self._history.sessions, self._thread_db(), doc, before, limit)
+
+    async def authorship(self, doc: str, rev: int | None = None) -> list[dict]:
+        return await self._read(self._history.authorship, self._thread_db(), doc, rev)
+
+    async def thin(self, before: float) -> int:
+        """Only before serving (the store's thread writes here, which must not meet a commit)."""
+        await self._idle()
+        return await self._read(self._history.thin, self._thread_db(), before)
 
     async def ping(self) -> None:
         """Raise if the store cannot serve: it failed, an fsync hangs (see :meth:`health`), or the file is unreadable."""

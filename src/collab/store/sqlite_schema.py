@@ -8,26 +8,63 @@ import sqlite3
 from typing import Any
 
 from .base import StoredOp
+from .history import Session, pack
 from .base import dump_op as _dumps
 from .base import load_op as _loads
 
 SCHEMA = """
+-- ``ids_through``: the ids of the ops through this revision are in ``op_ids``;
+-- ``session``: the open editing session, JSON (see ``dump_session``).
 CREATE TABLE IF NOT EXISTS docs (
     id TEXT PRIMARY KEY,
     rev INTEGER NOT NULL,
     size INTEGER NOT NULL,
     created REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    ids_through INTEGER NOT NULL DEFAULT 0,
+    session TEXT
 );
--- The log: one row per append (a batch of ops with consecutive revisions),
--- which costs much less to insert than a row per op. ``ops`` is JSON,
--- [[op, client, op_id], ...], for the revisions ``first`` .. ``rev``.
+-- The log, every revision (unless thinned): one row per append (a batch of ops
+-- with consecutive revisions), which costs much less to insert than a row per
+-- op. ``ops`` is JSON, [[op, author, op_id], ...], for the revisions ``first``
+-- .. ``rev``; ``author`` is a row of ``authors`` (a client id string in rows
+-- written before schema 3); ``at`` is the commit's time (NULL before schema 3).
 CREATE TABLE IF NOT EXISTS log (
     doc TEXT NOT NULL,
     rev INTEGER NOT NULL,
     first INTEGER NOT NULL,
     ops TEXT NOT NULL,
+    at REAL,
     PRIMARY KEY (doc, rev)
+) WITHOUT ROWID;
+-- Who wrote an op: the name it was made under and the connection's client id.
+CREATE TABLE IF NOT EXISTS authors (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    client TEXT NOT NULL,
+    UNIQUE (name, client)
+);
+-- The text every so often (zlib-compressed UTF-8), kept for the history; ``runs``
+-- is the authorship there (JSON, compressed) where the history before it was thinned.
+CREATE TABLE IF NOT EXISTS checkpoints (
+    doc TEXT NOT NULL,
+    rev INTEGER NOT NULL,
+    text BLOB NOT NULL,
+    runs BLOB,
+    PRIMARY KEY (doc, rev)
+) WITHOUT ROWID;
+-- Closed editing sessions (the open one is ``docs.session``); ``authors`` is JSON of author ids.
+CREATE TABLE IF NOT EXISTS sessions (
+    doc TEXT NOT NULL,
+    first INTEGER NOT NULL,
+    last INTEGER NOT NULL,
+    start REAL NOT NULL,
+    "end" REAL NOT NULL,
+    authors TEXT NOT NULL,
+    inserted INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    thinned INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (doc, first)
 ) WITHOUT ROWID;
 -- Op ids outlive the ops they name (the log is compacted), so that a client
 -- resending an operation from long ago is still told it was applied. An id is
@@ -48,13 +85,19 @@ CREATE TABLE IF NOT EXISTS snapshots (
 ) WITHOUT ROWID;
 """
 #: The schema's version, in ``PRAGMA user_version``. Version 1 files (an ``ops`` table
-#: with a row per op) are moved into ``log`` when opened (see :func:`migrate`).
-VERSION = 2
-INSERT_LOG = "INSERT INTO log (doc, rev, first, ops) VALUES (?, ?, ?, ?)"
+#: with a row per op) are moved into ``log`` when opened; version 2 files (a compacted
+#: log, no authors or times) gain the history tables (see :func:`migrate`).
+VERSION = 3
+INSERT_LOG = "INSERT INTO log (doc, rev, first, ops, at) VALUES (?, ?, ?, ?, ?)"
 UPSERT_DOC = (
-    "INSERT INTO docs (id, rev, size, created, updated) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT(id) DO UPDATE SET rev = excluded.rev, size = excluded.size, updated = excluded.updated"
+    "INSERT INTO docs (id, rev, size, created, updated, session) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(id) DO UPDATE SET rev = excluded.rev, size = excluded.size, updated = excluded.updated, "
+    "session = excluded.session"
 )
+#: The rows of a document's log whose op ids are not in ``op_ids`` (parameters: doc, doc).
+LOG_NOT_IN_OP_IDS = ("SELECT first, ops FROM log WHERE doc = ? AND "
+                     "rev > (SELECT coalesce(max(ids_through), 0) FROM docs WHERE id = ?)")
+INSERT_SESSION = "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 @functools.lru_cache(maxsize=None)
@@ -63,14 +106,71 @@ def insert_ids(rows: int) -> str:
     return "INSERT OR IGNORE INTO op_ids (doc, op_id, rev) VALUES " + ",".join(["(?, ?, ?)"] * rows)
 
 
-def dump_batch(ops: list[StoredOp]) -> str:
-    """The ``ops`` column of a log row."""
-    return _dumps([[o.op, o.client, o.id] for o in ops])
+def dump_batch(ops: list[StoredOp], authors: list[int] | None = None) -> str:
+    """The ``ops`` column of a log row (``authors``: each op's author id; ``None``: client ids, schema 2)."""
+    if authors is None:
+        return _dumps([[o.op, o.client, o.id] for o in ops])
+    return _dumps([[o.op, a, o.id] for o, a in zip(ops, authors)])
 
 
-def load_batch(first: int, ops: str) -> list[StoredOp]:
-    """The inverse of :func:`dump_batch`, for a row starting at revision ``first``."""
-    return [StoredOp(first + k, op, client, op_id) for k, (op, client, op_id) in enumerate(_loads(ops))]
+def load_batch(first: int, ops: str, at: float | None = None,
+               names: dict[int, tuple[str, str]] | None = None) -> list[StoredOp]:
+    """The inverse of :func:`dump_batch`, for a row starting at revision ``first`` committed at ``at``;
+    ``names`` holds ``(name, client)`` for each author id in the row."""
+    out = []
+    t = at or 0.0
+    for k, (op, who, op_id) in enumerate(_loads(ops)):
+        if type(who) is int:
+            name, client = names[who] if names is not None else ("", str(who))
+        else:
+            name, client = "", who
+        out.append(StoredOp(first + k, op, client, op_id, name, t))
+    return out
+
+
+def dump_session(s: "Session") -> str:
+    return _dumps([s.first, s.last, s.start, s.end, s.authors, s.inserted, s.deleted])
+
+
+def load_session(text: str | None) -> "Session | None":
+    if not text:
+        return None
+    first, last, start, end, authors, inserted, deleted = _loads(text)
+    return Session(first, last, start, end, authors, inserted, deleted)
+
+
+def session_row(doc: str, s: "Session") -> tuple:
+    """A row of ``sessions``."""
+    return (doc, s.first, s.last, s.start, s.end, _dumps(s.authors), s.inserted, s.deleted, int(s.thinned))
+
+
+class AuthorNames:
+    """Author id -> ``(name, client)``, read from ``authors`` on first need (one per thread)."""
+
+    def __init__(self) -> None:
+        self.known: dict[int, tuple[str, str]] = {}
+
+    def fetch(self, db: sqlite3.Connection, ids: set[int]) -> dict[int, tuple[str, str]]:
+        missing = [i for i in ids if i not in self.known]
+        for i in range(0, len(missing), 500):
+            chunk = missing[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for row_id, name, client in db.execute(f"SELECT id, name, client FROM authors WHERE id IN ({marks})", chunk):
+                self.known[row_id] = (name, client)
+        return self.known
+
+    def decode(self, db: sqlite3.Connection, rows: list[tuple[int, str, float | None]]) -> list[StoredOp]:
+        """The ops of log rows ``(first, ops, at)``, in order."""
+        loaded = [(first, _loads(ops), at) for first, ops, at in rows]
+        wanted = {e[1] for _, entries, _ in loaded for e in entries if type(e[1]) is int}
+        names = self.fetch(db, wanted) if wanted else self.known
+        out: list[StoredOp] = []
+        for first, entries, at in loaded:
+            t = at or 0.0
+            for k, (op, who, op_id) in enumerate(entries):
+                name, client = names.get(who, ("", str(who))) if type(who) is int else ("", who)
+                out.append(StoredOp(first + k, op, client, op_id, name, t))
+        return out
 
 
 def log_ids(rows: Any) -> dict[str, int]:
@@ -82,13 +182,17 @@ def log_ids(rows: Any) -> dict[str, int]:
     return ids
 
 
-def log_after(db: sqlite3.Connection, doc: str, rev: int) -> list[StoredOp]:
-    """The ops of ``doc``'s log after revision ``rev``, in order."""
-    ops: list[StoredOp] = []
-    for first, batch in db.execute("SELECT first, ops FROM log WHERE doc = ? AND rev > ? ORDER BY rev", (doc, rev)):
-        ops.extend(load_batch(first, batch))
-    if ops and ops[0].rev <= rev:
-        ops = [o for o in ops if o.rev > rev]
+def log_after(db: sqlite3.Connection, doc: str, rev: int, names: AuthorNames, upto: int | None = None) -> list[StoredOp]:
+    """The ops of ``doc``'s log after revision ``rev`` (through ``upto``, if given), in order."""
+    if upto is None:
+        rows = db.execute("SELECT first, ops, at FROM log WHERE doc = ? AND rev > ? ORDER BY rev", (doc, rev))
+    else:  # through the row holding ``upto``: the key is the row's last revision
+        rows = db.execute("SELECT first, ops, at FROM log WHERE doc = ? AND rev > ? AND rev <= "
+                          "coalesce((SELECT min(rev) FROM log WHERE doc = ? AND rev >= ?), ?) ORDER BY rev",
+                          (doc, rev, doc, upto, upto))
+    ops = names.decode(db, rows.fetchall())
+    if ops and (ops[0].rev <= rev or (upto is not None and ops[-1].rev > upto)):
+        ops = [o for o in ops if rev < o.rev and (upto is None or o.rev <= upto)]
     return ops
 
 
@@ -129,16 +233,36 @@ def migrate(db: sqlite3.Connection) -> None:
             f"the database {db.execute('PRAGMA database_list').fetchone()[2]!r} was written by a newer collab "
             f"(schema {version}, this one knows {VERSION}); upgrade collab, or choose another --data-dir"
         )
-    db.executescript(SCHEMA)  # each CREATE ... IF NOT EXISTS is atomic; the move below is one transaction
+    db.executescript(SCHEMA)  # each CREATE ... IF NOT EXISTS is atomic; the moves below are one transaction
     db.execute("BEGIN IMMEDIATE")
     try:
+        _add_history_columns(db)
         if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ops'").fetchone():
             _move_ops_into_log(db)
+        if version < 3:
+            _start_history(db)
         db.execute(f"PRAGMA user_version = {VERSION}")
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
         raise
+
+
+def _add_history_columns(db: sqlite3.Connection) -> None:
+    """Tables of a file older than schema 3 lack these columns (``CREATE ... IF NOT EXISTS`` kept them as they were)."""
+    for table, column, declaration in (("docs", "ids_through", "INTEGER NOT NULL DEFAULT 0"),
+                                       ("docs", "session", "TEXT"), ("log", "at", "REAL")):
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+
+def _start_history(db: sqlite3.Connection) -> None:
+    """Schema 2 to 3: the log was compacted up to its first row, whose ids are all in ``op_ids``
+    before it; each snapshot becomes a checkpoint, where the kept history starts."""
+    db.execute("UPDATE docs SET ids_through = coalesce((SELECT min(first) - 1 FROM log WHERE log.doc = docs.id), rev)")
+    snapshots = db.execute("SELECT doc, rev, text FROM snapshots").fetchall()
+    db.executemany("INSERT OR REPLACE INTO checkpoints (doc, rev, text) VALUES (?, ?, ?)",
+                   [(doc, rev, pack(text)) for doc, rev, text in snapshots])
 
 
 def _move_ops_into_log(db: sqlite3.Connection) -> None:
@@ -151,11 +275,11 @@ def _move_ops_into_log(db: sqlite3.Connection) -> None:
             rows.append((run_doc, run[-1].rev, run[0].rev, dump_batch(run)))
             run = []
             if len(rows) == 1000:
-                db.executemany(INSERT_LOG, rows)
+                db.executemany(INSERT_LOG, [(*r, None) for r in rows])
                 rows = []
         run_doc = doc
         run.append(StoredOp(rev, _loads(op), client, op_id))
     if run:
         rows.append((run_doc, run[-1].rev, run[0].rev, dump_batch(run)))
-    db.executemany(INSERT_LOG, rows)
+    db.executemany(INSERT_LOG, [(*r, None) for r in rows])
     db.execute("DROP TABLE ops")

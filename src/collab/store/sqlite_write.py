@@ -17,9 +17,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from . import history
 from .base import RevisionConflict, StoredOp
 from .opindex import OpIdIndex
-from .sqlite_schema import INSERT_LOG, UPSERT_DOC, dump_batch, insert_ids
+from .sqlite_schema import (
+    INSERT_LOG, INSERT_SESSION, UPSERT_DOC, dump_batch, dump_session, insert_ids, load_session, session_row,
+)
 
 _first = operator.itemgetter(0)
 
@@ -39,18 +42,23 @@ class Append:
     snapshot: tuple[int, str] | None
     fut: "asyncio.Future[None]"
     on_done: Callable[["asyncio.Future[None]"], object] | None
-    #: The log row, ``(doc, rev, first, ops_json)``, once encoded.
-    row: tuple[str, int, int, str] | None = None
+    #: The log row, ``(doc, rev, first, ops_json, at)``, once encoded.
+    row: tuple[str, int, int, str, float] | None = None
+    #: Each op's author id (a row of ``authors``), once known.
+    authors: list[int] | None = None
 
 
 class GroupWrite:
-    """Writes transactions on one connection; keeps the log compacted behind each snapshot."""
+    """Writes transactions on one connection; copies op ids into ``op_ids`` behind each snapshot."""
 
-    def __init__(self, index: OpIdIndex, history_depth: int) -> None:
+    def __init__(self, index: OpIdIndex, history_depth: int, session_gap: float = history.SESSION_GAP) -> None:
         self.index = index
         self.history_depth = history_depth
+        self.session_gap = session_gap
         #: About how many bytes the WAL grew by since the store last checkpointed it (the store resets this).
         self.wal_bytes = 0
+        #: ``(name, client)`` -> author id, of authors committed to ``authors``.
+        self.author_ids: dict[tuple[str, str], int] = {}
 
     def compacted_through(self, snapshot: tuple[int, str], last: int) -> int:
         """The last revision a snapshot at ``snapshot[0]`` removes from the log (``last`` is the newest)."""
@@ -66,39 +74,71 @@ class GroupWrite:
         transaction as a whole fails (disk full, I/O error): nothing is written.
         """
         now = time.time()
-        errors = self._encode(batch)
+        new_authors: list[tuple[str, str]] = []
         db.execute("BEGIN IMMEDIATE")
         try:
-            self._check_revisions(db, batch, errors)
+            errors = self._authors(db, batch, new_authors)
+            self._encode(batch, now, errors)
+            sessions = self._check_revisions(db, batch, errors)
             good = [a for a, e in zip(batch, errors) if e is None]
             try:
-                self._write_all(db, good, now, {})
+                self._write_all(db, good, now, {}, dict(sessions))
             except Exception:
                 db.execute("ROLLBACK")
+                for key in new_authors:  # rolled back with the rest; inserted again below
+                    self.author_ids.pop(key, None)
+                new_authors.clear()
                 db.execute("BEGIN IMMEDIATE")
-                each = iter(self._write_each(db, good, now))
+                self._authors(db, good, new_authors)
+                self._encode(good, now, [None] * len(good))
+                each = iter(self._write_each(db, good, now, sessions))
                 errors = [e if e is not None else next(each) for e in errors]
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            for key in new_authors:
+                self.author_ids.pop(key, None)
             raise
         return errors
 
-    @staticmethod
-    def _encode(batch: list[Append]) -> list[Exception | None]:
-        """Encode each append's log row before the transaction: an op that cannot be encoded fails alone."""
+    def _authors(self, db: sqlite3.Connection, batch: list[Append], new: list[tuple[str, str]]) -> list[Exception | None]:
+        """Give each append's ops their author ids, adding new authors in the open transaction (listed in ``new``)."""
         errors: list[Exception | None] = []
+        ids = self.author_ids
         for a in batch:
             try:
-                a.row = (a.doc, a.ops[-1].rev, a.ops[0].rev, dump_batch(a.ops))
+                got = []
+                for o in a.ops:
+                    key = (o.name, o.client)
+                    author = ids.get(key)
+                    if author is None:
+                        db.execute("INSERT OR IGNORE INTO authors (name, client) VALUES (?, ?)", key)
+                        author = db.execute("SELECT id FROM authors WHERE name = ? AND client = ?", key).fetchone()[0]
+                        ids[key] = author
+                        new.append(key)
+                    got.append(author)
+                a.authors = got
                 errors.append(None)
-            except Exception as exc:  # e.g. a lone surrogate, an integer too large for JSON
-                errors.append(ValueError(f"{a.doc}: revisions {a.ops[0].rev}-{a.ops[-1].rev} cannot be stored ({exc})"))
+            except (UnicodeError, OverflowError, sqlite3.InterfaceError) as exc:
+                errors.append(ValueError(f"{a.doc}: the author of revisions {a.ops[0].rev}-{a.ops[-1].rev} "
+                                         f"cannot be stored ({exc})"))
         return errors
 
     @staticmethod
-    def _check_revisions(db: sqlite3.Connection, batch: list[Append], errors: list[Exception | None]) -> None:
+    def _encode(batch: list[Append], now: float, errors: list[Exception | None]) -> None:
+        """Encode each append's log row: an op that cannot be encoded fails alone."""
+        for k, a in enumerate(batch):
+            if errors[k] is not None:
+                continue
+            try:
+                a.row = (a.doc, a.ops[-1].rev, a.ops[0].rev, dump_batch(a.ops, a.authors), now)
+            except Exception as exc:  # e.g. a lone surrogate, an integer too large for JSON
+                errors[k] = ValueError(f"{a.doc}: revisions {a.ops[0].rev}-{a.ops[-1].rev} cannot be stored ({exc})")
+
+    @staticmethod
+    def _check_revisions(db: sqlite3.Connection, batch: list[Append],
+                         errors: list[Exception | None]) -> dict[str, history.Session | None]:
         """Refuse appends that do not continue their document's log (a gap, or a revision taken).
 
         The hub commits a document's batches in order, and the next one may
@@ -109,15 +149,17 @@ class GroupWrite:
         append overlapping another writer's (two servers on one file).
         """
         following: dict[str, int] = {}
+        sessions: dict[str, history.Session | None] = {}
         for k, a in enumerate(batch):
             expected = following.get(a.doc)
             if expected is None:
                 try:
-                    row = db.execute("SELECT rev FROM docs WHERE id = ?", (a.doc,)).fetchone()
+                    row = db.execute("SELECT rev, session FROM docs WHERE id = ?", (a.doc,)).fetchone()
                 except (UnicodeError, OverflowError, sqlite3.InterfaceError) as exc:  # a name SQLite cannot bind
                     errors[k] = ValueError(f"{a.doc!r}: the document's name cannot be stored ({exc})")
                     continue
                 expected = (row[0] if row else 0) + 1
+                sessions[a.doc] = load_session(row[1]) if row else None
             if errors[k] is not None:
                 following[a.doc] = expected
             elif a.ops[0].rev != expected:
@@ -125,18 +167,25 @@ class GroupWrite:
                 following[a.doc] = expected
             else:
                 following[a.doc] = a.ops[-1].rev + 1
+        return sessions
 
     def _write_all(self, db: sqlite3.Connection, batch: list[Append], now: float,
-                   written: dict[str, list[list[StoredOp]]]) -> None:
+                   written: dict[str, list[list[StoredOp]]], sessions: dict[str, history.Session | None]) -> None:
         """Write ``batch`` in the open transaction; ``written`` collects, per document,
-        the ops written so far in this transaction (compactions read it)."""
+        the ops written so far in this transaction (compactions read it); ``sessions``
+        holds each document's open editing session, moved on by each append."""
         rows: list[Any] = [a.row for a in batch]
         db.executemany(INSERT_LOG, rows)
         for a in batch:
             written.setdefault(a.doc, []).append(a.ops)
-        last: dict[str, tuple[str, int, int, float, float]] = {}
+        last: dict[str, tuple[str, int, int, float, float, str]] = {}
         for a in batch:
-            last[a.doc] = (a.doc, a.ops[-1].rev, a.size, now, now)
+            assert a.authors is not None
+            opened, closed = history.advance(sessions.get(a.doc), a.ops, a.authors, now, self.session_gap)
+            if closed is not None:
+                db.execute(INSERT_SESSION, session_row(a.doc, closed))
+            sessions[a.doc] = opened
+            last[a.doc] = (a.doc, a.ops[-1].rev, a.size, now, now, dump_session(opened))
         db.executemany(UPSERT_DOC, list(last.values()))
         # About what the WAL grows by: the rows, and a page or so per document and for the commit.
         self.wal_bytes += sum(len(r[3]) for r in rows) + 4096 * (1 + len(last))
@@ -144,7 +193,8 @@ class GroupWrite:
             if a.snapshot is not None:
                 self._snapshot(db, a.doc, a.snapshot, a.ops[-1].rev, written.get(a.doc, []))
 
-    def _write_each(self, db: sqlite3.Connection, batch: list[Append], now: float) -> list[Exception | None]:
+    def _write_each(self, db: sqlite3.Connection, batch: list[Append], now: float,
+                    sessions: dict[str, history.Session | None]) -> list[Exception | None]:
         """Write ``batch`` append by append, each under a savepoint: one that fails is undone alone."""
         errors: list[Exception | None] = []
         written: dict[str, list[list[StoredOp]]] = {}
@@ -155,7 +205,7 @@ class GroupWrite:
                 continue
             db.execute("SAVEPOINT one")
             try:
-                self._write_all(db, [a], now, written)
+                self._write_all(db, [a], now, written, sessions)
                 db.execute("RELEASE one")
                 errors.append(None)
             except Exception as exc:
@@ -172,17 +222,22 @@ class GroupWrite:
 
     def _snapshot(self, db: sqlite3.Connection, doc: str, snapshot: tuple[int, str], last: int,
                   written: list[list[StoredOp]]) -> None:
-        """Store a snapshot and compact the log behind it, keeping ``history_depth`` ops.
+        """Store a snapshot (and a checkpoint, when one is due), and copy op ids into ``op_ids``.
 
-        Every op up to the compaction point has its id in ``op_ids`` after
-        this; the rows wholly before it leave the log. A row that straddles
-        it stays whole (so some ops are both in the log and in ``op_ids``),
-        and leaves with a later compaction. ``written`` is the document's
-        ops written earlier in this transaction, this append's included.
+        Every op up to the compaction point (``history_depth`` ops behind the
+        newest) has its id in ``op_ids`` after this, and ``docs.ids_through``
+        says so: the log keeps every op, but lookups of older ids ask
+        ``op_ids``. ``written`` is the document's ops written earlier in this
+        transaction, this append's included.
         """
         rev, text = snapshot
         db.execute("INSERT OR REPLACE INTO snapshots (doc, rev, text) VALUES (?, ?, ?)", (doc, rev, text))
         db.execute("DELETE FROM snapshots WHERE doc = ? AND rev < ?", (doc, rev))
+        last_checkpoint = db.execute("SELECT max(rev) FROM checkpoints WHERE doc = ?", (doc,)).fetchone()[0] or 0
+        if history.checkpoint_due(last_checkpoint, rev, len(text)):
+            packed = history.pack(text)
+            db.execute("INSERT OR REPLACE INTO checkpoints (doc, rev, text) VALUES (?, ?, ?)", (doc, rev, packed))
+            self.wal_bytes += len(packed)
         keep_after = self.compacted_through(snapshot, last)
         kept = self.index.compactable(db, doc, keep_after, written)
         kept.sort(key=_first)  # in key order: each page written once
@@ -191,5 +246,5 @@ class GroupWrite:
         for i in range(0, len(values), step):
             chunk = values[i : i + step]
             db.execute(insert_ids(len(chunk) // 3), chunk)
-        db.execute("DELETE FROM log WHERE doc = ? AND rev <= ?", (doc, keep_after))
+        db.execute("UPDATE docs SET ids_through = ? WHERE id = ? AND ids_through < ?", (keep_after, doc, keep_after))
         self.wal_bytes += 4 * len(text) + 64 * len(kept)
