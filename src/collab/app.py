@@ -25,14 +25,16 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import auth, guard, protocol
+from . import api_tokens, auth, guard, protocol
 from .assets import REVALIDATE, Assets
 from .backplane import open_backplane
 from .config import Settings
 from .connection import Fanout, Session
 from .hub import Hub, HubConfig
 from .protocol import ProtocolError
+from .revocation import Revocations
 from .store import Store, open_store
+from .store.base import Credential
 
 log = logging.getLogger("collab.app")
 
@@ -82,6 +84,8 @@ class CollabApp:
         self.settings = settings
         self.store = store
         self.hub: Hub | None = None if store is None else Hub(store, HubConfig.from_settings(settings))
+        #: Revoked and lowered credentials, and the sessions using each (set up with the store).
+        self.revocations = Revocations(store)
         self._owns_store = store is None
         root = static_dir()
         #: The built frontend's files, compressed and hashed in memory (``None``: not built).
@@ -99,10 +103,13 @@ class CollabApp:
         if self.store is None:
             self.store = await open_store(self.settings)
             self.hub = Hub(self.store, HubConfig.from_settings(self.settings), backplane=await open_backplane(self.settings))
+            self.revocations.store = self.store
+        await self.revocations.start()
         try:
             yield
         finally:
             assert self.hub is not None
+            await self.revocations.close()
             await self.hub.close()
             if self._owns_store:
                 await self.store.close()
@@ -132,7 +139,7 @@ class CollabApp:
         """The caller's grant for ``doc``; raises HTTP 401/403 as the token deserves."""
         token = auth.extract_token(request.headers.get("authorization"), request.query_params.get("token"))
         try:
-            return auth.authorize(self.settings.secret, token, doc)
+            return self.revocations.check(auth.authorize(self.settings.secret, token, doc))
         except auth.AuthError as exc:
             raise HTTPException(exc.http_status, str(exc)) from None
 
@@ -225,7 +232,18 @@ class CollabApp:
             return JSONResponse({"error": "bad_request", "message": str(exc)}, status_code=400)
         except auth.AuthError as exc:
             return JSONResponse({"error": protocol.FORBIDDEN, "message": str(exc)}, status_code=exc.http_status)
+        if link.id is not None:  # recorded, so that the document's links can be listed and revoked
+            await self.revocations.record(Credential(link.id, doc, link.role, link.issued, link.expires, grant.name))
         return JSONResponse(link.to_json(), headers={"Cache-Control": "no-store"})
+
+    async def links(self, request: Request) -> Response:
+        return await api_tokens.links(self, request)
+
+    async def revoke(self, request: Request) -> Response:
+        return await api_tokens.revoke(self, request)
+
+    async def lower_role(self, request: Request) -> Response:
+        return await api_tokens.lower_role(self, request)
 
     async def metrics(self, request: Request) -> Response:
         hub = self.hub
@@ -296,6 +314,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         Route("/api/docs/{doc}/text", state.get_text, methods=["GET"]),
         Route("/api/docs/{doc}/text", state.put_text, methods=["PUT"]),
         Route("/api/docs/{doc}/share", state.share, methods=["POST"]),
+        Route("/api/docs/{doc}/links", state.links, methods=["GET"]),
+        Route("/api/tokens/revoke", state.revoke, methods=["POST"]),
+        Route("/api/tokens/role", state.lower_role, methods=["POST"]),
         ws_route,
         Route("/", state.index),
         Route("/d/{doc}", state.editor, name="editor"),

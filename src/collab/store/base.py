@@ -90,6 +90,30 @@ class DocInfo:
         return {"id": self.id, "rev": self.rev, "size": self.size, "updated": self.updated}
 
 
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """What a store keeps of one token or share link, by its id (the token's ``jti``).
+
+    Share links are recorded when minted (so a document's links can be
+    listed); any other token gets a row when it is revoked or its role
+    changed. ``seq`` orders changes: processes sharing a store read the rows
+    whose ``seq`` is past the last they saw.
+    """
+
+    id: str
+    doc: str | None  # the one document of a share link; None for other tokens
+    role: str  # the role it grants now: lowered by a role change
+    issued: float
+    expires: float | None
+    name: str | None = None  # who made the link (the sharer's token's name), when known
+    revoked: float | None = None  # Unix time it was revoked
+    seq: int = 0
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "doc": self.doc, "role": self.role, "issued": self.issued, "expires": self.expires,
+                "by": self.name, "revoked": self.revoked}
+
+
 class RevisionConflict(Exception):
     """Another process committed at one of these revisions first.
 
@@ -191,6 +215,24 @@ class Store(abc.ABC):
         (a disk that does not answer).
         """
         return None
+
+    # -- credentials (see :class:`Credential`) --------------------------------------
+
+    async def put_credential(self, cred: Credential) -> Credential:
+        """Record ``cred`` (insert, or replace the row with its id), durably; returns it with its new ``seq``."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep credentials")
+
+    async def get_credential(self, cred_id: str) -> Credential | None:
+        """The row of ``cred_id``, if any."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep credentials")
+
+    async def doc_credentials(self, doc: str) -> list[Credential]:
+        """The share links recorded for ``doc``, oldest first."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep credentials")
+
+    async def credential_changes(self, after_seq: int) -> list[Credential]:
+        """Every row changed after ``after_seq`` (revoked, or its role changed), in ``seq`` order."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep credentials")
 
     def exclusive(self, doc: str) -> AsyncContextManager[None]:
         """Hold ``doc``'s turn: no other process can append to it until the block ends.

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from .. import ot
-from .base import DocInfo, DocState, RevisionConflict, Store, StoredOp
+from .base import Credential, DocInfo, DocState, RevisionConflict, Store, StoredOp
 
 
 class MemoryStore(Store):
@@ -17,6 +18,8 @@ class MemoryStore(Store):
         self._snapshots: dict[str, tuple[int, str]] = {}
         self._ids: dict[str, dict[str, int]] = {}
         self._info: dict[str, DocInfo] = {}
+        self._creds: dict[str, Credential] = {}
+        self._seq = 0
 
     async def load(self, doc: str, history_depth: int) -> DocState:
         rev, text = self._snapshots.get(doc, (0, ""))
@@ -54,3 +57,17 @@ class MemoryStore(Store):
 
     async def list_docs(self) -> list[DocInfo]:
         return sorted(self._info.values(), key=lambda d: d.updated, reverse=True)
+
+    async def put_credential(self, cred: Credential) -> Credential:
+        self._seq += 1
+        cred = self._creds[cred.id] = dataclasses.replace(cred, seq=self._seq)
+        return cred
+
+    async def get_credential(self, cred_id: str) -> Credential | None:
+        return self._creds.get(cred_id)
+
+    async def doc_credentials(self, doc: str) -> list[Credential]:
+        return sorted((c for c in self._creds.values() if c.doc == doc), key=lambda c: (c.issued, c.id))
+
+    async def credential_changes(self, after_seq: int) -> list[Credential]:
+        return sorted((c for c in self._creds.values() if c.seq > after_seq), key=lambda c: c.seq)

@@ -23,13 +23,13 @@ import time
 from typing import Any, AsyncIterator
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .base import DocInfo, DocState, RevisionConflict, Store, StoredOp, replay
+from .base import Credential, DocInfo, DocState, RevisionConflict, Store, StoredOp, replay
 from .base import dump_op as _dumps
 from .base import load_op as _loads
 
 
 #: The schema version this code writes; :meth:`PostgresStore.open` migrates older ones.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Statements creating each version from the one before, in order.
 MIGRATIONS: dict[int, list[str]] = {
@@ -67,6 +67,29 @@ MIGRATIONS: dict[int, list[str]] = {
     # PostgreSQL's text type refuses U+0000, a valid character in a document:
     # snapshots are kept as their UTF-8 bytes instead.
     2: ["ALTER TABLE collab_snapshots ALTER COLUMN text TYPE BYTEA USING convert_to(text, 'UTF8')"],
+    # Recorded share links and revocations, the trash, titles, and renamed names.
+    3: [
+        "ALTER TABLE collab_docs ADD COLUMN IF NOT EXISTS deleted DOUBLE PRECISION",
+        "ALTER TABLE collab_docs ADD COLUMN IF NOT EXISTS title TEXT",
+        "CREATE SEQUENCE IF NOT EXISTS collab_credentials_seq",
+        """CREATE TABLE IF NOT EXISTS collab_credentials (
+            id TEXT PRIMARY KEY,
+            doc TEXT,
+            role TEXT NOT NULL,
+            issued DOUBLE PRECISION NOT NULL,
+            expires DOUBLE PRECISION,
+            name TEXT,
+            revoked DOUBLE PRECISION,
+            seq BIGINT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS collab_credentials_doc ON collab_credentials (doc)",
+        "CREATE INDEX IF NOT EXISTS collab_credentials_seq ON collab_credentials (seq)",
+        """CREATE TABLE IF NOT EXISTS collab_renames (
+            old TEXT PRIMARY KEY,
+            new TEXT NOT NULL,
+            renamed DOUBLE PRECISION NOT NULL
+        )""",
+    ],
 }
 
 
@@ -348,3 +371,41 @@ class PostgresStore(Store):
 
     async def ping(self) -> None:
         await self.pool.fetchval("SELECT 1")
+
+    # -- credentials ----------------------------------------------------------
+
+    async def put_credential(self, cred: Credential) -> Credential:
+        """One writer at a time (an advisory lock until commit), so rows commit in ``seq`` order and a
+        process reading ``seq > n`` never skips a row that commits later with a smaller ``seq``."""
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.collab_credentials'))")
+                row = await self._put_credential(conn, cred)
+        return Credential(*row)
+
+    @staticmethod
+    async def _put_credential(conn: Any, cred: Credential) -> Any:
+        return await conn.fetchrow(
+            f"INSERT INTO collab_credentials ({_CRED_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, "
+            "nextval('collab_credentials_seq')) ON CONFLICT (id) DO UPDATE SET doc = EXCLUDED.doc, "
+            "role = EXCLUDED.role, issued = EXCLUDED.issued, expires = EXCLUDED.expires, name = EXCLUDED.name, "
+            f"revoked = EXCLUDED.revoked, seq = EXCLUDED.seq RETURNING {_CRED_COLUMNS}",
+            cred.id, cred.doc, cred.role, cred.issued, cred.expires, cred.name, cred.revoked,
+        )
+
+    async def get_credential(self, cred_id: str) -> Credential | None:
+        row = await self.pool.fetchrow(f"SELECT {_CRED_COLUMNS} FROM collab_credentials WHERE id = $1", cred_id)
+        return Credential(*row) if row else None
+
+    async def doc_credentials(self, doc: str) -> list[Credential]:
+        rows = await self.pool.fetch(
+            f"SELECT {_CRED_COLUMNS} FROM collab_credentials WHERE doc = $1 ORDER BY issued, id", doc)
+        return [Credential(*r) for r in rows]
+
+    async def credential_changes(self, after_seq: int) -> list[Credential]:
+        rows = await self.pool.fetch(
+            f"SELECT {_CRED_COLUMNS} FROM collab_credentials WHERE seq > $1 ORDER BY seq", after_seq)
+        return [Credential(*r) for r in rows]
+
+
+_CRED_COLUMNS = "id, doc, role, issued, expires, name, revoked, seq"

@@ -44,7 +44,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
-from .base import DocInfo, DocState, Store, StoredOp, StoreFailed, replay
+from . import sqlite_meta as meta
+from .base import Credential, DocInfo, DocState, Store, StoredOp, StoreFailed, replay
 from .opindex import OpIdIndex, lookup
 from .sqlite_schema import log_after, migrate, sync_files
 from .sqlite_write import Append, GroupWrite
@@ -514,3 +515,21 @@ class SqliteStore(Store):
         if problem is not None:
             raise StoreFailed(problem)
         await self._run(self._thread_db().execute, "SELECT 1")
+
+    # -- credentials (small writes of their own on the store's thread: see sqlite_meta) --------
+
+    async def _meta(self, fn: Callable[..., T], *args: Any) -> T:
+        self._raise_if_failed()
+        return await self._run(fn, self._thread_db(), *args)
+
+    async def put_credential(self, cred: Credential) -> Credential:
+        return await self._meta(meta.put_credential, cred)
+
+    async def get_credential(self, cred_id: str) -> Credential | None:
+        return await self._meta(meta.get_credential, cred_id)
+
+    async def doc_credentials(self, doc: str) -> list[Credential]:
+        return await self._meta(meta.doc_credentials, doc)
+
+    async def credential_changes(self, after_seq: int) -> list[Credential]:
+        return await self._meta(meta.credential_changes, after_seq)

@@ -48,8 +48,9 @@ CREATE TABLE IF NOT EXISTS snapshots (
 ) WITHOUT ROWID;
 """
 #: The schema's version, in ``PRAGMA user_version``. Version 1 files (an ``ops`` table
-#: with a row per op) are moved into ``log`` when opened (see :func:`migrate`).
-VERSION = 2
+#: with a row per op) are moved into ``log`` when opened (see :func:`migrate`); each
+#: later version adds its tables in one step function.
+VERSION = 3
 INSERT_LOG = "INSERT INTO log (doc, rev, first, ops) VALUES (?, ?, ?, ?)"
 UPSERT_DOC = (
     "INSERT INTO docs (id, rev, size, created, updated) VALUES (?, ?, ?, ?, ?) "
@@ -134,6 +135,8 @@ def migrate(db: sqlite3.Connection) -> None:
     try:
         if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ops'").fetchone():
             _move_ops_into_log(db)
+        if version < 3:
+            _add_lifecycle(db)
         db.execute(f"PRAGMA user_version = {VERSION}")
         db.execute("COMMIT")
     except BaseException:
@@ -159,3 +162,16 @@ def _move_ops_into_log(db: sqlite3.Connection) -> None:
         rows.append((run_doc, run[-1].rev, run[0].rev, dump_batch(run)))
     db.executemany(INSERT_LOG, rows)
     db.execute("DROP TABLE ops")
+
+
+def _add_lifecycle(db: sqlite3.Connection) -> None:
+    """Version 3: recorded share links and revocations, the trash, titles, and renamed names."""
+    db.execute("ALTER TABLE docs ADD COLUMN deleted REAL")  # in the trash since (Unix time); NULL: not deleted
+    db.execute("ALTER TABLE docs ADD COLUMN title TEXT")  # set by hand; NULL: the first heading
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS credentials (id TEXT PRIMARY KEY, doc TEXT, role TEXT NOT NULL, "
+        "issued REAL NOT NULL, expires REAL, name TEXT, revoked REAL, seq INTEGER NOT NULL)"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS credentials_doc ON credentials (doc)")
+    db.execute("CREATE INDEX IF NOT EXISTS credentials_seq ON credentials (seq)")
+    db.execute("CREATE TABLE IF NOT EXISTS renames (old TEXT PRIMARY KEY, new TEXT NOT NULL, renamed REAL NOT NULL)")

@@ -1,0 +1,50 @@
+"""The SQLite store's small tables beside the log: credentials (share links, revocations).
+
+Plain functions on a connection, run on the store's thread. Each write is
+its own short transaction on that connection (``synchronous`` as the store
+was opened with, so it is durable when it returns); the log's group commit
+on the event loop's connection is not involved.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from .base import Credential
+
+_COLUMNS = "id, doc, role, issued, expires, name, revoked, seq"
+
+
+def _cred(row: tuple) -> Credential:
+    return Credential(*row)
+
+
+def put_credential(db: sqlite3.Connection, cred: Credential) -> Credential:
+    """Insert or replace ``cred``'s row with the next ``seq``."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        seq = db.execute("SELECT coalesce(max(seq), 0) + 1 FROM credentials").fetchone()[0]
+        db.execute(
+            f"INSERT OR REPLACE INTO credentials ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (cred.id, cred.doc, cred.role, cred.issued, cred.expires, cred.name, cred.revoked, seq),
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return Credential(cred.id, cred.doc, cred.role, cred.issued, cred.expires, cred.name, cred.revoked, seq)
+
+
+def get_credential(db: sqlite3.Connection, cred_id: str) -> Credential | None:
+    row = db.execute(f"SELECT {_COLUMNS} FROM credentials WHERE id = ?", (cred_id,)).fetchone()
+    return _cred(row) if row else None
+
+
+def doc_credentials(db: sqlite3.Connection, doc: str) -> list[Credential]:
+    rows = db.execute(f"SELECT {_COLUMNS} FROM credentials WHERE doc = ? ORDER BY issued, id", (doc,))
+    return [_cred(r) for r in rows]
+
+
+def credential_changes(db: sqlite3.Connection, after_seq: int) -> list[Credential]:
+    rows = db.execute(f"SELECT {_COLUMNS} FROM credentials WHERE seq > ? ORDER BY seq", (after_seq,))
+    return [_cred(r) for r in rows]
