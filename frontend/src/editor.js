@@ -707,6 +707,8 @@ function showDenied(detail) {
     }
   } else if (code === CLOSE_CODES.NOT_ALLOWED) {
     text = 'Access denied: this link does not give access to this document. Ask for a link to it.';
+  } else if (code === CLOSE_CODES.NO_DOCUMENT && /deleted/.test(session.fatalReason)) {
+    text = 'This document was deleted: it is in the trash, and whoever may edit it can restore it (collab restore).';
   }
   showBanner(text);
   document.body.classList.add('denied');

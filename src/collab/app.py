@@ -25,13 +25,14 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import api_tokens, auth, guard, protocol
+from . import api_docs, api_tokens, auth, guard, protocol
 from .assets import REVALIDATE, Assets
 from .backplane import open_backplane
 from .config import Settings
 from .connection import Fanout, Session
 from .hub import Hub, HubConfig
-from .protocol import ProtocolError
+from .lifecycle import DELETED_REASON, Trash
+from .protocol import CLOSE_NO_DOCUMENT, ProtocolError
 from .revocation import Revocations
 from .store import Store, open_store
 from .store.base import Credential
@@ -86,6 +87,8 @@ class CollabApp:
         self.hub: Hub | None = None if store is None else Hub(store, HubConfig.from_settings(settings))
         #: Revoked and lowered credentials, and the sessions using each (set up with the store).
         self.revocations = Revocations(store)
+        #: Deleted documents (the trash), and closing their editors.
+        self.trash = Trash(store, settings.trash_days, self._document_deleted)
         self._owns_store = store is None
         root = static_dir()
         #: The built frontend's files, compressed and hashed in memory (``None``: not built).
@@ -103,12 +106,16 @@ class CollabApp:
         if self.store is None:
             self.store = await open_store(self.settings)
             self.hub = Hub(self.store, HubConfig.from_settings(self.settings), backplane=await open_backplane(self.settings))
-            self.revocations.store = self.store
+            self.revocations.store = self.trash.store = self.store
+        hub = self.hub
+        self.trash.in_use = lambda: set(hub.docs) if hub is not None else set()
         await self.revocations.start()
+        await self.trash.start()
         try:
             yield
         finally:
             assert self.hub is not None
+            await self.trash.close()
             await self.revocations.close()
             await self.hub.close()
             if self._owns_store:
@@ -134,6 +141,19 @@ class CollabApp:
         if not protocol.valid_doc_name(doc):
             raise HTTPException(404, "invalid document name: use 1-128 of A-Z a-z 0-9 . _ - not starting with '.'")
         return doc
+
+    def _live_doc(self, request: Request) -> str:
+        """The document of the request, refused (404) while it is in the trash."""
+        doc = self._doc_param(request)
+        if self.trash.is_deleted(doc):
+            raise HTTPException(404, DELETED_REASON)
+        return doc
+
+    def _document_deleted(self, doc: str) -> None:
+        """``doc`` went into the trash: close its editors here (4004, saying so)."""
+        open_doc = self.hub.docs.get(doc) if self.hub is not None else None
+        if open_doc is not None:
+            open_doc.kick_all(CLOSE_NO_DOCUMENT, DELETED_REASON)
 
     def _grant(self, request: Request, doc: str | None) -> auth.Grant:
         """The caller's grant for ``doc``; raises HTTP 401/403 as the token deserves."""
@@ -178,21 +198,21 @@ class CollabApp:
         return JSONResponse([d.to_json() for d in await self.store.list_docs() if grant.allows(d.id)])
 
     async def get_doc(self, request: Request) -> Response:
-        doc = self._doc_param(request)
+        doc = self._live_doc(request)
         self._grant(request, doc)
         assert self.hub is not None
         rev, text = await self.hub.read(doc)
         return JSONResponse({"id": doc, "rev": rev, "text": text})
 
     async def get_text(self, request: Request) -> Response:
-        doc = self._doc_param(request)
+        doc = self._live_doc(request)
         self._grant(request, doc)
         assert self.hub is not None
         _, text = await self.hub.read(doc)
         return PlainTextResponse(text, media_type="text/plain; charset=utf-8")
 
     async def put_text(self, request: Request) -> Response:
-        doc = self._doc_param(request)
+        doc = self._live_doc(request)
         if self._grant(request, doc).role != "edit":
             raise HTTPException(403, "this token is read-only: it may not change the document")
         assert self.hub is not None
@@ -213,7 +233,7 @@ class CollabApp:
 
     async def share(self, request: Request) -> Response:
         """Mint a link to this document with the asked role, within the caller's own rights."""
-        doc = self._doc_param(request)
+        doc = self._live_doc(request)
         grant = self._grant(request, doc)
         raw = await read_body(request, SHARE_BODY_BYTES)
         if raw is None:
@@ -235,6 +255,15 @@ class CollabApp:
         if link.id is not None:  # recorded, so that the document's links can be listed and revoked
             await self.revocations.record(Credential(link.id, doc, link.role, link.issued, link.expires, grant.name))
         return JSONResponse(link.to_json(), headers={"Cache-Control": "no-store"})
+
+    async def delete_doc(self, request: Request) -> Response:
+        return await api_docs.delete(self, request)
+
+    async def restore_doc(self, request: Request) -> Response:
+        return await api_docs.restore(self, request)
+
+    async def list_trash(self, request: Request) -> Response:
+        return await api_docs.trash(self, request)
 
     async def links(self, request: Request) -> Response:
         return await api_tokens.links(self, request)
@@ -310,7 +339,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         Route("/healthz", state.healthz),
         Route("/metrics", state.metrics),
         Route("/api/docs", state.list_docs),
-        Route("/api/docs/{doc}", state.get_doc),
+        Route("/api/docs/{doc}", state.get_doc, methods=["GET", "HEAD"]),
+        Route("/api/docs/{doc}", state.delete_doc, methods=["DELETE"]),
+        Route("/api/docs/{doc}/restore", state.restore_doc, methods=["POST"]),
+        Route("/api/trash", state.list_trash, methods=["GET"]),
         Route("/api/docs/{doc}/text", state.get_text, methods=["GET"]),
         Route("/api/docs/{doc}/text", state.put_text, methods=["PUT"]),
         Route("/api/docs/{doc}/share", state.share, methods=["POST"]),

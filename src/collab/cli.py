@@ -26,6 +26,7 @@ examples:
   collab put http://127.0.0.1:8000 notes < notes.txt
   collab tail http://127.0.0.1:8000 notes      # one line per change; Ctrl-C to stop
   COLLAB_SECRET=... collab token --doc 'team-*' --role read --ttl 7d
+  collab rm http://127.0.0.1:8000 notes        # into the trash; collab restore brings it back
 
 A document is any name of 1-128 characters A-Z a-z 0-9 . _ - (not starting
 with '.'); it exists as soon as you use it. Run `collab COMMAND --help` for
@@ -229,9 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revoke", metavar="TOKEN", help="revoke TOKEN (or a link carrying it) at the server --url")
     p.add_argument("--url", metavar="URL", help="with --revoke: the server, e.g. http://127.0.0.1:8000")
 
-    from . import cli_share
+    from . import cli_docs, cli_share
 
     cli_share.add_parser(sub, token_help, url_help)
+    cli_docs.add_parsers(sub, token_help, url_help)
     return parser
 
 
@@ -479,7 +481,14 @@ def cmd_share(args: argparse.Namespace) -> int:
     return run(args)
 
 
-COMMANDS = {"serve": cmd_serve, "cat": cmd_cat, "put": cmd_put, "tail": cmd_tail, "token": cmd_token, "share": cmd_share}
+def cmd_docs(args: argparse.Namespace) -> int:
+    from .cli_docs import cmd_docs as run
+
+    return run(args)
+
+
+COMMANDS = {"serve": cmd_serve, "cat": cmd_cat, "put": cmd_put, "tail": cmd_tail, "token": cmd_token, "share": cmd_share,
+            "rm": cmd_docs, "restore": cmd_docs, "trash": cmd_docs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

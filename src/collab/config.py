@@ -135,6 +135,8 @@ class Settings:
     max_doc_chars: int = 10_000_000
     #: Seconds a document with no connected client stays in memory.
     idle_unload_seconds: float = 30.0
+    #: Days a deleted document stays in the trash, restorable, before it is purged.
+    trash_days: float = 30.0
 
     # Connections.
     #: Largest WebSocket frame accepted, in bytes (close 1009 above it).
@@ -218,6 +220,7 @@ class Settings:
             snapshot_every=_int(env, "COLLAB_SNAPSHOT_EVERY", d.snapshot_every),
             max_doc_chars=_int(env, "COLLAB_MAX_DOC_CHARS", d.max_doc_chars),
             idle_unload_seconds=_float(env, "COLLAB_IDLE_UNLOAD_SECONDS", d.idle_unload_seconds),
+            trash_days=_float(env, "COLLAB_TRASH_DAYS", d.trash_days),
             max_message_bytes=_int(env, "COLLAB_MAX_MESSAGE_BYTES", d.max_message_bytes),
             client_queue_size=_int(env, "COLLAB_CLIENT_QUEUE_SIZE", d.client_queue_size),
             client_queue_bytes=_int(env, "COLLAB_CLIENT_QUEUE_BYTES", d.client_queue_bytes),

@@ -48,6 +48,7 @@ from .protocol import (
     encode,
     error_msg,
 )
+from .lifecycle import DELETED_REASON
 from .revocation import EXPIRED_REASON, LOWERED_REASON, REVOKED_REASON, expiry_timer
 from .store import StoreFailed
 from .transport import EXTENSION as DIRECT_EXTENSION
@@ -174,6 +175,9 @@ class Session:
         if not protocol.valid_doc_name(self.doc_id):
             await self._close(CLOSE_NO_DOCUMENT,
                               "invalid document name: use 1-128 of A-Z a-z 0-9 . _ - not starting with '.'")
+            return False
+        if self.app.trash.is_deleted(self.doc_id):
+            await self._close(CLOSE_NO_DOCUMENT, DELETED_REASON)
             return False
         try:
             token = auth.extract_token(headers.get("authorization"),
@@ -337,6 +341,8 @@ class Session:
         except auth.AuthError:
             self.revoke_access(CLOSE_BAD_TOKEN, REVOKED_REASON)
         self.timer = expiry_timer(grant, lambda: self.revoke_access(CLOSE_BAD_TOKEN, EXPIRED_REASON))
+        if self.app.trash.is_deleted(self.doc_id):  # deleted while the document loaded
+            self.revoke_access(CLOSE_NO_DOCUMENT, DELETED_REASON)
 
     def _unwatch(self) -> None:
         if self.timer is not None:
@@ -346,7 +352,7 @@ class Session:
             self.app.revocations.release(self.grant.jti, self)
 
     def revoke_access(self, code: int, reason: str) -> None:
-        """The token was revoked or expired: close the session (4001)."""
+        """The token was revoked or expired (4001), or the document deleted (4004): close the session."""
         if self.peer is not None:
             self.peer.kick(code, reason)
 

@@ -85,9 +85,13 @@ class DocInfo:
     rev: int
     size: int
     updated: float
+    deleted: float | None = None  # in the trash since (Unix time)
 
     def to_json(self) -> dict:
-        return {"id": self.id, "rev": self.rev, "size": self.size, "updated": self.updated}
+        out = {"id": self.id, "rev": self.rev, "size": self.size, "updated": self.updated}
+        if self.deleted is not None:
+            out["deleted"] = self.deleted
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +237,21 @@ class Store(abc.ABC):
     async def credential_changes(self, after_seq: int) -> list[Credential]:
         """Every row changed after ``after_seq`` (revoked, or its role changed), in ``seq`` order."""
         raise NotImplementedError(f"{type(self).__name__} does not keep credentials")
+
+    # -- the trash ---------------------------------------------------------------------
+
+    async def set_deleted(self, doc: str, when: float | None) -> bool:
+        """Move ``doc`` into the trash at ``when`` (``None``: restore it). False when there was nothing to move:
+        no document with an edit, or already in (out of) the trash."""
+        raise NotImplementedError(f"{type(self).__name__} has no trash")
+
+    async def trash(self) -> list[DocInfo]:
+        """The documents in the trash, most recently deleted first (``list_docs`` leaves them out)."""
+        raise NotImplementedError(f"{type(self).__name__} has no trash")
+
+    async def purge(self, deleted_before: float, keep: set[str]) -> list[str]:
+        """Remove for good every document deleted before ``deleted_before``, except those in ``keep``."""
+        raise NotImplementedError(f"{type(self).__name__} has no trash")
 
     def exclusive(self, doc: str) -> AsyncContextManager[None]:
         """Hold ``doc``'s turn: no other process can append to it until the block ends.

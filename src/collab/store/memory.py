@@ -19,6 +19,7 @@ class MemoryStore(Store):
         self._ids: dict[str, dict[str, int]] = {}
         self._info: dict[str, DocInfo] = {}
         self._creds: dict[str, Credential] = {}
+        self._deleted: dict[str, float] = {}
         self._seq = 0
 
     async def load(self, doc: str, history_depth: int) -> DocState:
@@ -56,7 +57,30 @@ class MemoryStore(Store):
         return [o for o in self._ops.get(doc, []) if o.rev > rev]
 
     async def list_docs(self) -> list[DocInfo]:
-        return sorted(self._info.values(), key=lambda d: d.updated, reverse=True)
+        live = (d for d in self._info.values() if d.id not in self._deleted)
+        return sorted(live, key=lambda d: d.updated, reverse=True)
+
+    async def set_deleted(self, doc: str, when: float | None) -> bool:
+        if doc not in self._info or (doc in self._deleted) == (when is not None):
+            return False
+        if when is None:
+            del self._deleted[doc]
+        else:
+            self._deleted[doc] = when
+        return True
+
+    async def trash(self) -> list[DocInfo]:
+        rows = [dataclasses.replace(self._info[d], deleted=t) for d, t in self._deleted.items()]
+        return sorted(rows, key=lambda d: d.deleted or 0, reverse=True)
+
+    async def purge(self, deleted_before: float, keep: set[str]) -> list[str]:
+        gone = [d for d, t in self._deleted.items() if t < deleted_before and d not in keep]
+        for doc in gone:
+            for table in (self._ops, self._snapshots, self._ids, self._info, self._deleted):
+                table.pop(doc, None)
+            for cred in [c for c in self._creds.values() if c.doc == doc]:
+                del self._creds[cred.id]
+        return gone
 
     async def put_credential(self, cred: Credential) -> Credential:
         self._seq += 1

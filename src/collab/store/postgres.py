@@ -71,6 +71,7 @@ MIGRATIONS: dict[int, list[str]] = {
     3: [
         "ALTER TABLE collab_docs ADD COLUMN IF NOT EXISTS deleted DOUBLE PRECISION",
         "ALTER TABLE collab_docs ADD COLUMN IF NOT EXISTS title TEXT",
+        "CREATE INDEX IF NOT EXISTS collab_docs_deleted ON collab_docs (deleted) WHERE deleted IS NOT NULL",
         "CREATE SEQUENCE IF NOT EXISTS collab_credentials_seq",
         """CREATE TABLE IF NOT EXISTS collab_credentials (
             id TEXT PRIMARY KEY,
@@ -366,7 +367,8 @@ class PostgresStore(Store):
         return {r["id"]: r["rev"] for r in rows}
 
     async def list_docs(self) -> list[DocInfo]:
-        rows = await self.pool.fetch("SELECT id, rev, size, updated FROM collab_docs WHERE rev > 0 ORDER BY updated DESC")
+        rows = await self.pool.fetch(
+            "SELECT id, rev, size, updated FROM collab_docs WHERE rev > 0 AND deleted IS NULL ORDER BY updated DESC")
         return [DocInfo(r["id"], r["rev"], r["size"], r["updated"]) for r in rows]
 
     async def ping(self) -> None:
@@ -406,6 +408,33 @@ class PostgresStore(Store):
         rows = await self.pool.fetch(
             f"SELECT {_CRED_COLUMNS} FROM collab_credentials WHERE seq > $1 ORDER BY seq", after_seq)
         return [Credential(*r) for r in rows]
+
+    # -- the trash -------------------------------------------------------------
+
+    async def set_deleted(self, doc: str, when: float | None) -> bool:
+        if when is None:
+            status = await self.pool.execute(
+                "UPDATE collab_docs SET deleted = NULL WHERE id = $1 AND deleted IS NOT NULL", doc)
+        else:
+            status = await self.pool.execute(
+                "UPDATE collab_docs SET deleted = $2 WHERE id = $1 AND deleted IS NULL AND rev > 0", doc, when)
+        return status != "UPDATE 0"
+
+    async def trash(self) -> list[DocInfo]:
+        rows = await self.pool.fetch(
+            "SELECT id, rev, size, updated, deleted FROM collab_docs WHERE deleted IS NOT NULL ORDER BY deleted DESC")
+        return [DocInfo(r["id"], r["rev"], r["size"], r["updated"], r["deleted"]) for r in rows]
+
+    async def purge(self, deleted_before: float, keep: set[str]) -> list[str]:
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                ids = await conn.fetch(
+                    "DELETE FROM collab_docs WHERE deleted IS NOT NULL AND deleted < $1 AND NOT (id = ANY($2::text[])) "
+                    "RETURNING id", deleted_before, sorted(keep))
+                gone = [r["id"] for r in ids]
+                for table in ("collab_ops", "collab_op_ids", "collab_snapshots", "collab_credentials"):
+                    await conn.execute(f"DELETE FROM {table} WHERE doc = ANY($1::text[])", gone)
+        return gone
 
 
 _CRED_COLUMNS = "id, doc, role, issued, expires, name, revoked, seq"

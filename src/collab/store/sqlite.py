@@ -503,7 +503,8 @@ class SqliteStore(Store):
         return await self._read(self._ops_since_sync, doc, rev)
 
     def _list_sync(self) -> list[DocInfo]:
-        rows = self._thread_db().execute("SELECT id, rev, size, updated FROM docs ORDER BY updated DESC")
+        rows = self._thread_db().execute(
+            "SELECT id, rev, size, updated FROM docs WHERE deleted IS NULL ORDER BY updated DESC")
         return [DocInfo(*row) for row in rows]
 
     async def list_docs(self) -> list[DocInfo]:
@@ -533,3 +534,15 @@ class SqliteStore(Store):
 
     async def credential_changes(self, after_seq: int) -> list[Credential]:
         return await self._meta(meta.credential_changes, after_seq)
+
+    async def set_deleted(self, doc: str, when: float | None) -> bool:
+        return await self._meta(meta.set_deleted, doc, when)
+
+    async def trash(self) -> list[DocInfo]:
+        return await self._meta(meta.trash)
+
+    async def purge(self, deleted_before: float, keep: set[str]) -> list[str]:
+        gone = await self._meta(meta.purge, deleted_before, keep)
+        for doc in gone:
+            self.forget(doc)
+        return gone

@@ -1,4 +1,4 @@
-"""The SQLite store's small tables beside the log: credentials (share links, revocations).
+"""The SQLite store's small writes beside the log: credentials (share links, revocations) and the trash.
 
 Plain functions on a connection, run on the store's thread. Each write is
 its own short transaction on that connection (``synchronous`` as the store
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from .base import Credential
+from .base import Credential, DocInfo
 
 _COLUMNS = "id, doc, role, issued, expires, name, revoked, seq"
 
@@ -48,3 +48,37 @@ def doc_credentials(db: sqlite3.Connection, doc: str) -> list[Credential]:
 def credential_changes(db: sqlite3.Connection, after_seq: int) -> list[Credential]:
     rows = db.execute(f"SELECT {_COLUMNS} FROM credentials WHERE seq > ? ORDER BY seq", (after_seq,))
     return [_cred(r) for r in rows]
+
+
+def _write(db: sqlite3.Connection, statements: list[tuple[str, tuple]]) -> int:
+    """Run ``statements`` in one transaction; the rows the first one changed."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        changed = db.execute(*statements[0]).rowcount
+        for statement in statements[1:]:
+            db.execute(*statement)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return changed
+
+
+def set_deleted(db: sqlite3.Connection, doc: str, when: float | None) -> bool:
+    if when is None:
+        return _write(db, [("UPDATE docs SET deleted = NULL WHERE id = ? AND deleted IS NOT NULL", (doc,))]) > 0
+    return _write(db, [("UPDATE docs SET deleted = ? WHERE id = ? AND deleted IS NULL AND rev > 0", (when, doc))]) > 0
+
+
+def trash(db: sqlite3.Connection) -> list[DocInfo]:
+    rows = db.execute("SELECT id, rev, size, updated, deleted FROM docs WHERE deleted IS NOT NULL ORDER BY deleted DESC")
+    return [DocInfo(*r) for r in rows]
+
+
+def purge(db: sqlite3.Connection, deleted_before: float, keep: set[str]) -> list[str]:
+    rows = db.execute("SELECT id FROM docs WHERE deleted IS NOT NULL AND deleted < ?", (deleted_before,))
+    gone = [r[0] for r in rows if r[0] not in keep]
+    for doc in gone:
+        _write(db, [("DELETE FROM docs WHERE id = ?", (doc,))] + [
+            (f"DELETE FROM {table} WHERE doc = ?", (doc,)) for table in ("log", "op_ids", "snapshots", "credentials")])
+    return gone
