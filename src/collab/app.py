@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -31,11 +31,12 @@ from .backplane import open_backplane
 from .config import Settings
 from .connection import Fanout, Session
 from .hub import Hub, HubConfig
-from .lifecycle import DELETED_REASON, Trash
+from .lifecycle import DELETED_REASON, RENAMED_REASON, Trash
+from .titles import HEAD_CHARS, first_heading
 from .protocol import CLOSE_NO_DOCUMENT, ProtocolError
 from .revocation import Revocations
 from .store import Store, open_store
-from .store.base import Credential
+from .store.base import Credential, DocInfo
 
 log = logging.getLogger("collab.app")
 
@@ -88,7 +89,9 @@ class CollabApp:
         #: Revoked and lowered credentials, and the sessions using each (set up with the store).
         self.revocations = Revocations(store)
         #: Deleted documents (the trash), and closing their editors.
-        self.trash = Trash(store, settings.trash_days, self._document_deleted)
+        self.trash = Trash(store, settings.trash_days, self._document_deleted, self._document_renamed)
+        #: The first heading last recorded per open document, so that only a change is written.
+        self.headings: dict[str, str | None] = {}
         self._owns_store = store is None
         root = static_dir()
         #: The built frontend's files, compressed and hashed in memory (``None``: not built).
@@ -109,6 +112,8 @@ class CollabApp:
             self.revocations.store = self.trash.store = self.store
         hub = self.hub
         self.trash.in_use = lambda: set(hub.docs) if hub is not None else set()
+        if hub is not None:
+            hub.on_unload = self._unloading
         await self.revocations.start()
         await self.trash.start()
         try:
@@ -117,6 +122,9 @@ class CollabApp:
             assert self.hub is not None
             await self.trash.close()
             await self.revocations.close()
+            for doc in list(self.hub.docs.values()):  # the list reads titles from the store after a restart
+                with contextlib.suppress(Exception):
+                    await self._record_heading(doc.id, doc.text)
             await self.hub.close()
             if self._owns_store:
                 await self.store.close()
@@ -143,11 +151,52 @@ class CollabApp:
         return doc
 
     def _live_doc(self, request: Request) -> str:
-        """The document of the request, refused (404) while it is in the trash."""
+        """The document of the request, refused (404) while it is in the trash, redirected (307) if renamed."""
         doc = self._doc_param(request)
         if self.trash.is_deleted(doc):
             raise HTTPException(404, DELETED_REASON)
+        new = self.trash.renamed.get(doc)
+        if new is not None:
+            path = request.url.path.replace(f"/{doc}", f"/{new}", 1)
+            query = f"?{request.url.query}" if request.url.query else ""
+            raise HTTPException(307, RENAMED_REASON + new, headers={"Location": path + query})
         return doc
+
+    def _document_renamed(self, old: str, new: str) -> None:
+        """``old`` is now ``new``: close its editors here (4004, naming the new name)."""
+        open_doc = self.hub.docs.get(old) if self.hub is not None else None
+        if open_doc is not None:
+            open_doc.kick_all(CLOSE_NO_DOCUMENT, RENAMED_REASON + new)
+
+    async def documents(self) -> list[DocInfo]:
+        """The document list, with the first heading of each document open here brought up to date first."""
+        assert self.store is not None and self.hub is not None
+        for doc in list(self.hub.docs.values()):
+            await self._record_heading(doc.id, doc.text)
+        return await self.store.list_docs()
+
+    async def _record_heading(self, doc_id: str, text: Any) -> None:
+        heading = first_heading(text.head(HEAD_CHARS))
+        if doc_id not in self.headings or self.headings[doc_id] != heading:
+            assert self.store is not None
+            await self.store.set_heading(doc_id, heading)
+            self.headings[doc_id] = heading
+
+    def _unloading(self, doc: Any) -> None:
+        """A document leaves memory: record its first heading (the list reads it from the store from now on)."""
+        if doc.failed or len(doc.text) == 0:
+            self.headings.pop(doc.id, None)
+            return
+
+        async def record() -> None:
+            try:
+                await self._record_heading(doc.id, doc.text)
+            except Exception as exc:  # the title waits for the next unload
+                log.warning("recording the title of %r failed: %s", doc.id, exc)
+            finally:
+                self.headings.pop(doc.id, None)
+
+        asyncio.get_running_loop().create_task(record())
 
     def _document_deleted(self, doc: str) -> None:
         """``doc`` went into the trash: close its editors here (4004, saying so)."""
@@ -195,7 +244,7 @@ class CollabApp:
     async def list_docs(self, request: Request) -> Response:
         grant = self._grant(request, None)
         assert self.store is not None
-        return JSONResponse([d.to_json() for d in await self.store.list_docs() if grant.allows(d.id)])
+        return JSONResponse([d.to_json() for d in await self.documents() if grant.allows(d.id)])
 
     async def get_doc(self, request: Request) -> Response:
         doc = self._live_doc(request)
@@ -265,6 +314,12 @@ class CollabApp:
     async def list_trash(self, request: Request) -> Response:
         return await api_docs.trash(self, request)
 
+    async def set_title(self, request: Request) -> Response:
+        return await api_docs.set_title(self, request)
+
+    async def rename(self, request: Request) -> Response:
+        return await api_docs.rename(self, request)
+
     async def links(self, request: Request) -> Response:
         return await api_tokens.links(self, request)
 
@@ -321,7 +376,10 @@ class CollabApp:
         return self._page(request, "index.html")
 
     async def editor(self, request: Request) -> Response:
-        self._doc_param(request)
+        doc = self._doc_param(request)
+        new = self.trash.renamed.get(doc)
+        if new is not None:  # the browser keeps the #token fragment across the redirect
+            return RedirectResponse(request.url_for("editor", doc=new).path, status_code=307)
         return self._page(request, "editor.html")
 
     async def static(self, request: Request) -> Response:
@@ -343,6 +401,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         Route("/api/docs/{doc}", state.delete_doc, methods=["DELETE"]),
         Route("/api/docs/{doc}/restore", state.restore_doc, methods=["POST"]),
         Route("/api/trash", state.list_trash, methods=["GET"]),
+        Route("/api/docs/{doc}/title", state.set_title, methods=["POST"]),
+        Route("/api/docs/{doc}/rename", state.rename, methods=["POST"]),
         Route("/api/docs/{doc}/text", state.get_text, methods=["GET"]),
         Route("/api/docs/{doc}/text", state.put_text, methods=["PUT"]),
         Route("/api/docs/{doc}/share", state.share, methods=["POST"]),

@@ -488,7 +488,7 @@ def cmd_docs(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"serve": cmd_serve, "cat": cmd_cat, "put": cmd_put, "tail": cmd_tail, "token": cmd_token, "share": cmd_share,
-            "rm": cmd_docs, "restore": cmd_docs, "trash": cmd_docs}
+            "rm": cmd_docs, "restore": cmd_docs, "trash": cmd_docs, "ls": cmd_docs, "title": cmd_docs, "rename": cmd_docs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

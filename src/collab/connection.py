@@ -48,7 +48,7 @@ from .protocol import (
     encode,
     error_msg,
 )
-from .lifecycle import DELETED_REASON
+from .lifecycle import DELETED_REASON, RENAMED_REASON
 from .revocation import EXPIRED_REASON, LOWERED_REASON, REVOKED_REASON, expiry_timer
 from .store import StoreFailed
 from .transport import EXTENSION as DIRECT_EXTENSION
@@ -178,6 +178,9 @@ class Session:
             return False
         if self.app.trash.is_deleted(self.doc_id):
             await self._close(CLOSE_NO_DOCUMENT, DELETED_REASON)
+            return False
+        if self.doc_id in self.app.trash.renamed:
+            await self._close(CLOSE_NO_DOCUMENT, RENAMED_REASON + self.app.trash.renamed[self.doc_id])
             return False
         try:
             token = auth.extract_token(headers.get("authorization"),
@@ -343,6 +346,8 @@ class Session:
         self.timer = expiry_timer(grant, lambda: self.revoke_access(CLOSE_BAD_TOKEN, EXPIRED_REASON))
         if self.app.trash.is_deleted(self.doc_id):  # deleted while the document loaded
             self.revoke_access(CLOSE_NO_DOCUMENT, DELETED_REASON)
+        elif self.doc_id in self.app.trash.renamed:
+            self.revoke_access(CLOSE_NO_DOCUMENT, RENAMED_REASON + self.app.trash.renamed[self.doc_id])
 
     def _unwatch(self) -> None:
         if self.timer is not None:

@@ -1,4 +1,5 @@
-"""The trash: deleted documents stay restorable for ``COLLAB_TRASH_DAYS``, then are purged.
+"""The trash and renamed names: deleted documents stay restorable for ``COLLAB_TRASH_DAYS``, then are purged;
+a renamed document's old name redirects to the new one.
 
 A deleted document leaves ``GET /api/docs``; its name opens nothing
 (WebSocket close 4004 with :data:`DELETED_REASON`, HTTP 404) until it is
@@ -24,6 +25,8 @@ from .store.base import DocInfo, Store
 log = logging.getLogger("collab.lifecycle")
 
 DELETED_REASON = "document deleted: it is in the trash; restore it to open it"
+#: The close reason for the editors of a renamed document (the new name follows).
+RENAMED_REASON = "document renamed to "
 #: Seconds between two purges of what has been in the trash longer than its time.
 PURGE_SECONDS = 3600.0
 
@@ -31,12 +34,16 @@ PURGE_SECONDS = 3600.0
 class Trash:
     """Which documents are in the trash, told to ``on_deleted(doc)`` as they go in."""
 
-    def __init__(self, store: Store | None, days: float, on_deleted: Callable[[str], None]) -> None:
+    def __init__(self, store: Store | None, days: float, on_deleted: Callable[[str], None],
+                 on_renamed: Callable[[str, str], None] = lambda old, new: None) -> None:
         #: Set before :meth:`start` (the app opens its store in its lifespan).
         self.store: Store = store  # type: ignore[assignment]
         self.days = days
         self.on_deleted = on_deleted
+        self.on_renamed = on_renamed
         self.deleted: dict[str, float] = {}
+        #: Old name -> the name it redirects to.
+        self.renamed: dict[str, str] = {}
         #: Documents this process must not purge (open here): a callable giving them.
         self.in_use: Callable[[], set[str]] = set
         self._tasks: list[asyncio.Task[None]] = []
@@ -75,10 +82,14 @@ class Trash:
     async def refresh(self) -> None:
         """Re-read the trash (with a shared store: what other processes deleted or restored)."""
         now = {d.id: d.deleted or 0.0 for d in await self.store.trash()}
+        renamed = await self.store.renames()
         added = [d for d in now if d not in self.deleted]
-        self.deleted = now
+        moved = [(old, new) for old, new in renamed.items() if self.renamed.get(old) != new]
+        self.deleted, self.renamed = now, renamed
         for doc in added:
             self.on_deleted(doc)
+        for old, new in moved:
+            self.on_renamed(old, new)
 
     async def delete(self, doc: str) -> float | None:
         """Move ``doc`` into the trash; its deletion time, or ``None`` if there was no such document."""
@@ -94,6 +105,15 @@ class Trash:
             return False
         self.deleted.pop(doc, None)
         return True
+
+    async def rename(self, old: str, new: str) -> str:
+        """Move ``old`` to ``new`` in the store (see :meth:`Store.rename`); on success its old name redirects."""
+        result = await self.store.rename(old, new)
+        if result == "ok":
+            self.renamed = {o: (new if n == old else n) for o, n in self.renamed.items() if o != new}
+            self.renamed[old] = new
+            self.on_renamed(old, new)
+        return result
 
     async def listing(self) -> list[DocInfo]:
         return await self.store.trash()

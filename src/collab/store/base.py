@@ -86,9 +86,10 @@ class DocInfo:
     size: int
     updated: float
     deleted: float | None = None  # in the trash since (Unix time)
+    title: str | None = None  # set by hand, else the first heading as last recorded
 
     def to_json(self) -> dict:
-        out = {"id": self.id, "rev": self.rev, "size": self.size, "updated": self.updated}
+        out = {"id": self.id, "rev": self.rev, "size": self.size, "updated": self.updated, "title": self.title}
         if self.deleted is not None:
             out["deleted"] = self.deleted
         return out
@@ -252,6 +253,28 @@ class Store(abc.ABC):
     async def purge(self, deleted_before: float, keep: set[str]) -> list[str]:
         """Remove for good every document deleted before ``deleted_before``, except those in ``keep``."""
         raise NotImplementedError(f"{type(self).__name__} has no trash")
+
+    # -- titles and names --------------------------------------------------------------
+
+    async def set_title(self, doc: str, title: str | None) -> bool:
+        """Set ``doc``'s title by hand (``None``: back to its first heading); False if no such document."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no titles")
+
+    async def set_heading(self, doc: str, heading: str | None) -> None:
+        """Record ``doc``'s first heading (the title when none was set by hand)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no titles")
+
+    async def rename(self, old: str, new: str) -> str:
+        """Move ``old`` (text, history, links) to the name ``new`` and leave a redirect behind.
+
+        Returns ``"ok"``, ``"missing"`` (no document ``old`` out of the trash) or
+        ``"taken"`` (``new`` has edits, or is in the trash).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot rename")
+
+    async def renames(self) -> dict[str, str]:
+        """Every old name and the name it now redirects to."""
+        raise NotImplementedError(f"{type(self).__name__} cannot rename")
 
     def exclusive(self, doc: str) -> AsyncContextManager[None]:
         """Hold ``doc``'s turn: no other process can append to it until the block ends.

@@ -71,6 +71,7 @@ MIGRATIONS: dict[int, list[str]] = {
     3: [
         "ALTER TABLE collab_docs ADD COLUMN IF NOT EXISTS deleted DOUBLE PRECISION",
         "ALTER TABLE collab_docs ADD COLUMN IF NOT EXISTS title TEXT",
+        "ALTER TABLE collab_docs ADD COLUMN IF NOT EXISTS heading TEXT",
         "CREATE INDEX IF NOT EXISTS collab_docs_deleted ON collab_docs (deleted) WHERE deleted IS NOT NULL",
         "CREATE SEQUENCE IF NOT EXISTS collab_credentials_seq",
         """CREATE TABLE IF NOT EXISTS collab_credentials (
@@ -368,8 +369,8 @@ class PostgresStore(Store):
 
     async def list_docs(self) -> list[DocInfo]:
         rows = await self.pool.fetch(
-            "SELECT id, rev, size, updated FROM collab_docs WHERE rev > 0 AND deleted IS NULL ORDER BY updated DESC")
-        return [DocInfo(r["id"], r["rev"], r["size"], r["updated"]) for r in rows]
+            f"SELECT {_DOC_COLUMNS} FROM collab_docs WHERE rev > 0 AND deleted IS NULL ORDER BY updated DESC")
+        return [DocInfo(*r) for r in rows]
 
     async def ping(self) -> None:
         await self.pool.fetchval("SELECT 1")
@@ -422,8 +423,8 @@ class PostgresStore(Store):
 
     async def trash(self) -> list[DocInfo]:
         rows = await self.pool.fetch(
-            "SELECT id, rev, size, updated, deleted FROM collab_docs WHERE deleted IS NOT NULL ORDER BY deleted DESC")
-        return [DocInfo(r["id"], r["rev"], r["size"], r["updated"], r["deleted"]) for r in rows]
+            f"SELECT {_DOC_COLUMNS} FROM collab_docs WHERE deleted IS NOT NULL ORDER BY deleted DESC")
+        return [DocInfo(*r) for r in rows]
 
     async def purge(self, deleted_before: float, keep: set[str]) -> list[str]:
         async with self.pool.acquire() as conn:
@@ -432,9 +433,47 @@ class PostgresStore(Store):
                     "DELETE FROM collab_docs WHERE deleted IS NOT NULL AND deleted < $1 AND NOT (id = ANY($2::text[])) "
                     "RETURNING id", deleted_before, sorted(keep))
                 gone = [r["id"] for r in ids]
-                for table in ("collab_ops", "collab_op_ids", "collab_snapshots", "collab_credentials"):
+                for table in _DOC_TABLES:
                     await conn.execute(f"DELETE FROM {table} WHERE doc = ANY($1::text[])", gone)
         return gone
 
+    # -- titles and names -----------------------------------------------------
+
+    async def set_title(self, doc: str, title: str | None) -> bool:
+        status = await self.pool.execute("UPDATE collab_docs SET title = $2 WHERE id = $1 AND rev > 0", doc, title)
+        return status != "UPDATE 0"
+
+    async def set_heading(self, doc: str, heading: str | None) -> None:
+        await self.pool.execute(
+            "UPDATE collab_docs SET heading = $2 WHERE id = $1 AND heading IS DISTINCT FROM $2", doc, heading)
+
+    async def rename(self, old: str, new: str) -> str:
+        """In one transaction, the two rows locked in name order (as appends lock them) so that
+        no append to either document runs in between."""
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                rows = await conn.fetch("SELECT id, rev, deleted FROM collab_docs WHERE id = ANY($1::text[]) "
+                                        "ORDER BY id FOR UPDATE", [old, new])
+                found = {r["id"]: r for r in rows}
+                if old not in found or found[old]["rev"] == 0 or found[old]["deleted"] is not None:
+                    return "missing"
+                if new in found and (found[new]["rev"] > 0 or found[new]["deleted"] is not None):
+                    return "taken"
+                await conn.execute("DELETE FROM collab_docs WHERE id = $1", new)  # a row exclusive() left at 0
+                await conn.execute("UPDATE collab_docs SET id = $2 WHERE id = $1", old, new)
+                for table in _DOC_TABLES:
+                    await conn.execute(f"UPDATE {table} SET doc = $2 WHERE doc = $1", old, new)
+                await conn.execute("DELETE FROM collab_renames WHERE old = $1", new)
+                await conn.execute("UPDATE collab_renames SET new = $2 WHERE new = $1", old, new)
+                await conn.execute("INSERT INTO collab_renames (old, new, renamed) VALUES ($1, $2, $3) "
+                                   "ON CONFLICT (old) DO UPDATE SET new = EXCLUDED.new, renamed = EXCLUDED.renamed",
+                                   old, new, time.time())
+        return "ok"
+
+    async def renames(self) -> dict[str, str]:
+        return {r["old"]: r["new"] for r in await self.pool.fetch("SELECT old, new FROM collab_renames")}
+
 
 _CRED_COLUMNS = "id, doc, role, issued, expires, name, revoked, seq"
+_DOC_COLUMNS = "id, rev, size, updated, deleted, coalesce(title, heading)"
+_DOC_TABLES = ("collab_ops", "collab_op_ids", "collab_snapshots", "collab_credentials")

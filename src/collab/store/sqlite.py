@@ -504,7 +504,7 @@ class SqliteStore(Store):
 
     def _list_sync(self) -> list[DocInfo]:
         rows = self._thread_db().execute(
-            "SELECT id, rev, size, updated FROM docs WHERE deleted IS NULL ORDER BY updated DESC")
+            f"SELECT {meta.DOC_COLUMNS} FROM docs WHERE deleted IS NULL ORDER BY updated DESC")
         return [DocInfo(*row) for row in rows]
 
     async def list_docs(self) -> list[DocInfo]:
@@ -546,3 +546,18 @@ class SqliteStore(Store):
         for doc in gone:
             self.forget(doc)
         return gone
+
+    async def set_title(self, doc: str, title: str | None) -> bool:
+        return await self._meta(meta.set_title, doc, title)
+
+    async def set_heading(self, doc: str, heading: str | None) -> None:
+        await self._meta(meta.set_heading, doc, heading)
+
+    async def rename(self, old: str, new: str) -> str:
+        result = await self._meta(meta.rename, old, new, time.time())
+        self.forget(old)
+        self.forget(new)
+        return result
+
+    async def renames(self) -> dict[str, str]:
+        return await self._meta(meta.renames)

@@ -70,8 +70,12 @@ def set_deleted(db: sqlite3.Connection, doc: str, when: float | None) -> bool:
     return _write(db, [("UPDATE docs SET deleted = ? WHERE id = ? AND deleted IS NULL AND rev > 0", (when, doc))]) > 0
 
 
+#: The columns of a :class:`DocInfo`, the title being the one set by hand or else the heading.
+DOC_COLUMNS = "id, rev, size, updated, deleted, coalesce(title, heading)"
+
+
 def trash(db: sqlite3.Connection) -> list[DocInfo]:
-    rows = db.execute("SELECT id, rev, size, updated, deleted FROM docs WHERE deleted IS NOT NULL ORDER BY deleted DESC")
+    rows = db.execute(f"SELECT {DOC_COLUMNS} FROM docs WHERE deleted IS NOT NULL ORDER BY deleted DESC")
     return [DocInfo(*r) for r in rows]
 
 
@@ -80,5 +84,43 @@ def purge(db: sqlite3.Connection, deleted_before: float, keep: set[str]) -> list
     gone = [r[0] for r in rows if r[0] not in keep]
     for doc in gone:
         _write(db, [("DELETE FROM docs WHERE id = ?", (doc,))] + [
-            (f"DELETE FROM {table} WHERE doc = ?", (doc,)) for table in ("log", "op_ids", "snapshots", "credentials")])
+            (f"DELETE FROM {table} WHERE doc = ?", (doc,)) for table in DOC_TABLES])
     return gone
+
+
+#: The tables whose rows belong to a document, by its ``doc`` column.
+DOC_TABLES = ("log", "op_ids", "snapshots", "credentials")
+
+
+def set_title(db: sqlite3.Connection, doc: str, title: str | None) -> bool:
+    return _write(db, [("UPDATE docs SET title = ? WHERE id = ?", (title, doc))]) > 0
+
+
+def set_heading(db: sqlite3.Connection, doc: str, heading: str | None) -> None:
+    _write(db, [("UPDATE docs SET heading = ? WHERE id = ? AND heading IS NOT ?", (heading, doc, heading))])
+
+
+def rename(db: sqlite3.Connection, old: str, new: str, now: float) -> str:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if not db.execute("SELECT 1 FROM docs WHERE id = ? AND deleted IS NULL AND rev > 0", (old,)).fetchone():
+            db.execute("ROLLBACK")
+            return "missing"
+        if db.execute("SELECT 1 FROM docs WHERE id = ?", (new,)).fetchone():
+            db.execute("ROLLBACK")
+            return "taken"
+        db.execute("UPDATE docs SET id = ? WHERE id = ?", (new, old))
+        for table in DOC_TABLES:
+            db.execute(f"UPDATE {table} SET doc = ? WHERE doc = ?", (new, old))
+        db.execute("DELETE FROM renames WHERE old = ?", (new,))  # the name is a document again
+        db.execute("UPDATE renames SET new = ? WHERE new = ?", (new, old))  # no chains of redirects
+        db.execute("INSERT OR REPLACE INTO renames (old, new, renamed) VALUES (?, ?, ?)", (old, new, now))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return "ok"
+
+
+def renames(db: sqlite3.Connection) -> dict[str, str]:
+    return dict(db.execute("SELECT old, new FROM renames"))

@@ -168,6 +168,7 @@ def _add_lifecycle(db: sqlite3.Connection) -> None:
     """Version 3: recorded share links and revocations, the trash, titles, and renamed names."""
     db.execute("ALTER TABLE docs ADD COLUMN deleted REAL")  # in the trash since (Unix time); NULL: not deleted
     db.execute("ALTER TABLE docs ADD COLUMN title TEXT")  # set by hand; NULL: the first heading
+    db.execute("ALTER TABLE docs ADD COLUMN heading TEXT")  # the first heading, as last recorded
     db.execute("CREATE INDEX IF NOT EXISTS docs_deleted ON docs (deleted) WHERE deleted IS NOT NULL")
     db.execute(
         "CREATE TABLE IF NOT EXISTS credentials (id TEXT PRIMARY KEY, doc TEXT, role TEXT NOT NULL, "
