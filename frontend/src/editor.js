@@ -696,6 +696,9 @@ $('name-form').addEventListener('submit', () => {
 /** The session ended for good (no access, invalid name): say why, with what
  * to do next, and take away what cannot work any more. Text already in the
  * page stays and can still be downloaded. */
+/** The close reason of a renamed document, before its new name. */
+const RENAMED = 'document renamed to ';
+
 function showDenied(detail) {
   let text = detail;
   const code = session.fatalCode;
@@ -707,6 +710,13 @@ function showDenied(detail) {
     }
   } else if (code === CLOSE_CODES.NOT_ALLOWED) {
     text = 'Access denied: this link does not give access to this document. Ask for a link to it.';
+  } else if (code === CLOSE_CODES.NO_DOCUMENT && session.fatalReason.startsWith(RENAMED)) {
+    const next = session.fatalReason.slice(RENAMED.length);
+    if (DOC_NAME_RE.test(next)) {
+      // Everything sent was acknowledged before the server moved the document: reopen it under its new name.
+      location.replace(`/d/${encodeURIComponent(next)}${location.search}${location.hash}`);
+      text = `This document was renamed to ${next}: opening it there…`;
+    }
   } else if (code === CLOSE_CODES.NO_DOCUMENT && /deleted/.test(session.fatalReason)) {
     text = 'This document was deleted: it is in the trash, and whoever may edit it can restore it (collab restore).';
   }
