@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from collab import auth
 from collab.store.base import StoredOp
 from collab.store.memory import MemoryStore
 from collab.store.sqlite import SqliteStore

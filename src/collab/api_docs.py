@@ -17,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from . import protocol
+from .api_tokens import BODY_BYTES
+from .httpbody import read_body
 from .lifecycle import DELETED_REASON, RENAMED_REASON
 from .protocol import CLOSE_NO_DOCUMENT
 from .titles import check_title
@@ -63,9 +65,7 @@ async def trash(app: "CollabApp", request: Request) -> Response:
 
 
 async def _json(request: Request) -> dict:
-    from .api_tokens import BODY_BYTES
-    from .app import read_body
-
+    """The request's JSON object body (400 otherwise, 413 above :data:`BODY_BYTES`)."""
     raw = await read_body(request, BODY_BYTES)
     if raw is None:
         raise HTTPException(413, f"the body exceeds {BODY_BYTES} bytes")

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from . import auth, protocol
+from .httpbody import read_body
 from .tokens import Grant
 
 if TYPE_CHECKING:
@@ -45,8 +46,6 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 
 async def _body(request: Request) -> dict[str, Any] | JSONResponse:
-    from .app import read_body
-
     raw = await read_body(request, BODY_BYTES)
     if raw is None:
         return _error(413, protocol.TOO_LARGE, f"the body exceeds {BODY_BYTES} bytes")

@@ -30,13 +30,14 @@ from .assets import REVALIDATE, Assets
 from .backplane import open_backplane
 from .config import Settings
 from .connection import Fanout, Session
+from .httpbody import read_body
 from .hub import Hub, HubConfig
 from .lifecycle import DELETED_REASON, RENAMED_REASON, Trash
-from .titles import HEAD_CHARS, first_heading
 from .protocol import CLOSE_NO_DOCUMENT, ProtocolError
 from .revocation import Revocations
 from .store import Store, open_store
 from .store.base import Credential, DocInfo
+from .titles import HEAD_CHARS, first_heading
 
 log = logging.getLogger("collab.app")
 
@@ -58,25 +59,6 @@ def static_dir() -> Path | None:
         if (path / "index.html").is_file():
             return path
     return None
-
-
-async def read_body(request: Request, limit: int) -> bytes | None:
-    """The request's body, or ``None`` when it is larger than ``limit`` bytes.
-
-    Refused from ``Content-Length`` before a byte is read, or (chunked) as
-    soon as the bytes received pass the limit: never held whole first.
-    """
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        return None
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class CollabApp:

@@ -30,7 +30,7 @@ import logging
 import time
 from typing import Any, Callable, Protocol
 
-from .protocol import CLOSE_BAD_TOKEN, CLOSE_RESTART
+from .protocol import CLOSE_BAD_TOKEN
 from .store.base import Credential, Store
 from .tokens import AuthError, Grant
 
@@ -170,5 +170,5 @@ def expiry_timer(grant: Grant, expire: Callable[[], Any]) -> asyncio.TimerHandle
     return loop.call_later(max(0.0, grant.expires - time.time()), expire)
 
 
-__all__ = ["CLOSE_RESTART", "EXPIRED_REASON", "LOWERED_REASON", "POLL_SECONDS", "REVOKED_REASON", "Holder",
+__all__ = ["EXPIRED_REASON", "LOWERED_REASON", "POLL_SECONDS", "REVOKED_REASON", "Holder",
            "Revocations", "expiry_timer"]
