@@ -253,7 +253,7 @@ def test_share_menu_lists_links_and_revoking_one_closes_its_sessions(secure_srv,
     open_share_menu(w)
     row = f"#share-list li[data-id='{link_id}']"
     w.wait_for_selector(row, state="visible", timeout=5000)
-    assert w.inner_text(f"{row} .share-link-label").startswith("Read-only link by Ada 🦊, created ")
+    assert w.inner_text(f"{row} .share-link-label").startswith("Read-only link by Ada 🦊 · ")
     assert w.locator("#share-list li").count() == 2, "this page's edit and read links, each minted once"
     w.click("#copy-link")  # closed
     open_share_menu(w)  # reopened: the same links reused, not minted again

@@ -25,7 +25,7 @@ import { CLOSE_CODES } from './protocol.js';
 import { presenceExtension, setPeerCursor, setPeerInfo } from './presence.js';
 import {
   ROLES, rolesToAsk, mintLink, summarize, expiryText, copiedText, tokenClaims,
-  listLinks, revokeLink, activeLinks, linkLabel, deniedText,
+  listLinks, revokeLink, activeLinks, linkLabel, linkDetails, deniedText,
 } from './share.js';
 import { deleteEmojiBackward } from './grapheme.js';
 import {
@@ -530,6 +530,7 @@ function renderLinkList(listed) {
     const label = document.createElement('span');
     label.className = 'share-link-label';
     label.textContent = linkLabel(link);
+    label.title = linkDetails(link);
     const btn = document.createElement('button');
     btn.type = 'button';
     btn.className = 'share-revoke';

@@ -191,13 +191,24 @@ export function activeLinks(links, now = Date.now()) {
     .sort((a, b) => b.issued - a.issued);
 }
 
-/** One line for a listed link: "Edit link by Ada, created 5 Dec 10:04, until 12 Dec". */
+const shortTime = (t) => new Date(t * 1000).toLocaleString(undefined, {
+  month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit',
+});
+
+/** One line for a listed link: "Edit link by Ada · Dec 5, 10:04 → Dec 12". */
 export function linkLabel(link) {
   const kind = link.role === 'read' ? 'Read-only link' : 'Edit link';
   const by = link.by ? ` by ${clip(link.by, 64)}` : '';
-  const created = new Date(link.issued * 1000).toLocaleString();
-  const until = link.expires ? `, until ${new Date(link.expires * 1000).toLocaleString()}` : ', no expiry';
-  return `${kind}${by}, created ${created}${until}`;
+  const until = link.expires ? ` → ${new Date(link.expires * 1000).toLocaleDateString(undefined, {
+    month: 'short', day: 'numeric',
+  })}` : ', no expiry';
+  return `${kind}${by} · ${shortTime(link.issued)}${until}`;
+}
+
+/** The tooltip of a listed link: when it was made and until when it works. */
+export function linkDetails(link) {
+  const until = link.expires ? `valid until ${new Date(link.expires * 1000).toLocaleString()}` : 'never expires';
+  return `Created ${new Date(link.issued * 1000).toLocaleString()}; ${until}.`;
 }
 
 /** What the editor says when the server closed the session with 4001: revoked, expired, or not valid. */

@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   tokenClaims, rolesToAsk, absoluteLink, mintLink, refusalText, summarize, copiedText, expiryText,
-  listLinks, revokeLink, activeLinks, linkLabel, deniedText,
+  listLinks, revokeLink, activeLinks, linkLabel, linkDetails, deniedText,
 } from '../src/share.js';
 
 const ORIGIN = 'http://127.0.0.1:8000';
@@ -150,8 +150,10 @@ test('activeLinks keeps the unrevoked, unexpired links, newest first; linkLabel 
     { id: 'past', role: 'edit', issued: 7, expires: 999, revoked: null },
   ];
   assert.deepEqual(activeLinks(links, now).map((l) => l.id), ['new', 'old']);
-  assert.match(linkLabel(links[1]), /^Edit link by Ada 🦊, created .+, until .+/);
-  assert.match(linkLabel(links[0]), /^Read-only link, created .+, no expiry$/);
+  assert.match(linkLabel(links[1]), /^Edit link by Ada 🦊 · .+ → .+/);
+  assert.match(linkLabel(links[0]), /^Read-only link · .+, no expiry$/);
+  assert.match(linkDetails(links[1]), /^Created .+; valid until .+\.$/);
+  assert.match(linkDetails(links[0]), /; never expires\.$/);
 });
 
 test('deniedText tells revoked, expired and invalid apart', () => {
