@@ -86,6 +86,8 @@ async def test_credentials_are_kept_and_changes_come_in_order(kind, tmp_path):
         assert [c.id for c in await store.credential_changes(b.seq)] == ["c", "a"]
         assert (await store.get_credential("a")).name == "Ada 🦊"
         assert await store.get_credential("nope") is None
+        assert await store.prune_credentials(100.0) == 1, "b expired at 99"
+        assert await store.get_credential("b") is None and await store.get_credential("c") is not None
     finally:
         await store.close()
     if kind == "sqlite":  # durable: a new handle on the file sees it
@@ -153,6 +155,8 @@ async def test_a_version_2_postgres_schema_migrates(tmp_path):
         second = await store.put_credential(Credential("x", "fox", "read", 1.0, None, "Ada 🦊", revoked=2.0))
         assert second.seq > first.seq
         assert [c.revoked for c in await store.credential_changes(first.seq)] == [2.0]
+        await store.put_credential(Credential("old", "fox", "read", 1.0, 50.0))
+        assert await store.prune_credentials(100.0) == 1 and await store.get_credential("x") is not None
         assert [d.id for d in await store.list_docs()] == ["fox"]
     finally:
         await store.drop_schema()
@@ -304,6 +308,16 @@ async def test_cli_lists_and_revokes_links_and_tokens(server_factory):
     assert code == 1 and "--url" in err
     code, out, err = await run_cli("share", "revoke", "notes")
     assert code == 1 and "not a link" in err
+
+    edit = await share_link(s.base_url, "notes", owner)
+    conn, welcome = await connect(s.ws_url, "notes", edit["token"])
+    assert welcome["role"] == "edit"
+    code, out, err = await run_cli("share", "readonly", s.base_url + edit["url"], "--token", owner)
+    assert code == 0 and "read-only" in err, err
+    assert (await closed(conn))[0] == 1012
+    conn, welcome = await connect(s.ws_url, "notes", edit["token"])
+    assert welcome["role"] == "read"
+    await conn.close()
 
 
 # -- two processes, one PostgreSQL and one Redis -----------------------------------------------------

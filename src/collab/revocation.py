@@ -28,7 +28,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from .protocol import CLOSE_BAD_TOKEN
 from .store.base import Credential, Store
@@ -38,6 +38,8 @@ log = logging.getLogger("collab.revocation")
 
 #: Seconds between two reads of the changed credentials when the store is shared by processes.
 POLL_SECONDS = 0.25
+#: Seconds between two prunings of credentials long expired.
+PRUNE_SECONDS = 3600.0
 REVOKED_REASON = "this link was revoked: ask for a new one"
 EXPIRED_REASON = "token expired: ask for a new link"
 LOWERED_REASON = "your access changed to read-only: reconnect"
@@ -60,35 +62,44 @@ class Revocations:
         self.state: dict[str, Credential] = {}
         self.seq = 0
         self.holders: dict[str, set[Holder]] = {}
-        self._poller: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        """Read every recorded change; with a shared store, keep reading new ones."""
+        """Read every recorded change; with a shared store, keep reading new ones; prune expired rows hourly."""
+        await self.prune()
         await self.refresh()
+        self._tasks.append(asyncio.create_task(self._every(PRUNE_SECONDS, self.prune), name="collab-prune"))
         if self.store.may_conflict:
-            self._poller = asyncio.create_task(self._poll(), name="collab-revocations")
+            self._tasks.append(asyncio.create_task(self._every(POLL_SECONDS, self.refresh), name="collab-revocations"))
 
     async def close(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._poller
-            self._poller = None
+                await task
+        self._tasks = []
+
+    async def prune(self, now: float | None = None) -> int:
+        """Forget credentials expired for over a day: their tokens are refused by their own ``exp``."""
+        cutoff = (time.time() if now is None else now) - 86400.0
+        for cred_id in [c.id for c in self.state.values() if c.expires is not None and c.expires < cutoff]:
+            del self.state[cred_id]
+        return await self.store.prune_credentials(cutoff)
 
     async def refresh(self) -> None:
         """Take in the rows changed since the last look (by any process)."""
         for cred in await self.store.credential_changes(self.seq):
             self.apply(cred)
 
-    async def _poll(self) -> None:
+    async def _every(self, seconds: float, fn: Callable[[], Awaitable[object]]) -> None:
         while True:
-            await asyncio.sleep(POLL_SECONDS)
+            await asyncio.sleep(seconds)
             try:
-                await self.refresh()
+                await fn()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the store is away: try again next time
-                log.warning("reading revoked credentials failed (%s); retrying", exc)
+                log.warning("reading or pruning credentials failed (%s); retrying", exc)
 
     # -- checks ----------------------------------------------------------------------
 

@@ -239,6 +239,10 @@ class Store(abc.ABC):
         """Every row changed after ``after_seq`` (revoked, or its role changed), in ``seq`` order."""
         raise NotImplementedError(f"{type(self).__name__} does not keep credentials")
 
+    async def prune_credentials(self, expired_before: float) -> int:
+        """Forget the rows of credentials that expired before ``expired_before`` (refused anyway); how many."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep credentials")
+
     # -- the trash ---------------------------------------------------------------------
 
     async def set_deleted(self, doc: str, when: float | None) -> bool:

@@ -103,6 +103,12 @@ class MemoryStore(Store):
     async def credential_changes(self, after_seq: int) -> list[Credential]:
         return sorted((c for c in self._creds.values() if c.seq > after_seq), key=lambda c: c.seq)
 
+    async def prune_credentials(self, expired_before: float) -> int:
+        gone = [c.id for c in self._creds.values() if c.expires is not None and c.expires < expired_before]
+        for cred_id in gone:
+            del self._creds[cred_id]
+        return len(gone)
+
     async def set_title(self, doc: str, title: str | None) -> bool:
         if doc not in self._info:
             return False

@@ -410,6 +410,11 @@ class PostgresStore(Store):
             f"SELECT {_CRED_COLUMNS} FROM collab_credentials WHERE seq > $1 ORDER BY seq", after_seq)
         return [Credential(*r) for r in rows]
 
+    async def prune_credentials(self, expired_before: float) -> int:
+        status = await self.pool.execute(
+            "DELETE FROM collab_credentials WHERE expires IS NOT NULL AND expires < $1", expired_before)
+        return int(status.split()[-1])
+
     # -- the trash -------------------------------------------------------------
 
     async def set_deleted(self, doc: str, when: float | None) -> bool:

@@ -535,6 +535,9 @@ class SqliteStore(Store):
     async def credential_changes(self, after_seq: int) -> list[Credential]:
         return await self._meta(meta.credential_changes, after_seq)
 
+    async def prune_credentials(self, expired_before: float) -> int:
+        return await self._meta(meta.prune_credentials, expired_before)
+
     async def set_deleted(self, doc: str, when: float | None) -> bool:
         return await self._meta(meta.set_deleted, doc, when)
 

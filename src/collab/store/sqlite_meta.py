@@ -50,6 +50,10 @@ def credential_changes(db: sqlite3.Connection, after_seq: int) -> list[Credentia
     return [_cred(r) for r in rows]
 
 
+def prune_credentials(db: sqlite3.Connection, expired_before: float) -> int:
+    return _write(db, [("DELETE FROM credentials WHERE expires IS NOT NULL AND expires < ?", (expired_before,))])
+
+
 def _write(db: sqlite3.Connection, statements: list[tuple[str, tuple]]) -> int:
     """Run ``statements`` in one transaction; the rows the first one changed."""
     db.execute("BEGIN IMMEDIATE")
