@@ -104,6 +104,8 @@ async def test_deleting_closes_the_editors_and_the_trash_restores_it(secured):
         r = await api(method, s.base_url + path, owner, content=b"x" if method == "PUT" else None)
         assert r.status_code == 404 and "trash" in r.text, (method, path)
     assert (await api("DELETE", f"{s.base_url}/api/docs/notes", owner)).status_code == 404
+    assert await refused(s.ws_url, "notes", "") == (4001, "missing token"), "the trash is told only to whom the token lets in"
+    assert (await api("GET", f"{s.base_url}/api/docs/notes", mint(["other"]))).status_code == 403
     assert (await api("DELETE", f"{s.base_url}/api/docs/never-edited", owner)).status_code == 404
 
     trash = (await api("GET", f"{s.base_url}/api/trash", owner)).json()

@@ -92,7 +92,9 @@ async def test_rename_moves_everything_and_the_old_name_redirects(srv):
     r = await api("GET", f"{s.base_url}/api/docs/old-name/text", owner)
     assert r.status_code == 307 and r.headers["location"] == "/api/docs/new-name/text"
     r = await api("GET", f"{s.base_url}/d/old-name")
-    assert r.status_code == 307 and r.headers["location"] == "/d/new-name"
+    assert r.status_code == 200, "with a secret the page cannot tell who asks: the WebSocket names the new name"
+    assert (await api("GET", f"{s.base_url}/api/docs/old-name", mint(["other"]))).status_code == 403
+    assert (await refused(s.ws_url, "old-name", mint(["other"])))[0] == 4003, "told only to whom the token lets in"
     body = (await api("GET", f"{s.base_url}/api/docs/new-name", owner)).json()
     assert (body["rev"], body["text"]) == (1, TEXT)
     conn, welcome = await connect(s.ws_url, "new-name", owner)
@@ -108,6 +110,13 @@ async def test_rename_moves_everything_and_the_old_name_redirects(srv):
     assert r.headers["location"] == "/api/docs/third"
     assert (await api("POST", f"{s.base_url}/api/docs/third/rename", owner, json={"name": "old-name"})).status_code == 200
     assert (await api("GET", f"{s.base_url}/api/docs/old-name", owner)).json()["text"].startswith("intro line")
+
+
+async def test_on_an_open_server_the_old_page_redirects(server):
+    await api("PUT", f"{server.base_url}/api/docs/a/text", content="🦊".encode())
+    assert (await api("POST", f"{server.base_url}/api/docs/a/rename", json={"name": "b"})).status_code == 200
+    r = await api("GET", f"{server.base_url}/d/a")
+    assert r.status_code == 307 and r.headers["location"] == "/d/b"
 
 
 async def test_cli_title_and_rename(server_factory):

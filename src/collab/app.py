@@ -132,9 +132,11 @@ class CollabApp:
             raise HTTPException(404, "invalid document name: use 1-128 of A-Z a-z 0-9 . _ - not starting with '.'")
         return doc
 
-    def _live_doc(self, request: Request) -> str:
-        """The document of the request, refused (404) while it is in the trash, redirected (307) if renamed."""
+    def _live_doc(self, request: Request) -> tuple[str, auth.Grant]:
+        """The document of the request and the caller's grant for it; then, to a caller it reaches only,
+        404 while the document is in the trash and 307 to its new name if it was renamed."""
         doc = self._doc_param(request)
+        grant = self._grant(request, doc)
         if self.trash.is_deleted(doc):
             raise HTTPException(404, DELETED_REASON)
         new = self.trash.renamed.get(doc)
@@ -142,7 +144,7 @@ class CollabApp:
             path = request.url.path.replace(f"/{doc}", f"/{new}", 1)
             query = f"?{request.url.query}" if request.url.query else ""
             raise HTTPException(307, RENAMED_REASON + new, headers={"Location": path + query})
-        return doc
+        return doc, grant
 
     def _document_renamed(self, old: str, new: str) -> None:
         """``old`` is now ``new``: close its editors here (4004, naming the new name)."""
@@ -229,22 +231,20 @@ class CollabApp:
         return JSONResponse([d.to_json() for d in await self.documents() if grant.allows(d.id)])
 
     async def get_doc(self, request: Request) -> Response:
-        doc = self._live_doc(request)
-        self._grant(request, doc)
+        doc, _ = self._live_doc(request)
         assert self.hub is not None
         rev, text = await self.hub.read(doc)
         return JSONResponse({"id": doc, "rev": rev, "text": text})
 
     async def get_text(self, request: Request) -> Response:
-        doc = self._live_doc(request)
-        self._grant(request, doc)
+        doc, _ = self._live_doc(request)
         assert self.hub is not None
         _, text = await self.hub.read(doc)
         return PlainTextResponse(text, media_type="text/plain; charset=utf-8")
 
     async def put_text(self, request: Request) -> Response:
-        doc = self._live_doc(request)
-        if self._grant(request, doc).role != "edit":
+        doc, grant = self._live_doc(request)
+        if grant.role != "edit":
             raise HTTPException(403, "this token is read-only: it may not change the document")
         assert self.hub is not None
         limit = self.settings.max_message_bytes
@@ -264,8 +264,7 @@ class CollabApp:
 
     async def share(self, request: Request) -> Response:
         """Mint a link to this document with the asked role, within the caller's own rights."""
-        doc = self._live_doc(request)
-        grant = self._grant(request, doc)
+        doc, grant = self._live_doc(request)
         raw = await read_body(request, SHARE_BODY_BYTES)
         if raw is None:
             return JSONResponse({"error": protocol.TOO_LARGE, "message": f"the body exceeds {SHARE_BODY_BYTES} bytes"},
@@ -360,7 +359,9 @@ class CollabApp:
     async def editor(self, request: Request) -> Response:
         doc = self._doc_param(request)
         new = self.trash.renamed.get(doc)
-        if new is not None:  # the browser keeps the #token fragment across the redirect
+        # On an open server the page redirects at once. With a secret the page cannot tell who asks (the token
+        # is in the fragment), so the new name is told only over the WebSocket, after the token is checked.
+        if new is not None and not self.settings.secret:
             return RedirectResponse(request.url_for("editor", doc=new).path, status_code=307)
         return self._page(request, "editor.html")
 

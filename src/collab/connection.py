@@ -176,18 +176,17 @@ class Session:
             await self._close(CLOSE_NO_DOCUMENT,
                               "invalid document name: use 1-128 of A-Z a-z 0-9 . _ - not starting with '.'")
             return False
-        if self.app.trash.is_deleted(self.doc_id):
-            await self._close(CLOSE_NO_DOCUMENT, DELETED_REASON)
-            return False
-        if self.doc_id in self.app.trash.renamed:
-            await self._close(CLOSE_NO_DOCUMENT, RENAMED_REASON + self.app.trash.renamed[self.doc_id])
-            return False
         try:
             token = auth.extract_token(headers.get("authorization"),
                                        QueryParams(self.scope.get("query_string", b"")).get("token"))
             self.grant = self.app.revocations.check(auth.authorize(s.secret, token, self.doc_id))
         except auth.AuthError as exc:
             await self._close(exc.close_code, str(exc)[:120])
+            return False
+        trash = self.app.trash  # told only to a caller the token lets in
+        if trash.is_deleted(self.doc_id) or self.doc_id in trash.renamed:
+            renamed = trash.renamed.get(self.doc_id)
+            await self._close(CLOSE_NO_DOCUMENT, DELETED_REASON if renamed is None else RENAMED_REASON + renamed)
             return False
         client = self.scope.get("client")
         source = ip_key(client[0], s.ipv6_prefix) if client else ""
