@@ -66,3 +66,17 @@ def test_a_renamed_document_reopens_under_its_new_name(srv, pages):
     old = pages.open(f"{srv.base_url}/d/{doc}", name="Bea 🐝", wait=False)
     old.wait_for_url(f"{srv.base_url}/d/{new}", timeout=5000)
     assert not pages.errors, pages.errors
+
+
+def test_the_tab_shows_the_first_heading(srv, pages):
+    doc = new_doc()
+    httpx.put(f"{srv.base_url}/api/docs/{doc}/text", content="intro\n# Füchse 🦊\n".encode(), timeout=10)
+    p = pages.open(f"{srv.base_url}/d/{doc}", name="Ada 🦊")
+    p.wait_for_function("() => document.title === 'Füchse 🦊 · collab'", timeout=5000)
+    focus_at(p, "start")
+    p.keyboard.type("# Bau 🐝\n")
+    p.wait_for_function("() => document.title === 'Bau 🐝 · collab'", timeout=5000)
+    p.keyboard.press("Control+a")
+    p.keyboard.press("Delete")
+    p.wait_for_function(f"() => document.title === '{doc} · collab'", timeout=5000)
+    assert not pages.errors, pages.errors

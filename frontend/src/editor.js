@@ -28,6 +28,7 @@ import {
   listLinks, revokeLink, activeLinks, linkLabel, linkDetails, deniedText,
 } from './share.js';
 import { deleteEmojiBackward } from './grapheme.js';
+import { firstHeading, HEAD_CHARS } from './titles.js';
 import {
   wsUrl, pageToken, loadUser, saveUser, safeColor, initials, el, PALETTE, DOC_NAME_RE, applyTheme, nextTheme, themeChoice,
 } from './common.js';
@@ -138,6 +139,18 @@ function scheduleCursor() {
 // keystroke in a 2 MB document must not read 2 MB.
 let wordCount = 0;
 let preview = null; // the rendered view, once loaded (see setMode)
+// The tab shows the document's first heading (its default title), read from
+// the first HEAD_CHARS characters only, at most a few times a second.
+let tabTitleTimer = null;
+function scheduleTabTitle() {
+  if (tabTitleTimer !== null) return;
+  tabTitleTimer = setTimeout(() => {
+    tabTitleTimer = null;
+    const heading = firstHeading(view.state.doc.sliceString(0, HEAD_CHARS));
+    document.title = `${heading || docName} · collab`;
+  }, 250);
+}
+
 const syncListener = EditorView.updateListener.of((update) => {
   for (const tr of update.transactions) {
     if (!tr.docChanged) continue;
@@ -152,6 +165,7 @@ const syncListener = EditorView.updateListener.of((update) => {
   if (update.docChanged || update.selectionSet) scheduleCursor();
   if (update.docChanged) {
     scheduleCounts();
+    scheduleTabTitle();
     if (preview) preview.changed();
   }
   if (update.selectionSet || update.docChanged) updateLineCol(update.state);

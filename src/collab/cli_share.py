@@ -13,6 +13,7 @@ import argparse
 import datetime
 import os
 import sys
+import time
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -114,7 +115,8 @@ def cmd_share(args: argparse.Namespace) -> int:
             if not rows:
                 print(f"collab: no share links recorded for {args.doc!r}", file=sys.stderr)
             for r in rows:
-                state = f"revoked {_when(r['revoked'])}" if r.get("revoked") else "active"
+                expired = r.get("expires") is not None and r["expires"] < time.time()
+                state = f"revoked {_when(r['revoked'])}" if r.get("revoked") else "expired" if expired else "active"
                 by = f" by {r['by']}" if r.get("by") else ""
                 print(f"{r['id']}  {r['role']:<4}  created {_when(r['issued'])}{by}  expires {_when(r['expires'])}  {state}")
             return 0
