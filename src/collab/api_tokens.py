@@ -70,7 +70,7 @@ async def _target(app: "CollabApp", body: dict[str, Any]) -> tuple[Grant, str | 
         if grant.jti is None:
             return _error(400, "bad_request", "this token has no id (minted by an older collab), so it cannot be "
                           "revoked alone: change COLLAB_SECRET to revoke every token")
-        doc = grant.docs[0] if len(grant.docs) == 1 and auth.valid_pattern(grant.docs[0]) else None
+        doc = grant.docs[0] if len(grant.docs) == 1 and protocol.valid_doc_name(grant.docs[0]) else None
         return grant, doc
     if isinstance(cred_id, str) and cred_id:
         assert app.store is not None
