@@ -64,12 +64,15 @@ def test_round_trip_edit():
 
 def test_round_trip_read_single_string_doc():
     grant = verify_token(SECRET, mint_token(SECRET, "notes", role="read"))
-    assert grant == Grant(role="read", docs=("notes",), name=None, expires=grant.expires, share=True)
+    assert grant == Grant(role="read", docs=("notes",), name=None, expires=grant.expires, share=True, jti=grant.jti)
+    assert grant.jti and grant.jti != verify_token(SECRET, mint_token(SECRET, "notes")).jti, "every token has its own id"
     assert 7 * 86400 - 10 < grant.expires - time.time() <= 7 * 86400 + 1
 
 
 def test_payload_is_documented_shape():
     c = claims_of(mint_token(SECRET, ["a"], "read", 60, name="Bo", share=False, now=1000.0))
+    jti = c.pop("jti")
+    assert isinstance(jti, str) and len(jti) == 16, "an id for revocation: 12 random bytes, URL-safe"
     assert c == {"aud": "collab", "docs": ["a"], "role": "read", "share": False, "iat": 1000, "exp": 1060, "name": "Bo"}
     assert jwt.get_unverified_header(mint_token(SECRET, "a"))["alg"] == "HS256"
 
@@ -325,7 +328,8 @@ def test_share_edit_token_mints_read_link_for_one_document():
     shared = verify_token(SECRET, link.token)
     assert (shared.role, shared.docs, shared.name) == ("read", ("team-a",), None)
     assert not shared.allows("team-b")
-    assert link.to_json() == {"role": "read", "token": link.token, "url": link.url, "expires": link.expires}
+    assert link.to_json() == {"role": "read", "token": link.token, "url": link.url, "expires": link.expires,
+                              "id": shared.jti}
 
 
 def test_share_link_never_outlives_sharer():

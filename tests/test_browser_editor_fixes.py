@@ -59,8 +59,8 @@ def test_home_page_sizes_are_labelled_as_characters(srv, pages):
     home = pages.open(srv.base_url + "/", wait=False)
     row = home.locator("#doc-rows tr", has=home.locator(f"a:text-is('{doc}')"))
     row.wait_for()
-    assert home.locator("#doc-table th").nth(1).inner_text() == "Characters"
-    cell = row.locator("td").nth(1)
+    assert home.locator("#doc-table th").nth(2).inner_text() == "Characters"
+    cell = row.locator("td").nth(2)
     assert cell.inner_text() == "24K"
     assert cell.get_attribute("title") == "24,000 characters"
     assert "B" not in cell.inner_text()

@@ -232,3 +232,52 @@ def test_share_menu_at_phone_width(secure_srv, pages):
         assert box and box["x"] >= 0 and box["x"] + box["width"] <= 375, (sel, box)
     assert p.evaluate("document.documentElement.scrollWidth") <= 375
     assert copy_from_menu(p, "read").startswith(f"{secure_srv.base_url}/d/{doc}#token=")
+
+
+def test_share_menu_lists_links_and_revoking_one_closes_its_sessions(secure_srv, pages):
+    """Issue 24: the Share menu lists the document's active links; "Revoke" ends every session using
+    one, and that page says the link was revoked (not "invalid" or "expired")."""
+    doc = new_doc()
+    owner = mint_token(SECRET, [doc], "edit", name="Ada 🦊")
+    w = open_page(pages, secure_srv.base_url, f"/d/{doc}#token={quote(owner)}", "Owner")
+    focus_at(w, "start")
+    w.keyboard.type("Grüße 🦊")
+    w.wait_for_function("() => collab.client.saved", timeout=5000)
+    open_share_menu(w)
+    link = copy_from_menu(w, "read")
+    link_id = verify_token(SECRET, token_of(link)).jti
+
+    r = open_page(pages, "", link, "Reader", clipboard=False)
+    r.wait_for_function("() => collab.view.state.doc.toString() === 'Grüße 🦊'", timeout=5000)
+
+    open_share_menu(w)
+    row = f"#share-list li[data-id='{link_id}']"
+    w.wait_for_selector(row, state="visible", timeout=5000)
+    assert w.inner_text(f"{row} .share-link-label").startswith("Read-only link by Ada 🦊 · ")
+    assert w.locator("#share-list li").count() == 2, "this page's edit and read links, each minted once"
+    w.click("#copy-link")  # closed
+    open_share_menu(w)  # reopened: the same links reused, not minted again
+    assert w.locator("#share-list li").count() == 2
+
+    w.click(f"{row} .share-revoke")
+    w.wait_for_function("() => document.querySelector('#toast').textContent === 'Link revoked'", timeout=5000)
+    w.wait_for_selector(row, state="detached", timeout=5000)
+    r.wait_for_selector("#banner", state="visible", timeout=5000)
+    assert "this link was revoked" in r.inner_text("#banner")
+    assert r.is_disabled("#copy-link")
+    # The owner's page goes on, and reopening the revoked link is refused with the same words.
+    r2 = open_page(pages, "", link, "Reader again", clipboard=False, wait=False)
+    r2.wait_for_selector("#banner", state="visible", timeout=5000)
+    assert "this link was revoked" in r2.inner_text("#banner")
+    assert w.is_hidden("#banner")
+    assert not pages.errors, pages.errors
+
+
+def test_an_expired_link_says_expired_and_a_forged_one_says_invalid(secure_srv, pages):
+    doc = new_doc()
+    expired = mint_token(SECRET, [doc], "read", ttl_seconds=10, now=time.time() - 3600)
+    forged = mint_token("f" * 40, [doc], "edit")
+    for token, words in ((expired, "this link expired"), (forged, "this link is not valid")):
+        p = open_page(pages, secure_srv.base_url, f"/d/{doc}#token={quote(token)}", words, clipboard=False, wait=False)
+        p.wait_for_selector("#banner", state="visible", timeout=5000)
+        assert words in p.inner_text("#banner"), p.inner_text("#banner")

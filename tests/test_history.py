@@ -16,7 +16,7 @@ import pytest
 from test_store import PG_URL, Opener, _pg_reason, drop_schema
 
 from collab import ot
-from collab.store import Store, StoredOp
+from collab.store import Store, StoredOp, sqlite_schema
 from collab.store import history as h
 from collab.store.memory import MemoryStore
 from collab.store.sqlite import SqliteStore
@@ -234,7 +234,7 @@ async def test_sqlite_opens_a_schema_2_file_and_keeps_history_from_its_snapshot(
         assert (state.rev, state.text) == (6, "h🦊llo!?🐝")
     db = sqlite3.connect(path)
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == sqlite_schema.VERSION
     finally:
         db.close()
 

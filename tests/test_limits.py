@@ -5,6 +5,8 @@ No server, no event loop: every limiter takes the time as ``now``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from collab import limits, metrics
@@ -282,6 +284,7 @@ def test_metrics_text_is_prometheus_exposition() -> None:
 
 def test_refusal_summary_is_logged_at_most_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
     summary = metrics.Summary()
+    summary.seen = dataclasses.replace(metrics.COUNTERS)  # what earlier tests in this process refused is not ours
     with caplog.at_level("WARNING", logger="collab.guard"):
         for _ in range(100):
             metrics.COUNTERS.refused_backoff += 1

@@ -18,7 +18,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
-from collab.store import RevisionConflict, Store, StoredOp
+from collab.store import RevisionConflict, Store, StoredOp, sqlite_schema
 from collab.store.idfilter import IdFilter
 from collab.store.memory import MemoryStore
 from collab.store.opindex import lookup
@@ -644,11 +644,11 @@ async def test_sqlite_opens_a_schema_1_file_and_keeps_every_op(tmp_path):
         assert [o.id for o in await store.ops_since("b😀", 0)] == ["b1", "b2", "b3"]
     db = sqlite3.connect(path)
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == sqlite_schema.VERSION
         assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'ops'").fetchone()
         assert db.execute("SELECT doc, first, rev FROM log ORDER BY doc, rev").fetchall() == [
             ("a", 2, 6), ("b😀", 1, 2), ("b😀", 3, 3)], "runs of consecutive revisions share a row"
-        db.execute("PRAGMA user_version = 4")
+        db.execute(f"PRAGMA user_version = {sqlite_schema.VERSION + 1}")
         db.commit()
     finally:
         db.close()

@@ -23,8 +23,12 @@ import { cpBefore, utf16At, cpTotal, docChangesToOp, opToDocChanges, wordDelta }
 import { cpLength } from './ot.js';
 import { CLOSE_CODES } from './protocol.js';
 import { presenceExtension, setPeerCursor, setPeerInfo } from './presence.js';
-import { ROLES, rolesToAsk, mintLink, summarize, expiryText, copiedText, tokenClaims } from './share.js';
+import {
+  ROLES, rolesToAsk, mintLink, summarize, expiryText, copiedText, tokenClaims,
+  listLinks, revokeLink, activeLinks, linkLabel, linkDetails, deniedText,
+} from './share.js';
 import { deleteEmojiBackward } from './grapheme.js';
+import { firstHeading, HEAD_CHARS } from './titles.js';
 import {
   wsUrl, pageToken, loadUser, saveUser, safeColor, initials, el, PALETTE, DOC_NAME_RE, applyTheme, nextTheme, themeChoice,
 } from './common.js';
@@ -135,6 +139,18 @@ function scheduleCursor() {
 // keystroke in a 2 MB document must not read 2 MB.
 let wordCount = 0;
 let preview = null; // the rendered view, once loaded (see setMode)
+// The tab shows the document's first heading (its default title), read from
+// the first HEAD_CHARS characters only, at most a few times a second.
+let tabTitleTimer = null;
+function scheduleTabTitle() {
+  if (tabTitleTimer !== null) return;
+  tabTitleTimer = setTimeout(() => {
+    tabTitleTimer = null;
+    const heading = firstHeading(view.state.doc.sliceString(0, HEAD_CHARS));
+    document.title = `${heading || docName} · collab`;
+  }, 250);
+}
+
 const syncListener = EditorView.updateListener.of((update) => {
   for (const tr of update.transactions) {
     if (!tr.docChanged) continue;
@@ -149,6 +165,7 @@ const syncListener = EditorView.updateListener.of((update) => {
   if (update.docChanged || update.selectionSet) scheduleCursor();
   if (update.docChanged) {
     scheduleCounts();
+    scheduleTabTitle();
     if (preview) preview.changed();
   }
   if (update.selectionSet || update.docChanged) updateLineCol(update.state);
@@ -219,7 +236,11 @@ client.on('ready', () => {
   }
   $('rev').textContent = `rev ${client.rev}`;
 });
-client.on('role', (role) => { if (!firstWelcome) setRole(role); });
+client.on('role', (role) => {
+  if (firstWelcome) return;
+  if (role === 'read' && !view.state.readOnly) toast('Your access is now read-only');
+  setRole(role);
+});
 client.on('remote', () => { $('rev').textContent = `rev ${client.rev}`; });
 
 // ---- peers --------------------------------------------------------------------
@@ -481,8 +502,12 @@ async function refreshShareMenu() {
   shareMenu.dataset.state = 'loading';
   setShareNote('Checking which links you may share…');
   const roles = rolesToAsk(token, client.role);
-  const results = await Promise.all(roles.map((role) => mintLink({ doc: docName, role, token, origin: location.origin })));
+  const [results, listed] = await Promise.all([
+    Promise.all(roles.map((role) => mintedLink(role))),
+    listLinks({ doc: docName, token }),
+  ]);
   if (gen !== shareGen) return; // closed or reopened meanwhile
+  renderLinkList(listed);
   const { links, note } = summarize(results);
   if (client.role === 'read') delete links.edit; // a read-only viewer never hands out edit links
   shareLinks = links;
@@ -493,6 +518,53 @@ async function refreshShareMenu() {
   }
   setShareNote(note);
   shareMenu.dataset.state = 'ready';
+}
+
+// Links minted for this page, reused while valid, so that opening the menu again
+// does not record more links than anyone copies.
+const minted = {};
+async function mintedLink(role) {
+  const have = minted[role];
+  if (have && (have.expires === null || have.expires * 1000 > Date.now() + 60000)) return have;
+  const r = await mintLink({ doc: docName, role, token, origin: location.origin });
+  if (r.ok) minted[role] = r;
+  return r;
+}
+
+/** The document's active links, each with "Revoke" (the list is the server's: GET /api/docs/{doc}/links). */
+function renderLinkList(listed) {
+  const box = $('share-links');
+  const list = $('share-list');
+  list.replaceChildren();
+  const links = listed.ok ? activeLinks(listed.links) : [];
+  box.hidden = links.length === 0;
+  for (const link of links) {
+    const li = document.createElement('li');
+    li.dataset.id = link.id;
+    const label = document.createElement('span');
+    label.className = 'share-link-label';
+    label.textContent = linkLabel(link);
+    label.title = linkDetails(link);
+    const btn = document.createElement('button');
+    btn.type = 'button';
+    btn.className = 'share-revoke';
+    btn.textContent = 'Revoke';
+    btn.title = 'Revoke this link: whoever uses it is disconnected now, and it opens nothing any more';
+    btn.addEventListener('click', async () => {
+      btn.disabled = true;
+      const r = await revokeLink({ id: link.id, token });
+      if (!r.ok) {
+        btn.disabled = false;
+        setShareNote(`Could not revoke the link${r.message ? `: ${r.message}` : ` (HTTP ${r.status})`}.`);
+        return;
+      }
+      for (const role of ROLES) if (minted[role] && minted[role].id === link.id) delete minted[role];
+      toast('Link revoked');
+      refreshShareMenu();
+    });
+    li.append(label, btn);
+    list.append(li);
+  }
 }
 
 /** Put `href` on the clipboard, or, where the browser refuses, show it in a
@@ -639,20 +711,29 @@ $('name-form').addEventListener('submit', () => {
 /** The session ended for good (no access, invalid name): say why, with what
  * to do next, and take away what cannot work any more. Text already in the
  * page stays and can still be downloaded. */
+/** The close reason of a renamed document, before its new name. */
+const RENAMED = 'document renamed to ';
+
 function showDenied(detail) {
   let text = detail;
   const code = session.fatalCode;
   if (code === CLOSE_CODES.BAD_TOKEN) {
-    const claims = tokenClaims(token);
     if (!token) {
       text = 'Access denied: this server needs a link that carries access (a token). Ask the document\'s owner for a link.';
-    } else if (claims && typeof claims.exp === 'number' && claims.exp * 1000 <= Date.now()) {
-      text = `Access denied: this link expired on ${new Date(claims.exp * 1000).toLocaleString()}. Ask for a new link.`;
     } else {
-      text = 'Access denied: this link is not valid (mistyped, revoked, or for another server). Ask for a new link.';
+      text = deniedText(session.fatalReason, tokenClaims(token));
     }
   } else if (code === CLOSE_CODES.NOT_ALLOWED) {
     text = 'Access denied: this link does not give access to this document. Ask for a link to it.';
+  } else if (code === CLOSE_CODES.NO_DOCUMENT && session.fatalReason.startsWith(RENAMED)) {
+    const next = session.fatalReason.slice(RENAMED.length);
+    if (DOC_NAME_RE.test(next)) {
+      // Everything sent was acknowledged before the server moved the document: reopen it under its new name.
+      location.replace(`/d/${encodeURIComponent(next)}${location.search}${location.hash}`);
+      text = `This document was renamed to ${next}: opening it there…`;
+    }
+  } else if (code === CLOSE_CODES.NO_DOCUMENT && /deleted/.test(session.fatalReason)) {
+    text = 'This document was deleted: it is in the trash, and whoever may edit it can restore it (collab restore).';
   }
   showBanner(text);
   document.body.classList.add('denied');

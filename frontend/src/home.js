@@ -49,11 +49,14 @@ async function loadDocs() {
     rows.replaceChildren();
     for (const d of docs) {
       const tr = el('tr');
-      const name = el('td');
-      const a = el('a', '', d.id); // textContent: a name is data, never markup
+      const title = typeof d.title === 'string' && d.title ? d.title : null;
+      tr.dataset.search = searchKey(`${title || ''}\n${d.id}`);
+      const first = el('td', 'doc-title');
+      const a = el('a', title ? '' : 'untitled', title || d.id); // textContent: names and titles are data, never markup
       a.href = pageUrl(d.id);
-      name.appendChild(a);
-      tr.appendChild(name);
+      first.appendChild(a);
+      tr.appendChild(first);
+      tr.appendChild(el('td', 'muted doc-id', d.id));
       const size = el('td', 'num', typeof d.size === 'number' ? formatChars(d.size) : '');
       if (typeof d.size === 'number') size.title = `${d.size.toLocaleString()} character${d.size === 1 ? '' : 's'}`;
       tr.appendChild(size);
@@ -65,6 +68,8 @@ async function loadDocs() {
       rows.appendChild(tr);
     }
     $('doc-table').hidden = docs.length === 0;
+    $('doc-search').hidden = docs.length === 0;
+    applySearch();
     $('doc-count').textContent = docs.length ? String(docs.length) : '';
     status.hidden = docs.length > 0;
     status.textContent = 'No documents yet. Create one to get started.';
@@ -73,6 +78,29 @@ async function loadDocs() {
     status.textContent = `Could not load the document list (${e.message}).`;
   }
 }
+
+/** Lower-cased, accents kept apart (NFKD without marks), so "fuchse" finds "Füchse". */
+export function searchKey(text) {
+  return text.normalize('NFKD').replace(/\p{M}/gu, '').toLowerCase();
+}
+
+/** Show only the rows whose title or name holds every word of the search field. */
+function applySearch() {
+  const words = searchKey($('doc-search').value).split(/\s+/).filter(Boolean);
+  let shown = 0;
+  const rows = $('doc-rows').children;
+  for (const tr of rows) {
+    const hit = words.every((w) => tr.dataset.search.includes(w));
+    tr.hidden = !hit;
+    if (hit) shown++;
+  }
+  const note = $('search-status');
+  note.hidden = !words.length || shown > 0;
+  note.textContent = 'No document matches the search.';
+  $('doc-count').textContent = rows.length ? (words.length ? `${shown} of ${rows.length}` : String(rows.length)) : '';
+}
+
+$('doc-search').addEventListener('input', applySearch);
 
 /** The server wants a token this page does not have (or refuses it): there
  * is nothing to list or create from here, so say how to get in instead of

@@ -49,6 +49,7 @@ export class Session {
     this.status = 'connecting'; // connecting | connected | reconnecting | offline | closed
     this.fatal = null;
     this.fatalCode = null; // the close code that ended the session for good
+    this.fatalReason = ''; // and the server's reason with it
     this.nextRetryAt = null; // Date.now() of the next scheduled attempt, while waiting
     this.isOffline = false;
     this.stopped = false;
@@ -179,6 +180,7 @@ export class Session {
       if (fatal) {
         this.fatal = fatal;
         this.fatalCode = ev.code;
+        this.fatalReason = ev.reason || ''; // e.g. 'this link was revoked: ask for a new one'
         this._setStatus('closed', fatal);
         return;
       }

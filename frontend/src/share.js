@@ -51,7 +51,7 @@ export function absoluteLink(url, origin) {
 }
 
 /** Ask the server for a `role` link to `doc` on behalf of `token`.
- * Resolves to {ok: true, role, href, expires} or {ok: false, role, status, message}
+ * Resolves to {ok: true, role, href, expires, id} or {ok: false, role, status, message}
  * (status 0: the server could not be reached or answered nonsense). Never throws. */
 export async function mintLink({ doc, role, token, origin, fetchImpl = globalThis.fetch }) {
   const headers = { 'Content-Type': 'application/json' };
@@ -82,7 +82,8 @@ export async function mintLink({ doc, role, token, origin, fetchImpl = globalThi
   const href = body ? absoluteLink(body.url, origin) : null;
   if (!href) return { ok: false, role, status: 0, message: 'the server answered without a usable link' };
   const expires = body && typeof body.expires === 'number' && Number.isFinite(body.expires) ? body.expires : null;
-  return { ok: true, role: body.role === 'read' ? 'read' : role, href, expires };
+  const id = typeof body.id === 'string' ? body.id : null;
+  return { ok: true, role: body.role === 'read' ? 'read' : role, href, expires, id };
 }
 
 const clip = (s, n = 200) => (s.length > n ? `${s.slice(0, n)}…` : s);
@@ -132,4 +133,93 @@ export function copiedText(role) {
   if (role === 'read') return 'Read-only link copied';
   if (role === 'edit') return 'Edit link copied';
   return 'Link copied';
+}
+
+/** The share links recorded for `doc` (GET /api/docs/{doc}/links).
+ * Resolves to {ok: true, links} or {ok: false, status, message}. Never throws. */
+export async function listLinks({ doc, token, fetchImpl = globalThis.fetch }) {
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  let resp;
+  try {
+    resp = await fetchImpl(`/api/docs/${encodeURIComponent(doc)}/links`, {
+      headers, cache: 'no-store', credentials: 'same-origin',
+    });
+  } catch (e) {
+    return { ok: false, status: 0, message: String((e && e.message) || e) };
+  }
+  let body = null;
+  try {
+    body = await resp.json();
+  } catch (e) {
+    body = null;
+  }
+  if (!resp.ok || !Array.isArray(body)) return { ok: false, status: resp.status, message: '' };
+  const links = body.filter((l) => l && typeof l.id === 'string' && ROLES.includes(l.role));
+  return { ok: true, links };
+}
+
+/** Revoke the link `id` with the viewer's `token` (POST /api/tokens/revoke).
+ * Resolves to {ok: true} or {ok: false, status, message}. Never throws. */
+export async function revokeLink({ id, token, fetchImpl = globalThis.fetch }) {
+  let resp;
+  try {
+    resp = await fetchImpl('/api/tokens/revoke', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${token}` },
+      body: JSON.stringify({ id }),
+      cache: 'no-store',
+      credentials: 'same-origin',
+    });
+  } catch (e) {
+    return { ok: false, status: 0, message: String((e && e.message) || e) };
+  }
+  if (resp.ok) return { ok: true };
+  let body = null;
+  try {
+    body = await resp.json();
+  } catch (e) {
+    body = null;
+  }
+  const message = body && typeof body.message === 'string' ? body.message : '';
+  return { ok: false, status: resp.status, message };
+}
+
+/** The links worth listing: not revoked, not expired (at `now`, Unix ms), newest first. */
+export function activeLinks(links, now = Date.now()) {
+  return links
+    .filter((l) => !l.revoked && (l.expires === null || l.expires === undefined || l.expires * 1000 > now))
+    .sort((a, b) => b.issued - a.issued);
+}
+
+const shortTime = (t) => new Date(t * 1000).toLocaleString(undefined, {
+  month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit',
+});
+
+/** One line for a listed link: "Edit link by Ada · Dec 5, 10:04 → Dec 12". */
+export function linkLabel(link) {
+  const kind = link.role === 'read' ? 'Read-only link' : 'Edit link';
+  const by = link.by ? ` by ${clip(link.by, 64)}` : '';
+  const until = link.expires ? ` → ${new Date(link.expires * 1000).toLocaleDateString(undefined, {
+    month: 'short', day: 'numeric',
+  })}` : ', no expiry';
+  return `${kind}${by} · ${shortTime(link.issued)}${until}`;
+}
+
+/** The tooltip of a listed link: when it was made and until when it works. */
+export function linkDetails(link) {
+  const until = link.expires ? `valid until ${new Date(link.expires * 1000).toLocaleString()}` : 'never expires';
+  return `Created ${new Date(link.issued * 1000).toLocaleString()}; ${until}.`;
+}
+
+/** What the editor says when the server closed the session with 4001: revoked, expired, or not valid. */
+export function deniedText(reason, claims, now = Date.now()) {
+  const why = typeof reason === 'string' ? reason : '';
+  if (why.includes('revoked')) {
+    return 'Access removed: this link was revoked by someone who shares this document. Ask for a new link.';
+  }
+  if (why.includes('expired') || (claims && typeof claims.exp === 'number' && claims.exp * 1000 <= now)) {
+    const when = claims && typeof claims.exp === 'number' ? ` on ${new Date(claims.exp * 1000).toLocaleString()}` : '';
+    return `Access denied: this link expired${when}. Ask for a new link.`;
+  }
+  return 'Access denied: this link is not valid (mistyped, or for another server). Ask for a new link.';
 }

@@ -4,6 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   tokenClaims, rolesToAsk, absoluteLink, mintLink, refusalText, summarize, copiedText, expiryText,
+  listLinks, revokeLink, activeLinks, linkLabel, linkDetails, deniedText,
 } from '../src/share.js';
 
 const ORIGIN = 'http://127.0.0.1:8000';
@@ -57,9 +58,9 @@ test('mintLink posts the role with the token as a Bearer header and returns the 
   const calls = [];
   const r = await mintLink({
     doc: 'team notes', role: 'read', token: 'tok', origin: ORIGIN,
-    fetchImpl: fakeFetch(200, { role: 'read', token: 'x', url: '/d/team%20notes#token=x', expires: 1767225600 }, calls),
+    fetchImpl: fakeFetch(200, { role: 'read', token: 'x', url: '/d/team%20notes#token=x', expires: 1767225600, id: 'j1' }, calls),
   });
-  assert.deepEqual(r, { ok: true, role: 'read', href: `${ORIGIN}/d/team%20notes#token=x`, expires: 1767225600 });
+  assert.deepEqual(r, { ok: true, role: 'read', href: `${ORIGIN}/d/team%20notes#token=x`, expires: 1767225600, id: 'j1' });
   assert.equal(calls.length, 1);
   assert.equal(calls[0].url, '/api/docs/team%20notes/share');
   assert.equal(calls[0].init.method, 'POST');
@@ -73,7 +74,7 @@ test('mintLink: open server edit link (no token, no expiry), refusals and failur
     doc: 'n', role: 'edit', token: null, origin: ORIGIN,
     fetchImpl: fakeFetch(200, { role: 'edit', token: null, url: '/d/n', expires: null }),
   });
-  assert.deepEqual(open, { ok: true, role: 'edit', href: `${ORIGIN}/d/n`, expires: null });
+  assert.deepEqual(open, { ok: true, role: 'edit', href: `${ORIGIN}/d/n`, expires: null, id: null });
   const forbidden = await mintLink({
     doc: 'n', role: 'edit', token: 't', origin: ORIGIN,
     fetchImpl: fakeFetch(403, { error: 'forbidden', message: 'this token may not create edit links' }),
@@ -115,4 +116,49 @@ test('confirmation and expiry texts', () => {
   assert.equal(copiedText(null), 'Link copied');
   assert.match(expiryText(1767225600), /^Valid until /);
   assert.match(expiryText(null), /does not expire/);
+});
+
+test('listLinks and revokeLink call the API with the token as a Bearer header and never throw', async () => {
+  const calls = [];
+  const rows = [
+    { id: 'a', role: 'edit', issued: 10, expires: null, by: 'Ada 🦊', revoked: null },
+    { id: 'b', role: 'admin', issued: 11, expires: null, by: null, revoked: null },
+  ];
+  const listed = await listLinks({ doc: 'n 🦊', token: 'tok', fetchImpl: fakeFetch(200, rows, calls) });
+  assert.deepEqual(listed, { ok: true, links: [rows[0]] }, 'an unknown role is dropped');
+  assert.equal(calls[0].url, `/api/docs/${encodeURIComponent('n 🦊')}/links`);
+  assert.equal(calls[0].init.headers.Authorization, 'Bearer tok');
+  assert.deepEqual(await listLinks({ doc: 'n', token: 't', fetchImpl: fakeFetch(403, 'nope') }),
+    { ok: false, status: 403, message: '' });
+  const thrown = await listLinks({ doc: 'n', token: 't', fetchImpl: async () => { throw new Error('offline'); } });
+  assert.equal(thrown.status, 0);
+
+  const revokes = [];
+  assert.deepEqual(await revokeLink({ id: 'a', token: 'tok', fetchImpl: fakeFetch(200, {}, revokes) }), { ok: true });
+  assert.equal(revokes[0].url, '/api/tokens/revoke');
+  assert.deepEqual(JSON.parse(revokes[0].init.body), { id: 'a' });
+  assert.deepEqual(await revokeLink({ id: 'a', token: 't', fetchImpl: fakeFetch(403, { message: 'no 🙅' }) }),
+    { ok: false, status: 403, message: 'no 🙅' });
+});
+
+test('activeLinks keeps the unrevoked, unexpired links, newest first; linkLabel names role and sharer', () => {
+  const now = 1000 * 1000;
+  const links = [
+    { id: 'old', role: 'read', issued: 1, expires: null, revoked: null },
+    { id: 'new', role: 'edit', issued: 5, expires: 2000, by: 'Ada 🦊', revoked: null },
+    { id: 'gone', role: 'edit', issued: 6, expires: null, revoked: 7 },
+    { id: 'past', role: 'edit', issued: 7, expires: 999, revoked: null },
+  ];
+  assert.deepEqual(activeLinks(links, now).map((l) => l.id), ['new', 'old']);
+  assert.match(linkLabel(links[1]), /^Edit link by Ada 🦊 · .+ → .+/);
+  assert.match(linkLabel(links[0]), /^Read-only link · .+, no expiry$/);
+  assert.match(linkDetails(links[1]), /^Created .+; valid until .+\.$/);
+  assert.match(linkDetails(links[0]), /; never expires\.$/);
+});
+
+test('deniedText tells revoked, expired and invalid apart', () => {
+  assert.match(deniedText('this link was revoked: ask for a new one', null), /was revoked/);
+  assert.match(deniedText('token expired', null), /expired\. Ask/);
+  assert.match(deniedText('', { exp: 10 }, 20000), /expired on/);
+  assert.match(deniedText('invalid token', { exp: 10 ** 12 }), /not valid/);
 });

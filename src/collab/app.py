@@ -21,19 +21,24 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import auth, guard, protocol
+from . import api_docs, api_tokens, auth, guard, protocol
 from .assets import REVALIDATE, Assets
 from .backplane import open_backplane
 from .config import Settings
 from .connection import Fanout, Session
+from .httpbody import read_body
 from .hub import Hub, HubConfig
-from .protocol import ProtocolError
+from .lifecycle import DELETED_REASON, RENAMED_REASON, Trash
+from .protocol import CLOSE_NO_DOCUMENT, ProtocolError
+from .revocation import Revocations
 from .store import Store, open_store
 from .store.history import MAX_SESSIONS, HistoryError, NoSuchDocument, RevisionGone
+from .store.base import Credential, DocInfo
+from .titles import HEAD_CHARS, first_heading
 
 log = logging.getLogger("collab.app")
 
@@ -85,25 +90,6 @@ def static_dir() -> Path | None:
     return None
 
 
-async def read_body(request: Request, limit: int) -> bytes | None:
-    """The request's body, or ``None`` when it is larger than ``limit`` bytes.
-
-    Refused from ``Content-Length`` before a byte is read, or (chunked) as
-    soon as the bytes received pass the limit: never held whole first.
-    """
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        return None
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 class CollabApp:
     """The state behind the routes: settings, store and hub."""
 
@@ -111,6 +97,12 @@ class CollabApp:
         self.settings = settings
         self.store = store
         self.hub: Hub | None = None if store is None else Hub(store, HubConfig.from_settings(settings))
+        #: Revoked and lowered credentials, and the sessions using each (set up with the store).
+        self.revocations = Revocations(store)
+        #: Deleted documents (the trash), and closing their editors.
+        self.trash = Trash(store, settings.trash_days, self._document_deleted, self._document_renamed)
+        #: The first heading last recorded per open document, so that only a change is written.
+        self.headings: dict[str, str | None] = {}
         self._owns_store = store is None
         root = static_dir()
         #: The built frontend's files, compressed and hashed in memory (``None``: not built).
@@ -128,10 +120,22 @@ class CollabApp:
         if self.store is None:
             self.store = await open_store(self.settings)
             self.hub = Hub(self.store, HubConfig.from_settings(self.settings), backplane=await open_backplane(self.settings))
+            self.revocations.store = self.trash.store = self.store
+        hub = self.hub
+        self.trash.in_use = lambda: set(hub.docs) if hub is not None else set()
+        if hub is not None:
+            hub.on_unload = self._unloading
+        await self.revocations.start()
+        await self.trash.start()
         try:
             yield
         finally:
             assert self.hub is not None
+            await self.trash.close()
+            await self.revocations.close()
+            for doc in list(self.hub.docs.values()):  # the list reads titles from the store after a restart
+                with contextlib.suppress(Exception):
+                    await self._record_heading(doc.id, doc.text)
             await self.hub.close()
             if self._owns_store:
                 await self.store.close()
@@ -157,11 +161,67 @@ class CollabApp:
             raise HTTPException(404, "invalid document name: use 1-128 of A-Z a-z 0-9 . _ - not starting with '.'")
         return doc
 
+    def _live_doc(self, request: Request) -> tuple[str, auth.Grant]:
+        """The document of the request and the caller's grant for it; then, to a caller it reaches only,
+        404 while the document is in the trash and 307 to its new name if it was renamed."""
+        doc = self._doc_param(request)
+        grant = self._grant(request, doc)
+        if self.trash.is_deleted(doc):
+            raise HTTPException(404, DELETED_REASON)
+        new = self.trash.renamed.get(doc)
+        if new is not None:
+            path = request.url.path.replace(f"/{doc}", f"/{new}", 1)
+            query = f"?{request.url.query}" if request.url.query else ""
+            raise HTTPException(307, RENAMED_REASON + new, headers={"Location": path + query})
+        return doc, grant
+
+    def _document_renamed(self, old: str, new: str) -> None:
+        """``old`` is now ``new``: close its editors here (4004, naming the new name)."""
+        open_doc = self.hub.docs.get(old) if self.hub is not None else None
+        if open_doc is not None:
+            open_doc.kick_all(CLOSE_NO_DOCUMENT, RENAMED_REASON + new)
+
+    async def documents(self) -> list[DocInfo]:
+        """The document list, with the first heading of each document open here brought up to date first."""
+        assert self.store is not None and self.hub is not None
+        for doc in list(self.hub.docs.values()):
+            await self._record_heading(doc.id, doc.text)
+        return await self.store.list_docs()
+
+    async def _record_heading(self, doc_id: str, text: Any) -> None:
+        heading = first_heading(text.head(HEAD_CHARS))
+        if doc_id not in self.headings or self.headings[doc_id] != heading:
+            assert self.store is not None
+            await self.store.set_heading(doc_id, heading)
+            self.headings[doc_id] = heading
+
+    def _unloading(self, doc: Any) -> None:
+        """A document leaves memory: record its first heading (the list reads it from the store from now on)."""
+        if doc.failed or len(doc.text) == 0:
+            self.headings.pop(doc.id, None)
+            return
+
+        async def record() -> None:
+            try:
+                await self._record_heading(doc.id, doc.text)
+            except Exception as exc:  # the title waits for the next unload
+                log.warning("recording the title of %r failed: %s", doc.id, exc)
+            finally:
+                self.headings.pop(doc.id, None)
+
+        asyncio.get_running_loop().create_task(record())
+
+    def _document_deleted(self, doc: str) -> None:
+        """``doc`` went into the trash: close its editors here (4004, saying so)."""
+        open_doc = self.hub.docs.get(doc) if self.hub is not None else None
+        if open_doc is not None:
+            open_doc.kick_all(CLOSE_NO_DOCUMENT, DELETED_REASON)
+
     def _grant(self, request: Request, doc: str | None) -> auth.Grant:
         """The caller's grant for ``doc``; raises HTTP 401/403 as the token deserves."""
         token = auth.extract_token(request.headers.get("authorization"), request.query_params.get("token"))
         try:
-            return auth.authorize(self.settings.secret, token, doc)
+            return self.revocations.check(auth.authorize(self.settings.secret, token, doc))
         except auth.AuthError as exc:
             raise HTTPException(exc.http_status, str(exc)) from None
 
@@ -197,7 +257,7 @@ class CollabApp:
     async def list_docs(self, request: Request) -> Response:
         grant = self._grant(request, None)
         assert self.store is not None
-        return JSONResponse([d.to_json() for d in await self.store.list_docs() if grant.allows(d.id)])
+        return JSONResponse([d.to_json() for d in await self.documents() if grant.allows(d.id)])
 
     async def _history(self, request: Request, read: Any) -> Response:
         """Answer a history request: ``read(doc, grant)`` returns the response; refusals become 400/404/410."""
@@ -216,8 +276,7 @@ class CollabApp:
     async def get_doc(self, request: Request) -> Response:
         if "rev" in request.query_params:
             return await self._history(request, lambda doc, _: self._doc_at(request, doc, json=True))
-        doc = self._doc_param(request)
-        self._grant(request, doc)
+        doc, _ = self._live_doc(request)
         assert self.hub is not None
         rev, text = await self.hub.read(doc)
         return JSONResponse({"id": doc, "rev": rev, "text": text})
@@ -225,8 +284,7 @@ class CollabApp:
     async def get_text(self, request: Request) -> Response:
         if "rev" in request.query_params:
             return await self._history(request, lambda doc, _: self._doc_at(request, doc, json=False))
-        doc = self._doc_param(request)
-        self._grant(request, doc)
+        doc, _ = self._live_doc(request)
         assert self.hub is not None
         _, text = await self.hub.read(doc)
         return PlainTextResponse(text, media_type="text/plain; charset=utf-8")
@@ -284,8 +342,7 @@ class CollabApp:
         return await self._history(request, write)
 
     async def put_text(self, request: Request) -> Response:
-        doc = self._doc_param(request)
-        grant = self._grant(request, doc)
+        doc, grant = self._live_doc(request)
         if grant.role != "edit":
             raise HTTPException(403, "this token is read-only: it may not change the document")
         assert self.hub is not None
@@ -306,8 +363,7 @@ class CollabApp:
 
     async def share(self, request: Request) -> Response:
         """Mint a link to this document with the asked role, within the caller's own rights."""
-        doc = self._doc_param(request)
-        grant = self._grant(request, doc)
+        doc, grant = self._live_doc(request)
         raw = await read_body(request, SHARE_BODY_BYTES)
         if raw is None:
             return JSONResponse({"error": protocol.TOO_LARGE, "message": f"the body exceeds {SHARE_BODY_BYTES} bytes"},
@@ -325,7 +381,33 @@ class CollabApp:
             return JSONResponse({"error": "bad_request", "message": str(exc)}, status_code=400)
         except auth.AuthError as exc:
             return JSONResponse({"error": protocol.FORBIDDEN, "message": str(exc)}, status_code=exc.http_status)
+        if link.id is not None:  # recorded, so that the document's links can be listed and revoked
+            await self.revocations.record(Credential(link.id, doc, link.role, link.issued, link.expires, grant.name))
         return JSONResponse(link.to_json(), headers={"Cache-Control": "no-store"})
+
+    async def delete_doc(self, request: Request) -> Response:
+        return await api_docs.delete(self, request)
+
+    async def restore_doc(self, request: Request) -> Response:
+        return await api_docs.restore(self, request)
+
+    async def list_trash(self, request: Request) -> Response:
+        return await api_docs.trash(self, request)
+
+    async def set_title(self, request: Request) -> Response:
+        return await api_docs.set_title(self, request)
+
+    async def rename(self, request: Request) -> Response:
+        return await api_docs.rename(self, request)
+
+    async def links(self, request: Request) -> Response:
+        return await api_tokens.links(self, request)
+
+    async def revoke(self, request: Request) -> Response:
+        return await api_tokens.revoke(self, request)
+
+    async def lower_role(self, request: Request) -> Response:
+        return await api_tokens.lower_role(self, request)
 
     async def metrics(self, request: Request) -> Response:
         hub = self.hub
@@ -374,7 +456,12 @@ class CollabApp:
         return self._page(request, "index.html")
 
     async def editor(self, request: Request) -> Response:
-        self._doc_param(request)
+        doc = self._doc_param(request)
+        new = self.trash.renamed.get(doc)
+        # On an open server the page redirects at once. With a secret the page cannot tell who asks (the token
+        # is in the fragment), so the new name is told only over the WebSocket, after the token is checked.
+        if new is not None and not self.settings.secret:
+            return RedirectResponse(request.url_for("editor", doc=new).path, status_code=307)
         return self._page(request, "editor.html")
 
     async def static(self, request: Request) -> Response:
@@ -392,13 +479,21 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         Route("/healthz", state.healthz),
         Route("/metrics", state.metrics),
         Route("/api/docs", state.list_docs),
-        Route("/api/docs/{doc}", state.get_doc),
+        Route("/api/docs/{doc}", state.get_doc, methods=["GET", "HEAD"]),
+        Route("/api/docs/{doc}", state.delete_doc, methods=["DELETE"]),
+        Route("/api/trash/{doc}/restore", state.restore_doc, methods=["POST"]),
+        Route("/api/trash", state.list_trash, methods=["GET"]),
+        Route("/api/docs/{doc}/title", state.set_title, methods=["POST"]),
+        Route("/api/docs/{doc}/rename", state.rename, methods=["POST"]),
         Route("/api/docs/{doc}/text", state.get_text, methods=["GET"]),
         Route("/api/docs/{doc}/text", state.put_text, methods=["PUT"]),
         Route("/api/docs/{doc}/share", state.share, methods=["POST"]),
         Route("/api/docs/{doc}/restore", state.restore, methods=["POST"]),
         Route("/api/docs/{doc}/revisions", state.revisions),
         Route("/api/docs/{doc}/authorship", state.authorship),
+        Route("/api/docs/{doc}/links", state.links, methods=["GET"]),
+        Route("/api/tokens/revoke", state.revoke, methods=["POST"]),
+        Route("/api/tokens/role", state.lower_role, methods=["POST"]),
         ws_route,
         Route("/", state.index),
         Route("/d/{doc}", state.editor, name="editor"),

@@ -28,6 +28,7 @@ examples:
   collab history http://127.0.0.1:8000 notes   # editing sessions, newest first
   collab cat --rev 42 http://127.0.0.1:8000 notes   # the text at revision 42
   COLLAB_SECRET=... collab token --doc 'team-*' --role read --ttl 7d
+  collab rm http://127.0.0.1:8000 notes        # into the trash; collab restore brings it back
 
 A document is any name of 1-128 characters A-Z a-z 0-9 . _ - (not starting
 with '.'); it exists as soon as you use it. Run `collab COMMAND --help` for
@@ -55,7 +56,8 @@ Use it as ws://host/ws/notes?token=TOKEN, or --token TOKEN with cat/put/tail.
 examples:
   collab token --doc notes                       # edit "notes" for 7 days
   collab token --doc 'team-*' --role read --ttl 12h --name "Wall display"
-  collab token --doc a --doc b --ttl never       # never expires (revoke by changing the secret)
+  collab token --doc a --doc b --ttl never       # never expires (revoke it with --revoke)
+  collab token --revoke "$TOKEN" --url http://127.0.0.1:8000   # closes its sessions at once
 """
 
 
@@ -239,13 +241,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("token", help="mint an access token (needs COLLAB_SECRET)",
                        description="Mint a signed access token for one or more documents.",
                        epilog=TOKEN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--doc", action="append", required=True, metavar="PATTERN",
+    p.add_argument("--doc", action="append", metavar="PATTERN",
                    help="document name or glob (* any run, ? one character); repeat for several")
     p.add_argument("--role", choices=["edit", "read"], default="edit", help="edit (default) or read-only")
     p.add_argument("--ttl", type=parse_ttl, default="7d",
                    help="lifetime: plain seconds, 30m, 12h, 7d, 2w, or never (default 7d)")
     p.add_argument("--name", help="display name shown to other editors")
     p.add_argument("--no-share", action="store_true", help="the holder may not mint share links")
+    p.add_argument("--revoke", metavar="TOKEN", help="revoke TOKEN (or a link carrying it) at the server --url")
+    p.add_argument("--url", metavar="URL", help="with --revoke: the server, e.g. http://127.0.0.1:8000")
+
+    from . import cli_docs, cli_share
+
+    cli_share.add_parser(sub, token_help, url_help)
+    cli_docs.add_parsers(sub, token_help, url_help)
     return parser
 
 
@@ -480,6 +489,11 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def cmd_token(args: argparse.Namespace) -> int:
     from .auth import mint_token
 
+    if args.revoke:
+        from .cli_share import revoke_token
+
+        return revoke_token(args)
+
     secret = os.environ.get("COLLAB_SECRET", "")
     if not secret:
         raise CliError("COLLAB_SECRET is not set: export the server's secret first, e.g. "
@@ -494,7 +508,10 @@ def cmd_token(args: argparse.Namespace) -> int:
         life = "never expires"
     else:
         life = f"valid for {_human_seconds(args.ttl)}"
-    print(f"collab: {args.role} token for {', '.join(args.doc)}; {life}", file=sys.stderr)
+    from .auth import claims_unverified
+
+    print(f"collab: {args.role} token {claims_unverified(secret, token).jti} for {', '.join(args.doc)}; {life}; "
+          f"revoke it with: collab token --revoke TOKEN --url URL", file=sys.stderr)
     return 0
 
 
@@ -506,8 +523,20 @@ def _human_seconds(s: float) -> str:
     return f"{s:g} seconds"
 
 
+def cmd_share(args: argparse.Namespace) -> int:
+    from .cli_share import cmd_share as run
+
+    return run(args)
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    from .cli_docs import cmd_docs as run
+
+    return run(args)
+
+
 COMMANDS = {"serve": cmd_serve, "cat": cmd_cat, "history": cmd_history, "put": cmd_put, "tail": cmd_tail,
-            "token": cmd_token}
+            "token": cmd_token, "share": cmd_share, "rm": cmd_docs, "restore": cmd_docs, "trash": cmd_docs, "ls": cmd_docs, "title": cmd_docs, "rename": cmd_docs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -517,6 +546,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    if args.command == "token" and not args.doc and not args.revoke:
+        parser.error("collab token needs --doc PATTERN (or --revoke TOKEN --url URL)")
     try:
         return COMMANDS[args.command](args)
     except CliError as e:

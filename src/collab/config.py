@@ -157,6 +157,8 @@ class Settings:
     history_retain: float | None = None
     #: A pause longer than this many seconds between edits starts a new editing session.
     session_gap: float = 300.0
+    #: Days a deleted document stays in the trash, restorable, before it is purged.
+    trash_days: float = 30.0
 
     # Connections.
     #: Largest WebSocket frame accepted, in bytes (close 1009 above it).
@@ -242,6 +244,7 @@ class Settings:
             idle_unload_seconds=_float(env, "COLLAB_IDLE_UNLOAD_SECONDS", d.idle_unload_seconds),
             history_retain=_retain(env, "COLLAB_HISTORY_RETAIN"),
             session_gap=_float(env, "COLLAB_SESSION_GAP", d.session_gap),
+            trash_days=_float(env, "COLLAB_TRASH_DAYS", d.trash_days),
             max_message_bytes=_int(env, "COLLAB_MAX_MESSAGE_BYTES", d.max_message_bytes),
             client_queue_size=_int(env, "COLLAB_CLIENT_QUEUE_SIZE", d.client_queue_size),
             client_queue_bytes=_int(env, "COLLAB_CLIENT_QUEUE_BYTES", d.client_queue_bytes),

@@ -33,6 +33,8 @@ from .limits import TRANSFORM_OPS_PER_MESSAGE, SourceLimits, transform_cost
 from .metrics import note_slow_client_drop
 from .protocol import (
     BAD_MESSAGE,
+    CLOSE_BAD_TOKEN,
+    CLOSE_RESTART,
     CLOSE_INTERNAL,
     CLOSE_NORMAL,
     CLOSE_NO_DOCUMENT,
@@ -46,6 +48,8 @@ from .protocol import (
     encode,
     error_msg,
 )
+from .lifecycle import DELETED_REASON, RENAMED_REASON
+from .revocation import EXPIRED_REASON, LOWERED_REASON, REVOKED_REASON, expiry_timer
 from .store import StoreFailed
 from .transport import EXTENSION as DIRECT_EXTENSION
 from .transport import ReceiverFailed
@@ -108,7 +112,7 @@ class Session:
     """The server side of one WebSocket connection (see the module docstring)."""
 
     __slots__ = ("app", "settings", "max_bytes", "scope", "receive", "send", "doc_id", "direct", "grant", "limiter",
-                 "peer", "doc", "charged", "drain", "closed_sent", "dropped")
+                 "peer", "doc", "charged", "drain", "closed_sent", "dropped", "timer")
 
     def __init__(self, app: "CollabApp", scope: Scope, receive: Receive, send: Send, doc_id: str) -> None:
         self.app = app
@@ -129,6 +133,8 @@ class Session:
         self.closed_sent = False
         #: The peer fell behind and was let go (counted once).
         self.dropped = False
+        #: Closes the session when its token expires.
+        self.timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -173,9 +179,14 @@ class Session:
         try:
             token = auth.extract_token(headers.get("authorization"),
                                        QueryParams(self.scope.get("query_string", b"")).get("token"))
-            self.grant = auth.authorize(s.secret, token, self.doc_id)
+            self.grant = self.app.revocations.check(auth.authorize(s.secret, token, self.doc_id))
         except auth.AuthError as exc:
             await self._close(exc.close_code, str(exc)[:120])
+            return False
+        trash = self.app.trash  # told only to a caller the token lets in
+        if trash.is_deleted(self.doc_id) or self.doc_id in trash.renamed:
+            renamed = trash.renamed.get(self.doc_id)
+            await self._close(CLOSE_NO_DOCUMENT, DELETED_REASON if renamed is None else RENAMED_REASON + renamed)
             return False
         client = self.scope.get("client")
         source = ip_key(client[0], s.ipv6_prefix) if client else ""
@@ -208,6 +219,7 @@ class Session:
             direct.receiver = None
         if peer is None:
             return
+        self._unwatch()
         if self.doc is not None:
             self.doc.remove(peer)
         if not peer.closed:
@@ -316,6 +328,44 @@ class Session:
             raise
         if self.direct is not None:
             self.direct.receiver = self.decide
+        self._watch()
+
+    # -- access taken back (see collab.revocation) ------------------------------------
+
+    def _watch(self) -> None:
+        """Follow the token after the join: revoked, lowered or expired, the session hears it."""
+        grant, revocations = self.grant, self.app.revocations
+        assert grant is not None
+        revocations.hold(grant.jti, self)
+        try:  # changed while the document loaded
+            if revocations.check(grant).role != grant.role:
+                self.lower_role("read", LOWERED_REASON)
+        except auth.AuthError:
+            self.revoke_access(CLOSE_BAD_TOKEN, REVOKED_REASON)
+        self.timer = expiry_timer(grant, lambda: self.revoke_access(CLOSE_BAD_TOKEN, EXPIRED_REASON))
+        if self.app.trash.is_deleted(self.doc_id):  # deleted while the document loaded
+            self.revoke_access(CLOSE_NO_DOCUMENT, DELETED_REASON)
+        elif self.doc_id in self.app.trash.renamed:
+            self.revoke_access(CLOSE_NO_DOCUMENT, RENAMED_REASON + self.app.trash.renamed[self.doc_id])
+
+    def _unwatch(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.grant is not None:
+            self.app.revocations.release(self.grant.jti, self)
+
+    def revoke_access(self, code: int, reason: str) -> None:
+        """The token was revoked or expired (4001), or the document deleted (4004): close the session."""
+        if self.peer is not None:
+            self.peer.kick(code, reason)
+
+    def lower_role(self, role: str, reason: str) -> None:
+        """The token's role was lowered: refuse edits from now on, and have the client rejoin (1012) as ``role``."""
+        peer = self.peer
+        if peer is not None and peer.role != role:
+            peer.role = role
+            peer.kick(CLOSE_RESTART, reason)
 
     # -- the way out ---------------------------------------------------------------
 

@@ -70,6 +70,20 @@ class DocText:
             s = self._str = "".join(self._chunks)
         return s
 
+    def head(self, n: int) -> str:
+        """The first ``n`` code points (fewer if the text is shorter), without joining the whole text."""
+        s = self._str
+        if s is not None:
+            return s[:n]
+        assert self._chunks is not None
+        parts, got = [], 0
+        for chunk in self._chunks:
+            parts.append(chunk)
+            got += len(chunk)
+            if got >= n:
+                break
+        return "".join(parts)[:n]
+
     def apply(self, op: ot.Operation) -> None:
         """Apply ``op`` (its base length must be ``len(self)``)."""
         if self._chunks is None:

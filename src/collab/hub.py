@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from . import ot
 from .cluster import Cluster
@@ -50,6 +50,8 @@ class Hub:
         self._loading: dict[str, asyncio.Future[Document]] = {}
         self.cluster = Cluster(backplane, store, self.docs, self._loading) if backplane is not None else None
         self.closing = False
+        #: Called with each document as it closes (idle or failed), before it is dropped.
+        self.on_unload: Callable[[Document], None] | None = None
 
     # -- counters behind /metrics ---------------------------------------------------
 
@@ -149,9 +151,15 @@ class Hub:
             except DocumentFailed:
                 continue  # dropped after a storage error: load it afresh and diff again
 
+    def drop(self, doc: Document) -> None:
+        """Stop serving ``doc`` from memory now (renamed: the next use of either name loads from the store)."""
+        self._forget(doc)
+
     def _forget(self, doc: Document) -> None:
         """``doc`` closed (idle, or failed): drop it and what the store and the backplane hold for it."""
         if self.docs.get(doc.id) is doc:
+            if self.on_unload is not None and not self.closing:
+                self.on_unload(doc)
             del self.docs[doc.id]
             self.store.forget(doc.id)
             if self.cluster is not None and not self.closing:

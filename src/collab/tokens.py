@@ -16,7 +16,11 @@ Claims::
      "share": true,               # optional, default true: may mint share links
      "name": "Ada",               # optional display name
      "iat": 1700000000,           # optional, issued at
-     "exp": 1700604800}           # optional: a token without exp never expires
+     "exp": 1700604800,           # optional: a token without exp never expires
+     "jti": "3q2-7wEX..."}        # optional: the token's id, which revocation names
+
+Tokens minted here always carry a ``jti``; a server refuses a token whose
+id was revoked (:mod:`collab.revocation`), and may lower its role.
 
 Without a secret the server is *open*: everyone may edit every document
 (:data:`OPEN_GRANT`) and tokens are ignored.
@@ -27,6 +31,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Iterable
@@ -54,7 +59,9 @@ __all__ = [
     "ShareLink",
     "authorize",
     "check_secret",
+    "claims_unverified",
     "extract_token",
+    "may_manage",
     "mint_token",
     "parse_ttl",
     "parse_ttl_optional",
@@ -148,6 +155,7 @@ class Grant:
     name: str | None = None
     expires: float | None = None  # Unix time; None never expires
     share: bool = True  # may mint share links (see can_share)
+    jti: str | None = None  # the token's id; None for tokens minted before ids (not revocable one by one)
 
     def allows(self, doc: str) -> bool:
         """Whether ``doc`` matches one of the patterns (case-sensitive, whole name)."""
@@ -175,6 +183,26 @@ OPEN_GRANT = Grant(role="edit", docs=("*",), name=None, expires=None, share=True
 def visible_docs(grant: Grant, names: Iterable[str]) -> list[str]:
     """The subset of ``names`` the grant reaches, in their order (for ``GET /api/docs``)."""
     return [n for n in names if grant.allows(n)]
+
+
+def _covers(grant: Grant, pattern: str) -> bool:
+    """Whether ``grant`` reaches every document ``pattern`` names."""
+    if "*" not in pattern and "?" not in pattern:
+        return grant.allows(pattern)
+    return "*" in grant.docs or pattern in grant.docs
+
+
+def may_manage(caller: Grant, target: Grant) -> bool:
+    """Whether ``caller`` may revoke ``target`` or change its role.
+
+    The rule: whoever may hand out ``target`` may take it back. The caller
+    must be allowed to share ``target``'s role (an edit grant: any link; a
+    read grant: read links only; ``share=False``: none) and reach every
+    document ``target`` names. A token holding the server's secret mints a
+    caller with ``docs=["*"]``, which reaches everything; a share link may
+    revoke itself.
+    """
+    return caller.can_share(target.role) and all(_covers(caller, p) for p in target.docs)
 
 
 # Secrets and tokens
@@ -242,7 +270,7 @@ def mint_token(
         # then open wss://collab.example.com/ws/notes-42?token=<token>
 
     ``ttl_seconds=None`` mints a token that never expires: it can then only
-    be revoked by changing the secret (which revokes every token). ``share``
+    be revoked with ``collab token --revoke`` (or by changing the secret, which revokes every token). ``share``
     says whether the holder may mint share links. Raises ``ValueError`` for a
     short secret or bad arguments.
     """
@@ -265,7 +293,8 @@ def mint_token(
 def _encode(
     secret: str, patterns: list[str], role: str, issued: float, exp: int | None, name: str | None, share: bool
 ) -> str:
-    payload: dict[str, object] = {"aud": AUDIENCE, "docs": patterns, "role": role, "share": share, "iat": int(issued)}
+    payload: dict[str, object] = {"aud": AUDIENCE, "docs": patterns, "role": role, "share": share, "iat": int(issued),
+                                  "jti": secrets.token_urlsafe(12)}
     if exp is not None:
         payload["exp"] = exp
     if name:
@@ -326,7 +355,7 @@ def _display_name_ok(name: object) -> bool:
 
 def _grant_from_claims(claims: dict) -> Grant:
     """Validate the collab claims of a correctly signed token."""
-    docs, role = claims.get("docs"), claims.get("role")
+    docs, role, jti = claims.get("docs"), claims.get("role"), claims.get("jti")
     share_claim, name, exp = claims.get("share", True), claims.get("name"), claims.get("exp")
     if (
         not isinstance(docs, list)
@@ -336,6 +365,7 @@ def _grant_from_claims(claims: dict) -> Grant:
         or role not in ROLES
         or not isinstance(share_claim, bool)
         or (name is not None and not _display_name_ok(name))
+        or (jti is not None and not (isinstance(jti, str) and 0 < len(jti) <= 64 and jti.isascii()))
     ):
         raise _unauthenticated("invalid token claims")
     return Grant(
@@ -344,7 +374,24 @@ def _grant_from_claims(claims: dict) -> Grant:
         name=name or None,
         expires=float(exp) if exp is not None else None,
         share=share_claim,
+        jti=jti,
     )
+
+
+def claims_unverified(secret: str, token: str) -> Grant:
+    """The grant of a correctly signed token, expired or not (to revoke one, its expiry does not matter).
+
+    Raises :class:`AuthError` 401 ``invalid token`` for anything not signed with ``secret``.
+    """
+    check_secret(secret)
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
+        raise _unauthenticated("invalid token")
+    options = {"require": ["aud", "docs", "role"], "verify_exp": False, "verify_iat": False, "verify_nbf": False}
+    try:
+        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], audience=AUDIENCE, options=options)
+    except jwt.InvalidTokenError:
+        raise _unauthenticated("invalid token") from None
+    return _grant_from_claims(claims)
 
 
 def authorize(secret: str, token: str | None, doc: str | None) -> Grant:
@@ -387,9 +434,11 @@ class ShareLink:
     token: str | None  # None on an open server: the plain page URL is enough
     url: str | None  # None when no page URL was given
     expires: float | None
+    id: str | None = None  # the token's jti (None on an open server)
+    issued: float = 0.0
 
     def to_json(self) -> dict[str, object]:
-        return {"role": self.role, "token": self.token, "url": self.url, "expires": self.expires}
+        return {"role": self.role, "token": self.token, "url": self.url, "expires": self.expires, "id": self.id}
 
 
 def _attach_token(page_url: str, token: str, fragment: bool = True) -> str:
@@ -453,7 +502,9 @@ def share(
         raise _unauthenticated("token expired")
     token = _encode(secret, [doc], role, issued, exp, None, True)
     url = _attach_token(page_url, token, fragment) if page_url else None
-    return ShareLink(role=role, token=token, url=url, expires=None if exp is None else float(exp))
+    jti = claims_unverified(secret, token).jti
+    return ShareLink(role=role, token=token, url=url, expires=None if exp is None else float(exp), id=jti,
+                     issued=float(int(issued)))
 
 
 # Durations

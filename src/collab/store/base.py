@@ -92,9 +92,38 @@ class DocInfo:
     rev: int
     size: int
     updated: float
+    deleted: float | None = None  # in the trash since (Unix time)
+    title: str | None = None  # set by hand, else the first heading as last recorded
 
     def to_json(self) -> dict:
-        return {"id": self.id, "rev": self.rev, "size": self.size, "updated": self.updated}
+        out = {"id": self.id, "rev": self.rev, "size": self.size, "updated": self.updated, "title": self.title}
+        if self.deleted is not None:
+            out["deleted"] = self.deleted
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """What a store keeps of one token or share link, by its id (the token's ``jti``).
+
+    Share links are recorded when minted (so a document's links can be
+    listed); any other token gets a row when it is revoked or its role
+    changed. ``seq`` orders changes: processes sharing a store read the rows
+    whose ``seq`` is past the last they saw.
+    """
+
+    id: str
+    doc: str | None  # the one document of a share link; None for other tokens
+    role: str  # the role it grants now: lowered by a role change
+    issued: float
+    expires: float | None
+    name: str | None = None  # who made the link (the sharer's token's name), when known
+    revoked: float | None = None  # Unix time it was revoked
+    seq: int = 0
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "doc": self.doc, "role": self.role, "issued": self.issued, "expires": self.expires,
+                "by": self.name, "revoked": self.revoked}
 
 
 class RevisionConflict(Exception):
@@ -221,6 +250,65 @@ class Store(abc.ABC):
         (a disk that does not answer).
         """
         return None
+
+    # -- credentials (see :class:`Credential`) --------------------------------------
+
+    async def put_credential(self, cred: Credential) -> Credential:
+        """Record ``cred`` (insert, or replace the row with its id), durably; returns it with its new ``seq``."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep credentials")
+
+    async def get_credential(self, cred_id: str) -> Credential | None:
+        """The row of ``cred_id``, if any."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep credentials")
+
+    async def doc_credentials(self, doc: str) -> list[Credential]:
+        """The share links recorded for ``doc``, oldest first."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep credentials")
+
+    async def credential_changes(self, after_seq: int) -> list[Credential]:
+        """Every row changed after ``after_seq`` (revoked, or its role changed), in ``seq`` order."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep credentials")
+
+    async def prune_credentials(self, expired_before: float) -> int:
+        """Forget the rows of credentials that expired before ``expired_before`` (refused anyway); how many."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep credentials")
+
+    # -- the trash ---------------------------------------------------------------------
+
+    async def set_deleted(self, doc: str, when: float | None) -> bool:
+        """Move ``doc`` into the trash at ``when`` (``None``: restore it). False when there was nothing to move:
+        no document with an edit, or already in (out of) the trash."""
+        raise NotImplementedError(f"{type(self).__name__} has no trash")
+
+    async def trash(self) -> list[DocInfo]:
+        """The documents in the trash, most recently deleted first (``list_docs`` leaves them out)."""
+        raise NotImplementedError(f"{type(self).__name__} has no trash")
+
+    async def purge(self, deleted_before: float, keep: set[str]) -> list[str]:
+        """Remove for good every document deleted before ``deleted_before``, except those in ``keep``."""
+        raise NotImplementedError(f"{type(self).__name__} has no trash")
+
+    # -- titles and names --------------------------------------------------------------
+
+    async def set_title(self, doc: str, title: str | None) -> bool:
+        """Set ``doc``'s title by hand (``None``: back to its first heading); False if no such document."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no titles")
+
+    async def set_heading(self, doc: str, heading: str | None) -> None:
+        """Record ``doc``'s first heading (the title when none was set by hand)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no titles")
+
+    async def rename(self, old: str, new: str) -> str:
+        """Move ``old`` (text, history, links) to the name ``new`` and leave a redirect behind.
+
+        Returns ``"ok"``, ``"missing"`` (no document ``old`` out of the trash) or
+        ``"taken"`` (``new`` has edits, or is in the trash).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot rename")
+
+    async def renames(self) -> dict[str, str]:
+        """Every old name and the name it now redirects to."""
+        raise NotImplementedError(f"{type(self).__name__} cannot rename")
 
     def exclusive(self, doc: str) -> AsyncContextManager[None]:
         """Hold ``doc``'s turn: no other process can append to it until the block ends.

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import time
 
 from .. import ot
 from . import history as h
-from .base import DocInfo, DocState, RevisionConflict, Store, StoredOp
+from .base import Credential, DocInfo, DocState, RevisionConflict, Store, StoredOp
 
 
 class MemoryStore(Store):
@@ -25,6 +26,12 @@ class MemoryStore(Store):
         self._ids: dict[str, dict[str, int]] = {}
         self._info: dict[str, DocInfo] = {}
         self._authorship = h.AuthorshipCache()
+        self._creds: dict[str, Credential] = {}
+        self._deleted: dict[str, float] = {}
+        self._titles: dict[str, str] = {}
+        self._headings: dict[str, str] = {}
+        self._renames: dict[str, str] = {}
+        self._seq = 0
 
     async def load(self, doc: str, history_depth: int) -> DocState:
         rev, text = self._snapshots.get(doc, (0, ""))
@@ -72,8 +79,13 @@ class MemoryStore(Store):
     async def ops_since(self, doc: str, rev: int) -> list[StoredOp]:
         return [o for o in self._ops.get(doc, [])[rev:] if o is not None]
 
+    def _titled(self, info: DocInfo, deleted: float | None = None) -> DocInfo:
+        title = self._titles.get(info.id) or self._headings.get(info.id)
+        return dataclasses.replace(info, title=title, deleted=deleted)
+
     async def list_docs(self) -> list[DocInfo]:
-        return sorted(self._info.values(), key=lambda d: d.updated, reverse=True)
+        live = (self._titled(d) for d in self._info.values() if d.id not in self._deleted)
+        return sorted(live, key=lambda d: d.updated, reverse=True)
 
     # -- history ----------------------------------------------------------------
 
@@ -134,3 +146,83 @@ class MemoryStore(Store):
                 self._authorship.forget(doc)
                 thinned += 1
         return thinned
+
+    async def set_deleted(self, doc: str, when: float | None) -> bool:
+        if doc not in self._info or (doc in self._deleted) == (when is not None):
+            return False
+        if when is None:
+            del self._deleted[doc]
+        else:
+            self._deleted[doc] = when
+        return True
+
+    async def trash(self) -> list[DocInfo]:
+        rows = [self._titled(self._info[d], t) for d, t in self._deleted.items()]
+        return sorted(rows, key=lambda d: d.deleted or 0, reverse=True)
+
+    async def purge(self, deleted_before: float, keep: set[str]) -> list[str]:
+        gone = [d for d, t in self._deleted.items() if t < deleted_before and d not in keep]
+        for doc in gone:
+            for table in (self._ops, self._snapshots, self._ids, self._info, self._deleted, self._titles,
+                          self._headings, self._checkpoints, self._sessions):
+                table.pop(doc, None)
+            self._authorship.forget(doc)
+            for cred in [c for c in self._creds.values() if c.doc == doc]:
+                del self._creds[cred.id]
+        return gone
+
+    async def put_credential(self, cred: Credential) -> Credential:
+        self._seq += 1
+        cred = self._creds[cred.id] = dataclasses.replace(cred, seq=self._seq)
+        return cred
+
+    async def get_credential(self, cred_id: str) -> Credential | None:
+        return self._creds.get(cred_id)
+
+    async def doc_credentials(self, doc: str) -> list[Credential]:
+        return sorted((c for c in self._creds.values() if c.doc == doc), key=lambda c: (c.issued, c.id))
+
+    async def credential_changes(self, after_seq: int) -> list[Credential]:
+        return sorted((c for c in self._creds.values() if c.seq > after_seq), key=lambda c: c.seq)
+
+    async def prune_credentials(self, expired_before: float) -> int:
+        gone = [c.id for c in self._creds.values() if c.expires is not None and c.expires < expired_before]
+        for cred_id in gone:
+            del self._creds[cred_id]
+        return len(gone)
+
+    async def set_title(self, doc: str, title: str | None) -> bool:
+        if doc not in self._info:
+            return False
+        if title is None:
+            self._titles.pop(doc, None)
+        else:
+            self._titles[doc] = title
+        return True
+
+    async def set_heading(self, doc: str, heading: str | None) -> None:
+        if doc in self._info:
+            if heading is None:
+                self._headings.pop(doc, None)
+            else:
+                self._headings[doc] = heading
+
+    async def rename(self, old: str, new: str) -> str:
+        if old not in self._info or old in self._deleted:
+            return "missing"
+        if new in self._info:
+            return "taken"
+        for table in (self._ops, self._snapshots, self._ids, self._titles, self._headings, self._checkpoints,
+                      self._sessions):
+            if old in table:
+                table[new] = table.pop(old)  # type: ignore[index]
+        self._authorship.forget(old)
+        self._info[new] = dataclasses.replace(self._info.pop(old), id=new)
+        for cred in [c for c in self._creds.values() if c.doc == old]:
+            self._creds[cred.id] = dataclasses.replace(cred, doc=new)
+        self._renames = {o: (new if n == old else n) for o, n in self._renames.items() if o != new}
+        self._renames[old] = new
+        return "ok"
+
+    async def renames(self) -> dict[str, str]:
+        return dict(self._renames)

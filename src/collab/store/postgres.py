@@ -24,14 +24,14 @@ from typing import Any, AsyncIterator
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from . import history
-from .base import DocInfo, DocState, RevisionConflict, Store, StoredOp, replay
+from .base import Credential, DocInfo, DocState, RevisionConflict, Store, StoredOp, replay
 from .base import dump_op as _dumps
 from .base import load_op as _loads
 from .postgres_history import PostgresHistory
 
 
 #: The schema version this code writes; :meth:`PostgresStore.open` migrates older ones.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Statements creating each version from the one before, in order.
 MIGRATIONS: dict[int, list[str]] = {
@@ -104,6 +104,31 @@ MIGRATIONS: dict[int, list[str]] = {
         "ADD COLUMN s_end DOUBLE PRECISION, ADD COLUMN s_authors INTEGER[], ADD COLUMN s_ins BIGINT, "
         "ADD COLUMN s_del BIGINT",
         "INSERT INTO collab_checkpoints (doc, rev, text) SELECT doc, rev, text FROM collab_snapshots",
+    ],
+    # Recorded share links and revocations, the trash, titles, and renamed names.
+    4: [
+        "ALTER TABLE collab_docs ADD COLUMN IF NOT EXISTS deleted DOUBLE PRECISION",
+        "ALTER TABLE collab_docs ADD COLUMN IF NOT EXISTS title TEXT",
+        "ALTER TABLE collab_docs ADD COLUMN IF NOT EXISTS heading TEXT",
+        "CREATE INDEX IF NOT EXISTS collab_docs_deleted ON collab_docs (deleted) WHERE deleted IS NOT NULL",
+        "CREATE SEQUENCE IF NOT EXISTS collab_credentials_seq",
+        """CREATE TABLE IF NOT EXISTS collab_credentials (
+            id TEXT PRIMARY KEY,
+            doc TEXT,
+            role TEXT NOT NULL,
+            issued DOUBLE PRECISION NOT NULL,
+            expires DOUBLE PRECISION,
+            name TEXT,
+            revoked DOUBLE PRECISION,
+            seq BIGINT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS collab_credentials_doc ON collab_credentials (doc)",
+        "CREATE INDEX IF NOT EXISTS collab_credentials_seq ON collab_credentials (seq)",
+        """CREATE TABLE IF NOT EXISTS collab_renames (
+            old TEXT PRIMARY KEY,
+            new TEXT NOT NULL,
+            renamed DOUBLE PRECISION NOT NULL
+        )""",
     ],
 }
 
@@ -415,8 +440,9 @@ class PostgresStore(Store):
         return {r["id"]: r["rev"] for r in rows}
 
     async def list_docs(self) -> list[DocInfo]:
-        rows = await self.pool.fetch("SELECT id, rev, size, updated FROM collab_docs WHERE rev > 0 ORDER BY updated DESC")
-        return [DocInfo(r["id"], r["rev"], r["size"], r["updated"]) for r in rows]
+        rows = await self.pool.fetch(
+            f"SELECT {_DOC_COLUMNS} FROM collab_docs WHERE rev > 0 AND deleted IS NULL ORDER BY updated DESC")
+        return [DocInfo(*r) for r in rows]
 
     async def text_at(self, doc: str, rev: int) -> str:
         return await self._history.text_at(doc, rev)
@@ -432,3 +458,116 @@ class PostgresStore(Store):
 
     async def ping(self) -> None:
         await self.pool.fetchval("SELECT 1")
+
+    # -- credentials ----------------------------------------------------------
+
+    async def put_credential(self, cred: Credential) -> Credential:
+        """One writer at a time (an advisory lock until commit), so rows commit in ``seq`` order and a
+        process reading ``seq > n`` never skips a row that commits later with a smaller ``seq``."""
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.collab_credentials'))")
+                row = await self._put_credential(conn, cred)
+        return Credential(*row)
+
+    @staticmethod
+    async def _put_credential(conn: Any, cred: Credential) -> Any:
+        return await conn.fetchrow(
+            f"INSERT INTO collab_credentials ({_CRED_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, "
+            "nextval('collab_credentials_seq')) ON CONFLICT (id) DO UPDATE SET doc = EXCLUDED.doc, "
+            "role = EXCLUDED.role, issued = EXCLUDED.issued, expires = EXCLUDED.expires, name = EXCLUDED.name, "
+            f"revoked = EXCLUDED.revoked, seq = EXCLUDED.seq RETURNING {_CRED_COLUMNS}",
+            cred.id, cred.doc, cred.role, cred.issued, cred.expires, cred.name, cred.revoked,
+        )
+
+    async def get_credential(self, cred_id: str) -> Credential | None:
+        row = await self.pool.fetchrow(f"SELECT {_CRED_COLUMNS} FROM collab_credentials WHERE id = $1", cred_id)
+        return Credential(*row) if row else None
+
+    async def doc_credentials(self, doc: str) -> list[Credential]:
+        rows = await self.pool.fetch(
+            f"SELECT {_CRED_COLUMNS} FROM collab_credentials WHERE doc = $1 ORDER BY issued, id", doc)
+        return [Credential(*r) for r in rows]
+
+    async def credential_changes(self, after_seq: int) -> list[Credential]:
+        rows = await self.pool.fetch(
+            f"SELECT {_CRED_COLUMNS} FROM collab_credentials WHERE seq > $1 ORDER BY seq", after_seq)
+        return [Credential(*r) for r in rows]
+
+    async def prune_credentials(self, expired_before: float) -> int:
+        status = await self.pool.execute(
+            "DELETE FROM collab_credentials WHERE expires IS NOT NULL AND expires < $1", expired_before)
+        return int(status.split()[-1])
+
+    # -- the trash -------------------------------------------------------------
+
+    async def set_deleted(self, doc: str, when: float | None) -> bool:
+        if when is None:
+            status = await self.pool.execute(
+                "UPDATE collab_docs SET deleted = NULL WHERE id = $1 AND deleted IS NOT NULL", doc)
+        else:
+            status = await self.pool.execute(
+                "UPDATE collab_docs SET deleted = $2 WHERE id = $1 AND deleted IS NULL AND rev > 0", doc, when)
+        return status != "UPDATE 0"
+
+    async def trash(self) -> list[DocInfo]:
+        rows = await self.pool.fetch(
+            f"SELECT {_DOC_COLUMNS} FROM collab_docs WHERE deleted IS NOT NULL ORDER BY deleted DESC")
+        return [DocInfo(*r) for r in rows]
+
+    async def purge(self, deleted_before: float, keep: set[str]) -> list[str]:
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                ids = await conn.fetch(
+                    "DELETE FROM collab_docs WHERE deleted IS NOT NULL AND deleted < $1 AND NOT (id = ANY($2::text[])) "
+                    "RETURNING id", deleted_before, sorted(keep))
+                gone = [r["id"] for r in ids]
+                for table in _DOC_TABLES:
+                    await conn.execute(f"DELETE FROM {table} WHERE doc = ANY($1::text[])", gone)
+        for doc in gone:
+            self._history.authorship_cache.forget(doc)
+        return gone
+
+    # -- titles and names -----------------------------------------------------
+
+    async def set_title(self, doc: str, title: str | None) -> bool:
+        status = await self.pool.execute("UPDATE collab_docs SET title = $2 WHERE id = $1 AND rev > 0", doc, title)
+        return status != "UPDATE 0"
+
+    async def set_heading(self, doc: str, heading: str | None) -> None:
+        await self.pool.execute(
+            "UPDATE collab_docs SET heading = $2 WHERE id = $1 AND heading IS DISTINCT FROM $2", doc, heading)
+
+    async def rename(self, old: str, new: str) -> str:
+        """In one transaction, the two rows locked in name order (as appends lock them) so that
+        no append to either document runs in between."""
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                rows = await conn.fetch("SELECT id, rev, deleted FROM collab_docs WHERE id = ANY($1::text[]) "
+                                        "ORDER BY id FOR UPDATE", [old, new])
+                found = {r["id"]: r for r in rows}
+                if old not in found or found[old]["rev"] == 0 or found[old]["deleted"] is not None:
+                    return "missing"
+                if new in found and (found[new]["rev"] > 0 or found[new]["deleted"] is not None):
+                    return "taken"
+                await conn.execute("DELETE FROM collab_docs WHERE id = $1", new)  # a row exclusive() left at 0
+                await conn.execute("UPDATE collab_docs SET id = $2 WHERE id = $1", old, new)
+                for table in _DOC_TABLES:
+                    await conn.execute(f"UPDATE {table} SET doc = $2 WHERE doc = $1", old, new)
+                await conn.execute("DELETE FROM collab_renames WHERE old = $1", new)
+                await conn.execute("UPDATE collab_renames SET new = $2 WHERE new = $1", old, new)
+                await conn.execute("INSERT INTO collab_renames (old, new, renamed) VALUES ($1, $2, $3) "
+                                   "ON CONFLICT (old) DO UPDATE SET new = EXCLUDED.new, renamed = EXCLUDED.renamed",
+                                   old, new, time.time())
+        self._history.authorship_cache.forget(old)
+        self._history.authorship_cache.forget(new)
+        return "ok"
+
+    async def renames(self) -> dict[str, str]:
+        return {r["old"]: r["new"] for r in await self.pool.fetch("SELECT old, new FROM collab_renames")}
+
+
+_CRED_COLUMNS = "id, doc, role, issued, expires, name, revoked, seq"
+_DOC_COLUMNS = "id, rev, size, updated, deleted, coalesce(title, heading)"
+_DOC_TABLES = ("collab_ops", "collab_op_ids", "collab_snapshots", "collab_checkpoints", "collab_sessions",
+               "collab_credentials")

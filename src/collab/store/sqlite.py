@@ -45,7 +45,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
 from . import history
-from .base import DocInfo, DocState, Store, StoredOp, StoreFailed, replay
+from . import sqlite_meta as meta
+from .base import Credential, DocInfo, DocState, Store, StoredOp, StoreFailed, replay
 from .opindex import OpIdIndex, lookup
 from .sqlite_history import SqliteHistory
 from .sqlite_schema import log_after, migrate, sync_files
@@ -434,6 +435,7 @@ class SqliteStore(Store):
     def forget(self, doc: str) -> None:
         if self._index is not None:
             self._index.drop(doc)
+        self._history.runs_cache.forget(doc)
 
     # -- reads --------------------------------------------------------------
 
@@ -507,7 +509,8 @@ class SqliteStore(Store):
         return await self._read(self._ops_since_sync, doc, rev)
 
     def _list_sync(self) -> list[DocInfo]:
-        rows = self._thread_db().execute("SELECT id, rev, size, updated FROM docs ORDER BY updated DESC")
+        rows = self._thread_db().execute(
+            f"SELECT {meta.DOC_COLUMNS} FROM docs WHERE deleted IS NULL ORDER BY updated DESC")
         return [DocInfo(*row) for row in rows]
 
     async def list_docs(self) -> list[DocInfo]:
@@ -533,3 +536,51 @@ class SqliteStore(Store):
         if problem is not None:
             raise StoreFailed(problem)
         await self._run(self._thread_db().execute, "SELECT 1")
+
+    # -- credentials (small writes of their own on the store's thread: see sqlite_meta) --------
+
+    async def _meta(self, fn: Callable[..., T], *args: Any) -> T:
+        self._raise_if_failed()
+        return await self._run(fn, self._thread_db(), *args)
+
+    async def put_credential(self, cred: Credential) -> Credential:
+        return await self._meta(meta.put_credential, cred)
+
+    async def get_credential(self, cred_id: str) -> Credential | None:
+        return await self._meta(meta.get_credential, cred_id)
+
+    async def doc_credentials(self, doc: str) -> list[Credential]:
+        return await self._meta(meta.doc_credentials, doc)
+
+    async def credential_changes(self, after_seq: int) -> list[Credential]:
+        return await self._meta(meta.credential_changes, after_seq)
+
+    async def prune_credentials(self, expired_before: float) -> int:
+        return await self._meta(meta.prune_credentials, expired_before)
+
+    async def set_deleted(self, doc: str, when: float | None) -> bool:
+        return await self._meta(meta.set_deleted, doc, when)
+
+    async def trash(self) -> list[DocInfo]:
+        return await self._meta(meta.trash)
+
+    async def purge(self, deleted_before: float, keep: set[str]) -> list[str]:
+        gone = await self._meta(meta.purge, deleted_before, keep)
+        for doc in gone:
+            self.forget(doc)
+        return gone
+
+    async def set_title(self, doc: str, title: str | None) -> bool:
+        return await self._meta(meta.set_title, doc, title)
+
+    async def set_heading(self, doc: str, heading: str | None) -> None:
+        await self._meta(meta.set_heading, doc, heading)
+
+    async def rename(self, old: str, new: str) -> str:
+        result = await self._meta(meta.rename, old, new, time.time())
+        self.forget(old)
+        self.forget(new)
+        return result
+
+    async def renames(self) -> dict[str, str]:
+        return await self._meta(meta.renames)

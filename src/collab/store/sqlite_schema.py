@@ -86,8 +86,9 @@ CREATE TABLE IF NOT EXISTS snapshots (
 """
 #: The schema's version, in ``PRAGMA user_version``. Version 1 files (an ``ops`` table
 #: with a row per op) are moved into ``log`` when opened; version 2 files (a compacted
-#: log, no authors or times) gain the history tables (see :func:`migrate`).
-VERSION = 3
+#: log, no authors or times) gain the history tables; version 3 files gain the lifecycle
+#: tables (share links, revocations, trash, titles, renames); see :func:`migrate`.
+VERSION = 4
 INSERT_LOG = "INSERT INTO log (doc, rev, first, ops, at) VALUES (?, ?, ?, ?, ?)"
 UPSERT_DOC = (
     "INSERT INTO docs (id, rev, size, created, updated, session) VALUES (?, ?, ?, ?, ?, ?) "
@@ -241,6 +242,8 @@ def migrate(db: sqlite3.Connection) -> None:
             _move_ops_into_log(db)
         if version < 3:
             _start_history(db)
+        if version < 4:
+            _add_lifecycle(db)
         db.execute(f"PRAGMA user_version = {VERSION}")
         db.execute("COMMIT")
     except BaseException:
@@ -283,3 +286,18 @@ def _move_ops_into_log(db: sqlite3.Connection) -> None:
         rows.append((run_doc, run[-1].rev, run[0].rev, dump_batch(run)))
     db.executemany(INSERT_LOG, [(*r, None) for r in rows])
     db.execute("DROP TABLE ops")
+
+
+def _add_lifecycle(db: sqlite3.Connection) -> None:
+    """Version 4: recorded share links and revocations, the trash, titles, and renamed names."""
+    db.execute("ALTER TABLE docs ADD COLUMN deleted REAL")  # in the trash since (Unix time); NULL: not deleted
+    db.execute("ALTER TABLE docs ADD COLUMN title TEXT")  # set by hand; NULL: the first heading
+    db.execute("ALTER TABLE docs ADD COLUMN heading TEXT")  # the first heading, as last recorded
+    db.execute("CREATE INDEX IF NOT EXISTS docs_deleted ON docs (deleted) WHERE deleted IS NOT NULL")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS credentials (id TEXT PRIMARY KEY, doc TEXT, role TEXT NOT NULL, "
+        "issued REAL NOT NULL, expires REAL, name TEXT, revoked REAL, seq INTEGER NOT NULL)"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS credentials_doc ON credentials (doc)")
+    db.execute("CREATE INDEX IF NOT EXISTS credentials_seq ON credentials (seq)")
+    db.execute("CREATE TABLE IF NOT EXISTS renames (old TEXT PRIMARY KEY, new TEXT NOT NULL, renamed REAL NOT NULL)")

@@ -1,0 +1,131 @@
+"""The HTTP API for a document's life: delete into the trash, restore, list the trash, title, rename.
+
+* ``DELETE /api/docs/{doc}``: into the trash (an edit token for it);
+* ``POST /api/trash/{doc}/restore``: out of the trash (an edit token for it);
+* ``GET /api/trash``: what is in the trash, of what the token reaches;
+* ``POST /api/docs/{doc}/title``: set the title, or go back to the first heading;
+* ``POST /api/docs/{doc}/rename``: a new name (an edit token for both); the old one redirects.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from . import protocol
+from .api_tokens import BODY_BYTES
+from .httpbody import read_body
+from .lifecycle import DELETED_REASON, RENAMED_REASON
+from .protocol import CLOSE_NO_DOCUMENT
+from .titles import check_title
+
+if TYPE_CHECKING:
+    from .app import CollabApp
+
+
+def _editor(app: "CollabApp", request: Request) -> str:
+    """The document of the request, for a caller who may edit it (else 403)."""
+    doc = app._doc_param(request)
+    if app._grant(request, doc).role != "edit":
+        raise HTTPException(403, "this token is read-only: it may not delete or restore the document")
+    return doc
+
+
+async def delete(app: "CollabApp", request: Request) -> Response:
+    """``DELETE /api/docs/{doc}``: its editors are closed with 4004, and it is purged after ``COLLAB_TRASH_DAYS``."""
+    doc = _editor(app, request)
+    when = await app.trash.delete(doc)
+    if when is None:
+        if app.trash.is_deleted(doc):
+            raise HTTPException(404, f"document {doc!r} is already in the trash")
+        raise HTTPException(404, f"no document {doc!r}: a name with no edit has nothing to delete")
+    return JSONResponse({"id": doc, "deleted": when, "purge_at": app.trash.purge_at(when)})
+
+
+async def restore(app: "CollabApp", request: Request) -> Response:
+    """``POST /api/trash/{doc}/restore``."""
+    doc = _editor(app, request)
+    if not await app.trash.restore(doc):
+        raise HTTPException(404, f"document {doc!r} is not in the trash (never deleted, or already purged)")
+    assert app.hub is not None
+    rev, _ = await app.hub.read(doc)
+    return JSONResponse({"id": doc, "rev": rev})
+
+
+async def trash(app: "CollabApp", request: Request) -> Response:
+    """``GET /api/trash``: ``[{"id","rev","size","updated","deleted","purge_at"}]``, most recently deleted first."""
+    grant = app._grant(request, None)
+    rows = [dict(d.to_json(), purge_at=app.trash.purge_at(d.deleted or 0.0))
+            for d in await app.trash.listing() if grant.allows(d.id)]
+    return JSONResponse(rows, headers={"Cache-Control": "no-store"})
+
+
+async def _json(request: Request) -> dict:
+    """The request's JSON object body (400 otherwise, 413 above :data:`BODY_BYTES`)."""
+    raw = await read_body(request, BODY_BYTES)
+    if raw is None:
+        raise HTTPException(413, f"the body exceeds {BODY_BYTES} bytes")
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise HTTPException(400, "send a JSON object")
+    return body
+
+
+async def set_title(app: "CollabApp", request: Request) -> Response:
+    """``POST /api/docs/{doc}/title``: ``{"title": T}`` sets it, ``{"title": null}`` goes back to the first heading."""
+    doc = _editor(app, request)
+    if app.trash.is_deleted(doc):
+        raise HTTPException(404, DELETED_REASON)
+    body = await _json(request)
+    try:
+        title = check_title(body.get("title"))
+    except ValueError as exc:
+        return JSONResponse({"error": "bad_request", "message": str(exc)}, status_code=400)
+    assert app.store is not None
+    if not await app.store.set_title(doc, title):
+        raise HTTPException(404, f"no document {doc!r}: give it some text before a title")
+    info = next((d for d in await app.documents() if d.id == doc), None)
+    return JSONResponse({"id": doc, "title": info.title if info else title})
+
+
+async def rename(app: "CollabApp", request: Request) -> Response:
+    """``POST /api/docs/{doc}/rename``: ``{"name": NEW}``; editors are closed with 4004 ``document renamed to NEW``."""
+    old = _editor(app, request)
+    body = await _json(request)
+    new = body.get("name")
+    if not isinstance(new, str) or not protocol.valid_doc_name(new):
+        return JSONResponse({"error": "bad_request", "message": 'send {"name": NEW}, 1-128 of A-Z a-z 0-9 . _ - '
+                             "not starting with '.'"}, status_code=400)
+    if app._grant(request, new).role != "edit":
+        raise HTTPException(403, "this token may not edit the new name")
+    if new == old:
+        return JSONResponse({"error": "bad_request", "message": "the new name is the current one"}, status_code=400)
+    assert app.hub is not None and app.store is not None
+    revs = await app.store.revisions([old, new])
+    if app.trash.is_deleted(old) or not revs.get(old):
+        raise HTTPException(404, f"no document {old!r} to rename (no edits yet, or in the trash)")
+    if app.trash.is_deleted(new) or revs.get(new):
+        return _taken(new)
+    open_doc = app.hub.docs.get(old)
+    if open_doc is not None:  # no edit may land on the old name once it moves: close its editors first
+        open_doc.kick_all(CLOSE_NO_DOCUMENT, RENAMED_REASON + new)
+        await open_doc.settle()  # what was acknowledged is in the store before it moves
+        app.hub.drop(open_doc)
+    result = await app.trash.rename(old, new)
+    if result == "missing":
+        raise HTTPException(404, f"no document {old!r} to rename (no edits yet, or in the trash)")
+    if result == "taken":
+        return _taken(new)
+    return JSONResponse({"id": new, "renamed_from": old})
+
+
+def _taken(new: str) -> JSONResponse:
+    return JSONResponse({"error": "conflict", "message": f"{new!r} is taken (it has edits, or is in the trash): "
+                         "choose another name, or delete it first"}, status_code=409)

@@ -1,0 +1,129 @@
+"""The trash and renamed names: deleted documents stay restorable for ``COLLAB_TRASH_DAYS``, then are purged;
+a renamed document's old name redirects to the new one.
+
+A deleted document leaves ``GET /api/docs``; its name opens nothing
+(WebSocket close 4004 with :data:`DELETED_REASON`, HTTP 404) until it is
+restored, and every editor connected to it is closed the same way. The
+store keeps the deletion time (``docs.deleted``); :class:`Trash` holds the
+set in memory so that a handshake costs a dict lookup, and with a store
+shared by several processes re-reads it every
+:data:`~collab.revocation.POLL_SECONDS` so that another process's deletion
+reaches this process's editors too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Callable
+
+from .revocation import POLL_SECONDS
+from .store.base import DocInfo, Store
+
+log = logging.getLogger("collab.lifecycle")
+
+DELETED_REASON = "document deleted: it is in the trash; restore it to open it"
+#: The close reason for the editors of a renamed document (the new name follows).
+RENAMED_REASON = "document renamed to "
+#: Seconds between two purges of what has been in the trash longer than its time.
+PURGE_SECONDS = 3600.0
+
+
+class Trash:
+    """Which documents are in the trash, told to ``on_deleted(doc)`` as they go in."""
+
+    def __init__(self, store: Store | None, days: float, on_deleted: Callable[[str], None],
+                 on_renamed: Callable[[str, str], None] = lambda old, new: None) -> None:
+        #: Set before :meth:`start` (the app opens its store in its lifespan).
+        self.store: Store = store  # type: ignore[assignment]
+        self.days = days
+        self.on_deleted = on_deleted
+        self.on_renamed = on_renamed
+        self.deleted: dict[str, float] = {}
+        #: Old name -> the name it redirects to.
+        self.renamed: dict[str, str] = {}
+        #: Documents this process must not purge (open here): a callable giving them.
+        self.in_use: Callable[[], set[str]] = set
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.refresh()
+        await self.purge()
+        self._tasks.append(asyncio.create_task(self._every(PURGE_SECONDS, self.purge), name="collab-purge"))
+        if self.store.may_conflict:
+            self._tasks.append(asyncio.create_task(self._every(POLL_SECONDS, self.refresh), name="collab-trash"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+
+    async def _every(self, seconds: float, fn: Callable[[], object]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await fn()  # type: ignore[misc]
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the store is away: next time
+                log.warning("the trash could not be read or purged (%s); retrying", exc)
+
+    def purge_at(self, deleted: float) -> float:
+        """When a document deleted at ``deleted`` is purged (Unix time)."""
+        return deleted + self.days * 86400.0
+
+    def is_deleted(self, doc: str) -> bool:
+        return doc in self.deleted
+
+    async def refresh(self) -> None:
+        """Re-read the trash (with a shared store: what other processes deleted or restored)."""
+        now = {d.id: d.deleted or 0.0 for d in await self.store.trash()}
+        renamed = await self.store.renames()
+        added = [d for d in now if d not in self.deleted]
+        moved = [(old, new) for old, new in renamed.items() if self.renamed.get(old) != new]
+        self.deleted, self.renamed = now, renamed
+        for doc in added:
+            self.on_deleted(doc)
+        for old, new in moved:
+            self.on_renamed(old, new)
+
+    async def delete(self, doc: str) -> float | None:
+        """Move ``doc`` into the trash; its deletion time, or ``None`` if there was no such document."""
+        when = time.time()
+        if not await self.store.set_deleted(doc, when):
+            return None
+        self.deleted[doc] = when
+        self.on_deleted(doc)
+        return when
+
+    async def restore(self, doc: str) -> bool:
+        if not await self.store.set_deleted(doc, None):
+            return False
+        self.deleted.pop(doc, None)
+        return True
+
+    async def rename(self, old: str, new: str) -> str:
+        """Move ``old`` to ``new`` in the store (see :meth:`Store.rename`); on success its old name redirects."""
+        result = await self.store.rename(old, new)
+        if result == "ok":
+            self.renamed = {o: (new if n == old else n) for o, n in self.renamed.items() if o != new}
+            self.renamed[old] = new
+            self.on_renamed(old, new)
+        return result
+
+    async def listing(self) -> list[DocInfo]:
+        return await self.store.trash()
+
+    async def purge(self, now: float | None = None) -> list[str]:
+        """Remove for good what has been in the trash longer than ``days`` (not the documents open here)."""
+        cutoff = (time.time() if now is None else now) - self.days * 86400.0
+        gone = await self.store.purge(cutoff, self.in_use())
+        for doc in gone:
+            self.deleted.pop(doc, None)
+        if gone:
+            log.info("purged %d document(s) deleted more than %g days ago", len(gone), self.days)
+        return gone
