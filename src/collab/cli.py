@@ -172,29 +172,8 @@ SERVE_FLAGS: list[tuple[str, str, Any, str, str]] = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="collab",
-        description="collab: a self-hostable real-time collaborative text editor.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"collab {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    p = sub.add_parser(
-        "serve", help="run the server", description="Run the collab server (HTTP API, WebSocket and browser editor).",
-        epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    metavars = {"data_dir": "DIR", "database_url": "URL", "redis_url": "URL", "allowed_origins": "ORIGINS",
-                "trusted_proxies": "CIDRS", "log_level": "LEVEL", "sqlite_sync": "full|normal"}
-    for flag, dest, typ, env, text in SERVE_FLAGS:
-        metavar = metavars.get(dest) or (dest.upper() if typ in (str, _port) else "N")
-        p.add_argument(flag, dest=dest, type=typ, default=None, metavar=metavar, help=f"{text} [{env}]")
-
-    token_help = "access token, needed when the server has a secret [COLLAB_TOKEN]"
-    url_help = "server address, e.g. http://127.0.0.1:8000 (ws:// works too)"
-
+def _add_text_commands(sub: Any, token_help: str, url_help: str) -> None:
+    """``cat``, ``history``, ``put`` and ``tail``: a document's text from the command line."""
     p = sub.add_parser("cat", help="print a document's text",
                        description="Print the current text of a document (GET /api/docs/DOC/text).",
                        epilog="example:\n  collab cat http://127.0.0.1:8000 notes > notes.txt",
@@ -237,6 +216,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("doc", metavar="DOC", help="document name")
     p.add_argument("--token", default=os.environ.get("COLLAB_TOKEN"), help=token_help)
     p.add_argument("--name", default="collab tail", help="name shown to the other editors (default: collab tail)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="collab",
+        description="collab: a self-hostable real-time collaborative text editor.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"collab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "serve", help="run the server", description="Run the collab server (HTTP API, WebSocket and browser editor).",
+        epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    metavars = {"data_dir": "DIR", "database_url": "URL", "redis_url": "URL", "allowed_origins": "ORIGINS",
+                "trusted_proxies": "CIDRS", "log_level": "LEVEL", "sqlite_sync": "full|normal"}
+    for flag, dest, typ, env, text in SERVE_FLAGS:
+        metavar = metavars.get(dest) or (dest.upper() if typ in (str, _port) else "N")
+        p.add_argument(flag, dest=dest, type=typ, default=None, metavar=metavar, help=f"{text} [{env}]")
+
+    token_help = "access token, needed when the server has a secret [COLLAB_TOKEN]"
+    url_help = "server address, e.g. http://127.0.0.1:8000 (ws:// works too)"
+
+    _add_text_commands(sub, token_help, url_help)
 
     p = sub.add_parser("token", help="mint an access token (needs COLLAB_SECRET)",
                        description="Mint a signed access token for one or more documents.",
