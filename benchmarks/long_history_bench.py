@@ -1,8 +1,8 @@
 """Opening a document with a million operations behind it vs opening a fresh one.
 
 Writes a document of ``--ops`` single-character edits through the SQLite
-store's real ``append`` path (batches, with snapshots as the hub takes them,
-and the log compacted behind each snapshot to the kept history depth), then
+store's real ``append`` path (batches, with snapshots as the hub takes them;
+the log keeps every op, a load reads only those after the last snapshot), then
 starts a real server on that data directory and times ``join`` → ``welcome``
 over a WebSocket for the long document and for a fresh one holding the same text in one edit.
 Each open is a cold load (the server unloads idle documents; each round uses

@@ -321,3 +321,28 @@ CREATE TABLE IF NOT EXISTS snapshots (
     PRIMARY KEY (doc, rev)
 ) WITHOUT ROWID;
 """
+
+
+async def test_sqlite_a_large_append_is_split_into_log_rows_that_read_back_whole(tmp_path):
+    """Log rows stay under ROW_BYTES (a large row would spill into overflow pages); an op larger than that
+    is a row of its own."""
+    from collab.store.sqlite_write import ROW_BYTES
+
+    async with _sqlite(tmp_path / "rows.sqlite3") as store:
+        texts = [""]
+        batch = []
+        for rev in range(1, 201):
+            op = [len(texts[-1]), "🦊é"] if texts[-1] else ["🦊é"]
+            batch.append(StoredOp(rev, op, "c1", f"id-{rev}-{'x' * 20}", "ana"))
+            texts.append(ot.apply(texts[-1], op))
+        big = "😀" * (2 * ROW_BYTES)
+        batch.append(StoredOp(201, [len(texts[-1]), big], "c1", "big", "ana"))
+        texts.append(texts[-1] + big)
+        await store.append("r", batch, len(texts[-1]))
+        rows = store._writer.execute("SELECT first, rev, length(CAST(ops AS BLOB)) FROM log WHERE doc = 'r' ORDER BY rev").fetchall()
+        assert len(rows) > 2 and rows[-1][:2] == (201, 201)
+        assert all(length <= ROW_BYTES for first, rev, length in rows[:-1])
+        assert [first for first, _, _ in rows] == [1] + [rev + 1 for _, rev, _ in rows[:-1]], "consecutive runs"
+        assert [o.id for o in await store.ops_since("r", 0)] == [o.id for o in batch]
+        for rev in (0, 57, 200, 201):
+            assert await store.text_at("r", rev) == texts[rev]

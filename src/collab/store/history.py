@@ -92,9 +92,10 @@ def label(name: str, client: str) -> str:
 
 
 def advance(open_session: Session | None, ops: list[StoredOp], authors: list, now: float,
-            gap: float = SESSION_GAP) -> tuple[Session, Session | None]:
+            gap: float = SESSION_GAP, in_place: bool = False) -> tuple[Session, Session | None]:
     """The open session after a commit of ``ops`` (by ``authors``, one key per op) at ``now``,
-    and the session it closed, if the pause before this commit was longer than ``gap``."""
+    and the session it closed, if the pause before this commit was longer than ``gap``.
+    ``in_place``: move ``open_session`` itself on (a store that never rolls a commit back)."""
     ins = dels = 0
     for o in ops:
         i, d = counts(o.op)
@@ -105,12 +106,12 @@ def advance(open_session: Session | None, ops: list[StoredOp], authors: list, no
     if s is None or now - s.end > gap or s.last != ops[0].rev - 1:
         closed = s
         s = Session(ops[0].rev, ops[-1].rev, now, now, [], 0, 0)
-    else:  # a copy: a commit that fails must leave the open session as it was
+    elif not in_place:  # a copy: a commit that fails must leave the open session as it was
         s = Session(s.first, s.last, s.start, s.end, list(s.authors), s.inserted, s.deleted)
     s.last, s.end = ops[-1].rev, now
     s.inserted += ins
     s.deleted += dels
-    for a in authors:
+    for a in dict.fromkeys(authors):
         if a not in s.authors:
             s.authors.append(a)
     return s, closed

@@ -55,10 +55,8 @@ class MemoryStore(Store):
             ids[entry.id] = entry.rev
         sessions = self._sessions.setdefault(doc, [])
         opened, closed = h.advance(sessions[-1] if sessions else None, ops,
-                                   [h.label(o.name, o.client) for o in ops], now, self.session_gap)
-        if closed is None and sessions:
-            sessions[-1] = opened
-        else:
+                                   [h.label(o.name, o.client) for o in ops], now, self.session_gap, in_place=True)
+        if not sessions or sessions[-1] is not opened:
             sessions.append(opened)
         if snapshot is not None:
             self._snapshots[doc] = snapshot

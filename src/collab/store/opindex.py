@@ -3,10 +3,12 @@
 The hub asks, once per batch of a document longer than its kept history,
 whether the batch's op ids were applied long ago (a client resending an
 old op). They almost never were. For every document written since the hub
-opened it, :class:`OpIdIndex` keeps the ids of the ops in its log (op id ->
-revision) and a filter (:class:`~collab.store.idfilter.IdFilter`) of the ids
-compacted out of the log into the ``op_ids`` table, so that only an id the
-filter cannot rule out costs a database lookup.
+opened it, :class:`OpIdIndex` keeps the ids of the ops at the end of its
+log whose ids are not yet in the ``op_ids`` table (op id -> revision; the
+rows after ``docs.ids_through``) and a filter
+(:class:`~collab.store.idfilter.IdFilter`) of the ids *compacted*, i.e.
+copied into ``op_ids`` (the log itself keeps every op, for the history), so
+that only an id the filter cannot rule out costs a database lookup.
 
 Invariants (asserted where they are kept):
 

@@ -32,6 +32,26 @@ _first = operator.itemgetter(0)
 INSERT_IDS = 300
 
 
+#: A log row holds at most about this many bytes of JSON: the log is a WITHOUT ROWID table,
+#: whose rows past about 1,000 bytes (with 4 KiB pages) spill into mostly empty overflow pages.
+ROW_BYTES = 800
+
+
+def log_rows(doc: str, ops: list[StoredOp], authors: list[int] | None, now: float) -> list[tuple[str, int, int, str, float]]:
+    """The log rows of one append: one, or as many as keep each under :data:`ROW_BYTES` (an op larger
+    than that alone gets a row of its own)."""
+    text = dump_batch(ops, authors)
+    size = len(text) if text.isascii() else len(text.encode())
+    if size <= ROW_BYTES or len(ops) == 1:
+        return [(doc, ops[-1].rev, ops[0].rev, text, now)]
+    parts = -(-size // ROW_BYTES)
+    step = -(-len(ops) // parts)
+    rows = []
+    for i in range(0, len(ops), step):
+        rows.extend(log_rows(doc, ops[i : i + step], authors[i : i + step] if authors is not None else None, now))
+    return rows
+
+
 @dataclass(slots=True, eq=False)
 class Append:
     """One append queued for the next transaction, and who waits for it."""
@@ -42,8 +62,8 @@ class Append:
     snapshot: tuple[int, str] | None
     fut: "asyncio.Future[None]"
     on_done: Callable[["asyncio.Future[None]"], object] | None
-    #: The log row, ``(doc, rev, first, ops_json, at)``, once encoded.
-    row: tuple[str, int, int, str, float] | None = None
+    #: The log rows, ``(doc, rev, first, ops_json, at)``, once encoded.
+    rows: list[tuple[str, int, int, str, float]] | None = None
     #: Each op's author id (a row of ``authors``), once known.
     authors: list[int] | None = None
 
@@ -109,14 +129,17 @@ class GroupWrite:
         for a in batch:
             try:
                 got = []
+                name = client = None
+                author = 0
                 for o in a.ops:
-                    key = (o.name, o.client)
-                    author = ids.get(key)
-                    if author is None:
-                        db.execute("INSERT OR IGNORE INTO authors (name, client) VALUES (?, ?)", key)
-                        author = db.execute("SELECT id FROM authors WHERE name = ? AND client = ?", key).fetchone()[0]
-                        ids[key] = author
-                        new.append(key)
+                    if o.client != client or o.name != name:  # an append's ops usually share one author
+                        name, client = key = (o.name, o.client)
+                        author = ids.get(key, 0)
+                        if not author:
+                            db.execute("INSERT OR IGNORE INTO authors (name, client) VALUES (?, ?)", key)
+                            author = db.execute("SELECT id FROM authors WHERE name = ? AND client = ?", key).fetchone()[0]
+                            ids[key] = author
+                            new.append(key)
                     got.append(author)
                 a.authors = got
                 errors.append(None)
@@ -132,7 +155,7 @@ class GroupWrite:
             if errors[k] is not None:
                 continue
             try:
-                a.row = (a.doc, a.ops[-1].rev, a.ops[0].rev, dump_batch(a.ops, a.authors), now)
+                a.rows = log_rows(a.doc, a.ops, a.authors, now)
             except Exception as exc:  # e.g. a lone surrogate, an integer too large for JSON
                 errors[k] = ValueError(f"{a.doc}: revisions {a.ops[0].rev}-{a.ops[-1].rev} cannot be stored ({exc})")
 
@@ -174,7 +197,7 @@ class GroupWrite:
         """Write ``batch`` in the open transaction; ``written`` collects, per document,
         the ops written so far in this transaction (compactions read it); ``sessions``
         holds each document's open editing session, moved on by each append."""
-        rows: list[Any] = [a.row for a in batch]
+        rows: list[Any] = [r for a in batch for r in a.rows]
         db.executemany(INSERT_LOG, rows)
         for a in batch:
             written.setdefault(a.doc, []).append(a.ops)
