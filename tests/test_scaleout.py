@@ -516,3 +516,65 @@ async def test_the_last_commit_of_a_burst_reaches_the_other_process_without_the_
     assert state.rev == 20 * 11 and state.text == "🎉" * state.rev
     assert doc1.snapshot() == doc2.snapshot() == (state.rev, state.text)
     assert _client_view(a) == _client_view(b) == (state.rev, state.text)
+
+
+async def test_messages_to_one_process_and_owner_records_on_redis():
+    """``send`` reaches the one process it names; an owner record is dropped only by its owner."""
+    reason = await _unavailable()
+    if reason:
+        pytest.skip(reason)
+    from collab.backplane.redis import RedisBackplane
+
+    prefix = f"collab-test-{secrets.token_hex(5)}"
+    planes = [RedisBackplane(_with_param(REDIS_URL, "prefix", prefix), heartbeat_ttl=3) for _ in range(3)]
+    got: list[list[tuple[str, dict]]] = [[] for _ in planes]
+    arrived = asyncio.Event()
+
+    def catcher(i: int, kind: str):
+        def take(*args) -> None:
+            got[i].append((kind, args[-1]))
+            arrived.set()
+        return take
+
+    try:
+        for i, bp in enumerate(planes):
+            await bp.start(catcher(i, "doc"), lambda: None, catcher(i, "direct"))
+            await bp.subscribe("shared")
+        a, b, c = planes
+        a.send(b.process_id, {"t": "submit", "text": "héllo 🌍"})
+        a.publish("shared", {"t": "ops", "ops": []})
+
+        async def until(cond) -> None:
+            while not cond():
+                arrived.clear()
+                await arrived.wait()
+
+        await asyncio.wait_for(until(lambda: len(got[1]) == 2 and len(got[2]) == 1), 30)
+        assert got[1] == [("direct", {"t": "submit", "text": "héllo 🌍", "proc": a.process_id}),
+                          ("doc", {"t": "ops", "ops": [], "proc": a.process_id})]
+        assert got[2] == [("doc", {"t": "ops", "ops": [], "proc": a.process_id})]
+        assert got[0] == []
+
+        async def owner_is(doc: str, proc: str | None) -> None:
+            while await c.owner(doc) != proc:
+                await asyncio.sleep(0.02)
+
+        assert await c.owner("shared") is None
+        a.set_owner("shared")
+        await asyncio.wait_for(owner_is("shared", a.process_id), 30)
+        b.drop_owner("shared")  # not b's record: it stays
+        b.set_owner("mark")  # sent after the drop, on the same queue: once it shows, the drop was done
+        await asyncio.wait_for(owner_is("mark", b.process_id), 30)
+        assert await c.owner("shared") == a.process_id
+        a.drop_owner("shared")
+        await asyncio.wait_for(owner_is("shared", None), 30)
+    finally:
+        for bp in planes:
+            await bp.close()
+        import redis.asyncio as aioredis
+
+        r = aioredis.from_url(REDIS_URL)
+        keys = [k async for k in r.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await r.delete(*keys)
+        await r.aclose()
