@@ -1,0 +1,107 @@
+"""The messages between a document's owner and the processes that forward work to it.
+
+See ``docs/cluster.md``. A process whose clients edit a document that
+another process owns sends their submits to the owner (``submit``); the
+owner orders and commits them like its own clients', and answers only what
+the commit does not say: a refusal (``refused``), or that it does not own
+the document (``not_owner``). Everything arrives over the backplane, so each
+reader checks a message field by field with the rules a client's ``op``
+message is held to, and drops what does not pass: a malformed message
+never reaches a document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import ot
+from .protocol import (
+    ERROR_CODES, MAX_ID_LEN, MAX_REV, ProtocolError, Submit, _cur, _cursor, _storable_id, valid_doc_name,
+)
+
+#: The longest refusal message carried back (a client's ``error.message`` is no longer).
+MAX_REASON = 1000
+
+
+@dataclass(slots=True)
+class Forwarded:
+    """One submit forwarded to the owner: the client that sent it, and what it sent."""
+
+    client: str
+    sub: Submit
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The owner refused the forwarded submit ``id``: the ``error`` its client gets."""
+
+    doc: str
+    id: str
+    code: str
+    message: str
+
+
+def submit_msg(doc: str, items: list[Forwarded]) -> dict:
+    """The ``submit`` message carrying ``items`` of ``doc`` to its owner."""
+    return {"t": "submit", "doc": doc, "items": [
+        {"client": f.client, "rev": f.sub.rev, "op": f.sub.op, "id": f.sub.id, "cursor": _cur(f.sub.cursor)}
+        for f in items
+    ]}
+
+
+def _an_id(value: object) -> bool:
+    return type(value) is str and 1 <= len(value) <= MAX_ID_LEN and _storable_id(value)
+
+
+def _forwarded(item: object) -> Forwarded | None:
+    if type(item) is not dict:
+        return None
+    client, rev, op_id = item.get("client"), item.get("rev"), item.get("id")
+    if not (_an_id(client) and _an_id(op_id) and type(rev) is int and 0 <= rev <= MAX_REV):
+        return None
+    try:
+        op, base_len, target_len = ot.checked(item.get("op"))
+        cursor = _cursor(item.get("cursor"), op_id)
+    except (ot.InvalidOperation, ProtocolError):
+        return None
+    return Forwarded(client, Submit(rev, op, op_id, cursor, (base_len, target_len)))  # type: ignore[arg-type]
+
+
+def read_submit(msg: dict) -> tuple[str, list[Forwarded]] | None:
+    """A ``submit`` message's document and items, or ``None`` if any part of it is malformed."""
+    doc, items = msg.get("doc"), msg.get("items")
+    if not isinstance(doc, str) or not valid_doc_name(doc) or type(items) is not list or not items:
+        return None
+    out = []
+    for item in items:
+        forwarded = _forwarded(item)
+        if forwarded is None:
+            return None
+        out.append(forwarded)
+    return doc, out
+
+
+def refused_msg(doc: str, exc: ProtocolError) -> dict:
+    """The ``refused`` message for a forwarded submit the owner refused with ``exc``."""
+    return {"t": "refused", "doc": doc, "id": exc.id, "code": exc.code, "message": exc.message[:MAX_REASON]}
+
+
+def read_refused(msg: dict) -> Refusal | None:
+    """A ``refused`` message as a :class:`Refusal`, or ``None`` if malformed."""
+    doc, op_id, code, message = msg.get("doc"), msg.get("id"), msg.get("code"), msg.get("message")
+    if not isinstance(doc, str) or not valid_doc_name(doc) or not _an_id(op_id) or code not in ERROR_CODES:
+        return None
+    if type(message) is not str or len(message) > MAX_REASON or not _storable_id(message):
+        return None
+    return Refusal(doc, op_id, code, message)  # type: ignore[arg-type]
+
+
+def not_owner_msg(doc: str) -> dict:
+    """The answer of a process that received work for ``doc`` without owning it."""
+    return {"t": "not_owner", "doc": doc}
+
+
+def read_not_owner(msg: dict) -> str | None:
+    """The document of a ``not_owner`` message, or ``None`` if malformed."""
+    doc = msg.get("doc")
+    return doc if isinstance(doc, str) and valid_doc_name(doc) else None
