@@ -44,7 +44,7 @@ async def leases() -> AsyncIterator:
     opened: list[Leases] = []
 
     async def make(schema: str | None = None) -> Leases:
-        lease = Leases(_with_schema(schema or own))
+        lease = Leases.from_url(_with_schema(schema or own))
         await lease.open()
         opened.append(lease)
         return lease
@@ -94,7 +94,7 @@ async def test_a_holder_killed_with_sigkill_frees_its_leases(leases):
         "import asyncio, sys\n"
         "from collab.store.pglease import Leases\n"
         "async def main():\n"
-        "    lease = Leases(sys.argv[1])\n"
+        "    lease = Leases.from_url(sys.argv[1])\n"
         "    await lease.open()\n"
         "    print(sorted(await lease.acquire(['notes', 'draft-1'])), flush=True)\n"
         "    await asyncio.sleep(3600)\n"

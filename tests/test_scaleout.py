@@ -578,3 +578,67 @@ async def test_messages_to_one_process_and_owner_records_on_redis():
         if keys:
             await r.delete(*keys)
         await r.aclose()
+
+
+async def test_the_owner_orders_forwarded_submits_and_answers_what_the_store_does_not_say(real_hubs):
+    """The first process to load a document owns it; submits forwarded to it are ordered and committed
+    like its own clients' (every process shows them), refusals go back to the forwarding process, and a
+    process that does not own the document says so."""
+    import json
+
+    from collab.backplane.redis import RedisBackplane
+    from collab.forwarding import Forwarded, read_not_owner, read_refused, submit_msg
+    from collab.hub import Peer
+    from collab.protocol import BAD_OP, Cursor, Submit
+
+    h1, h2 = await real_hubs(2)
+    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    doc1 = await h1.join("owned", a, None)
+    doc2 = await h2.join("owned", b, None)
+    assert h1.cluster.owns("owned") and not h2.cluster.owns("owned")
+    forwarder = RedisBackplane(f"{h1.backplane.url}?prefix={h1.backplane.prefix}", heartbeat_ttl=3)
+    answers: list[dict] = []
+    answered = asyncio.Event()
+
+    def take(msg: dict) -> None:
+        answers.append(msg)
+        answered.set()
+
+    async def until(cond) -> None:
+        while not cond():
+            answered.clear()
+            await answered.wait()
+
+    async def reaches(doc, rev: int) -> None:
+        while doc.snapshot()[0] < rev or doc._committer is not None:
+            await asyncio.sleep(0.02)
+
+    await forwarder.start(lambda doc, msg: None, lambda: None, take)
+    try:
+        owner = h1.backplane.process_id
+
+        async def recorded() -> None:
+            while await h2.backplane.owner("owned") != owner:  # the record is queued with h1's other commands
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(recorded(), 30)
+        forwarder.send(owner, {"t": "submit", "doc": "owned", "items": [{"client": "far", "op": "🌍"}]})  # dropped
+        forwarder.send(owner, submit_msg("owned", [Forwarded("far", Submit(0, ["héllo 🌍"], "f1", Cursor(7, 7)))]))
+        await asyncio.wait_for(reaches(doc2, 1), 30)
+        await asyncio.wait_for(reaches(doc1, 1), 30)
+        forwarder.send(owner, submit_msg("owned", [Forwarded("far", Submit(1, [3, "x"], "f2", None))]))
+        forwarder.send(h2.backplane.process_id, submit_msg("owned", [Forwarded("far", Submit(1, [7, "!"], "f3", None))]))
+        await asyncio.wait_for(until(lambda: len(answers) == 2), 30)
+    finally:
+        await forwarder.close()
+    refusals = [read_refused(m) for m in answers if m["t"] == "refused"]
+    assert [(r.id, r.code) for r in refusals] == [("f2", BAD_OP)] and "spans 3" in refusals[0].message
+    assert [read_not_owner(m) for m in answers if m["t"] == "not_owner"] == ["owned"]
+    assert all(m["proc"] in (h1.backplane.process_id, h2.backplane.process_id) for m in answers)
+    state = await h1.store.load("owned", 10)
+    assert (state.rev, state.text) == (1, "héllo 🌍") and state.history[0].client == "far"
+    assert doc1.snapshot() == doc2.snapshot() == (1, "héllo 🌍")
+    for peer in (a, b):
+        ops = [m for m in map(json.loads, peer.outbox) if m["type"] == "op"]
+        assert [(m["rev"], m["client"], m["id"], m.get("cursor")) for m in ops] == [
+            (1, "far", "f1", {"anchor": 7, "head": 7})]

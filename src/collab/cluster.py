@@ -11,7 +11,10 @@ rows (a forged or garbled message cannot change a document).
 
 The :class:`Cluster` is the hub's side: it starts the backplane, subscribes
 to documents as they load, routes messages to their replica, re-reads after
-a reconnect, and watches for crashed processes and missed commits.
+a reconnect, and watches for crashed processes and missed commits. With a
+store that has leases (PostgreSQL) it also takes the lease of each document
+it loads and orders the submits other processes forward to a document it
+owns (the first part of ``docs/cluster.md``; nothing forwards yet).
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from . import ot
+from .forwarding import Forwarded, ForwardedAuthor, not_owner_msg, read_submit, refused_msg
 from .hubconfig import DocumentFailed, HubCounters
 from .peer import Peer, RemotePeer
 from .protocol import (
-    Cursor, User, _cur, _usr, ack_msg, encode, error_msg, join_msg, leave_msg, op_msg, presence_msg,
+    Cursor, ProtocolError, User, _cur, _usr, ack_msg, encode, error_msg, join_msg, leave_msg, op_msg, presence_msg,
 )
 from .sequencer import reused
 from .store.base import Store, StoredOp
@@ -113,6 +117,8 @@ class Replica:
         self.applied = 0
         #: Until then, commit holding the document's turn: other processes are writing it too.
         self.contended_until = 0.0
+        #: Authors of submits other processes forwarded here, by (process, client).
+        self.forwarded: dict[tuple[str, str], ForwardedAuthor] = {}
 
     # -- taking messages ------------------------------------------------------------
 
@@ -248,6 +254,8 @@ class Replica:
         for e in events:
             client = e["client"]
             if e["t"] == "leave":
+                for key in [k for k in self.forwarded if k[1] == client]:
+                    del self.forwarded[key]
                 if self.peers.pop(client, None) is not None:
                     doc.broadcast(encode(leave_msg(client)))
                 continue
@@ -283,6 +291,14 @@ class Replica:
         _refuse(waiters, lambda: DocumentFailed(self.doc.id))
 
     # -- telling the others -------------------------------------------------------------
+
+    def forwarded_author(self, proc: str, client: str) -> ForwardedAuthor:
+        """The author standing for ``client`` of process ``proc``, whose submits were forwarded here."""
+        author = self.forwarded.get((proc, client))
+        if author is None:
+            assert self.backplane is not None
+            author = self.forwarded[(proc, client)] = ForwardedAuthor(self.doc.id, client, proc, self.backplane.send)
+        return author
 
     def info(self, peer: Peer) -> dict:
         return {"user": _usr(peer.user), "cursor": _cur(self.doc.seq.cursor_now(peer)), "rev": self.doc.seq.rev}
@@ -367,6 +383,9 @@ class Cluster:
         self.store = store
         self.docs = docs
         self.loading = loading
+        #: This process's document leases (``None``: the store has none, nobody owns documents).
+        self.leases = store.leases()
+        self._forwarding: set[asyncio.Task[None]] = set()
         self.started = False
         self.closing = False
         self._start_lock = asyncio.Lock()
@@ -380,7 +399,9 @@ class Cluster:
         async with self._start_lock:
             if self.started:
                 return
-            await self.backplane.start(self._on_message, self._on_resync)
+            if self.leases is not None:
+                await self.leases.open()
+            await self.backplane.start(self._on_message, self._on_resync, self._on_direct)
             self._watcher = asyncio.create_task(self._watch(), name="collab-hub-watch")
             self.started = True
 
@@ -395,6 +416,23 @@ class Cluster:
         infos = await self.backplane.peers(doc_id)
         dead = await self.backplane.dead({str(i.get("proc")) for i in infos.values()})
         return infos, dead
+
+    async def claim(self, doc_id: str) -> bool:
+        """Try to take ``doc_id``'s lease (before loading it); ``True`` if this process owns it now."""
+        if self.leases is None:
+            return False
+        try:
+            if doc_id not in await self.leases.acquire([doc_id]):
+                return False
+        except Exception as exc:  # the document still works, ordered as without leases
+            log.warning("taking the lease of %s failed: %s", doc_id, exc)
+            return False
+        self.backplane.set_owner(doc_id)
+        return True
+
+    def owns(self, doc_id: str) -> bool:
+        """Whether this process holds ``doc_id``'s lease."""
+        return self.leases is not None and doc_id in self.leases.held
 
     def early_messages(self, doc_id: str) -> list[dict]:
         """What arrived for ``doc_id`` while it was loading (taken: call once)."""
@@ -413,6 +451,12 @@ class Cluster:
                     await self.backplane.unsubscribe(doc_id)
                 except Exception as exc:
                     log.warning("unsubscribing from %s failed: %s", doc_id, exc)
+                if self.owns(doc_id):  # closed here: let another process own it
+                    self.backplane.drop_owner(doc_id)
+                    try:
+                        await self.leases.release([doc_id])  # type: ignore[union-attr]
+                    except Exception as exc:
+                        log.warning("releasing the lease of %s failed: %s", doc_id, exc)
 
     def _on_message(self, doc_id: str, msg: dict) -> None:
         doc = self.docs.get(doc_id)
@@ -420,6 +464,35 @@ class Cluster:
             doc.on_remote(msg)
         elif doc_id in self.loading:
             self._early.setdefault(doc_id, []).append(msg)
+
+    def _on_direct(self, msg: dict) -> None:
+        """A message to this process alone: submits forwarded to a document it owns."""
+        proc = msg.get("proc")
+        if msg.get("t") != "submit" or not isinstance(proc, str):
+            return  # the answers a forwarder gets are not used yet
+        parsed = read_submit(msg)
+        if parsed is None:
+            log.warning("ignoring a malformed forwarded submit from process %.40s", proc)
+            return
+        doc_id, items = parsed
+        doc = self.docs.get(doc_id)
+        if doc is None or not self.owns(doc_id):
+            self.backplane.send(proc, not_owner_msg(doc_id))
+            return
+        task = asyncio.get_running_loop().create_task(self._order_forwarded(doc, proc, items))
+        self._forwarding.add(task)
+        task.add_done_callback(self._forwarding.discard)
+
+    async def _order_forwarded(self, doc: Any, proc: str, items: list[Forwarded]) -> None:
+        """Queue forwarded submits, in order, as the owner's own clients' are; refusals go back."""
+        for f in items:
+            try:
+                await doc.submit(doc.replica.forwarded_author(proc, f.client), f.sub)
+            except ProtocolError as exc:
+                self.backplane.send(proc, refused_msg(doc.id, exc))
+            except DocumentFailed:
+                self.backplane.send(proc, not_owner_msg(doc.id))
+                return
 
     def _on_resync(self) -> None:
         """Messages may have been lost: re-read the store, re-announce our clients, re-read others'."""
@@ -477,5 +550,12 @@ class Cluster:
                 await self._watcher
             except (asyncio.CancelledError, Exception):
                 pass
+        for task in list(self._forwarding):
+            task.cancel()
         if self.started:
+            if self.leases is not None:
+                for doc_id in self.leases.held:
+                    self.backplane.drop_owner(doc_id)
             await self.backplane.close()
+        if self.leases is not None:
+            await self.leases.close()

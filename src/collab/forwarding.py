@@ -13,10 +13,12 @@ never reaches a document.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from . import ot
 from .protocol import (
-    ERROR_CODES, MAX_ID_LEN, MAX_REV, ProtocolError, Submit, _cur, _cursor, _storable_id, valid_doc_name,
+    ERROR_CODES, MAX_ID_LEN, MAX_REV, Cursor, ProtocolError, Submit, User, _cur, _cursor, _storable_id,
+    valid_doc_name,
 )
 
 #: The longest refusal message carried back (a client's ``error.message`` is no longer).
@@ -39,6 +41,34 @@ class Refusal:
     id: str
     code: str
     message: str
+
+
+class ForwardedAuthor:
+    """The author of submits forwarded to this process (the owner): a client of process ``proc``.
+
+    It stands where a connection stands in the document's pipeline. It gets
+    no frames: its own process shows it the commit, read from the store.
+    What that cannot say, a refusal, goes back with ``reply(proc, message)``.
+    The forwarding process already checked that the client may edit.
+    """
+
+    __slots__ = ("doc", "id", "proc", "role", "user", "cursor", "cursor_rev", "transformed", "_reply")
+
+    def __init__(self, doc: str, client: str, proc: str, reply: Callable[[str, dict], None]) -> None:
+        self.doc = doc
+        self.id = client
+        self.proc = proc
+        self.role = "edit"
+        self.user: User | None = None
+        self.cursor: Cursor | None = None
+        self.cursor_rev = 0
+        self.transformed = 0
+        self._reply = reply
+
+    def send_msg(self, msg: dict) -> None:
+        """Pass a refusal back to the client's process; acknowledgements it learns from the store."""
+        if msg.get("type") == "error" and isinstance(msg.get("id"), str):
+            self._reply(self.proc, refused_msg(self.doc, ProtocolError(msg["code"], msg["message"], msg["id"])))
 
 
 def submit_msg(doc: str, items: list[Forwarded]) -> dict:

@@ -97,6 +97,7 @@ class Hub:
             dead: set[str] = set()
             if cluster is not None:
                 infos, dead = await cluster.subscribe(doc_id)
+                await cluster.claim(doc_id)
             state = await self.store.load(doc_id, self.config.history_depth)
             doc = Document(doc_id, state, self.store, self.config, self.counters, self.backplane, self._forget)
             self.docs[doc_id] = doc

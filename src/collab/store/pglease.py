@@ -31,17 +31,23 @@ _UNLOCK = f"SELECT pg_advisory_unlock({_KEY}) FROM unnest($1::text[]) AS d"
 
 
 class Leases:
-    """This process's leases on documents of the store at ``url`` (the ``DATABASE_URL``, ``?schema=`` included)."""
+    """This process's leases on the documents of the store at ``dsn`` whose tables are in schema ``namespace``."""
 
-    def __init__(self, url: str, keepalive_seconds: int = 1) -> None:
-        self.dsn, schema = split_schema(url)
-        self.namespace = schema or ""
+    def __init__(self, dsn: str, namespace: str = "", keepalive_seconds: int = 1) -> None:
+        self.dsn = dsn
+        self.namespace = namespace
         self.keepalive_seconds = keepalive_seconds
         self._conn: Any = None
         self._lock = asyncio.Lock()
         self._held: set[str] = set()
         #: Set when the lease connection failed: every lease this process held is gone.
         self.lost = asyncio.Event()
+
+    @classmethod
+    def from_url(cls, url: str) -> "Leases":
+        """The leases of the store at ``url`` (a ``DATABASE_URL``, ``?schema=`` included)."""
+        dsn, schema = split_schema(url)
+        return cls(dsn, schema or "")
 
     @property
     def held(self) -> frozenset[str]:

@@ -346,5 +346,10 @@ class PostgresStore(Store):
         rows = await self.pool.fetch("SELECT id, rev, size, updated FROM collab_docs WHERE rev > 0 ORDER BY updated DESC")
         return [DocInfo(r["id"], r["rev"], r["size"], r["updated"]) for r in rows]
 
+    def leases(self) -> Any:
+        from .pglease import Leases
+
+        return Leases(self.dsn, self.schema or "")
+
     async def ping(self) -> None:
         await self.pool.fetchval("SELECT 1")
