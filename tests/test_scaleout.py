@@ -595,7 +595,7 @@ async def test_the_owner_orders_forwarded_submits_and_answers_what_the_store_doe
     a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
     doc1 = await h1.join("owned", a, None)
     doc2 = await h2.join("owned", b, None)
-    assert h1.cluster.owns("owned") and not h2.cluster.owns("owned")
+    assert h1.cluster.ownership.owns("owned") and not h2.cluster.ownership.owns("owned")
     forwarder = RedisBackplane(f"{h1.backplane.url}?prefix={h1.backplane.prefix}", heartbeat_ttl=3)
     answers: list[dict] = []
     answered = asyncio.Event()
@@ -642,3 +642,98 @@ async def test_the_owner_orders_forwarded_submits_and_answers_what_the_store_doe
         ops = [m for m in map(json.loads, peer.outbox) if m["type"] == "op"]
         assert [(m["rev"], m["client"], m["id"], m.get("cursor")) for m in ops] == [
             (1, "far", "f1", {"anchor": 7, "head": 7})]
+
+
+async def test_a_process_that_does_not_own_a_document_forwards_its_clients_edits_to_the_owner(real_hubs):
+    """Process 2's client and HTTP edit are ordered and committed by process 1 (the owner), and
+    acknowledged on process 2 once it reads the commit from the store; process 2 commits nothing."""
+    import json
+
+    from collab.hub import Peer
+    from collab.protocol import Cursor, Submit
+
+    h1, h2 = await real_hubs(2)
+    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    doc1 = await h1.join("fwd", a, None)
+    doc2 = await h2.join("fwd", b, None)
+    assert doc2.forwarder.owner == h1.backplane.process_id and doc1.forwarder.owner is None
+    arrived = asyncio.Event()
+    b.notify = arrived.set
+
+    seen: list[dict] = []
+
+    async def acked(op_id: str) -> dict:
+        """The answer to ``op_id`` among the frames sent to ``b`` (the outbox is drained as a connection would)."""
+        while True:
+            arrived.clear()
+            seen.extend(map(json.loads, b.outbox))
+            b.outbox.clear()
+            for m in seen:
+                if m["type"] in ("ack", "error") and m.get("id") == op_id:
+                    return m
+            await arrived.wait()
+
+    await doc2.submit(b, Submit(0, ["héllo 🌍"], "b1", Cursor(7, 7)))
+    assert await asyncio.wait_for(acked("b1"), 30) == {"type": "ack", "id": "b1", "rev": 1}
+    assert await asyncio.wait_for(doc2.submit(None, Submit(1, [7, "!"], "http-1", None)), 30) == 2
+    await doc2.submit(b, Submit(2, [99, "?"], "b2", None))  # spans the wrong length: the owner refuses it
+    refused = await asyncio.wait_for(acked("b2"), 30)
+    assert refused["type"] == "error" and refused["code"] == "bad_op"
+    state = await h1.store.load("fwd", 10)
+    assert (state.rev, state.text) == (2, "héllo 🌍!")
+    assert [(o.client, o.id) for o in state.history] == [(b.id, "b1"), ("server", "http-1")]
+    assert h2.store.ops_written == 0 and h1.store.ops_written == 2
+    assert h1.conflicts == h2.conflicts == 0
+    assert doc1.snapshot() == (2, "héllo 🌍!")
+    assert not doc2.forwarder.awaiting
+
+
+async def test_when_the_owner_dies_a_forwarder_takes_the_lease_and_its_edits_are_acknowledged(real_hubs):
+    """Process 1 owns the document and vanishes (its lease connection closes, it answers nothing):
+    process 2's forwarded edits go unanswered, so it takes the lease and orders them itself."""
+    import json
+
+    from collab.hub import Peer
+    from collab.protocol import Submit
+
+    h1, h2 = await real_hubs(2)
+    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    doc1 = await h1.join("heir", a, None)
+    doc2 = await h2.join("heir", b, None)
+    assert await doc1.submit(None, Submit(0, ["🌱"], "a1", None)) == 1
+    assert doc2.forwarder.owner == h1.backplane.process_id
+    # A crash: no more messages either way, and PostgreSQL drops the lease with the connection.
+    for task in h1.backplane._tasks:
+        task.cancel()
+    h1.cluster._watcher.cancel()
+    h1.cluster.ownership._watcher.cancel()
+    await h1.cluster.ownership.leases._conn.close()
+    arrived = asyncio.Event()
+    b.notify = arrived.set
+
+    seen: list[dict] = []
+
+    async def acked(op_id: str) -> dict:
+        """The answer to ``op_id`` among the frames sent to ``b`` (the outbox is drained as a connection would)."""
+        while True:
+            arrived.clear()
+            seen.extend(map(json.loads, b.outbox))
+            b.outbox.clear()
+            for m in seen:
+                if m["type"] in ("ack", "error") and m.get("id") == op_id:
+                    return m
+            await arrived.wait()
+
+    async def reaches(rev: int) -> None:
+        while doc2.snapshot()[0] < rev:
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(reaches(1), 30)
+    await doc2.submit(b, Submit(1, [1, "🌳"], "b1", None))
+    assert await asyncio.wait_for(acked("b1"), 30) == {"type": "ack", "id": "b1", "rev": 2}
+    assert h2.cluster.ownership.owns("heir") and doc2.forwarder.owner is None
+    await doc2.submit(b, Submit(2, [2, "🍎"], "b2", None))
+    assert await asyncio.wait_for(acked("b2"), 30) == {"type": "ack", "id": "b2", "rev": 3}
+    state = await h2.store.load("heir", 10)
+    assert (state.rev, state.text) == (3, "🌱🌳🍎")
+    assert [o.id for o in state.history] == ["a1", "b1", "b2"]

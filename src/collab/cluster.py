@@ -11,10 +11,9 @@ rows (a forged or garbled message cannot change a document).
 
 The :class:`Cluster` is the hub's side: it starts the backplane, subscribes
 to documents as they load, routes messages to their replica, re-reads after
-a reconnect, and watches for crashed processes and missed commits. With a
-store that has leases (PostgreSQL) it also takes the lease of each document
-it loads and orders the submits other processes forward to a document it
-owns (the first part of ``docs/cluster.md``; nothing forwards yet).
+a reconnect, and watches for crashed processes and missed commits. Who
+orders each document (leases, forwarding to the owner) is its
+:class:`~collab.ownership.Ownership`'s business.
 """
 
 from __future__ import annotations
@@ -25,11 +24,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from . import ot
-from .forwarding import Forwarded, ForwardedAuthor, not_owner_msg, read_submit, refused_msg
+from .forwarding import ForwardedAuthor
+from .ownership import Ownership
 from .hubconfig import DocumentFailed, HubCounters
 from .peer import Peer, RemotePeer
 from .protocol import (
-    Cursor, ProtocolError, User, _cur, _usr, ack_msg, encode, error_msg, join_msg, leave_msg, op_msg, presence_msg,
+    Cursor, User, _cur, _usr, ack_msg, encode, error_msg, join_msg, leave_msg, op_msg, presence_msg,
 )
 from .sequencer import reused
 from .store.base import Store, StoredOp
@@ -383,9 +383,8 @@ class Cluster:
         self.store = store
         self.docs = docs
         self.loading = loading
-        #: This process's document leases (``None``: the store has none, nobody owns documents).
-        self.leases = store.leases()
-        self._forwarding: set[asyncio.Task[None]] = set()
+        #: Who orders each document (leases, forwarding).
+        self.ownership = Ownership(backplane, store, docs)
         self.started = False
         self.closing = False
         self._start_lock = asyncio.Lock()
@@ -399,9 +398,8 @@ class Cluster:
         async with self._start_lock:
             if self.started:
                 return
-            if self.leases is not None:
-                await self.leases.open()
-            await self.backplane.start(self._on_message, self._on_resync, self._on_direct)
+            await self.ownership.open()
+            await self.backplane.start(self._on_message, self._on_resync, self.ownership.on_direct)
             self._watcher = asyncio.create_task(self._watch(), name="collab-hub-watch")
             self.started = True
 
@@ -417,22 +415,10 @@ class Cluster:
         dead = await self.backplane.dead({str(i.get("proc")) for i in infos.values()})
         return infos, dead
 
-    async def claim(self, doc_id: str) -> bool:
-        """Try to take ``doc_id``'s lease (before loading it); ``True`` if this process owns it now."""
-        if self.leases is None:
-            return False
-        try:
-            if doc_id not in await self.leases.acquire([doc_id]):
-                return False
-        except Exception as exc:  # the document still works, ordered as without leases
-            log.warning("taking the lease of %s failed: %s", doc_id, exc)
-            return False
-        self.backplane.set_owner(doc_id)
-        return True
-
-    def owns(self, doc_id: str) -> bool:
-        """Whether this process holds ``doc_id``'s lease."""
-        return self.leases is not None and doc_id in self.leases.held
+    async def place(self, doc_id: str) -> str | None:
+        """Take ``doc_id``'s lease if free (before loading it); the owner to forward to, or ``None``."""
+        await self.start()
+        return await self.ownership.place(doc_id)
 
     def early_messages(self, doc_id: str) -> list[dict]:
         """What arrived for ``doc_id`` while it was loading (taken: call once)."""
@@ -451,12 +437,7 @@ class Cluster:
                     await self.backplane.unsubscribe(doc_id)
                 except Exception as exc:
                     log.warning("unsubscribing from %s failed: %s", doc_id, exc)
-                if self.owns(doc_id):  # closed here: let another process own it
-                    self.backplane.drop_owner(doc_id)
-                    try:
-                        await self.leases.release([doc_id])  # type: ignore[union-attr]
-                    except Exception as exc:
-                        log.warning("releasing the lease of %s failed: %s", doc_id, exc)
+                await self.ownership.release(doc_id)
 
     def _on_message(self, doc_id: str, msg: dict) -> None:
         doc = self.docs.get(doc_id)
@@ -464,35 +445,6 @@ class Cluster:
             doc.on_remote(msg)
         elif doc_id in self.loading:
             self._early.setdefault(doc_id, []).append(msg)
-
-    def _on_direct(self, msg: dict) -> None:
-        """A message to this process alone: submits forwarded to a document it owns."""
-        proc = msg.get("proc")
-        if msg.get("t") != "submit" or not isinstance(proc, str):
-            return  # the answers a forwarder gets are not used yet
-        parsed = read_submit(msg)
-        if parsed is None:
-            log.warning("ignoring a malformed forwarded submit from process %.40s", proc)
-            return
-        doc_id, items = parsed
-        doc = self.docs.get(doc_id)
-        if doc is None or not self.owns(doc_id):
-            self.backplane.send(proc, not_owner_msg(doc_id))
-            return
-        task = asyncio.get_running_loop().create_task(self._order_forwarded(doc, proc, items))
-        self._forwarding.add(task)
-        task.add_done_callback(self._forwarding.discard)
-
-    async def _order_forwarded(self, doc: Any, proc: str, items: list[Forwarded]) -> None:
-        """Queue forwarded submits, in order, as the owner's own clients' are; refusals go back."""
-        for f in items:
-            try:
-                await doc.submit(doc.replica.forwarded_author(proc, f.client), f.sub)
-            except ProtocolError as exc:
-                self.backplane.send(proc, refused_msg(doc.id, exc))
-            except DocumentFailed:
-                self.backplane.send(proc, not_owner_msg(doc.id))
-                return
 
     def _on_resync(self) -> None:
         """Messages may have been lost: re-read the store, re-announce our clients, re-read others'."""
@@ -550,12 +502,8 @@ class Cluster:
                 await self._watcher
             except (asyncio.CancelledError, Exception):
                 pass
-        for task in list(self._forwarding):
-            task.cancel()
+        await self.ownership.close(self.started)
         if self.started:
-            if self.leases is not None:
-                for doc_id in self.leases.held:
-                    self.backplane.drop_owner(doc_id)
             await self.backplane.close()
-        if self.leases is not None:
-            await self.leases.close()
+        if self.ownership.leases is not None:
+            await self.ownership.leases.close()

@@ -12,10 +12,12 @@ never reaches a document.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Callable
 
 from . import ot
+from .fanout import Item
 from .protocol import (
     ERROR_CODES, MAX_ID_LEN, MAX_REV, Cursor, ProtocolError, Submit, User, _cur, _cursor, _storable_id,
     valid_doc_name,
@@ -69,6 +71,67 @@ class ForwardedAuthor:
         """Pass a refusal back to the client's process; acknowledgements it learns from the store."""
         if msg.get("type") == "error" and isinstance(msg.get("id"), str):
             self._reply(self.proc, refused_msg(self.doc, ProtocolError(msg["code"], msg["message"], msg["id"])))
+
+
+class Forwarder:
+    """A document's submits on their way to its owner, another process, until they are answered.
+
+    The commit of a forwarded submit answers it: this process integrates the
+    commit from the store and acknowledges the queued item by op id (see
+    :meth:`collab.cluster.Replica.integrate`). A refusal answers it too.
+    Until then it waits here, and is sent again if the owner changes.
+    """
+
+    def __init__(self, doc: str, send: Callable[[str, dict], None]) -> None:
+        self.doc = doc
+        self.send = send
+        #: The owner's process id; ``None``: this process orders the document's submits itself.
+        self.owner: str | None = None
+        #: Forwarded and not yet answered, in the order they were submitted.
+        self.awaiting: list[Item] = []
+        #: When the oldest of :attr:`awaiting` was last sent (loop time).
+        self.sent_at = 0.0
+
+    def take(self, batch: list[Item], known: Callable[[str], bool]) -> list[Item]:
+        """Forward the submits of ``batch`` with new ids; returns the rest (resends of known ops, answered here)."""
+        keep = [item for item in batch if known(item.sub.id)]
+        out = [item for item in batch if not known(item.sub.id)] if keep else batch
+        if out:
+            if not self.awaiting:
+                self.sent_at = asyncio.get_running_loop().time()
+            self.awaiting.extend(out)
+            self._send(out)
+        return keep
+
+    def _send(self, items: list[Item]) -> None:
+        assert self.owner is not None
+        forwarded = [Forwarded(item.peer.id if item.peer is not None else "server", item.sub) for item in items]
+        self.send(self.owner, submit_msg(self.doc, forwarded))
+
+    def answered(self, op_id: str) -> list[Item]:
+        """Take the waiting submits of op ``op_id`` (its commit or its refusal arrived)."""
+        if not any(item.sub.id == op_id for item in self.awaiting):
+            return []
+        taken = [item for item in self.awaiting if item.sub.id == op_id]
+        self.awaiting = [item for item in self.awaiting if item.sub.id != op_id]
+        return taken
+
+    def resend(self, owner: str) -> None:
+        """Send everything waiting to ``owner`` (the document's owner changed, or it did not answer)."""
+        self.owner = owner
+        if self.awaiting:
+            self.sent_at = asyncio.get_running_loop().time()
+            self._send(self.awaiting)
+
+    def take_back(self) -> list[Item]:
+        """Stop forwarding: everything waiting, to be ordered here."""
+        self.owner = None
+        items, self.awaiting = self.awaiting, []
+        return items
+
+    def overdue(self, now: float, after: float) -> bool:
+        """Whether submits have waited for the owner longer than ``after`` seconds."""
+        return bool(self.awaiting) and now - self.sent_at > after
 
 
 def submit_msg(doc: str, items: list[Forwarded]) -> dict:
