@@ -304,6 +304,10 @@ class Document:
         Returns the batch's flight (``None`` if none, or pipelined): ``lost`` if another process took its
         revisions (rolled back and queued again). With ``settle=False`` the caller settles it (:meth:`_landed`).
         """
+        if self.forwarding and self._inbox:  # the owner orders them: no need to catch up first
+            self._inbox = self.forwarder.take(self._inbox, self.seq.knows)  # type: ignore[union-attr]
+            fanout.resolve(self._room_waiters)
+            self._room_waiters = []
         if self.shared and self.replica.behind():
             await self.replica.catch_up()
         self._run_deferred()
@@ -313,10 +317,6 @@ class Document:
         if self._room_waiters:
             fanout.resolve(self._room_waiters)
             self._room_waiters = []
-        if self.forwarding:
-            batch = self.forwarder.take(batch, self.seq.knows)  # type: ignore[union-attr]
-            if not batch:
-                return None
         earlier = await self._ids_in_store(batch)
         saved = self.seq.save(self._holders()) if self.store.may_conflict else None
         apply = self.seq.apply
