@@ -86,6 +86,8 @@ async def test_a_lost_connection_is_noticed_and_frees_the_leases(leases):
     await asyncio.wait_for(a.lost.wait(), 30)
     assert a.held == frozenset()
     assert await b.acquire(["notes"]) == {"notes"}
+    assert await a.acquire(["notes", "plan"]) == {"plan"}  # connected again: it can hold leases again
+    assert not a.lost.is_set()
 
 
 async def test_a_holder_killed_with_sigkill_frees_its_leases(leases):

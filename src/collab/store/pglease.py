@@ -72,9 +72,14 @@ class Leases:
         self.lost.set()
 
     async def acquire(self, docs: Iterable[str]) -> set[str]:
-        """Try to take the leases of ``docs`` (one statement, never waits); returns those now held."""
+        """Try to take the leases of ``docs`` (one statement, never waits); returns those now held.
+
+        After the lease connection was lost, this connects again (holding nothing).
+        """
         wanted = sorted(set(docs))
         async with self._lock:
+            if self._conn is None or self._conn.is_closed():
+                await self.open()
             new = [d for d in wanted if d not in self._held]  # a second lock of one key would need two unlocks
             if new:
                 rows = await self._conn.fetch(_TRY, new, self.namespace)
