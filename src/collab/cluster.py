@@ -201,7 +201,7 @@ class Replica:
             for entry in missed:
                 if entry.rev == seq.rev + 1:
                     remote = announced.get(entry.rev) or self.ops.get(entry.rev)
-                    self.integrate(entry, remote.cursor if remote is not None and remote.entry == entry else None)
+                    self.integrate(entry, remote.cursor if remote is not None and _same_op(remote.entry, entry) else None)
             # Announcements that arrived during the read may be ahead of it: the next turn reads again.
             self.ops = {rev: remote for rev, remote in self.ops.items() if rev > seq.rev}
             for w in waiters:
@@ -359,6 +359,11 @@ class Replica:
                 if self.backplane is not None:
                     self.backplane.forget_peer(self.doc.id, remote.id)
         return bool(self.events)
+
+
+def _same_op(a: StoredOp, b: StoredOp) -> bool:
+    """Whether two entries are one operation (whatever else a store records with it)."""
+    return a.rev == b.rev and a.op == b.op and a.client == b.client and a.id == b.id
 
 
 def _op_msg(entry: StoredOp, cursor: Cursor | None) -> dict:
