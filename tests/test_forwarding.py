@@ -19,12 +19,12 @@ def _wire(msg: dict) -> dict:
 
 
 def test_a_submit_is_read_back_as_it_was_sent():
-    items = [Forwarded("c1", Submit(3, [2, "héllo 🌍", -1, 4], "op-1", Cursor(10, 10))),
+    items = [Forwarded("c1", Submit(3, [2, "héllo 🌍", -1, 4], "op-1", Cursor(10, 10)), "Zoë 🦊"),
              Forwarded("c2", Submit(0, ["🎉"], "op-2", None))]
     doc, back = read_submit(_wire(submit_msg("notes", items)))
     assert doc == "notes"
-    assert [(f.client, f.sub.rev, f.sub.op, f.sub.id, f.sub.cursor) for f in back] == [
-        ("c1", 3, [2, "héllo 🌍", -1, 4], "op-1", Cursor(10, 10)), ("c2", 0, ["🎉"], "op-2", None)]
+    assert [(f.client, f.sub.rev, f.sub.op, f.sub.id, f.sub.cursor, f.name) for f in back] == [
+        ("c1", 3, [2, "héllo 🌍", -1, 4], "op-1", Cursor(10, 10), "Zoë 🦊"), ("c2", 0, ["🎉"], "op-2", None, "")]
     assert back[0].sub.lengths == (7, 13) and back[1].sub.lengths == (0, 1)
 
 
@@ -51,6 +51,9 @@ GOOD = {"client": "c1", "rev": 0, "op": ["🌍"], "id": "op-1", "cursor": None}
     {"doc": "notes", "items": [{k: v for k, v in GOOD.items() if k != "op"}]},
     {"doc": "notes", "items": [dict(GOOD, cursor={"anchor": -1, "head": 0})]},
     {"doc": "notes", "items": [dict(GOOD, cursor="here")]},
+    {"doc": "notes", "items": [dict(GOOD, name=5)]},
+    {"doc": "notes", "items": [dict(GOOD, name="x" * 65)]},
+    {"doc": "notes", "items": [dict(GOOD, name="\ud800")]},
 ])
 def test_a_malformed_submit_is_dropped_whole(bad):
     assert read_submit(dict(bad, t="submit")) is None

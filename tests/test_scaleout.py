@@ -650,10 +650,10 @@ async def test_a_process_that_does_not_own_a_document_forwards_its_clients_edits
     import json
 
     from collab.hub import Peer
-    from collab.protocol import Cursor, Submit
+    from collab.protocol import Cursor, Submit, User
 
     h1, h2 = await real_hubs(2)
-    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    a, b = Peer(queue_size=10_000), Peer(User("Zoë 🦊", "#ff8800"), queue_size=10_000)
     doc1 = await h1.join("fwd", a, None)
     doc2 = await h2.join("fwd", b, None)
     assert doc2.forwarder.owner == h1.backplane.process_id and doc1.forwarder.owner is None
@@ -683,6 +683,7 @@ async def test_a_process_that_does_not_own_a_document_forwards_its_clients_edits
     assert (state.rev, state.text) == (2, "héllo 🌍!")
     assert [(o.client, o.id) for o in state.history] == [(b.id, "b1"), ("server", "http-1")]
     assert h2.store.ops_written == 0 and h1.store.ops_written == 2
+    assert doc1.replica.forwarded[(h2.backplane.process_id, b.id)].user.name == "Zoë 🦊"  # recorded as its author
     assert h1.conflicts == h2.conflicts == 0
     assert doc1.snapshot() == (2, "héllo 🌍!")
     assert not doc2.forwarder.awaiting

@@ -19,7 +19,7 @@ from typing import Callable
 from . import ot
 from .fanout import Item
 from .protocol import (
-    ERROR_CODES, MAX_ID_LEN, MAX_REV, Cursor, ProtocolError, Submit, User, _cur, _cursor, _storable_id,
+    ERROR_CODES, MAX_ID_LEN, MAX_NAME_LEN, MAX_REV, Cursor, ProtocolError, Submit, User, _cur, _cursor, _storable_id,
     valid_doc_name,
 )
 
@@ -29,10 +29,12 @@ MAX_REASON = 1000
 
 @dataclass(slots=True)
 class Forwarded:
-    """One submit forwarded to the owner: the client that sent it, and what it sent."""
+    """One submit forwarded to the owner: the client that sent it, what it sent, and its user's name."""
 
     client: str
     sub: Submit
+    #: The name the client joined with ("" if none): the owner records who made each edit.
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,7 @@ class ForwardedAuthor:
         self.id = client
         self.proc = proc
         self.role = "edit"
+        #: The client's name, as its process sent it (no colour: only its process shows it).
         self.user: User | None = None
         self.cursor: Cursor | None = None
         self.cursor_rev = 0
@@ -105,7 +108,8 @@ class Forwarder:
 
     def _send(self, items: list[Item]) -> None:
         assert self.owner is not None
-        forwarded = [Forwarded(item.peer.id if item.peer is not None else "server", item.sub) for item in items]
+        forwarded = [Forwarded(item.peer.id, item.sub, item.peer.user.name if item.peer.user is not None else "")
+                     if item.peer is not None else Forwarded("server", item.sub) for item in items]
         self.send(self.owner, submit_msg(self.doc, forwarded))
 
     def answered(self, op_id: str) -> list[Item]:
@@ -137,8 +141,8 @@ class Forwarder:
 def submit_msg(doc: str, items: list[Forwarded]) -> dict:
     """The ``submit`` message carrying ``items`` of ``doc`` to its owner."""
     return {"t": "submit", "doc": doc, "items": [
-        {"client": f.client, "rev": f.sub.rev, "op": f.sub.op, "id": f.sub.id, "cursor": _cur(f.sub.cursor)}
-        for f in items
+        {"client": f.client, "rev": f.sub.rev, "op": f.sub.op, "id": f.sub.id, "cursor": _cur(f.sub.cursor),
+         "name": f.name} for f in items
     ]}
 
 
@@ -149,15 +153,17 @@ def _an_id(value: object) -> bool:
 def _forwarded(item: object) -> Forwarded | None:
     if type(item) is not dict:
         return None
-    client, rev, op_id = item.get("client"), item.get("rev"), item.get("id")
+    client, rev, op_id, name = item.get("client"), item.get("rev"), item.get("id"), item.get("name", "")
     if not (_an_id(client) and _an_id(op_id) and type(rev) is int and 0 <= rev <= MAX_REV):
+        return None
+    if type(name) is not str or len(name) > MAX_NAME_LEN or not _storable_id(name):
         return None
     try:
         op, base_len, target_len = ot.checked(item.get("op"))
         cursor = _cursor(item.get("cursor"), op_id)
     except (ot.InvalidOperation, ProtocolError):
         return None
-    return Forwarded(client, Submit(rev, op, op_id, cursor, (base_len, target_len)))  # type: ignore[arg-type]
+    return Forwarded(client, Submit(rev, op, op_id, cursor, (base_len, target_len)), name)  # type: ignore[arg-type]
 
 
 def read_submit(msg: dict) -> tuple[str, list[Forwarded]] | None:

@@ -23,7 +23,7 @@ from .forwarding import (
     Forwarded, Refusal, not_owner_msg, read_not_owner, read_refused, read_submit, refused_msg,
 )
 from .hubconfig import DocumentFailed
-from .protocol import ProtocolError, error_msg
+from .protocol import ProtocolError, User, error_msg
 from .store.base import Store
 
 if TYPE_CHECKING:
@@ -113,8 +113,11 @@ class Ownership:
     async def _order(self, doc: Any, proc: str, items: list[Forwarded]) -> None:
         """Queue forwarded submits, in order, as the owner's own clients' are; refusals go back."""
         for f in items:
+            author = doc.replica.forwarded_author(proc, f.client)
+            if f.name and (author.user is None or author.user.name != f.name):
+                author.user = User(f.name, "")
             try:
-                await doc.submit(doc.replica.forwarded_author(proc, f.client), f.sub)
+                await doc.submit(author, f.sub)
             except ProtocolError as exc:
                 self.backplane.send(proc, refused_msg(doc.id, exc))
             except DocumentFailed:
