@@ -283,13 +283,13 @@ async def real_hubs() -> AsyncIterator:
     prefix = f"collab-test-{secrets.token_hex(5)}"
     hubs: list = []
 
-    async def make(n: int) -> list:
+    async def make(n: int, **config) -> list:
         for _ in range(n):
             store = PostgresStore(PG_URL, schema=schema)
             await store.open()
             bp = RedisBackplane(_with_param(REDIS_URL, "prefix", prefix), heartbeat_ttl=3)
             await bp.open()
-            hub = Hub(store, HubConfig(idle_unload_seconds=600), backplane=bp)
+            hub = Hub(store, HubConfig(idle_unload_seconds=600, **config), backplane=bp)
             await hub.start()
             hubs.append(hub)
         return hubs
@@ -738,3 +738,44 @@ async def test_when_the_owner_dies_a_forwarder_takes_the_lease_and_its_edits_are
     state = await h2.store.load("heir", 10)
     assert (state.rev, state.text) == (3, "🌱🌳🍎")
     assert [o.id for o in state.history] == ["a1", "b1", "b2"]
+
+
+async def test_a_resend_of_an_op_committed_elsewhere_is_acked_once_and_never_echoed(real_hubs):
+    """A client resends an op that another process committed, which this process has not integrated
+    yet, and whose id only the store still knows (older than the kept ids): this process catches up
+    first, then acknowledges it once; the op is not also sent to its author as someone else's."""
+    import json
+
+    from collab.hub import Peer
+    from collab.protocol import Submit
+    from collab.store.base import StoredOp
+
+    (h1,) = await real_hubs(1, history_depth=2)
+    b = Peer(queue_size=10_000)
+    doc = await h1.join("echo", b, None)
+    for i, ch in enumerate("🌱🌳🍎🍐"):
+        assert await doc.submit(None, Submit(i, [i, ch] if i else [ch], f"a{i}", None)) == i + 1
+    assert doc.seq.history_start > 0  # ids of the first ops are only in the store now
+    # Another process commits b's op (its first try) and announces nothing that reaches here.
+    await h1.store.append("echo", [StoredOp(5, [4, "🎉"], b.id, "x1")], 5)
+    arrived = asyncio.Event()
+    b.notify = arrived.set
+    frames: list[dict] = []
+
+    async def answered(op_id: str) -> None:
+        while not any(m.get("id") == op_id and m["type"] == "ack" for m in frames):
+            arrived.clear()
+            frames.extend(json.loads(f) for f in b.outbox)
+            b.outbox.clear()
+            if not any(m.get("id") == op_id and m["type"] == "ack" for m in frames):
+                await arrived.wait()
+
+    frames.extend(json.loads(f) for f in b.outbox)
+    b.outbox.clear()
+    await doc.submit(b, Submit(4, [4, "🎉"], "x1", None))  # b resends it here
+    await asyncio.wait_for(answered("x1"), 30)
+    assert await doc.submit(None, Submit(4, [4, "!"], "a4", None)) == 6  # integrates rev 5 on the way
+    frames.extend(json.loads(f) for f in b.outbox)
+    assert [m for m in frames if m.get("id") == "x1"] == [{"type": "ack", "id": "x1", "rev": 5}]
+    assert [(m["type"], m["rev"]) for m in frames if m["type"] in ("op", "ack")][-2:] == [("ack", 5), ("op", 6)]
+    assert doc.snapshot() == (6, "🌱🌳🍎🍐!🎉")  # "!" was based on rev 4: it goes first at the tie

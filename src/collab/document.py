@@ -68,8 +68,7 @@ class Document:
         self.counters = counters
         self._on_close = on_close
         self.seq = Sequencer(state.rev, state.text, state.history, config.history_depth, config.max_doc_chars)
-        #: Whether other processes may commit to this document.
-        self.shared = backplane is not None or store.may_conflict
+        self.shared = backplane is not None or store.may_conflict  # other processes may commit to it
         self.replica = Replica(self, store, backplane, counters)
         self.forwarder = Forwarder(doc_id, backplane.send) if backplane is not None else None
         self.peers: dict[str, Peer] = {}
@@ -318,6 +317,10 @@ class Document:
             fanout.resolve(self._room_waiters)
             self._room_waiters = []
         earlier = await self._ids_in_store(batch)
+        if earlier and max(earlier.values()) > self.seq.rev:  # committed elsewhere, not integrated here yet:
+            self._inbox = batch + self._inbox  # the integration answers them (an ack now would come before it)
+            self.replica.sync_later(max(earlier.values()))
+            return None
         saved = self.seq.save(self._holders()) if self.store.may_conflict else None
         apply = self.seq.apply
         items: list[Item] = []
@@ -497,9 +500,8 @@ class Document:
 
     def order_here(self) -> None:
         """Stop forwarding: what waits for the owner is ordered by this process (it owns the document now)."""
-        if self.forwarder is not None:
-            self._inbox = self.forwarder.take_back() + self._inbox
-            self._wake()
+        self._inbox = (self.forwarder.take_back() if self.forwarder is not None else []) + self._inbox
+        self._wake()
 
     def _holders(self) -> Iterator[Peer | RemotePeer]:
         """Everyone with a selection on this document."""
