@@ -779,3 +779,36 @@ async def test_a_resend_of_an_op_committed_elsewhere_is_acked_once_and_never_ech
     assert [m for m in frames if m.get("id") == "x1"] == [{"type": "ack", "id": "x1", "rev": 5}]
     assert [(m["type"], m["rev"]) for m in frames if m["type"] in ("op", "ack")][-2:] == [("ack", 5), ("op", 6)]
     assert doc.snapshot() == (6, "🌱🌳🍎🍐!🎉")  # "!" was based on rev 4: it goes first at the tie
+
+
+async def test_a_process_that_found_no_owner_record_forwards_once_there_is_one(real_hubs):
+    """Process 2 opens a document whose lease process 1 holds before its owner record reached Redis:
+    it orders the document itself at first (correct, only slower), and forwards once the record shows."""
+    import json
+
+    from collab.hub import Peer
+    from collab.protocol import Submit
+
+    h1, h2 = await real_hubs(2)
+    owner = h1.backplane.process_id
+    assert await h1.cluster.ownership.leases.acquire(["late"]) == {"late"}  # the lease, no record yet
+    b = Peer(queue_size=10_000)
+    doc2 = await h2.join("late", b, None)
+    assert doc2.forwarder.owner is None and not h2.cluster.ownership.owns("late")
+    a = Peer(queue_size=10_000)
+    await h1.join("late", a, None)  # takes the lease it holds and writes the record
+
+    async def forwarding() -> None:
+        while doc2.forwarder.owner != owner:
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(forwarding(), 30)
+    written = h2.store.ops_written
+    await doc2.submit(b, Submit(0, ["🌍"], "b1", None))
+
+    async def acked() -> None:
+        while not any(json.loads(f).get("id") == "b1" for f in b.outbox):
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(acked(), 30)
+    assert h2.store.ops_written == written and h1.store.ops_written == 1

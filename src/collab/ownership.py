@@ -161,13 +161,27 @@ class Ownership:
             self._rerouting.discard(doc.id)
 
     async def _watch(self) -> None:
-        """Reroute the documents whose forwarded submits the owner has not answered in time."""
+        """Reroute the documents whose forwarded submits the owner has not answered in time; about once a
+        second, place again those ordered here without the lease (the owner was not known when they loaded)."""
+        tick = 0
         while True:
             await asyncio.sleep(OVERDUE_SECONDS / 4)
+            tick += 1
             now = asyncio.get_running_loop().time()
             for doc in list(self.docs.values()):
-                if doc.forwarder is not None and doc.forwarder.overdue(now, OVERDUE_SECONDS):
+                forwarder = doc.forwarder
+                if forwarder is not None and forwarder.overdue(now, OVERDUE_SECONDS):
                     self.reroute(doc)
+                elif forwarder is not None and forwarder.owner is None and tick % 4 == 0 and not self.owns(doc.id):
+                    self._spawn(self._place_again(doc))
+
+    async def _place_again(self, doc: Any) -> None:
+        """Forward ``doc``'s submits to its owner if one is known now (or own it if its lease is free)."""
+        owner = await self.place(doc.id)
+        if self.docs.get(doc.id) is not doc:
+            await self.release(doc.id)  # taken for a document closed meanwhile (a no-op if not)
+        elif owner is not None and doc.forwarder.owner is None:
+            doc.forwarder.owner = owner
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
