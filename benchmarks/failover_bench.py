@@ -22,7 +22,7 @@ import secrets
 import statistics
 import urllib.request
 
-from burst_latency_bench import Writer
+from burst_latency_bench import Writer, drop_redis_keys
 from scaleout_bench import Server
 
 
@@ -70,6 +70,7 @@ async def one_round(args: argparse.Namespace, n: int) -> float:
         conn = await asyncpg.connect(args.database_url)
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await conn.close()
+        await drop_redis_keys(args.redis_url, f"collab-failover-{tag}")
 
 
 async def bench(args: argparse.Namespace) -> None:
