@@ -84,6 +84,17 @@ class Writer:
                 raise RuntimeError(f"the server refused an op: {msg}")
 
 
+async def drop_redis_keys(url: str, prefix: str) -> None:
+    """Remove a run's Redis keys (presence left behind by a killed process, owner records)."""
+    import redis.asyncio as aioredis
+
+    r = aioredis.from_url(url)
+    keys = [k async for k in r.scan_iter(match=f"{prefix}:*")]
+    if keys:
+        await r.delete(*keys)
+    await r.aclose()
+
+
 async def burst(writer: Writer, n: int) -> None:
     for _ in range(n):
         await writer.send()
@@ -123,6 +134,7 @@ async def bench(args: argparse.Namespace) -> None:
         conn = await asyncpg.connect(args.database_url)
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await conn.close()
+        await drop_redis_keys(args.redis_url, f"collab-burst-{tag}")
     delays.sort()
     ms = [d * 1000 for d in delays]
     print(f"{args.rounds} bursts of {args.burst} ops x {2 * args.writers} writers on 2 processes; "

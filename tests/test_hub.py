@@ -526,3 +526,40 @@ def test_parse_gives_a_submit_its_op_normalized_with_its_lengths(op):
     sub = parse(json.dumps({"type": "op", "rev": 3, "id": "p1", "op": op}))
     assert isinstance(sub, Submit) and sub.op == ot.normalize(op)
     assert sub.lengths == ot.lengths(sub.op)
+
+
+async def test_local_backplane_sends_to_one_process_and_keeps_owner_records():
+    bus = LocalBus()
+    planes = [LocalBackplane(bus) for _ in range(3)]
+    got: list[list[dict]] = [[] for _ in planes]
+    arrived = asyncio.Event()
+
+    def catcher(i: int):
+        def take(msg: dict) -> None:
+            got[i].append(msg)
+            arrived.set()
+        return take
+
+    async def until(cond) -> None:
+        while not cond():
+            arrived.clear()
+            await arrived.wait()
+
+    for i, bp in enumerate(planes):
+        await bp.start(lambda doc, msg: None, lambda: None, catcher(i))
+    a, b, c = planes
+    a.send(b.process_id, {"t": "submit", "text": "héllo 🌍"})
+    a.send(c.process_id, {"t": "mark"})  # delivered in order: once c has it, b has its own
+    await asyncio.wait_for(until(lambda: got[2]), 5)
+    assert got == [[], [{"t": "submit", "text": "héllo 🌍", "proc": a.process_id}],
+                   [{"t": "mark", "proc": a.process_id}]]
+    a.set_owner("d")
+    b.drop_owner("d")
+    assert await c.owner("d") == a.process_id
+    a.drop_owner("d")
+    assert await c.owner("d") is None
+    b.crash()
+    a.send(b.process_id, {"t": "submit"})
+    a.send(c.process_id, {"t": "mark"})
+    await asyncio.wait_for(until(lambda: len(got[2]) == 2), 5)
+    assert len(got[1]) == 1

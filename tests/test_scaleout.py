@@ -283,13 +283,13 @@ async def real_hubs() -> AsyncIterator:
     prefix = f"collab-test-{secrets.token_hex(5)}"
     hubs: list = []
 
-    async def make(n: int) -> list:
+    async def make(n: int, **config) -> list:
         for _ in range(n):
             store = PostgresStore(PG_URL, schema=schema)
             await store.open()
             bp = RedisBackplane(_with_param(REDIS_URL, "prefix", prefix), heartbeat_ttl=3)
             await bp.open()
-            hub = Hub(store, HubConfig(idle_unload_seconds=600), backplane=bp)
+            hub = Hub(store, HubConfig(idle_unload_seconds=600, **config), backplane=bp)
             await hub.start()
             hubs.append(hub)
         return hubs
@@ -516,3 +516,299 @@ async def test_the_last_commit_of_a_burst_reaches_the_other_process_without_the_
     assert state.rev == 20 * 11 and state.text == "🎉" * state.rev
     assert doc1.snapshot() == doc2.snapshot() == (state.rev, state.text)
     assert _client_view(a) == _client_view(b) == (state.rev, state.text)
+
+
+async def test_messages_to_one_process_and_owner_records_on_redis():
+    """``send`` reaches the one process it names; an owner record is dropped only by its owner."""
+    reason = await _unavailable()
+    if reason:
+        pytest.skip(reason)
+    from collab.backplane.redis import RedisBackplane
+
+    prefix = f"collab-test-{secrets.token_hex(5)}"
+    planes = [RedisBackplane(_with_param(REDIS_URL, "prefix", prefix), heartbeat_ttl=3) for _ in range(3)]
+    got: list[list[tuple[str, dict]]] = [[] for _ in planes]
+    arrived = asyncio.Event()
+
+    def catcher(i: int, kind: str):
+        def take(*args) -> None:
+            got[i].append((kind, args[-1]))
+            arrived.set()
+        return take
+
+    try:
+        for i, bp in enumerate(planes):
+            await bp.start(catcher(i, "doc"), lambda: None, catcher(i, "direct"))
+            await bp.subscribe("shared")
+        a, b, c = planes
+        a.send(b.process_id, {"t": "submit", "text": "héllo 🌍"})
+        a.publish("shared", {"t": "ops", "ops": []})
+
+        async def until(cond) -> None:
+            while not cond():
+                arrived.clear()
+                await arrived.wait()
+
+        await asyncio.wait_for(until(lambda: len(got[1]) == 2 and len(got[2]) == 1), 30)
+        assert got[1] == [("direct", {"t": "submit", "text": "héllo 🌍", "proc": a.process_id}),
+                          ("doc", {"t": "ops", "ops": [], "proc": a.process_id})]
+        assert got[2] == [("doc", {"t": "ops", "ops": [], "proc": a.process_id})]
+        assert got[0] == []
+
+        async def owner_is(doc: str, proc: str | None) -> None:
+            while await c.owner(doc) != proc:
+                await asyncio.sleep(0.02)
+
+        assert await c.owner("shared") is None
+        a.set_owner("shared")
+        await asyncio.wait_for(owner_is("shared", a.process_id), 30)
+        b.drop_owner("shared")  # not b's record: it stays
+        b.set_owner("mark")  # sent after the drop, on the same queue: once it shows, the drop was done
+        await asyncio.wait_for(owner_is("mark", b.process_id), 30)
+        assert await c.owner("shared") == a.process_id
+        a.drop_owner("shared")
+        await asyncio.wait_for(owner_is("shared", None), 30)
+    finally:
+        for bp in planes:
+            await bp.close()
+        import redis.asyncio as aioredis
+
+        r = aioredis.from_url(REDIS_URL)
+        keys = [k async for k in r.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await r.delete(*keys)
+        await r.aclose()
+
+
+async def test_the_owner_orders_forwarded_submits_and_answers_what_the_store_does_not_say(real_hubs):
+    """The first process to load a document owns it; submits forwarded to it are ordered and committed
+    like its own clients' (every process shows them), refusals go back to the forwarding process, and a
+    process that does not own the document says so."""
+    import json
+
+    from collab.backplane.redis import RedisBackplane
+    from collab.forwarding import Forwarded, read_not_owner, read_refused, submit_msg
+    from collab.hub import Peer
+    from collab.protocol import BAD_OP, Cursor, Submit
+
+    h1, h2 = await real_hubs(2)
+    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    doc1 = await h1.join("owned", a, None)
+    doc2 = await h2.join("owned", b, None)
+    assert h1.cluster.ownership.owns("owned") and not h2.cluster.ownership.owns("owned")
+    forwarder = RedisBackplane(f"{h1.backplane.url}?prefix={h1.backplane.prefix}", heartbeat_ttl=3)
+    answers: list[dict] = []
+    answered = asyncio.Event()
+
+    def take(msg: dict) -> None:
+        answers.append(msg)
+        answered.set()
+
+    async def until(cond) -> None:
+        while not cond():
+            answered.clear()
+            await answered.wait()
+
+    async def reaches(doc, rev: int) -> None:
+        while doc.snapshot()[0] < rev or doc._committer is not None:
+            await asyncio.sleep(0.02)
+
+    await forwarder.start(lambda doc, msg: None, lambda: None, take)
+    try:
+        owner = h1.backplane.process_id
+
+        async def recorded() -> None:
+            while await h2.backplane.owner("owned") != owner:  # the record is queued with h1's other commands
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(recorded(), 30)
+        forwarder.send(owner, {"t": "submit", "doc": "owned", "items": [{"client": "far", "op": "🌍"}]})  # dropped
+        forwarder.send(owner, submit_msg("owned", [Forwarded("far", Submit(0, ["héllo 🌍"], "f1", Cursor(7, 7)))]))
+        await asyncio.wait_for(reaches(doc2, 1), 30)
+        await asyncio.wait_for(reaches(doc1, 1), 30)
+        forwarder.send(owner, submit_msg("owned", [Forwarded("far", Submit(1, [3, "x"], "f2", None))]))
+        forwarder.send(h2.backplane.process_id, submit_msg("owned", [Forwarded("far", Submit(1, [7, "!"], "f3", None))]))
+        await asyncio.wait_for(until(lambda: len(answers) == 2), 30)
+    finally:
+        await forwarder.close()
+    refusals = [read_refused(m) for m in answers if m["t"] == "refused"]
+    assert [(r.id, r.code) for r in refusals] == [("f2", BAD_OP)] and "spans 3" in refusals[0].message
+    assert [read_not_owner(m) for m in answers if m["t"] == "not_owner"] == ["owned"]
+    assert all(m["proc"] in (h1.backplane.process_id, h2.backplane.process_id) for m in answers)
+    state = await h1.store.load("owned", 10)
+    assert (state.rev, state.text) == (1, "héllo 🌍") and state.history[0].client == "far"
+    assert doc1.snapshot() == doc2.snapshot() == (1, "héllo 🌍")
+    for peer in (a, b):
+        ops = [m for m in map(json.loads, peer.outbox) if m["type"] == "op"]
+        assert [(m["rev"], m["client"], m["id"], m.get("cursor")) for m in ops] == [
+            (1, "far", "f1", {"anchor": 7, "head": 7})]
+
+
+async def test_a_process_that_does_not_own_a_document_forwards_its_clients_edits_to_the_owner(real_hubs):
+    """Process 2's client and HTTP edit are ordered and committed by process 1 (the owner), and
+    acknowledged on process 2 once it reads the commit from the store; process 2 commits nothing."""
+    import json
+
+    from collab.hub import Peer
+    from collab.protocol import Cursor, Submit, User
+
+    h1, h2 = await real_hubs(2)
+    a, b = Peer(queue_size=10_000), Peer(User("Zoë 🦊", "#ff8800"), queue_size=10_000)
+    doc1 = await h1.join("fwd", a, None)
+    doc2 = await h2.join("fwd", b, None)
+    assert doc2.forwarder.owner == h1.backplane.process_id and doc1.forwarder.owner is None
+    arrived = asyncio.Event()
+    b.notify = arrived.set
+
+    seen: list[dict] = []
+
+    async def acked(op_id: str) -> dict:
+        """The answer to ``op_id`` among the frames sent to ``b`` (the outbox is drained as a connection would)."""
+        while True:
+            arrived.clear()
+            seen.extend(map(json.loads, b.outbox))
+            b.outbox.clear()
+            for m in seen:
+                if m["type"] in ("ack", "error") and m.get("id") == op_id:
+                    return m
+            await arrived.wait()
+
+    await doc2.submit(b, Submit(0, ["héllo 🌍"], "b1", Cursor(7, 7)))
+    assert await asyncio.wait_for(acked("b1"), 30) == {"type": "ack", "id": "b1", "rev": 1}
+    assert await asyncio.wait_for(doc2.submit(None, Submit(1, [7, "!"], "http-1", None)), 30) == 2
+    await doc2.submit(b, Submit(2, [99, "?"], "b2", None))  # spans the wrong length: the owner refuses it
+    refused = await asyncio.wait_for(acked("b2"), 30)
+    assert refused["type"] == "error" and refused["code"] == "bad_op"
+    state = await h1.store.load("fwd", 10)
+    assert (state.rev, state.text) == (2, "héllo 🌍!")
+    assert [(o.client, o.id) for o in state.history] == [(b.id, "b1"), ("server", "http-1")]
+    assert h2.store.ops_written == 0 and h1.store.ops_written == 2
+    assert doc1.replica.forwarded[(h2.backplane.process_id, b.id)].user.name == "Zoë 🦊"  # recorded as its author
+    assert h1.conflicts == h2.conflicts == 0
+    assert doc1.snapshot() == (2, "héllo 🌍!")
+    assert not doc2.forwarder.awaiting
+
+
+async def test_when_the_owner_dies_a_forwarder_takes_the_lease_and_its_edits_are_acknowledged(real_hubs):
+    """Process 1 owns the document and vanishes (its lease connection closes, it answers nothing):
+    process 2's forwarded edits go unanswered, so it takes the lease and orders them itself."""
+    import json
+
+    from collab.hub import Peer
+    from collab.protocol import Submit
+
+    h1, h2 = await real_hubs(2)
+    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    doc1 = await h1.join("heir", a, None)
+    doc2 = await h2.join("heir", b, None)
+    assert await doc1.submit(None, Submit(0, ["🌱"], "a1", None)) == 1
+    assert doc2.forwarder.owner == h1.backplane.process_id
+    # A crash: no more messages either way, and PostgreSQL drops the lease with the connection.
+    for task in h1.backplane._tasks:
+        task.cancel()
+    h1.cluster._watcher.cancel()
+    h1.cluster.ownership._watcher.cancel()
+    await h1.cluster.ownership.leases._conn.close()
+    arrived = asyncio.Event()
+    b.notify = arrived.set
+
+    seen: list[dict] = []
+
+    async def acked(op_id: str) -> dict:
+        """The answer to ``op_id`` among the frames sent to ``b`` (the outbox is drained as a connection would)."""
+        while True:
+            arrived.clear()
+            seen.extend(map(json.loads, b.outbox))
+            b.outbox.clear()
+            for m in seen:
+                if m["type"] in ("ack", "error") and m.get("id") == op_id:
+                    return m
+            await arrived.wait()
+
+    async def reaches(rev: int) -> None:
+        while doc2.snapshot()[0] < rev:
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(reaches(1), 30)
+    await doc2.submit(b, Submit(1, [1, "🌳"], "b1", None))
+    assert await asyncio.wait_for(acked("b1"), 30) == {"type": "ack", "id": "b1", "rev": 2}
+    assert h2.cluster.ownership.owns("heir") and doc2.forwarder.owner is None
+    await doc2.submit(b, Submit(2, [2, "🍎"], "b2", None))
+    assert await asyncio.wait_for(acked("b2"), 30) == {"type": "ack", "id": "b2", "rev": 3}
+    state = await h2.store.load("heir", 10)
+    assert (state.rev, state.text) == (3, "🌱🌳🍎")
+    assert [o.id for o in state.history] == ["a1", "b1", "b2"]
+
+
+async def test_a_resend_of_an_op_committed_elsewhere_is_acked_once_and_never_echoed(real_hubs):
+    """A client resends an op that another process committed, which this process has not integrated
+    yet, and whose id only the store still knows (older than the kept ids): this process catches up
+    first, then acknowledges it once; the op is not also sent to its author as someone else's."""
+    import json
+
+    from collab.hub import Peer
+    from collab.protocol import Submit
+    from collab.store.base import StoredOp
+
+    (h1,) = await real_hubs(1, history_depth=2)
+    b = Peer(queue_size=10_000)
+    doc = await h1.join("echo", b, None)
+    for i, ch in enumerate("🌱🌳🍎🍐"):
+        assert await doc.submit(None, Submit(i, [i, ch] if i else [ch], f"a{i}", None)) == i + 1
+    assert doc.seq.history_start > 0  # ids of the first ops are only in the store now
+    # Another process commits b's op (its first try) and announces nothing that reaches here.
+    await h1.store.append("echo", [StoredOp(5, [4, "🎉"], b.id, "x1")], 5)
+    arrived = asyncio.Event()
+    b.notify = arrived.set
+    frames: list[dict] = []
+
+    async def answered(op_id: str) -> None:
+        while not any(m.get("id") == op_id and m["type"] == "ack" for m in frames):
+            arrived.clear()
+            frames.extend(json.loads(f) for f in b.outbox)
+            b.outbox.clear()
+            if not any(m.get("id") == op_id and m["type"] == "ack" for m in frames):
+                await arrived.wait()
+
+    frames.extend(json.loads(f) for f in b.outbox)
+    b.outbox.clear()
+    await doc.submit(b, Submit(4, [4, "🎉"], "x1", None))  # b resends it here
+    await asyncio.wait_for(answered("x1"), 30)
+    assert await doc.submit(None, Submit(4, [4, "!"], "a4", None)) == 6  # integrates rev 5 on the way
+    frames.extend(json.loads(f) for f in b.outbox)
+    assert [m for m in frames if m.get("id") == "x1"] == [{"type": "ack", "id": "x1", "rev": 5}]
+    assert [(m["type"], m["rev"]) for m in frames if m["type"] in ("op", "ack")][-2:] == [("ack", 5), ("op", 6)]
+    assert doc.snapshot() == (6, "🌱🌳🍎🍐!🎉")  # "!" was based on rev 4: it goes first at the tie
+
+
+async def test_a_process_that_found_no_owner_record_forwards_once_there_is_one(real_hubs):
+    """Process 2 opens a document whose lease process 1 holds before its owner record reached Redis:
+    it orders the document itself at first (correct, only slower), and forwards once the record shows."""
+    import json
+
+    from collab.hub import Peer
+    from collab.protocol import Submit
+
+    h1, h2 = await real_hubs(2)
+    owner = h1.backplane.process_id
+    assert await h1.cluster.ownership.leases.acquire(["late"]) == {"late"}  # the lease, no record yet
+    b = Peer(queue_size=10_000)
+    doc2 = await h2.join("late", b, None)
+    assert doc2.forwarder.owner is None and not h2.cluster.ownership.owns("late")
+    a = Peer(queue_size=10_000)
+    await h1.join("late", a, None)  # takes the lease it holds and writes the record
+
+    async def forwarding() -> None:
+        while doc2.forwarder.owner != owner:
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(forwarding(), 30)
+    written = h2.store.ops_written
+    await doc2.submit(b, Submit(0, ["🌍"], "b1", None))
+
+    async def acked() -> None:
+        while not any(json.loads(f).get("id") == "b1" for f in b.outbox):
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(acked(), 30)
+    assert h2.store.ops_written == written and h1.store.ops_written == 1

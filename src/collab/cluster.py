@@ -11,7 +11,9 @@ rows (a forged or garbled message cannot change a document).
 
 The :class:`Cluster` is the hub's side: it starts the backplane, subscribes
 to documents as they load, routes messages to their replica, re-reads after
-a reconnect, and watches for crashed processes and missed commits.
+a reconnect, and watches for crashed processes and missed commits. Who
+orders each document (leases, forwarding to the owner) is its
+:class:`~collab.ownership.Ownership`'s business.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from . import ot
+from .forwarding import ForwardedAuthor
+from .ownership import Ownership
 from .hubconfig import DocumentFailed, HubCounters
 from .peer import Peer, RemotePeer
 from .protocol import (
@@ -113,6 +117,8 @@ class Replica:
         self.applied = 0
         #: Until then, commit holding the document's turn: other processes are writing it too.
         self.contended_until = 0.0
+        #: Authors of submits other processes forwarded here, by (process, client).
+        self.forwarded: dict[tuple[str, str], ForwardedAuthor] = {}
 
     # -- taking messages ------------------------------------------------------------
 
@@ -195,7 +201,7 @@ class Replica:
             for entry in missed:
                 if entry.rev == seq.rev + 1:
                     remote = announced.get(entry.rev) or self.ops.get(entry.rev)
-                    self.integrate(entry, remote.cursor if remote is not None and remote.entry == entry else None)
+                    self.integrate(entry, remote.cursor if remote is not None and _same_op(remote.entry, entry) else None)
             # Announcements that arrived during the read may be ahead of it: the next turn reads again.
             self.ops = {rev: remote for rev, remote in self.ops.items() if rev > seq.rev}
             for w in waiters:
@@ -248,6 +254,8 @@ class Replica:
         for e in events:
             client = e["client"]
             if e["t"] == "leave":
+                for key in [k for k in self.forwarded if k[1] == client]:
+                    del self.forwarded[key]
                 if self.peers.pop(client, None) is not None:
                     doc.broadcast(encode(leave_msg(client)))
                 continue
@@ -283,6 +291,14 @@ class Replica:
         _refuse(waiters, lambda: DocumentFailed(self.doc.id))
 
     # -- telling the others -------------------------------------------------------------
+
+    def forwarded_author(self, proc: str, client: str) -> ForwardedAuthor:
+        """The author standing for ``client`` of process ``proc``, whose submits were forwarded here."""
+        author = self.forwarded.get((proc, client))
+        if author is None:
+            assert self.backplane is not None
+            author = self.forwarded[(proc, client)] = ForwardedAuthor(self.doc.id, client, proc, self.backplane.send)
+        return author
 
     def info(self, peer: Peer) -> dict:
         return {"user": _usr(peer.user), "cursor": _cur(self.doc.seq.cursor_now(peer)), "rev": self.doc.seq.rev}
@@ -345,6 +361,11 @@ class Replica:
         return bool(self.events)
 
 
+def _same_op(a: StoredOp, b: StoredOp) -> bool:
+    """Whether two entries are one operation (whatever else a store records with it)."""
+    return a.rev == b.rev and a.op == b.op and a.client == b.client and a.id == b.id
+
+
 def _op_msg(entry: StoredOp, cursor: Cursor | None) -> dict:
     return op_msg(entry.rev, entry.op, entry.client, cursor, entry.id)
 
@@ -367,6 +388,8 @@ class Cluster:
         self.store = store
         self.docs = docs
         self.loading = loading
+        #: Who orders each document (leases, forwarding).
+        self.ownership = Ownership(backplane, store, docs)
         self.started = False
         self.closing = False
         self._start_lock = asyncio.Lock()
@@ -380,7 +403,8 @@ class Cluster:
         async with self._start_lock:
             if self.started:
                 return
-            await self.backplane.start(self._on_message, self._on_resync)
+            await self.ownership.open()
+            await self.backplane.start(self._on_message, self._on_resync, self.ownership.on_direct)
             self._watcher = asyncio.create_task(self._watch(), name="collab-hub-watch")
             self.started = True
 
@@ -395,6 +419,11 @@ class Cluster:
         infos = await self.backplane.peers(doc_id)
         dead = await self.backplane.dead({str(i.get("proc")) for i in infos.values()})
         return infos, dead
+
+    async def place(self, doc_id: str) -> str | None:
+        """Take ``doc_id``'s lease if free (before loading it); the owner to forward to, or ``None``."""
+        await self.start()
+        return await self.ownership.place(doc_id)
 
     def early_messages(self, doc_id: str) -> list[dict]:
         """What arrived for ``doc_id`` while it was loading (taken: call once)."""
@@ -413,6 +442,7 @@ class Cluster:
                     await self.backplane.unsubscribe(doc_id)
                 except Exception as exc:
                     log.warning("unsubscribing from %s failed: %s", doc_id, exc)
+                await self.ownership.release(doc_id)
 
     def _on_message(self, doc_id: str, msg: dict) -> None:
         doc = self.docs.get(doc_id)
@@ -477,5 +507,8 @@ class Cluster:
                 await self._watcher
             except (asyncio.CancelledError, Exception):
                 pass
+        await self.ownership.close(self.started)
         if self.started:
             await self.backplane.close()
+        if self.ownership.leases is not None:
+            await self.ownership.leases.close()

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 from . import fanout
 from .cluster import Replica, Resync
 from .fanout import Flight, Item
+from .forwarding import Forwarder
 from .hubconfig import DocumentFailed, HubConfig, HubCounters
 from .peer import Peer, RemotePeer
 from .protocol import (
@@ -67,9 +68,9 @@ class Document:
         self.counters = counters
         self._on_close = on_close
         self.seq = Sequencer(state.rev, state.text, state.history, config.history_depth, config.max_doc_chars)
-        #: Whether other processes may commit to this document.
-        self.shared = backplane is not None or store.may_conflict
+        self.shared = backplane is not None or store.may_conflict  # other processes may commit to it
         self.replica = Replica(self, store, backplane, counters)
+        self.forwarder = Forwarder(doc_id, backplane.send) if backplane is not None else None
         self.peers: dict[str, Peer] = {}
         self.last_snapshot = state.rev
         self._inbox: list[Item] = []
@@ -218,11 +219,8 @@ class Document:
             # Only the store can tell whether an op this old was applied (then only its id can be compared).
             rev = await self.store.find_op(self.id, sub.id)
             if rev is None:
-                raise ProtocolError(
-                    STALE_REV,
-                    f"revision {sub.rev} is older than the kept history (from {seq.history_start}); rejoin and resend",
-                    sub.id,
-                )
+                raise ProtocolError(STALE_REV, f"revision {sub.rev} is older than the kept history "
+                                    f"(from {seq.history_start}); rejoin and resend", sub.id)
             if peer is not None:
                 peer.send_msg(ack_msg(sub.id, rev))
             return None if peer is not None else rev
@@ -260,7 +258,8 @@ class Document:
                     # Joins and presence see only committed state (and the pipeline stays short).
                     await self._settled()
                     continue
-                if conflicts_in_a_row or (self._inbox and replica.contended_until and replica.contended()):
+                if conflicts_in_a_row or (self._inbox and replica.contended_until and replica.contended()
+                                          and not self.forwarding):
                     # Lost the race for these revisions (or other processes are writing this
                     # document right now): take the document's turn in the store, so this
                     # commit cannot lose the race (a hot document stays fair).
@@ -284,12 +283,8 @@ class Document:
                 self.schedule_unload()
 
     async def _exclusive_turn(self) -> Flight | None:
-        """A :meth:`_turn` holding the document's turn in the store, settled once that transaction committed.
-
-        Only then is the batch durable and visible to other processes: its
-        acks, and its announcement (which makes the others read the store),
-        must not come before. If the transaction fails, nothing of it is acknowledged.
-        """
+        """A :meth:`_turn` holding the document's turn in the store, settled (acked, announced) once that
+        transaction committed: only then is it durable and visible to others. If it fails, nothing is acked."""
         flight = None
         try:
             async with self.store.exclusive(self.id):
@@ -305,11 +300,13 @@ class Document:
     async def _turn(self, settle: bool = True) -> Flight | None:
         """One turn: catch up, run what waited, order one batch with the sequencer and commit it.
 
-        Returns the batch's flight (``None`` if there was none, or it is
-        pipelined): ``flight.lost`` if another process took its revisions (it
-        was rolled back and queued again). With ``settle=False`` the caller
-        settles it (:meth:`_landed`) once the commit is final.
+        Returns the batch's flight (``None`` if none, or pipelined): ``lost`` if another process took its
+        revisions (rolled back and queued again). With ``settle=False`` the caller settles it (:meth:`_landed`).
         """
+        if self.forwarding and self._inbox:  # the owner orders them: no need to catch up first
+            self._inbox = self.forwarder.take(self._inbox, self.seq.knows)  # type: ignore[union-attr]
+            fanout.resolve(self._room_waiters)
+            self._room_waiters = []
         if self.shared and self.replica.behind():
             await self.replica.catch_up()
         self._run_deferred()
@@ -317,9 +314,13 @@ class Document:
             return None
         batch, self._inbox = self._inbox, []
         if self._room_waiters:
-            _resolve(self._room_waiters)
+            fanout.resolve(self._room_waiters)
             self._room_waiters = []
         earlier = await self._ids_in_store(batch)
+        if earlier and max(earlier.values()) > self.seq.rev:  # committed elsewhere, not integrated here yet:
+            self._inbox = batch + self._inbox  # the integration answers them (an ack now would come before it)
+            self.replica.sync_later(max(earlier.values()))
+            return None
         saved = self.seq.save(self._holders()) if self.store.may_conflict else None
         apply = self.seq.apply
         items: list[Item] = []
@@ -399,7 +400,7 @@ class Document:
             flight = flights.popleft()
             exc = flight.error
             if self.failed:
-                _refuse(flight.items, self.id)
+                fanout.refuse(flight.items, self.id)
             elif exc is None:
                 self._announce(flight)
                 self.trim()  # only now: ops in flight must keep their ids in memory
@@ -408,11 +409,11 @@ class Document:
             else:
                 log.error("document %s: commit failed; disconnecting its clients so they resume from the store",
                           self.id, exc_info=exc)
-                _refuse(flight.items, self.id)
+                fanout.refuse(flight.items, self.id)
                 self._fail()
         if not flights:
             if self._settle_waiters:
-                _resolve(self._settle_waiters)
+                fanout.resolve(self._settle_waiters)
                 self._settle_waiters = []
             if self._deferred or self._inbox:
                 self._wake()
@@ -483,13 +484,24 @@ class Document:
         if len(self.seq.history) > self.seq.history_depth:
             self.seq.trim(self._holders())
 
+    @property
+    def forwarding(self) -> bool:
+        """Whether new submits go to the document's owner, another process."""
+        return self.forwarder is not None and self.forwarder.owner is not None
+
     def take_queued(self, op_id: str) -> list[Item]:
-        """Take the queued submits of op ``op_id`` out of the inbox (another process committed that op)."""
+        """Take the queued (or forwarded) submits of op ``op_id`` (another process committed that op)."""
+        taken = self.forwarder.answered(op_id) if self.forwarder is not None else []
         if not any(item.sub.id == op_id for item in self._inbox):
-            return []
-        taken = [item for item in self._inbox if item.sub.id == op_id]
+            return taken
+        taken += [item for item in self._inbox if item.sub.id == op_id]
         self._inbox = [item for item in self._inbox if item.sub.id != op_id]
         return taken
+
+    def order_here(self) -> None:
+        """Stop forwarding: what waits for the owner is ordered by this process (it owns the document now)."""
+        self._inbox = (self.forwarder.take_back() if self.forwarder is not None else []) + self._inbox
+        self._wake()
 
     def _holders(self) -> Iterator[Peer | RemotePeer]:
         """Everyone with a selection on this document."""
@@ -560,8 +572,8 @@ class Document:
             return
         self.failed = True
         for flight in self._flight:
-            _refuse(flight.items, self.id)
-        _refuse(self._inbox, self.id)
+            fanout.refuse(flight.items, self.id)
+        fanout.refuse(self._inbox + (self.forwarder.take_back() if self.forwarder is not None else []), self.id)
         self._inbox = []
         waiters = [*self._settle_waiters, *self._room_waiters, *(fut for _, fut in self._deferred)]
         self._settle_waiters, self._room_waiters, self._deferred = [], [], []
@@ -582,18 +594,7 @@ class Document:
 
     def _unload_if_idle(self) -> None:
         self._unload_handle = None
-        if not self.peers and self._committer is None and not self._inbox and not self._flight:
+        if (not self.peers and self._committer is None and not self._inbox and not self._flight
+                and not (self.forwarder is not None and self.forwarder.awaiting)):
             if self._on_close is not None:
                 self._on_close(self)
-
-def _refuse(items: list[Item], doc_id: str) -> None:
-    """Tell internal submitters that their items will never be acknowledged."""
-    for item in items:
-        if item.reply is not None and not item.reply.done():
-            item.reply.set_exception(DocumentFailed(doc_id))
-
-
-def _resolve(waiters: list["asyncio.Future[None]"]) -> None:
-    for w in waiters:
-        if not w.done():
-            w.set_result(None)

@@ -15,6 +15,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Iterable
 
+from .hubconfig import DocumentFailed
 from .peer import Peer
 from .protocol import Cursor, Submit, _cur, ack_msg, encode as encode_msg, op_frames
 from .sequencer import Saved
@@ -116,3 +117,17 @@ def published(items: Iterable[Item]) -> list[list]:
         if item.frame is not None and isinstance(entry, StoredOp):
             out.append([entry.rev, entry.op, entry.client, entry.id, _cur(item.cursor)])
     return out
+
+
+def refuse(items: list[Item], doc_id: str) -> None:
+    """Tell internal submitters that their items will never be acknowledged."""
+    for item in items:
+        if item.reply is not None and not item.reply.done():
+            item.reply.set_exception(DocumentFailed(doc_id))
+
+
+def resolve(waiters: "list[asyncio.Future[None]]") -> None:
+    """Wake everyone waiting on ``waiters``."""
+    for w in waiters:
+        if not w.done():
+            w.set_result(None)

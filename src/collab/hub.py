@@ -97,10 +97,14 @@ class Hub:
         try:
             infos: dict[str, dict] = {}
             dead: set[str] = set()
+            owner: str | None = None
             if cluster is not None:
                 infos, dead = await cluster.subscribe(doc_id)
+                owner = await cluster.place(doc_id)
             state = await self.store.load(doc_id, self.config.history_depth)
             doc = Document(doc_id, state, self.store, self.config, self.counters, self.backplane, self._forget)
+            if doc.forwarder is not None:
+                doc.forwarder.owner = owner  # another process orders it: forward submits there
             self.docs[doc_id] = doc
             if cluster is not None:
                 doc.adopt_peers(infos, dead)

@@ -11,11 +11,13 @@ A :class:`Backplane` carries small dict messages per document:
 * ``{"t": "ops", "ops": [[rev, op, client, id, cursor], ...]}`` after a commit;
 * ``{"t": "join" | "leave" | "presence", "client": ..., ...}`` for presence;
 
-each stamped with ``"proc"``, the sending process's id. It also keeps, per
+each stamped with ``"proc"``, the sending process's id. It also carries
+messages to one process (:meth:`Backplane.send`: for forwarding a
+document's work to its owner, see ``docs/cluster.md``), and keeps, per
 document, the presence of every process's clients (so that a process
-opening a document learns who is already there) and a heartbeat per
-process (so that the clients of a crashed process can be announced as
-left). Implementations: :class:`LocalBackplane` (several hubs in one
+opening a document learns who is already there), the process that owns it
+(a hint: the lease in the store decides), and a heartbeat per process (so
+that the clients of a crashed process can be announced as left). Implementations: :class:`LocalBackplane` (several hubs in one
 process: tests, benchmarks) and :class:`collab.backplane.redis.RedisBackplane`.
 """
 
@@ -28,6 +30,8 @@ from typing import Any, Callable
 
 #: ``handler(doc, message)``: called for every message from another process, in arrival order.
 Handler = Callable[[str, dict], None]
+#: ``direct(message)``: called for every message another process sent to this one (:meth:`Backplane.send`).
+DirectHandler = Callable[[dict], None]
 
 
 class Backplane(abc.ABC):
@@ -41,8 +45,8 @@ class Backplane(abc.ABC):
         self.process_id = secrets.token_hex(8)
 
     @abc.abstractmethod
-    async def start(self, handler: Handler, on_resync: Callable[[], None]) -> None:
-        """Start delivering messages to ``handler`` and beating this process's heart.
+    async def start(self, handler: Handler, on_resync: Callable[[], None], direct: DirectHandler | None = None) -> None:
+        """Start delivering messages to ``handler`` (and ``direct``) and beating this process's heart.
 
         ``on_resync`` is called after messages may have been lost (a reconnect,
         or this process being presumed dead): the hub then re-reads the store
@@ -64,6 +68,22 @@ class Backplane(abc.ABC):
     @abc.abstractmethod
     def publish(self, doc: str, msg: dict) -> None:
         """Send ``msg`` to the other processes serving ``doc`` (queued: never blocks; in order)."""
+
+    @abc.abstractmethod
+    def send(self, proc: str, msg: dict) -> None:
+        """Send ``msg`` to process ``proc`` only (queued, in order with :meth:`publish`; may be lost)."""
+
+    @abc.abstractmethod
+    def set_owner(self, doc: str) -> None:
+        """Record (queued) that this process owns ``doc``."""
+
+    @abc.abstractmethod
+    def drop_owner(self, doc: str) -> None:
+        """Remove the record that this process owns ``doc`` (queued; another process's record stays)."""
+
+    @abc.abstractmethod
+    async def owner(self, doc: str) -> str | None:
+        """The process recorded as owning ``doc``, if any (a hint: the record may be stale)."""
 
     @abc.abstractmethod
     def set_peer(self, doc: str, client: str, info: dict) -> None:
@@ -89,6 +109,7 @@ class LocalBus:
         self.members: dict[str, "LocalBackplane"] = {}
         self.subscribers: dict[str, set[str]] = {}
         self.peers: dict[str, dict[str, dict]] = {}
+        self.owners: dict[str, str] = {}
         self.alive: set[str] = set()
 
 
@@ -104,11 +125,12 @@ class LocalBackplane(Backplane):
         self.bus = bus
         self.check_interval = check_interval
         self.handler: Handler | None = None
+        self.direct: DirectHandler | None = None
         self.on_resync: Callable[[], None] | None = None
         self.paused = False
 
-    async def start(self, handler: Handler, on_resync: Callable[[], None]) -> None:
-        self.handler, self.on_resync = handler, on_resync
+    async def start(self, handler: Handler, on_resync: Callable[[], None], direct: DirectHandler | None = None) -> None:
+        self.handler, self.on_resync, self.direct = handler, on_resync, direct
         self.bus.members[self.process_id] = self
         self.bus.alive.add(self.process_id)
 
@@ -142,6 +164,26 @@ class LocalBackplane(Backplane):
     def _deliver(self, doc: str, msg: dict) -> None:
         if self.handler is not None and not self.paused and self.process_id in self.bus.subscribers.get(doc, ()):
             self.handler(doc, msg)
+
+    def send(self, proc: str, msg: dict) -> None:
+        member = self.bus.members.get(proc)
+        if self.process_id in self.bus.members and member is not None and member is not self:
+            asyncio.get_running_loop().call_soon(member._deliver_direct, dict(msg, proc=self.process_id))
+
+    def _deliver_direct(self, msg: dict) -> None:
+        if self.direct is not None and not self.paused and self.process_id in self.bus.members:
+            self.direct(msg)
+
+    def set_owner(self, doc: str) -> None:
+        if self.process_id in self.bus.members:
+            self.bus.owners[doc] = self.process_id
+
+    def drop_owner(self, doc: str) -> None:
+        if self.bus.owners.get(doc) == self.process_id:
+            del self.bus.owners[doc]
+
+    async def owner(self, doc: str) -> str | None:
+        return self.bus.owners.get(doc)
 
     def set_peer(self, doc: str, client: str, info: dict) -> None:
         if self.process_id in self.bus.members:
@@ -185,4 +227,4 @@ async def open_backplane(settings: Any) -> Backplane | None:
     return backplane
 
 
-__all__ = ["Backplane", "Handler", "LocalBackplane", "LocalBus", "check_settings", "open_backplane"]
+__all__ = ["Backplane", "DirectHandler", "Handler", "LocalBackplane", "LocalBus", "check_settings", "open_backplane"]

@@ -6,7 +6,9 @@ Keys and channels, under a prefix (``collab`` unless the URL says
 * channel ``{prefix}:doc:{doc}``: the document's messages;
 * hash ``{prefix}:peers:{doc}``: client id -> JSON presence of every process's clients;
 * key ``{prefix}:proc:{id}``: this process's heartbeat, refreshed every
-  ``heartbeat_ttl / 3`` seconds and expiring after ``heartbeat_ttl``.
+  ``heartbeat_ttl / 3`` seconds and expiring after ``heartbeat_ttl``;
+* channel ``{prefix}:proc:{id}``: messages to that process alone;
+* key ``{prefix}:owner:{doc}``: the id of the process that owns the document.
 
 Outgoing commands go through one queue and are sent in order, pipelined, by
 one task, so publishing never blocks a document. Pub/sub may lose messages
@@ -22,7 +24,7 @@ import re
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from . import Backplane, Handler
+from . import Backplane, DirectHandler, Handler
 
 try:
     import orjson
@@ -40,6 +42,9 @@ except ImportError:  # pragma: no cover
 log = logging.getLogger("collab.backplane")
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+# Delete KEYS[1] only if it still holds ARGV[1] (an owner drops its own record, never a successor's).
+_DROP_IF_MINE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 def split_prefix(url: str) -> tuple[str, str]:
@@ -69,6 +74,7 @@ class RedisBackplane(Backplane):
         self.redis: Any = None
         self._pubsub: Any = None
         self._handler: Handler | None = None
+        self._direct: DirectHandler | None = None
         self._on_resync: Callable[[], None] | None = None
         self._queue: list[tuple] = []
         self._wakeup = asyncio.Event()
@@ -94,6 +100,12 @@ class RedisBackplane(Backplane):
     def _proc_key(self, proc: str) -> str:
         return f"{self.prefix}:proc:{proc}"
 
+    def _proc_channel(self, proc: str) -> bytes:
+        return f"{self.prefix}:proc:{proc}".encode()
+
+    def _owner_key(self, doc: str) -> str:
+        return f"{self.prefix}:owner:{doc}"
+
     def _where(self) -> str:
         parts = urlsplit(self.url)
         return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
@@ -113,14 +125,14 @@ class RedisBackplane(Backplane):
         except Exception as exc:
             raise SystemExit(f"cannot reach Redis at {self._where()} ({exc}); check REDIS_URL and that Redis is running") from None
 
-    async def start(self, handler: Handler, on_resync: Callable[[], None]) -> None:
+    async def start(self, handler: Handler, on_resync: Callable[[], None], direct: DirectHandler | None = None) -> None:
         if self.redis is None:
             await self.open()
-        self._handler, self._on_resync = handler, on_resync
+        self._handler, self._on_resync, self._direct = handler, on_resync, direct
         await self.redis.set(self._proc_key(self.process_id), b"1", px=int(self.heartbeat_ttl * 1000))
         self._pubsub = self.redis.pubsub()
-        # A channel of its own keeps the subscription (and so the reader) alive with no document open.
-        await self.subscribe_channel(f"{self.prefix}:proc:{self.process_id}".encode(), wait=False)
+        # A channel of its own: messages to this process, and a subscription (so the reader) with no document open.
+        await self.subscribe_channel(self._proc_channel(self.process_id), wait=False)
         self._tasks = [
             asyncio.create_task(self._read(), name="collab-backplane-read"),
             asyncio.create_task(self._send(), name="collab-backplane-send"),
@@ -179,6 +191,7 @@ class RedisBackplane(Backplane):
     async def _read(self) -> None:
         """Deliver messages; notice reconnects (a second confirmation of a channel) and ask for a resync."""
         prefix = f"{self.prefix}:doc:".encode()
+        own = self._proc_channel(self.process_id)
         delay = 0.1
         while True:
             try:
@@ -204,7 +217,7 @@ class RedisBackplane(Backplane):
                     self._resync("the Redis connection was re-established")
                 self._confirmed.add(channel)
                 continue
-            if kind != "message" or not channel.startswith(prefix):
+            if kind != "message" or not (channel.startswith(prefix) or channel == own):
                 continue
             try:
                 body = _loads(msg["data"])
@@ -214,11 +227,14 @@ class RedisBackplane(Backplane):
             if not isinstance(body, dict) or body.get("proc") == self.process_id:
                 continue
             self.received += 1
-            if self._handler is not None:
-                try:
+            try:
+                if channel == own:
+                    if self._direct is not None:
+                        self._direct(body)
+                elif self._handler is not None:
                     self._handler(channel[len(prefix):].decode(), body)
-                except Exception:
-                    log.exception("handling a backplane message failed")
+            except Exception:
+                log.exception("handling a backplane message failed")
 
     def _resync(self, why: str) -> None:
         """Ask the hub to resync, once for a burst of causes (a reconnect confirms every channel again)."""
@@ -248,6 +264,20 @@ class RedisBackplane(Backplane):
         msg["proc"] = self.process_id
         self._enqueue(("publish", self._channel(doc), _dumps(msg)))
 
+    def send(self, proc: str, msg: dict) -> None:
+        msg["proc"] = self.process_id
+        self._enqueue(("publish", self._proc_channel(proc), _dumps(msg)))
+
+    def set_owner(self, doc: str) -> None:
+        self._enqueue(("set", self._owner_key(doc), self.process_id))
+
+    def drop_owner(self, doc: str) -> None:
+        self._enqueue(("drop", self._owner_key(doc), self.process_id))
+
+    async def owner(self, doc: str) -> str | None:
+        value = await self.redis.get(self._owner_key(doc))
+        return value.decode() if value is not None else None
+
     def set_peer(self, doc: str, client: str, info: dict) -> None:
         self._enqueue(("hset", self._peers_key(doc), client, _dumps(dict(info, proc=self.process_id))))
 
@@ -273,6 +303,10 @@ class RedisBackplane(Backplane):
                         self.published += 1
                     elif command[0] == "hset":
                         pipe.hset(command[1], command[2], command[3])
+                    elif command[0] == "set":
+                        pipe.set(command[1], command[2])
+                    elif command[0] == "drop":
+                        pipe.eval(_DROP_IF_MINE, 1, command[1], command[2])
                     else:
                         pipe.hdel(command[1], command[2])
                 await pipe.execute()

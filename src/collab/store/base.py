@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AsyncContextManager, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, AsyncContextManager, AsyncIterator, Callable
 
 from .. import ot
 
@@ -181,6 +181,13 @@ class Store(abc.ABC):
         if on_done is not None:
             fut.add_done_callback(on_done)
         return fut
+
+    def leases(self) -> "Any":
+        """This process's document leases (``collab.store.pglease.Leases``, not yet open), or ``None``.
+
+        Only a store shared by processes has them (see ``docs/cluster.md``).
+        """
+        return None
 
     def forget(self, doc: str) -> None:
         """The hub closed ``doc``: drop what is cached in memory for it (the default caches nothing)."""

@@ -456,6 +456,11 @@ class PostgresStore(Store):
     async def thin(self, before: float) -> int:
         return await self._history.thin(before)
 
+    def leases(self) -> Any:
+        from .pglease import Leases
+
+        return Leases(self.dsn, self.schema or "")
+
     async def ping(self) -> None:
         await self.pool.fetchval("SELECT 1")
 

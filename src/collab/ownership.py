@@ -1,0 +1,199 @@
+"""Who orders each document: its lease, the owner's side of forwarding, and the forwarders' routing.
+
+With a store that has leases (PostgreSQL) and a backplane, the first process
+to load a document takes its lease and owns it: it orders the document's
+submits, its own clients' and those other processes forward to it. Every
+other process forwards its clients' submits there (a document's
+:class:`~collab.forwarding.Forwarder`) and answers them when it integrates
+their commit from the store. See ``docs/cluster.md``.
+
+Nothing here is needed for correctness: the store refuses a revision that
+is taken and an op id applied before, so a process that orders a document
+it does not own (no owner known, the owner silent, Redis down) is only
+slower. So every doubt ends in "order it here".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from .forwarding import (
+    Forwarded, Refusal, not_owner_msg, read_not_owner, read_refused, read_submit, refused_msg,
+)
+from .hubconfig import DocumentFailed
+from .protocol import ProtocolError, User, error_msg
+from .store.base import Store
+
+if TYPE_CHECKING:
+    from .backplane import Backplane
+
+log = logging.getLogger("collab.hub")
+
+#: Seconds forwarded submits may wait for the owner before this process looks for the owner again
+#: (and takes the lease if it is free: the owner died); after three times this, it orders them itself.
+OVERDUE_SECONDS = 1.0
+
+
+class Ownership:
+    """This process's leases, and the routing of each open document's submits (``docs`` is the hub's)."""
+
+    def __init__(self, backplane: "Backplane", store: Store, docs: dict) -> None:
+        self.backplane = backplane
+        self.docs = docs
+        self.leases = store.leases()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._rerouting: set[str] = set()
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        """Open the lease connection and start watching for silent owners (once, with the backplane)."""
+        if self.leases is not None:
+            await self.leases.open()
+            self._watcher = asyncio.create_task(self._watch(), name="collab-owner-watch")
+
+    def owns(self, doc_id: str) -> bool:
+        """Whether this process holds ``doc_id``'s lease."""
+        return self.leases is not None and doc_id in self.leases.held
+
+    async def place(self, doc_id: str) -> str | None:
+        """Take ``doc_id``'s lease if it is free; the process to forward its submits to, or ``None`` to order here."""
+        if self.leases is None:
+            return None
+        try:
+            if doc_id in await self.leases.acquire([doc_id]):
+                self.backplane.set_owner(doc_id)
+                return None
+            owner = await self.backplane.owner(doc_id)
+        except Exception as exc:  # ordered here: correct, only slower
+            log.warning("finding the owner of %s failed: %s", doc_id, exc)
+            return None
+        return owner if owner is not None and owner != self.backplane.process_id else None
+
+    async def release(self, doc_id: str) -> None:
+        """``doc_id`` was closed here: let another process own it."""
+        if self.owns(doc_id):
+            self.backplane.drop_owner(doc_id)
+            try:
+                await self.leases.release([doc_id])  # type: ignore[union-attr]
+            except Exception as exc:
+                log.warning("releasing the lease of %s failed: %s", doc_id, exc)
+
+    # -- messages to this process -----------------------------------------------------------
+
+    def on_direct(self, msg: dict) -> None:
+        """A message to this process alone: forwarded submits, or an owner's answer."""
+        proc, kind = msg.get("proc"), msg.get("t")
+        if not isinstance(proc, str):
+            return
+        if kind == "submit":
+            self._take_submit(proc, msg)
+        elif kind == "refused":
+            refusal = read_refused(msg)
+            if refusal is not None:
+                self._refused(proc, refusal)
+        elif kind == "not_owner":
+            doc = self.docs.get(read_not_owner(msg) or "")
+            if doc is not None and doc.forwarder is not None and doc.forwarder.owner == proc:
+                self.reroute(doc)
+
+    def _take_submit(self, proc: str, msg: dict) -> None:
+        parsed = read_submit(msg)
+        if parsed is None:
+            log.warning("ignoring a malformed forwarded submit from process %.40s", proc)
+            return
+        doc_id, items = parsed
+        doc = self.docs.get(doc_id)
+        if doc is None or not self.owns(doc_id):
+            self.backplane.send(proc, not_owner_msg(doc_id))
+            return
+        self._spawn(self._order(doc, proc, items))
+
+    async def _order(self, doc: Any, proc: str, items: list[Forwarded]) -> None:
+        """Queue forwarded submits, in order, as the owner's own clients' are; refusals go back."""
+        for f in items:
+            author = doc.replica.forwarded_author(proc, f.client)
+            if f.name and (author.user is None or author.user.name != f.name):
+                author.user = User(f.name, "")
+            try:
+                await doc.submit(author, f.sub)
+            except ProtocolError as exc:
+                self.backplane.send(proc, refused_msg(doc.id, exc))
+            except DocumentFailed:
+                self.backplane.send(proc, not_owner_msg(doc.id))
+                return
+
+    def _refused(self, proc: str, refusal: Refusal) -> None:
+        """The owner refused a submit this process forwarded: its client gets the error."""
+        doc = self.docs.get(refusal.doc)
+        if doc is None or doc.forwarder is None or doc.forwarder.owner != proc:
+            return  # not from the process the submits went to
+        for item in doc.forwarder.answered(refusal.id):
+            if item.reply is not None:
+                if not item.reply.done():
+                    item.reply.set_exception(ProtocolError(refusal.code, refusal.message, refusal.id))
+            elif item.peer is not None:
+                item.peer.send_msg(error_msg(refusal.code, refusal.message, refusal.id))
+
+    # -- silent owners --------------------------------------------------------------------
+
+    def reroute(self, doc: Any) -> None:
+        """Look for ``doc``'s owner again (taking the lease if it is free); resend, or order here."""
+        if doc.id not in self._rerouting:
+            self._rerouting.add(doc.id)
+            self._spawn(self._reroute(doc))
+
+    async def _reroute(self, doc: Any) -> None:
+        try:
+            forwarder = doc.forwarder
+            owner = await self.place(doc.id)
+            if self.docs.get(doc.id) is not doc or forwarder.owner is None:
+                if self.docs.get(doc.id) is None:
+                    await self.release(doc.id)  # taken for a document closed meanwhile
+                return
+            now = asyncio.get_running_loop().time()
+            if owner is None or forwarder.overdue(now, 3 * OVERDUE_SECONDS):
+                doc.order_here()
+            else:
+                forwarder.resend(owner)
+        finally:
+            self._rerouting.discard(doc.id)
+
+    async def _watch(self) -> None:
+        """Reroute the documents whose forwarded submits the owner has not answered in time; about once a
+        second, place again those ordered here without the lease (the owner was not known when they loaded)."""
+        tick = 0
+        while True:
+            await asyncio.sleep(OVERDUE_SECONDS / 4)
+            tick += 1
+            now = asyncio.get_running_loop().time()
+            for doc in list(self.docs.values()):
+                forwarder = doc.forwarder
+                if forwarder is not None and forwarder.overdue(now, OVERDUE_SECONDS):
+                    self.reroute(doc)
+                elif forwarder is not None and forwarder.owner is None and tick % 4 == 0 and not self.owns(doc.id):
+                    self._spawn(self._place_again(doc))
+
+    async def _place_again(self, doc: Any) -> None:
+        """Forward ``doc``'s submits to its owner if one is known now (or own it if its lease is free)."""
+        owner = await self.place(doc.id)
+        if self.docs.get(doc.id) is not doc:
+            await self.release(doc.id)  # taken for a document closed meanwhile (a no-op if not)
+        elif owner is not None and doc.forwarder.owner is None:
+            doc.forwarder.owner = owner
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self, backplane_open: bool) -> None:
+        """Stop; drop this process's owner records (queued, so before the backplane closes) and its leases."""
+        for task in [*self._tasks, *([self._watcher] if self._watcher is not None else [])]:
+            task.cancel()
+        if self.leases is None:
+            return
+        if backplane_open:
+            for doc_id in self.leases.held:
+                self.backplane.drop_owner(doc_id)
