@@ -348,7 +348,7 @@ async def fragments(port: int, seconds: float) -> dict:
         try:
             await asyncio.wait_for(r.read(1 << 16), max(0.1, end - time.monotonic()))
             stats["closed_by_server"] += 1  # the server sends nothing but its close frame (or EOF)
-        except ConnectionResetError:  # it stopped reading what followed its close: a reset
+        except (ConnectionResetError, BrokenPipeError):  # it stopped reading what followed its close
             stats["closed_by_server"] += 1
         except (OSError, asyncio.TimeoutError):
             pass
