@@ -238,3 +238,26 @@ async def test_deleting_through_one_process_closes_the_editors_of_the_other(two_
 async def _until_open(proc, token: str) -> None:
     while (await api("GET", f"{proc.base_url}/api/docs/notes", token)).status_code != 200:
         await asyncio.sleep(0.05)
+
+
+async def test_a_chore_that_fails_logs_one_line_and_runs_again(caplog):
+    import logging
+
+    from collab.chores import Chores
+
+    calls = []
+    second = asyncio.Event()
+
+    async def flaky() -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise OSError("the store is away 🦊")
+        second.set()
+
+    chores = Chores(logging.getLogger("collab.test"))
+    chores.every(0, flaky, "reading the trash", "collab-test-chore")
+    await asyncio.wait_for(second.wait(), 10)
+    await chores.close()
+    assert calls[:2] == [0, 1]
+    assert [r.getMessage() for r in caplog.records if r.name == "collab.test"] == [
+        "reading the trash failed (the store is away 🦊); retrying"]

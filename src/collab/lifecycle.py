@@ -13,12 +13,11 @@ reaches this process's editors too.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from typing import Callable
 
+from .chores import Chores
 from .revocation import POLL_SECONDS
 from .store.base import DocInfo, Store
 
@@ -46,31 +45,17 @@ class Trash:
         self.renamed: dict[str, str] = {}
         #: Documents this process must not purge (open here): a callable giving them.
         self.in_use: Callable[[], set[str]] = set
-        self._tasks: list[asyncio.Task[None]] = []
+        self._chores = Chores(log)
 
     async def start(self) -> None:
         await self.refresh()
         await self.purge()
-        self._tasks.append(asyncio.create_task(self._every(PURGE_SECONDS, self.purge), name="collab-purge"))
+        self._chores.every(PURGE_SECONDS, self.purge, "purging the trash", "collab-purge")
         if self.store.may_conflict:
-            self._tasks.append(asyncio.create_task(self._every(POLL_SECONDS, self.refresh), name="collab-trash"))
+            self._chores.every(POLL_SECONDS, self.refresh, "reading the trash", "collab-trash")
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks = []
-
-    async def _every(self, seconds: float, fn: Callable[[], object]) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            try:
-                await fn()  # type: ignore[misc]
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the store is away: next time
-                log.warning("the trash could not be read or purged (%s); retrying", exc)
+        await self._chores.close()
 
     def purge_at(self, deleted: float) -> float:
         """When a document deleted at ``deleted`` is purged (Unix time)."""

@@ -24,12 +24,12 @@ one within that time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Callable, Protocol
 
+from .chores import Chores
 from .protocol import CLOSE_BAD_TOKEN
 from .store.base import Credential, Store
 from .tokens import AuthError, Grant
@@ -62,22 +62,18 @@ class Revocations:
         self.state: dict[str, Credential] = {}
         self.seq = 0
         self.holders: dict[str, set[Holder]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._chores = Chores(log)
 
     async def start(self) -> None:
         """Read every recorded change; with a shared store, keep reading new ones; prune expired rows hourly."""
         await self.prune()
         await self.refresh()
-        self._tasks.append(asyncio.create_task(self._every(PRUNE_SECONDS, self.prune), name="collab-prune"))
+        self._chores.every(PRUNE_SECONDS, self.prune, "pruning expired credentials", "collab-prune")
         if self.store.may_conflict:
-            self._tasks.append(asyncio.create_task(self._every(POLL_SECONDS, self.refresh), name="collab-revocations"))
+            self._chores.every(POLL_SECONDS, self.refresh, "reading the changed credentials", "collab-revocations")
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks = []
+        await self._chores.close()
 
     async def prune(self, now: float | None = None) -> int:
         """Forget credentials expired for over a day: their tokens are refused by their own ``exp``."""
@@ -90,16 +86,6 @@ class Revocations:
         """Take in the rows changed since the last look (by any process)."""
         for cred in await self.store.credential_changes(self.seq):
             self.apply(cred)
-
-    async def _every(self, seconds: float, fn: Callable[[], Awaitable[object]]) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            try:
-                await fn()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the store is away: try again next time
-                log.warning("reading or pruning credentials failed (%s); retrying", exc)
 
     # -- checks ----------------------------------------------------------------------
 
