@@ -27,25 +27,34 @@ DAY = 86400.0
 # -- the store -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-async def store(request, tmp_path):
-    kind = request.param
+async def _open_store(kind: str, tmp_path, **options):
+    """A fresh store of ``kind`` (PostgreSQL in a schema of its own), opened; skips without PostgreSQL."""
     if kind == "postgres":
         reason = await _unavailable()
         if reason:
             pytest.skip(reason)
         from collab.store.postgres import PostgresStore
 
-        s = PostgresStore(PG_URL, history_depth=5, schema=f"collab_trash_{secrets.token_hex(5)}")
+        s = PostgresStore(PG_URL, history_depth=5, schema=f"collab_trash_{secrets.token_hex(5)}", **options)
     elif kind == "sqlite":
-        s = SqliteStore(str(tmp_path / "t.sqlite3"), history_depth=5)
+        s = SqliteStore(str(tmp_path / "t.sqlite3"), history_depth=5, **options)
     else:
-        s = MemoryStore(history_depth=5)
+        s = MemoryStore(history_depth=5, **options)
     await s.open()
-    yield s
+    return s
+
+
+async def _close_store(kind: str, s) -> None:
     if kind == "postgres":
         await s.drop_schema()
     await s.close()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def store(request, tmp_path):
+    s = await _open_store(request.param, tmp_path)
+    yield s
+    await _close_store(request.param, s)
 
 
 async def test_the_store_moves_documents_in_and_out_of_the_trash_and_purges_them(store):
@@ -74,23 +83,9 @@ async def test_the_store_moves_documents_in_and_out_of_the_trash_and_purges_them
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def gapless(request, tmp_path):
     """A store where every append starts an editing session (so sessions close into their table)."""
-    kind = request.param
-    if kind == "postgres":
-        reason = await _unavailable()
-        if reason:
-            pytest.skip(reason)
-        from collab.store.postgres import PostgresStore
-
-        s = PostgresStore(PG_URL, history_depth=5, schema=f"collab_trash_{secrets.token_hex(5)}", session_gap=0)
-    elif kind == "sqlite":
-        s = SqliteStore(str(tmp_path / "t.sqlite3"), history_depth=5, session_gap=0)
-    else:
-        s = MemoryStore(history_depth=5, session_gap=0)
-    await s.open()
+    s = await _open_store(request.param, tmp_path, session_gap=0)
     yield s
-    if kind == "postgres":
-        await s.drop_schema()
-    await s.close()
+    await _close_store(request.param, s)
 
 
 async def _write(store, doc: str, edits: list[tuple[list, str]]) -> list[str]:
