@@ -28,6 +28,7 @@ import {
   listLinks, revokeLink, activeLinks, linkLabel, linkDetails, deniedText,
 } from './share.js';
 import { deleteEmojiBackward } from './grapheme.js';
+import { HistoryPanel } from './histpanel.js';
 import { firstHeading, HEAD_CHARS } from './titles.js';
 import {
   wsUrl, pageToken, loadUser, saveUser, safeColor, initials, el, PALETTE, DOC_NAME_RE, applyTheme, nextTheme, themeChoice,
@@ -786,6 +787,21 @@ async function setMode(m) {
 }
 for (const m of MODES) $(`mode-${m}`).addEventListener('click', () => setMode(m));
 
+// ---- history ------------------------------------------------------------------------------
+const historyPanel = new HistoryPanel({
+  view, client, docName, token, toast,
+  extensions: [boundedMarkdown, syntaxHighlighting(mdHighlight), syntaxHighlighting(defaultHighlightStyle, { fallback: true }), theme],
+  onToggle(open) {
+    closeMenus();
+    if (!open) {
+      view.requestMeasure();
+      if (mode !== 'view' && !view.state.readOnly) view.focus();
+    }
+  },
+});
+$('history-btn').addEventListener('click', (e) => { e.stopPropagation(); historyPanel.toggle(); });
+window.collab.history = historyPanel;
+
 // ---- shortcuts panel and theme ------------------------------------------------------------
 const help = $('help-dialog');
 function openHelp() {
@@ -804,6 +820,12 @@ document.addEventListener('keydown', (e) => {
   if (e.ctrlKey && e.altKey && !e.shiftKey && !e.metaKey && ['1', '2', '3'].includes(e.key)) {
     e.preventDefault();
     setMode(MODES[Number(e.key) - 1]);
+  } else if (e.ctrlKey && e.altKey && !e.shiftKey && !e.metaKey && e.code === 'KeyH') {
+    e.preventDefault();
+    historyPanel.toggle();
+  } else if (e.key === 'Escape' && historyPanel.open && !help.open) {
+    e.preventDefault();
+    historyPanel.toggle(false);
   } else if (e.key === '?' && !e.ctrlKey && !e.altKey && !e.metaKey && !typingTarget(e.target)) {
     e.preventDefault();
     openHelp();

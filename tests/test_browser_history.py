@@ -1,0 +1,146 @@
+"""The editor's history (issue 23): the panel of editing sessions and a
+slider, a read-only preview of a past revision with what changed since
+highlighted, "Restore this version" for editors only, and the "show authors"
+colouring of the live text.
+
+Real server (child process, every commit its own editing session), Debian's
+Chromium driven by Playwright; the launch helpers come from test_browser.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from test_browser import (  # noqa: F401  (browser and pages are fixtures)
+    SECRET,
+    ServerProcess,
+    browser,
+    focus_at,
+    new_doc,
+    pages,
+    text_of,
+    wait_converged,
+)
+
+from collab.auth import mint_token
+
+
+@pytest.fixture(scope="module")
+def hsrv(tmp_path_factory):
+    """Every commit is its own editing session, so a few keystrokes make several."""
+    s = ServerProcess(str(tmp_path_factory.mktemp("history-browser")), env={"COLLAB_SESSION_GAP": "-1"}).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def secure_hsrv(tmp_path_factory):
+    s = ServerProcess(str(tmp_path_factory.mktemp("history-secure")),
+                      env={"COLLAB_SECRET": SECRET, "COLLAB_SESSION_GAP": "-1"}).start()
+    yield s
+    s.stop()
+
+
+def put(base: str, doc: str, text: str, token: str | None = None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    r = httpx.put(f"{base}/api/docs/{doc}/text", content=text.encode(), headers=headers, timeout=10)
+    r.raise_for_status()
+    return r.json()["rev"]
+
+
+def text_at(base: str, doc: str, rev: int, token: str | None = None) -> str:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    r = httpx.get(f"{base}/api/docs/{doc}/text", params={"rev": rev}, headers=headers, timeout=10)
+    r.raise_for_status()
+    return r.text
+
+
+def preview_text(page) -> str:
+    return page.evaluate("collab.history.preview.state.doc.toString()")
+
+
+def shown(page, rev: int) -> None:
+    page.wait_for_selector(f"#history[data-state=ready][data-rev='{rev}']", timeout=10_000)
+
+
+def test_browsing_a_past_revision_shows_its_text_and_leaves_the_live_document_alone(hsrv, pages):
+    doc = new_doc()
+    put(hsrv.base_url, doc, "# Notes 📝\n\nfirst line\n")  # revision 1
+    a = pages.open(f"{hsrv.base_url}/d/{doc}", name="Alice")
+    b = pages.open(f"{hsrv.base_url}/d/{doc}", name="Bob")
+    focus_at(b, "end")
+    b.keyboard.type("bob 🦊")
+    wait_converged(hsrv, doc, [a, b])
+    focus_at(a, "end")
+    a.keyboard.type(" draft ✍️")  # may still be unsent when the panel opens
+    live = text_of(a)
+    a.click("#history-btn")
+    shown(a, int(a.evaluate("collab.client.rev")))
+    assert a.is_visible("#history") and not a.is_visible("#editor")
+    a.locator(".history-pick").first.wait_for()
+    # The oldest session is the PUT: choosing it shows revision 1's text, and
+    # marks where text was added since.
+    oldest = a.locator(".history-pick").last
+    assert oldest.get_attribute("data-rev") == "1"
+    assert "server" in oldest.inner_text()
+    oldest.click()
+    shown(a, 1)
+    assert preview_text(a) == text_at(hsrv.base_url, doc, 1) == "# Notes 📝\n\nfirst line\n"
+    assert a.locator("#history-text .hist-ins").count() >= 1
+    assert a.get_attribute(".history-pick[data-rev='1']", "aria-current") == "true"
+    # The slider moves one revision at a time.
+    a.focus("#history-slider")
+    a.keyboard.press("ArrowRight")
+    shown(a, 2)
+    assert preview_text(a) == text_at(hsrv.base_url, doc, 2)
+    # The live editor kept its text and edits, and still receives everyone's.
+    assert text_of(a) == live
+    b.keyboard.type(" 🐝")
+    a.wait_for_function("() => collab.view.state.doc.toString().includes('🐝')", timeout=10_000)
+    assert preview_text(a) == text_at(hsrv.base_url, doc, 2)
+    a.keyboard.press("Escape")
+    assert not a.is_visible("#history") and a.is_visible("#editor")
+    final = wait_converged(hsrv, doc, [a, b])
+    assert "draft ✍️" in final and "🐝" in final
+    assert not pages.errors, pages.errors
+
+
+def test_restore_by_an_editor_changes_the_live_text_of_another_page(hsrv, pages):
+    doc = new_doc()
+    put(hsrv.base_url, doc, "old 🦊 text\n")
+    a = pages.open(f"{hsrv.base_url}/d/{doc}", name="Alice")
+    b = pages.open(f"{hsrv.base_url}/d/{doc}", name="Bob")
+    focus_at(b, "end")
+    b.keyboard.type("a bad paste 💥")
+    wait_converged(hsrv, doc, [a, b])
+    a.click(".cm-content")
+    a.keyboard.press("Control+Alt+h")  # the shortcut opens the panel
+    a.locator(".history-pick[data-rev='1']").click()
+    shown(a, 1)
+    assert a.is_visible("#history-restore") and a.is_enabled("#history-restore")
+    a.click("#history-restore")
+    b.wait_for_function("() => collab.view.state.doc.toString() === 'old 🦊 text\\n'", timeout=10_000)
+    assert wait_converged(hsrv, doc, [a, b]) == "old 🦊 text\n"
+    assert not a.is_visible("#history")  # back to the live text
+    assert not pages.errors, pages.errors
+
+
+def test_a_read_only_page_can_browse_history_but_not_restore(secure_hsrv, pages):
+    doc = new_doc()
+    edit = mint_token(SECRET, [doc], "edit", name="Ada 🌸")
+    put(secure_hsrv.base_url, doc, "first 🌱\n", edit)
+    put(secure_hsrv.base_url, doc, "first 🌱\nsecond 🌳\n", edit)
+    read = mint_token(SECRET, [doc], "read")
+    r = pages.open(f"{secure_hsrv.base_url}/d/{doc}?token={quote(read)}", name="Reader")
+    r.wait_for_selector("#readonly-badge:not([hidden])")
+    r.click("#history-btn")
+    r.locator(".history-pick[data-rev='1']").click()
+    shown(r, 1)
+    assert preview_text(r) == "first 🌱\n"
+    assert "Ada 🌸" in r.locator(".history-pick").first.inner_text()
+    assert r.locator("#history-restore").count() == 1 and not r.is_visible("#history-restore")
+    assert text_of(r) == "first 🌱\nsecond 🌳\n"
+    assert not pages.errors, pages.errors
