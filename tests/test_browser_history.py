@@ -125,6 +125,11 @@ def test_restore_by_an_editor_changes_the_live_text_of_another_page(hsrv, pages)
     b.wait_for_function("() => collab.view.state.doc.toString() === 'old 🦊 text\\n'", timeout=10_000)
     assert wait_converged(hsrv, doc, [a, b]) == "old 🦊 text\n"
     assert not a.is_visible("#history")  # back to the live text
+    # For the one who restored it, the restore is an edit like their own: Ctrl+Z takes it back.
+    a.click(".cm-content")
+    a.keyboard.press("Control+z")
+    b.wait_for_function("() => collab.view.state.doc.toString().includes('💥')", timeout=10_000)
+    assert wait_converged(hsrv, doc, [a, b]) == "old 🦊 text\na bad paste 💥"
     assert not pages.errors, pages.errors
 
 

@@ -10,7 +10,7 @@ import {
   EditorView, keymap, drawSelection, highlightActiveLine, highlightSpecialChars, placeholder, dropCursor,
   rectangularSelection,
 } from '@codemirror/view';
-import { history, defaultKeymap, historyKeymap, indentWithTab, undo, redo, undoDepth, redoDepth } from '@codemirror/commands';
+import { history, isolateHistory, defaultKeymap, historyKeymap, indentWithTab, undo, redo, undoDepth, redoDepth } from '@codemirror/commands';
 import { insertNewlineContinueMarkup, deleteMarkupBackward } from '@codemirror/lang-markdown';
 import { boundedMarkdown } from './mdlang.js';
 import { syntaxHighlighting, syntaxTree, syntaxTreeAvailable, HighlightStyle, defaultHighlightStyle, bracketMatching } from '@codemirror/language';
@@ -77,15 +77,30 @@ const hint = new Compartment();
 // ---- the view ---------------------------------------------------------------
 let view; // assigned below; the adapter is only called after that
 
+// A restore this page asked for: its operation (an HTTP edit, id "http-…")
+// goes into this page's undo history, so Ctrl+Z takes the restore back like
+// one's own edit. `rev` is null until the server's answer names it.
+const restoring = { active: false, rev: null };
+
+function isOwnRestore(meta) {
+  if (!restoring.active || !meta || typeof meta.id !== 'string' || !meta.id.startsWith('http-')) return false;
+  return restoring.rev === null || restoring.rev === meta.rev;
+}
+
 const adapter = {
-  applyRemote(op) {
+  applyRemote(op, meta) {
     const state = view.state;
     const changes = state.changes(opToDocChanges(state.doc, op));
     const effects = keepCaretInPlace(changes);
+    const own = isOwnRestore(meta);
+    if (own) restoring.active = false;
     view.dispatch({
       changes,
       effects,
-      annotations: [remoteEdit.of(true), Transaction.addToHistory.of(false), Transaction.remote.of(true)],
+      annotations: [
+        remoteEdit.of(meta ? meta.client || true : true), Transaction.remote.of(true),
+        own ? isolateHistory.of('full') : Transaction.addToHistory.of(false),
+      ],
     });
   },
   getCursor() {
@@ -790,6 +805,12 @@ for (const m of MODES) $(`mode-${m}`).addEventListener('click', () => setMode(m)
 // ---- history ------------------------------------------------------------------------------
 const historyPanel = new HistoryPanel({
   view, client, docName, token, toast,
+  onRestore(phase, rev) {
+    // 'start' before the request; 'done' with the restore's revision, or 'failed'.
+    if (phase === 'start') Object.assign(restoring, { active: true, rev: null });
+    else if (phase === 'failed' || client.rev >= rev) restoring.active = false;
+    else restoring.rev = rev;
+  },
   extensions: [boundedMarkdown, syntaxHighlighting(mdHighlight), syntaxHighlighting(defaultHighlightStyle, { fallback: true }), theme],
   onToggle(open) {
     closeMenus();

@@ -65,9 +65,10 @@ export class HistoryPanel {
    * @param {Array} o.extensions  the preview's look (highlighting, theme)
    * @param {function} o.toast
    * @param {function} o.onToggle  called with true/false when the panel opens or closes
+   * @param {function} o.onRestore  called with ('start'), ('done', rev) or ('failed') around a restore
    */
-  constructor({ view, client, docName, token, extensions, toast, onToggle }) {
-    Object.assign(this, { live: view, client, docName, token, toast, onToggle });
+  constructor({ view, client, docName, token, extensions, toast, onToggle, onRestore }) {
+    Object.assign(this, { live: view, client, docName, token, toast, onToggle, onRestore });
     this.$ = (id) => document.getElementById(id);
     this.open = false;
     this.sessions = [];
@@ -238,6 +239,8 @@ export class HistoryPanel {
     if (rev === null || this.client.role !== 'edit') return;
     const btn = this.$('history-restore');
     btn.disabled = true;
+    this.onRestore('start');
+    let answer;
     try {
       const res = await fetch(apiUrl(this.url('/restore')), {
         method: 'POST',
@@ -249,13 +252,15 @@ export class HistoryPanel {
         try { msg = (await res.clone().json()).message || msg; } catch (e) { msg = (await res.text()) || msg; }
         throw new Error(msg);
       }
-      await res.json();
+      answer = await res.json();
     } catch (e) {
+      this.onRestore('failed');
       this.$('history-summary').textContent = `Could not restore revision ${rev}: ${e.message}.`;
       this.renderActions();
       return;
     }
-    this.toast(`Restored revision ${rev}`);
+    this.onRestore('done', answer.rev);
+    this.toast(`Restored revision ${rev} (Ctrl+Z takes it back)`);
     this.toggle(false);
   }
 }
