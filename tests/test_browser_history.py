@@ -149,3 +149,60 @@ def test_a_read_only_page_can_browse_history_but_not_restore(secure_hsrv, pages)
     assert r.locator("#history-restore").count() == 1 and not r.is_visible("#history-restore")
     assert text_of(r) == "first 🌱\nsecond 🌳\n"
     assert not pages.errors, pages.errors
+
+
+AUTHOR_TEXT = """() => {
+  const out = {};
+  for (const e of document.querySelectorAll('#editor .cm-content .cm-author')) {
+    const m = e.className.match(/\\bauthor-(\\d+)/);
+    const k = m ? m[1] : 'none';
+    out[k] = (out[k] || '') + e.textContent;
+  }
+  return out;
+}"""
+
+LEGEND = """() => Object.fromEntries([...document.querySelectorAll('#authors-legend .author-chip')]
+  .map((c) => [c.dataset.slot, c.querySelector('.author-name').textContent]))"""
+
+
+def by_author(page) -> dict[str, str]:
+    """Coloured text of the live editor by author name (through the legend)."""
+    legend = page.evaluate(LEGEND)
+    return {legend.get(slot, f"?{slot}"): text for slot, text in page.evaluate(AUTHOR_TEXT).items()}
+
+
+def test_show_authors_colours_the_text_of_two_people_and_follows_their_typing(hsrv, pages):
+    doc = new_doc()
+    a = pages.open(f"{hsrv.base_url}/d/{doc}", name="Alice")
+    b = pages.open(f"{hsrv.base_url}/d/{doc}", name="Bob", color="#e03131")
+    focus_at(a, "end")
+    a.keyboard.type("Alice wrote this 🌸\n")
+    wait_converged(hsrv, doc, [a, b])
+    focus_at(b, "end")
+    b.keyboard.type("Bob wrote that 🦊")
+    wait_converged(hsrv, doc, [a, b])
+    assert a.locator("#editor .cm-author").count() == 0  # off by default
+    a.click("#authors-btn")
+    assert a.get_attribute("#authors-btn", "aria-pressed") == "true"
+    a.wait_for_function("() => document.querySelectorAll('#authors-legend .author-chip').length >= 2", timeout=10_000)
+    got = by_author(a)
+    assert got.get("Alice", "").replace("\n", "") == "Alice wrote this 🌸", got
+    assert got.get("Bob") == "Bob wrote that 🦊", got
+    slots = a.evaluate(LEGEND)
+    colours = a.evaluate("""() => [...document.querySelectorAll('#authors-legend .author-swatch')]
+        .map((s) => getComputedStyle(s).backgroundColor)""")
+    assert len(set(colours)) == len(slots) >= 2, colours  # one colour each
+    # Bob keeps typing: his new text takes his colour on Alice's page as it arrives.
+    b.keyboard.type(" more 🐝")
+    a.wait_for_function("() => collab.view.state.doc.toString().endsWith('more 🐝')", timeout=10_000)
+    a.wait_for_function("""() => [...document.querySelectorAll('#editor .cm-author')]
+        .some((e) => e.textContent.includes('🐝'))""", timeout=10_000)
+    got = by_author(a)
+    assert got.get("Bob", "").endswith("more 🐝") and "🐝" not in got.get("Alice", ""), got
+    # And after the server is asked again (a moment after typing stops), the same.
+    wait_converged(hsrv, doc, [a, b])
+    a.evaluate("() => collab.authors.refetch()")
+    assert by_author(a).get("Bob") == "Bob wrote that 🦊 more 🐝"
+    a.click("#authors-btn")
+    assert a.locator("#editor .cm-author").count() == 0 and not a.is_visible("#authors-legend")
+    assert not pages.errors, pages.errors

@@ -29,6 +29,7 @@ import {
 } from './share.js';
 import { deleteEmojiBackward } from './grapheme.js';
 import { HistoryPanel } from './histpanel.js';
+import { AuthorColours } from './authors.js';
 import { firstHeading, HEAD_CHARS } from './titles.js';
 import {
   wsUrl, pageToken, loadUser, saveUser, safeColor, initials, el, PALETTE, DOC_NAME_RE, applyTheme, nextTheme, themeChoice,
@@ -188,6 +189,8 @@ const syncListener = EditorView.updateListener.of((update) => {
   if (update.transactions.length) updateUndoButtons(update.state);
 });
 
+const authors = new AuthorColours({ client, docName, token: pageToken(), me: () => user.name, remoteEdit });
+
 view = new EditorView({
   parent: $('editor'),
   state: EditorState.create({
@@ -220,12 +223,15 @@ view = new EditorView({
         ...defaultKeymap, ...historyKeymap, ...searchKeymap, indentWithTab]),
       editable.of([EditorState.readOnly.of(true), EditorView.editable.of(false)]),
       presenceExtension(),
+      authors.extension(),
       theme,
       syncListener,
       EditorView.contentAttributes.of({ 'aria-label': `Document ${docName}`, spellcheck: 'true', autocapitalize: 'sentences' }),
     ],
   }),
 });
+
+authors.attach(view);
 
 // Exposed for debugging and the browser tests (read-only use).
 window.collab = {
@@ -822,6 +828,8 @@ const historyPanel = new HistoryPanel({
 });
 $('history-btn').addEventListener('click', (e) => { e.stopPropagation(); historyPanel.toggle(); });
 window.collab.history = historyPanel;
+$('authors-btn').addEventListener('click', () => authors.toggle());
+window.collab.authors = authors;
 
 // ---- shortcuts panel and theme ------------------------------------------------------------
 const help = $('help-dialog');
@@ -844,6 +852,9 @@ document.addEventListener('keydown', (e) => {
   } else if (e.ctrlKey && e.altKey && !e.shiftKey && !e.metaKey && e.code === 'KeyH') {
     e.preventDefault();
     historyPanel.toggle();
+  } else if (e.ctrlKey && e.altKey && !e.shiftKey && !e.metaKey && e.code === 'KeyA') {
+    e.preventDefault();
+    authors.toggle();
   } else if (e.key === 'Escape' && historyPanel.open && !help.open) {
     e.preventDefault();
     historyPanel.toggle(false);
