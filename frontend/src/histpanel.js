@@ -76,17 +76,8 @@ export class HistoryPanel {
     this.gen = 0; // the revision asked for last
     this.listGen = 0; // the session list's opening
     this.timer = null;
-    this.preview = new EditorView({
-      parent: this.$('history-text'),
-      state: EditorState.create({
-        doc: '',
-        extensions: [
-          EditorState.lineSeparator.of('\n'), EditorState.readOnly.of(true), EditorView.editable.of(false),
-          EditorView.lineWrapping, diffField, ...extensions,
-          EditorView.contentAttributes.of({ 'aria-label': 'The chosen revision (read-only)' }),
-        ],
-      }),
-    });
+    this.extensions = extensions;
+    this.preview = null; // the read-only view, made when the panel first opens
     this.slider = this.$('history-slider');
     this.slider.addEventListener('input', () => this.choose(Number(this.slider.value), 150));
     this.$('history-close').addEventListener('click', () => this.toggle(false));
@@ -96,6 +87,25 @@ export class HistoryPanel {
     client.on('remote', () => this.headMoved());
     client.on('saved', () => this.headMoved());
     client.on('role', () => this.renderActions());
+  }
+
+  /** The read-only view of the chosen revision (made on first use, so a page
+   * that never opens history has one editor). */
+  previewView() {
+    if (!this.preview) {
+      this.preview = new EditorView({
+        parent: this.$('history-text'),
+        state: EditorState.create({
+          doc: '',
+          extensions: [
+            EditorState.lineSeparator.of('\n'), EditorState.readOnly.of(true), EditorView.editable.of(false),
+            EditorView.lineWrapping, diffField, ...this.extensions,
+            EditorView.contentAttributes.of({ 'aria-label': 'The chosen revision (read-only)' }),
+          ],
+        }),
+      });
+    }
+    return this.preview;
   }
 
   head() { return this.client.rev || 0; }
@@ -120,6 +130,7 @@ export class HistoryPanel {
       this.gen++;
       return;
     }
+    this.previewView();
     this.sessions = [];
     this.$('history-list').replaceChildren();
     this.loadSessions(false);
@@ -215,12 +226,12 @@ export class HistoryPanel {
     if (gen !== this.gen) return;
     const now = this.live.state.doc.toString();
     const { set, changed } = diffDecorations(text, now);
-    this.preview.dispatch({
+    this.previewView().dispatch({
       changes: { from: 0, to: this.preview.state.doc.length, insert: text },
       effects: setDiff.of(set),
     });
     this.$('history-summary').textContent = changed
-      ? 'Highlighted: what was changed since (struck through: removed; ▍ text added there).'
+      ? 'Changed since: struck through is gone now, ▍ marks text added there.'
       : 'The same as the text now.';
     box.dataset.rev = String(rev);
     box.dataset.state = 'ready';
