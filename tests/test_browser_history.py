@@ -77,10 +77,21 @@ def test_browsing_a_past_revision_shows_its_text_and_leaves_the_live_document_al
     focus_at(a, "end")
     a.keyboard.type(" draft ✍️")  # may still be unsent when the panel opens
     live = text_of(a)
+    a.evaluate("() => { collab.history.pageSize = 2; }")  # so that paging shows with a few sessions
     a.click("#history-btn")
     shown(a, int(a.evaluate("collab.client.rev")))
     assert a.is_visible("#history") and not a.is_visible("#editor")
     a.locator(".history-pick").first.wait_for()
+    # Sessions come newest first, a page at a time; "Older sessions" pages back to the first.
+    assert a.locator(".history-pick").count() == 2
+    while a.is_visible("#history-older"):
+        n = a.locator(".history-pick").count()
+        a.click("#history-older")
+        a.wait_for_function(f"() => document.querySelectorAll('.history-pick').length > {n}"
+                            " || document.getElementById('history-older').hidden", timeout=10_000)
+    revs = [int(x) for x in a.eval_on_selector_all(".history-pick", "els => els.map((e) => e.dataset.rev)")]
+    sessions = httpx.get(f"{hsrv.base_url}/api/docs/{doc}/revisions", timeout=10).json()
+    assert len(revs) > 2 and revs == [s["to"] for s in sessions if s["to"] <= revs[0]], (revs, sessions)
     # The oldest session is the PUT: choosing it shows revision 1's text, and
     # marks where text was added since.
     oldest = a.locator(".history-pick").last
@@ -101,6 +112,9 @@ def test_browsing_a_past_revision_shows_its_text_and_leaves_the_live_document_al
     b.keyboard.type(" 🐝")
     a.wait_for_function("() => collab.view.state.doc.toString().includes('🐝')", timeout=10_000)
     assert preview_text(a) == text_at(hsrv.base_url, doc, 2)
+    # The list takes in the sessions made while it is open, newest first.
+    a.wait_for_function("() => Number(document.querySelector('.history-pick').dataset.rev) === collab.client.rev",
+                        timeout=10_000)
     a.keyboard.press("Escape")
     assert not a.is_visible("#history") and a.is_visible("#editor")
     final = wait_converged(hsrv, doc, [a, b])

@@ -76,12 +76,14 @@ export class HistoryPanel {
     this.gen = 0; // the revision asked for last
     this.listGen = 0; // the session list's opening
     this.timer = null;
+    this.listTimer = null;
+    this.pageSize = PAGE; // sessions asked for at a time
     this.extensions = extensions;
     this.preview = null; // the read-only view, made when the panel first opens
     this.slider = this.$('history-slider');
     this.slider.addEventListener('input', () => this.choose(Number(this.slider.value), 150));
     this.$('history-close').addEventListener('click', () => this.toggle(false));
-    this.$('history-older').addEventListener('click', () => this.loadSessions(true));
+    this.$('history-older').addEventListener('click', () => this.loadSessions('older'));
     this.$('history-restore').addEventListener('click', () => this.restore());
     this.$('history-live').addEventListener('click', () => this.choose(this.head(), 0));
     client.on('remote', () => this.headMoved());
@@ -126,6 +128,7 @@ export class HistoryPanel {
     document.body.classList.toggle('history-open', open);
     this.onToggle(open);
     this.listGen++;
+    clearTimeout(this.listTimer);
     if (!open) {
       this.gen++;
       return;
@@ -133,7 +136,7 @@ export class HistoryPanel {
     this.previewView();
     this.sessions = [];
     this.$('history-list').replaceChildren();
-    this.loadSessions(false);
+    this.loadSessions('first');
     this.choose(this.head(), 0);
     this.slider.focus();
   }
@@ -145,12 +148,17 @@ export class HistoryPanel {
     this.slider.max = String(this.head());
     if (atHead) this.choose(this.head(), 300);
     else this.renderActions();
+    clearTimeout(this.listTimer);
+    this.listTimer = setTimeout(() => this.loadSessions('newer'), 1000);
   }
 
-  async loadSessions(older) {
+  /** Sessions from the server: the newest page (`'first'`), the page after
+   * the last one listed (`'older'`), or the newest page merged over the
+   * list as it is (`'newer'`: new edits arrived while the panel is open). */
+  async loadSessions(which) {
     const gen = this.listGen;
-    const before = older && this.sessions.length ? this.sessions[this.sessions.length - 1].from : null;
-    const q = new URLSearchParams({ limit: String(PAGE) });
+    const before = which === 'older' && this.sessions.length ? this.sessions[this.sessions.length - 1].from : null;
+    const q = new URLSearchParams({ limit: String(this.pageSize) });
     if (before !== null) q.set('before', String(before));
     const note = this.$('history-note');
     let got = [];
@@ -164,9 +172,19 @@ export class HistoryPanel {
       return;
     }
     if (gen !== this.listGen) return;
-    this.sessions.push(...got);
-    for (const s of got) this.$('history-list').append(this.sessionItem(s));
-    this.$('history-older').hidden = got.length < PAGE;
+    const list = this.$('history-list');
+    if (which === 'newer') {
+      if (!got.length) return;
+      const oldest = got[got.length - 1].from;
+      const wasEmpty = !this.sessions.length;
+      this.sessions = got.concat(this.sessions.filter((x) => x.to < oldest));
+      list.replaceChildren(...this.sessions.map((x) => this.sessionItem(x)));
+      if (wasEmpty) this.$('history-older').hidden = got.length < this.pageSize;
+    } else {
+      this.sessions.push(...got);
+      for (const x of got) list.append(this.sessionItem(x));
+      this.$('history-older').hidden = got.length < this.pageSize;
+    }
     note.textContent = this.sessions.length ? '' : 'No edits yet.';
     this.markChosen();
   }
