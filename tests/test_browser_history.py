@@ -178,6 +178,9 @@ AUTHOR_TEXT = """() => {
 LEGEND = """() => Object.fromEntries([...document.querySelectorAll('#authors-legend .author-chip')]
   .map((c) => [c.dataset.slot, c.querySelector('.author-name').textContent]))"""
 
+SWATCHES = """() => [...document.querySelectorAll('#authors-legend .author-swatch')]
+  .map((s) => getComputedStyle(s).backgroundColor)"""
+
 
 def by_author(page) -> dict[str, str]:
     """Coloured text of the live editor by author name (through the legend)."""
@@ -203,8 +206,7 @@ def test_show_authors_colours_the_text_of_two_people_and_follows_their_typing(hs
     assert got.get("Alice", "").replace("\n", "") == "Alice wrote this 🌸", got
     assert got.get("Bob") == "Bob wrote that 🦊", got
     slots = a.evaluate(LEGEND)
-    colours = a.evaluate("""() => [...document.querySelectorAll('#authors-legend .author-swatch')]
-        .map((s) => getComputedStyle(s).backgroundColor)""")
+    colours = a.evaluate(SWATCHES)
     assert len(set(colours)) == len(slots) >= 2, colours  # one colour each
     # Bob keeps typing: his new text takes his colour on Alice's page as it arrives.
     b.keyboard.type(" more 🐝")
@@ -217,6 +219,10 @@ def test_show_authors_colours_the_text_of_two_people_and_follows_their_typing(hs
     wait_converged(hsrv, doc, [a, b])
     a.evaluate("() => collab.authors.refetch()")
     assert by_author(a).get("Bob") == "Bob wrote that 🦊 more 🐝"
+    # In the dark theme the colours are others (lighter, for dark paper), still one each.
+    a.emulate_media(color_scheme="dark")
+    dark = a.evaluate(SWATCHES)
+    assert len(set(dark)) == len(dark) >= 2 and not set(dark) & set(colours), (dark, colours)
     a.click("#authors-btn")
     assert a.locator("#editor .cm-author").count() == 0 and not a.is_visible("#authors-legend")
     assert not pages.errors, pages.errors
