@@ -119,9 +119,11 @@ export class AuthorColours {
   /** Ask the server who wrote what at the page's revision, then carry the
    * answer over the changes made while it was on its way. */
   async refetch() {
-    if (!this.on || this.asking) return;
-    if (!this.client.saved || this.client.rev === null) {
-      this.again = true; // the server does not have our text yet: ask once it does
+    if (!this.on) return;
+    if (this.asking || !this.client.saved || this.client.rev === null) {
+      // One answer at a time, and only for text the server has: ask again
+      // when this answer is in, or once every edit is acknowledged.
+      this.again = true;
       return;
     }
     this.again = false;
@@ -138,6 +140,7 @@ export class AuthorColours {
     }
     if (this.asking !== ask) return; // turned off (or on again) meanwhile
     this.asking = null;
+    if (this.again) this.schedule(REFETCH_MS);
     if (!Array.isArray(spans)) return; // keep the marks we have; the next change asks again
     const ranges = spansToRanges(spans, ask.doc.toString()).map((r) => ({ ...r, slot: this.slots.slot(r.author) }));
     let set = buildSet(ranges);
