@@ -769,6 +769,9 @@ function showDenied(detail) {
   closeMenus();
   shareBtn.disabled = true;
   shareBtn.title = 'No access: nothing to share';
+  historyPanel.toggle(false);
+  $('history-btn').disabled = true; // the server would refuse its questions now
+  $('authors-btn').disabled = true;
   downloadBtn.disabled = empty;
   updateUndoButtons(view.state);
 }

@@ -217,7 +217,9 @@ export class HistoryPanel {
     this.slider.max = String(this.head());
     this.slider.value = String(rev);
     this.rev = rev;
-    this.$('history-label').textContent = rev >= this.head() ? `Revision ${rev} (now)` : `Revision ${rev} of ${this.head()}`;
+    const label = rev >= this.head() ? `Revision ${rev} (now)` : `Revision ${rev} of ${this.head()}`;
+    this.$('history-label').textContent = label;
+    this.slider.setAttribute('aria-valuetext', label);
     this.markChosen();
     this.renderActions();
     clearTimeout(this.timer);
