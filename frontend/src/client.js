@@ -64,7 +64,8 @@ const sameCursor = (a, b) => (a === b) || (!!a && !!b && a.anchor === b.anchor &
 export class SyncClient {
   /**
    * @param {object} opts
-   * @param {object} opts.editor  {applyRemote(op), getCursor() -> cursor|null}
+   * @param {object} opts.editor  {applyRemote(op, meta), getCursor() -> cursor|null}; `meta` is
+   *   `{client, id, rev}` for another client's operation, absent for a rebase or an undone refusal
    * @param {object} [opts.user]  {name, color}
    * @param {function} [opts.newId]  operation id generator
    * @param {number} [opts.maxMessageBytes]  limit used when the server does not announce one
@@ -480,7 +481,7 @@ export class SyncClient {
       local = l2;
     }
     if (this.sentCursor) this.sentCursor = transformCursor(this.sentCursor, op);
-    if (!isNoop(local)) this.editor.applyRemote(local);
+    if (!isNoop(local)) this.editor.applyRemote(local, { client, id, rev });
     if (client != null && client !== this.clientId && cursor) {
       this.emit('cursor', client, this._toLocal(cursor, rev));
     }

@@ -10,7 +10,7 @@ import {
   EditorView, keymap, drawSelection, highlightActiveLine, highlightSpecialChars, placeholder, dropCursor,
   rectangularSelection,
 } from '@codemirror/view';
-import { history, defaultKeymap, historyKeymap, indentWithTab, undo, redo, undoDepth, redoDepth } from '@codemirror/commands';
+import { history, isolateHistory, defaultKeymap, historyKeymap, indentWithTab, undo, redo, undoDepth, redoDepth } from '@codemirror/commands';
 import { insertNewlineContinueMarkup, deleteMarkupBackward } from '@codemirror/lang-markdown';
 import { boundedMarkdown } from './mdlang.js';
 import { syntaxHighlighting, syntaxTree, syntaxTreeAvailable, HighlightStyle, defaultHighlightStyle, bracketMatching } from '@codemirror/language';
@@ -28,6 +28,8 @@ import {
   listLinks, revokeLink, activeLinks, linkLabel, linkDetails, deniedText,
 } from './share.js';
 import { deleteEmojiBackward } from './grapheme.js';
+import { HistoryPanel } from './histpanel.js';
+import { AuthorColours } from './authors.js';
 import { firstHeading, HEAD_CHARS } from './titles.js';
 import {
   wsUrl, pageToken, loadUser, saveUser, safeColor, initials, el, PALETTE, DOC_NAME_RE, applyTheme, nextTheme, themeChoice,
@@ -76,15 +78,30 @@ const hint = new Compartment();
 // ---- the view ---------------------------------------------------------------
 let view; // assigned below; the adapter is only called after that
 
+// A restore this page asked for: its operation (an HTTP edit, id "http-…")
+// goes into this page's undo history, so Ctrl+Z takes the restore back like
+// one's own edit. `rev` is null until the server's answer names it.
+const restoring = { active: false, rev: null };
+
+function isOwnRestore(meta) {
+  if (!restoring.active || !meta || typeof meta.id !== 'string' || !meta.id.startsWith('http-')) return false;
+  return restoring.rev === null || restoring.rev === meta.rev;
+}
+
 const adapter = {
-  applyRemote(op) {
+  applyRemote(op, meta) {
     const state = view.state;
     const changes = state.changes(opToDocChanges(state.doc, op));
     const effects = keepCaretInPlace(changes);
+    const own = isOwnRestore(meta);
+    if (own) restoring.active = false;
     view.dispatch({
       changes,
       effects,
-      annotations: [remoteEdit.of(true), Transaction.addToHistory.of(false), Transaction.remote.of(true)],
+      annotations: [
+        remoteEdit.of(meta ? meta.client || true : true), Transaction.remote.of(true),
+        own ? isolateHistory.of('full') : Transaction.addToHistory.of(false),
+      ],
     });
   },
   getCursor() {
@@ -172,6 +189,8 @@ const syncListener = EditorView.updateListener.of((update) => {
   if (update.transactions.length) updateUndoButtons(update.state);
 });
 
+const authors = new AuthorColours({ client, docName, token: pageToken(), me: () => user.name, remoteEdit });
+
 view = new EditorView({
   parent: $('editor'),
   state: EditorState.create({
@@ -204,12 +223,15 @@ view = new EditorView({
         ...defaultKeymap, ...historyKeymap, ...searchKeymap, indentWithTab]),
       editable.of([EditorState.readOnly.of(true), EditorView.editable.of(false)]),
       presenceExtension(),
+      authors.extension(),
       theme,
       syncListener,
       EditorView.contentAttributes.of({ 'aria-label': `Document ${docName}`, spellcheck: 'true', autocapitalize: 'sentences' }),
     ],
   }),
 });
+
+authors.attach(view);
 
 // Exposed for debugging and the browser tests (read-only use).
 window.collab = {
@@ -747,6 +769,9 @@ function showDenied(detail) {
   closeMenus();
   shareBtn.disabled = true;
   shareBtn.title = 'No access: nothing to share';
+  historyPanel.toggle(false);
+  $('history-btn').disabled = true; // the server would refuse its questions now
+  $('authors-btn').disabled = true;
   downloadBtn.disabled = empty;
   updateUndoButtons(view.state);
 }
@@ -786,6 +811,29 @@ async function setMode(m) {
 }
 for (const m of MODES) $(`mode-${m}`).addEventListener('click', () => setMode(m));
 
+// ---- history ------------------------------------------------------------------------------
+const historyPanel = new HistoryPanel({
+  view, client, docName, token, toast,
+  onRestore(phase, rev) {
+    // 'start' before the request; 'done' with the restore's revision, or 'failed'.
+    if (phase === 'start') Object.assign(restoring, { active: true, rev: null });
+    else if (phase === 'failed' || client.rev >= rev) restoring.active = false;
+    else restoring.rev = rev;
+  },
+  extensions: [boundedMarkdown, syntaxHighlighting(mdHighlight), syntaxHighlighting(defaultHighlightStyle, { fallback: true }), theme],
+  onToggle(open) {
+    closeMenus();
+    if (!open) {
+      view.requestMeasure();
+      if (mode !== 'view' && !view.state.readOnly) view.focus();
+    }
+  },
+});
+$('history-btn').addEventListener('click', (e) => { e.stopPropagation(); historyPanel.toggle(); });
+window.collab.history = historyPanel;
+$('authors-btn').addEventListener('click', () => authors.toggle());
+window.collab.authors = authors;
+
 // ---- shortcuts panel and theme ------------------------------------------------------------
 const help = $('help-dialog');
 function openHelp() {
@@ -804,6 +852,15 @@ document.addEventListener('keydown', (e) => {
   if (e.ctrlKey && e.altKey && !e.shiftKey && !e.metaKey && ['1', '2', '3'].includes(e.key)) {
     e.preventDefault();
     setMode(MODES[Number(e.key) - 1]);
+  } else if (e.ctrlKey && e.altKey && !e.shiftKey && !e.metaKey && e.code === 'KeyH') {
+    e.preventDefault();
+    historyPanel.toggle();
+  } else if (e.ctrlKey && e.altKey && !e.shiftKey && !e.metaKey && e.code === 'KeyA') {
+    e.preventDefault();
+    authors.toggle();
+  } else if (e.key === 'Escape' && historyPanel.open && !help.open) {
+    e.preventDefault();
+    historyPanel.toggle(false);
   } else if (e.key === '?' && !e.ctrlKey && !e.altKey && !e.metaKey && !typingTarget(e.target)) {
     e.preventDefault();
     openHelp();
