@@ -56,7 +56,7 @@ __all__ = [
 LINGER_BYTES = 1024 * 1024
 
 #: New connections whose first request is handed to uvicorn per event-loop turn (:class:`HandshakeGate`).
-HANDSHAKES_PER_TURN = 8
+HANDSHAKES_PER_TURN = 4
 
 #: The counter each accept-time refusal bumps.
 _REFUSAL_COUNTER = {
@@ -131,13 +131,15 @@ class HandshakeGate:
         return False
 
     def _turn(self) -> None:
-        """Once per loop turn while anything happens: a fresh count, and the oldest waiters resumed."""
+        """Once per loop turn while anything happens: the oldest waiters resumed in what the turn's
+        new arrivals left of ``per_turn``, then a fresh count for the next turn."""
         self._scheduled = False
-        self.used = 0
         waiting = self.waiting
-        while waiting and self.used < self.per_turn:
-            self.used += 1
+        room = self.per_turn - self.used
+        while waiting and room > 0:
+            room -= 1
             waiting.popleft().resume()
+        self.used = 0
         if waiting:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._turn)
