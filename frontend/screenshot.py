@@ -12,6 +12,7 @@ COLLAB_CHROMIUM).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 from playwright.sync_api import sync_playwright
@@ -50,10 +52,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def main(out: Path) -> None:
+@contextlib.contextmanager
+def serving(**settings: str) -> Iterator[str]:
+    """A collab server on a free port with a fresh data folder and ``settings`` (COLLAB_* variables); its base URL."""
     port = free_port()
     with tempfile.TemporaryDirectory() as data:
-        env = dict(os.environ, COLLAB_DATA_DIR=data, COLLAB_PORT=str(port), COLLAB_HOST="127.0.0.1")
+        env = dict(os.environ, COLLAB_DATA_DIR=data, COLLAB_PORT=str(port), COLLAB_HOST="127.0.0.1", **settings)
         code = "from collab.config import Settings; from collab.server import run; run(Settings.from_env())"
         proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -65,10 +69,15 @@ def main(out: Path) -> None:
                         break
                 except httpx.HTTPError:
                     time.sleep(0.05)
-            shoot(base, out)
+            yield base
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+def main(out: Path) -> None:
+    with serving() as base:
+        shoot(base, out)
 
 
 def open_as(browser, base: str, name: str, color: str):

@@ -14,18 +14,14 @@ COLLAB_CHROMIUM).
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 from playwright.sync_api import sync_playwright
 
-from screenshot import ARGS, CHROMIUM, ROOT, free_port
+from screenshot import ARGS, CHROMIUM, ROOT, serving
 
 from collab.auth import mint_token
 
@@ -43,41 +39,24 @@ VERSIONS = [  # each one splice (as PUT makes it), so every writer's text surviv
 
 
 def main(out_dir: Path) -> None:
-    port = free_port()
-    with tempfile.TemporaryDirectory() as data:
-        env = dict(os.environ, COLLAB_DATA_DIR=data, COLLAB_PORT=str(port), COLLAB_HOST="127.0.0.1",
-                   COLLAB_SECRET=SECRET, COLLAB_SESSION_GAP="-1")
-        code = "from collab.config import Settings; from collab.server import run; run(Settings.from_env())"
-        proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            for _ in range(200):
-                try:
-                    if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.05)
-            for name, text in VERSIONS:
-                token = mint_token(SECRET, [DOC], "edit", name=name)
-                httpx.put(f"{base}/api/docs/{DOC}/text", content=text.encode(),
-                          headers={"Authorization": f"Bearer {token}"}, timeout=10).raise_for_status()
-            viewer = mint_token(SECRET, [DOC], "edit", name="Ada Lovelace")
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-                page = open_page(browser, f"{base}/d/{DOC}#token={quote(viewer)}")
-                page.click("#history-btn")
-                page.locator(".history-pick[data-rev='1']").click()
-                page.wait_for_selector("#history[data-state=ready][data-rev='1']")
-                shot(page, out_dir / "screenshot-history.png")
-                page.keyboard.press("Escape")
-                page.click("#authors-btn")
-                page.wait_for_function("() => document.querySelectorAll('#authors-legend .author-chip').length >= 2")
-                shot(page, out_dir / "screenshot-authors.png")
-                browser.close()
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    with serving(COLLAB_SECRET=SECRET, COLLAB_SESSION_GAP="-1") as base:
+        for name, text in VERSIONS:
+            token = mint_token(SECRET, [DOC], "edit", name=name)
+            httpx.put(f"{base}/api/docs/{DOC}/text", content=text.encode(),
+                      headers={"Authorization": f"Bearer {token}"}, timeout=10).raise_for_status()
+        viewer = mint_token(SECRET, [DOC], "edit", name="Ada Lovelace")
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = open_page(browser, f"{base}/d/{DOC}#token={quote(viewer)}")
+            page.click("#history-btn")
+            page.locator(".history-pick[data-rev='1']").click()
+            page.wait_for_selector("#history[data-state=ready][data-rev='1']")
+            shot(page, out_dir / "screenshot-history.png")
+            page.keyboard.press("Escape")
+            page.click("#authors-btn")
+            page.wait_for_function("() => document.querySelectorAll('#authors-legend .author-chip').length >= 2")
+            shot(page, out_dir / "screenshot-authors.png")
+            browser.close()
 
 
 def open_page(browser, url: str):

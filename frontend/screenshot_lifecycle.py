@@ -13,18 +13,14 @@ COLLAB_CHROMIUM).
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 from playwright.sync_api import sync_playwright
 
-from screenshot import ARGS, CHROMIUM, ROOT, free_port
+from screenshot import ARGS, CHROMIUM, ROOT, serving
 
 SECRET = "screenshot-secret-" + "x" * 32
 DOCS = {
@@ -38,52 +34,35 @@ DOCS = {
 def main(out_dir: Path) -> None:
     from collab.auth import mint_token
 
-    port = free_port()
     owner = mint_token(SECRET, ["*"], "edit", name="Ada Lovelace")
-    with tempfile.TemporaryDirectory() as data:
-        env = dict(os.environ, COLLAB_DATA_DIR=data, COLLAB_PORT=str(port), COLLAB_HOST="127.0.0.1",
-                   COLLAB_SECRET=SECRET)
-        code = "from collab.config import Settings; from collab.server import run; run(Settings.from_env())"
-        proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            for _ in range(200):
-                try:
-                    if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.05)
-            headers = {"Authorization": f"Bearer {owner}"}
-            for doc, text in DOCS.items():
-                httpx.put(f"{base}/api/docs/{doc}/text", content=text.encode(), headers=headers,
-                          timeout=10).raise_for_status()
-            grace = mint_token(SECRET, ["release-plan"], "edit", name="Grace Hopper")
-            for role in ("read", "edit"):
-                httpx.post(f"{base}/api/docs/release-plan/share", json={"role": role},
-                           headers={"Authorization": f"Bearer {grace}"}, timeout=10).raise_for_status()
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-                ctx = browser.new_context(viewport={"width": 1000, "height": 560})
-                ctx.add_init_script("localStorage.setItem('collab.user', "
-                                    "JSON.stringify({name: 'Ada Lovelace', color: '#e03131'}));")
-                page = ctx.new_page()
-                page.goto(f"{base}/#token={quote(owner)}")
-                page.wait_for_selector("#doc-rows tr")
-                page.fill("#doc-search", "re")
-                page.wait_for_function("() => document.fonts.status === 'loaded'")
-                page.screenshot(path=str(out_dir / "screenshot-home.png"))
-                print("wrote", out_dir / "screenshot-home.png")
-                page.goto(f"{base}/d/release-plan#token={quote(owner)}")
-                page.wait_for_selector("#conn-status[data-state=connected]")
-                page.click("#copy-link")
-                page.wait_for_selector("#share-menu[data-state=ready] #share-list li")
-                page.screenshot(path=str(out_dir / "screenshot-share.png"))
-                print("wrote", out_dir / "screenshot-share.png")
-                browser.close()
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    with serving(COLLAB_SECRET=SECRET) as base:
+        headers = {"Authorization": f"Bearer {owner}"}
+        for doc, text in DOCS.items():
+            httpx.put(f"{base}/api/docs/{doc}/text", content=text.encode(), headers=headers,
+                      timeout=10).raise_for_status()
+        grace = mint_token(SECRET, ["release-plan"], "edit", name="Grace Hopper")
+        for role in ("read", "edit"):
+            httpx.post(f"{base}/api/docs/release-plan/share", json={"role": role},
+                       headers={"Authorization": f"Bearer {grace}"}, timeout=10).raise_for_status()
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            ctx = browser.new_context(viewport={"width": 1000, "height": 560})
+            ctx.add_init_script("localStorage.setItem('collab.user', "
+                                "JSON.stringify({name: 'Ada Lovelace', color: '#e03131'}));")
+            page = ctx.new_page()
+            page.goto(f"{base}/#token={quote(owner)}")
+            page.wait_for_selector("#doc-rows tr")
+            page.fill("#doc-search", "re")
+            page.wait_for_function("() => document.fonts.status === 'loaded'")
+            page.screenshot(path=str(out_dir / "screenshot-home.png"))
+            print("wrote", out_dir / "screenshot-home.png")
+            page.goto(f"{base}/d/release-plan#token={quote(owner)}")
+            page.wait_for_selector("#conn-status[data-state=connected]")
+            page.click("#copy-link")
+            page.wait_for_selector("#share-menu[data-state=ready] #share-list li")
+            page.screenshot(path=str(out_dir / "screenshot-share.png"))
+            print("wrote", out_dir / "screenshot-share.png")
+            browser.close()
 
 
 if __name__ == "__main__":

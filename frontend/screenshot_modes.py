@@ -13,17 +13,13 @@ COLLAB_CHROMIUM).
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import httpx
 from playwright.sync_api import sync_playwright
 
-from screenshot import ARGS, CHROMIUM, ROOT, free_port
+from screenshot import ARGS, CHROMIUM, ROOT, serving
 
 DOC = "release-plan"
 TEXT = """# Release plan — 0.3
@@ -56,30 +52,14 @@ def transform(a, b):
 
 
 def main(out_dir: Path) -> None:
-    port = free_port()
-    with tempfile.TemporaryDirectory() as data:
-        env = dict(os.environ, COLLAB_DATA_DIR=data, COLLAB_PORT=str(port), COLLAB_HOST="127.0.0.1")
-        code = "from collab.config import Settings; from collab.server import run; run(Settings.from_env())"
-        proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            for _ in range(200):
-                try:
-                    if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.05)
-            httpx.put(f"{base}/api/docs/{DOC}/text", content=TEXT.encode(), timeout=10).raise_for_status()
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-                for mode, scheme, name in (("split", "light", "split"), ("view", "light", "view"),
-                                           ("split", "dark", "dark")):
-                    shoot(browser, base, mode, scheme, out_dir / f"screenshot-{name}.png")
-                browser.close()
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    with serving() as base:
+        httpx.put(f"{base}/api/docs/{DOC}/text", content=TEXT.encode(), timeout=10).raise_for_status()
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            for mode, scheme, name in (("split", "light", "split"), ("view", "light", "view"),
+                                       ("split", "dark", "dark")):
+                shoot(browser, base, mode, scheme, out_dir / f"screenshot-{name}.png")
+            browser.close()
 
 
 def shoot(browser, base: str, mode: str, scheme: str, out: Path) -> None:
