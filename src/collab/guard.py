@@ -77,24 +77,18 @@ def source_limits(limits: Any) -> SourceLimits:
     return SourceLimits.for_settings(limits)
 
 
-def _has_body(scope: Mapping[str, Any]) -> bool:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            return value.strip() not in (b"0", b"")
-        if name == b"transfer-encoding":
-            return True
-    return False
-
-
-def _content_length(scope: Mapping[str, Any]) -> int:
-    """The request's ``Content-Length`` (0 if absent or unreadable)."""
+def _declared_body(scope: Mapping[str, Any]) -> tuple[bool, int]:
+    """Whether the request has a body, and its ``Content-Length`` (0 if absent, chunked or unreadable)."""
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
             try:
-                return max(int(value), 0)
+                length = max(int(value), 0)
             except ValueError:
-                return 0
-    return 0
+                return value.strip() != b"", 0
+            return length > 0, length
+        if name == b"transfer-encoding":
+            return True, 0
+    return False, 0
 
 
 def _addr_key(host: Any, port: Any, local_port: Any) -> tuple[str, int, int]:
@@ -229,7 +223,7 @@ class Guard:
 async def _guarded_http(app: Callable[..., Any], conn: "GuardedProtocol", scope: dict,
                         receive: Callable, send: Callable) -> None:
     """One plain-HTTP request under the handshake deadline (see :meth:`Guard.wrap_app`)."""
-    body_pending = _has_body(scope)
+    body_pending, declared = _declared_body(scope)
     if not body_pending:
         conn.request_started()
     else:
@@ -255,7 +249,7 @@ async def _guarded_http(app: Callable[..., Any], conn: "GuardedProtocol", scope:
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             conn.request_finished()
             if body_pending:  # answered before its body was read: do not read the rest
-                conn.linger(_content_length(scope))
+                conn.linger(declared)
 
     await app(scope, receive, guarded_send)
 
