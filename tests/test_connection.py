@@ -272,6 +272,36 @@ async def test_a_client_still_uploading_an_oversized_message_reads_1009_not_a_re
     assert closed.value.rcvd.reason == "message larger than 65536 bytes: split the edit"
 
 
+async def test_large_messages_uploaded_together_are_read_a_little_per_turn_and_arrive_whole(server_factory, raw_open):
+    server = await server_factory(**WIDE_OPEN)
+    piece = "👋🏽 writes, 世界 reads. " * 20_000  # about 500 KiB of UTF-8
+    writers = []
+    for _ in range(6):
+        raw = await raw_open(server, "uploads")
+        await raw.text({"type": "join"})
+        assert (await raw.recv())["type"] == "welcome"
+        writers.append(raw)
+    polite = await raw_open(server, "elsewhere")
+    await polite.text({"type": "join"})
+    await polite.recv()
+    deferred = COUNTERS.deferred_reads
+
+    def fragmented(i: int) -> bytes:
+        body = json.dumps({"type": "op", "rev": 0, "op": [piece * 3], "id": f"big-{i}"}, ensure_ascii=False).encode()
+        chunks = [body[k:k + 64 * 1024] for k in range(0, len(body), 64 * 1024)]
+        return b"".join(frame(TEXT if k == 0 else CONT, c, fin=k == len(chunks) - 1) for k, c in enumerate(chunks))
+
+    await asyncio.gather(*(raw.send(fragmented(i)) for i, raw in enumerate(writers)))
+    await polite.text({"type": "op", "rev": 0, "op": ["🙂"], "id": "small"})
+    assert (await polite.recv())["type"] == "ack"
+    for raw in writers:  # every upload arrives whole, each acked once among the others' ops
+        while (msg := await raw.recv())["type"] != "ack":
+            assert msg["type"] in ("op", "join", "presence"), msg
+    assert COUNTERS.deferred_reads > deferred  # six at once were more than a turn's allowance
+    text = (await http_get(f"{server.base_url}/api/docs/uploads/text")).text
+    assert text == piece * 18
+
+
 async def test_unfinished_messages_share_one_budget(server_factory, raw_open):
     server = await server_factory(max_message_bytes=128 * 1024, incoming_bytes=256 * 1024)
     start = '{"type": "join"'.encode()

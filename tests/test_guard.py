@@ -798,3 +798,38 @@ async def test_real_app_behind_the_guard_acks_and_rate_limits(tmp_path: Path) ->
 if __name__ == "__main__":
     _server_main(json.loads(sys.argv[1]))
 
+
+
+async def test_read_gate_holds_readers_past_a_turns_allowance_and_resumes_the_oldest_first() -> None:
+    from collab.metrics import COUNTERS
+    from collab.transport import ReadGate
+
+    gate = ReadGate(per_turn=512 * 1024)  # two socket reads of 256 KiB a turn
+    resumed: list[int] = []
+
+    class Reader:
+        def __init__(self, i: int, gone: bool = False) -> None:
+            self.i, self.gone = i, gone
+
+        def gate_resume(self) -> bool:
+            if self.gone:  # closed while it waited: takes no room
+                return False
+            resumed.append(self.i)
+            return True
+
+    deferred = COUNTERS.deferred_reads
+    let_through = []
+    for i in range(6):
+        if gate.charge(256 * 1024):
+            let_through.append(i)
+        else:
+            gate.waiting.append(Reader(i, gone=i == 3))
+    assert let_through == [0, 1] and COUNTERS.deferred_reads == deferred + 4
+    await asyncio.sleep(0)  # one loop turn: room for two reads
+    assert resumed == [2, 4]
+    assert not gate.charge(1)  # a newcomer waits behind the one still waiting
+    gate.waiting.append(Reader(6))
+    await asyncio.sleep(0)
+    assert resumed == [2, 4, 5, 6]
+    await asyncio.sleep(0)
+    assert gate.charge(100)  # nothing waits: a small read goes through

@@ -53,6 +53,8 @@ class Counters:
     slow_client_drops: int = 0
     #: First requests of new connections held for a later loop turn (a burst of handshakes).
     deferred_handshakes: int = 0
+    #: Reads of large unfinished messages held for a later loop turn (uploads in bulk).
+    deferred_reads: int = 0
 
 
 COUNTERS = Counters()
@@ -71,6 +73,7 @@ _COUNTER_HELP = {
     "oversized_backoffs": "Oversized messages or bodies that started their address's back-off.",
     "slow_client_drops": "Clients dropped because they did not read what was sent to them.",
     "deferred_handshakes": "First requests of new connections held for a later event-loop turn.",
+    "deferred_reads": "Connections reading a large unfinished message held for a later event-loop turn.",
 }
 
 #: Gauge name (after ``collab_guard_``) -> help text; each tracked limiter reports these.

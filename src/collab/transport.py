@@ -32,7 +32,9 @@ Incoming memory is bounded: a message larger than the server's
 counted), all unfinished messages of one server together hold at most
 ``incoming_bytes`` (close 1013 for the connection that would exceed it), and
 one message must be complete within ``message_timeout`` seconds of its first
-byte (close 1008). Frames are written whole and only while nothing else is
+byte (close 1008). Large messages are read a few hundred kilobytes per
+event-loop turn across all connections (:class:`ReadGate`), so that uploads
+cannot fill a turn that other clients' messages wait behind. Frames are written whole and only while nothing else is
 half-written, so the byte stream is the one ``send`` would have produced.
 """
 
@@ -42,6 +44,7 @@ import asyncio
 import functools
 import logging
 import struct
+from collections import deque
 from typing import Any, Callable
 
 from websockets.exceptions import PayloadTooBig
@@ -51,6 +54,7 @@ try:
 except ImportError:  # pragma: no cover - uvicorn < 0.35: support_problem() says so
     WebSocketsSansIOProtocol = None  # type: ignore[assignment,misc]
 
+from .metrics import COUNTERS
 from .protocol import CLOSE_INVALID_DATA, CLOSE_OVERLOADED, CLOSE_POLICY
 
 log = logging.getLogger("collab.transport")
@@ -69,6 +73,10 @@ LINGER_BYTES = 1024 * 1024
 WRITE_BUFFER_BYTES = 1024 * 1024
 #: What a continuation frame costs beyond its payload, in the incoming budget.
 _FRAGMENT_OVERHEAD = 64
+#: Bytes of unfinished messages that all connections of one server read in one event-loop turn.
+PARTIAL_BYTES_PER_TURN = 512 * 1024
+#: What asyncio reads from a socket at most at once (its selector transports' ``max_size``).
+_READ_SIZE = 256 * 1024
 
 _pack_short = struct.Struct("!BBH").pack
 _pack_long = struct.Struct("!BBQ").pack
@@ -108,6 +116,51 @@ class IncomingBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
+
+
+class ReadGate:
+    """Spreads the reading of large unfinished messages over event-loop turns.
+
+    One loop turn runs the callbacks of every readable socket: when dozens of
+    connections upload large messages together, each turn would copy and
+    unmask several megabytes, and every other client's message would wait
+    behind them. A connection whose read leaves a message unfinished charges
+    what it read; past ``per_turn`` bytes in a turn it stops reading and
+    waits, oldest first, for a later turn with room. A message that arrives
+    whole in one read is never charged, so small messages never wait here.
+    """
+
+    __slots__ = ("per_turn", "used", "waiting", "_scheduled")
+
+    def __init__(self, per_turn: int = PARTIAL_BYTES_PER_TURN) -> None:
+        self.per_turn = per_turn
+        self.used = 0
+        self.waiting: deque[Any] = deque()
+        self._scheduled = False
+
+    def charge(self, nbytes: int) -> bool:
+        """Count ``nbytes`` read into an unfinished message; ``False``: the reader must wait in :attr:`waiting`."""
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._turn)
+        self.used += nbytes
+        if self.used <= self.per_turn and not self.waiting:
+            return True
+        COUNTERS.deferred_reads += 1
+        return False
+
+    def _turn(self) -> None:
+        """Once per loop turn while anything reads: resume the oldest waiters that a turn's room holds."""
+        self._scheduled = False
+        self.used = 0
+        waiting = self.waiting
+        room = max(1, self.per_turn // _READ_SIZE)
+        while waiting and room > 0:
+            if waiting.popleft().gate_resume():
+                room -= 1
+        if waiting:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._turn)
 
 
 class _Inbox:
@@ -255,6 +308,7 @@ def configure(config: Any, settings: Any) -> None:
     if isinstance(cls, type) and DirectWebSocketProtocol is not None and issubclass(cls, DirectWebSocketProtocol):
         config.ws = type(cls.__name__, (cls,), {
             "budget": IncomingBudget(settings.incoming_bytes),
+            "read_gate": ReadGate(),
             "max_message_bytes": settings.max_message_bytes,
             "message_timeout": settings.message_timeout,
         })
@@ -268,6 +322,7 @@ if WebSocketsSansIOProtocol is not None:
         encode_text = staticmethod(encode_text)
         #: Set per server by :func:`configure` (these defaults: no budget, uvicorn's frame limit).
         budget = IncomingBudget(1 << 62)
+        read_gate: ReadGate | None = None
         max_message_bytes = 0
         message_timeout = 0.0
 
@@ -288,6 +343,7 @@ if WebSocketsSansIOProtocol is not None:
         _abort_timer: asyncio.TimerHandle | None = None
         _refused = False
         _discarded = 0
+        _gate_waiting = False
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -337,6 +393,20 @@ if WebSocketsSansIOProtocol is not None:
             super().data_received(data)
             if self.frames or self.conn.reader.buffer or self._held:  # part of a message is held
                 self._account()
+                gate = self.read_gate
+                if gate is not None and not self._refused and not gate.charge(len(data)):
+                    self._gate_waiting = True
+                    self.transport.pause_reading()
+                    gate.waiting.append(self)
+
+        def gate_resume(self) -> bool:
+            """The :class:`ReadGate` has room: read again (unless closing, or uvicorn paused reading itself)."""
+            self._gate_waiting = False
+            if self.disconnected or self._refused or self.transport.is_closing():
+                return False
+            if not self.read_paused:
+                self.transport.resume_reading()
+            return True
 
         def _account(self) -> None:
             if self._refused:
@@ -372,7 +442,7 @@ if WebSocketsSansIOProtocol is not None:
             self._partial_timer = None
             if not self._held or self._refused:
                 return
-            if self.read_paused:  # the server is not reading (the app is busy): not the client's delay
+            if self.read_paused or self._gate_waiting:  # the server is not reading: not the client's delay
                 self._partial_since = self.loop.time()
             left = self._partial_since + self.message_timeout - self.loop.time()
             if left > 0:
@@ -412,8 +482,8 @@ if WebSocketsSansIOProtocol is not None:
             self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
             self.transport.write(output)
             self.close_sent = True
-            if self.read_paused:
-                self.read_paused = False
+            if self.read_paused or self._gate_waiting:
+                self.read_paused = self._gate_waiting = False
                 self.transport.resume_reading()
             if self.close_timer is None:
                 self.close_timer = self.loop.call_later(LINGER, self.transport.close)
