@@ -523,6 +523,8 @@ def serve(spec: dict) -> None:
     server.tune_gc()
 
     async def main() -> None:
+        if os.environ.get("GUARD_BENCH_LAG"):
+            _watch_lag(float(os.environ["GUARD_BENCH_LAG"]))
         started = asyncio.Event()
         task = asyncio.create_task(server.serve(settings, sockets=[sock], started=started))
         await started.wait()
@@ -530,6 +532,39 @@ def serve(spec: dict) -> None:
         await task
 
     uvloop.run(main())
+
+
+def _watch_lag(threshold_ms: float) -> None:
+    """Print (to stderr) every loop turn and every garbage collection longer than ``threshold_ms``."""
+    import gc
+
+    loop = asyncio.get_running_loop()
+    gc_start = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            gc_start[0] = time.perf_counter()
+        elif (ms := (time.perf_counter() - gc_start[0]) * 1e3) > threshold_ms:
+            print(f"lag {time.time():.3f} gc gen{info['generation']} {ms:.1f} ms collected={info['collected']}",
+                  file=sys.stderr, flush=True)
+
+    gc.callbacks.append(on_gc)
+
+    from collab.metrics import COUNTERS
+
+    last = [0, 0, 0]
+
+    def tick(due: float) -> None:  # a timer every 2 ms: how late it runs is how long the loop was busy
+        now = time.perf_counter()
+        seen = [COUNTERS.accepted_connections, COUNTERS.refused_crowded, COUNTERS.deferred_handshakes]
+        if (ms := (now - due) * 1e3) > threshold_ms:
+            print(f"lag {time.time():.3f} turn late by {ms:.1f} ms; since the last tick: accepted "
+                  f"{seen[0] - last[0]}, refused {seen[1] - last[1]}, deferred {seen[2] - last[2]}",
+                  file=sys.stderr, flush=True)
+        last[:] = seen
+        loop.call_later(0.002, tick, now + 0.002)
+
+    loop.call_later(0.002, tick, time.perf_counter() + 0.002)
 
 
 def sink() -> None:
@@ -706,6 +741,11 @@ def attack_round(bench: Bench, name: str, label: str, args: argparse.Namespace) 
     t2 = time.time()
     row.p50_before, row.p99_before, _ = bench.latency(t_quiet, t0)
     row.p50_during, row.p99_during, row.polite_errors = bench.latency(t0, t1)
+    if args.worst:
+        worst = sorted(((float(x), t - t0) for t, x in bench.polite_lines
+                        if t0 <= t < t1 and not x.startswith("ERR")), reverse=True)[:args.worst]
+        print(f"{name}: attack ran {t1 - t0:.1f} s; slowest polite edits (ms at +s): "
+              + ", ".join(f"{ms:.1f} at +{at:.1f}" for ms, at in worst), file=sys.stderr, flush=True)
     row.rss_during = (bench.rss_max(t0, t1) - rss0) / 1e6
     row.rss_after = (bench.rss_at(t2) - rss0) / 1e6
     row.attacker = next((m for m in lines if m.get("event") == "done"), {})
@@ -754,6 +794,8 @@ def main() -> None:
 
     parser.add_argument("--max-connections", type=int, default=Settings().max_connections,
                         help="the server's global connection cap (default: the server's default)")
+    parser.add_argument("--worst", type=int, default=0, help="also print this many slowest polite edits "
+                        "of each attack, with when they happened (to stderr)")
     parser.add_argument("--only", nargs="*", help="run only these attacks: " + " ".join(n for n, _ in ATTACKS))
     parser.add_argument("--sink", type=int, help="send the attacks to this port instead (a control: the "
                         "machine's contention without the server's work), e.g. a `--sink-serve` process")
