@@ -17,6 +17,7 @@ group whichever worker takes the scrape (see :mod:`collab.workermetrics`).
 from __future__ import annotations
 
 import logging
+import math
 import time
 import weakref
 from bisect import bisect_left
@@ -196,13 +197,14 @@ def merge(families: list[Family], reports: list[tuple[Values, bool]]) -> Values:
     for fam in families:
         if fam.kind == "histogram":
             counts: list[int] = []
-            total = 0.0
+            sums: list[float] = []
             for values, _ in reports:
                 h = values.get(fam.name)
                 if isinstance(h, dict):
                     counts = [a + b for a, b in zip(counts, h["counts"])] if counts else list(h["counts"])
-                    total += h["sum"]
-            out[fam.name] = {"counts": counts or [0] * (len(LATENCY_BUCKETS) + 1), "sum": total}
+                    sums.append(h["sum"])
+            # fsum: the same total in whatever order the files are read (a plain sum could dip by a rounding).
+            out[fam.name] = {"counts": counts or [0] * (len(LATENCY_BUCKETS) + 1), "sum": math.fsum(sums)}
         else:
             out[fam.name] = sum(values.get(fam.name, 0) for values, alive in reports
                                 if alive or fam.kind == "counter")
