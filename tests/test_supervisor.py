@@ -103,9 +103,11 @@ async def group() -> AsyncIterator:
 
     async def start(workers: int) -> tuple[Group, str]:
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COLLAB_") and k not in ("PORT", "WEB_CONCURRENCY")}
-        env.update(DATABASE_URL=_with_param(PG_URL, "schema", schema), REDIS_URL=_with_param(REDIS_URL, "prefix", prefix),
-                   COLLAB_LOG_LEVEL="info", COLLAB_PRESENCE_TIMEOUT="2",
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("COLLAB_") and k not in ("PORT", "WEB_CONCURRENCY")}
+        env.update(DATABASE_URL=_with_param(PG_URL, "schema", schema),
+                   REDIS_URL=_with_param(REDIS_URL, "prefix", prefix), COLLAB_LOG_LEVEL="info",
+                   COLLAB_PRESENCE_TIMEOUT="2",
                    COLLAB_ADDR_MSG_RATE="100000", COLLAB_ADDR_MSG_BURST="100000")
         g = Group([sys.executable, "-m", "collab", "serve", "--host", "127.0.0.1", "--port", str(port),
                    "--workers", str(workers)], env)

@@ -10,6 +10,12 @@ every file. Whatever a scrape reported was in a file first, and each file
 only grows, so the next scrape, whichever worker takes it, never reports
 less. When a worker dies the supervisor renames its file (:func:`retire`):
 its counters stay in the totals, its gauges no longer count.
+
+prometheus-client's multiprocess mode keeps the same promises with a memory
+mapped file per worker, written on every increment under a lock, in a mode
+chosen by an environment variable when it is first imported. collab's
+counters are plain integers bumped on the hot paths, so a small write
+every second (and one per scrape) costs less and keeps them as they are.
 """
 
 from __future__ import annotations
