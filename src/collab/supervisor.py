@@ -83,7 +83,14 @@ def _child(target: Target, ready: Connection, metrics_dir: str) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     workermetrics.share(metrics_dir)
-    target(lambda: ready.send(True))
+
+    def say_ready() -> None:
+        try:
+            ready.send(True)
+        except OSError:  # the parent is gone: nobody to tell
+            pass
+
+    target(say_ready)
 
 
 class Supervisor:
