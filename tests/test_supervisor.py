@@ -108,7 +108,9 @@ async def group() -> AsyncIterator:
         env.update(DATABASE_URL=_with_param(PG_URL, "schema", schema),
                    REDIS_URL=_with_param(REDIS_URL, "prefix", prefix), COLLAB_LOG_LEVEL="info",
                    COLLAB_PRESENCE_TIMEOUT="2",
-                   COLLAB_ADDR_MSG_RATE="100000", COLLAB_ADDR_MSG_BURST="100000")
+                   COLLAB_ADDR_MSG_RATE="100000", COLLAB_ADDR_MSG_BURST="100000",
+                   # Scrapes come as fast as they are answered, each on a new connection: not a flood either.
+                   COLLAB_CONN_RATE="100000", COLLAB_CONN_BURST="100000")
         g = Group([sys.executable, "-m", "collab", "serve", "--host", "127.0.0.1", "--port", str(port),
                    "--workers", str(workers)], env)
         started.append(g)
