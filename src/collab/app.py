@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import api_docs, api_tokens, auth, guard, protocol
+from . import api_docs, api_tokens, auth, metrics, protocol, workermetrics
 from .assets import REVALIDATE, Assets
 from .backplane import open_backplane
 from .config import Settings
@@ -127,10 +127,14 @@ class CollabApp:
             hub.on_unload = self._unloading
         await self.revocations.start()
         await self.trash.start()
+        shared = workermetrics.shared()
+        sharing = asyncio.create_task(self._share_metrics(shared)) if shared is not None else None
         try:
             yield
         finally:
             assert self.hub is not None
+            if sharing is not None:
+                sharing.cancel()
             await self.trash.close()
             await self.revocations.close()
             for doc in list(self.hub.docs.values()):  # the list reads titles from the store after a restart
@@ -139,6 +143,20 @@ class CollabApp:
             await self.hub.close()
             if self._owns_store:
                 await self.store.close()
+            if shared is not None:  # the last counts, for the workers that go on
+                self._write_metrics(shared)
+
+    async def _share_metrics(self, path: str) -> None:
+        """Write this worker's metrics for the others' scrapes, now and every ``WRITE_INTERVAL`` seconds."""
+        while True:
+            self._write_metrics(path)
+            await asyncio.sleep(workermetrics.WRITE_INTERVAL)
+
+    def _write_metrics(self, path: str) -> None:
+        try:
+            workermetrics.write(path, self.metric_values())
+        except OSError as exc:  # the directory went away (the group is stopping): scrapes just see less
+            log.warning("could not share this worker's metrics (%s)", exc)
 
     # -- WebSocket -------------------------------------------------------------
 
@@ -409,38 +427,31 @@ class CollabApp:
     async def lower_role(self, request: Request) -> Response:
         return await api_tokens.lower_role(self, request)
 
-    async def metrics(self, request: Request) -> Response:
+    def metric_values(self) -> metrics.Values:
+        """This process's values of every family of :func:`metric_families`."""
         hub = self.hub
-        lines = [
-            "# HELP collab_documents_open Documents loaded in memory.",
-            "# TYPE collab_documents_open gauge",
-            f"collab_documents_open {len(hub.docs) if hub else 0}",
-            "# HELP collab_clients Connected clients (joined).",
-            "# TYPE collab_clients gauge",
-            f"collab_clients {hub.connections if hub else 0}",
-            "# HELP collab_ops_applied_total Operations applied and committed.",
-            "# TYPE collab_ops_applied_total counter",
-            f"collab_ops_applied_total {hub.ops_applied if hub else 0}",
-            "# HELP collab_conflicts_total Batches whose revisions another process took first (retried).",
-            "# TYPE collab_conflicts_total counter",
-            f"collab_conflicts_total {hub.conflicts if hub else 0}",
-            "# HELP collab_remote_ops_total Operations committed by other processes and relayed here.",
-            "# TYPE collab_remote_ops_total counter",
-            f"collab_remote_ops_total {hub.remote_applied if hub else 0}",
-            "# HELP collab_store_commits_total Transactions the store committed (with SQLite, one fsync each).",
-            "# TYPE collab_store_commits_total counter",
-            f"collab_store_commits_total {getattr(self.store, 'commits', 0)}",
-            "# HELP collab_store_ops_written_total Operations the store wrote (per commit: how much group commit groups).",
-            "# TYPE collab_store_ops_written_total counter",
-            f"collab_store_ops_written_total {getattr(self.store, 'ops_written', 0)}",
-            "# HELP collab_frames_sent_total WebSocket frames sent to clients.",
-            "# TYPE collab_frames_sent_total counter",
-            f"collab_frames_sent_total {self.fanout.frames_sent}",
-            "# HELP collab_messages_coalesced_total Messages sent inside a batch frame instead of their own frame.",
-            "# TYPE collab_messages_coalesced_total counter",
-            f"collab_messages_coalesced_total {self.fanout.frames_coalesced}",
-        ]
-        return PlainTextResponse("\n".join(lines) + "\n" + guard.metrics_text(), media_type="text/plain; version=0.0.4")
+        return {
+            "collab_documents_open": len(hub.docs) if hub else 0,
+            "collab_clients": hub.connections if hub else 0,
+            "collab_ops_applied_total": hub.ops_applied if hub else 0,
+            "collab_conflicts_total": hub.conflicts if hub else 0,
+            "collab_remote_ops_total": hub.remote_applied if hub else 0,
+            "collab_store_commits_total": getattr(self.store, "commits", 0),
+            "collab_store_ops_written_total": getattr(self.store, "ops_written", 0),
+            "collab_frames_sent_total": self.fanout.frames_sent,
+            "collab_messages_coalesced_total": self.fanout.frames_coalesced,
+            metrics.ACK_LATENCY_FAMILY.name: metrics.ACK_LATENCY.value(),
+            **metrics.guard_values(),
+        }
+
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus text; with several workers, the sum over all of them (see :mod:`collab.workermetrics`)."""
+        families = metric_families()
+        values = self.metric_values()
+        shared = workermetrics.shared()
+        if shared is not None:
+            values = metrics.merge(families, workermetrics.exchange(shared, values))
+        return PlainTextResponse(metrics.render(families, values), media_type="text/plain; version=0.0.4")
 
     # -- pages ----------------------------------------------------------------------
 
@@ -468,6 +479,11 @@ class CollabApp:
         """``/static/{name}``: a file of the built frontend (see :mod:`collab.assets`)."""
         assert self.assets is not None
         return self.assets.response(request, request.path_params["name"])
+
+
+def metric_families() -> list[metrics.Family]:
+    """Everything ``/metrics`` reports, in order."""
+    return metrics.APP_FAMILIES + metrics.guard_families()
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> Starlette:

@@ -27,6 +27,7 @@ from . import ot
 from .forwarding import ForwardedAuthor
 from .ownership import Ownership
 from .hubconfig import DocumentFailed, HubCounters
+from .metrics import ACK_LATENCY
 from .peer import Peer, RemotePeer
 from .protocol import (
     Cursor, User, _cur, _usr, ack_msg, encode, error_msg, join_msg, leave_msg, op_msg, presence_msg,
@@ -238,12 +239,14 @@ class Replica:
             if item.reply is not None:
                 if refused is None:
                     item.reply.set_result(entry.rev)
+                    ACK_LATENCY.since(item.arrived)
                 else:
                     item.reply.set_exception(refused)
             elif item.peer is not None and refused is not None:
                 item.peer.send_msg(error_msg(refused.code, refused.message, refused.id))
             elif item.peer is not None:
                 item.peer.send_msg(ack_msg(entry.id, entry.rev))
+                ACK_LATENCY.since(item.arrived)
                 author = item.peer
         return author
 

@@ -12,10 +12,12 @@ commit was started, until the document settles it.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from .hubconfig import DocumentFailed
+from .metrics import ACK_LATENCY
 from .peer import Peer
 from .protocol import Cursor, Submit, _cur, ack_msg, encode as encode_msg, op_frames
 from .sequencer import Saved
@@ -38,6 +40,8 @@ class Item:
     frame: str | None = None
     #: The author's selection right after this op, sent with it.
     cursor: Cursor | None = None
+    #: When the submit arrived (``time.monotonic()``), for the ack-latency histogram.
+    arrived: float = field(default_factory=time.monotonic)
 
     def reset(self) -> None:
         """Forget the result and frames (the batch is ordered again)."""
@@ -96,8 +100,10 @@ def deliver(items: list[Item], peers: Iterable[Peer]) -> None:
         if item.reply is not None:
             result = item.result
             item.reply.set_result(result if type(result) is int else result.rev)  # type: ignore[union-attr]
-        elif item.ack is not None and peer in outs:  # else it left: nothing to send
+            ACK_LATENCY.since(item.arrived)
+        elif item.ack is not None and peer in outs:  # else it left (or was forwarded here): no ack from here
             outs[peer].append(item.ack)
+            ACK_LATENCY.since(item.arrived)
         frame = item.frame
         if frame is not None:
             size += len(frame) if frame.isascii() else len(frame.encode())

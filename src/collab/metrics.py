@@ -5,15 +5,24 @@ and calls :func:`note`, which logs one summary line on the ``collab.guard``
 logger at most every :data:`LOG_INTERVAL` seconds, so a flood cannot flood
 the log as well. :func:`metrics_text` renders the counters, plus the gauges
 of every limiter registered with :func:`track`, for ``GET /metrics``.
+
+A process's metrics are also plain values (:class:`Family` says what each
+is): :func:`merge` sums the values of several worker processes (counters and
+histograms over every worker that ever ran, gauges over live ones only) and
+:func:`render` writes them out, so that ``/metrics`` answers for the whole
+group whichever worker takes the scrape (see :mod:`collab.workermetrics`).
+:data:`ACK_LATENCY` times each op from its arrival to its ack.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 import weakref
+from bisect import bisect_left
 from dataclasses import dataclass, fields
-from typing import Mapping, Protocol
+from typing import Any, Mapping, Protocol
 
 log = logging.getLogger("collab.guard")
 
@@ -98,21 +107,136 @@ def track(source: GaugeSource) -> None:
     _tracked.add(source)
 
 
+@dataclass(frozen=True)
+class Family:
+    """One metric: its exposition name (a counter's ends in ``_total``), kind and help text."""
+
+    name: str
+    #: ``counter``, ``gauge`` or ``histogram``.
+    kind: str
+    help: str
+
+
+#: A process's metrics by family name: a number, or for a histogram ``{"counts": [...], "sum": s}``.
+Values = dict[str, Any]
+
+#: Upper bounds, in seconds, of the ack-latency histogram's buckets.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Histogram:
+    """Observations counted per bucket (not cumulated: that is done when rendering), and their sum.
+
+    One ``bisect`` and two additions: cheap enough for every acknowledged op.
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        #: One count per bound, and a last one for values above every bound.
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def since(self, start: float) -> None:
+        """Observe the seconds from ``start`` (a ``time.monotonic()`` reading) to now."""
+        self.observe(_monotonic() - start)
+
+    def value(self) -> dict:
+        return {"counts": list(self.counts), "sum": self.sum}
+
+
+#: Seconds from an op's arrival (from a client or the HTTP API) to its acknowledgement, in this process.
+ACK_LATENCY = Histogram()
+
+ACK_LATENCY_FAMILY = Family("collab_ack_latency_seconds", "histogram",
+                            "Seconds from an operation's arrival to its acknowledgement.")
+
+
+#: The app's own metrics (before the guard's); :meth:`collab.app.CollabApp.metric_values` gives their values.
+APP_FAMILIES = [
+    Family("collab_documents_open", "gauge", "Documents loaded in memory."),
+    Family("collab_clients", "gauge", "Connected clients (joined)."),
+    Family("collab_ops_applied_total", "counter", "Operations applied and committed."),
+    Family("collab_conflicts_total", "counter", "Batches whose revisions another process took first (retried)."),
+    Family("collab_remote_ops_total", "counter", "Operations committed by other processes and relayed here."),
+    Family("collab_store_commits_total", "counter", "Transactions the store committed (with SQLite, one fsync each)."),
+    Family("collab_store_ops_written_total", "counter",
+           "Operations the store wrote (per commit: how much group commit groups)."),
+    Family("collab_frames_sent_total", "counter", "WebSocket frames sent to clients."),
+    Family("collab_messages_coalesced_total", "counter",
+           "Messages sent inside a batch frame instead of their own frame."),
+    ACK_LATENCY_FAMILY,
+]
+
+
+def guard_families() -> list[Family]:
+    """The guard's counters and gauges."""
+    out = [Family(f"collab_guard_{f.name}_total", "counter", _COUNTER_HELP[f.name]) for f in fields(Counters)]
+    return out + [Family(f"collab_guard_{gauge}", "gauge", text) for gauge, text in GAUGES.items()]
+
+
+def guard_values() -> Values:
+    """This process's values of :func:`guard_families`."""
+    out: Values = {f"collab_guard_{f.name}_total": getattr(COUNTERS, f.name) for f in fields(Counters)}
+    reports = [s.gauges() for s in list(_tracked)]
+    for gauge in GAUGES:
+        out[f"collab_guard_{gauge}"] = sum(r.get(gauge, 0) for r in reports)
+    return out
+
+
+def merge(families: list[Family], reports: list[tuple[Values, bool]]) -> Values:
+    """The sum of several processes' values; ``reports`` pairs each with whether its process is alive.
+
+    Counters and histograms add up over every process (a dead worker's
+    counts stay in the totals, so they never go back); gauges over live
+    processes only. A name a report lacks counts as zero there.
+    """
+    out: Values = {}
+    for fam in families:
+        if fam.kind == "histogram":
+            counts: list[int] = []
+            sums: list[float] = []
+            for values, _ in reports:
+                h = values.get(fam.name)
+                if isinstance(h, dict):
+                    counts = [a + b for a, b in zip(counts, h["counts"])] if counts else list(h["counts"])
+                    sums.append(h["sum"])
+            # fsum: the same total in whatever order the files are read (a plain sum could dip by a rounding).
+            out[fam.name] = {"counts": counts or [0] * (len(LATENCY_BUCKETS) + 1), "sum": math.fsum(sums)}
+        else:
+            out[fam.name] = sum(values.get(fam.name, 0) for values, alive in reports
+                                if alive or fam.kind == "counter")
+    return out
+
+
+def render(families: list[Family], values: Values) -> str:
+    """``values`` in the Prometheus text exposition format (version 0.0.4)."""
+    lines: list[str] = []
+    for fam in families:
+        lines.append(f"# HELP {fam.name} {fam.help}")
+        lines.append(f"# TYPE {fam.name} {fam.kind}")
+        value = values.get(fam.name, 0)
+        if fam.kind != "histogram":
+            lines.append(f"{fam.name} {value}")
+            continue
+        seen = 0
+        for bound, count in zip(LATENCY_BUCKETS + (float("inf"),), value["counts"]):
+            seen += count
+            le = "+Inf" if bound == float("inf") else repr(float(bound))
+            lines.append(f'{fam.name}_bucket{{le="{le}"}} {seen}')
+        lines.append(f"{fam.name}_sum {value['sum']}")
+        lines.append(f"{fam.name}_count {seen}")
+    return "\n".join(lines) + "\n"
+
+
 def metrics_text() -> str:
     """All guard counters and gauges in the Prometheus text exposition format."""
-    lines: list[str] = []
-    for f in fields(Counters):
-        name = f"collab_guard_{f.name}_total"
-        lines.append(f"# HELP {name} {_COUNTER_HELP[f.name]}")
-        lines.append(f"# TYPE {name} counter")
-        lines.append(f"{name} {getattr(COUNTERS, f.name)}")
-    reports = [s.gauges() for s in list(_tracked)]
-    for gauge, text in GAUGES.items():
-        name = f"collab_guard_{gauge}"
-        lines.append(f"# HELP {name} {text}")
-        lines.append(f"# TYPE {name} gauge")
-        lines.append(f"{name} {sum(r.get(gauge, 0) for r in reports)}")
-    return "\n".join(lines) + "\n"
+    return render(guard_families(), guard_values())
 
 
 class Summary:

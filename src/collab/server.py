@@ -2,7 +2,8 @@
 
 :func:`serve` is the coroutine (used by tests and embedders); :func:`run`
 is the blocking entry point used by the CLI, with ``settings.workers``
-processes sharing one listening socket. :func:`run` first runs the
+processes sharing one listening socket (a worker that dies is replaced,
+see :mod:`collab.supervisor`). :func:`run` first runs the
 start-up checks of :mod:`collab.startup` (one line per problem, before
 anything says "serving") and reports readiness only once every worker
 accepts connections with its store open.
@@ -13,11 +14,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import multiprocessing
 import os
-import signal
 import socket
-from multiprocessing.connection import wait as wait_any
 from typing import Any, Callable
 
 import uvicorn
@@ -25,6 +23,7 @@ import uvicorn
 from collab import guard
 from collab.config import Settings
 from collab.startup import Sources, StartupError, preflight
+from collab.supervisor import supervise
 
 log = logging.getLogger("collab.server")
 
@@ -198,9 +197,10 @@ def run(settings: Settings, app: ASGIApp | None = None, *, on_ready: Callable[[i
     every worker accepts connections. ``sources`` says which setting gave the
     port and the worker count, for those messages (default: read from the
     environment). With ``settings.workers > 1`` the socket is bound once and
-    shared by that many forked processes; each has its own guard, so per-IP
-    limits apply per process (a client may get up to ``workers`` times
-    ``conn_per_ip``).
+    shared by that many forked processes, kept at that number by
+    :mod:`collab.supervisor` (a worker that dies is replaced); each has its
+    own guard, so per-IP limits apply per process (a client may get up to
+    ``workers`` times ``conn_per_ip``).
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -211,29 +211,5 @@ def run(settings: Settings, app: ASGIApp | None = None, *, on_ready: Callable[[i
     if settings.workers <= 1:
         _worker(settings, app, sock, None if on_ready is None else (lambda: on_ready(port)))
         return
-    ctx = multiprocessing.get_context("fork")
-    events = [ctx.Event() for _ in range(settings.workers)]
-    procs = [ctx.Process(target=_worker, args=(settings, app, sock, ev.set), daemon=False) for ev in events]
-    for p in procs:
-        p.start()
-
-    def _forward(signum: int, _frame: Any) -> None:
-        for p in procs:
-            if p.pid is not None and p.is_alive():
-                os.kill(p.pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, _forward)
-    signal.signal(signal.SIGINT, _forward)
-    while not all(ev.is_set() for ev in events):
-        if any(p.exitcode is not None for p in procs):
-            _forward(signal.SIGTERM, None)
-            for p in procs:
-                p.join()
-            sock.close()
-            raise StartupError("a worker process stopped during start-up; the lines above say why")
-        wait_any([p.sentinel for p in procs], timeout=0.1)
-    if on_ready is not None:
-        on_ready(port)
-    for p in procs:
-        p.join()
-    sock.close()
+    supervise(settings.workers, sock, lambda ready: _worker(settings, app, sock, ready),
+              None if on_ready is None else (lambda: on_ready(port)))
