@@ -562,7 +562,7 @@ def test_pages_work_under_script_src_self(srv, pages, browser):
         page.route("**/", with_csp)
     page.goto(f"{srv.base_url}/d/{doc}")
     page.wait_for_selector(".cm-editor .cm-content")
-    page.wait_for_function("() => document.querySelector('#doc-name').textContent.length > 0")
+    page.wait_for_function("() => document.querySelector('#title-btn').textContent.length > 0")
     if "script-src 'self'" in served:
         wait_connected(page)
     page.goto(f"{srv.base_url}/")

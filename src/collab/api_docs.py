@@ -39,6 +39,10 @@ def _editor(app: "CollabApp", request: Request) -> str:
 async def delete(app: "CollabApp", request: Request) -> Response:
     """``DELETE /api/docs/{doc}``: its editors are closed with 4004, and it is purged after ``COLLAB_TRASH_DAYS``."""
     doc = _editor(app, request)
+    assert app.hub is not None
+    open_doc = app.hub.docs.get(doc)
+    if open_doc is not None and len(open_doc.text):  # the trash lists it by title: record its first heading now
+        await app._record_heading(doc, open_doc.text)
     when = await app.trash.delete(doc)
     if when is None:
         if app.trash.is_deleted(doc):
