@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LINK = re.compile(r"\]\(([^)\s]+)\)")
-SKIP = ("node_modules", "dist", ".git", "build")
+SKIP = ("node_modules", "dist", ".git", "build", ".venv")  # .venv: a virtualenv inside the checkout
 
 
 def markdown_files() -> list[Path]:
