@@ -52,7 +52,7 @@ export class DocActions {
   wire() {
     const { client } = this;
     client.on('ready', () => {
-      this.render();
+      this.readHeading(); // the text just arrived: at once, not after the typing delay
       this.fetchTitle();
     });
     client.on('role', () => this.render());
@@ -97,12 +97,13 @@ export class DocActions {
     if (this.timer !== null) return;
     this.timer = setTimeout(() => {
       this.timer = null;
-      const heading = firstHeading(this.head(HEAD_CHARS));
-      if (heading !== this.heading) {
-        this.heading = heading;
-        this.render();
-      }
+      this.readHeading();
     }, 250);
+  }
+
+  readHeading() {
+    this.heading = firstHeading(this.head(HEAD_CHARS));
+    this.render();
   }
 
   async fetchTitle() {
