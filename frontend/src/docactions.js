@@ -34,8 +34,7 @@ export class DocActions {
     this.input = $('title-input');
     this.menuBtn = $('doc-menu-btn');
     this.menu = $('doc-menu');
-    $('doc-name').textContent = docName;
-    $('doc-name').title = `Name: ${docName} (its address)`;
+    $('doc-name').textContent = docName; // in the document menu; the title's tooltip names it too
     this.wire();
     this.render();
   }
@@ -121,10 +120,10 @@ export class DocActions {
     this.btn.classList.toggle('untitled', !this.manual && !this.heading);
     const editable = this.editable;
     this.btn.disabled = !editable;
+    const name = shown === this.docName ? '' : ` (name: ${this.docName})`;
     this.btn.title = editable
-      ? `${shown}: click to edit the title${this.manual ? '' : ' (now the first heading)'}`
-      : shown;
-    $('doc-name').hidden = shown === this.docName;
+      ? `${shown}${name}: click to edit the title${this.manual ? '' : ', now its first heading'}`
+      : `${shown}${name}`;
     this.menuBtn.hidden = !editable;
     if (!editable) this.toggleMenu(false);
   }
