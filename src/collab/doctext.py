@@ -25,6 +25,20 @@ def utf8_len(s: str) -> int:
     return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
 
 
+def _byte_delta(before: str, op: ot.Operation) -> int:
+    """How many bytes of UTF-8 ``op`` (already checked against ``before``) adds: the cost of the edit, not the text."""
+    delta = pos = 0
+    for c in op:
+        if type(c) is str:
+            delta += utf8_len(c)
+        elif c > 0:  # type: ignore[operator]
+            pos += c  # type: ignore[operator]
+        elif c < 0:  # type: ignore[operator]
+            delta -= utf8_len(before[pos : pos - c])  # type: ignore[operator]
+            pos -= c  # type: ignore[operator]
+    return delta
+
+
 class DocText:
     """A document's text; :meth:`apply` edits it in place.
 
@@ -101,10 +115,11 @@ class DocText:
         """Apply ``op`` (its base length must be ``len(self)``)."""
         if self._chunks is None:
             assert self._str is not None
-            text = ot.apply(self._str, op)
+            before = self._str
+            text = ot.apply(before, op)
             self._str = text
             self._len = len(text)
-            self._bytes = utf8_len(text)  # a short text: O(1) when ASCII, a few microseconds otherwise
+            self._bytes = len(text) if text.isascii() else self._bytes + _byte_delta(before, op)
             if self._len > self._small:
                 self._to_chunks(text)
             return
