@@ -1,6 +1,8 @@
-"""Make docs/screenshot-home.png and docs/screenshot-share.png: the home page
-listing documents by title with the search field, and the editor's Share menu
-listing the document's links with Revoke.
+"""Make docs/screenshot-home.png, docs/screenshot-trash.png and
+docs/screenshot-share.png: the home page listing documents by title (one set
+by hand) with their size, Rename and Move to trash, and the search field; its
+Trash with Restore; and the editor's Share menu listing the document's links
+with Revoke.
 
 Starts a throwaway server with a secret (fresh data directory, ephemeral
 port), stores a few documents, mints a few links, and captures both pages.
@@ -28,6 +30,7 @@ DOCS = {
     "calm-heron-piqkbg": "Ideas without a heading yet.\n",
     "team-retro": "# Retrospective, week 49\n\nWhat went well.\n",
     "onboarding": "# Onboarding checklist\n\n- [ ] accounts\n",
+    "old-draft": "# Release plan 0.2 (draft)\n\nSuperseded.\n",
 }
 
 
@@ -40,6 +43,9 @@ def main(out_dir: Path) -> None:
         for doc, text in DOCS.items():
             httpx.put(f"{base}/api/docs/{doc}/text", content=text.encode(), headers=headers,
                       timeout=10).raise_for_status()
+        httpx.post(f"{base}/api/docs/team-retro/title", json={"title": "Team retro, week 49"}, headers=headers,
+                   timeout=10).raise_for_status()
+        httpx.delete(f"{base}/api/docs/old-draft", headers=headers, timeout=10).raise_for_status()
         grace = mint_token(SECRET, ["release-plan"], "edit", name="Grace Hopper")
         for role in ("read", "edit"):
             httpx.post(f"{base}/api/docs/release-plan/share", json={"role": role},
@@ -56,6 +62,10 @@ def main(out_dir: Path) -> None:
             page.wait_for_function("() => document.fonts.status === 'loaded'")
             page.screenshot(path=str(out_dir / "screenshot-home.png"))
             print("wrote", out_dir / "screenshot-home.png")
+            page.click("#trash-btn")
+            page.wait_for_selector("#trash-rows tr")
+            page.screenshot(path=str(out_dir / "screenshot-trash.png"))
+            print("wrote", out_dir / "screenshot-trash.png")
             page.goto(f"{base}/d/release-plan#token={quote(owner)}")
             page.wait_for_selector("#conn-status[data-state=connected]")
             page.click("#copy-link")

@@ -1,6 +1,6 @@
 """The smaller browser fixes of issue 24, each reproduced in Chromium against
 a real server: Backspace deletes a whole emoji with its skin tone; the home
-page labels document sizes as characters; at 390 px with four people the
+page's sizes are bytes (test_browser_docactions); at 390 px with four people the
 toolbar neither overflows nor clips your own avatar; a refused page says so
 instead of inviting to write, with Share and Download off; a private
 server's home page that gets 401 offers no "New document"; a long outage
@@ -50,20 +50,6 @@ def test_backspace_deletes_a_whole_emoji_sequence(srv, pages):
     a.keyboard.insert_text("e\u0301")
     a.keyboard.press("Backspace")
     assert text_of(a) == "hi e"
-
-
-def test_home_page_sizes_are_labelled_as_characters(srv, pages):
-    doc = new_doc()
-    text = "é😀" * 12_000  # 24,000 characters, 72,000 bytes of UTF-8
-    httpx.put(f"{srv.base_url}/api/docs/{doc}/text", content=text.encode(), timeout=10).raise_for_status()
-    home = pages.open(srv.base_url + "/", wait=False)
-    row = home.locator("#doc-rows tr", has=home.locator(f"a:text-is('{doc}')"))
-    row.wait_for()
-    assert home.locator("#doc-table th").nth(2).inner_text() == "Characters"
-    cell = row.locator("td").nth(2)
-    assert cell.inner_text() == "24K"
-    assert cell.get_attribute("title") == "24,000 characters"
-    assert "B" not in cell.inner_text()
 
 
 def test_toolbar_at_390px_with_four_people(srv, pages, browser):
@@ -236,7 +222,7 @@ def test_question_mark_opens_the_shortcuts_panel(srv, pages):
     a.keyboard.type("why?")  # in the text, "?" is just a character
     assert text_of(a) == "why?"
     assert not a.is_visible("#help-dialog")
-    a.click("#doc-name")  # focus leaves the text
+    a.click("#char-count")  # focus leaves the text
     a.keyboard.press("?")
     a.wait_for_selector("#help-dialog[open]")
     assert "Undo" in a.inner_text("#help-dialog")

@@ -60,6 +60,7 @@ def test_matches_ot_apply(case: tuple[str, list[ot.Operation]], chunk: int, smal
         expected = ot.apply(expected, op)
         doc.apply(op)
         assert len(doc) == len(expected)
+        assert doc.utf8_bytes == len(expected.encode()), "the byte count follows every edit"
         assert str(doc) == expected
 
 
@@ -140,6 +141,7 @@ def test_copy_is_independent(case: tuple[str, list[ot.Operation]], chunk: int, s
         saved.apply(op)
         expected = ot.apply(expected, op)
     assert str(saved) == expected == str(doc)
+    assert saved.utf8_bytes == len(expected.encode())
 
 
 @settings(max_examples=100, deadline=None)
@@ -158,5 +160,6 @@ def test_typing_near_the_last_edit(text: str, chunk: int, moves: list[tuple[int,
         doc.apply(op)
         expected = ot.apply(expected, op)
         assert len(doc) == len(expected)
+        assert doc.utf8_bytes == len(expected.encode()), "the fast path counts bytes too"
         caret += len(ins)
     assert str(doc) == expected

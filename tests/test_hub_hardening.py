@@ -41,7 +41,7 @@ class GatedStore(MemoryStore):
         self.load_gate: asyncio.Event | None = None
         self.loading = asyncio.Event()
 
-    async def append(self, doc, ops, size, snapshot=None):
+    async def append(self, doc, ops, size, snapshot=None, nbytes=None):
         if self.gate is not None:
             gate = self.gate
             self.waiting.set()
@@ -50,7 +50,7 @@ class GatedStore(MemoryStore):
                 self.fail = False
                 self.gate = None
                 raise OSError("disk full (simulated)")
-        return await super().append(doc, ops, size, snapshot)
+        return await super().append(doc, ops, size, snapshot, nbytes)
 
     async def load(self, doc, history_depth):
         if self.load_gate is not None:

@@ -6,6 +6,9 @@ PostgreSQL and Redis), real WebSockets, the real ``collab`` command.
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import pytest
 
 from collab.titles import MAX_TITLE, check_title, first_heading
@@ -144,3 +147,53 @@ async def test_a_rename_reaches_the_other_process(two_processes):  # noqa: F811
     conn, welcome = await connect(b.ws_url, "renamed", owner)
     assert welcome["rev"] == 1
     await conn.close()
+
+
+async def _title_msg(conn) -> dict:
+    """The next ``title`` message on ``conn`` (other messages are skipped)."""
+    while True:
+        msg = json.loads(await asyncio.wait_for(conn.recv(), 10))
+        if msg["type"] == "title":
+            return msg
+
+
+async def test_a_title_set_by_hand_is_read_and_announced_to_the_editors(srv):
+    s, owner = srv, mint(["*"])
+    await api("PUT", f"{s.base_url}/api/docs/fox/text", owner, content=TEXT.encode())
+    r = await api("GET", f"{s.base_url}/api/docs/fox/title", mint(["fox"], role="read"))
+    assert r.status_code == 200 and r.json() == {"id": "fox", "title": None}, "none by hand: the heading stands in"
+    conn, _ = await connect(s.ws_url, "fox", mint(["fox"], role="read"))
+    await api("POST", f"{s.base_url}/api/docs/fox/title", owner, json={"title": "Bau 🦊"})
+    assert await _title_msg(conn) == {"type": "title", "title": "Bau 🦊"}
+    assert (await api("GET", f"{s.base_url}/api/docs/fox/title", owner)).json()["title"] == "Bau 🦊"
+    await api("POST", f"{s.base_url}/api/docs/fox/title", owner, json={"title": ""})
+    assert await _title_msg(conn) == {"type": "title", "title": None}
+    await conn.close()
+    assert (await api("GET", f"{s.base_url}/api/docs/none/title", owner)).json()["title"] is None
+    await api("DELETE", f"{s.base_url}/api/docs/fox", owner)
+    assert (await api("GET", f"{s.base_url}/api/docs/fox/title", owner)).status_code == 404
+
+
+async def test_the_list_gives_bytes_of_utf8_and_the_callers_role(srv):
+    s, owner = srv, mint(["*"])
+    text = "# Füchse 🦊\n" + "中文 👋🏽 " * 100
+    await api("PUT", f"{s.base_url}/api/docs/fox/text", owner, content=text.encode())
+    await api("PUT", f"{s.base_url}/api/docs/fox/text", owner, content=(text + "é").encode())  # an edit, not a reload
+    rows = {d["id"]: d for d in (await api("GET", f"{s.base_url}/api/docs", owner)).json()}
+    assert rows["fox"]["size"] == len(text) + 1 and rows["fox"]["bytes"] == len((text + "é").encode())
+    assert rows["fox"]["role"] == "edit"
+    reader = mint(["fox"], role="read")
+    assert [d["role"] for d in (await api("GET", f"{s.base_url}/api/docs", reader)).json()] == ["read"]
+    await api("DELETE", f"{s.base_url}/api/docs/fox", owner)
+    trashed = (await api("GET", f"{s.base_url}/api/trash", reader)).json()
+    assert [(d["id"], d["bytes"], d["role"]) for d in trashed] == [("fox", len((text + "é").encode()), "read")]
+
+
+async def test_a_title_reaches_the_editors_of_the_other_process(two_processes):  # noqa: F811
+    a, b = two_processes
+    owner = mint(["*"])
+    await api("PUT", f"{a.base_url}/api/docs/notes/text", owner, content=TEXT.encode())
+    on_b, _ = await connect(b.ws_url, "notes", owner)
+    assert (await api("POST", f"{a.base_url}/api/docs/notes/title", owner, json={"title": "Füchse 🦊"})).status_code == 200
+    assert await _title_msg(on_b) == {"type": "title", "title": "Füchse 🦊"}
+    await on_b.close()

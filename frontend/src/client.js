@@ -214,6 +214,7 @@ export class SyncClient {
       case 'join': return this._peerJoin(msg);
       case 'leave': return this._peerLeave(msg);
       case 'error': return this._error(msg);
+      case 'title': return this.emit('title', typeof msg.title === 'string' ? msg.title : null);
       default: return undefined; // unknown message types are ignored (forward compatible)
     }
   }

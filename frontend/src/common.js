@@ -39,6 +39,14 @@ export function pageUrl(doc) {
   return withToken(path);
 }
 
+/** The home page (`view` "trash": its Trash), carrying the token the way this page got it. */
+export function homeUrl(view = null) {
+  const query = view ? `?view=${encodeURIComponent(view)}` : '';
+  const t = tokenSource();
+  if (t && t.where === 'fragment') return `/${query}#token=${encodeURIComponent(t.token)}`;
+  return withToken(`/${query}`);
+}
+
 export function wsUrl(doc) {
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
   return withToken(`${scheme}://${location.host}/ws/${encodeURIComponent(doc)}`);

@@ -30,7 +30,7 @@ import {
 import { deleteEmojiBackward } from './grapheme.js';
 import { HistoryPanel } from './histpanel.js';
 import { AuthorColours } from './authors.js';
-import { firstHeading, HEAD_CHARS } from './titles.js';
+import { DocActions } from './docactions.js';
 import {
   wsUrl, pageToken, loadUser, saveUser, safeColor, initials, el, PALETTE, DOC_NAME_RE, applyTheme, nextTheme, themeChoice,
 } from './common.js';
@@ -41,9 +41,6 @@ const $ = (id) => document.getElementById(id);
 const remoteEdit = Annotation.define();
 
 const docName = decodeURIComponent(location.pathname.replace(/^\/d\//, '').replace(/\/$/, ''));
-document.title = `${docName} · collab`;
-$('doc-name').textContent = docName;
-$('doc-name').title = docName;
 
 let user = loadUser();
 
@@ -156,17 +153,7 @@ function scheduleCursor() {
 // keystroke in a 2 MB document must not read 2 MB.
 let wordCount = 0;
 let preview = null; // the rendered view, once loaded (see setMode)
-// The tab shows the document's first heading (its default title), read from
-// the first HEAD_CHARS characters only, at most a few times a second.
-let tabTitleTimer = null;
-function scheduleTabTitle() {
-  if (tabTitleTimer !== null) return;
-  tabTitleTimer = setTimeout(() => {
-    tabTitleTimer = null;
-    const heading = firstHeading(view.state.doc.sliceString(0, HEAD_CHARS));
-    document.title = `${heading || docName} · collab`;
-  }, 250);
-}
+let docActions = null; // the title (header and tab) and the document menu, once the view exists
 
 const syncListener = EditorView.updateListener.of((update) => {
   for (const tr of update.transactions) {
@@ -182,7 +169,7 @@ const syncListener = EditorView.updateListener.of((update) => {
   if (update.docChanged || update.selectionSet) scheduleCursor();
   if (update.docChanged) {
     scheduleCounts();
-    scheduleTabTitle();
+    docActions.changed(); // the first heading may have changed
     if (preview) preview.changed();
   }
   if (update.selectionSet || update.docChanged) updateLineCol(update.state);
@@ -232,6 +219,12 @@ view = new EditorView({
 });
 
 authors.attach(view);
+
+docActions = new DocActions({
+  docName, token: pageToken(), client, toast,
+  head: (n) => view.state.doc.sliceString(0, n),
+  onClose: () => { if (mode !== 'view' && !view.state.readOnly) view.focus(); },
+});
 
 // Exposed for debugging and the browser tests (read-only use).
 window.collab = {
@@ -767,6 +760,7 @@ function showDenied(detail) {
     ],
   });
   closeMenus();
+  docActions.lock();
   shareBtn.disabled = true;
   shareBtn.title = 'No access: nothing to share';
   historyPanel.toggle(false);
@@ -833,6 +827,7 @@ $('history-btn').addEventListener('click', (e) => { e.stopPropagation(); history
 window.collab.history = historyPanel;
 $('authors-btn').addEventListener('click', () => authors.toggle());
 window.collab.authors = authors;
+window.collab.docActions = docActions;
 
 // ---- shortcuts panel and theme ------------------------------------------------------------
 const help = $('help-dialog');

@@ -3,7 +3,8 @@
 * ``DELETE /api/docs/{doc}``: into the trash (an edit token for it);
 * ``POST /api/trash/{doc}/restore``: out of the trash (an edit token for it);
 * ``GET /api/trash``: what is in the trash, of what the token reaches;
-* ``POST /api/docs/{doc}/title``: set the title, or go back to the first heading;
+* ``GET /api/docs/{doc}/title``: the title set by hand, if any (for the editor's tab);
+* ``POST /api/docs/{doc}/title``: set the title, or go back to the first heading (editors are told);
 * ``POST /api/docs/{doc}/rename``: a new name (an edit token for both); the old one redirects.
 """
 
@@ -20,7 +21,7 @@ from . import protocol
 from .api_tokens import BODY_BYTES
 from .httpbody import read_body
 from .lifecycle import DELETED_REASON, RENAMED_REASON
-from .protocol import CLOSE_NO_DOCUMENT
+from .protocol import CLOSE_NO_DOCUMENT, encode, title_msg
 from .titles import check_title
 
 if TYPE_CHECKING:
@@ -38,6 +39,10 @@ def _editor(app: "CollabApp", request: Request) -> str:
 async def delete(app: "CollabApp", request: Request) -> Response:
     """``DELETE /api/docs/{doc}``: its editors are closed with 4004, and it is purged after ``COLLAB_TRASH_DAYS``."""
     doc = _editor(app, request)
+    assert app.hub is not None
+    open_doc = app.hub.docs.get(doc)
+    if open_doc is not None and len(open_doc.text):  # the trash lists it by title: record its first heading now
+        await app._record_heading(doc, open_doc.text)
     when = await app.trash.delete(doc)
     if when is None:
         if app.trash.is_deleted(doc):
@@ -57,9 +62,10 @@ async def restore(app: "CollabApp", request: Request) -> Response:
 
 
 async def trash(app: "CollabApp", request: Request) -> Response:
-    """``GET /api/trash``: ``[{"id","rev","size","updated","deleted","purge_at"}]``, most recently deleted first."""
+    """``GET /api/trash``: ``[{"id","rev","size","bytes","updated","title","deleted","purge_at","role"}]``,
+    most recently deleted first (``role``: what the caller's token grants, so a page offers only what works)."""
     grant = app._grant(request, None)
-    rows = [dict(d.to_json(), purge_at=app.trash.purge_at(d.deleted or 0.0))
+    rows = [dict(d.to_json(), purge_at=app.trash.purge_at(d.deleted or 0.0), role=grant.role)
             for d in await app.trash.listing() if grant.allows(d.id)]
     return JSONResponse(rows, headers={"Cache-Control": "no-store"})
 
@@ -91,8 +97,26 @@ async def set_title(app: "CollabApp", request: Request) -> Response:
     assert app.store is not None
     if not await app.store.set_title(doc, title):
         raise HTTPException(404, f"no document {doc!r}: give it some text before a title")
+    _announce_title(app, doc, title)
     info = next((d for d in await app.documents() if d.id == doc), None)
     return JSONResponse({"id": doc, "title": info.title if info else title})
+
+
+async def get_title(app: "CollabApp", request: Request) -> Response:
+    """``GET /api/docs/{doc}/title``: ``{"id","title"}``, the title set by hand or ``null`` (a read token is enough)."""
+    doc, _ = app._live_doc(request)
+    assert app.store is not None
+    return JSONResponse({"id": doc, "title": await app.store.title(doc)}, headers={"Cache-Control": "no-store"})
+
+
+def _announce_title(app: "CollabApp", doc: str, title: str | None) -> None:
+    """Send ``{"type":"title"}`` to the document's editors here, and through the backplane to other processes'."""
+    assert app.hub is not None
+    open_doc = app.hub.docs.get(doc)
+    if open_doc is not None:
+        open_doc.broadcast(encode(title_msg(title)))
+    if app.hub.backplane is not None:
+        app.hub.backplane.publish(doc, {"t": "title", "title": title})
 
 
 async def rename(app: "CollabApp", request: Request) -> Response:

@@ -275,7 +275,7 @@ class CollabApp:
     async def list_docs(self, request: Request) -> Response:
         grant = self._grant(request, None)
         assert self.store is not None
-        return JSONResponse([d.to_json() for d in await self.documents() if grant.allows(d.id)])
+        return JSONResponse([dict(d.to_json(), role=grant.role) for d in await self.documents() if grant.allows(d.id)])
 
     async def _history(self, request: Request, read: Any) -> Response:
         """Answer a history request: ``read(doc, grant)`` returns the response; refusals become 400/404/410."""
@@ -415,6 +415,9 @@ class CollabApp:
     async def set_title(self, request: Request) -> Response:
         return await api_docs.set_title(self, request)
 
+    async def get_title(self, request: Request) -> Response:
+        return await api_docs.get_title(self, request)
+
     async def rename(self, request: Request) -> Response:
         return await api_docs.rename(self, request)
 
@@ -500,6 +503,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         Route("/api/trash/{doc}/restore", state.restore_doc, methods=["POST"]),
         Route("/api/trash", state.list_trash, methods=["GET"]),
         Route("/api/docs/{doc}/title", state.set_title, methods=["POST"]),
+        Route("/api/docs/{doc}/title", state.get_title, methods=["GET"]),
         Route("/api/docs/{doc}/rename", state.rename, methods=["POST"]),
         Route("/api/docs/{doc}/text", state.get_text, methods=["GET"]),
         Route("/api/docs/{doc}/text", state.put_text, methods=["PUT"]),

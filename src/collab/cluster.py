@@ -30,10 +30,11 @@ from .hubconfig import DocumentFailed, HubCounters
 from .metrics import ACK_LATENCY
 from .peer import Peer, RemotePeer
 from .protocol import (
-    Cursor, User, _cur, _usr, ack_msg, encode, error_msg, join_msg, leave_msg, op_msg, presence_msg,
+    Cursor, User, _cur, _usr, ack_msg, encode, error_msg, join_msg, leave_msg, op_msg, presence_msg, title_msg,
 )
 from .sequencer import reused
 from .store.base import Store, StoredOp
+from .titles import clean
 
 if TYPE_CHECKING:
     from .backplane import Backplane
@@ -132,6 +133,10 @@ class Replica:
                 self._take_op(item)
         elif kind in ("join", "leave", "presence") and isinstance(msg.get("client"), str):
             self.events.append(msg)
+        elif kind == "title":  # set by hand in another process: tell the editors here at once
+            title = msg.get("title")
+            self.doc.broadcast(encode(title_msg(clean(title) or None if isinstance(title, str) else None)))
+            return False
         else:
             return False
         return True

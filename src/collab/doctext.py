@@ -20,6 +20,25 @@ from __future__ import annotations
 from . import ot
 
 
+def utf8_len(s: str) -> int:
+    """``len(s.encode())`` (lone surrogates count 3, as ``surrogatepass`` writes them); O(1) for ASCII."""
+    return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
+
+
+def _byte_delta(before: str, op: ot.Operation) -> int:
+    """How many bytes of UTF-8 ``op`` (already checked against ``before``) adds: the cost of the edit, not the text."""
+    delta = pos = 0
+    for c in op:
+        if type(c) is str:
+            delta += utf8_len(c)
+        elif c > 0:  # type: ignore[operator]
+            pos += c  # type: ignore[operator]
+        elif c < 0:  # type: ignore[operator]
+            delta -= utf8_len(before[pos : pos - c])  # type: ignore[operator]
+            pos -= c  # type: ignore[operator]
+    return delta
+
+
 class DocText:
     """A document's text; :meth:`apply` edits it in place.
 
@@ -36,12 +55,15 @@ class DocText:
     #: Target chunk size in code points; a chunk is split past ``2 * CHUNK``.
     CHUNK = 2048
 
-    __slots__ = ("_str", "_chunks", "_tree", "_top", "_len", "_small", "_chunk", "_hint", "_hint_start", "_pending")
+    __slots__ = ("_str", "_chunks", "_tree", "_top", "_len", "_bytes", "_small", "_chunk", "_hint", "_hint_start",
+                 "_pending")
 
     def __init__(self, text: str = "", *, small: int | None = None, chunk: int | None = None) -> None:
         self._small = self.SMALL if small is None else small
         self._chunk = max(1, self.CHUNK if chunk is None else chunk)
         self._len = len(text)
+        #: Its length in UTF-8 bytes, kept up to date by each edit (for the document list).
+        self._bytes = utf8_len(text)
         #: The whole text, when known: the representation in small mode, a cache otherwise.
         self._str: str | None = text
         #: ``None`` in small mode, else the chunks (none of them empty).
@@ -62,6 +84,11 @@ class DocText:
 
     def __len__(self) -> int:
         return self._len
+
+    @property
+    def utf8_bytes(self) -> int:
+        """The text's length in bytes of UTF-8, without encoding it (each edit counts what it changes)."""
+        return self._bytes
 
     def __str__(self) -> str:
         s = self._str
@@ -88,9 +115,11 @@ class DocText:
         """Apply ``op`` (its base length must be ``len(self)``)."""
         if self._chunks is None:
             assert self._str is not None
-            text = ot.apply(self._str, op)
+            before = self._str
+            text = ot.apply(before, op)
             self._str = text
             self._len = len(text)
+            self._bytes = len(text) if text.isascii() else self._bytes + _byte_delta(before, op)
             if self._len > self._small:
                 self._to_chunks(text)
             return
@@ -156,6 +185,7 @@ class DocText:
         size = len(piece) - dl + len(ins)
         if size <= 0 or size > 2 * self._chunk:
             return False
+        self._bytes += utf8_len(ins) - (utf8_len(piece[off : off + dl]) if dl else 0)
         chunks[i] = piece[:off] + ins + piece[off + dl :]
         delta = len(ins) - dl
         self._pending += delta
@@ -177,6 +207,7 @@ class DocText:
         other._small = self._small
         other._chunk = self._chunk
         other._len = self._len
+        other._bytes = self._bytes
         other._str = self._str
         other._chunks = None if self._chunks is None else list(self._chunks)
         other._tree = None if self._tree is None else list(self._tree)
@@ -286,6 +317,7 @@ class DocText:
         chunks = self._chunks
         assert chunks is not None
         self._len += len(s)
+        self._bytes += utf8_len(s)
         if not chunks:
             chunks.extend(self._split(s))
             self._invalidate()
@@ -320,6 +352,7 @@ class DocText:
                 off = 0
                 continue
             take = min(n, len(piece) - off)
+            self._bytes -= utf8_len(piece[off : off + take])
             if off == 0 and take == len(piece):
                 chunks[i] = ""
                 emptied = True

@@ -348,7 +348,8 @@ class Document:
             return None
         try:  # any other store: write and wait, then settle the flight as a pipelined one is
             if new:
-                await self.store.append(self.id, new, len(self.seq.text), self._snapshot_due())
+                text = self.seq.text
+                await self.store.append(self.id, new, len(text), self._snapshot_due(), text.utf8_bytes)
         except BaseException as exc:  # cancelled too: the outcome is unknown, so nothing is acknowledged
             flight.error = exc
         flight.done = True
@@ -385,8 +386,8 @@ class Document:
         """
         loop = asyncio.get_running_loop()
         if flight.new:
-            flight.commit = self.store.start_append(
-                self.id, flight.new, len(self.seq.text), self._snapshot_due(), on_done=self._landed)
+            flight.commit = self.store.start_append(self.id, flight.new, len(self.seq.text), self._snapshot_due(),
+                                                    on_done=self._landed, nbytes=self.seq.text.utf8_bytes)
         else:
             flight.done = True
             loop.call_soon(self._landed)

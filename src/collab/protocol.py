@@ -375,6 +375,11 @@ def presence_msg(client: str, rev: int, cursor: Cursor | None, user: User | None
     return {"type": "presence", "client": client, "rev": rev, "cursor": _cur(cursor), "user": _usr(user)}
 
 
+def title_msg(title: str | None) -> dict[str, Any]:
+    """The document's title set by hand (``None``: none, its first heading stands in), changed just now."""
+    return {"type": "title", "title": title}
+
+
 def error_msg(code: str, message: str, id: str | None = None) -> dict[str, Any]:
     msg: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if id is not None:

@@ -94,9 +94,11 @@ class DocInfo:
     updated: float
     deleted: float | None = None  # in the trash since (Unix time)
     title: str | None = None  # set by hand, else the first heading as last recorded
+    nbytes: int | None = None  # the length in bytes of UTF-8; None until its first append since the upgrade
 
     def to_json(self) -> dict:
-        out = {"id": self.id, "rev": self.rev, "size": self.size, "updated": self.updated, "title": self.title}
+        out = {"id": self.id, "rev": self.rev, "size": self.size, "bytes": self.nbytes, "updated": self.updated,
+               "title": self.title}
         if self.deleted is not None:
             out["deleted"] = self.deleted
         return out
@@ -161,23 +163,26 @@ class Store(abc.ABC):
         """The document's current text and revision, with up to ``history_depth`` recent ops."""
 
     @abc.abstractmethod
-    async def append(self, doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None = None) -> None:
+    async def append(self, doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None = None,
+                     nbytes: int | None = None) -> None:
         """Durably append ``ops`` (consecutive revisions) before returning.
 
-        ``size`` is the document's length after the last op, for the list;
+        ``size`` is the document's length after the last op in code points,
+        ``nbytes`` in bytes of UTF-8 (``None``: unknown), for the list;
         ``snapshot`` is ``(rev, text)`` to store as a new snapshot. Raises
         :class:`RevisionConflict` if one of the revisions is already taken.
         """
 
     def start_append(self, doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None = None,
-                     on_done: "Callable[[asyncio.Future[None]], object] | None" = None) -> "asyncio.Future[None]":
+                     on_done: "Callable[[asyncio.Future[None]], object] | None" = None,
+                     nbytes: int | None = None) -> "asyncio.Future[None]":
         """Start :meth:`append` and return its future at once.
 
         ``on_done(future)`` is called once the future is done: as one of its
         done callbacks here; a pipelined store may call it sooner, straight
         from where it settles the future.
         """
-        fut = asyncio.ensure_future(self.append(doc, ops, size, snapshot))
+        fut = asyncio.ensure_future(self.append(doc, ops, size, snapshot, nbytes))
         if on_done is not None:
             fut.add_done_callback(on_done)
         return fut
@@ -303,6 +308,10 @@ class Store(abc.ABC):
 
     async def set_heading(self, doc: str, heading: str | None) -> None:
         """Record ``doc``'s first heading (the title when none was set by hand)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no titles")
+
+    async def title(self, doc: str) -> str | None:
+        """``doc``'s title set by hand, ``None`` if none (its first heading stands in)."""
         raise NotImplementedError(f"{type(self).__name__} keeps no titles")
 
     async def rename(self, old: str, new: str) -> str:

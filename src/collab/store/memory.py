@@ -42,7 +42,8 @@ class MemoryStore(Store):
             rev = entry.rev
         return DocState(rev, text, [o for o in ops[max(0, rev - history_depth):] if o is not None])
 
-    async def append(self, doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None = None) -> None:
+    async def append(self, doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None = None,
+                     nbytes: int | None = None) -> None:
         log = self._ops.setdefault(doc, [])
         if ops[0].rev != len(log) + 1:
             raise RevisionConflict(f"{doc}: expected rev {len(log) + 1}, got {ops[0].rev}")
@@ -65,7 +66,7 @@ class MemoryStore(Store):
                 revs.append(snapshot[0])
                 texts.append(snapshot[1])
                 runs.append(None)
-        self._info[doc] = DocInfo(doc, ops[-1].rev, size, time.time())
+        self._info[doc] = DocInfo(doc, ops[-1].rev, size, time.time(), nbytes=nbytes)
 
     async def find_op(self, doc: str, op_id: str) -> int | None:
         return self._ids.get(doc, {}).get(op_id)
@@ -197,6 +198,9 @@ class MemoryStore(Store):
         else:
             self._titles[doc] = title
         return True
+
+    async def title(self, doc: str) -> str | None:
+        return self._titles.get(doc)
 
     async def set_heading(self, doc: str, heading: str | None) -> None:
         if doc in self._info:

@@ -31,7 +31,7 @@ from .postgres_history import PostgresHistory
 
 
 #: The schema version this code writes; :meth:`PostgresStore.open` migrates older ones.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Statements creating each version from the one before, in order.
 MIGRATIONS: dict[int, list[str]] = {
@@ -130,6 +130,8 @@ MIGRATIONS: dict[int, list[str]] = {
             renamed DOUBLE PRECISION NOT NULL
         )""",
     ],
+    # The length in bytes of UTF-8, for the list; NULL until the document's next append.
+    5: ["ALTER TABLE collab_docs ADD COLUMN IF NOT EXISTS bytes BIGINT"],
 }
 
 
@@ -176,20 +178,21 @@ SELECT EXISTS (SELECT 1 FROM moved) AS ok
 """
 _NO_ID_APPLIED = "NOT EXISTS (SELECT 1 FROM collab_op_ids WHERE doc = $1 AND op_id = ANY($8::text[]))"
 APPEND = (
-    f"WITH moved AS (UPDATE collab_docs SET rev = $2, size = $3, updated = $4, {_SESSION_SET} "
+    f"WITH moved AS (UPDATE collab_docs SET rev = $2, size = $3, bytes = $18::bigint, updated = $4, {_SESSION_SET} "
     f"WHERE id = $1 AND rev = $5 AND {_NO_ID_APPLIED} RETURNING 1)" + _APPEND_REST
 )
 #: The first append of a document creates its row (or moves the row ``exclusive`` left at 0).
 APPEND_NEW = (
-    "WITH moved AS (INSERT INTO collab_docs (id, rev, size, created, updated, s_first, s_start, s_end, s_authors, "
-    "s_ins, s_del) VALUES ($1, $2, $3, $4, $4, $5 + 1, $4, $4, $15::int[], $16, $17::bigint) "
-    f"ON CONFLICT (id) DO UPDATE SET rev = EXCLUDED.rev, size = EXCLUDED.size, updated = EXCLUDED.updated, {_SESSION_SET} "
+    "WITH moved AS (INSERT INTO collab_docs (id, rev, size, bytes, created, updated, s_first, s_start, s_end, "
+    "s_authors, s_ins, s_del) VALUES ($1, $2, $3, $18::bigint, $4, $4, $5 + 1, $4, $4, $15::int[], $16, $17::bigint) "
+    "ON CONFLICT (id) DO UPDATE SET rev = EXCLUDED.rev, size = EXCLUDED.size, bytes = EXCLUDED.bytes, "
+    f"updated = EXCLUDED.updated, {_SESSION_SET} "
     f"WHERE collab_docs.rev = $5 AND {_NO_ID_APPLIED} RETURNING 1)" + _APPEND_REST
 )
 
 
 def _append_args(doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None,
-                 authors: list[int], gap: float) -> tuple:
+                 authors: list[int], gap: float, nbytes: int | None = None) -> tuple:
     """The parameters of :data:`APPEND` for one append (``authors``: each op's author id)."""
     last = ops[-1].rev
     snap_rev, snap_text = (snapshot[0], snapshot[1].encode()) if snapshot is not None else (None, None)
@@ -201,7 +204,7 @@ def _append_args(doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, 
         dels += d
     return (doc, last, size, time.time(), ops[0].rev - 1, [o.rev for o in ops], [_dumps(o.op) for o in ops],
             [o.id for o in ops], [o.client for o in ops], snap_rev, snap_text, every, authors, gap,
-            list(dict.fromkeys(authors)), ins, dels)
+            list(dict.fromkeys(authors)), ins, dels, nbytes)
 
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -338,22 +341,23 @@ class PostgresStore(Store):
                 finally:
                     self._held.pop(doc, None)
 
-    async def append(self, doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None = None) -> None:
+    async def append(self, doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None = None,
+                     nbytes: int | None = None) -> None:
         held = self._held.get(doc)
         if held is not None:  # inside exclusive(): part of its transaction
-            await self._append_held(held, doc, ops, size, snapshot)
+            await self._append_held(held, doc, ops, size, snapshot, nbytes)
             return
         authors = await self._history.author_ids(ops)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((_append_args(doc, ops, size, snapshot, authors, self.session_gap), fut))
+        self._pending.append((_append_args(doc, ops, size, snapshot, authors, self.session_gap, nbytes), fut))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
         await fut
 
     async def _append_held(self, conn: Any, doc: str, ops: list[StoredOp], size: int,
-                           snapshot: tuple[int, str] | None) -> None:
+                           snapshot: tuple[int, str] | None, nbytes: int | None = None) -> None:
         authors = await self._history.author_ids(ops)
-        args = _append_args(doc, ops, size, snapshot, authors, self.session_gap)
+        args = _append_args(doc, ops, size, snapshot, authors, self.session_gap, nbytes)
         # No savepoint needed: under the row lock the guards answer "not ok" instead of raising.
         ok = await conn.fetchval(APPEND_NEW if ops[0].rev == 1 else APPEND, *args)
         if not ok:
@@ -539,6 +543,9 @@ class PostgresStore(Store):
         status = await self.pool.execute("UPDATE collab_docs SET title = $2 WHERE id = $1 AND rev > 0", doc, title)
         return status != "UPDATE 0"
 
+    async def title(self, doc: str) -> str | None:
+        return await self.pool.fetchval("SELECT title FROM collab_docs WHERE id = $1", doc)
+
     async def set_heading(self, doc: str, heading: str | None) -> None:
         await self.pool.execute(
             "UPDATE collab_docs SET heading = $2 WHERE id = $1 AND heading IS DISTINCT FROM $2", doc, heading)
@@ -573,6 +580,6 @@ class PostgresStore(Store):
 
 
 _CRED_COLUMNS = "id, doc, role, issued, expires, name, revoked, seq"
-_DOC_COLUMNS = "id, rev, size, updated, deleted, coalesce(title, heading)"
+_DOC_COLUMNS = "id, rev, size, updated, deleted, coalesce(title, heading), bytes"
 _DOC_TABLES = ("collab_ops", "collab_op_ids", "collab_snapshots", "collab_checkpoints", "collab_sessions",
                "collab_credentials")

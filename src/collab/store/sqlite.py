@@ -272,7 +272,8 @@ class SqliteStore(Store):
     # -- writes -------------------------------------------------------------
 
     def start_append(self, doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None = None,
-                     on_done: Callable[[asyncio.Future[None]], object] | None = None) -> asyncio.Future[None]:
+                     on_done: Callable[[asyncio.Future[None]], object] | None = None,
+                     nbytes: int | None = None) -> asyncio.Future[None]:
         """Queue an append; the future resolves once it is durable (or fails with its error).
 
         No task per append: the future is settled, and ``on_done(future)``
@@ -284,14 +285,15 @@ class SqliteStore(Store):
         """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        self._pending.append(Append(doc, ops, size, snapshot, fut, on_done))
+        self._pending.append(Append(doc, ops, size, snapshot, fut, on_done, nbytes=nbytes))
         if not self._committing:
             self._committing = True
             loop.call_soon(self._commit_pending)
         return fut
 
-    async def append(self, doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None = None) -> None:
-        await self.start_append(doc, ops, size, snapshot)
+    async def append(self, doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None = None,
+                     nbytes: int | None = None) -> None:
+        await self.start_append(doc, ops, size, snapshot, nbytes=nbytes)
 
     def _commit_pending(self) -> None:
         """Commit everything pending as one transaction; settle it once it is durable."""
@@ -572,6 +574,9 @@ class SqliteStore(Store):
 
     async def set_title(self, doc: str, title: str | None) -> bool:
         return await self._meta(meta.set_title, doc, title)
+
+    async def title(self, doc: str) -> str | None:
+        return await self._meta(meta.title, doc)
 
     async def set_heading(self, doc: str, heading: str | None) -> None:
         await self._meta(meta.set_heading, doc, heading)

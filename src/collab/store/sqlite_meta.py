@@ -75,7 +75,7 @@ def set_deleted(db: sqlite3.Connection, doc: str, when: float | None) -> bool:
 
 
 #: The columns of a :class:`DocInfo`, the title being the one set by hand or else the heading.
-DOC_COLUMNS = "id, rev, size, updated, deleted, coalesce(title, heading)"
+DOC_COLUMNS = "id, rev, size, updated, deleted, coalesce(title, heading), bytes"
 
 
 def trash(db: sqlite3.Connection) -> list[DocInfo]:
@@ -98,6 +98,11 @@ DOC_TABLES = ("log", "op_ids", "snapshots", "checkpoints", "sessions", "credenti
 
 def set_title(db: sqlite3.Connection, doc: str, title: str | None) -> bool:
     return _write(db, [("UPDATE docs SET title = ? WHERE id = ?", (title, doc))]) > 0
+
+
+def title(db: sqlite3.Connection, doc: str) -> str | None:
+    row = db.execute("SELECT title FROM docs WHERE id = ?", (doc,)).fetchone()
+    return row[0] if row else None
 
 
 def set_heading(db: sqlite3.Connection, doc: str, heading: str | None) -> None:

@@ -87,12 +87,14 @@ CREATE TABLE IF NOT EXISTS snapshots (
 #: The schema's version, in ``PRAGMA user_version``. Version 1 files (an ``ops`` table
 #: with a row per op) are moved into ``log`` when opened; version 2 files (a compacted
 #: log, no authors or times) gain the history tables; version 3 files gain the lifecycle
-#: tables (share links, revocations, trash, titles, renames); see :func:`migrate`.
-VERSION = 4
+#: tables (share links, revocations, trash, titles, renames); version 4 files gain
+#: ``docs.bytes``; see :func:`migrate`.
+VERSION = 5
 INSERT_LOG = "INSERT INTO log (doc, rev, first, ops, at) VALUES (?, ?, ?, ?, ?)"
 UPSERT_DOC = (
-    "INSERT INTO docs (id, rev, size, created, updated, session) VALUES (?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT(id) DO UPDATE SET rev = excluded.rev, size = excluded.size, updated = excluded.updated, "
+    "INSERT INTO docs (id, rev, size, bytes, created, updated, session) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(id) DO UPDATE SET rev = excluded.rev, size = excluded.size, bytes = excluded.bytes, "
+    "updated = excluded.updated, "
     "session = excluded.session"
 )
 #: The rows of a document's log whose op ids are not in ``op_ids`` (parameters: doc, doc).
@@ -244,6 +246,8 @@ def migrate(db: sqlite3.Connection) -> None:
             _start_history(db)
         if version < 4:
             _add_lifecycle(db)
+        if version < 5:  # the length in bytes of UTF-8, for the list; NULL until the document's next append
+            db.execute("ALTER TABLE docs ADD COLUMN bytes INTEGER")
         db.execute(f"PRAGMA user_version = {VERSION}")
         db.execute("COMMIT")
     except BaseException:

@@ -66,6 +66,8 @@ class Append:
     rows: list[tuple[str, int, int, str, float]] | None = None
     #: Each op's author id (a row of ``authors``), once known.
     authors: list[int] | None = None
+    #: The document's length in bytes of UTF-8 after the last op (None: unknown).
+    nbytes: int | None = None
 
 
 class GroupWrite:
@@ -201,14 +203,14 @@ class GroupWrite:
         db.executemany(INSERT_LOG, rows)
         for a in batch:
             written.setdefault(a.doc, []).append(a.ops)
-        last: dict[str, tuple[str, int, int, float, float, str]] = {}
+        last: dict[str, tuple[str, int, int, int | None, float, float, str]] = {}
         for a in batch:
             assert a.authors is not None
             opened, closed = history.advance(sessions.get(a.doc), a.ops, a.authors, now, self.session_gap)
             if closed is not None:
                 db.execute(INSERT_SESSION, session_row(a.doc, closed))
             sessions[a.doc] = opened
-            last[a.doc] = (a.doc, a.ops[-1].rev, a.size, now, now, dump_session(opened))
+            last[a.doc] = (a.doc, a.ops[-1].rev, a.size, a.nbytes, now, now, dump_session(opened))
         db.executemany(UPSERT_DOC, list(last.values()))
         # About what the WAL grows by: the rows, and a page or so per document and for the commit.
         self.wal_bytes += sum(len(r[3]) for r in rows) + 4096 * (1 + len(last))
