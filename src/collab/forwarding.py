@@ -90,8 +90,8 @@ class Forwarder:
         self.send = send
         #: The owner's process id; ``None``: this process orders the document's submits itself.
         self.owner: str | None = None
-        #: Forwarded and not yet answered, in the order they were submitted.
-        self.awaiting: list[Item] = []
+        #: Forwarded and not yet answered, by op id (a resend joins its first copy), oldest first.
+        self.awaiting: dict[str, list[Item]] = {}
         #: When the oldest of :attr:`awaiting` was last sent (loop time).
         self.sent_at = 0.0
 
@@ -102,7 +102,13 @@ class Forwarder:
         if out:
             if not self.awaiting:
                 self.sent_at = asyncio.get_running_loop().time()
-            self.awaiting.extend(out)
+            awaiting = self.awaiting
+            for item in out:
+                same = awaiting.get(item.sub.id)
+                if same is None:
+                    awaiting[item.sub.id] = [item]
+                else:
+                    same.append(item)
             self._send(out)
         return keep
 
@@ -114,24 +120,24 @@ class Forwarder:
 
     def answered(self, op_id: str) -> list[Item]:
         """Take the waiting submits of op ``op_id`` (its commit or its refusal arrived)."""
-        if not any(item.sub.id == op_id for item in self.awaiting):
-            return []
-        taken = [item for item in self.awaiting if item.sub.id == op_id]
-        self.awaiting = [item for item in self.awaiting if item.sub.id != op_id]
-        return taken
+        return self.awaiting.pop(op_id, [])
 
     def resend(self, owner: str) -> None:
         """Send everything waiting to ``owner`` (the document's owner changed, or it did not answer)."""
         self.owner = owner
         if self.awaiting:
             self.sent_at = asyncio.get_running_loop().time()
-            self._send(self.awaiting)
+            self._send(self._waiting())
 
     def take_back(self) -> list[Item]:
         """Stop forwarding: everything waiting, to be ordered here."""
         self.owner = None
-        items, self.awaiting = self.awaiting, []
+        items = self._waiting()
+        self.awaiting = {}
         return items
+
+    def _waiting(self) -> list[Item]:
+        return [item for same in self.awaiting.values() for item in same]
 
     def overdue(self, now: float, after: float) -> bool:
         """Whether submits have waited for the owner longer than ``after`` seconds."""
