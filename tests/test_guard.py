@@ -795,11 +795,6 @@ async def test_real_app_behind_the_guard_acks_and_rate_limits(tmp_path: Path) ->
             w.close()
 
 
-if __name__ == "__main__":
-    _server_main(json.loads(sys.argv[1]))
-
-
-
 async def test_read_gate_holds_readers_past_a_turns_allowance_and_resumes_the_oldest_first() -> None:
     from collab.metrics import COUNTERS
     from collab.transport import ReadGate
@@ -833,3 +828,7 @@ async def test_read_gate_holds_readers_past_a_turns_allowance_and_resumes_the_ol
     assert resumed == [2, 4, 5, 6]
     await asyncio.sleep(0)
     assert gate.charge(100)  # nothing waits: a small read goes through
+
+
+if __name__ == "__main__":
+    _server_main(json.loads(sys.argv[1]))
