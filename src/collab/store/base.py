@@ -246,6 +246,11 @@ class Store(abc.ABC):
         returns how many sessions were thinned (``COLLAB_HISTORY_RETAIN``)."""
         return 0
 
+    async def maintain(self) -> int:
+        """Bring the history's upkeep up to date now (authorship runs at checkpoints, packing where the
+        store packs); returns how many ops were packed. Stores also do this by themselves."""
+        return 0
+
     async def ping(self) -> None:
         """Raise if the store cannot serve (used by ``/healthz``)."""
 
