@@ -160,6 +160,7 @@ class SqliteStore(Store):
         self._maint_work = True
         self._maint_commits = 0
         self._maint_timer: asyncio.TimerHandle | None = None
+        self._upkept_waiters: list[asyncio.Future[None]] = []
 
     # -- plumbing ---------------------------------------------------------
 
@@ -476,6 +477,10 @@ class SqliteStore(Store):
             self._maint_work = False
         elif work.result() is None:
             self._maint_work = False
+            waiters, self._upkept_waiters = self._upkept_waiters, []
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
         else:
             assert self._write is not None
             self._write.wal_bytes += 4096 + 32 * work.result()
@@ -483,6 +488,13 @@ class SqliteStore(Store):
             self._maintenance_step()
         else:
             self._commit_pending()
+
+    async def upkept(self) -> None:
+        """Return once the store's own maintenance steps found nothing left to do (for tests)."""
+        while self.auto_maintain and self._maint_work and self._failed is None:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._upkept_waiters.append(waiter)
+            await waiter
 
     async def maintain(self) -> int:
         """Maintain the history to the end now: how many ops were packed (tests and benchmarks;
