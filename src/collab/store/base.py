@@ -207,7 +207,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def ops_since(self, doc: str, rev: int) -> list[StoredOp]:
-        """Every kept operation after ``rev``, ascending (for filling gaps)."""
+        """Every kept operation after ``rev``, ascending (for filling gaps). Ops of packed history
+        (behind what loading and resuming read) come without their ``id``: look ids up with :meth:`find_op`."""
 
     @abc.abstractmethod
     async def list_docs(self) -> list[DocInfo]:
