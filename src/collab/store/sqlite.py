@@ -50,6 +50,7 @@ from .base import Credential, DocInfo, DocState, Store, StoredOp, StoreFailed, r
 from .opindex import OpIdIndex, lookup
 from .sqlite_history import SqliteHistory
 from .sqlite_schema import log_after, migrate, sync_files
+from .sqlite_upkeep import SqliteUpkeep
 from .sqlite_write import Append, GroupWrite
 from .walsync_client import WalSync
 
@@ -64,7 +65,7 @@ def _call_soon_threadsafe(loop: asyncio.AbstractEventLoop, fn: Callable[..., obj
         pass
 
 
-class SqliteStore(Store):
+class SqliteStore(SqliteUpkeep, Store):
     """Documents in one SQLite database file at ``path``.
 
     The commit pipeline relies on these ordering rules (asserted where they
@@ -107,11 +108,6 @@ class SqliteStore(Store):
     #: A document with more compacted ids than this when first written gets no id
     #: filter (building one takes time on the store's thread and memory per id).
     FILTER_BUILD_MAX = 20_000
-    #: Seconds without a commit after which the store's thread maintains the history
-    #: (packs old ops, stores checkpoints' authorship: see :meth:`SqliteHistory.maintain_step`).
-    MAINTAIN_IDLE = 1.0
-    #: A store never idle that long still takes a maintenance step every this many commits.
-    MAINTAIN_COMMITS = 1000
 
     def __init__(self, path: str, history_depth: int = 1000, synchronous: str = "FULL",
                  fsync_timeout: float = 10.0, session_gap: float = history.SESSION_GAP,
@@ -440,78 +436,6 @@ class SqliteStore(Store):
         if work.exception() is not None:  # the next one may succeed; the WAL only grows meanwhile
             log.warning("a WAL checkpoint failed: %s", work.exception())
         self._commit_pending()
-
-    # -- history maintenance (between commits, on the store's thread) --------------------
-
-    def _schedule_maintenance(self) -> None:
-        """Take a maintenance step once no commit has started for :attr:`MAINTAIN_IDLE` seconds."""
-        if not self.auto_maintain or not self._maint_work or self._maint_timer is not None or self._failed is not None:
-            return
-        assert self._loop is not None
-        self._maint_timer = self._loop.call_later(self.MAINTAIN_IDLE, self._maintenance_due, self._started)
-
-    def _maintenance_due(self, started: int) -> None:
-        self._maint_timer = None
-        if self._committing:  # the commit's end schedules it again
-            return
-        if self._started != started or self._executor is None:
-            self._schedule_maintenance()
-            return
-        self._committing = True
-        self._maintenance_step()
-
-    def _maintenance_step(self) -> None:
-        """One step on the store's thread while appends queue (as behind a commit), then the next
-        step at once if none queued meanwhile, else the queued commit."""
-        assert self._committing and self._settled == self._started and self._failed is None
-        self._maint_commits = 0
-        self._on_thread(self._maintained, self._maintain_sync)
-
-    def _maintain_sync(self) -> int | None:
-        return self._history.maintain_step(self._thread_db())
-
-    def _maintained(self, work: concurrent.futures.Future) -> None:
-        error = work.exception()
-        if error is not None:
-            log.warning("maintaining the history failed (%s); trying again after the next checkpoint", error)
-            self._maint_work = False
-        elif work.result() is None:
-            self._maint_work = False
-            waiters, self._upkept_waiters = self._upkept_waiters, []
-            for w in waiters:
-                if not w.done():
-                    w.set_result(None)
-        else:
-            assert self._write is not None
-            self._write.wal_bytes += 4096 + 32 * work.result()
-        if self._maint_work and not self._pending and self._executor is not None:
-            self._maintenance_step()
-        else:
-            self._commit_pending()
-
-    async def upkept(self) -> None:
-        """Return once the store's own maintenance steps found nothing left to do (for tests)."""
-        while self.auto_maintain and self._maint_work and self._failed is None:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._upkept_waiters.append(waiter)
-            await waiter
-
-    async def maintain(self) -> int:
-        """Maintain the history to the end now: how many ops were packed (tests and benchmarks;
-        the store takes these steps by itself when idle)."""
-        total = 0
-        while True:
-            await self._idle()
-            self._raise_if_failed()
-            self._committing = True
-            try:
-                got = await self._run(self._maintain_sync)
-            finally:
-                self._commit_pending()
-            if got is None:
-                self._maint_work = False
-                return total
-            total += got
 
     def _wake_idle(self) -> None:
         waiters, self._idle_waiters = self._idle_waiters, []
