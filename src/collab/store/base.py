@@ -212,7 +212,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def ops_since(self, doc: str, rev: int) -> list[StoredOp]:
-        """Every kept operation after ``rev``, ascending (for filling gaps)."""
+        """Every kept operation after ``rev``, ascending (for filling gaps). Ops of packed history
+        (behind what loading and resuming read) come without their ``id``: look ids up with :meth:`find_op`."""
 
     @abc.abstractmethod
     async def list_docs(self) -> list[DocInfo]:
@@ -249,6 +250,11 @@ class Store(abc.ABC):
     async def thin(self, before: float) -> int:
         """Thin the history of sessions that ended before ``before`` (Unix time) to one checkpoint each;
         returns how many sessions were thinned (``COLLAB_HISTORY_RETAIN``)."""
+        return 0
+
+    async def maintain(self) -> int:
+        """Bring the history's upkeep up to date now (authorship runs at checkpoints, packing where the
+        store packs); returns how many ops were packed. Stores also do this by themselves."""
         return 0
 
     async def ping(self) -> None:

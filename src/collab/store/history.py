@@ -13,6 +13,7 @@ checkpoint at its last revision, never less.
 from __future__ import annotations
 
 import bisect
+import re
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Iterable
 
 from .. import ot
 from ..doctext import DocText
-from .base import StoredOp
+from .base import StoredOp, dump_op, load_op
 
 #: A checkpoint is stored once a document of N code points has had N / this many
 #: operations since the previous one: checkpoints cost about this many code points
@@ -178,41 +179,83 @@ def check_rev(doc: str, rev: int, head: int | None) -> None:
 #: Authorship as runs: ``[[length, author], ...]``, adjacent runs of one author merged.
 Runs = list
 
+_RUN = re.compile(r"(.)\1*", re.DOTALL)
 
-def apply_runs(runs: Runs, op: ot.Operation, author: str) -> Runs:
-    """The runs after ``op`` by ``author`` (inserted text is the author's; kept text keeps its author)."""
-    out: Runs = []
-    k = 0
-    left = runs[0][0] if runs else 0
 
-    def put(n: int, who: str) -> None:
-        if out and out[-1][1] == who:
-            out[-1][0] += n
-        else:
-            out.append([n, who])
+class AuthorText:
+    """Authorship as a text of marker code points, one per author, moved by each op as the text is.
 
-    for c in op:
-        if type(c) is str:
-            put(len(c), author)
-            continue
-        n = c if c > 0 else -c
-        while n:
-            if left == 0:
-                k += 1
-                left = runs[k][0]
-            take = min(n, left)
-            if c > 0:
-                put(take, runs[k][1])
-            n -= take
-            left -= take
-    if left:
-        put(left, runs[k][1])
-        k += 1
-    elif runs:
-        k += 1
-    for n, who in runs[k:]:
-        put(n, who)
-    return out
+    Inserted text becomes the author's marker repeated; kept text keeps its
+    markers. A :class:`DocText` does the moving, so an op costs about what
+    applying it to the document does, however many runs there are (editing
+    a list of runs costs a copy of the list per op).
+    """
+
+    __slots__ = ("keys", "marks", "text")
+
+    def __init__(self, runs: Runs) -> None:
+        self.keys: list = []
+        self.marks: dict = {}
+        self.text = DocText("".join(self.mark(who) * n for n, who in runs))
+
+    def mark(self, who: object) -> str:
+        """The marker code point of author ``who`` (any hashable key: a label, or a store's author id)."""
+        m = self.marks.get(who)
+        if m is None:
+            if len(self.keys) >= 0x110000:
+                raise HistoryError("too many authors in one document's history to track")
+            m = self.marks[who] = chr(len(self.keys))
+            self.keys.append(who)
+        return m
+
+    def apply(self, op: ot.Operation, who: object) -> None:
+        m = self.mark(who)
+        self.text.apply([c if type(c) is int else m * len(c) for c in op])
+
+    def runs(self) -> Runs:
+        keys = self.keys
+        return [[m.end() - m.start(), keys[ord(m.group(1))]] for m in _RUN.finditer(str(self.text))]
+
+
+def move_runs(runs: Runs, ops: Iterable[StoredOp]) -> Runs:
+    """``runs`` after ``ops`` (consecutive, by their labels)."""
+    t = AuthorText(runs)
+    for o in ops:
+        t.apply(o.op, label(o.name, o.client))
+    return t.runs()
+
+
+def sole_runs(runs: Runs, ops: list[StoredOp], length: int) -> Runs | None:
+    """The runs after ``ops`` without replaying them, when that is known for free: every op is by the
+    author who wrote all of ``runs`` (or there was no text); ``None`` otherwise. ``length``: the text's after."""
+    if not ops:
+        return [list(r) for r in runs]
+    o = ops[0]
+    name, client = o.name, o.client
+    who = label(name, client)
+    if any(r[1] != who for r in runs):
+        return None
+    for o in ops:
+        if o.client != client or o.name != name:
+            return None
+    return [[length, who]] if length else []
+
+
+def dump_runs(runs: Runs) -> bytes:
+    """Runs as stored with a checkpoint: each author once, then (length, author index) pairs, compressed."""
+    keys = list(dict.fromkeys(who for _, who in runs))
+    index = {k: i for i, k in enumerate(keys)}
+    flat = [x for n, who in runs for x in (n, index[who])]
+    return zlib.compress(dump_op({"a": keys, "r": flat}).encode("utf-8", "surrogatepass"), 6)
+
+
+def load_runs(data: bytes) -> Runs:
+    """The inverse of :func:`dump_runs`; also reads the plain ``[[length, author], ...]`` of thinned checkpoints."""
+    v = load_op(zlib.decompress(data))
+    if isinstance(v, list):
+        return v
+    keys, flat = v["a"], v["r"]
+    return [[flat[i], keys[flat[i + 1]]] for i in range(0, len(flat), 2)]
 
 
 def unknown_runs(text: str) -> Runs:
@@ -260,7 +303,7 @@ class AuthorshipCache:
 
     def replay(self, doc: str, base: int, runs: Runs, ops: list[StoredOp], rev: int) -> Runs:
         """``runs`` (at ``base``) moved to ``rev`` through ``ops``, remembering some on the way."""
-        runs = [list(r) for r in runs]
+        t = AuthorText(runs)
         current = base
         for o in ops:
             if o.rev <= current:
@@ -269,13 +312,13 @@ class AuthorshipCache:
                 break
             if o.rev != current + 1:
                 raise RevisionGone(f"the authorship of revision {rev} of {doc!r} is no longer kept")
-            runs = apply_runs(runs, o.op, label(o.name, o.client))
+            t.apply(o.op, label(o.name, o.client))
             current = o.rev
             if current % self.every == 0:
-                self.add(doc, current, runs)
+                self.add(doc, current, t.runs())
         if current != rev:
             raise RevisionGone(f"the authorship of revision {rev} of {doc!r} is no longer kept")
-        return runs
+        return t.runs()
 
 
 def now() -> float:

@@ -20,7 +20,7 @@ class MemoryStore(Store):
         #: Every op from revision 1 (``ops[rev - 1]``); ``None`` where history was thinned.
         self._ops: dict[str, list[StoredOp | None]] = {}
         self._snapshots: dict[str, tuple[int, str]] = {}
-        #: Checkpoints: revisions ascending, and the text (and authorship runs, if thinned) at each.
+        #: Checkpoints: revisions ascending, and the text and authorship runs at each.
         self._checkpoints: dict[str, tuple[list[int], list[str], list[h.Runs | None]]] = {}
         self._sessions: dict[str, list[h.Session]] = {}
         self._ids: dict[str, dict[str, int]] = {}
@@ -63,10 +63,21 @@ class MemoryStore(Store):
             self._snapshots[doc] = snapshot
             revs, texts, runs = self._checkpoints.setdefault(doc, ([], [], []))
             if h.checkpoint_due(revs[-1] if revs else 0, snapshot[0], len(snapshot[1])):
+                at = self._checkpoint_runs(doc, snapshot[0], len(snapshot[1]))
                 revs.append(snapshot[0])
                 texts.append(snapshot[1])
-                runs.append(None)
+                runs.append(at)
         self._info[doc] = DocInfo(doc, ops[-1].rev, size, time.time(), nbytes=nbytes)
+
+    def _checkpoint_runs(self, doc: str, rev: int, length: int) -> h.Runs:
+        """The authorship at a new checkpoint at ``rev``: the previous checkpoint's moved by the ops since."""
+        revs, _, kept = self._checkpoints.get(doc, ([], [], []))
+        base, runs = (revs[-1], kept[-1]) if revs and kept[-1] is not None else (0, [])
+        between = self._ops[doc][base:rev]
+        if None in between:
+            return self._runs_at(doc, rev)
+        known = h.sole_runs(runs, between, length)
+        return known if known is not None else h.move_runs(runs, between)
 
     async def find_op(self, doc: str, op_id: str) -> int | None:
         return self._ids.get(doc, {}).get(op_id)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
 from typing import Any, AsyncIterator
@@ -29,9 +30,11 @@ from .base import dump_op as _dumps
 from .base import load_op as _loads
 from .postgres_history import PostgresHistory
 
+log = logging.getLogger("collab.store")
+
 
 #: The schema version this code writes; :meth:`PostgresStore.open` migrates older ones.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: Statements creating each version from the one before, in order.
 MIGRATIONS: dict[int, list[str]] = {
@@ -132,6 +135,10 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
     # The length in bytes of UTF-8, for the list; NULL until the document's next append.
     5: ["ALTER TABLE collab_docs ADD COLUMN IF NOT EXISTS bytes BIGINT"],
+    # Every checkpoint gets its authorship runs, computed after it is written (and, for the
+    # checkpoints of older versions, by the same maintenance after the upgrade): those
+    # still to compute are found with this index.
+    6: ["CREATE INDEX IF NOT EXISTS collab_checkpoints_no_runs ON collab_checkpoints (rev) WHERE runs IS NULL"],
 }
 
 
@@ -228,6 +235,8 @@ class PostgresStore(Store):
     """Documents in PostgreSQL at ``url`` (``postgres://user:password@host:port/db[?schema=NAME]``)."""
 
     may_conflict = True
+    #: Seconds after an append that wrote a snapshot before its checkpoint's runs are computed.
+    MAINTAIN_AFTER = 1.0
 
     def __init__(self, url: str, history_depth: int = 1000, schema: str | None = None,
                  min_connections: int = 2, max_connections: int = 20, session_gap: float = history.SESSION_GAP) -> None:
@@ -250,6 +259,8 @@ class PostgresStore(Store):
         #: Transactions committed and ops written, for /metrics and benchmarks.
         self.commits = 0
         self.ops_written = 0
+        #: The task computing checkpoints' authorship runs, while one runs (see :meth:`maintain`).
+        self._maintainer: asyncio.Task[int] | None = None
 
     # -- plumbing ---------------------------------------------------------
 
@@ -312,6 +323,10 @@ class PostgresStore(Store):
     async def close(self) -> None:
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._maintainer
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -353,6 +368,24 @@ class PostgresStore(Store):
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
         await fut
+        if snapshot is not None and self._maintainer is None:
+            self._maintainer = asyncio.create_task(self._maintain_soon())
+
+    async def _maintain_soon(self) -> int:
+        """Compute new checkpoints' runs a moment after they are written (commits close together share it)."""
+        try:
+            await asyncio.sleep(self.MAINTAIN_AFTER)
+            return await self.maintain()
+        except Exception as exc:  # the database is away: the next checkpoint tries again
+            log.warning("computing the authorship at checkpoints failed (%s); trying again later", exc)
+            return 0
+        finally:
+            self._maintainer = None
+
+    async def maintain(self) -> int:
+        while await self._history.maintain_step():
+            pass
+        return 0
 
     async def _append_held(self, conn: Any, doc: str, ops: list[StoredOp], size: int,
                            snapshot: tuple[int, str] | None, nbytes: int | None = None) -> None:

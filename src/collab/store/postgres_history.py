@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import zlib
 from typing import TYPE_CHECKING, Any
 
 from . import history as h
-from .base import StoredOp, dump_op, load_op
+from .base import StoredOp, load_op
 
 if TYPE_CHECKING:
     from .postgres import PostgresStore
@@ -23,6 +22,8 @@ class PostgresHistory:
         self.ids: dict[tuple[str, str], int] = {}
         self.names: dict[int, tuple[str, str]] = {}
         self.authorship_cache = h.AuthorshipCache()
+        #: ``(doc, rev)`` of checkpoints whose runs cannot be computed (the history before them is gone).
+        self.unmaintainable: set[tuple[str, int]] = set()
 
     async def author_ids(self, ops: list[StoredOp]) -> list[int]:
         """Each op's author id, adding new authors (committed at once: an unused author row is harmless)."""
@@ -103,7 +104,7 @@ class PostgresHistory:
         row = await conn.fetchrow("SELECT rev, runs FROM collab_checkpoints WHERE doc = $1 AND rev <= $2 AND rev > $3 "
                                   "AND runs IS NOT NULL ORDER BY rev DESC LIMIT 1", doc, rev, base)
         if row is not None:
-            base, runs = row["rev"], load_op(zlib.decompress(row["runs"]))
+            base, runs = row["rev"], h.load_runs(row["runs"])
         ops = await self._ops(conn, doc, base, rev)
         try:
             return await asyncio.to_thread(self.authorship_cache.replay, doc, base, runs, ops, rev)
@@ -143,9 +144,29 @@ class PostgresHistory:
                         await conn.execute("DELETE FROM collab_checkpoints WHERE doc = $1 AND rev BETWEEN $2 AND $3",
                                            doc, first, last)
                         await conn.execute("INSERT INTO collab_checkpoints (doc, rev, text, runs) VALUES ($1, $2, $3, $4)",
-                                           doc, last, text.encode(), zlib.compress(dump_op(runs).encode(), 1))
+                                           doc, last, text.encode(), h.dump_runs(runs))
                         await conn.execute("DELETE FROM collab_ops WHERE doc = $1 AND rev BETWEEN $2 AND $3", doc, first, last)
                         await conn.execute("UPDATE collab_sessions SET thinned = true WHERE doc = $1 AND first = $2", doc, first)
                     self.authorship_cache.forget(doc)
                     thinned += 1
         return thinned
+
+    async def maintain_step(self) -> bool:
+        """Store the authorship runs of one checkpoint that lacks them (the nearest earlier checkpoint's
+        moved by the ops between); False when none is left (but those whose history is gone)."""
+        async with self.store.pool.acquire() as conn:
+            async with conn.transaction(isolation="repeatable_read"):
+                rows = await conn.fetch("SELECT doc, rev FROM collab_checkpoints WHERE runs IS NULL ORDER BY rev LIMIT $1",
+                                        len(self.unmaintainable) + 1)
+                todo = [(r["doc"], r["rev"]) for r in rows if (r["doc"], r["rev"]) not in self.unmaintainable]
+                if not todo:
+                    return False
+                doc, rev = todo[0]
+                try:
+                    runs = await self._runs_at(conn, doc, rev)
+                except h.RevisionGone:
+                    self.unmaintainable.add((doc, rev))
+                    return True
+                await conn.execute("UPDATE collab_checkpoints SET runs = $3 WHERE doc = $1 AND rev = $2 AND runs IS NULL",
+                                   doc, rev, h.dump_runs(runs))
+        return True

@@ -50,6 +50,7 @@ from .base import Credential, DocInfo, DocState, Store, StoredOp, StoreFailed, r
 from .opindex import OpIdIndex, lookup
 from .sqlite_history import SqliteHistory
 from .sqlite_schema import log_after, migrate, sync_files
+from .sqlite_upkeep import SqliteUpkeep
 from .sqlite_write import Append, GroupWrite
 from .walsync_client import WalSync
 
@@ -64,7 +65,7 @@ def _call_soon_threadsafe(loop: asyncio.AbstractEventLoop, fn: Callable[..., obj
         pass
 
 
-class SqliteStore(Store):
+class SqliteStore(SqliteUpkeep, Store):
     """Documents in one SQLite database file at ``path``.
 
     The commit pipeline relies on these ordering rules (asserted where they
@@ -109,7 +110,8 @@ class SqliteStore(Store):
     FILTER_BUILD_MAX = 20_000
 
     def __init__(self, path: str, history_depth: int = 1000, synchronous: str = "FULL",
-                 fsync_timeout: float = 10.0, session_gap: float = history.SESSION_GAP) -> None:
+                 fsync_timeout: float = 10.0, session_gap: float = history.SESSION_GAP,
+                 maintain: bool = True) -> None:
         if synchronous.upper() not in self.SYNCHRONOUS:
             raise ValueError(f"synchronous={synchronous!r}: use one of {', '.join(self.SYNCHRONOUS)}")
         self.path = path
@@ -148,6 +150,13 @@ class SqliteStore(Store):
         #: Transactions committed and ops written, for /metrics and benchmarks.
         self.commits = 0
         self.ops_written = 0
+        #: Whether the store maintains its history by itself (else only :meth:`maintain` does).
+        self.auto_maintain = maintain
+        #: Maintenance may have work (a checkpoint was written since a step last found none).
+        self._maint_work = True
+        self._maint_commits = 0
+        self._maint_timer: asyncio.TimerHandle | None = None
+        self._upkept_waiters: list[asyncio.Future[None]] = []
 
     # -- plumbing ---------------------------------------------------------
 
@@ -231,6 +240,9 @@ class SqliteStore(Store):
 
     async def close(self) -> None:
         await self._idle()
+        if self._maint_timer is not None:
+            self._maint_timer.cancel()
+            self._maint_timer = None
         if self._walsync is not None:
             self._walsync.close()
             self._walsync = None
@@ -301,6 +313,7 @@ class SqliteStore(Store):
         if not batch:
             self._committing = False
             self._wake_idle()
+            self._schedule_maintenance()
             return
         if self._failed is not None:  # rule 3: refused, never written
             self._settle(batch, [StoreFailed(self._failed)] * len(batch))
@@ -375,8 +388,13 @@ class SqliteStore(Store):
                 w.set_result(None)
         self._settle(batch, errors)
         assert self._write is not None
+        self._maint_commits += 1
+        if any(a.snapshot is not None for a in batch):
+            self._maint_work = True
         if self._failed is None and self._write.wal_bytes >= self.CHECKPOINT_BYTES:
             self._checkpoint()
+        elif self._maint_work and self.auto_maintain and self._maint_commits >= self.MAINTAIN_COMMITS:
+            self._maintenance_step()
         else:
             self._commit_pending()
 

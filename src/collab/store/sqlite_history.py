@@ -7,12 +7,16 @@ seen whole or not at all.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
-import zlib
 
 from . import history as h
-from .base import dump_op, load_op
-from .sqlite_schema import INSERT_SESSION, AuthorNames, load_session, log_after, session_row
+from .base import load_op
+from .sqlite_schema import INSERT_SESSION, AuthorNames, load_session, log_after, pack_chunk, session_row
+
+#: Documents whose maintenance found work, scanned at a time (see :meth:`SqliteHistory.maintain_step`).
+_WORK = ("SELECT d.id, d.packed_through, (SELECT min(c.rev) FROM checkpoints c WHERE c.doc = d.id "
+         "AND c.rev > d.packed_through) AS next FROM docs d WHERE next <= d.ids_through LIMIT 1")
 
 
 class SqliteHistory:
@@ -87,7 +91,7 @@ class SqliteHistory:
         row = db.execute("SELECT rev, runs FROM checkpoints WHERE doc = ? AND rev <= ? AND rev > ? AND runs IS NOT NULL "
                          "ORDER BY rev DESC LIMIT 1", (doc, rev, base)).fetchone()
         if row is not None:
-            base, runs = row[0], load_op(zlib.decompress(row[1]))
+            base, runs = row[0], h.load_runs(row[1])
         ops = log_after(db, doc, base, self.names, upto=rev) if rev > base else []
         try:
             return self.runs_cache.replay(doc, base, runs, ops, rev)
@@ -115,7 +119,7 @@ class SqliteHistory:
                     runs = self._runs_at(db, doc, last)
                     db.execute("DELETE FROM checkpoints WHERE doc = ? AND rev >= ? AND rev <= ?", (doc, first, last))
                     db.execute("INSERT INTO checkpoints (doc, rev, text, runs) VALUES (?, ?, ?, ?)",
-                               (doc, last, h.pack(text), zlib.compress(dump_op(runs).encode(), 1)))
+                               (doc, last, h.pack(text), h.dump_runs(runs)))
                     db.execute("DELETE FROM log WHERE doc = ? AND first >= ? AND rev <= ?", (doc, first, last))
                     session = h.Session(first, last, start, end, load_op(authors), inserted, deleted, True)
                     db.execute(INSERT_SESSION, session_row(doc, session))
@@ -126,3 +130,56 @@ class SqliteHistory:
                 self.runs_cache.forget(doc)
                 thinned += 1
         return thinned
+
+    def maintain_step(self, db: sqlite3.Connection) -> int | None:
+        """Pack one document's ops between two checkpoints into one log row, and store the authorship at
+        the later checkpoint, in one transaction; ``None`` when no document has such work left.
+
+        Only ops whose ids are in ``op_ids`` (through ``docs.ids_through``) are packed: loading and
+        resuming read the recent tail of the log, and look older ids up there. Returns how many ops
+        were packed (0: the interval's rows are not consecutive, e.g. thinned; only its runs are stored).
+        """
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(_WORK).fetchone()
+            if row is None:
+                db.execute("COMMIT")
+                return None
+            doc, after, upto = row
+            packed = self._pack(db, doc, after, upto)
+            db.execute("UPDATE docs SET packed_through = ? WHERE id = ?", (upto, doc))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return packed
+
+    def _pack(self, db: sqlite3.Connection, doc: str, after: int, upto: int) -> int:
+        rows = db.execute("SELECT first, rev, ops, at FROM log WHERE doc = ? AND rev > ? AND rev <= ? ORDER BY rev",
+                          (doc, after, upto)).fetchall()
+        whole = (bool(rows) and rows[0][0] == after + 1 and rows[-1][1] == upto
+                 and all(r[0] == p[1] + 1 for p, r in itertools.pairwise(rows)))
+        has_runs = db.execute("SELECT runs IS NOT NULL FROM checkpoints WHERE doc = ? AND rev = ?", (doc, upto)).fetchone()[0]
+        if not has_runs:
+            runs = self._runs_after(db, doc, after, upto, rows if whole else None)
+            if runs is not None:
+                db.execute("UPDATE checkpoints SET runs = ? WHERE doc = ? AND rev = ?", (h.dump_runs(runs), doc, upto))
+        if not whole or all(type(r[2]) is not str for r in rows):
+            return 0
+        if len(rows) > 1 or type(rows[0][2]) is str:
+            chunk = pack_chunk([(first, ops, at) for first, _, ops, at in rows])
+            db.execute("DELETE FROM log WHERE doc = ? AND rev > ? AND rev <= ?", (doc, after, upto))
+            db.execute("INSERT INTO log (doc, rev, first, ops, at) VALUES (?, ?, ?, ?, NULL)", (doc, upto, after + 1, chunk))
+        return upto - after
+
+    def _runs_after(self, db: sqlite3.Connection, doc: str, after: int, upto: int, rows: list | None) -> h.Runs | None:
+        """The runs at checkpoint ``upto``: those at ``after`` moved by the log ``rows`` between (``None``:
+        read as any revision is); ``None`` if the history there is gone."""
+        try:
+            if rows is None:
+                return self._runs_at(db, doc, upto)
+            got = db.execute("SELECT runs FROM checkpoints WHERE doc = ? AND rev = ?", (doc, after)).fetchone()
+            start = [] if after == 0 else h.load_runs(got[0]) if got and got[0] is not None else self._runs_at(db, doc, after)
+            return h.move_runs(start, self.names.decode(db, [(first, ops, at) for first, _, ops, at in rows]))
+        except h.RevisionGone:
+            return None

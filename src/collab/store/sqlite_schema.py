@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
+import zlib
 from typing import Any
 
 from .base import StoredOp
@@ -14,7 +15,9 @@ from .base import load_op as _loads
 
 SCHEMA = """
 -- ``ids_through``: the ids of the ops through this revision are in ``op_ids``;
--- ``session``: the open editing session, JSON (see ``dump_session``).
+-- ``session``: the open editing session, JSON (see ``dump_session``);
+-- ``packed_through``: the log is packed, and every checkpoint has its authorship
+-- runs, through this revision (a checkpoint's; see ``SqliteHistory.maintain_step``).
 CREATE TABLE IF NOT EXISTS docs (
     id TEXT PRIMARY KEY,
     rev INTEGER NOT NULL,
@@ -22,13 +25,17 @@ CREATE TABLE IF NOT EXISTS docs (
     created REAL NOT NULL,
     updated REAL NOT NULL,
     ids_through INTEGER NOT NULL DEFAULT 0,
-    session TEXT
+    session TEXT,
+    packed_through INTEGER NOT NULL DEFAULT 0
 );
 -- The log, every revision (unless thinned): one row per append (a batch of ops
 -- with consecutive revisions), which costs much less to insert than a row per
 -- op. ``ops`` is JSON, [[op, author, op_id], ...], for the revisions ``first``
 -- .. ``rev``; ``author`` is a row of ``authors`` (a client id string in rows
 -- written before schema 3); ``at`` is the commit's time (NULL before schema 3).
+-- A *packed* row (``ops`` a BLOB, ``at`` NULL) holds the ops between two
+-- checkpoints behind ``docs.packed_through``, compressed, without their op ids
+-- (those are in ``op_ids``): see ``pack_chunk``.
 CREATE TABLE IF NOT EXISTS log (
     doc TEXT NOT NULL,
     rev INTEGER NOT NULL,
@@ -45,7 +52,7 @@ CREATE TABLE IF NOT EXISTS authors (
     UNIQUE (name, client)
 );
 -- The text every so often (zlib-compressed UTF-8), kept for the history; ``runs``
--- is the authorship there (JSON, compressed) where the history before it was thinned.
+-- is the authorship there (``history.dump_runs``), NULL until computed.
 CREATE TABLE IF NOT EXISTS checkpoints (
     doc TEXT NOT NULL,
     rev INTEGER NOT NULL,
@@ -88,8 +95,9 @@ CREATE TABLE IF NOT EXISTS snapshots (
 #: with a row per op) are moved into ``log`` when opened; version 2 files (a compacted
 #: log, no authors or times) gain the history tables; version 3 files gain the lifecycle
 #: tables (share links, revocations, trash, titles, renames); version 4 files gain
-#: ``docs.bytes``; see :func:`migrate`.
-VERSION = 5
+#: ``docs.bytes``; version 5 files gain ``docs.packed_through`` (their checkpoints' runs
+#: are computed, and their logs packed, by the store's maintenance, not here: see :func:`migrate`).
+VERSION = 6
 INSERT_LOG = "INSERT INTO log (doc, rev, first, ops, at) VALUES (?, ?, ?, ?, ?)"
 UPSERT_DOC = (
     "INSERT INTO docs (id, rev, size, bytes, created, updated, session) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -162,24 +170,56 @@ class AuthorNames:
                 self.known[row_id] = (name, client)
         return self.known
 
-    def decode(self, db: sqlite3.Connection, rows: list[tuple[int, str, float | None]]) -> list[StoredOp]:
-        """The ops of log rows ``(first, ops, at)``, in order."""
-        loaded = [(first, _loads(ops), at) for first, ops, at in rows]
+    def decode(self, db: sqlite3.Connection, rows: list[tuple[int, str | bytes, float | None]]) -> list[StoredOp]:
+        """The ops of log rows ``(first, ops, at)``, in order (packed rows too: their ops have no id)."""
+        loaded = [(first, _loads(ops), at) if type(ops) is str else (first, *unpack_chunk(ops)) for first, ops, at in rows]
         wanted = {e[1] for _, entries, _ in loaded for e in entries if type(e[1]) is int}
         names = self.fetch(db, wanted) if wanted else self.known
         out: list[StoredOp] = []
         for first, entries, at in loaded:
             t = at or 0.0
-            for k, (op, who, op_id) in enumerate(entries):
+            for k, (op, who, op_id, *when) in enumerate(entries):
                 name, client = names.get(who, ("", str(who))) if type(who) is int else ("", who)
-                out.append(StoredOp(first + k, op, client, op_id, name, t))
+                out.append(StoredOp(first + k, op, client, op_id, name, when[0] if when else t))
         return out
+
+
+def pack_chunk(rows: list[tuple[int, str, float | None]]) -> bytes:
+    """Log rows ``(first, ops, at)`` of consecutive revisions as one packed row's ``ops``: zlib of
+    JSON ``[ops, authors, times]``, authors and times run-length coded (``[count, value, ...]``),
+    op ids left out."""
+    ops: list = []
+    authors: list = []
+    times: list = []
+    for _, text, at in rows:
+        for op, who, _ in _loads(text):
+            ops.append(op)
+            _count(authors, who)
+            _count(times, at)
+    return zlib.compress(_dumps([ops, authors, times]).encode(), 6)
+
+
+def _count(flat: list, value: object) -> None:
+    if flat and flat[-1] == value and type(flat[-1]) is type(value):
+        flat[-2] += 1
+    else:
+        flat += [1, value]
+
+
+def unpack_chunk(data: bytes) -> tuple[list[list], None]:
+    """A packed row's entries ``[op, author, "", time]`` (and ``None``: its ``at``)."""
+    ops, authors, times = _loads(zlib.decompress(data))
+    who = [a for i in range(0, len(authors), 2) for a in [authors[i + 1]] * authors[i]]
+    at = [t or 0.0 for i in range(0, len(times), 2) for t in [times[i + 1]] * times[i]]
+    return [[op, w, "", t] for op, w, t in zip(ops, who, at)], None
 
 
 def log_ids(rows: Any) -> dict[str, int]:
     """Op id -> revision, for log rows of ``(first, ops)``."""
     ids: dict[str, int] = {}
     for first, ops in rows:
+        if type(ops) is not str:  # a packed row: its ids are in op_ids
+            continue
         for k, entry in enumerate(_loads(ops)):
             ids[entry[2]] = first + k
     return ids
@@ -256,9 +296,10 @@ def migrate(db: sqlite3.Connection) -> None:
 
 
 def _add_history_columns(db: sqlite3.Connection) -> None:
-    """Tables of a file older than schema 3 lack these columns (``CREATE ... IF NOT EXISTS`` kept them as they were)."""
+    """Tables of an older file lack these columns (``CREATE ... IF NOT EXISTS`` kept them as they were)."""
     for table, column, declaration in (("docs", "ids_through", "INTEGER NOT NULL DEFAULT 0"),
-                                       ("docs", "session", "TEXT"), ("log", "at", "REAL")):
+                                       ("docs", "session", "TEXT"), ("log", "at", "REAL"),
+                                       ("docs", "packed_through", "INTEGER NOT NULL DEFAULT 0")):
         if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
