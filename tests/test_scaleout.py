@@ -812,3 +812,48 @@ async def test_a_process_that_found_no_owner_record_forwards_once_there_is_one(r
 
     await asyncio.wait_for(acked(), 30)
     assert h2.store.ops_written == written and h1.store.ops_written == 1
+
+
+async def test_pipelined_batches_that_lose_a_race_are_ordered_again_with_those_built_on_them():
+    """Two processes with no backplane (so no owners) both write one document, each keeping several
+    batches in flight: a batch that loses its revisions takes the batches queued after it down with
+    it, and all of them are ordered again. Every submit is committed once, in one history."""
+    reason = await _unavailable()
+    if reason:
+        pytest.skip(reason)
+    from collab.hub import Hub, HubConfig, Peer
+    from collab.protocol import Submit
+    from collab.store.postgres import PostgresStore
+
+    schema = f"collab_race_{secrets.token_hex(5)}"
+    stores = [PostgresStore(PG_URL, schema=schema) for _ in range(2)]
+    hubs = []
+    try:
+        for store in stores:
+            await store.open()
+            hubs.append(Hub(store, HubConfig(idle_unload_seconds=600)))
+        docs = [await hub.join("race", Peer(queue_size=10_000), None) for hub in hubs]
+
+        async def writer(doc, tag: str) -> list[int]:
+            pending = []
+            for i in range(40):  # one submit per loop turn: batches start while earlier ones are in flight
+                pending.append(asyncio.ensure_future(doc.submit(None, Submit(0, [f"{tag}{i:02}🙂"], f"{tag}{i}", None))))
+                await asyncio.sleep(0)
+            return list(await asyncio.gather(*pending))
+
+        revs = await asyncio.wait_for(asyncio.gather(writer(docs[0], "a"), writer(docs[1], "b")), 60)
+        committed = sorted(revs[0] + revs[1])
+        assert committed == list(range(1, 81)), committed
+        assert sum(hub.conflicts for hub in hubs) > 0, "the processes never raced: the test proves nothing"
+        state = await stores[0].load("race", 100)
+        assert state.rev == 80
+        for tag in "ab":
+            for i in range(40):
+                assert state.text.count(f"{tag}{i:02}🙂") == 1
+                assert await stores[1].find_op("race", f"{tag}{i}") == (revs[0] if tag == "a" else revs[1])[i]
+    finally:
+        for hub in hubs:
+            await hub.close()
+        for store in stores:
+            await store.close()
+        await _drop_test_state(schema, f"collab-race-{schema}")

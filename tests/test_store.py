@@ -279,6 +279,24 @@ async def test_shared_store_refuses_an_op_id_applied_before(stores):
     assert (state.rev, state.text) == (1, "a")
 
 
+async def test_a_pipelined_append_is_refused_with_its_refused_predecessor(stores):
+    """Two appends queued back to back; another process takes the first one's revision: the
+    second is refused too, although the row is now at the revision it continues from."""
+    first = await stores()
+    if not (first.may_conflict and first.pipelined):
+        pytest.skip("only a store shared by processes that pipelines appends needs a fence between them")
+    second = await stores()
+    await first.append("d", ops(1, 1), 1)
+    await second.append("d", [StoredOp(2, [1, "🙂"], "p2", "theirs")], 2)  # first has not read it yet
+    mine = first.start_append("d", [StoredOp(2, [1, "a"], "p1", "mine-2")], 2)
+    built_on_it = first.start_append("d", [StoredOp(3, [2, "b"], "p1", "mine-3")], 3)
+    results = await asyncio.gather(mine, built_on_it, return_exceptions=True)
+    assert [type(r).__name__ for r in results] == ["RevisionConflict", "RevisionConflict"]
+    state = await first.load("d", 10)
+    assert (state.rev, state.text) == (2, "x🙂")
+    assert await first.find_op("d", "mine-3") is None
+
+
 async def test_reopening_keeps_everything(stores):
     store = await stores()
     if stores.kind == "memory":

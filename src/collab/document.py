@@ -31,9 +31,9 @@ from .cluster import Replica, Resync
 from .fanout import Flight, Item
 from .forwarding import Forwarder
 from .hubconfig import DocumentFailed, HubConfig, HubCounters
-from .peer import Peer, RemotePeer
+from .peer import Peer, RemotePeer, may_edit
 from .protocol import (
-    BAD_REV, CLOSE_INTERNAL, CLOSE_RESTART, FORBIDDEN, STALE_REV, Presence, ProtocolError, Submit, ack_msg, encode,
+    BAD_REV, CLOSE_INTERNAL, CLOSE_RESTART, STALE_REV, Presence, ProtocolError, Submit, ack_msg, encode,
     error_msg, join_msg, leave_msg, peer_json, presence_msg,
 )
 from .sequencer import Sequencer
@@ -50,11 +50,6 @@ SNAPSHOT_BYTES_PER_OP = 256
 #: Batches of one document whose commits may be in flight at once (pipelined stores).
 MAX_IN_FLIGHT = 4
 T = TypeVar("T")
-
-
-def _may_edit(peer: Peer, sub: Submit) -> None:
-    if peer.role != "edit":
-        raise ProtocolError(FORBIDDEN, "this connection is read-only: its token does not allow editing", sub.id)
 
 
 class Document:
@@ -81,8 +76,10 @@ class Document:
         self._unload_handle: asyncio.TimerHandle | None = None
         self.failed = False
         #: With a pipelined store the next batch is ordered while the previous one is written.
-        self.pipelined = store.pipelined and not self.shared
+        self.pipelined = store.pipelined
         self._max_in_flight = MAX_IN_FLIGHT if self.pipelined else 1
+        #: Races lost to other processes since the last batch that landed (then: hold the turn).
+        self._losses = 0
         self._flight: deque[Flight] = deque()
         self._settle_waiters: list[asyncio.Future[None]] = []
 
@@ -193,7 +190,7 @@ class Document:
         Raises :class:`ProtocolError` as :meth:`submit` does.
         """
         if peer.role != "edit":
-            _may_edit(peer, sub)
+            may_edit(peer, sub.id)
         seq = self.seq
         if (len(self._inbox) >= self._inbox_size or (self.shared and sub.rev > seq.rev)
                 or (sub.rev < seq.history_start and sub.id not in seq.ids)):
@@ -211,7 +208,7 @@ class Document:
         waits and returns the revision, or raises :class:`ProtocolError`.
         """
         if peer is not None:
-            _may_edit(peer, sub)
+            may_edit(peer, sub.id)
         if self.shared and sub.rev > self.seq.rev:
             await self.sync()  # based on a revision this process has not seen yet
         seq = self.seq
@@ -248,27 +245,25 @@ class Document:
 
     async def _commit_loop(self) -> None:
         """Integrate others' work, then order, commit and announce batches, until there is nothing left."""
-        conflicts_in_a_row = 0
         replica = self.replica
         shared = self.shared  # only then can other processes' work be waiting
         try:
             while not self.failed and (self._inbox or self._deferred or (shared and replica.behind())):
-                if self._flight and (self._deferred or (shared and replica.behind())
+                # Lost a race (or others write this document right now): take the document's turn
+                # in the store, so this commit cannot lose the race (a hot document stays fair).
+                exclusive = self._losses or (self._inbox and replica.contended_until and replica.contended()
+                                             and not self.forwarding)
+                if self._flight and (self._deferred or (shared and replica.behind()) or exclusive
                                      or len(self._flight) >= self._max_in_flight):
-                    # Joins and presence see only committed state (and the pipeline stays short).
+                    # Joins, presence and exclusive turns see only committed state (and the pipeline stays short).
                     await self._settled()
                     continue
-                if conflicts_in_a_row or (self._inbox and replica.contended_until and replica.contended()
-                                          and not self.forwarding):
-                    # Lost the race for these revisions (or other processes are writing this
-                    # document right now): take the document's turn in the store, so this
-                    # commit cannot lose the race (a hot document stays fair).
-                    if conflicts_in_a_row > 20:
+                if exclusive:
+                    if self._losses > 20:
                         raise RuntimeError(f"document {self.id}: 20 conflicts in a row; giving up")
-                    flight = await self._exclusive_turn()
+                    await self._exclusive_turn()
                 else:
-                    flight = await self._turn()
-                conflicts_in_a_row = 0 if flight is None or not flight.lost else conflicts_in_a_row + 1
+                    await self._turn()
         except DocumentFailed:
             pass  # a commit failed while this loop waited: already handled in _landed
         except Resync:
@@ -343,7 +338,7 @@ class Document:
             return None
         flight = Flight(items, new, saved, self.last_snapshot)
         self._flight.append(flight)
-        if self.pipelined:
+        if self.pipelined and settle:
             self._start(flight)
             return None
         try:  # any other store: write and wait, then settle the flight as a pipelined one is
@@ -400,9 +395,14 @@ class Document:
         while flights and (flights[0].done or self._finished(flights[0])):
             flight = flights.popleft()
             exc = flight.error
-            if self.failed:
+            if flight.lost:  # built on a batch that lost its race: requeued with it, its commit refused
+                if exc is None:  # the store's fence let it through: the log no longer matches memory
+                    log.error("document %s: a batch built on a refused one was committed", self.id)
+                    self._fail()
+            elif self.failed:
                 fanout.refuse(flight.items, self.id)
             elif exc is None:
+                self._losses = 0
                 self._announce(flight)
                 self.trim()  # only now: ops in flight must keep their ids in memory
             elif isinstance(exc, RevisionConflict) and flight.saved is not None:
@@ -433,14 +433,19 @@ class Document:
         return True
 
     def _lost_race(self, flight: Flight) -> None:
-        """Another process committed these revisions first: roll back, integrate its ops (next turn), retry."""
+        """Another process committed these revisions first: roll back, integrate its ops (next turn), retry.
+        Batches in flight after it are lost with it (the store refuses them) and queued again too."""
         assert flight.saved is not None
         self.seq.rollback(flight.saved)
         self.last_snapshot = flight.last_snapshot
-        for item in flight.items:
+        items = flight.items + [item for later in self._flight for item in later.items]
+        for later in self._flight:
+            later.lost = True
+        for item in items:
             item.reset()
-        self._inbox = flight.items + self._inbox
+        self._inbox = items + self._inbox
         flight.lost = True
+        self._losses += 1
         self.replica.lost_race()
 
     async def _settled(self) -> None:
@@ -557,13 +562,7 @@ class Document:
 
     def _run_deferred(self) -> None:
         deferred, self._deferred = self._deferred, []
-        for fn, fut in deferred:
-            if fut.done():
-                continue
-            try:
-                fut.set_result(fn())
-            except Exception as exc:
-                fut.set_exception(exc)
+        fanout.run_each(deferred)
 
     # -- lifecycle ---------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .hubconfig import DocumentFailed
 from .metrics import ACK_LATENCY
@@ -137,3 +137,13 @@ def resolve(waiters: "list[asyncio.Future[None]]") -> None:
     for w in waiters:
         if not w.done():
             w.set_result(None)
+
+
+def run_each(calls: "list[tuple[Callable[[], object], asyncio.Future]]") -> None:
+    """Run each call and settle its future with what it returned or raised (skipping abandoned ones)."""
+    for fn, fut in calls:
+        if not fut.done():
+            try:
+                fut.set_result(fn())
+            except Exception as exc:
+                fut.set_exception(exc)

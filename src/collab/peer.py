@@ -14,7 +14,7 @@ import asyncio
 import secrets
 from typing import Callable, Protocol
 
-from .protocol import CLOSE_NORMAL, CLOSE_POLICY, Cursor, User, encode
+from .protocol import CLOSE_NORMAL, CLOSE_POLICY, FORBIDDEN, Cursor, ProtocolError, User, encode
 
 
 class Room(Protocol):
@@ -177,3 +177,9 @@ class RemotePeer:
         self.user = user
         self.cursor = cursor
         self.cursor_rev = cursor_rev
+
+
+def may_edit(peer: Peer, op_id: str | None) -> None:
+    """Refuse (``forbidden``) an op from a read-only connection."""
+    if peer.role != "edit":
+        raise ProtocolError(FORBIDDEN, "this connection is read-only: its token does not allow editing", op_id)

@@ -29,117 +29,9 @@ from .base import Credential, DocInfo, DocState, RevisionConflict, Store, Stored
 from .base import dump_op as _dumps
 from .base import load_op as _loads
 from .postgres_history import PostgresHistory
+from .postgres_schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger("collab.store")
-
-
-#: The schema version this code writes; :meth:`PostgresStore.open` migrates older ones.
-SCHEMA_VERSION = 6
-
-#: Statements creating each version from the one before, in order.
-MIGRATIONS: dict[int, list[str]] = {
-    1: [
-        """CREATE TABLE IF NOT EXISTS collab_docs (
-            id TEXT PRIMARY KEY,
-            rev BIGINT NOT NULL,
-            size BIGINT NOT NULL,
-            created DOUBLE PRECISION NOT NULL,
-            updated DOUBLE PRECISION NOT NULL
-        )""",
-        "CREATE INDEX IF NOT EXISTS collab_docs_updated ON collab_docs (updated DESC)",
-        """CREATE TABLE IF NOT EXISTS collab_ops (
-            doc TEXT NOT NULL,
-            rev BIGINT NOT NULL,
-            op TEXT NOT NULL,
-            client TEXT NOT NULL,
-            op_id TEXT NOT NULL,
-            PRIMARY KEY (doc, rev)
-        )""",
-        # Op ids outlive the compacted log, so a resend from long ago is still recognized.
-        """CREATE TABLE IF NOT EXISTS collab_op_ids (
-            doc TEXT NOT NULL,
-            op_id TEXT NOT NULL,
-            rev BIGINT NOT NULL,
-            PRIMARY KEY (doc, op_id)
-        )""",
-        """CREATE TABLE IF NOT EXISTS collab_snapshots (
-            doc TEXT NOT NULL,
-            rev BIGINT NOT NULL,
-            text TEXT NOT NULL,
-            PRIMARY KEY (doc, rev)
-        )""",
-    ],
-    # PostgreSQL's text type refuses U+0000, a valid character in a document:
-    # snapshots are kept as their UTF-8 bytes instead.
-    2: ["ALTER TABLE collab_snapshots ALTER COLUMN text TYPE BYTEA USING convert_to(text, 'UTF8')"],
-    # History: every op is kept (no longer deleted behind snapshots), with its author (a row of
-    # collab_authors) and commit time; checkpoints of the text (UTF-8, compressed by TOAST) every
-    # so often; editing sessions, the open one on the docs row. A snapshot of schema 2 becomes the
-    # first checkpoint: the history before it was compacted away.
-    3: [
-        "ALTER TABLE collab_ops ADD COLUMN author INTEGER, ADD COLUMN at DOUBLE PRECISION",
-        """CREATE TABLE collab_authors (
-            id SERIAL PRIMARY KEY,
-            name TEXT NOT NULL,
-            client TEXT NOT NULL,
-            UNIQUE (name, client)
-        )""",
-        """CREATE TABLE collab_checkpoints (
-            doc TEXT NOT NULL,
-            rev BIGINT NOT NULL,
-            text BYTEA NOT NULL,
-            runs BYTEA,
-            PRIMARY KEY (doc, rev)
-        )""",
-        """CREATE TABLE collab_sessions (
-            doc TEXT NOT NULL,
-            first BIGINT NOT NULL,
-            last BIGINT NOT NULL,
-            start DOUBLE PRECISION NOT NULL,
-            "end" DOUBLE PRECISION NOT NULL,
-            authors INTEGER[] NOT NULL,
-            inserted BIGINT NOT NULL,
-            deleted BIGINT NOT NULL,
-            thinned BOOLEAN NOT NULL DEFAULT false,
-            PRIMARY KEY (doc, first)
-        )""",
-        "ALTER TABLE collab_docs ADD COLUMN s_first BIGINT, ADD COLUMN s_start DOUBLE PRECISION, "
-        "ADD COLUMN s_end DOUBLE PRECISION, ADD COLUMN s_authors INTEGER[], ADD COLUMN s_ins BIGINT, "
-        "ADD COLUMN s_del BIGINT",
-        "INSERT INTO collab_checkpoints (doc, rev, text) SELECT doc, rev, text FROM collab_snapshots",
-    ],
-    # Recorded share links and revocations, the trash, titles, and renamed names.
-    4: [
-        "ALTER TABLE collab_docs ADD COLUMN IF NOT EXISTS deleted DOUBLE PRECISION",
-        "ALTER TABLE collab_docs ADD COLUMN IF NOT EXISTS title TEXT",
-        "ALTER TABLE collab_docs ADD COLUMN IF NOT EXISTS heading TEXT",
-        "CREATE INDEX IF NOT EXISTS collab_docs_deleted ON collab_docs (deleted) WHERE deleted IS NOT NULL",
-        "CREATE SEQUENCE IF NOT EXISTS collab_credentials_seq",
-        """CREATE TABLE IF NOT EXISTS collab_credentials (
-            id TEXT PRIMARY KEY,
-            doc TEXT,
-            role TEXT NOT NULL,
-            issued DOUBLE PRECISION NOT NULL,
-            expires DOUBLE PRECISION,
-            name TEXT,
-            revoked DOUBLE PRECISION,
-            seq BIGINT NOT NULL
-        )""",
-        "CREATE INDEX IF NOT EXISTS collab_credentials_doc ON collab_credentials (doc)",
-        "CREATE INDEX IF NOT EXISTS collab_credentials_seq ON collab_credentials (seq)",
-        """CREATE TABLE IF NOT EXISTS collab_renames (
-            old TEXT PRIMARY KEY,
-            new TEXT NOT NULL,
-            renamed DOUBLE PRECISION NOT NULL
-        )""",
-    ],
-    # The length in bytes of UTF-8, for the list; NULL until the document's next append.
-    5: ["ALTER TABLE collab_docs ADD COLUMN IF NOT EXISTS bytes BIGINT"],
-    # Every checkpoint gets its authorship runs, computed after it is written (and, for the
-    # checkpoints of older versions, by the same maintenance after the upgrade): those
-    # still to compute are found with this index.
-    6: ["CREATE INDEX IF NOT EXISTS collab_checkpoints_no_runs ON collab_checkpoints (rev) WHERE runs IS NULL"],
-}
 
 
 # One append, as one statement: the docs row moves from ``$5`` (= first - 1) to
@@ -184,9 +76,13 @@ _APPEND_REST = """
 SELECT EXISTS (SELECT 1 FROM moved) AS ok
 """
 _NO_ID_APPLIED = "NOT EXISTS (SELECT 1 FROM collab_op_ids WHERE doc = $1 AND op_id = ANY($8::text[]))"
+# The fence of a pipelined append: ``$19``, the last op of the append queued before it, is the
+# one at revision ``$5``, so an append whose predecessor was refused is refused too, even where
+# another process's commit has since taken the row to the same revision.
+_AFTER = "($19::text IS NULL OR EXISTS (SELECT 1 FROM collab_op_ids WHERE doc = $1 AND op_id = $19 AND rev = $5))"
 APPEND = (
     f"WITH moved AS (UPDATE collab_docs SET rev = $2, size = $3, bytes = $18::bigint, updated = $4, {_SESSION_SET} "
-    f"WHERE id = $1 AND rev = $5 AND {_NO_ID_APPLIED} RETURNING 1)" + _APPEND_REST
+    f"WHERE id = $1 AND rev = $5 AND {_NO_ID_APPLIED} AND {_AFTER} RETURNING 1)" + _APPEND_REST
 )
 #: The first append of a document creates its row (or moves the row ``exclusive`` left at 0).
 APPEND_NEW = (
@@ -194,13 +90,14 @@ APPEND_NEW = (
     "s_authors, s_ins, s_del) VALUES ($1, $2, $3, $18::bigint, $4, $4, $5 + 1, $4, $4, $15::int[], $16, $17::bigint) "
     "ON CONFLICT (id) DO UPDATE SET rev = EXCLUDED.rev, size = EXCLUDED.size, bytes = EXCLUDED.bytes, "
     f"updated = EXCLUDED.updated, {_SESSION_SET} "
-    f"WHERE collab_docs.rev = $5 AND {_NO_ID_APPLIED} RETURNING 1)" + _APPEND_REST
+    f"WHERE collab_docs.rev = $5 AND {_NO_ID_APPLIED} AND {_AFTER} RETURNING 1)" + _APPEND_REST
 )
 
 
 def _append_args(doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None,
-                 authors: list[int], gap: float, nbytes: int | None = None) -> tuple:
-    """The parameters of :data:`APPEND` for one append (``authors``: each op's author id)."""
+                 authors: list[int], gap: float, nbytes: int | None = None, after: str | None = None) -> tuple:
+    """The parameters of :data:`APPEND` for one append (``authors``: each op's author id; ``after``:
+    the last op id of the append queued before it, if this one continues it)."""
     last = ops[-1].rev
     snap_rev, snap_text = (snapshot[0], snapshot[1].encode()) if snapshot is not None else (None, None)
     every = max(1, len(snapshot[1]) // history.CHECKPOINT_CHARS_PER_OP) if snapshot is not None else None
@@ -211,7 +108,7 @@ def _append_args(doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, 
         dels += d
     return (doc, last, size, time.time(), ops[0].rev - 1, [o.rev for o in ops], [_dumps(o.op) for o in ops],
             [o.id for o in ops], [o.client for o in ops], snap_rev, snap_text, every, authors, gap,
-            list(dict.fromkeys(authors)), ins, dels, nbytes)
+            list(dict.fromkeys(authors)), ins, dels, nbytes, after)
 
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -235,6 +132,9 @@ class PostgresStore(Store):
     """Documents in PostgreSQL at ``url`` (``postgres://user:password@host:port/db[?schema=NAME]``)."""
 
     may_conflict = True
+    # Appends are written in the order they are queued, one group commit after another, and
+    # each checks its predecessor (``_AFTER``): a document may queue its next before one lands.
+    pipelined = True
     #: Seconds after an append that wrote a snapshot before its checkpoint's runs are computed.
     MAINTAIN_AFTER = 1.0
 
@@ -255,6 +155,8 @@ class PostgresStore(Store):
         #: Connections inside exclusive(), by document.
         self._held: dict[str, Any] = {}
         self._pending: list[tuple[tuple, asyncio.Future[None]]] = []
+        #: The last queued append of each document: its last revision and op id (its successor's fence).
+        self._queued: dict[str, tuple[int, str]] = {}
         self._flusher: asyncio.Task[None] | None = None
         #: Transactions committed and ops written, for /metrics and benchmarks.
         self.commits = 0
@@ -364,7 +266,10 @@ class PostgresStore(Store):
             return
         authors = await self._history.author_ids(ops)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((_append_args(doc, ops, size, snapshot, authors, self.session_gap, nbytes), fut))
+        queued = self._queued.get(doc)
+        after = queued[1] if queued is not None and queued[0] == ops[0].rev - 1 else None
+        self._queued[doc] = (ops[-1].rev, ops[-1].id)
+        self._pending.append((_append_args(doc, ops, size, snapshot, authors, self.session_gap, nbytes, after), fut))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
         await fut
@@ -460,6 +365,9 @@ class PostgresStore(Store):
                 )
         ops = [StoredOp(r["rev"], _loads(r["op"]), r["client"], r["op_id"]) for r in rows]
         return replay(doc, snap_rev, text, ops, rev, history_depth)
+
+    def forget(self, doc: str) -> None:
+        self._queued.pop(doc, None)
 
     async def find_op(self, doc: str, op_id: str) -> int | None:
         return await self.pool.fetchval("SELECT rev FROM collab_op_ids WHERE doc = $1 AND op_id = $2", doc, op_id)

@@ -150,13 +150,7 @@ class SqliteStore(SqliteUpkeep, Store):
         #: Transactions committed and ops written, for /metrics and benchmarks.
         self.commits = 0
         self.ops_written = 0
-        #: Whether the store maintains its history by itself (else only :meth:`maintain` does).
-        self.auto_maintain = maintain
-        #: Maintenance may have work (a checkpoint was written since a step last found none).
-        self._maint_work = True
-        self._maint_commits = 0
-        self._maint_timer: asyncio.TimerHandle | None = None
-        self._upkept_waiters: list[asyncio.Future[None]] = []
+        self._init_upkeep(maintain)
 
     # -- plumbing ---------------------------------------------------------
 
@@ -240,9 +234,7 @@ class SqliteStore(SqliteUpkeep, Store):
 
     async def close(self) -> None:
         await self._idle()
-        if self._maint_timer is not None:
-            self._maint_timer.cancel()
-            self._maint_timer = None
+        self._stop_upkeep()
         if self._walsync is not None:
             self._walsync.close()
             self._walsync = None
@@ -388,12 +380,10 @@ class SqliteStore(SqliteUpkeep, Store):
                 w.set_result(None)
         self._settle(batch, errors)
         assert self._write is not None
-        self._maint_commits += 1
-        if any(a.snapshot is not None for a in batch):
-            self._maint_work = True
+        upkeep_due = self._committed_for_upkeep(batch)
         if self._failed is None and self._write.wal_bytes >= self.CHECKPOINT_BYTES:
             self._checkpoint()
-        elif self._maint_work and self.auto_maintain and self._maint_commits >= self.MAINTAIN_COMMITS:
+        elif upkeep_due:
             self._maintenance_step()
         else:
             self._commit_pending()

@@ -38,6 +38,27 @@ class SqliteUpkeep:
     _failed: str | None
     _loop: asyncio.AbstractEventLoop | None
     _executor: Any
+
+    def _init_upkeep(self, maintain: bool) -> None:
+        #: Whether the store maintains its history by itself (else only :meth:`maintain` does).
+        self.auto_maintain = maintain
+        #: Maintenance may have work (a checkpoint was written since a step last found none).
+        self._maint_work = True
+        self._maint_commits = 0
+        self._maint_timer = None
+        self._upkept_waiters = []
+
+    def _committed_for_upkeep(self, batch: list[Any]) -> bool:
+        """Count a commit of ``batch``; whether a maintenance step is due now (a store that is never idle)."""
+        self._maint_commits += 1
+        if any(a.snapshot is not None for a in batch):
+            self._maint_work = True
+        return self._maint_work and self.auto_maintain and self._maint_commits >= self.MAINTAIN_COMMITS
+
+    def _stop_upkeep(self) -> None:
+        if self._maint_timer is not None:
+            self._maint_timer.cancel()
+            self._maint_timer = None
     _pending: list
     _write: Any
     _history: Any
