@@ -1,4 +1,4 @@
-"""Scale-out benchmark: one process (SQLite) vs one and two processes (PostgreSQL + Redis).
+"""Scale-out benchmark: one process (SQLite) vs one, two and three processes (PostgreSQL + Redis).
 
 Each configuration runs real ``collab`` server processes and the same two
 loads, driven over WebSocket from this process:
@@ -182,11 +182,12 @@ async def bench(args: argparse.Namespace) -> None:
         if args.database_url and args.redis_url:
             sep = "&" if "?" in args.database_url else "?"
             rsep = "&" if "?" in args.redis_url else "?"
-            for n, name, by_doc in ((1, "1 process, PostgreSQL + Redis", False),
-                                    (2, "2 processes, PostgreSQL + Redis, no affinity", False),
-                                    (3, "2 processes, PostgreSQL + Redis, routed by document", True)):
+            for n, procs, name, by_doc in ((1, 1, "1 process, PostgreSQL + Redis", False),
+                                           (2, 2, "2 processes, PostgreSQL + Redis, no affinity", False),
+                                           (3, 2, "2 processes, PostgreSQL + Redis, routed by document", True),
+                                           (4, 3, "3 processes, PostgreSQL + Redis, no affinity", False)):
                 schema = f"collab_bench_{tag}_{n}"
-                configs.append((name, min(n, 2), {
+                configs.append((name, procs, {
                     "DATABASE_URL": f"{args.database_url}{sep}schema={schema}",
                     "REDIS_URL": f"{args.redis_url}{rsep}prefix=collab-bench-{tag}-{n}",
                 }, by_doc))
@@ -224,7 +225,7 @@ async def drop_schemas(url: str, tag: str) -> None:
 
     conn = await asyncpg.connect(url)
     try:
-        for n in (1, 2, 3):
+        for n in (1, 2, 3, 4):
             await conn.execute(f'DROP SCHEMA IF EXISTS "collab_bench_{tag}_{n}" CASCADE')
     finally:
         await conn.close()
