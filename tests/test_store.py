@@ -288,8 +288,10 @@ async def test_a_pipelined_append_is_refused_with_its_refused_predecessor(stores
     second = await stores()
     await first.append("d", ops(1, 1), 1)
     await second.append("d", [StoredOp(2, [1, "🙂"], "p2", "theirs")], 2)  # first has not read it yet
-    mine = first.start_append("d", [StoredOp(2, [1, "a"], "p1", "mine-2")], 2)
-    built_on_it = first.start_append("d", [StoredOp(3, [2, "b"], "p1", "mine-3")], 3)
+    # The first is by an author this process has not stored yet (its id takes a round trip), the
+    # second by one it has: they must still be written in the order they were started.
+    mine = first.start_append("d", [StoredOp(2, [1, "a"], "p1", "mine-2", name="Zoë 👩‍💻")], 2)
+    built_on_it = first.start_append("d", [StoredOp(3, [2, "b"], "c1", "mine-3")], 3)
     results = await asyncio.gather(mine, built_on_it, return_exceptions=True)
     assert [type(r).__name__ for r in results] == ["RevisionConflict", "RevisionConflict"]
     state = await first.load("d", 10)

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import re
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from . import history
@@ -154,6 +154,7 @@ class PostgresStore(Store):
         self._pool: Any = None
         #: Connections inside exclusive(), by document.
         self._held: dict[str, Any] = {}
+        #: Appends for the next group commit, in the order they were queued.
         self._pending: list[tuple[tuple, asyncio.Future[None]]] = []
         #: The last queued append of each document: its last revision and op id (its successor's fence).
         self._queued: dict[str, tuple[int, str]] = {}
@@ -264,17 +265,34 @@ class PostgresStore(Store):
         if held is not None:  # inside exclusive(): part of its transaction
             await self._append_held(held, doc, ops, size, snapshot, nbytes)
             return
-        authors = await self._history.author_ids(ops)
+        await self._queue(doc, ops, size, snapshot, nbytes)
+        if snapshot is not None and self._maintainer is None:
+            self._maintainer = asyncio.create_task(self._maintain_soon())
+
+    def start_append(self, doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None = None,
+                     on_done: Callable[[asyncio.Future[None]], object] | None = None,
+                     nbytes: int | None = None) -> asyncio.Future[None]:
+        """Queue an append now, behind the ones started before it (their order is the commit order)."""
+        if doc in self._held:
+            return super().start_append(doc, ops, size, snapshot, on_done, nbytes)
+        fut = self._queue(doc, ops, size, snapshot, nbytes)
+        if snapshot is not None and self._maintainer is None:
+            self._maintainer = asyncio.create_task(self._maintain_soon())
+        if on_done is not None:
+            fut.add_done_callback(on_done)
+        return fut
+
+    def _queue(self, doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None,
+               nbytes: int | None) -> asyncio.Future[None]:
+        """Add an append to the next group commit, fenced on the document's append queued before it."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queued = self._queued.get(doc)
         after = queued[1] if queued is not None and queued[0] == ops[0].rev - 1 else None
         self._queued[doc] = (ops[-1].rev, ops[-1].id)
-        self._pending.append((_append_args(doc, ops, size, snapshot, authors, self.session_gap, nbytes, after), fut))
+        self._pending.append(((doc, ops, size, snapshot, nbytes, after), fut))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
-        await fut
-        if snapshot is not None and self._maintainer is None:
-            self._maintainer = asyncio.create_task(self._maintain_soon())
+        return fut
 
     async def _maintain_soon(self) -> int:
         """Compute new checkpoints' runs a moment after they are written (commits close together share it)."""
@@ -309,7 +327,16 @@ class PostgresStore(Store):
 
         try:
             while self._pending:
-                batch, self._pending = self._pending, []
+                queued, self._pending = self._pending, []
+                try:  # authors new to this process get their ids first (in order: the queue is the order)
+                    batch = [(_append_args(doc, ops, size, snapshot, await self._history.author_ids(ops),
+                                           self.session_gap, nbytes, after), fut)
+                             for (doc, ops, size, snapshot, nbytes, after), fut in queued]
+                except Exception as exc:  # the database is away: these appends fail, as their commit would
+                    for _, fut in queued:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
                 # Rows are locked in one order by every process: groups cannot deadlock.
                 batch.sort(key=lambda item: item[0][0])
                 try:
