@@ -265,9 +265,7 @@ class PostgresStore(Store):
         if held is not None:  # inside exclusive(): part of its transaction
             await self._append_held(held, doc, ops, size, snapshot, nbytes)
             return
-        await self._queue(doc, ops, size, snapshot, nbytes)
-        if snapshot is not None and self._maintainer is None:
-            self._maintainer = asyncio.create_task(self._maintain_soon())
+        await self.start_append(doc, ops, size, snapshot, nbytes=nbytes)
 
     def start_append(self, doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None = None,
                      on_done: Callable[[asyncio.Future[None]], object] | None = None,
