@@ -10,6 +10,7 @@ import asyncio
 import json
 
 import pytest
+import websockets
 
 from collab.titles import MAX_TITLE, check_title, first_heading
 from test_cli import run_cli
@@ -157,14 +158,28 @@ async def _title_msg(conn) -> dict:
             return msg
 
 
+async def _connect_for_titles(ws_base: str, doc: str, token: str):
+    """A connection that asks for ``title`` messages at join (as the browser editor does)."""
+    conn = await websockets.connect(f"{ws_base}/ws/{doc}?token={token}", open_timeout=10, max_queue=None)
+    await conn.send(json.dumps({"type": "join", "user": {"name": "Bea 🐝", "color": "#d33"}, "titles": True}))
+    while json.loads(await asyncio.wait_for(conn.recv(), 10))["type"] != "welcome":
+        pass
+    return conn
+
+
 async def test_a_title_set_by_hand_is_read_and_announced_to_the_editors(srv):
     s, owner = srv, mint(["*"])
     await api("PUT", f"{s.base_url}/api/docs/fox/text", owner, content=TEXT.encode())
     r = await api("GET", f"{s.base_url}/api/docs/fox/title", mint(["fox"], role="read"))
     assert r.status_code == 200 and r.json() == {"id": "fox", "title": None}, "none by hand: the heading stands in"
-    conn, _ = await connect(s.ws_url, "fox", mint(["fox"], role="read"))
+    conn = await _connect_for_titles(s.ws_url, "fox", mint(["fox"], role="read"))
+    plain, _ = await connect(s.ws_url, "fox", owner)  # joined without asking for titles
     await api("POST", f"{s.base_url}/api/docs/fox/title", owner, json={"title": "Bau 🦊"})
     assert await _title_msg(conn) == {"type": "title", "title": "Bau 🦊"}
+    # The plain client gets only the protocol's own messages: its next one is the op that follows.
+    await api("PUT", f"{s.base_url}/api/docs/fox/text", owner, content=(TEXT + "!").encode())
+    assert json.loads(await asyncio.wait_for(plain.recv(), 10))["type"] == "op"
+    await plain.close()
     assert (await api("GET", f"{s.base_url}/api/docs/fox/title", owner)).json()["title"] == "Bau 🦊"
     await api("POST", f"{s.base_url}/api/docs/fox/title", owner, json={"title": ""})
     assert await _title_msg(conn) == {"type": "title", "title": None}
@@ -193,7 +208,7 @@ async def test_a_title_reaches_the_editors_of_the_other_process(two_processes): 
     a, b = two_processes
     owner = mint(["*"])
     await api("PUT", f"{a.base_url}/api/docs/notes/text", owner, content=TEXT.encode())
-    on_b, _ = await connect(b.ws_url, "notes", owner)
+    on_b = await _connect_for_titles(b.ws_url, "notes", owner)
     assert (await api("POST", f"{a.base_url}/api/docs/notes/title", owner, json={"title": "Füchse 🦊"})).status_code == 200
     assert await _title_msg(on_b) == {"type": "title", "title": "Füchse 🦊"}
     await on_b.close()

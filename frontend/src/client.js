@@ -176,7 +176,7 @@ export class SyncClient {
     this.resolving = null;
     // batch: the server may coalesce what is queued for us into one frame (docs/protocol.md).
     // freshJoin: the server did not know our revision; ask for a snapshot.
-    const join = { type: 'join', since: this.freshJoin ? null : this.rev, batch: true };
+    const join = { type: 'join', since: this.freshJoin ? null : this.rev, batch: true, titles: true };
     if (this.user) join.user = this.user;
     send(join);
   }

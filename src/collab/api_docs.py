@@ -21,7 +21,8 @@ from . import protocol
 from .api_tokens import BODY_BYTES
 from .httpbody import read_body
 from .lifecycle import DELETED_REASON, RENAMED_REASON
-from .protocol import CLOSE_NO_DOCUMENT, encode, title_msg
+from .peer import announce_title
+from .protocol import CLOSE_NO_DOCUMENT
 from .titles import check_title
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ def _announce_title(app: "CollabApp", doc: str, title: str | None) -> None:
     assert app.hub is not None
     open_doc = app.hub.docs.get(doc)
     if open_doc is not None:
-        open_doc.broadcast(encode(title_msg(title)))
+        announce_title(open_doc.peers.values(), title)
     if app.hub.backplane is not None:
         app.hub.backplane.publish(doc, {"t": "title", "title": title})
 

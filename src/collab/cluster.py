@@ -28,9 +28,9 @@ from .forwarding import ForwardedAuthor
 from .ownership import Ownership
 from .hubconfig import DocumentFailed, HubCounters
 from .metrics import ACK_LATENCY
-from .peer import Peer, RemotePeer
+from .peer import Peer, RemotePeer, announce_title
 from .protocol import (
-    Cursor, User, _cur, _usr, ack_msg, encode, error_msg, join_msg, leave_msg, op_msg, presence_msg, title_msg,
+    Cursor, User, _cur, _usr, ack_msg, encode, error_msg, join_msg, leave_msg, op_msg, presence_msg,
 )
 from .sequencer import reused
 from .store.base import Store, StoredOp
@@ -135,7 +135,7 @@ class Replica:
             self.events.append(msg)
         elif kind == "title":  # set by hand in another process: tell the editors here at once
             title = msg.get("title")
-            self.doc.broadcast(encode(title_msg(clean(title) or None if isinstance(title, str) else None)))
+            announce_title(self.doc.peers.values(), clean(title) or None if isinstance(title, str) else None)
             return False
         else:
             return False

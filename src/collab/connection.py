@@ -319,7 +319,7 @@ class Session:
         if grant.name:  # a name vouched for by the token beats a self-chosen one
             user = protocol.User(grant.name, user.color if user else "")
         peer = Peer(user, grant.role, s.client_queue_size, notify=self.notify)
-        peer.batch = msg.batch
+        peer.batch, peer.titles = msg.batch, msg.titles
         self.peer = peer
         try:
             self.doc = await self.app.hub.join(self.doc_id, peer, msg.since)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Protocol
 
-from .protocol import CLOSE_NORMAL, CLOSE_POLICY, FORBIDDEN, Cursor, ProtocolError, User, encode
+from .protocol import CLOSE_NORMAL, CLOSE_POLICY, FORBIDDEN, Cursor, ProtocolError, User, encode, title_msg
 
 
 class Room(Protocol):
@@ -40,7 +40,7 @@ class Peer:
 
     __slots__ = (
         "id", "user", "role", "cursor", "cursor_rev", "_outbox", "_bytes", "notify", "_ready", "closed", "close_code",
-        "close_reason", "limit", "byte_limit", "doc", "flush", "batch", "transformed",
+        "close_reason", "limit", "byte_limit", "doc", "flush", "batch", "titles", "transformed",
     )
 
     def __init__(self, user: User | None = None, role: str = "edit", queue_size: int = 1000,
@@ -64,6 +64,8 @@ class Peer:
         self.flush = True
         #: The client accepts ``batch`` frames, so queued messages may be coalesced.
         self.batch = False
+        #: The client asked for ``title`` messages (they are not in every client's vocabulary).
+        self.titles = False
         self.limit = queue_size
         #: Bytes the outbox may hold; ``None``: the document's ``HubConfig.queue_bytes``, set on join.
         self.byte_limit = queue_bytes
@@ -183,3 +185,11 @@ def may_edit(peer: Peer, op_id: str | None) -> None:
     """Refuse (``forbidden``) an op from a read-only connection."""
     if peer.role != "edit":
         raise ProtocolError(FORBIDDEN, "this connection is read-only: its token does not allow editing", op_id)
+
+
+def announce_title(peers: Iterable[Peer], title: str | None) -> None:
+    """Send a title set by hand to the connections that asked for ``title`` messages at ``join``."""
+    frame = encode(title_msg(title))
+    for p in list(peers):
+        if p.titles:
+            p.send(frame)

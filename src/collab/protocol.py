@@ -150,6 +150,8 @@ class Join:
     since: int | None
     #: The client accepts ``batch`` frames (several messages in one frame).
     batch: bool = False
+    #: The client takes ``title`` messages (a title set by hand, announced live).
+    titles: bool = False
 
 
 @dataclass(slots=True)
@@ -309,7 +311,8 @@ def parse(data: str | bytes) -> Message:
     if kind == "presence":
         return Presence(_rev(msg, "rev"), _cursor(msg.get("cursor")), _user(msg.get("user")))  # type: ignore[arg-type]
     if kind == "join":
-        return Join(_user(msg.get("user")), _rev(msg, "since", optional=True), msg.get("batch") is True)
+        return Join(_user(msg.get("user")), _rev(msg, "since", optional=True), msg.get("batch") is True,
+                    msg.get("titles") is True)
     if isinstance(kind, str):
         raise ProtocolError(BAD_MESSAGE, f"unknown message type {kind[:40]!r}: expected join, op or presence")
     raise ProtocolError(BAD_MESSAGE, "a message must have a string field 'type'")
