@@ -39,6 +39,16 @@ export function pageUrl(doc) {
   return withToken(path);
 }
 
+let leaving = false;
+
+/** Replace this page with `url`, once: a second call (the rename's answer and the server's close
+ * both move the page) would abort the navigation already under way. */
+export function leaveFor(url) {
+  if (leaving) return;
+  leaving = true;
+  location.replace(url);
+}
+
 /** The home page (`view` "trash": its Trash), carrying the token the way this page got it. */
 export function homeUrl(view = null) {
   const query = view ? `?view=${encodeURIComponent(view)}` : '';

@@ -10,7 +10,7 @@
 import { firstHeading, HEAD_CHARS, MAX_TITLE } from './titles.js';
 import { getTitle, setTitle, failureText } from './docapi.js';
 import { renameDialog, trashDialog } from './docdialogs.js';
-import { homeUrl, pageUrl } from './common.js';
+import { homeUrl, leaveFor, pageUrl } from './common.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -172,7 +172,7 @@ export class DocActions {
     this.toggleMenu(false);
     const name = await renameDialog({ doc: this.docName, title: this.shown, token: this.token });
     // The server also closes this page's connection (4004, "document renamed to …"), which reopens it there.
-    if (name) location.replace(pageUrl(name));
+    if (name) leaveFor(pageUrl(name));
   }
 
   async trash() {

@@ -32,7 +32,7 @@ import { HistoryPanel } from './histpanel.js';
 import { AuthorColours } from './authors.js';
 import { DocActions } from './docactions.js';
 import {
-  wsUrl, pageToken, loadUser, saveUser, safeColor, initials, el, PALETTE, DOC_NAME_RE, applyTheme, nextTheme, themeChoice,
+  wsUrl, pageToken, loadUser, saveUser, safeColor, initials, el, PALETTE, DOC_NAME_RE, applyTheme, nextTheme, themeChoice, leaveFor,
 } from './common.js';
 
 applyTheme();
@@ -744,7 +744,7 @@ function showDenied(detail) {
     const next = session.fatalReason.slice(RENAMED.length);
     if (DOC_NAME_RE.test(next)) {
       // Everything sent was acknowledged before the server moved the document: reopen it under its new name.
-      location.replace(`/d/${encodeURIComponent(next)}${location.search}${location.hash}`);
+      leaveFor(`/d/${encodeURIComponent(next)}${location.search}${location.hash}`);
       text = `This document was renamed to ${next}: opening it there…`;
     }
   } else if (code === CLOSE_CODES.NO_DOCUMENT && /deleted/.test(session.fatalReason)) {
