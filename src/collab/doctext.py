@@ -25,6 +25,11 @@ def utf8_len(s: str) -> int:
     return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
 
 
+def _wide(s: str) -> int:
+    """The UTF-8 bytes of ``s`` beyond one per code point: 0 for ASCII, checked without encoding."""
+    return 0 if s.isascii() else len(s.encode("utf-8", "surrogatepass")) - len(s)
+
+
 def _byte_delta(before: str, op: ot.Operation) -> int:
     """How many bytes of UTF-8 ``op`` (already checked against ``before``) adds: the cost of the edit, not the text."""
     delta = pos = 0
@@ -55,15 +60,16 @@ class DocText:
     #: Target chunk size in code points; a chunk is split past ``2 * CHUNK``.
     CHUNK = 2048
 
-    __slots__ = ("_str", "_chunks", "_tree", "_top", "_len", "_bytes", "_small", "_chunk", "_hint", "_hint_start",
+    __slots__ = ("_str", "_chunks", "_tree", "_top", "_len", "_wide", "_small", "_chunk", "_hint", "_hint_start",
                  "_pending")
 
     def __init__(self, text: str = "", *, small: int | None = None, chunk: int | None = None) -> None:
         self._small = self.SMALL if small is None else small
         self._chunk = max(1, self.CHUNK if chunk is None else chunk)
         self._len = len(text)
-        #: Its length in UTF-8 bytes, kept up to date by each edit (for the document list).
-        self._bytes = utf8_len(text)
+        #: Its UTF-8 bytes beyond one per code point (0 while it is ASCII), kept up to date by each
+        #: edit: ``len + _wide`` is its size in bytes (for the document list).
+        self._wide = _wide(text)
         #: The whole text, when known: the representation in small mode, a cache otherwise.
         self._str: str | None = text
         #: ``None`` in small mode, else the chunks (none of them empty).
@@ -88,7 +94,7 @@ class DocText:
     @property
     def utf8_bytes(self) -> int:
         """The text's length in bytes of UTF-8, without encoding it (each edit counts what it changes)."""
-        return self._bytes
+        return self._len + self._wide
 
     def __str__(self) -> str:
         s = self._str
@@ -119,7 +125,7 @@ class DocText:
             text = ot.apply(before, op)
             self._str = text
             self._len = len(text)
-            self._bytes = len(text) if text.isascii() else self._bytes + _byte_delta(before, op)
+            self._wide = 0 if text.isascii() else self._wide + _byte_delta(before, op) - len(text) + len(before)
             if self._len > self._small:
                 self._to_chunks(text)
             return
@@ -185,7 +191,10 @@ class DocText:
         size = len(piece) - dl + len(ins)
         if size <= 0 or size > 2 * self._chunk:
             return False
-        self._bytes += utf8_len(ins) - (utf8_len(piece[off : off + dl]) if dl else 0)
+        if not ins.isascii():
+            self._wide += _wide(ins)
+        if dl and self._wide:  # an ASCII text loses no wide characters
+            self._wide -= _wide(piece[off : off + dl])
         chunks[i] = piece[:off] + ins + piece[off + dl :]
         delta = len(ins) - dl
         self._pending += delta
@@ -207,7 +216,7 @@ class DocText:
         other._small = self._small
         other._chunk = self._chunk
         other._len = self._len
-        other._bytes = self._bytes
+        other._wide = self._wide
         other._str = self._str
         other._chunks = None if self._chunks is None else list(self._chunks)
         other._tree = None if self._tree is None else list(self._tree)
@@ -317,7 +326,7 @@ class DocText:
         chunks = self._chunks
         assert chunks is not None
         self._len += len(s)
-        self._bytes += utf8_len(s)
+        self._wide += _wide(s)
         if not chunks:
             chunks.extend(self._split(s))
             self._invalidate()
@@ -352,7 +361,8 @@ class DocText:
                 off = 0
                 continue
             take = min(n, len(piece) - off)
-            self._bytes -= utf8_len(piece[off : off + take])
+            if self._wide:
+                self._wide -= _wide(piece[off : off + take])
             if off == 0 and take == len(piece):
                 chunks[i] = ""
                 emptied = True
