@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from collab import ot
-from collab.protocol import Cursor, ProtocolError, Submit
+from collab.protocol import Cursor, ProtocolError, Submit, User
 from collab.sequencer import Sequencer
 from collab.store.base import StoredOp
 
@@ -18,6 +18,7 @@ class Who:
         self.cursor: Cursor | None = None
         self.cursor_rev = 0
         self.transformed = 0
+        self.user: User | None = None
 
 
 def seq_with(*texts: str, depth: int = 100, max_chars: int = 1000) -> Sequencer:

@@ -323,7 +323,7 @@ class Document:
         for item in batch:
             sub = item.sub
             try:
-                result = earlier.get(sub.id) or apply(sub, item.peer)
+                result = (earlier and earlier.get(sub.id)) or apply(sub, item.peer)
             except ProtocolError as exc:  # refused: answered here, and left out of the batch
                 if item.reply is not None:
                     item.reply.set_exception(exc)
@@ -487,8 +487,9 @@ class Document:
 
     def trim(self) -> None:
         """Keep the sequencer's history to its depth."""
-        if len(self.seq.history) > self.seq.history_depth:
-            self.seq.trim(self._holders())
+        seq = self.seq
+        if len(seq.history) - seq.history_depth >= seq.trim_every:
+            seq.trim(self._holders())
 
     @property
     def forwarding(self) -> bool:

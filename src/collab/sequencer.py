@@ -21,7 +21,7 @@ from typing import Iterable, Protocol
 
 from . import ot
 from .doctext import DocText
-from .protocol import BAD_OP, BAD_REV, STALE_REV, TOO_LARGE, Cursor, ProtocolError, Submit
+from .protocol import BAD_OP, BAD_REV, STALE_REV, TOO_LARGE, Cursor, ProtocolError, Submit, User
 from .store.base import StoredOp
 
 
@@ -39,6 +39,8 @@ class Author(Positioned, Protocol):
 
     #: History operations its submits were transformed against.
     transformed: int
+    #: Who it joined as (its token's name, else its own); its ops are recorded under ``user.name``.
+    user: User | None
 
 
 @dataclass(slots=True)
@@ -49,12 +51,6 @@ class Saved:
     rev: int
     history_len: int
     cursors: list[tuple[Positioned, Cursor | None, int]]
-
-
-def _name(author: object) -> str:
-    """The name ``author`` joined under (its token's, else its own), or "" for none."""
-    user = getattr(author, "user", None)
-    return user.name if user is not None else ""
 
 
 def reused(op_id: str, rev: int) -> ProtocolError:
@@ -76,6 +72,9 @@ class Sequencer:
         #: Op id -> revision, for every op in :attr:`history`.
         self.ids: dict[str, int] = {o.id: o.rev for o in history}
         self.history_depth = history_depth
+        #: :meth:`trim` waits until this many ops are past the depth, then drops them together:
+        #: what it costs (moving the selections about to lose their ops) is paid once per chunk.
+        self.trim_every = max(1, history_depth // 32)
         self.max_chars = max_chars
 
     # -- ordering submits ------------------------------------------------------
@@ -122,7 +121,11 @@ class Sequencer:
             )
         text.apply(op)
         self.rev = rev = rev + 1
-        entry = StoredOp(rev, op, author.id if author is not None else "server", op_id, sub.author or _name(author))
+        if author is not None:
+            user = author.user
+            entry = StoredOp(rev, op, author.id, op_id, sub.author or (user.name if user is not None else ""))
+        else:
+            entry = StoredOp(rev, op, "server", op_id, sub.author)
         # Trimmed to history_depth only once committed (see trim), so a conflict can roll back.
         self.history.append(entry)
         self.ids[op_id] = rev
@@ -191,9 +194,10 @@ class Sequencer:
     # -- history ---------------------------------------------------------------------
 
     def trim(self, holders: Iterable[Positioned]) -> None:
-        """Keep at most ``history_depth`` operations (after a commit); selections about to lose their ops move first."""
+        """Keep about ``history_depth`` operations (after a commit; at most :attr:`trim_every` - 1 more);
+        selections about to lose their ops move first."""
         excess = len(self.history) - self.history_depth
-        if excess <= 0:
+        if excess < self.trim_every:
             return
         new_start = self.history[excess - 1].rev
         for p in holders:
