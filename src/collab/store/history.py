@@ -97,24 +97,28 @@ def advance(open_session: Session | None, ops: list[StoredOp], authors: list, no
     """The open session after a commit of ``ops`` (by ``authors``, one key per op) at ``now``,
     and the session it closed, if the pause before this commit was longer than ``gap``.
     ``in_place``: move ``open_session`` itself on (a store that never rolls a commit back)."""
-    ins = dels = 0
-    for o in ops:
-        i, d = counts(o.op)
-        ins += i
-        dels += d
     s = open_session
     closed = None
-    if s is None or now - s.end > gap or s.last != ops[0].rev - 1:
+    first = ops[0].rev
+    if s is None or now - s.end > gap or s.last != first - 1:
         closed = s
-        s = Session(ops[0].rev, ops[-1].rev, now, now, [], 0, 0)
+        s = Session(first, first, now, now, [], 0, 0)
     elif not in_place:  # a copy: a commit that fails must leave the open session as it was
         s = Session(s.first, s.last, s.start, s.end, list(s.authors), s.inserted, s.deleted)
+    ins = dels = 0
+    for o in ops:  # counts(), inlined: this runs for every commit
+        for c in o.op:
+            if type(c) is str:
+                ins += len(c)
+            elif c < 0:  # type: ignore[operator]
+                dels -= c  # type: ignore[operator]
     s.last, s.end = ops[-1].rev, now
     s.inserted += ins
     s.deleted += dels
-    for a in dict.fromkeys(authors):
-        if a not in s.authors:
-            s.authors.append(a)
+    known = s.authors
+    for a in authors:
+        if a not in known:
+            known.append(a)
     return s, closed
 
 

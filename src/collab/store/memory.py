@@ -48,16 +48,15 @@ class MemoryStore(Store):
         if ops[0].rev != len(log) + 1:
             raise RevisionConflict(f"{doc}: expected rev {len(log) + 1}, got {ops[0].rev}")
         now = h.now()
-        for entry in ops:
-            entry.time = now
-        log.extend(ops)
         ids = self._ids.setdefault(doc, {})
         for entry in ops:
+            entry.time = now
             ids[entry.id] = entry.rev
+        log.extend(ops)
         sessions = self._sessions.setdefault(doc, [])
-        opened, closed = h.advance(sessions[-1] if sessions else None, ops,
-                                   [h.label(o.name, o.client) for o in ops], now, self.session_gap, in_place=True)
-        if not sessions or sessions[-1] is not opened:
+        last = sessions[-1] if sessions else None
+        opened, _ = h.advance(last, ops, [o.name or o.client for o in ops], now, self.session_gap, in_place=True)
+        if opened is not last:
             sessions.append(opened)
         if snapshot is not None:
             self._snapshots[doc] = snapshot
