@@ -324,25 +324,36 @@ CREATE TABLE IF NOT EXISTS snapshots (
 
 
 async def test_sqlite_a_large_append_is_split_into_log_rows_that_read_back_whole(tmp_path):
-    """Log rows stay under ROW_BYTES (a large row would spill into overflow pages); an op larger than that
-    is a row of its own."""
-    from collab.store.sqlite_write import ROW_BYTES
+    """Log rows stay under ROW_MAX (a large row would spill into overflow pages); an op larger than that
+    is a row of its own. Appends are cut by the size of the previous one's ops: one that follows much
+    smaller or much larger ops is cut right all the same."""
+    from collab.store.sqlite_write import ROW_MAX
 
     async with _sqlite(tmp_path / "rows.sqlite3") as store:
         texts = [""]
-        batch = []
-        for rev in range(1, 201):
-            op = [len(texts[-1]), "🦊é"] if texts[-1] else ["🦊é"]
-            batch.append(StoredOp(rev, op, "c1", f"id-{rev}-{'x' * 20}", "ana"))
-            texts.append(ot.apply(texts[-1], op))
-        big = "😀" * (2 * ROW_BYTES)
-        batch.append(StoredOp(201, [len(texts[-1]), big], "c1", "big", "ana"))
-        texts.append(texts[-1] + big)
+        ops: list[StoredOp] = []
+
+        def append_ops(count: int, insert: str) -> list[StoredOp]:
+            batch = []
+            for _ in range(count):
+                rev = len(texts)
+                op = [len(texts[-1]), insert] if texts[-1] else [insert]
+                batch.append(StoredOp(rev, op, "c1", f"id-{rev}-{'x' * 20}", "ana"))
+                texts.append(ot.apply(texts[-1], op))
+            ops.extend(batch)
+            return batch
+
+        # Small ops with one larger than a row; then small ops after it (the estimate is too large),
+        # then large ones after small ones (too small), then small ones again.
+        batch = append_ops(200, "🦊é") + append_ops(1, "😀" * (2 * ROW_MAX))
         await store.append("r", batch, len(texts[-1]))
+        for count, insert in ((200, "🦊é"), (60, "🐍" * 100), (100, "ab")):
+            await store.append("r", append_ops(count, insert), len(texts[-1]))
         rows = store._writer.execute("SELECT first, rev, length(CAST(ops AS BLOB)) FROM log WHERE doc = 'r' ORDER BY rev").fetchall()
-        assert len(rows) > 2 and rows[-1][:2] == (201, 201)
-        assert all(length <= ROW_BYTES for first, rev, length in rows[:-1])
+        assert (201, 201) in [row[:2] for row in rows]
+        assert all(length <= ROW_MAX for first, rev, length in rows if first != 201)
         assert [first for first, _, _ in rows] == [1] + [rev + 1 for _, rev, _ in rows[:-1]], "consecutive runs"
-        assert [o.id for o in await store.ops_since("r", 0)] == [o.id for o in batch]
-        for rev in (0, 57, 200, 201):
+        assert rows[-1][1] == len(ops)
+        assert [o.id for o in await store.ops_since("r", 0)] == [o.id for o in ops]
+        for rev in (0, 57, 200, 201, 202, 401, 402, 461, 462, len(ops)):
             assert await store.text_at("r", rev) == texts[rev]

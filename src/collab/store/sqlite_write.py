@@ -32,22 +32,33 @@ _first = operator.itemgetter(0)
 INSERT_IDS = 300
 
 
-#: A log row holds at most about this many bytes of JSON: the log is a WITHOUT ROWID table,
-#: whose rows past about 1,000 bytes (with 4 KiB pages) spill into mostly empty overflow pages.
+#: A log row holds about this many bytes of JSON, and at most :data:`ROW_MAX`: the log is a WITHOUT
+#: ROWID table, whose rows past about 1,000 bytes (with 4 KiB pages) spill into mostly empty overflow pages.
 ROW_BYTES = 800
+ROW_MAX = 1000
 
 
-def log_rows(doc: str, ops: list[StoredOp], authors: list[int] | None, now: float) -> list[tuple[str, int, int, str, float]]:
-    """The log rows of one append: one, or as many as keep each under :data:`ROW_BYTES` (an op larger
-    than that alone gets a row of its own)."""
+def log_rows(doc: str, ops: list[StoredOp], authors: list[int] | None, now: float,
+             op_bytes: float = 0.0) -> list[tuple[str, int, int, str, float]]:
+    """The log rows of one append: one, or as many as keep each under :data:`ROW_MAX` (an op larger
+    than that alone gets a row of its own).
+
+    ``op_bytes``, the JSON bytes per op of earlier appends, cuts ``ops`` into rows of about
+    :data:`ROW_BYTES` before encoding them, so that an append is usually encoded once; a row
+    that still comes out too large is encoded again, cut to its measured size.
+    """
+    n = len(ops)
+    if n * op_bytes > ROW_MAX and n > 1:
+        step = -(-n // -(-int(n * op_bytes) // ROW_BYTES))
+        return [r for i in range(0, n, step) for r in
+                    log_rows(doc, ops[i : i + step], authors[i : i + step] if authors is not None else None, now)]
     text = dump_batch(ops, authors)
     size = len(text) if text.isascii() else len(text.encode())
-    if size <= ROW_BYTES or len(ops) == 1:
+    if size <= ROW_MAX or n == 1:
         return [(doc, ops[-1].rev, ops[0].rev, text, now)]
-    parts = -(-size // ROW_BYTES)
-    step = -(-len(ops) // parts)
+    step = -(-n // -(-size // ROW_BYTES))
     rows = []
-    for i in range(0, len(ops), step):
+    for i in range(0, n, step):
         rows.extend(log_rows(doc, ops[i : i + step], authors[i : i + step] if authors is not None else None, now))
     return rows
 
@@ -79,6 +90,8 @@ class GroupWrite:
         self.session_gap = session_gap
         #: About how many bytes the WAL grew by since the store last checkpointed it (the store resets this).
         self.wal_bytes = 0
+        #: JSON bytes per op in the last append's log rows: how the next one is cut into rows.
+        self.op_bytes = 0.0
         #: ``(name, client)`` -> author id, of authors committed to ``authors``.
         self.author_ids: dict[tuple[str, str], int] = {}
 
@@ -150,14 +163,14 @@ class GroupWrite:
                                          f"cannot be stored ({exc})"))
         return errors
 
-    @staticmethod
-    def _encode(batch: list[Append], now: float, errors: list[Exception | None]) -> None:
-        """Encode each append's log row: an op that cannot be encoded fails alone."""
+    def _encode(self, batch: list[Append], now: float, errors: list[Exception | None]) -> None:
+        """Encode each append's log rows: an op that cannot be encoded fails alone."""
         for k, a in enumerate(batch):
             if errors[k] is not None:
                 continue
             try:
-                a.rows = log_rows(a.doc, a.ops, a.authors, now)
+                a.rows = rows = log_rows(a.doc, a.ops, a.authors, now, self.op_bytes)
+                self.op_bytes = sum(len(r[3]) for r in rows) / len(a.ops)
             except Exception as exc:  # e.g. a lone surrogate, an integer too large for JSON
                 errors[k] = ValueError(f"{a.doc}: revisions {a.ops[0].rev}-{a.ops[-1].rev} cannot be stored ({exc})")
 
