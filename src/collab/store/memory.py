@@ -22,7 +22,10 @@ class MemoryStore(Store):
         self._snapshots: dict[str, tuple[int, str]] = {}
         #: Checkpoints: revisions ascending, and the text and authorship runs at each.
         self._checkpoints: dict[str, tuple[list[int], list[str], list[h.Runs | None]]] = {}
+        #: Editing sessions, through the commits counted so far (see :meth:`_sessions_of`).
         self._sessions: dict[str, list[h.Session]] = {}
+        #: The first revision of each commit not yet counted into its document's sessions.
+        self._uncounted: dict[str, list[int]] = {}
         self._ids: dict[str, dict[str, int]] = {}
         self._info: dict[str, DocInfo] = {}
         self._authorship = h.AuthorshipCache()
@@ -53,11 +56,7 @@ class MemoryStore(Store):
             entry.time = now
             ids[entry.id] = entry.rev
         log.extend(ops)
-        sessions = self._sessions.setdefault(doc, [])
-        last = sessions[-1] if sessions else None
-        opened, _ = h.advance(last, ops, [o.name or o.client for o in ops], now, self.session_gap, in_place=True)
-        if opened is not last:
-            sessions.append(opened)
+        self._uncounted.setdefault(doc, []).append(ops[0].rev)
         if snapshot is not None:
             self._snapshots[doc] = snapshot
             revs, texts, runs = self._checkpoints.setdefault(doc, ([], [], []))
@@ -118,9 +117,30 @@ class MemoryStore(Store):
         base, text, _ = self._base(doc, rev)
         return h.rebuild(doc, base, text, self._between(doc, base, rev), rev)
 
+    def _sessions_of(self, doc: str) -> list[h.Session]:
+        """``doc``'s editing sessions, its commits since the last call counted in first.
+
+        Counted when read rather than on every commit: the same sessions (each
+        commit's ops share its time), and a commit costs the hub no more than
+        stamping its time.
+        """
+        sessions = self._sessions.setdefault(doc, [])
+        starts = self._uncounted.pop(doc, None)
+        if starts:
+            log = self._ops[doc]
+            last = sessions[-1] if sessions else None
+            for first, end in zip(starts, starts[1:] + [len(log) + 1]):
+                ops: list[StoredOp] = log[first - 1 : end - 1]  # type: ignore[assignment]  (never thinned yet)
+                opened, _ = h.advance(last, ops, [o.name or o.client for o in ops], ops[0].time, self.session_gap,
+                                      in_place=True)
+                if opened is not last:
+                    sessions.append(opened)
+                    last = opened
+        return sessions
+
     async def sessions(self, doc: str, before: int | None = None, limit: int = 50) -> list[h.Session]:
         h.check_rev(doc, 0, len(self._ops.get(doc, [])))
-        return h.page(self._sessions.get(doc, []), before, limit)
+        return h.page(self._sessions_of(doc), before, limit)
 
     async def authorship(self, doc: str, rev: int | None = None) -> list[dict]:
         head = len(self._ops.get(doc, []))
@@ -138,6 +158,8 @@ class MemoryStore(Store):
 
     async def thin(self, before: float) -> int:
         thinned = 0
+        for doc in list(self._uncounted):
+            self._sessions_of(doc)
         for doc, sessions in self._sessions.items():
             head = len(self._ops[doc])
             bound = min(self._snapshots.get(doc, (0, ""))[0], head - self.history_depth)
@@ -173,7 +195,7 @@ class MemoryStore(Store):
         gone = [d for d, t in self._deleted.items() if t < deleted_before and d not in keep]
         for doc in gone:
             for table in (self._ops, self._snapshots, self._ids, self._info, self._deleted, self._titles,
-                          self._headings, self._checkpoints, self._sessions):
+                          self._headings, self._checkpoints, self._sessions, self._uncounted):
                 table.pop(doc, None)
             self._authorship.forget(doc)
             for cred in [c for c in self._creds.values() if c.doc == doc]:
@@ -225,7 +247,7 @@ class MemoryStore(Store):
         if new in self._info:
             return "taken"
         for table in (self._ops, self._snapshots, self._ids, self._titles, self._headings, self._checkpoints,
-                      self._sessions):
+                      self._sessions, self._uncounted):
             if old in table:
                 table[new] = table.pop(old)  # type: ignore[index]
         self._authorship.forget(old)
