@@ -124,13 +124,13 @@ async def test_revisions_are_sessions_newest_first_with_paging(start, ws_open):
     srv = await start(session_gap=-1.0)  # every commit is its own session
     a = await ws_open(srv.ws("s"))
     await a.join(user={"name": "ana", "color": "#333"})
-    for rev, op in enumerate([["hé"], [2, "😀😀"], [-1, 3]]):
+    for rev, op in enumerate([["hé"], [2, "😀😀"], [-1, 3], [1, "ü", -1, 1]]):
         await a.send({"type": "op", "rev": rev, "op": op, "id": f"s{rev}"})
         await a.recv_type("ack")
     async with httpx.AsyncClient(base_url=srv.base_url, timeout=10) as http:
         got = (await http.get("/api/docs/s/revisions")).json()
         assert [(s["from"], s["to"], s["authors"], s["inserted"], s["deleted"]) for s in got] == [
-            (3, 3, ["ana"], 0, 1), (2, 2, ["ana"], 2, 0), (1, 1, ["ana"], 2, 0)]
+            (4, 4, ["ana"], 1, 1), (3, 3, ["ana"], 0, 1), (2, 2, ["ana"], 2, 0), (1, 1, ["ana"], 2, 0)]
         assert all(s["start"] <= s["end"] for s in got)
         page = (await http.get("/api/docs/s/revisions", params={"before": 3, "limit": 1})).json()
         assert [s["from"] for s in page] == [2]
