@@ -937,3 +937,68 @@ async def test_postgres_keeps_u0000_and_migrates_schema_1_snapshots(tmp_path):
     finally:
         await store.close()
         await drop_schema(schema)
+
+
+async def test_postgres_an_append_reads_only_its_own_ids_however_long_the_history():
+    """The check that an append's op ids are new probes the index once per id, also under a generic
+    plan made while the document was empty (a connection's prepared statement keeps its plan):
+    ``op_id = ANY(...)`` read every id of the document instead, so each append cost time in
+    proportion to the document's history."""
+    reason = await _pg_reason()
+    if reason:
+        pytest.skip(reason)
+    import json
+
+    from collab.store import postgres as pg
+
+    schema = f"collab_test_{secrets.token_hex(6)}"
+    store = pg.PostgresStore(PG_URL, history_depth=5, schema=schema)
+    await store.open()
+
+    async def literals(conn, args: tuple) -> str:  # EXECUTE takes no bind parameters: typed SQL literals
+        out = []
+        for param, arg in zip((await conn.prepare(pg.APPEND)).get_parameters(), args):
+            sql_type = await conn.fetchval("SELECT format_type($1, NULL)", param.oid)
+            out.append(f"{await conn.fetchval(f'SELECT quote_nullable($1::{sql_type})', arg)}::{sql_type}")
+        return ", ".join(out)
+
+    def op_id_reads(node: dict) -> list[tuple[str, int]]:
+        """Rows each scan of ``collab_op_ids`` (or its index) looked at: returned, or filtered out."""
+        scans = node.get("Relation Name") == "collab_op_ids" or node.get("Index Name", "").startswith("collab_op_ids")
+        looked = (node["Actual Rows"] + node.get("Rows Removed by Filter", 0)) * node["Actual Loops"]
+        own = [(node["Node Type"], looked)] if scans and node["Node Type"] != "ModifyTable" else []
+        return own + [r for child in node.get("Plans", []) for r in op_id_reads(child)]
+
+    def append_args(rev: int, count: int, prefix: str) -> tuple[list[StoredOp], tuple]:
+        ops = [StoredOp(rev + k + 1, [rev + k, "😀"] if rev + k else ["😀"], "c1", f"{prefix}-{rev + k}", "ana")
+               for k in range(count)]
+        return ops, pg._append_args("long", ops, rev + count, None, [1] * count, store.session_gap)
+
+    try:
+        await store.append("long", append_args(0, 1, "first")[0], 1)
+        async with store.pool.acquire() as conn:  # held: the appends below go through other connections
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
+            await conn.execute(f"PREPARE append_check AS {pg.APPEND}")
+            first = await literals(conn, append_args(1, 3, "a")[1])
+            await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE append_check({first})")  # plans it, empty
+            rev = 1
+            for _ in range(5):  # 2,501 ids in the document
+                await store.append("long", append_args(rev, 500, "id")[0], rev + 500)
+                rev += 500
+            new, args = append_args(rev, 3, "new")
+            explained = conn.transaction()  # EXPLAIN ANALYZE runs the append: rolled back below
+            await explained.start()
+            try:
+                plan = json.loads(await conn.fetchval(
+                    f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE append_check({await literals(conn, args)})"))
+            finally:
+                await explained.rollback()
+                await conn.execute("DEALLOCATE ALL")
+                await conn.execute("RESET plan_cache_mode")
+        reads = op_id_reads(plan[0]["Plan"])
+        assert reads, "the plan reads collab_op_ids"
+        assert all(rows <= len(new) for _, rows in reads), f"an append read ids not its own: {reads}"
+        assert (await store.load("long", 5)).rev == rev, "the explained append was rolled back"
+    finally:
+        await store.drop_schema()
+        await store.close()

@@ -75,7 +75,13 @@ _APPEND_REST = """
 )
 SELECT EXISTS (SELECT 1 FROM moved) AS ok
 """
-_NO_ID_APPLIED = "NOT EXISTS (SELECT 1 FROM collab_op_ids WHERE doc = $1 AND op_id = ANY($8::text[]))"
+# None of the append's op ids was applied before: one index probe per id, whatever the plan.
+# (``op_id = ANY($8)``, or a join, let the generic plan a prepared statement settles on,
+# made while the table was small, read every id of the document: each append then cost
+# time in proportion to the document's history. A LATERAL subquery with LIMIT cannot be
+# turned into a join, so it stays a lookup per id.)
+_NO_ID_APPLIED = ("NOT EXISTS (SELECT 1 FROM unnest($8::text[]) AS given(op_id), LATERAL "
+                  "(SELECT 1 FROM collab_op_ids o WHERE o.doc = $1 AND o.op_id = given.op_id LIMIT 1) AS applied)")
 # The fence of a pipelined append: ``$19``, the last op of the append queued before it, is the
 # one at revision ``$5``, so an append whose predecessor was refused is refused too, even where
 # another process's commit has since taken the row to the same revision.
