@@ -535,8 +535,20 @@ def serve(spec: dict) -> None:
 
 
 def _watch_lag(threshold_ms: float) -> None:
-    """Print (to stderr) every loop turn and every garbage collection longer than ``threshold_ms``."""
+    """Print (to stderr) every loop turn, garbage collection and commit fsync longer than ``threshold_ms``."""
     import gc
+
+    from collab.store.sqlite import SqliteStore
+
+    synced = SqliteStore._synced
+
+    def timed_synced(store: SqliteStore, *args: Any) -> None:  # diagnostics only: the store's own method, timed
+        since = store._sync_since
+        if since is not None and (ms := (time.monotonic() - since) * 1e3) > threshold_ms:
+            print(f"lag {time.time():.3f} fsync took {ms:.1f} ms", file=sys.stderr, flush=True)
+        synced(store, *args)
+
+    SqliteStore._synced = timed_synced  # type: ignore[method-assign]
 
     loop = asyncio.get_running_loop()
     gc_start = [0.0]
@@ -620,6 +632,8 @@ class Row:
     attacker: dict = field(default_factory=dict)
     ops_per_s: float = 0.0
     guard: dict = field(default_factory=dict)
+    #: The server's commit fsyncs during the attack: how many, how many over 50 ms, and the slowest's bucket.
+    syncs: tuple[int, int, float] = (0, 0, 0.0)
 
 
 class Bench:
@@ -680,13 +694,14 @@ class Bench:
         return max(vals) if vals else 0
 
     def counters(self) -> dict[str, float]:
-        """The server's ``*_total`` counters from ``GET /metrics``."""
+        """The server's ``*_total`` counters and its commit-fsync histogram buckets, from ``GET /metrics``."""
         import urllib.request
 
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as resp:
             lines = resp.read().decode().splitlines()
         return {name: float(value) for name, _, value in (ln.partition(" ") for ln in lines)
-                if name.endswith("_total") and not name.startswith("#")}
+                if (name.endswith("_total") or name.startswith("collab_store_sync_seconds_bucket"))
+                and not name.startswith("#")}
 
     def close(self) -> None:
         self.stop.set()
@@ -744,7 +759,7 @@ def attack_round(bench: Bench, name: str, label: str, args: argparse.Namespace) 
     if args.worst:
         worst = sorted(((float(x), t - t0) for t, x in bench.polite_lines
                         if t0 <= t < t1 and not x.startswith("ERR")), reverse=True)[:args.worst]
-        print(f"{name}: attack ran {t1 - t0:.1f} s; slowest polite edits (ms at +s): "
+        print(f"{name}: attack ran {t1 - t0:.1f} s from {t0:.3f}; slowest polite edits (ms at +s): "
               + ", ".join(f"{ms:.1f} at +{at:.1f}" for ms, at in worst), file=sys.stderr, flush=True)
     row.rss_during = (bench.rss_max(t0, t1) - rss0) / 1e6
     row.rss_after = (bench.rss_at(t2) - rss0) / 1e6
@@ -754,7 +769,20 @@ def attack_round(bench: Bench, name: str, label: str, args: argparse.Namespace) 
     row.ops_per_s = max(0.0, (c1.get(ops, 0) - c0.get(ops, 0)) / (t1 - t0) - 10)  # minus the polite client's 10/s
     row.guard = {k.removeprefix("collab_guard_").removesuffix("_total"): int(v - c0.get(k, 0))
                  for k, v in c1.items() if k.startswith("collab_guard_") and v != c0.get(k, 0)}
+    row.syncs = _syncs(c0, c1)
     return row
+
+
+def _syncs(c0: dict[str, float], c1: dict[str, float]) -> tuple[int, int, float]:
+    """Fsyncs between two scrapes: how many, how many over 50 ms, and the upper bound of the slowest's bucket."""
+    prefix = 'collab_store_sync_seconds_bucket{le="'
+    cumulative = sorted((float(k[len(prefix):-2]), v - c0.get(k, 0)) for k, v in c1.items() if k.startswith(prefix))
+    if not cumulative:
+        return 0, 0, 0.0
+    total = int(cumulative[-1][1])
+    under_50ms = int(next((n for le, n in cumulative if le >= 0.05), total))
+    slowest = next((le for le, n in cumulative if n >= total), 0.0)
+    return total, total - under_50ms, slowest
 
 
 def table(rows: list[Row], args: argparse.Namespace, load: tuple[float, float], cpu: float) -> str:
@@ -767,8 +795,9 @@ def table(rows: list[Row], args: argparse.Namespace, load: tuple[float, float], 
         f"after; other processes used {cpu:.0f}% of the machine's CPU during the run (noise).",
         "",
         "| attack | polite p50, p99 before → during (ms) | p99 ratio | RSS +MB during / after | quiet address got in "
-        "| CPU % server / attacker | attacker ops/s applied | server counters | attacker saw |",
-        "| --- | ---: | ---: | ---: | --- | ---: | ---: | --- | --- |",
+        "| CPU % server / attacker | attacker ops/s applied | fsyncs, > 50 ms, slowest ≤ ms | server counters "
+        "| attacker saw |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | --- |",
     ]
     for r in rows:
         ratio = r.p99_during / r.p99_before if r.p99_before else float("nan")
@@ -777,6 +806,7 @@ def table(rows: list[Row], args: argparse.Namespace, load: tuple[float, float], 
                      f"{r.p99_during:.1f}{errs} | {ratio:.1f}x | "
                      f"{r.rss_during:+.0f} / {r.rss_after:+.0f} | {r.quiet} | "
                      f"{r.server_cpu:.0f} / {r.attacker_cpu:.0f} | {r.ops_per_s:.0f} | "
+                     f"{r.syncs[0]}, {r.syncs[1]}, {r.syncs[2] * 1000:g} | "
                      f"{_brief(r.guard)} | {_brief(r.attacker)} |")
     return "\n".join(lines)
 

@@ -416,6 +416,7 @@ async def test_http_api(server, ws_open):
     assert "collab_store_ops_written_total 2" in metrics  # the same two, durably
     commits = int(metrics.split("\ncollab_store_commits_total ")[1].split()[0])
     assert 1 <= commits <= 2
+    assert f"\ncollab_store_sync_seconds_count {commits}\n" in metrics, "each commit's fsync is timed"
 
 
 async def test_batch_frames_are_opt_in_and_keep_order(server, ws_open):

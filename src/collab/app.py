@@ -444,6 +444,7 @@ class CollabApp:
             "collab_frames_sent_total": self.fanout.frames_sent,
             "collab_messages_coalesced_total": self.fanout.frames_coalesced,
             metrics.ACK_LATENCY_FAMILY.name: metrics.ACK_LATENCY.value(),
+            metrics.STORE_SYNC_FAMILY.name: _sync_latency(self.store),
             **metrics.guard_values(),
         }
 
@@ -482,6 +483,12 @@ class CollabApp:
         """``/static/{name}``: a file of the built frontend (see :mod:`collab.assets`)."""
         assert self.assets is not None
         return self.assets.response(request, request.path_params["name"])
+
+
+def _sync_latency(store: Store | None) -> dict:
+    """The store's commit-sync histogram (empty for a store that keeps none)."""
+    histogram = getattr(store, "sync_latency", None)
+    return (histogram if isinstance(histogram, metrics.Histogram) else metrics.Histogram()).value()
 
 
 def metric_families() -> list[metrics.Family]:

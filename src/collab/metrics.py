@@ -156,6 +156,9 @@ ACK_LATENCY = Histogram()
 ACK_LATENCY_FAMILY = Family("collab_ack_latency_seconds", "histogram",
                             "Seconds from an operation's arrival to its acknowledgement.")
 
+STORE_SYNC_FAMILY = Family("collab_store_sync_seconds", "histogram",
+                           "Seconds each commit's fsync took (SQLite: the WAL's fdatasync); acks wait for it.")
+
 
 #: The app's own metrics (before the guard's); :meth:`collab.app.CollabApp.metric_values` gives their values.
 APP_FAMILIES = [
@@ -171,6 +174,7 @@ APP_FAMILIES = [
     Family("collab_messages_coalesced_total", "counter",
            "Messages sent inside a batch frame instead of their own frame."),
     ACK_LATENCY_FAMILY,
+    STORE_SYNC_FAMILY,
 ]
 
 

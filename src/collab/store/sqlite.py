@@ -44,6 +44,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
+from ..metrics import Histogram
 from . import history
 from . import sqlite_meta as meta
 from .base import Credential, DocInfo, DocState, Store, StoredOp, StoreFailed, replay
@@ -150,6 +151,9 @@ class SqliteStore(SqliteUpkeep, Store):
         #: Transactions committed and ops written, for /metrics and benchmarks.
         self.commits = 0
         self.ops_written = 0
+        #: Seconds from asking for each commit's fsync to its answer (``collab_store_sync_seconds``):
+        #: every acknowledgement waits for one, so a slow disk shows here first.
+        self.sync_latency = Histogram()
         self._init_upkeep(maintain)
 
     # -- plumbing ---------------------------------------------------------
@@ -363,6 +367,8 @@ class SqliteStore(SqliteUpkeep, Store):
 
     def _synced(self, batch: list[Append], errors: list[BaseException | None], error: BaseException | None) -> None:
         """The fsync of a transaction answered: settle it; a failure stops the store (rule 3)."""
+        if self._sync_since is not None:
+            self.sync_latency.since(self._sync_since)
         self._sync_since = None
         if error is not None:
             self._fail(f"an fsync of the WAL failed ({error})")
