@@ -814,6 +814,42 @@ async def test_a_process_that_found_no_owner_record_forwards_once_there_is_one(r
     assert h2.store.ops_written == written and h1.store.ops_written == 1
 
 
+async def test_a_race_lost_before_forwarding_leaves_no_row_lock_behind(real_hubs):
+    """A process that lost a race on a document while it ordered it, then learned the owner, forwards
+    its edits without taking the document's row lock: a turn taken only to forward would hold the row
+    the owner appends to, on every batch, for as long as the document is open."""
+    import json
+
+    from collab.hub import Peer
+    from collab.protocol import Submit
+
+    h1, h2 = await real_hubs(2)
+    owner = h1.backplane.process_id
+    assert await h1.cluster.ownership.leases.acquire(["raced"]) == {"raced"}  # the lease, no record yet
+    b = Peer(queue_size=10_000)
+    doc2 = await h2.join("raced", b, None)
+    assert doc2.forwarder.owner is None
+    doc2._losses = 1  # a race lost here a moment ago (when it happens depends on Redis's timing)
+    await h1.join("raced", Peer(queue_size=10_000), None)  # writes the owner record
+
+    async def forwarding() -> None:
+        while doc2.forwarder.owner != owner:
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(forwarding(), 30)
+    turns, written = h2.store.exclusive_turns, h2.store.ops_written
+    for k, text in enumerate(["🌍", "é", "!"]):
+        await doc2.submit(b, Submit(k, [k, text] if k else [text], f"b{k}", None))
+
+        async def acked(op_id: str = f"b{k}") -> None:
+            while not any(json.loads(f).get("id") == op_id for f in b.outbox):
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(acked(), 30)
+    assert (h2.store.exclusive_turns, h2.store.ops_written) == (turns, written), "forwarded, no turn taken"
+    assert h1.store.ops_written == 3 and str(doc2.text) == "🌍é!"
+
+
 async def test_pipelined_batches_that_lose_a_race_are_ordered_again_with_those_built_on_them():
     """Two processes with no backplane (so no owners) both write one document, each keeping several
     batches in flight: a batch that loses its revisions takes the batches queued after it down with

@@ -441,6 +441,7 @@ class CollabApp:
             "collab_remote_ops_total": hub.remote_applied if hub else 0,
             "collab_store_commits_total": getattr(self.store, "commits", 0),
             "collab_store_ops_written_total": getattr(self.store, "ops_written", 0),
+            "collab_store_exclusive_turns_total": getattr(self.store, "exclusive_turns", 0),
             "collab_frames_sent_total": self.fanout.frames_sent,
             "collab_messages_coalesced_total": self.fanout.frames_coalesced,
             metrics.ACK_LATENCY_FAMILY.name: metrics.ACK_LATENCY.value(),

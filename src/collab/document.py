@@ -251,6 +251,10 @@ class Document:
             while not self.failed and (self._inbox or self._deferred or (shared and replica.behind())):
                 # Lost a race (or others write this document right now): take the document's turn
                 # in the store, so this commit cannot lose the race (a hot document stays fair).
+                # Not while forwarding: the owner commits, so there is no race here to lose (and a
+                # turn taken only to forward would hold the row the owner is appending to).
+                if self.forwarding:
+                    self._losses = 0
                 exclusive = self._losses or (self._inbox and replica.contended_until and replica.contended()
                                              and not self.forwarding)
                 if self._flight and (self._deferred or (shared and replica.behind()) or exclusive

@@ -170,6 +170,8 @@ APP_FAMILIES = [
     Family("collab_store_commits_total", "counter", "Transactions the store committed (with SQLite, one fsync each)."),
     Family("collab_store_ops_written_total", "counter",
            "Operations the store wrote (per commit: how much group commit groups)."),
+    Family("collab_store_exclusive_turns_total", "counter",
+           "Commits that held the document's row lock because another process was writing it too (PostgreSQL)."),
     Family("collab_frames_sent_total", "counter", "WebSocket frames sent to clients."),
     Family("collab_messages_coalesced_total", "counter",
            "Messages sent inside a batch frame instead of their own frame."),

@@ -168,6 +168,9 @@ class PostgresStore(Store):
         #: Transactions committed and ops written, for /metrics and benchmarks.
         self.commits = 0
         self.ops_written = 0
+        #: Turns taken holding a document's row lock (:meth:`exclusive`): commits made while other
+        #: processes were writing the same document, or after losing a race to one.
+        self.exclusive_turns = 0
         #: The task computing checkpoints' authorship runs, while one runs (see :meth:`maintain`).
         self._maintainer: asyncio.Task[int] | None = None
 
@@ -252,6 +255,7 @@ class PostgresStore(Store):
     @contextlib.asynccontextmanager
     async def exclusive(self, doc: str) -> AsyncIterator[None]:
         """Lock ``doc``'s row for one transaction; appends and reads of ``doc`` inside use it."""
+        self.exclusive_turns += 1
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 # Creates the row (at revision 0) if needed, and locks it either way.
