@@ -689,6 +689,46 @@ async def test_a_process_that_does_not_own_a_document_forwards_its_clients_edits
     assert not doc2.forwarder.awaiting
 
 
+async def test_edits_that_arrive_while_a_forwarder_reads_the_store_are_forwarded_too(real_hubs):
+    """A forwarding process reads the owner's commits from the store between batches; a client's edit
+    that arrives during that read goes to the owner like the others, never ordered here (which would
+    race the owner for the revision and make both take the document's row lock for seconds)."""
+    import json
+
+    from collab.hub import Peer
+    from collab.protocol import Submit
+
+    h1, h2 = await real_hubs(2)
+    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    doc1 = await h1.join("reading", a, None)
+    doc2 = await h2.join("reading", b, None)
+    assert doc2.forwarder.owner == h1.backplane.process_id
+    reads = h2.store.ops_since
+    reading, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_read(doc: str, rev: int):  # a read that takes a while: the fault this test needs
+        reading.set()
+        await release.wait()
+        return await reads(doc, rev)
+
+    h2.store.ops_since = slow_read
+    await doc1.submit(a, Submit(0, ["🌍"], "a1", None))  # process 2 must read it from the store
+    await asyncio.wait_for(reading.wait(), 30)
+    try:  # based on what b has seen (revision 0): it arrives while process 2 reads
+        await asyncio.wait_for(doc2.submit(b, Submit(0, ["é"], "b1", None)), 30)
+    finally:
+        release.set()
+
+    async def acked(op_id: str) -> None:
+        while not any(json.loads(f).get("id") == op_id for f in b.outbox):
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(acked("b1"), 30)
+    assert h2.store.ops_written == 0 and h1.store.ops_written == 2, "ordered by the owner only"
+    assert h1.conflicts == h2.conflicts == 0 and h2.store.exclusive_turns == 0
+    assert doc2.snapshot() == doc1.snapshot() and doc1.snapshot()[0] == 2 and sorted(doc1.snapshot()[1]) == ["é", "🌍"]
+
+
 async def test_when_the_owner_dies_a_forwarder_takes_the_lease_and_its_edits_are_acknowledged(real_hubs):
     """Process 1 owns the document and vanishes (its lease connection closes, it answers nothing):
     process 2's forwarded edits go unanswered, so it takes the lease and orders them itself."""

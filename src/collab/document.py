@@ -303,12 +303,12 @@ class Document:
         revisions (rolled back and queued again). With ``settle=False`` the caller settles it (:meth:`_landed`).
         """
         if self.forwarding and self._inbox:  # the owner orders them: no need to catch up first
-            self._inbox = self.forwarder.take(self._inbox, self.seq.knows)  # type: ignore[union-attr]
-            fanout.resolve(self._room_waiters)
-            self._room_waiters = []
+            self._forward()
         if self.shared and self.replica.behind():
             await self.replica.catch_up()
         self._run_deferred()
+        if self.forwarding and self._inbox:  # and what arrived while this turn read the store
+            self._forward()
         if not self._inbox:
             return None
         batch, self._inbox = self._inbox, []
@@ -357,6 +357,12 @@ class Document:
         if flight.error is not None and not isinstance(flight.error, Exception):
             raise flight.error
         return flight
+
+    def _forward(self) -> None:
+        """Send the inbox's new submits to the owner; resends of ops known here stay, to be answered here."""
+        self._inbox = self.forwarder.take(self._inbox, self.seq.knows)  # type: ignore[union-attr]
+        fanout.resolve(self._room_waiters)
+        self._room_waiters = []
 
     async def _ids_in_store(self, batch: list[Item]) -> dict[str, int]:
         """Revisions of ops in ``batch`` so old that only the store remembers their ids (one query per batch)."""
