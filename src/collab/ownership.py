@@ -161,8 +161,9 @@ class Ownership:
             self._rerouting.discard(doc.id)
 
     async def _watch(self) -> None:
-        """Reroute the documents whose forwarded submits the owner has not answered in time; about once a
-        second, place again those ordered here without the lease (the owner was not known when they loaded)."""
+        """Reroute the documents whose forwarded submits the owner has not answered in time; place again
+        those ordered here without the lease (the owner was not known when they loaded): about once a
+        second, and at every tick while another process writes them too (their races cost both)."""
         tick = 0
         while True:
             await asyncio.sleep(OVERDUE_SECONDS / 4)
@@ -172,7 +173,8 @@ class Ownership:
                 forwarder = doc.forwarder
                 if forwarder is not None and forwarder.overdue(now, OVERDUE_SECONDS):
                     self.reroute(doc)
-                elif forwarder is not None and forwarder.owner is None and tick % 4 == 0 and not self.owns(doc.id):
+                elif (forwarder is not None and forwarder.owner is None and not self.owns(doc.id)
+                      and (tick % 4 == 0 or doc.replica.contended())):
                     self._spawn(self._place_again(doc))
 
     async def _place_again(self, doc: Any) -> None:
