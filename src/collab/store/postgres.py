@@ -117,6 +117,15 @@ def _append_args(doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, 
             list(dict.fromkeys(authors)), ins, dels, nbytes, after)
 
 
+async def _keep_session(conn: Any) -> None:
+    """Return a connection to the pool as it is: no ``RESET ALL``/``UNLISTEN``/unlock round trip.
+
+    The store leaves no session state on pooled connections (settings come with the pool, advisory
+    locks are per transaction, leases hold their own connection), and asyncpg still rolls back a
+    transaction left open before calling this. The default reset cost a round trip per acquire.
+    """
+
+
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -207,7 +216,7 @@ class PostgresStore(Store):
                     await conn.close()
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=self.min_connections, max_size=self.max_connections,
-                server_settings=settings, timeout=10,
+                server_settings=settings, timeout=10, reset=_keep_session,
             )
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
             raise SystemExit(
