@@ -131,8 +131,8 @@ class MemoryStore(Store):
             last = sessions[-1] if sessions else None
             for first, end in zip(starts, starts[1:] + [len(log) + 1]):
                 ops: list[StoredOp] = log[first - 1 : end - 1]  # type: ignore[assignment]  (never thinned yet)
-                opened, _ = h.advance(last, ops, [o.name or o.client for o in ops], ops[0].time, self.session_gap,
-                                      in_place=True)
+                authors = [h.label(o.name, o.client) for o in ops]
+                opened, _ = h.advance(last, ops, authors, ops[0].time, self.session_gap, in_place=True)
                 if opened is not last:
                     sessions.append(opened)
                     last = opened
