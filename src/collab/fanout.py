@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -96,30 +95,23 @@ def deliver(items: list[Item], peers: Iterable[Peer]) -> None:
     # Sizes are summed once for everyone: the batch's broadcasts (an author is charged
     # its own op frames, which it does not receive, in place of its smaller acks).
     size = 0
-    # The ack latencies, counted into ACK_LATENCY here (Histogram.observe, inlined: it runs per op).
-    now = time.monotonic()
-    counts, bounds, waited = ACK_LATENCY.counts, ACK_LATENCY.bounds, 0.0
+    acked: list[float] = []  # arrival times of the items acknowledged here, for ACK_LATENCY
     for item in items:
         peer = item.peer
-        acked = True
         if item.reply is not None:
             result = item.result
             item.reply.set_result(result if type(result) is int else result.rev)  # type: ignore[union-attr]
-        elif item.ack is not None and peer in outs:
+            acked.append(item.arrived)
+        elif item.ack is not None and peer in outs:  # else it left (or was forwarded here): no ack from here
             outs[peer].append(item.ack)
-        else:  # it left (or was forwarded here): no ack from here
-            acked = False
-        if acked:
-            latency = now - item.arrived
-            counts[bisect_left(bounds, latency)] += 1
-            waited += latency
+            acked.append(item.arrived)
         frame = item.frame
         if frame is not None:
             size += len(frame) if frame.isascii() else len(frame.encode())
             for p, add in pairs:
                 if p is not peer:
                     add(frame)
-    ACK_LATENCY.sum += waited
+    ACK_LATENCY.since_each(acked)
     for p, out in outs.items():
         if out:
             p.send_many(out, size)  # type: ignore[union-attr]
