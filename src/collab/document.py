@@ -255,8 +255,9 @@ class Document:
                 # turn taken only to forward would hold the row the owner is appending to).
                 if self.forwarding:
                     self._losses = 0
-                exclusive = self._losses or (self._inbox and replica.contended_until and replica.contended()
-                                             and not self.forwarding)
+                    exclusive = False
+                else:
+                    exclusive = self._losses or (self._inbox and replica.contended_until and replica.contended())
                 if self._flight and (self._deferred or (shared and replica.behind()) or exclusive
                                      or len(self._flight) >= self._max_in_flight):
                     # Joins, presence and exclusive turns see only committed state (and the pipeline stays short).
