@@ -58,6 +58,22 @@ async def _unavailable() -> str | None:
     return None
 
 
+async def _answer(peer, op_id: str, seen: list[dict]) -> dict:
+    """The ack or error for ``op_id`` among the frames sent to ``peer``, which are taken as a connection
+    would (into ``seen``); waits for each new frame, not for time."""
+    import json
+
+    arrived = asyncio.Event()
+    peer.notify = arrived.set
+    while True:
+        arrived.clear()
+        seen.extend(map(json.loads, peer.take()))
+        for m in seen:
+            if m.get("type") in ("ack", "error") and m.get("id") == op_id:
+                return m
+        await arrived.wait()
+
+
 def _with_param(url: str, key: str, value: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}{key}={value}"
 
@@ -693,7 +709,6 @@ async def test_edits_that_arrive_while_a_forwarder_reads_the_store_are_forwarded
     """A forwarding process reads the owner's commits from the store between batches; a client's edit
     that arrives during that read goes to the owner like the others, never ordered here (which would
     race the owner for the revision and make both take the document's row lock for seconds)."""
-    import json
 
     from collab.hub import Peer
     from collab.protocol import Submit
@@ -719,11 +734,7 @@ async def test_edits_that_arrive_while_a_forwarder_reads_the_store_are_forwarded
     finally:
         release.set()
 
-    async def acked(op_id: str) -> None:
-        while not any(json.loads(f).get("id") == op_id for f in b.outbox):
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(acked("b1"), 30)
+    assert (await asyncio.wait_for(_answer(b, "b1", []), 30))["type"] == "ack"
     assert h2.store.ops_written == 0 and h1.store.ops_written == 2, "ordered by the owner only"
     assert h1.conflicts == h2.conflicts == 0 and h2.store.exclusive_turns == 0
     assert doc2.snapshot() == doc1.snapshot() and doc1.snapshot()[0] == 2 and sorted(doc1.snapshot()[1]) == ["é", "🌍"]
@@ -858,7 +869,6 @@ async def test_a_race_lost_before_forwarding_leaves_no_row_lock_behind(real_hubs
     """A process that lost a race on a document while it ordered it, then learned the owner, forwards
     its edits without taking the document's row lock: a turn taken only to forward would hold the row
     the owner appends to, on every batch, for as long as the document is open."""
-    import json
 
     from collab.hub import Peer
     from collab.protocol import Submit
@@ -878,14 +888,10 @@ async def test_a_race_lost_before_forwarding_leaves_no_row_lock_behind(real_hubs
 
     await asyncio.wait_for(forwarding(), 30)
     turns, written = h2.store.exclusive_turns, h2.store.ops_written
+    seen: list[dict] = []
     for k, text in enumerate(["🌍", "é", "!"]):
         await doc2.submit(b, Submit(k, [k, text] if k else [text], f"b{k}", None))
-
-        async def acked(op_id: str = f"b{k}") -> None:
-            while not any(json.loads(f).get("id") == op_id for f in b.outbox):
-                await asyncio.sleep(0.02)
-
-        await asyncio.wait_for(acked(), 30)
+        assert (await asyncio.wait_for(_answer(b, f"b{k}", seen), 30))["type"] == "ack"
     assert (h2.store.exclusive_turns, h2.store.ops_written) == (turns, written), "forwarded, no turn taken"
     assert h1.store.ops_written == 3 and str(doc2.text) == "🌍é!"
 
