@@ -116,7 +116,7 @@ async def writer(url: str, go: asyncio.Event, clock: dict, latencies: list[float
 
 
 async def run_load(servers: list[Server], docs: list[str], per_doc: int, seconds: float, by_doc: bool) -> dict:
-    """Writers spread round-robin over ``servers`` (a balancer without affinity), or routed by document."""
+    """Writers spread over ``servers`` (a balancer without affinity), or routed by document."""
     latencies: list[float] = []
     loop = asyncio.get_running_loop()
     waves: list[list[str]] = [[] for _ in range(per_doc)]
