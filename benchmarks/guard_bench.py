@@ -26,7 +26,8 @@ attacker achieved. Loopback only; every loop is bounded; it stops by itself.
 
 Usage::
 
-    python benchmarks/guard_bench.py [--attack SECONDS] [--quiet SECONDS] [--warmup SECONDS] [--max-connections N] [--only NAME ...]
+    python benchmarks/guard_bench.py [--attack SECONDS] [--quiet SECONDS] [--warmup SECONDS]
+        [--max-connections N] [--only NAME ...]
 """
 
 from __future__ import annotations
