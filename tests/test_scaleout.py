@@ -493,6 +493,107 @@ async def test_a_forged_announcement_that_fits_exactly_is_not_applied(real_hubs)
     assert not a.closed and not b.closed
 
 
+async def test_sealed_announcements_are_applied_without_reading_the_store(real_hubs):
+    """Process 1 commits (its own clients' ops and those process 2 forwards); process 2 applies each
+    from its sealed announcement, and both end at the store's text."""
+    from collab.hub import Peer
+    from collab.protocol import Submit
+
+    h1, h2 = await real_hubs(2)
+    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    doc1 = await h1.join("sealed", a, None)
+    doc2 = await h2.join("sealed", b, None)
+    assert h1.cluster.seal is not None and doc2.replica.seal is h2.cluster.seal
+
+    async def reaches(doc, rev: int) -> None:
+        while doc.snapshot()[0] < rev or doc._committer is not None:
+            await asyncio.sleep(0.02)
+
+    # One at a time, so that each announcement finds process 2 at the revision before it.
+    assert await doc1.submit(None, Submit(0, ["héllo"], "s1", None)) == 1
+    await asyncio.wait_for(reaches(doc2, 1), 30)
+    assert await doc1.submit(None, Submit(1, [5, " 🌍"], "s2", None)) == 2
+    await asyncio.wait_for(reaches(doc2, 2), 30)
+    assert await doc2.submit(None, Submit(2, [7, "!"], "s3", None)) == 3  # forwarded to the owner
+    state = await h1.store.load("sealed", 10)
+    assert (state.rev, state.text) == (3, "héllo 🌍!")
+    assert doc1.snapshot() == doc2.snapshot() == (3, "héllo 🌍!")
+    assert _client_view(a) == _client_view(b) == (3, "héllo 🌍!")
+    # Revision 1 has no op before it to anchor a seal: process 2 read it from the store; 2 and 3 not.
+    assert h2.counters.remote_sealed == 2 and h2.counters.remote_applied == 3
+
+
+async def test_sealed_announcements_that_do_not_fit_are_read_from_the_store(real_hubs):
+    """With the deployment's own key: a seal made after another op, a genuine sealed message replayed
+    on another document or again later, and one changed after sealing are never applied as they are."""
+    import json
+    import time
+
+    import redis.asyncio as aioredis
+
+    from collab.hub import Peer
+    from collab.protocol import Submit
+    from collab.seal import Seal
+
+    h1, h2 = await real_hubs(2)
+    a, b, c = Peer(queue_size=10_000), Peer(queue_size=10_000), Peer(queue_size=10_000)
+    doc1 = await h1.join("anchored", a, None)
+    doc2 = await h2.join("anchored", b, None)
+    other = await h2.join("elsewhere", c, None)
+    r = aioredis.from_url(REDIS_URL)
+    pubsub = r.pubsub()
+    channel = f"{h2.backplane.prefix}:doc:anchored"
+    await pubsub.subscribe(channel)
+
+    async def reaches(doc, rev: int) -> None:
+        while doc.snapshot()[0] < rev or doc._committer is not None:
+            await asyncio.sleep(0.02)
+
+    async def captured(rev: int) -> dict:
+        """Process 1's announcement of ``rev``, as Redis carried it."""
+        while True:
+            msg = await pubsub.get_message(timeout=30)
+            assert msg is not None, "no announcement within 30 s"
+            if msg["type"] == "message":
+                body = json.loads(msg["data"])
+                if body.get("t") == "ops" and body["ops"][0][0] == rev:
+                    return body
+
+    try:
+        assert await doc1.submit(None, Submit(0, ["héllo 🌍"], "h1", None)) == 1
+        assert await doc1.submit(None, Submit(1, [7, "!"], "h2", None)) == 2
+        genuine = await captured(2)
+        assert "mac" in genuine and genuine["prev"] == "h1"
+        await asyncio.wait_for(reaches(doc2, 2), 30)
+        await asyncio.wait_for(other.submit(None, Submit(0, ["héllo 🌍"], "o1", None)), 30)
+        key = await h1.store.cluster_key()
+        seal = Seal(key)
+        # Revision 3 on the 8-character revision 2, sealed with the right key but after an op that is not rev 2.
+        misplaced = seal.seal({"t": "ops", "proc": "forger", "ops": [[3, [8, "😈"], "evil", "e1", None]]},
+                              "anchored", "not-h2", time.time())
+        await r.publish(channel, json.dumps(misplaced))
+        # The same sealed revision 2, changed: ...
+        changed = json.loads(json.dumps(genuine))
+        changed["ops"][0][1] = [7, "?"]
+        changed["proc"] = "forger"
+        # ... replayed on a document where revision 1 is the same text: it would fit, but is sealed for another.
+        replayed = dict(genuine, proc="forger")
+        await r.publish(f"{h2.backplane.prefix}:doc:elsewhere", json.dumps(replayed))
+        await r.publish(channel, json.dumps(replayed))  # and again where it was committed: already applied
+        await r.publish(channel, json.dumps(changed))
+        assert await doc1.submit(None, Submit(2, [8, "🎉"], "h3", None)) == 3
+        await asyncio.wait_for(reaches(doc2, 3), 30)
+        await asyncio.wait_for(reaches(other, 1), 30)
+    finally:
+        await pubsub.aclose()
+        await r.aclose()
+    assert (await h1.store.load("anchored", 10)).text == "héllo 🌍!🎉"
+    assert doc1.snapshot() == doc2.snapshot() == (3, "héllo 🌍!🎉")
+    assert _client_view(a) == _client_view(b) == (3, "héllo 🌍!🎉")
+    assert other.snapshot() == _client_view(c) == (1, "héllo 🌍")
+    assert not a.closed and not b.closed and not c.closed
+
+
 async def test_the_last_commit_of_a_burst_reaches_the_other_process_without_the_periodic_check(real_hubs):
     """Both processes write one document (so commits take its turn in the store), then process 1 alone.
 

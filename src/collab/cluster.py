@@ -5,9 +5,13 @@ Each open document has a :class:`Replica`: it buffers what the backplane
 announces (operations, joins, leaves, presence), knows when the store must
 be read (a gap, a conflict, a missed message, a forged one), and integrates
 it all between batches, in revision order, through the document's public
-methods. Announcements are never trusted: an announced commit only makes
-the replica read the store, and the operations applied are the store's
-rows (a forged or garbled message cannot change a document).
+methods. Announcements are not trusted: an unsealed announced commit only
+makes the replica read the store, whose rows are what is applied. A sealed
+one (:mod:`collab.seal`: an HMAC with the deployment's key, which only the
+processes can read) is applied as it is, and only if it extends the copy
+exactly: the revision after this one, after the operation it names, and
+spanning the whole text. Anything else, forged or garbled, is read from the
+store instead, so it cannot change a document.
 
 The :class:`Cluster` is the hub's side: it starts the backplane, subscribes
 to documents as they load, routes messages to their replica, re-reads after
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -32,6 +37,7 @@ from .peer import Peer, RemotePeer, announce_title
 from .protocol import (
     Cursor, User, _cur, _usr, ack_msg, encode, error_msg, join_msg, leave_msg, op_msg, presence_msg,
 )
+from .seal import Seal
 from .sequencer import reused
 from .store.base import Store, StoredOp
 from .titles import clean
@@ -121,6 +127,10 @@ class Replica:
         self.contended_until = 0.0
         #: Authors of submits other processes forwarded here, by (process, client).
         self.forwarded: dict[tuple[str, str], ForwardedAuthor] = {}
+        #: The deployment's seal (set by the hub once the backplane started), if the store has a key.
+        self.seal: Seal | None = None
+        #: Operations of sealed announcements, by revision, each with the id of the op it must follow.
+        self.sealed: dict[int, tuple[RemoteOp, str]] = {}
 
     # -- taking messages ------------------------------------------------------------
 
@@ -129,8 +139,9 @@ class Replica:
         kind = msg.get("t")
         if kind == "ops":
             ops = msg.get("ops")
-            for item in ops if type(ops) is list else (None,):
-                self._take_op(item)
+            if not self._take_sealed(msg):
+                for item in ops if type(ops) is list else (None,):
+                    self._take_op(item)
         elif kind in ("join", "leave", "presence") and isinstance(msg.get("client"), str):
             self.events.append(msg)
         elif kind == "title":  # set by hand in another process: tell the editors here at once
@@ -154,6 +165,26 @@ class Replica:
             return
         self.ops[rev] = remote
 
+    def _take_sealed(self, msg: dict) -> bool:
+        """Keep the operations of a sealed announcement to apply as they are (if they fit then);
+        ``False`` if it has no good seal or is not consecutive operations (then it is only a hint)."""
+        if self.seal is None or "mac" not in msg:
+            return False
+        opened = self.seal.open(msg, self.doc.id, time.time())
+        if opened is None:
+            return False
+        remotes = [remote_op(item) for item in msg["ops"]]
+        if not remotes or any(r is None or r.entry.rev != remotes[0].entry.rev + i  # type: ignore[union-attr]
+                               for i, r in enumerate(remotes)):
+            return False
+        prev = opened.prev
+        for remote in remotes:
+            assert remote is not None
+            remote.entry.time = opened.at
+            self.sealed[remote.entry.rev] = (remote, prev)
+            prev = remote.entry.id
+        return True
+
     def sync_later(self, rev: int | None = None) -> bool:
         """Note that the store may hold more (revision ``rev`` at least); ``True`` if that is news."""
         if rev is None:
@@ -172,20 +203,24 @@ class Replica:
 
     def behind(self) -> bool:
         """Whether there is other processes' work to integrate before the next batch."""
-        return bool(self.ops or self.events or self.check_store or self.store_waiters
+        return bool(self.ops or self.sealed or self.events or self.check_store or self.store_waiters
                     or self.known_rev > self.seq.rev)
 
     # -- integrating ------------------------------------------------------------------
 
     async def catch_up(self) -> None:
-        """Integrate other processes' operations, as read from the store, and their presence.
+        """Integrate other processes' operations and their presence.
 
-        An announcement only says that the store may hold more: the operations
-        applied are the store's rows, whatever the announcement carried (a
-        forged or garbled message cannot change a document). An announced
-        cursor is shown only with the stored operation it was announced with.
+        Sealed operations that extend the copy exactly are applied as they
+        are. Otherwise an announcement only says that the store may hold
+        more: the operations applied are the store's rows, whatever the
+        announcement carried (a forged or garbled message cannot change a
+        document). An announced cursor is shown only with the stored
+        operation it was announced with.
         """
         seq = self.doc.seq
+        if self.sealed:
+            self._apply_sealed()
         late_presence = any(e["t"] == "presence" and isinstance(e.get("rev"), int) and e["rev"] > seq.rev
                             for e in self.events)
         if self.check_store or self.store_waiters or self.known_rev > seq.rev or late_presence:
@@ -214,6 +249,26 @@ class Replica:
                 if not w.done():
                     w.set_result(None)
         self._process_events()
+
+    def _apply_sealed(self) -> None:
+        """Apply the sealed operations that extend the copy exactly, in order; a misfit or a gap
+        makes the next read of the store settle what was committed."""
+        seq, sealed = self.seq, self.sealed
+        while True:
+            held = sealed.pop(seq.rev + 1, None)
+            if held is None:
+                break
+            remote, prev = held
+            if (seq.rev <= seq.history_start or seq.entry(seq.rev).id != prev
+                    or ot.base_length(remote.entry.op) != len(seq.text)):
+                self.check_store = True
+                break
+            self.integrate(remote.entry, remote.cursor)
+            self.counters.remote_sealed += 1
+        if sealed:
+            self.sealed = {rev: held for rev, held in sealed.items() if rev > seq.rev}
+            if self.sealed:  # ahead of a gap (a lost message): the store has what is between
+                self.check_store = True
 
     def integrate(self, entry: StoredOp, cursor: Cursor | None) -> None:
         """Apply another process's committed operation (the next revision) and show it to the clients here."""
@@ -328,9 +383,14 @@ class Replica:
                                                  "cursor": _cur(cursor), "user": _usr(peer.user)})
 
     def committed(self, ops: list[list]) -> None:
-        """Announce ``[rev, op, client, id, cursor]`` entries this process committed."""
+        """Announce ``[rev, op, client, id, cursor]`` entries this process committed (sealed, if it can:
+        the op before them must still be in the history, as their anchor)."""
         if self.backplane is not None and ops:
-            self.backplane.publish(self.doc.id, {"t": "ops", "ops": ops})
+            msg = {"t": "ops", "ops": ops}
+            seq, first = self.seq, ops[0][0]
+            if self.seal is not None and seq.history_start < first - 1 <= seq.rev:
+                self.seal.seal(msg, self.doc.id, seq.entry(first - 1).id, time.time())
+            self.backplane.publish(self.doc.id, msg)
 
     def reannounce(self) -> None:
         """Record and announce this process's clients again (after the backplane lost them)."""
@@ -405,6 +465,8 @@ class Cluster:
         self._watcher: asyncio.Task[None] | None = None
         #: Backplane messages for documents being loaded, replayed once they are.
         self._early: dict[str, list[dict]] = {}
+        #: Seals and opens announcements of commits, with the store's key (``None`` if it has none).
+        self.seal: Seal | None = None
 
     async def start(self) -> None:
         """Connect the backplane and start the watch (once)."""
@@ -412,6 +474,8 @@ class Cluster:
             if self.started:
                 return
             await self.ownership.open()
+            key = await self.store.cluster_key()
+            self.seal = Seal(key) if key else None
             await self.backplane.start(self._on_message, self._on_resync, self.ownership.on_direct)
             self._watcher = asyncio.create_task(self._watch(), name="collab-hub-watch")
             self.started = True

@@ -105,6 +105,8 @@ class Hub:
             doc = Document(doc_id, state, self.store, self.config, self.counters, self.backplane, self._forget)
             if doc.forwarder is not None:
                 doc.forwarder.owner = owner  # another process orders it: forward submits there
+            if cluster is not None:
+                doc.replica.seal = cluster.seal
             self.docs[doc_id] = doc
             if cluster is not None:
                 doc.adopt_peers(infos, dead)

@@ -43,3 +43,5 @@ class HubCounters:
     conflicts: int = 0
     #: Operations of other processes integrated here.
     remote_applied: int = 0
+    #: Of those, operations applied from a sealed announcement (no read of the store).
+    remote_sealed: int = 0

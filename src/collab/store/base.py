@@ -194,6 +194,11 @@ class Store(abc.ABC):
         """
         return None
 
+    async def cluster_key(self) -> bytes | None:
+        """The key the processes sharing this store seal their announcements with (see
+        :mod:`collab.seal`), made on first use; ``None`` where processes do not share the store."""
+        return None
+
     def forget(self, doc: str) -> None:
         """The hub closed ``doc``: drop what is cached in memory for it (the default caches nothing)."""
 

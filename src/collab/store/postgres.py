@@ -450,6 +450,15 @@ class PostgresStore(Store):
 
         return Leases(self.dsn, self.schema or "")
 
+    async def cluster_key(self) -> bytes:
+        """The deployment's key: the first process to ask makes it; everyone reads the one that was kept."""
+        from ..seal import new_key
+
+        async with self.pool.acquire() as conn:
+            await conn.execute("INSERT INTO collab_cluster (id, key) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+                               new_key())
+            return bytes(await conn.fetchval("SELECT key FROM collab_cluster WHERE id = 1"))
+
     async def ping(self) -> None:
         await self.pool.fetchval("SELECT 1")
 

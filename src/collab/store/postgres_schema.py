@@ -7,7 +7,7 @@ order, under an advisory lock, and records each in ``collab_schema``.
 from __future__ import annotations
 
 #: The schema version this code writes; :meth:`PostgresStore.open` migrates older ones.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 #: Statements creating each version from the one before, in order.
 MIGRATIONS: dict[int, list[str]] = {
@@ -112,4 +112,7 @@ MIGRATIONS: dict[int, list[str]] = {
     # checkpoints of older versions, by the same maintenance after the upgrade): those
     # still to compute are found with this index.
     6: ["CREATE INDEX IF NOT EXISTS collab_checkpoints_no_runs ON collab_checkpoints (rev) WHERE runs IS NULL"],
+    # The deployment's key for sealing announcements of commits (see collab.seal): one row, made
+    # by the first process that asks for it.
+    7: ["CREATE TABLE IF NOT EXISTS collab_cluster (id INTEGER PRIMARY KEY CHECK (id = 1), key BYTEA NOT NULL)"],
 }
