@@ -939,11 +939,12 @@ async def test_postgres_keeps_u0000_and_migrates_schema_1_snapshots(tmp_path):
         await drop_schema(schema)
 
 
-async def test_postgres_an_append_reads_only_its_own_ids_however_long_the_history():
+@pytest.mark.parametrize("many", [False, True], ids=["APPEND", "APPEND_MANY"])
+async def test_postgres_an_append_reads_only_its_own_ids_however_long_the_history(many):
     """The check that an append's op ids are new probes the index once per id, also under a generic
     plan made while the document was empty (a connection's prepared statement keeps its plan):
     ``op_id = ANY(...)`` read every id of the document instead, so each append cost time in
-    proportion to the document's history."""
+    proportion to the document's history. So does the fence on the append before it."""
     reason = await _pg_reason()
     if reason:
         pytest.skip(reason)
@@ -957,7 +958,7 @@ async def test_postgres_an_append_reads_only_its_own_ids_however_long_the_histor
 
     async def literals(conn, args: tuple) -> str:  # EXECUTE takes no bind parameters: typed SQL literals
         out = []
-        for param, arg in zip((await conn.prepare(pg.APPEND)).get_parameters(), args):
+        for param, arg in zip((await conn.prepare(statement)).get_parameters(), args):
             sql_type = await conn.fetchval("SELECT format_type($1, NULL)", param.oid)
             out.append(f"{await conn.fetchval(f'SELECT quote_nullable($1::{sql_type})', arg)}::{sql_type}")
         return ", ".join(out)
@@ -969,23 +970,26 @@ async def test_postgres_an_append_reads_only_its_own_ids_however_long_the_histor
         own = [(node["Node Type"], looked)] if scans and node["Node Type"] != "ModifyTable" else []
         return own + [r for child in node.get("Plans", []) for r in op_id_reads(child)]
 
-    def append_args(rev: int, count: int, prefix: str) -> tuple[list[StoredOp], tuple]:
+    statement = pg.APPEND_MANY if many else pg.APPEND
+
+    def append_args(rev: int, count: int, prefix: str, after: str | None = None) -> tuple[list[StoredOp], tuple]:
         ops = [StoredOp(rev + k + 1, [rev + k, "😀"] if rev + k else ["😀"], "c1", f"{prefix}-{rev + k}", "ana")
                for k in range(count)]
-        return ops, pg._append_args("long", ops, rev + count, None, [1] * count, store.session_gap)
+        args = pg._append_args("long", ops, rev + count, None, [1] * count, store.session_gap, after=after)
+        return ops, pg._append_many_args([args]) if many else args
 
     try:
         await store.append("long", append_args(0, 1, "first")[0], 1)
         async with store.pool.acquire() as conn:  # held: the appends below go through other connections
             await conn.execute("SET plan_cache_mode = force_generic_plan")
-            await conn.execute(f"PREPARE append_check AS {pg.APPEND}")
+            await conn.execute(f"PREPARE append_check AS {statement}")
             first = await literals(conn, append_args(1, 3, "a")[1])
             await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE append_check({first})")  # plans it, empty
             rev = 1
             for _ in range(5):  # 2,501 ids in the document
                 await store.append("long", append_args(rev, 500, "id")[0], rev + 500)
                 rev += 500
-            new, args = append_args(rev, 3, "new")
+            new, args = append_args(rev, 3, "new", after=f"id-{rev - 1}")  # the op at revision rev
             explained = conn.transaction()  # EXPLAIN ANALYZE runs the append: rolled back below
             await explained.start()
             try:
@@ -999,6 +1003,54 @@ async def test_postgres_an_append_reads_only_its_own_ids_however_long_the_histor
         assert reads, "the plan reads collab_op_ids"
         assert all(rows <= len(new) for _, rows in reads), f"an append read ids not its own: {reads}"
         assert (await store.load("long", 5)).rev == rev, "the explained append was rolled back"
+    finally:
+        await store.drop_schema()
+        await store.close()
+
+
+async def test_postgres_one_group_commit_writes_many_documents_as_if_each_alone():
+    """One group: a document's two pipelined appends (merged into one), another's single append, one
+    with a snapshot, a first append, and one that lost its revision. Each lands, or is refused, as if
+    written alone; the group is one transaction, and each op keeps its own author and client."""
+    reason = await _pg_reason()
+    if reason:
+        pytest.skip(reason)
+    from collab.store.postgres import PostgresStore
+
+    store = PostgresStore(PG_URL, history_depth=5, schema=f"collab_test_{secrets.token_hex(6)}")
+    await store.open()
+    zoe, ana = "Zoë 👩‍💻", "ana"
+    try:
+        for doc in ("pair", "single", "snap", "lost"):
+            await store.append(doc, [StoredOp(1, ["ab"], "c1", f"{doc}-1", zoe)], 2)
+        commits = store.commits
+        results = await asyncio.gather(
+            store.start_append("pair", [StoredOp(2, [2, "🙂"], "c1", "pair-2", zoe)], 3),
+            store.start_append("pair", [StoredOp(3, [3, "!"], "c2", "pair-3", ana),
+                                        StoredOp(4, [4, "?"], "c2", "pair-4", ana)], 5),
+            store.start_append("single", [StoredOp(2, [1, -1], "c2", "single-2", ana)], 1),
+            store.start_append("snap", [StoredOp(2, [2, "é"], "c1", "snap-2", zoe)], 3, (2, "abé")),
+            store.start_append("new", [StoredOp(1, ["🌍"], "c1", "new-1", ana)], 1),
+            store.start_append("lost", [StoredOp(3, [2, "x"], "c1", "lost-3", ana)], 3),  # rev 2 is not there
+            return_exceptions=True,
+        )
+        assert [type(r).__name__ for r in results] == ["NoneType"] * 5 + ["RevisionConflict"]
+        assert store.commits == commits + 1
+        loaded = {doc: (s.rev, s.text) for doc in ("pair", "single", "snap", "new", "lost")
+                  for s in [await store.load(doc, 5)]}
+        assert loaded == {"pair": (4, "ab🙂!?"), "single": (2, "a"), "snap": (2, "abé"), "new": (1, "🌍"),
+                          "lost": (1, "ab")}
+        pair = await store.ops_since("pair", 0)
+        assert [(o.rev, o.op, o.client, o.id, o.name) for o in pair] == [
+            (1, ["ab"], "c1", "pair-1", zoe), (2, [2, "🙂"], "c1", "pair-2", zoe),
+            (3, [3, "!"], "c2", "pair-3", ana), (4, [4, "?"], "c2", "pair-4", ana)]
+        assert await store.find_ops("pair", ["pair-2", "pair-3", "pair-4"]) == {"pair-2": 2, "pair-3": 3, "pair-4": 4}
+        assert await store.find_op("lost", "lost-3") is None
+        (session,) = await store.sessions("pair")
+        assert (session.first, session.last, session.inserted, session.deleted) == (1, 4, 5, 0)
+        assert len(session.authors) == 2
+        (single,) = await store.sessions("single")
+        assert (single.first, single.last, single.inserted, single.deleted) == (1, 2, 2, 1)
     finally:
         await store.drop_schema()
         await store.close()

@@ -100,6 +100,51 @@ APPEND_NEW = (
 )
 
 
+# Appends to many existing documents, one per document and none with a snapshot, as one statement.
+# Documents: $1 ids, $2 last revisions, $3 sizes, $4 (scalar) now, $5 revisions continued from,
+# $6 bytes, $7 fences (op id or NULL), $8 inserted, $9 deleted, $10 (scalar) session gap;
+# ops: $11 their document's position in $1 (from 1), $12 revisions, $13 ops, $14 clients, $15 ids, $16 authors.
+_BREAK_MANY = "(c.s_end IS NULL OR $4 - c.s_end > $10::float8)"
+APPEND_MANY = f"""
+WITH d AS (
+    SELECT d.*, (d.after IS NULL OR f.ok) AS fenced
+    FROM unnest($1::text[], $2::bigint[], $3::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::bigint[],
+                $9::bigint[]) WITH ORDINALITY AS d(doc, last, size, prev, nbytes, after, ins, del, n)
+    LEFT JOIN LATERAL (SELECT true AS ok FROM collab_op_ids x WHERE x.doc = d.doc AND x.op_id = d.after
+                       AND x.rev = d.prev LIMIT 1) AS f ON true
+), o AS (
+    SELECT * FROM unnest($11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::text[], $16::int[])
+        AS o(n, rev, op, client, op_id, author)
+), a AS (
+    SELECT n, array_agg(author ORDER BY first) AS authors
+    FROM (SELECT n, author, min(rev) AS first FROM o GROUP BY n, author) AS f GROUP BY n
+), moved AS (
+    UPDATE collab_docs AS c SET rev = d.last, size = d.size, bytes = d.nbytes, updated = $4,
+        s_first = CASE WHEN {_BREAK_MANY} THEN d.prev + 1 ELSE c.s_first END,
+        s_start = CASE WHEN {_BREAK_MANY} THEN $4 ELSE c.s_start END, s_end = $4,
+        s_ins = CASE WHEN {_BREAK_MANY} THEN d.ins ELSE c.s_ins + d.ins END,
+        s_del = CASE WHEN {_BREAK_MANY} THEN d.del ELSE c.s_del + d.del END,
+        s_authors = CASE WHEN {_BREAK_MANY} THEN a.authors ELSE ARRAY(SELECT x FROM unnest(c.s_authors || a.authors)
+            WITH ORDINALITY AS t(x, k) GROUP BY x ORDER BY min(k)) END
+    FROM d JOIN a ON a.n = d.n
+    WHERE c.id = d.doc AND c.rev = d.prev AND d.fenced
+      AND NOT EXISTS (SELECT 1 FROM o, LATERAL (SELECT 1 FROM collab_op_ids x WHERE x.doc = d.doc AND x.op_id = o.op_id
+                      LIMIT 1) AS applied WHERE o.n = d.n)
+    RETURNING d.n, d.doc
+), ops AS (
+    INSERT INTO collab_ops (doc, rev, op, client, op_id, author, at)
+    SELECT m.doc, o.rev, o.op, o.client, o.op_id, o.author, $4 FROM o JOIN moved m ON m.n = o.n
+), ids AS (
+    INSERT INTO collab_op_ids (doc, op_id, rev) SELECT m.doc, o.op_id, o.rev FROM o JOIN moved m ON m.n = o.n
+), cs AS (
+    INSERT INTO collab_sessions (doc, first, last, start, "end", authors, inserted, deleted)
+    SELECT c.id, c.s_first, c.rev, c.s_start, c.s_end, c.s_authors, c.s_ins, c.s_del
+    FROM collab_docs c JOIN moved m ON c.id = m.doc WHERE c.s_end IS NOT NULL AND $4 - c.s_end > $10::float8
+)
+SELECT n FROM moved
+"""
+
+
 def _append_args(doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None,
                  authors: list[int], gap: float, nbytes: int | None = None, after: str | None = None) -> tuple:
     """The parameters of :data:`APPEND` for one append (``authors``: each op's author id; ``after``:
@@ -115,6 +160,54 @@ def _append_args(doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, 
     return (doc, last, size, time.time(), ops[0].rev - 1, [o.rev for o in ops], [_dumps(o.op) for o in ops],
             [o.id for o in ops], [o.client for o in ops], snap_rev, snap_text, every, authors, gap,
             list(dict.fromkeys(authors)), ins, dels, nbytes, after)
+
+
+def _split(batch: list[tuple[tuple, Any]]) -> tuple[list[tuple[tuple, list[tuple]]], list[tuple], list[tuple]]:
+    """A group's appends (as :func:`_append_args`) by how they are written, each kind in the group's order.
+
+    :data:`APPEND_MANY` takes one append per document, to an existing document, without a snapshot:
+    a document's appends that continue one another (a pipeline) are merged into one, which lands or is
+    refused whole, as the later ones are refused with a refused predecessor anyway. Returned as
+    ``(merged, parts)``. Then first appends (:data:`APPEND_NEW`), and the rest (the per-document
+    :data:`APPEND`, written after them: a new document's next append follows its first).
+    """
+    by_doc: dict[str, list[tuple]] = {}
+    for args, _ in batch:
+        by_doc.setdefault(args[0], []).append(args)
+    many, new, old = [], [], []
+    for parts in by_doc.values():
+        if parts[0][4] == 0:
+            new.append(parts[0])
+            old += parts[1:]
+        elif all(p[9] is None for p in parts) and all(
+                b[4] == a[1] and b[18] == a[7][-1] for a, b in zip(parts, parts[1:])):
+            many.append((_merge(parts) if len(parts) > 1 else parts[0], parts))
+        else:
+            old += parts
+    return many, new, old
+
+
+def _merge(parts: list[tuple]) -> tuple:
+    """Consecutive appends of one document (as :func:`_append_args`, no snapshot) as one."""
+    first, last = parts[0], parts[-1]
+    authors = [a for p in parts for a in p[12]]
+    return (first[0], last[1], last[2], first[3], first[4], [r for p in parts for r in p[5]],
+            [o for p in parts for o in p[6]], [i for p in parts for i in p[7]], [c for p in parts for c in p[8]],
+            None, None, None, authors, first[13], list(dict.fromkeys(authors)), sum(p[15] for p in parts),
+            sum(p[16] for p in parts), last[17], first[18])
+
+
+def _append_many_args(group: list[tuple]) -> tuple:
+    """The parameters of :data:`APPEND_MANY` for appends given as :func:`_append_args`."""
+    o_n: list[int] = []
+    for n, args in enumerate(group, 1):
+        o_n += [n] * len(args[5])
+    flat = [x for args in group for x in zip(args[5], args[6], args[8], args[7], args[12])]
+    o_rev, o_op, o_client, o_id, o_author = (list(c) for c in zip(*flat))
+    first = group[0]
+    return ([a[0] for a in group], [a[1] for a in group], [a[2] for a in group], first[3], [a[4] for a in group],
+            [a[17] for a in group], [a[18] for a in group], [a[15] for a in group], [a[16] for a in group], first[13],
+            o_n, o_rev, o_op, o_client, o_id, o_author)
 
 
 async def _keep_session(conn: Any) -> None:
@@ -354,22 +447,30 @@ class PostgresStore(Store):
                         if not fut.done():
                             fut.set_exception(exc)
                     continue
-                # Rows are locked in one order by every process: groups cannot deadlock.
+                # Each kind locks its rows in name order, as every process does; groups of two processes
+                # that hold the same documents in two kinds can still deadlock: then both retry (below).
                 batch.sort(key=lambda item: item[0][0])
+                many, new, old = _split(batch)
+                rows = {}
+                kinds = sum(1 for kind in (many, new, old) if kind)
                 try:
                     async with self.pool.acquire() as conn:
-                        async with conn.transaction():
-                            new = [args for args, _ in batch if args[4] == 0]
-                            old = [args for args, _ in batch if args[4] != 0]
-                            rows = {}
-                            # One pipelined round trip per kind, however many documents.
+                        # One statement, or one pipelined round trip, per kind, however many documents;
+                        # one kind alone needs no BEGIN and COMMIT (its statements are one implicit transaction).
+                        async with conn.transaction() if kinds > 1 else contextlib.nullcontext():
+                            if many:
+                                merged = [m for m, _ in many]
+                                moved = {r["n"] for r in await conn.fetch(APPEND_MANY, *_append_many_args(merged))}
+                                for n, (_, parts) in enumerate(many, 1):
+                                    for args in parts:
+                                        rows[id(args)] = n in moved
                             for query, group in ((APPEND_NEW, new), (APPEND, old)):
                                 if group:
                                     for args, row in zip(group, await conn.fetchmany(query, group)):
                                         rows[id(args)] = row["ok"]
                 except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError) as exc:
-                    # Not expected (the docs row guards revisions and op ids; rows are locked in
-                    # order), but if it happens the whole group was rolled back: every document retries.
+                    # Rare (the docs row guards revisions and op ids; rows are locked in order within
+                    # each kind), but if it happens the whole group was rolled back: every document retries.
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(RevisionConflict(f"a concurrent write was refused ({exc}); retry"))
