@@ -21,7 +21,6 @@ Pure: no I/O, no clock of its own.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import math
 import secrets
@@ -67,7 +66,7 @@ class Seal:
         self._key = key
 
     def _mac(self, doc: str, prev: str, at: float, ops: list) -> str:
-        return hmac.new(self._key, _dumps([doc, prev, at, ops]), hashlib.sha256).hexdigest()
+        return hmac.digest(self._key, _dumps([doc, prev, at, ops]), "sha256").hex()
 
     def seal(self, msg: dict, doc: str, prev: str, at: float) -> dict:
         """Add the seal of ``msg["ops"]`` (committed at ``at``, after op ``prev``) to ``msg``; return it."""
