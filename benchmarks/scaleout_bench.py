@@ -1,4 +1,4 @@
-"""Scale-out benchmark: one process (SQLite) vs one, two and three processes (PostgreSQL + Redis).
+"""Scale-out benchmark: one process (SQLite, or PostgreSQL alone) vs one, two and three processes (PostgreSQL + Redis).
 
 Each configuration runs real ``collab`` server processes and the same two
 loads, driven over WebSocket from this process:
@@ -11,8 +11,10 @@ sent when the previous is acknowledged (an insert at the start, based on the
 revision the writer has seen, so concurrent ones are transformed). Writers
 are spread over the processes (without affinity, each document's over
 several; its first writer joins first). Reported: acknowledged ops/s,
-ack latency p50/p99, and the CPU the server processes used (in cores), to
-show where the bottleneck is. Prints a markdown table.
+ack latency p50/p99, the CPU the server processes used (in cores), to
+show where the bottleneck is, and the collab processes' CPU per acknowledged
+op (summed over the processes: what more processes cost for the same work).
+Prints a markdown table.
 
     python benchmarks/scaleout_bench.py --database-url postgresql://postgres@127.0.0.1:5432/test \\
         --redis-url redis://127.0.0.1:6379/0 [--seconds 5]
@@ -188,6 +190,9 @@ async def bench(args: argparse.Namespace) -> None:
         if args.database_url and args.redis_url:
             sep = "&" if "?" in args.database_url else "?"
             rsep = "&" if "?" in args.redis_url else "?"
+            schema = f"collab_bench_{tag}_5"  # one process needs no Redis: what a single process on PostgreSQL costs
+            configs.append(("1 process, PostgreSQL", 1, {"DATABASE_URL": f"{args.database_url}{sep}schema={schema}"},
+                            False))
             for n, procs, name, by_doc in ((1, 1, "1 process, PostgreSQL + Redis", False),
                                            (2, 2, "2 processes, PostgreSQL + Redis, no affinity", False),
                                            (3, 2, "2 processes, PostgreSQL + Redis, routed by document", True),
@@ -216,12 +221,14 @@ async def bench(args: argparse.Namespace) -> None:
     print(f"\n{args.docs} documents x 2 writers, and 1 document x {args.hot} writers; one op in flight per writer; "
           f"{args.seconds:g} s each\n")
     print(f"CPU in cores (machine: {os.cpu_count()}): collab servers / PostgreSQL / Redis / this load generator\n")
-    print("| configuration | load | ops/s | ack p50 ms | ack p99 ms | ack max ms | CPU: collab / pg / redis / load |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
+    print("| configuration | load | ops/s | ack p50 ms | ack p99 ms | ack max ms | collab CPU µs per op "
+          "| CPU: collab / pg / redis / load |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for name, m, h in rows:
         for load, r in (("many docs", m), ("hot doc", h)):
+            per_op = r["cpu"] / r["ops"] * 1e6 if r["ops"] else float("nan")
             print(f"| {name} | {load} | {r['ops']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['max']:.0f} "
-                  f"| {r['cpu']:.2f} / {r['pg']:.2f} / {r['redis']:.2f} / {r['load']:.2f} |")
+                  f"| {per_op:.0f} | {r['cpu']:.2f} / {r['pg']:.2f} / {r['redis']:.2f} / {r['load']:.2f} |")
 
 
 async def drop_schemas(url: str, tag: str) -> None:
@@ -231,7 +238,7 @@ async def drop_schemas(url: str, tag: str) -> None:
 
     conn = await asyncpg.connect(url)
     try:
-        for n in (1, 2, 3, 4):
+        for n in (1, 2, 3, 4, 5):
             await conn.execute(f'DROP SCHEMA IF EXISTS "collab_bench_{tag}_{n}" CASCADE')
     finally:
         await conn.close()
