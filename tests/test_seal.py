@@ -71,6 +71,7 @@ def test_a_message_that_cannot_come_from_a_process_does_not_open():
     assert seal.open(msg, "notes 📝", NOW) is None
 
 
-def test_a_short_key_is_refused():
-    with pytest.raises(ValueError, match="16 bytes"):
-        Seal(b"short")
+def test_a_key_too_short_or_too_long_for_blake2b_is_refused():
+    for key in (b"short", b"k" * 65):
+        with pytest.raises(ValueError, match="16 to 64 bytes"):
+            Seal(key)

@@ -7,7 +7,7 @@ be read (a gap, a conflict, a missed message, a forged one), and integrates
 it all between batches, in revision order, through the document's public
 methods. Announcements are not trusted: an unsealed announced commit only
 makes the replica read the store, whose rows are what is applied. A sealed
-one (:mod:`collab.seal`: an HMAC with the deployment's key, which only the
+one (:mod:`collab.seal`: a MAC with the deployment's key, which only the
 processes can read) is applied as it is, and only if it extends the copy
 exactly: the revision after this one, after the operation it names, and
 spanning the whole text. Anything else, forged or garbled, is read from the

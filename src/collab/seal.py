@@ -4,7 +4,8 @@ Redis carries messages; it is not an authority. Anyone who can publish on it
 could announce a commit the store never made, so an unsealed announcement
 only makes the processes read the store. The processes of one deployment
 share a key that only they can read (it is kept in the store), and a process
-that committed operations seals its announcement of them with an HMAC of:
+that committed operations seals its announcement of them with a MAC (keyed
+BLAKE2b, RFC 7693) of:
 
 * the document's name (no announcement fits another document);
 * the id of the operation just before the first announced one (a sealed
@@ -21,6 +22,7 @@ Pure: no I/O, no clock of its own.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import math
 import secrets
@@ -61,12 +63,12 @@ class Seal:
     """Seals and opens announcements of committed operations with one deployment's key."""
 
     def __init__(self, key: bytes) -> None:
-        if len(key) < 16:
-            raise ValueError("a seal key must have at least 16 bytes")
+        if not 16 <= len(key) <= 64:
+            raise ValueError("a seal key must have 16 to 64 bytes")
         self._key = key
 
     def _mac(self, doc: str, prev: str, at: float, ops: list) -> str:
-        return hmac.digest(self._key, _dumps([doc, prev, at, ops]), "sha256").hex()
+        return hashlib.blake2b(_dumps([doc, prev, at, ops]), key=self._key, digest_size=32).hexdigest()
 
     def seal(self, msg: dict, doc: str, prev: str, at: float) -> dict:
         """Add the seal of ``msg["ops"]`` (committed at ``at``, after op ``prev``) to ``msg``; return it."""
