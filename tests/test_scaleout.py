@@ -594,6 +594,35 @@ async def test_sealed_announcements_that_do_not_fit_are_read_from_the_store(real
     assert not a.closed and not b.closed and not c.closed
 
 
+async def test_the_lease_moves_to_where_the_clients_are_when_the_owner_s_last_client_leaves(real_hubs):
+    """Process 1 owns the document (its client came first); process 2's client edits through it. When
+    process 1's client leaves, process 2 takes the lease and orders its client's edits itself."""
+    from collab.hub import Peer
+    from collab.protocol import Submit
+
+    h1, h2 = await real_hubs(2)
+    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    doc1 = await h1.join("moving", a, None)
+    doc2 = await h2.join("moving", b, None)
+    assert h1.cluster.ownership.owns("moving") and doc2.forwarder.owner == h1.backplane.process_id
+    assert await doc2.submit(None, Submit(0, ["héllo 🌍"], "m1", None)) == 1  # ordered by process 1
+
+    async def until(cond) -> None:
+        while not cond():
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(until(lambda: a.id in doc2.replica.peers), 30)
+    doc1.remove(a)
+    await asyncio.wait_for(until(lambda: h2.cluster.ownership.owns("moving")), 30)
+    assert not h1.cluster.ownership.owns("moving") and doc2.forwarder.owner is None
+    commits = h2.store.commits
+    assert await doc2.submit(None, Submit(1, [7, "!"], "m2", None)) == 2
+    assert h2.store.commits > commits  # committed by process 2 itself
+    await asyncio.wait_for(until(lambda: doc1.snapshot() == (2, "héllo 🌍!")), 30)
+    assert (await h1.store.load("moving", 10)).text == "héllo 🌍!"
+    assert _client_view(b) == (2, "héllo 🌍!") and not b.closed
+
+
 async def test_the_last_commit_of_a_burst_reaches_the_other_process_without_the_periodic_check(real_hubs):
     """Both processes write one document (so commits take its turn in the store), then process 1 alone.
 

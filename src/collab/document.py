@@ -82,6 +82,8 @@ class Document:
         self._losses = 0
         self._flight: deque[Flight] = deque()
         self._settle_waiters: list[asyncio.Future[None]] = []
+        #: Called when the last client here leaves (with a cluster: hand the lease to where the clients are).
+        self.on_last_left: Callable[["Document"], None] | None = None
 
     # -- the sequencer's state, for readers ----------------------------------------
 
@@ -152,6 +154,8 @@ class Document:
         self.replica.left(peer)
         if not self.peers:
             self.schedule_unload()
+            if self.on_last_left is not None:
+                self.on_last_left(self)
 
     def kick_all(self, code: int, reason: str) -> None:
         """Ask every connection to close (after what is queued for it)."""

@@ -107,6 +107,7 @@ class Hub:
                 doc.forwarder.owner = owner  # another process orders it: forward submits there
             if cluster is not None:
                 doc.replica.seal = cluster.seal
+                doc.on_last_left = cluster.ownership.hand_over
             self.docs[doc_id] = doc
             if cluster is not None:
                 doc.adopt_peers(infos, dead)

@@ -71,6 +71,26 @@ class Ownership:
             return None
         return owner if owner is not None and owner != self.backplane.process_id else None
 
+    def hand_over(self, doc: Any) -> None:
+        """``doc``'s last client here left while other processes still have some: let one of them own it.
+
+        The lease is released and the owner record dropped before the processes that forward to this
+        one hear ``not_owner``: the first of them to look for the owner again takes the lease. What
+        they forwarded meanwhile is still ordered here, or refused with ``not_owner`` and sent again.
+        """
+        if not self.owns(doc.id) or doc.peers:
+            return
+        own = self.backplane.process_id
+        procs = {r.proc for r in doc.replica.peers.values()} | {proc for proc, _ in doc.replica.forwarded}
+        procs.discard(own)
+        if procs:
+            self._spawn(self._hand_over(doc.id, sorted(procs)))
+
+    async def _hand_over(self, doc_id: str, procs: list[str]) -> None:
+        await self.release(doc_id)
+        for proc in procs:
+            self.backplane.send(proc, not_owner_msg(doc_id))
+
     async def release(self, doc_id: str) -> None:
         """``doc_id`` was closed here: let another process own it."""
         if self.owns(doc_id):
@@ -173,7 +193,7 @@ class Ownership:
                 forwarder = doc.forwarder
                 if forwarder is not None and forwarder.overdue(now, OVERDUE_SECONDS):
                     self.reroute(doc)
-                elif (forwarder is not None and forwarder.owner is None and not self.owns(doc.id)
+                elif (forwarder is not None and forwarder.owner is None and not self.owns(doc.id) and doc.peers
                       and (tick % 4 == 0 or doc.replica.contended())):
                     self._spawn(self._place_again(doc))
 
