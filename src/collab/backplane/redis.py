@@ -192,10 +192,12 @@ class RedisBackplane(Backplane):
         """Deliver messages; notice reconnects (a second confirmation of a channel) and ask for a resync."""
         prefix = f"{self.prefix}:doc:".encode()
         own = self._proc_channel(self.process_id)
+        own_tail = _dumps({"proc": self.process_id})[1:]  # how publish() ends this process's messages
         delay = 0.1
         while True:
             try:
-                msg = await self._pubsub.get_message(timeout=1.0)
+                # Blocking (no timeout): a read with a timeout costs a timeout context per message.
+                msg = await self._pubsub.get_message(timeout=None)
                 delay = 0.1
             except asyncio.CancelledError:
                 raise
@@ -219,8 +221,11 @@ class RedisBackplane(Backplane):
                 continue
             if kind != "message" or not (channel.startswith(prefix) or channel == own):
                 continue
+            data = msg["data"]
+            if data.endswith(own_tail):  # this process's own message, back: not worth parsing
+                continue
             try:
-                body = _loads(msg["data"])
+                body = _loads(data)
             except ValueError:
                 log.warning("ignoring a message on %r that is not JSON", channel)
                 continue
