@@ -21,7 +21,7 @@ import contextlib
 import logging
 import re
 import time
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from . import history
@@ -40,15 +40,21 @@ log = logging.getLogger("collab.store")
 # The docs row also carries the open editing session: a pause longer than
 # ``$14`` seconds since its end closes it into collab_sessions (read from the
 # row as it was: every part of one statement sees the same snapshot).
-_BREAK = "(collab_docs.s_end IS NULL OR $4 - collab_docs.s_end > $14::float8)"
-_SESSION_SET = (
-    f"s_first = CASE WHEN {_BREAK} THEN $5 + 1 ELSE collab_docs.s_first END, "
-    f"s_start = CASE WHEN {_BREAK} THEN $4 ELSE collab_docs.s_start END, s_end = $4, "
-    f"s_ins = CASE WHEN {_BREAK} THEN $16::bigint ELSE collab_docs.s_ins + $16::bigint END, "
-    f"s_del = CASE WHEN {_BREAK} THEN $17::bigint ELSE collab_docs.s_del + $17::bigint END, "
-    f"s_authors = CASE WHEN {_BREAK} THEN $15::int[] ELSE ARRAY(SELECT x FROM unnest(collab_docs.s_authors || "
-    "$15::int[]) WITH ORDINALITY AS t(x, n) GROUP BY x ORDER BY min(n)) END"
-)
+def _session_set(row: str, gap: str, first: str, ins: str, dels: str, authors: str) -> str:
+    """The SET of an append's open-session columns on docs row ``row``, at time ``$4``: a pause longer
+    than ``gap`` seconds starts a new session at revision ``first``; else the append adds to the open one."""
+    brk = f"({row}.s_end IS NULL OR $4 - {row}.s_end > {gap}::float8)"
+    return (
+        f"s_first = CASE WHEN {brk} THEN {first} ELSE {row}.s_first END, "
+        f"s_start = CASE WHEN {brk} THEN $4 ELSE {row}.s_start END, s_end = $4, "
+        f"s_ins = CASE WHEN {brk} THEN {ins} ELSE {row}.s_ins + {ins} END, "
+        f"s_del = CASE WHEN {brk} THEN {dels} ELSE {row}.s_del + {dels} END, "
+        f"s_authors = CASE WHEN {brk} THEN {authors} ELSE ARRAY(SELECT x FROM unnest({row}.s_authors || "
+        f"{authors}) WITH ORDINALITY AS t(x, k) GROUP BY x ORDER BY min(k)) END"
+    )
+
+
+_SESSION_SET = _session_set("collab_docs", "$14", "$5 + 1", "$16::bigint", "$17::bigint", "$15::int[]")
 _APPEND_REST = """
 , o AS (
     INSERT INTO collab_ops (doc, rev, op, client, op_id, author, at)
@@ -104,7 +110,6 @@ APPEND_NEW = (
 # Documents: $1 ids, $2 last revisions, $3 sizes, $4 (scalar) now, $5 revisions continued from,
 # $6 bytes, $7 fences (op id or NULL), $8 inserted, $9 deleted, $10 (scalar) session gap;
 # ops: $11 their document's position in $1 (from 1), $12 revisions, $13 ops, $14 clients, $15 ids, $16 authors.
-_BREAK_MANY = "(c.s_end IS NULL OR $4 - c.s_end > $10::float8)"
 APPEND_MANY = f"""
 WITH d AS (
     SELECT d.*, (d.after IS NULL OR f.ok) AS fenced
@@ -120,12 +125,7 @@ WITH d AS (
     FROM (SELECT n, author, min(rev) AS first FROM o GROUP BY n, author) AS f GROUP BY n
 ), moved AS (
     UPDATE collab_docs AS c SET rev = d.last, size = d.size, bytes = d.nbytes, updated = $4,
-        s_first = CASE WHEN {_BREAK_MANY} THEN d.prev + 1 ELSE c.s_first END,
-        s_start = CASE WHEN {_BREAK_MANY} THEN $4 ELSE c.s_start END, s_end = $4,
-        s_ins = CASE WHEN {_BREAK_MANY} THEN d.ins ELSE c.s_ins + d.ins END,
-        s_del = CASE WHEN {_BREAK_MANY} THEN d.del ELSE c.s_del + d.del END,
-        s_authors = CASE WHEN {_BREAK_MANY} THEN a.authors ELSE ARRAY(SELECT x FROM unnest(c.s_authors || a.authors)
-            WITH ORDINALITY AS t(x, k) GROUP BY x ORDER BY min(k)) END
+        {_session_set("c", "$10", "d.prev + 1", "d.ins", "d.del", "a.authors")}
     FROM d JOIN a ON a.n = d.n
     WHERE c.id = d.doc AND c.rev = d.prev AND d.fenced
       AND NOT EXISTS (SELECT 1 FROM o, LATERAL (SELECT 1 FROM collab_op_ids x WHERE x.doc = d.doc AND x.op_id = o.op_id
@@ -145,8 +145,32 @@ SELECT n FROM moved
 """
 
 
+class AppendArgs(NamedTuple):
+    """The parameters of :data:`APPEND` for one append, ``$1`` to ``$19`` in order."""
+
+    doc: str
+    last: int
+    size: int
+    now: float
+    prev: int
+    revs: list[int]
+    ops: list[str]
+    ids: list[str]
+    clients: list[str]
+    snap_rev: int | None
+    snap_text: bytes | None
+    every: int | None
+    authors: list[int]
+    gap: float
+    distinct_authors: list[int]
+    inserted: int
+    deleted: int
+    nbytes: int | None
+    after: str | None
+
+
 def _append_args(doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, str] | None,
-                 authors: list[int], gap: float, nbytes: int | None = None, after: str | None = None) -> tuple:
+                 authors: list[int], gap: float, nbytes: int | None = None, after: str | None = None) -> AppendArgs:
     """The parameters of :data:`APPEND` for one append (``authors``: each op's author id; ``after``:
     the last op id of the append queued before it, if this one continues it)."""
     last = ops[-1].rev
@@ -157,13 +181,14 @@ def _append_args(doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, 
         i, d = history.counts(o.op)
         ins += i
         dels += d
-    return (doc, last, size, time.time(), ops[0].rev - 1, [o.rev for o in ops], [_dumps(o.op) for o in ops],
-            [o.id for o in ops], [o.client for o in ops], snap_rev, snap_text, every, authors, gap,
-            list(dict.fromkeys(authors)), ins, dels, nbytes, after)
+    return AppendArgs(doc, last, size, time.time(), ops[0].rev - 1, [o.rev for o in ops], [_dumps(o.op) for o in ops],
+                      [o.id for o in ops], [o.client for o in ops], snap_rev, snap_text, every, authors, gap,
+                      list(dict.fromkeys(authors)), ins, dels, nbytes, after)
 
 
-def _split(batch: list[tuple[tuple, Any]]) -> tuple[list[tuple[tuple, list[tuple]]], list[tuple], list[tuple]]:
-    """A group's appends (as :func:`_append_args`) by how they are written, each kind in the group's order.
+def _split(batch: list[tuple[AppendArgs, Any]]) -> tuple[list[tuple[AppendArgs, list[AppendArgs]]],
+                                                         list[AppendArgs], list[AppendArgs]]:
+    """A group's appends by how they are written, each kind in the group's order.
 
     :data:`APPEND_MANY` takes one append per document, to an existing document, without a snapshot:
     a document's appends that continue one another (a pipeline) are merged into one, which lands or is
@@ -171,43 +196,44 @@ def _split(batch: list[tuple[tuple, Any]]) -> tuple[list[tuple[tuple, list[tuple
     ``(merged, parts)``. Then first appends (:data:`APPEND_NEW`), and the rest (the per-document
     :data:`APPEND`, written after them: a new document's next append follows its first).
     """
-    by_doc: dict[str, list[tuple]] = {}
+    by_doc: dict[str, list[AppendArgs]] = {}
     for args, _ in batch:
-        by_doc.setdefault(args[0], []).append(args)
+        by_doc.setdefault(args.doc, []).append(args)
     many, new, old = [], [], []
     for parts in by_doc.values():
-        if parts[0][4] == 0:
+        if parts[0].prev == 0:
             new.append(parts[0])
             old += parts[1:]
-        elif all(p[9] is None for p in parts) and all(
-                b[4] == a[1] and b[18] == a[7][-1] for a, b in zip(parts, parts[1:])):
+        elif all(p.snap_rev is None for p in parts) and all(
+                b.prev == a.last and b.after == a.ids[-1] for a, b in zip(parts, parts[1:])):
             many.append((_merge(parts) if len(parts) > 1 else parts[0], parts))
         else:
             old += parts
     return many, new, old
 
 
-def _merge(parts: list[tuple]) -> tuple:
-    """Consecutive appends of one document (as :func:`_append_args`, no snapshot) as one."""
+def _merge(parts: list[AppendArgs]) -> AppendArgs:
+    """Consecutive appends of one document (no snapshot) as one."""
     first, last = parts[0], parts[-1]
-    authors = [a for p in parts for a in p[12]]
-    return (first[0], last[1], last[2], first[3], first[4], [r for p in parts for r in p[5]],
-            [o for p in parts for o in p[6]], [i for p in parts for i in p[7]], [c for p in parts for c in p[8]],
-            None, None, None, authors, first[13], list(dict.fromkeys(authors)), sum(p[15] for p in parts),
-            sum(p[16] for p in parts), last[17], first[18])
+    authors = [a for p in parts for a in p.authors]
+    return first._replace(
+        last=last.last, size=last.size, revs=[r for p in parts for r in p.revs], ops=[o for p in parts for o in p.ops],
+        ids=[i for p in parts for i in p.ids], clients=[c for p in parts for c in p.clients], authors=authors,
+        distinct_authors=list(dict.fromkeys(authors)), inserted=sum(p.inserted for p in parts),
+        deleted=sum(p.deleted for p in parts), nbytes=last.nbytes)
 
 
-def _append_many_args(group: list[tuple]) -> tuple:
-    """The parameters of :data:`APPEND_MANY` for appends given as :func:`_append_args`."""
+def _append_many_args(group: list[AppendArgs]) -> tuple:
+    """The parameters of :data:`APPEND_MANY` for these appends (one per document)."""
     o_n: list[int] = []
     for n, args in enumerate(group, 1):
-        o_n += [n] * len(args[5])
-    flat = [x for args in group for x in zip(args[5], args[6], args[8], args[7], args[12])]
+        o_n += [n] * len(args.revs)
+    flat = [x for a in group for x in zip(a.revs, a.ops, a.clients, a.ids, a.authors)]
     o_rev, o_op, o_client, o_id, o_author = (list(c) for c in zip(*flat))
     first = group[0]
-    return ([a[0] for a in group], [a[1] for a in group], [a[2] for a in group], first[3], [a[4] for a in group],
-            [a[17] for a in group], [a[18] for a in group], [a[15] for a in group], [a[16] for a in group], first[13],
-            o_n, o_rev, o_op, o_client, o_id, o_author)
+    return ([a.doc for a in group], [a.last for a in group], [a.size for a in group], first.now,
+            [a.prev for a in group], [a.nbytes for a in group], [a.after for a in group], [a.inserted for a in group],
+            [a.deleted for a in group], first.gap, o_n, o_rev, o_op, o_client, o_id, o_author)
 
 
 async def _keep_session(conn: Any) -> None:
@@ -449,7 +475,7 @@ class PostgresStore(Store):
                     continue
                 # Each kind locks its rows in name order, as every process does; groups of two processes
                 # that hold the same documents in two kinds can still deadlock: then both retry (below).
-                batch.sort(key=lambda item: item[0][0])
+                batch.sort(key=lambda item: item[0].doc)
                 many, new, old = _split(batch)
                 rows = {}
                 kinds = sum(1 for kind in (many, new, old) if kind)
@@ -485,11 +511,11 @@ class PostgresStore(Store):
                     if fut.done():
                         continue
                     if rows.get(id(args)):
-                        self.ops_written += len(args[5])
+                        self.ops_written += len(args.revs)
                         fut.set_result(None)
                     else:
                         fut.set_exception(RevisionConflict(
-                            f"{args[0]}: revision {args[4] + 1} is already taken, or one of the op ids was applied"))
+                            f"{args.doc}: revision {args.prev + 1} is already taken, or one of the op ids was applied"))
         finally:
             self._flusher = None
 
