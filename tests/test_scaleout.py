@@ -131,6 +131,13 @@ class Proxy:
                 w.close()
 
 
+def _bundle(doc: str, msg: object, proc: str = "forger") -> str:
+    """A bundle as processes publish them on the Redis bus: one message of ``doc``, from ``proc``."""
+    import json
+
+    return json.dumps({"m": [["d", doc, msg]], "proc": proc})
+
+
 async def _drop_test_state(schema: str, prefix: str) -> None:
     """Remove a test's PostgreSQL schema and its Redis keys."""
     import asyncpg
@@ -386,7 +393,8 @@ async def test_a_crashed_process_s_clients_leave_and_its_edits_stay(real_hubs):
 
 
 async def test_forged_duplicated_and_out_of_order_announcements_never_apply_as_they_are(real_hubs):
-    """Messages on a document's Redis channel that do not extend it exactly are repaired from the store."""
+    """Announcements on the Redis bus that do not extend a copy exactly are repaired from the store;
+    bundles that are not well formed are dropped whole or entry by entry."""
     import json
 
     import redis.asyncio as aioredis
@@ -400,11 +408,10 @@ async def test_forged_duplicated_and_out_of_order_announcements_never_apply_as_t
     doc1 = await h1.join("forge", a, None)
     doc2 = await h2.join("forge", b, None)
     assert await doc1.submit(None, Submit(0, ["héllo 🌍"], "h1", None)) == 1
-    channel = f"{h2.backplane.prefix}:doc:forge"
     r = aioredis.from_url(REDIS_URL)
 
     async def publish(ops) -> None:
-        await r.publish(channel, json.dumps({"t": "ops", "proc": "forger", "ops": ops}))
+        await r.publish(h2.backplane.bus, _bundle("forge", {"t": "ops", "ops": ops}))
 
     async def reaches(rev: int) -> None:
         while doc2.snapshot()[0] < rev or doc2._committer is not None:
@@ -415,6 +422,9 @@ async def test_forged_duplicated_and_out_of_order_announcements_never_apply_as_t
         await publish([[2, [99, "x"], "evil", "e1", None]])  # the next revision, but spans the wrong length
         await publish([[2, [7, "😈"], "evil", "e2", None], [2, [7, "!"], "evil", "e3", None]])  # two versions of rev 2
         await publish("not a list")
+        for raw in ("not json", "[]", '{"m": "x", "proc": "forger"}', '{"m": [["d", "forge", {}]]}',
+                    '{"m": [["d", "forge"], 7, ["d", "forge", "x"], ["x", "forge", {}], ["d", 7, {}]], "proc": "f"}'):
+            await r.publish(h2.backplane.bus, raw)
         await publish([[2, "not an op", "evil", "e4", None], ["2", [7, "x"], "evil", "e5", None], [True, [7], 1, 2]])
         await publish([[10**12, [7, "y"], "evil", "e6", None]])  # far ahead: the store never confirms it
         await publish([[1, ["dup"], "evil", "e7", None]])  # an old revision again
@@ -478,8 +488,8 @@ async def test_a_forged_announcement_that_fits_exactly_is_not_applied(real_hubs)
     r = aioredis.from_url(REDIS_URL)
     try:
         # Revision 2 on a 7-character revision 1: it extends both processes' copies exactly.
-        forged = {"t": "ops", "proc": "forger", "ops": [[2, [7, "😈"], "evil", "e1", None]]}
-        await r.publish(f"{h2.backplane.prefix}:doc:fits", json.dumps(forged))
+        forged = {"t": "ops", "ops": [[2, [7, "😈"], "evil", "e1", None]]}
+        await r.publish(h2.backplane.bus, _bundle("fits", forged))
     finally:
         await r.aclose()
     assert await doc1.submit(None, Submit(1, [7, "!"], "h2", None)) == 2
@@ -542,7 +552,7 @@ async def test_sealed_announcements_that_do_not_fit_are_read_from_the_store(real
     other = await h2.join("elsewhere", c, None)
     r = aioredis.from_url(REDIS_URL)
     pubsub = r.pubsub()
-    channel = f"{h2.backplane.prefix}:doc:anchored"
+    channel = h2.backplane.bus
     await pubsub.subscribe(channel)
 
     async def reaches(doc, rev: int) -> None:
@@ -555,9 +565,9 @@ async def test_sealed_announcements_that_do_not_fit_are_read_from_the_store(real
             msg = await pubsub.get_message(timeout=30)
             assert msg is not None, "no announcement within 30 s"
             if msg["type"] == "message":
-                body = json.loads(msg["data"])
-                if body.get("t") == "ops" and body["ops"][0][0] == rev:
-                    return body
+                for kind, doc, body in json.loads(msg["data"])["m"]:
+                    if (kind, doc) == ("d", "anchored") and body.get("t") == "ops" and body["ops"][0][0] == rev:
+                        return body
 
     try:
         assert await doc1.submit(None, Submit(0, ["héllo 🌍"], "h1", None)) == 1
@@ -569,18 +579,17 @@ async def test_sealed_announcements_that_do_not_fit_are_read_from_the_store(real
         key = await h1.store.cluster_key()
         seal = Seal(key)
         # Revision 3 on the 8-character revision 2, sealed with the right key but after an op that is not rev 2.
-        misplaced = seal.seal({"t": "ops", "proc": "forger", "ops": [[3, [8, "😈"], "evil", "e1", None]]},
+        misplaced = seal.seal({"t": "ops", "ops": [[3, [8, "😈"], "evil", "e1", None]]},
                               "anchored", "not-h2", time.time())
-        await r.publish(channel, json.dumps(misplaced))
+        await r.publish(channel, _bundle("anchored", misplaced))
         # The same sealed revision 2, changed: ...
         changed = json.loads(json.dumps(genuine))
         changed["ops"][0][1] = [7, "?"]
-        changed["proc"] = "forger"
         # ... replayed on a document where revision 1 is the same text: it would fit, but is sealed for another.
-        replayed = dict(genuine, proc="forger")
-        await r.publish(f"{h2.backplane.prefix}:doc:elsewhere", json.dumps(replayed))
-        await r.publish(channel, json.dumps(replayed))  # and again where it was committed: already applied
-        await r.publish(channel, json.dumps(changed))
+        replayed = dict(genuine)
+        await r.publish(channel, _bundle("elsewhere", replayed))
+        await r.publish(channel, _bundle("anchored", replayed))  # and again where it was committed: already applied
+        await r.publish(channel, _bundle("anchored", changed))
         assert await doc1.submit(None, Submit(2, [8, "🎉"], "h3", None)) == 3
         await asyncio.wait_for(reaches(doc2, 3), 30)
         await asyncio.wait_for(reaches(other, 1), 30)

@@ -1,19 +1,26 @@
-"""The Redis backplane (redis-py asyncio): pub/sub per document, presence hashes, heartbeats.
+"""The Redis backplane (redis-py asyncio): one pub/sub bus, presence hashes, heartbeats.
 
 Keys and channels, under a prefix (``collab`` unless the URL says
 ``?prefix=NAME``, so several deployments can share one Redis):
 
-* channel ``{prefix}:doc:{doc}``: the document's messages;
+* channel ``{prefix}:bus``: every process's messages, in bundles (below);
 * hash ``{prefix}:peers:{doc}``: client id -> JSON presence of every process's clients;
 * key ``{prefix}:proc:{id}``: this process's heartbeat, refreshed every
   ``heartbeat_ttl / 3`` seconds and expiring after ``heartbeat_ttl``;
-* channel ``{prefix}:proc:{id}``: messages to that process alone;
 * key ``{prefix}:owner:{doc}``: the id of the process that owns the document.
 
 Outgoing commands go through one queue and are sent in order, pipelined, by
-one task, so publishing never blocks a document. Pub/sub may lose messages
-(a reconnect, a subscriber Redis dropped as too slow): the reader notices a
-reconnect by the re-subscription confirmations and asks the hub to resync.
+one task, so publishing never blocks a document. What a process publishes
+and sends while that task waits goes out as one message on the bus, a
+bundle ``{"m": [["d", DOC, MSG] | ["p", PROC, MSG], ...], "proc": SENDER}``
+(``d``: a document's message; ``p``: a message to one process), in order:
+a Redis message costs each end far more than the JSON in it, and a busy
+process has many documents' commits and forwarded edits to tell in each
+turn. Every process reads every bundle and keeps what is for its open
+documents and for itself, which suits the handful of processes one
+deployment runs. Pub/sub may lose messages (a reconnect, a subscriber Redis
+dropped as too slow): the reader notices a reconnect by the re-subscription
+confirmation and asks the hub to resync.
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ except ImportError:  # pragma: no cover
 log = logging.getLogger("collab.backplane")
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+#: Most entries in one bundle (a long queue, after Redis was away, goes out in several).
+MAX_BUNDLE = 1000
 
 # Delete KEYS[1] only if it still holds ARGV[1] (an owner drops its own record, never a successor's).
 _DROP_IF_MINE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -77,6 +87,9 @@ class RedisBackplane(Backplane):
         self._direct: DirectHandler | None = None
         self._on_resync: Callable[[], None] | None = None
         self._queue: list[tuple] = []
+        #: The documents whose messages are delivered (:meth:`subscribe`).
+        self._docs: set[str] = set()
+        self._bus_ready: asyncio.Future[None] | None = None
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._confirmed: set[bytes] = set()
@@ -85,23 +98,24 @@ class RedisBackplane(Backplane):
         self._resync_pending = False
         #: Resyncs asked of the hub (reconnects, lost heartbeat), for tests and metrics.
         self.resyncs = 0
-        #: Messages received and published, for benchmarks.
+        #: Messages received (delivered to the hub) and published (bundled or not), for benchmarks.
         self.received = 0
         self.published = 0
+        #: Bundles published on the bus.
+        self.bundles = 0
 
     # -- names --------------------------------------------------------------
 
-    def _channel(self, doc: str) -> bytes:
-        return f"{self.prefix}:doc:{doc}".encode()
+    @property
+    def bus(self) -> bytes:
+        """The channel every process publishes its bundles on."""
+        return f"{self.prefix}:bus".encode()
 
     def _peers_key(self, doc: str) -> str:
         return f"{self.prefix}:peers:{doc}"
 
     def _proc_key(self, proc: str) -> str:
         return f"{self.prefix}:proc:{proc}"
-
-    def _proc_channel(self, proc: str) -> bytes:
-        return f"{self.prefix}:proc:{proc}".encode()
 
     def _owner_key(self, doc: str) -> str:
         return f"{self.prefix}:owner:{doc}"
@@ -131,8 +145,9 @@ class RedisBackplane(Backplane):
         self._handler, self._on_resync, self._direct = handler, on_resync, direct
         await self.redis.set(self._proc_key(self.process_id), b"1", px=int(self.heartbeat_ttl * 1000))
         self._pubsub = self.redis.pubsub()
-        # A channel of its own: messages to this process, and a subscription (so the reader) with no document open.
-        await self.subscribe_channel(self._proc_channel(self.process_id), wait=False)
+        self._bus_ready = asyncio.get_running_loop().create_future()
+        self._sub_waiters[self.bus] = [self._bus_ready]
+        await self._pubsub.subscribe(self.bus)  # confirmed to the reader, started next
         self._tasks = [
             asyncio.create_task(self._read(), name="collab-backplane-read"),
             asyncio.create_task(self._send(), name="collab-backplane-send"),
@@ -170,29 +185,21 @@ class RedisBackplane(Backplane):
 
     # -- subscriptions -------------------------------------------------------
 
-    async def subscribe_channel(self, channel: bytes, wait: bool = True) -> None:
-        fut = asyncio.get_running_loop().create_future()
-        self._sub_waiters.setdefault(channel, []).append(fut)
-        await self._pubsub.subscribe(channel)
-        if wait:
+    async def subscribe(self, doc: str) -> None:
+        if self._bus_ready is not None and not self._bus_ready.done():
             try:
-                await asyncio.wait_for(fut, 10)
+                await asyncio.wait_for(asyncio.shield(self._bus_ready), 10)
             except asyncio.TimeoutError:
                 raise RuntimeError(f"Redis at {self._where()} did not confirm the subscription within 10 s") from None
-
-    async def subscribe(self, doc: str) -> None:
-        await self.subscribe_channel(self._channel(doc))
+        self._docs.add(doc)
 
     async def unsubscribe(self, doc: str) -> None:
-        channel = self._channel(doc)
-        self._confirmed.discard(channel)
-        await self._pubsub.unsubscribe(channel)
+        self._docs.discard(doc)
 
     async def _read(self) -> None:
-        """Deliver messages; notice reconnects (a second confirmation of a channel) and ask for a resync."""
-        prefix = f"{self.prefix}:doc:".encode()
-        own = self._proc_channel(self.process_id)
-        own_tail = _dumps({"proc": self.process_id})[1:]  # how publish() ends this process's messages
+        """Deliver bundles' messages; notice reconnects (a second confirmation of the bus) and ask for a resync."""
+        bus = self.bus
+        own_tail = _dumps({"proc": self.process_id})[1:]  # how this process's bundles end
         delay = 0.1
         while True:
             try:
@@ -219,25 +226,37 @@ class RedisBackplane(Backplane):
                     self._resync("the Redis connection was re-established")
                 self._confirmed.add(channel)
                 continue
-            if kind != "message" or not (channel.startswith(prefix) or channel == own):
+            if kind != "message" or channel != bus:
                 continue
             data = msg["data"]
-            if data.endswith(own_tail):  # this process's own message, back: not worth parsing
+            if data.endswith(own_tail):  # this process's own bundle, back: not worth parsing
                 continue
             try:
                 body = _loads(data)
             except ValueError:
                 log.warning("ignoring a message on %r that is not JSON", channel)
                 continue
-            if not isinstance(body, dict) or body.get("proc") == self.process_id:
+            if type(body) is dict and type(body.get("m")) is list and type(body.get("proc")) is str:
+                self._deliver(body["proc"], body["m"])
+
+    def _deliver(self, proc: str, entries: list) -> None:
+        """Hand a bundle's entries for this process and its documents to the hub, in order."""
+        if proc == self.process_id:
+            return
+        docs, me = self._docs, self.process_id
+        for entry in entries:
+            if type(entry) is not list or len(entry) != 3 or type(entry[2]) is not dict:
                 continue
-            self.received += 1
+            kind, target, body = entry
+            body["proc"] = proc
             try:
-                if channel == own:
-                    if self._direct is not None:
-                        self._direct(body)
-                elif self._handler is not None:
-                    self._handler(channel[len(prefix):].decode(), body)
+                if kind == "d" and target in docs:
+                    if self._handler is not None:
+                        self.received += 1
+                        self._handler(target, body)
+                elif kind == "p" and target == me and self._direct is not None:
+                    self.received += 1
+                    self._direct(body)
             except Exception:
                 log.exception("handling a backplane message failed")
 
@@ -266,12 +285,10 @@ class RedisBackplane(Backplane):
         self._wakeup.set()
 
     def publish(self, doc: str, msg: dict) -> None:
-        msg["proc"] = self.process_id
-        self._enqueue(("publish", self._channel(doc), _dumps(msg)))
+        self._enqueue(("bundle", _dumps(("d", doc, msg))))
 
     def send(self, proc: str, msg: dict) -> None:
-        msg["proc"] = self.process_id
-        self._enqueue(("publish", self._proc_channel(proc), _dumps(msg)))
+        self._enqueue(("bundle", _dumps(("p", proc, msg))))
 
     def set_owner(self, doc: str) -> None:
         self._enqueue(("set", self._owner_key(doc), self.process_id))
@@ -302,10 +319,10 @@ class RedisBackplane(Backplane):
             batch, self._queue = self._queue, []
             try:
                 pipe = self.redis.pipeline(transaction=False)
+                entries: list[bytes] = []
                 for command in batch:
-                    if command[0] == "publish":
-                        pipe.publish(command[1], command[2])
-                        self.published += 1
+                    if command[0] == "bundle":
+                        entries.append(command[1])
                     elif command[0] == "hset":
                         pipe.hset(command[1], command[2], command[3])
                     elif command[0] == "set":
@@ -314,6 +331,12 @@ class RedisBackplane(Backplane):
                         pipe.eval(_DROP_IF_MINE, 1, command[1], command[2])
                     else:
                         pipe.hdel(command[1], command[2])
+                # Last: the presence and owner records are written before the messages that mention them arrive.
+                tail = b'],"proc":' + _dumps(self.process_id) + b"}"
+                for i in range(0, len(entries), MAX_BUNDLE):
+                    pipe.publish(self.bus, b'{"m":[' + b",".join(entries[i:i + MAX_BUNDLE]) + tail)
+                    self.bundles += 1
+                self.published += len(entries)
                 await pipe.execute()
             except asyncio.CancelledError:
                 raise
