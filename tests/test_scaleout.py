@@ -467,8 +467,6 @@ async def test_a_forged_announcement_that_fits_exactly_is_not_applied(real_hubs)
     Processes catch up from PostgreSQL's rows, never from what Redis says
     was committed: every process and every client ends at the store's text.
     """
-    import json
-
     import redis.asyncio as aioredis
 
     from collab.hub import Peer
