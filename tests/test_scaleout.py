@@ -969,6 +969,41 @@ async def test_a_resend_of_an_op_committed_elsewhere_is_acked_once_and_never_ech
     assert doc.snapshot() == (6, "🌱🌳🍎🍐!🎉")  # "!" was based on rev 4: it goes first at the tie
 
 
+async def test_ops_beyond_kept_history_cost_no_id_lookup_and_an_old_resend_is_still_acked_once(real_hubs):
+    """On PostgreSQL the append refuses an op id applied before, so new ops of a document longer than
+    its kept history are not looked up first; a resend of an op only the store remembers, transformed
+    to the current base, is refused there, looked up, and acknowledged with its first revision."""
+    import json
+
+    from collab.hub import Peer
+    from collab.protocol import Submit
+
+    (h1,) = await real_hubs(1, history_depth=2)
+    lookups: list[list[str]] = []
+    find_ops = h1.store.find_ops
+
+    async def counted(doc: str, op_ids: list[str]) -> dict[str, int]:
+        lookups.append(list(op_ids))
+        return await find_ops(doc, op_ids)
+
+    h1.store.find_ops = counted  # a spy: the real lookup runs
+    b = Peer(queue_size=10_000)
+    doc = await h1.join("fenced", b, None)
+    assert await doc.submit(None, Submit(0, ["🌱"], "dup", None)) == 1
+    for i, ch in enumerate("🌳🍎🍐é", start=1):
+        assert await doc.submit(None, Submit(i, [i, ch], f"a{i}", None)) == i + 1
+    assert doc.seq.history_start > 0 and "dup" not in doc.seq.ids
+    assert lookups == []  # new ids past the kept history: the append is the check
+    b.outbox.clear()
+    await doc.submit(b, Submit(5, [5, "🌱"], "dup", None))  # its ack was lost: rebased and resent
+    assert await doc.submit(None, Submit(5, [5, "!"], "a5", None)) == 6  # ordered after it
+    assert len(lookups) == 1 and "dup" in lookups[0]  # once, after the append refused it
+    state = await h1.store.load("fenced", 10)
+    assert (state.rev, state.text) == (6, "🌱🌳🍎🍐é!")
+    frames = [json.loads(f) for f in b.outbox]
+    assert [m for m in frames if m.get("id") == "dup"] == [{"type": "ack", "id": "dup", "rev": 1}]
+
+
 async def test_a_process_that_found_no_owner_record_forwards_once_there_is_one(real_hubs):
     """Process 2 opens a document whose lease process 1 holds before its owner record reached Redis:
     it orders the document itself at first (correct, only slower), and forwards once the record shows."""

@@ -80,6 +80,8 @@ class Document:
         self._max_in_flight = MAX_IN_FLIGHT if self.pipelined else 1
         #: Races lost to other processes since the last batch that landed (then: hold the turn).
         self._losses = 0
+        #: A batch was refused: before the next, look its op ids up in the store (see ``_ids_in_store``).
+        self._ids_doubted = False
         self._flight: deque[Flight] = deque()
         self._settle_waiters: list[asyncio.Future[None]] = []
         #: Called when the last client here leaves (with a cluster: hand the lease to where the clients are).
@@ -370,14 +372,20 @@ class Document:
         self._room_waiters = []
 
     async def _ids_in_store(self, batch: list[Item]) -> dict[str, int]:
-        """Revisions of ops in ``batch`` so old that only the store remembers their ids (one query per batch)."""
+        """Revisions of ops in ``batch`` so old that only the store remembers their ids (one query per batch).
+
+        A store that fences op ids refuses an append with an id applied before; then the
+        batch is rolled back and queued again, and only that retry looks its ids up.
+        """
         seq = self.seq
         if seq.history_start == 0:
             return {}
-        unknown = [item.sub.id for item in batch if item.sub.id not in seq.ids]
-        if not unknown:
+        if self.store.fences_op_ids and not self._ids_doubted:
             return {}
-        return await self.store.find_ops(self.id, unknown)
+        unknown = [item.sub.id for item in batch if item.sub.id not in seq.ids]
+        found = await self.store.find_ops(self.id, unknown) if unknown else {}
+        self._ids_doubted = False
+        return found
 
     def _snapshot_due(self) -> tuple[int, str] | None:
         seq = self.seq
@@ -461,6 +469,7 @@ class Document:
         self._inbox = items + self._inbox
         flight.lost = True
         self._losses += 1
+        self._ids_doubted = True  # or one of its op ids was applied long ago: the retry looks them up
         self.replica.lost_race()
 
     async def _settled(self) -> None:

@@ -151,6 +151,10 @@ class Store(abc.ABC):
     #: (``RevisionConflict``) one that does not continue its document's log, so a
     #: refused append can never leave a hole behind the ones queued after it.
     pipelined: bool = False
+    #: True when an append is also refused (``RevisionConflict``) if one of its op ids was
+    #: applied before: the hub then looks op ids up only to answer a refused batch, not before
+    #: every batch of a document longer than its kept history (whose ids are almost always new).
+    fences_op_ids: bool = False
 
     async def open(self) -> None:
         """Connect and create or migrate the schema."""

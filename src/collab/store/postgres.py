@@ -269,6 +269,8 @@ class PostgresStore(Store):
     # Appends are written in the order they are queued, one group commit after another, and
     # each checks its predecessor (``_AFTER``): a document may queue its next before one lands.
     pipelined = True
+    # Every append checks that none of its op ids was applied before (``_NO_ID_APPLIED``).
+    fences_op_ids = True
     #: Seconds after an append that wrote a snapshot before its checkpoint's runs are computed.
     MAINTAIN_AFTER = 1.0
 
@@ -542,6 +544,14 @@ class PostgresStore(Store):
 
     async def find_op(self, doc: str, op_id: str) -> int | None:
         return await self.pool.fetchval("SELECT rev FROM collab_op_ids WHERE doc = $1 AND op_id = $2", doc, op_id)
+
+    async def find_ops(self, doc: str, op_ids: list[str]) -> dict[str, int]:
+        # One index probe per id (a LATERAL with LIMIT, as in ``_NO_ID_APPLIED``), in one round trip.
+        rows = await self.pool.fetch(
+            "SELECT given.op_id, f.rev FROM unnest($2::text[]) AS given(op_id), LATERAL "
+            "(SELECT rev FROM collab_op_ids o WHERE o.doc = $1 AND o.op_id = given.op_id LIMIT 1) AS f",
+            doc, op_ids)
+        return {r["op_id"]: r["rev"] for r in rows}
 
     async def ops_since(self, doc: str, rev: int) -> list[StoredOp]:
         rows = await (self._held.get(doc) or self.pool).fetch(
