@@ -306,11 +306,12 @@ async def real_hubs() -> AsyncIterator:
     prefix = f"collab-test-{secrets.token_hex(5)}"
     hubs: list = []
 
-    async def make(n: int, **config) -> list:
+    async def make(n: int, redis_url: str = "", **config) -> list:
+        """``redis_url``: where these ``n`` reach Redis (default ``COLLAB_TEST_REDIS_URL``)."""
         for _ in range(n):
             store = PostgresStore(PG_URL, schema=schema)
             await store.open()
-            bp = RedisBackplane(_with_param(REDIS_URL, "prefix", prefix), heartbeat_ttl=3)
+            bp = RedisBackplane(_with_param(redis_url or REDIS_URL, "prefix", prefix), heartbeat_ttl=3)
             await bp.open()
             hub = Hub(store, HubConfig(idle_unload_seconds=600, **config), backplane=bp)
             await hub.start()
@@ -363,6 +364,43 @@ async def test_a_dropped_redis_connection_is_noticed_and_the_gap_filled(real_hub
         raise AssertionError(f"process 2 is at {doc2.snapshot()[0]} of 20, resyncs {h2.backplane.resyncs}") from None
     revs = [m["rev"] for m in map(json.loads, b.outbox) if m["type"] == "op"]
     assert revs == list(range(1, 21)), f"process 2's client saw {revs}"
+
+
+async def test_a_redis_connection_that_died_without_a_word_is_replaced(real_hubs, tcp_proxy):
+    """Process 2 reaches Redis through a proxy that stops forwarding (no reset, no close: a dropped NAT
+    entry). It notices that its own messages no longer come back, connects again, and carries on:
+    commits reach it from Redis, sealed, and its client is never announced as left."""
+    import json
+    from urllib.parse import urlsplit
+
+    from collab.hub import Peer
+    from collab.protocol import Submit
+
+    (h1,) = await real_hubs(1)
+    redis_port = urlsplit(REDIS_URL).port or 6379
+    proxy = await tcp_proxy(redis_port)
+    via_proxy = REDIS_URL.replace(f":{redis_port}", f":{proxy.port}", 1)
+    assert via_proxy != REDIS_URL
+    (_, h2) = await real_hubs(1, redis_url=via_proxy)
+    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    doc1 = await h1.join("silent", a, None)
+    doc2 = await h2.join("silent", b, None)
+    assert await doc1.submit(None, Submit(0, ["é"], "s0", None)) == 1
+    proxy.blackhole()  # every connection process 2 has to Redis now swallows what it is sent
+
+    async def until(cond) -> None:
+        while not cond():
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(until(lambda: h2.backplane.reconnects >= 1 and h2.backplane.resyncs >= 1), 30)
+    sealed = h2.counters.remote_sealed
+    for i in range(1, 6):  # one at a time: each announcement finds process 2 at the revision before it
+        assert await doc1.submit(None, Submit(i, [i, "🌍"], f"s{i}", None)) == i + 1
+        await asyncio.wait_for(until(lambda: doc2.snapshot()[0] == i + 1 and doc2._committer is None), 30)
+    assert h2.counters.remote_sealed > sealed  # over Redis again, not only from the store's revision check
+    assert doc1.snapshot() == doc2.snapshot() == (6, "é" + "🌍" * 5)
+    assert not any(json.loads(f) == {"type": "leave", "client": b.id} for f in a.outbox)
+    assert doc1.replica.peers.keys() == {b.id}
 
 
 async def test_a_crashed_process_s_clients_leave_and_its_edits_stay(real_hubs):

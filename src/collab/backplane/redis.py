@@ -90,6 +90,8 @@ class RedisBackplane(Backplane):
         #: The documents whose messages are delivered (:meth:`subscribe`).
         self._docs: set[str] = set()
         self._bus_ready: asyncio.Future[None] | None = None
+        #: When this process last read one of its own bundles back (loop time; see ``_heartbeat``).
+        self._echo_at = 0.0
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._confirmed: set[bytes] = set()
@@ -103,6 +105,8 @@ class RedisBackplane(Backplane):
         self.published = 0
         #: Bundles published on the bus.
         self.bundles = 0
+        #: Times every connection was dropped because Redis stopped answering (see ``_heartbeat``).
+        self.reconnects = 0
 
     # -- names --------------------------------------------------------------
 
@@ -230,6 +234,7 @@ class RedisBackplane(Backplane):
                 continue
             data = msg["data"]
             if data.endswith(own_tail):  # this process's own bundle, back: not worth parsing
+                self._echo_at = asyncio.get_running_loop().time()
                 continue
             try:
                 body = _loads(data)
@@ -320,9 +325,12 @@ class RedisBackplane(Backplane):
             try:
                 pipe = self.redis.pipeline(transaction=False)
                 entries: list[bytes] = []
+                beat = False
                 for command in batch:
                     if command[0] == "bundle":
                         entries.append(command[1])
+                    elif command[0] == "beat":
+                        beat = True
                     elif command[0] == "hset":
                         pipe.hset(command[1], command[2], command[3])
                     elif command[0] == "set":
@@ -333,7 +341,7 @@ class RedisBackplane(Backplane):
                         pipe.hdel(command[1], command[2])
                 # Last: the presence and owner records are written before the messages that mention them arrive.
                 tail = b'],"proc":' + _dumps(self.process_id) + b"}"
-                for i in range(0, len(entries), MAX_BUNDLE):
+                for i in range(0, max(len(entries), beat), MAX_BUNDLE):
                     pipe.publish(self.bus, b'{"m":[' + b",".join(entries[i:i + MAX_BUNDLE]) + tail)
                     self.bundles += 1
                 self.published += len(entries)
@@ -354,20 +362,41 @@ class RedisBackplane(Backplane):
     # -- presence and liveness -------------------------------------------------------
 
     async def _heartbeat(self) -> None:
-        """Refresh this process's key; if it had expired, others announced our clients as left: resync."""
+        """Refresh this process's key (if it had expired, others announced our clients as left: resync),
+        and check that Redis still answers both ways.
+
+        Each beat also publishes an empty bundle, which comes back to this
+        process like every bundle it publishes. A connection that died
+        without a word (a dropped NAT entry, a cable: no reset) blocks a
+        read or a write for ever; when no bundle of this process's has come
+        back for ``heartbeat_ttl`` seconds, every connection to Redis is
+        dropped, and the next command and the subscription connect anew.
+        """
         key = self._proc_key(self.process_id)
         ttl = int(self.heartbeat_ttl * 1000)
+        loop = asyncio.get_running_loop()
+        self._echo_at = loop.time()
         while True:
             await asyncio.sleep(self.heartbeat_ttl / 3)
+            self._enqueue(("beat",))
+            if loop.time() - self._echo_at > self.heartbeat_ttl:
+                log.warning("no word from Redis at %s for %.0f s; connecting again", self._where(),
+                            loop.time() - self._echo_at)
+                self._echo_at = loop.time()  # the new connections get as long
+                self.reconnects += 1
+                try:
+                    await asyncio.wait_for(self.redis.connection_pool.disconnect(), 5)
+                except (asyncio.TimeoutError, Exception) as exc:
+                    log.warning("dropping the connections to Redis failed (%s)", exc)
             try:
-                refreshed = await self.redis.set(key, b"1", px=ttl, xx=True)
+                refreshed = await asyncio.wait_for(self.redis.set(key, b"1", px=ttl, xx=True), self.heartbeat_ttl / 3)
                 if not refreshed:
-                    await self.redis.set(key, b"1", px=ttl)
+                    await asyncio.wait_for(self.redis.set(key, b"1", px=ttl), self.heartbeat_ttl / 3)
                     self._resync("this process's heartbeat had expired")
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                log.warning("heartbeat to Redis at %s failed (%s)", self._where(), exc)
+            except (asyncio.TimeoutError, Exception) as exc:
+                log.warning("heartbeat to Redis at %s failed (%r)", self._where(), exc)
 
     async def peers(self, doc: str) -> dict[str, dict]:
         raw = await self.redis.hgetall(self._peers_key(doc))
