@@ -835,6 +835,41 @@ async def test_the_owner_orders_forwarded_submits_and_answers_what_the_store_doe
             (1, "far", "f1", {"anchor": 7, "head": 7})]
 
 
+async def test_forwarded_submits_that_must_wait_keep_their_order(real_hubs):
+    """Forwarded submits based on a revision the owner has not read yet wait for it (and, with an
+    inbox of 2, for room); those forwarded after them, which need no waiting, still wait behind them:
+    everything is committed in the order it was sent."""
+    from collab.backplane.redis import RedisBackplane
+    from collab.forwarding import Forwarded, submit_msg
+    from collab.hub import Peer
+    from collab.protocol import Submit
+    from collab.store.base import StoredOp
+
+    (h1,) = await real_hubs(1, inbox_size=2)
+    await h1.join("queued", Peer(queue_size=10_000), None)
+    # Committed behind the owner's back (as by a process that ordered it before this one owned it).
+    await h1.store.append("queued", [StoredOp(1, ["x"], "other", "o1")], 1)
+    forwarder = RedisBackplane(f"{h1.backplane.url}?prefix={h1.backplane.prefix}", heartbeat_ttl=3)
+    await forwarder.start(lambda doc, msg: None, lambda: None, lambda msg: None)
+    try:
+        owner = h1.backplane.process_id
+        first = [Forwarded("far", Submit(1, [1, "🌍"], f"s{i}", None)) for i in range(6)]  # after o1
+        second = [Forwarded("near", Submit(0, ["é"], f"s{i}", None)) for i in range(6, 9)]
+        forwarder.send(owner, submit_msg("queued", first))
+        forwarder.send(owner, submit_msg("queued", second))
+
+        async def committed() -> None:
+            while (await h1.store.load("queued", 0)).rev < 10:
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(committed(), 30)
+    finally:
+        await forwarder.close()
+    state = await h1.store.load("queued", 0)
+    assert [op.id for op in await h1.store.ops_since("queued", 0)] == ["o1"] + [f"s{i}" for i in range(9)]
+    assert sorted(state.text) == sorted("x" + "🌍" * 6 + "é" * 3)
+
+
 async def test_a_process_that_does_not_own_a_document_forwards_its_clients_edits_to_the_owner(real_hubs):
     """Process 2's client and HTTP edit are ordered and committed by process 1 (the owner), and
     acknowledged on process 2 once it reads the commit from the store; process 2 commits nothing."""

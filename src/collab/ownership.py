@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .forwarding import (
@@ -45,6 +46,9 @@ class Ownership:
         self.leases = store.leases()
         self._tasks: set[asyncio.Task[None]] = set()
         self._rerouting: set[str] = set()
+        #: Forwarded submits that must wait for their document (room in its inbox, a read of the store),
+        #: in arrival order, by document: one task per document submits them, so none overtakes another.
+        self._waiting: dict[str, deque[tuple[str, Forwarded]]] = {}
         self._watcher: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
@@ -128,21 +132,37 @@ class Ownership:
         if doc is None or not self.owns(doc_id):
             self.backplane.send(proc, not_owner_msg(doc_id))
             return
-        self._spawn(self._order(doc, proc, items))
-
-    async def _order(self, doc: Any, proc: str, items: list[Forwarded]) -> None:
-        """Queue forwarded submits, in order, as the owner's own clients' are; refusals go back."""
+        # Queued at once while the document needs no waiting (the usual case costs no task); from the
+        # first that must wait, the rest wait behind it, and so does everything forwarded after them.
+        waiting = self._waiting.get(doc_id)
         for f in items:
-            author = doc.replica.forwarded_author(proc, f.client)
-            if f.name and (author.user is None or author.user.name != f.name):
-                author.user = User(f.name, "")
-            try:
-                await doc.submit(author, f.sub)
-            except ProtocolError as exc:
-                self.backplane.send(proc, refused_msg(doc.id, exc))
-            except DocumentFailed:
-                self.backplane.send(proc, not_owner_msg(doc.id))
-                return
+            if waiting is None:
+                try:
+                    if not doc.failed and doc.offer(_author(doc, proc, f), f.sub):
+                        continue
+                except ProtocolError as exc:
+                    self.backplane.send(proc, refused_msg(doc_id, exc))
+                    continue
+                waiting = self._waiting[doc_id] = deque()
+                self._spawn(self._order(doc, waiting))
+            waiting.append((proc, f))
+
+    async def _order(self, doc: Any, waiting: "deque[tuple[str, Forwarded]]") -> None:
+        """Queue forwarded submits that had to wait, in order, as the owner's own clients' are; refusals go back."""
+        try:
+            while waiting:
+                proc, f = waiting.popleft()
+                try:
+                    await doc.submit(_author(doc, proc, f), f.sub)
+                except ProtocolError as exc:
+                    self.backplane.send(proc, refused_msg(doc.id, exc))
+                except DocumentFailed:  # the forwarding processes look for the owner again and resend
+                    for proc in {proc, *(p for p, _ in waiting)}:
+                        self.backplane.send(proc, not_owner_msg(doc.id))
+                    waiting.clear()
+        finally:
+            if self._waiting.get(doc.id) is waiting:
+                del self._waiting[doc.id]
 
     def _refused(self, proc: str, refusal: Refusal) -> None:
         """The owner refused a submit this process forwarded: its client gets the error."""
@@ -219,3 +239,11 @@ class Ownership:
         if backplane_open:
             for doc_id in self.leases.held:
                 self.backplane.drop_owner(doc_id)
+
+
+def _author(doc: Any, proc: str, f: Forwarded) -> Any:
+    """The author standing for the client of process ``proc`` that sent ``f``, with the name it sent."""
+    author = doc.replica.forwarded_author(proc, f.client)
+    if f.name and (author.user is None or author.user.name != f.name):
+        author.user = User(f.name, "")
+    return author
