@@ -355,12 +355,15 @@ class Replica:
 
     # -- telling the others -------------------------------------------------------------
 
-    def forwarded_author(self, proc: str, client: str) -> ForwardedAuthor:
-        """The author standing for ``client`` of process ``proc``, whose submits were forwarded here."""
+    def forwarded_author(self, proc: str, client: str, name: str = "") -> ForwardedAuthor:
+        """The author standing for ``client`` of process ``proc``, whose submits were forwarded here,
+        with the name its process sent (if any)."""
         author = self.forwarded.get((proc, client))
         if author is None:
             assert self.backplane is not None
             author = self.forwarded[(proc, client)] = ForwardedAuthor(self.doc.id, client, proc, self.backplane.send)
+        if name and (author.user is None or author.user.name != name):
+            author.user = User(name, "")
         return author
 
     def info(self, peer: Peer) -> dict:

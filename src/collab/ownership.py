@@ -24,7 +24,7 @@ from .forwarding import (
     Forwarded, Refusal, not_owner_msg, read_not_owner, read_refused, read_submit, refused_msg,
 )
 from .hubconfig import DocumentFailed
-from .protocol import ProtocolError, User, error_msg
+from .protocol import ProtocolError, error_msg
 from .store.base import Store
 
 if TYPE_CHECKING:
@@ -47,8 +47,9 @@ class Ownership:
         self._tasks: set[asyncio.Task[None]] = set()
         self._rerouting: set[str] = set()
         #: Forwarded submits that must wait for their document (room in its inbox, a read of the store),
-        #: in arrival order, by document: one task per document submits them, so none overtakes another.
-        self._waiting: dict[str, deque[tuple[str, Forwarded]]] = {}
+        #: in arrival order, by document object (a document loaded again under its name starts afresh):
+        #: one task per document submits them, so none overtakes another.
+        self._waiting: dict[Any, deque[tuple[str, Forwarded]]] = {}
         self._watcher: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
@@ -134,16 +135,16 @@ class Ownership:
             return
         # Queued at once while the document needs no waiting (the usual case costs no task); from the
         # first that must wait, the rest wait behind it, and so does everything forwarded after them.
-        waiting = self._waiting.get(doc_id)
+        waiting = self._waiting.get(doc)
         for f in items:
             if waiting is None:
                 try:
-                    if not doc.failed and doc.offer(_author(doc, proc, f), f.sub):
+                    if not doc.failed and doc.offer(doc.replica.forwarded_author(proc, f.client, f.name), f.sub):
                         continue
                 except ProtocolError as exc:
                     self.backplane.send(proc, refused_msg(doc_id, exc))
                     continue
-                waiting = self._waiting[doc_id] = deque()
+                waiting = self._waiting[doc] = deque()
                 self._spawn(self._order(doc, waiting))
             waiting.append((proc, f))
 
@@ -153,16 +154,15 @@ class Ownership:
             while waiting:
                 proc, f = waiting.popleft()
                 try:
-                    await doc.submit(_author(doc, proc, f), f.sub)
+                    await doc.submit(doc.replica.forwarded_author(proc, f.client, f.name), f.sub)
                 except ProtocolError as exc:
                     self.backplane.send(proc, refused_msg(doc.id, exc))
                 except DocumentFailed:  # the forwarding processes look for the owner again and resend
-                    for proc in {proc, *(p for p, _ in waiting)}:
-                        self.backplane.send(proc, not_owner_msg(doc.id))
+                    for sender in {proc, *(p for p, _ in waiting)}:
+                        self.backplane.send(sender, not_owner_msg(doc.id))
                     waiting.clear()
         finally:
-            if self._waiting.get(doc.id) is waiting:
-                del self._waiting[doc.id]
+            del self._waiting[doc]
 
     def _refused(self, proc: str, refusal: Refusal) -> None:
         """The owner refused a submit this process forwarded: its client gets the error."""
@@ -239,11 +239,3 @@ class Ownership:
         if backplane_open:
             for doc_id in self.leases.held:
                 self.backplane.drop_owner(doc_id)
-
-
-def _author(doc: Any, proc: str, f: Forwarded) -> Any:
-    """The author standing for the client of process ``proc`` that sent ``f``, with the name it sent."""
-    author = doc.replica.forwarded_author(proc, f.client)
-    if f.name and (author.user is None or author.user.name != f.name):
-        author.user = User(f.name, "")
-    return author
