@@ -788,6 +788,7 @@ async def test_the_owner_orders_forwarded_submits_and_answers_what_the_store_doe
     doc2 = await h2.join("owned", b, None)
     assert h1.cluster.ownership.owns("owned") and not h2.cluster.ownership.owns("owned")
     forwarder = RedisBackplane(f"{h1.backplane.url}?prefix={h1.backplane.prefix}", heartbeat_ttl=3)
+    forwarder.seal = h1.cluster.seal  # a process of the deployment: it has the key
     answers: list[dict] = []
     answered = asyncio.Event()
 
@@ -835,6 +836,77 @@ async def test_the_owner_orders_forwarded_submits_and_answers_what_the_store_doe
             (1, "far", "f1", {"anchor": 7, "head": 7})]
 
 
+async def test_forged_messages_to_one_process_are_dropped_edits_and_refusals_alike(real_hubs, monkeypatch):
+    """Whoever can publish on Redis but lacks the deployment's key can neither submit an edit to the owner
+    nor refuse an edit that waits for the owner's answer: both are dropped, and counted on ``/metrics``.
+
+    Process 2 forwards its client's edit to a forger posing as the owner; the forger refuses it (sealed
+    with another key, and unsealed) and submits an edit of its own to the real owner. Then process 2
+    resends to the real owner: its client's edit is acknowledged, and the forger's is nowhere.
+    """
+    import json
+
+    import redis.asyncio as aioredis
+
+    import collab.ownership
+    from collab.backplane.redis import RedisBackplane
+    from collab.forwarding import Forwarded, refused_msg, submit_msg
+    from collab.hub import Peer
+    from collab.metrics import APP_FAMILIES
+    from collab.protocol import BAD_OP, ProtocolError, Submit
+    from collab.seal import Seal, new_key
+
+    monkeypatch.setattr(collab.ownership, "OVERDUE_SECONDS", 3600.0)  # the forged owner is not replaced meanwhile
+    h1, h2 = await real_hubs(2)
+    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    doc1 = await h1.join("forged", a, None)
+    doc2 = await h2.join("forged", b, None)
+    assert h1.cluster.ownership.owns("forged") and h2.backplane.seal is not None
+    forger = RedisBackplane(f"{h1.backplane.url}?prefix={h1.backplane.prefix}", heartbeat_ttl=3)
+    forger.seal = Seal(new_key())  # a key, but not the deployment's
+    received: list[dict] = []
+    arrived = asyncio.Event()
+
+    def take(msg: dict) -> None:
+        received.append(msg)
+        arrived.set()
+
+    async def until(cond) -> None:
+        while not cond():
+            await asyncio.sleep(0.02)
+
+    await forger.start(lambda doc, msg: None, lambda: None, take)
+    r = aioredis.from_url(REDIS_URL)
+    try:
+        forger.seal = None  # it takes what process 2 sends it, sealed or not
+        doc2.forwarder.owner = forger.process_id
+        await doc2.submit(b, Submit(0, ["héllo 🌍"], "b1", None))
+        await asyncio.wait_for(until(lambda: any(m.get("t") == "submit" for m in received)), 30)
+        assert "b1" in doc2.forwarder.awaiting
+        forger.seal = Seal(new_key())
+        forger.send(h2.backplane.process_id, refused_msg("forged", ProtocolError(BAD_OP, "forged", "b1")))
+        unsealed = {"m": [["p", h2.backplane.process_id, refused_msg("forged", ProtocolError(BAD_OP, "x", "b1"))]],
+                    "proc": forger.process_id}
+        await r.publish(h2.backplane.bus, json.dumps(unsealed))
+        evil = submit_msg("forged", [Forwarded("evil", Submit(0, ["😈"], "e1", None))])
+        forger.send(h1.backplane.process_id, evil)
+        await r.publish(h1.backplane.bus, json.dumps({"m": [["p", h1.backplane.process_id, evil]],
+                                                       "proc": h2.backplane.process_id}))  # posing as process 2
+        await asyncio.wait_for(until(lambda: h2.backplane.unsealed == 2 and h1.backplane.unsealed == 2), 30)
+        assert "b1" in doc2.forwarder.awaiting  # not answered by the forged refusals
+        doc2.forwarder.resend(h1.backplane.process_id)
+        answer = await asyncio.wait_for(_answer(b, "b1", []), 30)
+    finally:
+        await r.aclose()
+        await forger.close()
+    assert answer == {"type": "ack", "id": "b1", "rev": 1}
+    state = await h1.store.load("forged", 10)
+    assert (state.rev, state.text) == (1, "héllo 🌍") and [op.id for op in state.history] == ["b1"]
+    await asyncio.wait_for(until(lambda: doc1.snapshot() == (1, "héllo 🌍")), 30)
+    assert doc2.snapshot() == (1, "héllo 🌍")
+    assert "collab_backplane_unsealed_total" in {f.name for f in APP_FAMILIES}
+
+
 async def test_forwarded_submits_that_must_wait_keep_their_order(real_hubs):
     """Forwarded submits based on a revision the owner has not read yet wait for it (and, with an
     inbox of 2, for room); those forwarded after them, which need no waiting, still wait behind them:
@@ -850,6 +922,7 @@ async def test_forwarded_submits_that_must_wait_keep_their_order(real_hubs):
     # Committed behind the owner's back (as by a process that ordered it before this one owned it).
     await h1.store.append("queued", [StoredOp(1, ["x"], "other", "o1")], 1)
     forwarder = RedisBackplane(f"{h1.backplane.url}?prefix={h1.backplane.prefix}", heartbeat_ttl=3)
+    forwarder.seal = h1.cluster.seal
     await forwarder.start(lambda doc, msg: None, lambda: None, lambda msg: None)
     try:
         owner = h1.backplane.process_id

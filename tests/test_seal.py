@@ -1,4 +1,4 @@
-"""Sealed announcements (collab.seal): what a seal vouches for, and every way one fails to open."""
+"""Sealed messages (collab.seal): what a seal vouches for, and every way one fails to open."""
 
 from __future__ import annotations
 
@@ -75,3 +75,51 @@ def test_a_key_too_short_or_too_long_for_blake2b_is_refused():
     for key in (b"short", b"k" * 65):
         with pytest.raises(ValueError, match="16 to 64 bytes"):
             Seal(key)
+
+
+SUBMIT = {"t": "submit", "doc": "notes 📝", "items": [
+    {"client": "c1", "rev": 4, "op": [3, "🌍 é", -1], "id": "op-9", "cursor": None, "name": "Zoë 🦊"}]}
+
+
+def sent(seal: Seal, sender: str = "p1", to: str = "p2", at: float = NOW) -> dict:
+    """A message to one process sealed by ``seal``, as its receiver gets it (through JSON, ``proc`` stamped)."""
+    msg = seal.seal_to(json.loads(json.dumps(SUBMIT)), sender, to, at)
+    return dict(json.loads(json.dumps(msg, ensure_ascii=False)), proc=sender)
+
+
+def test_a_message_to_one_process_opens_for_that_process_from_its_sender_only():
+    seal = Seal(new_key())
+    assert seal.open_from(sent(seal), "p1", "p2", NOW + 1)
+    assert not seal.open_from(sent(seal), "p3", "p2", NOW)  # someone posing as p1
+    assert not seal.open_from(sent(seal), "p1", "p3", NOW)  # sent to another process
+    assert not Seal(new_key()).open_from(sent(seal), "p1", "p2", NOW)  # another deployment
+    assert not seal.open_from(sent(seal), "p1", "p2", NOW + MAX_AGE + 1)
+    assert not seal.open_from(sent(seal), "p1", "p2", NOW - MAX_AGE - 1)
+
+
+@pytest.mark.parametrize("change", [
+    lambda m: m["items"][0].__setitem__("op", [3, "😈 é", -1]),  # the edit
+    lambda m: m["items"][0].__setitem__("client", "c2"),  # its author
+    lambda m: m.__setitem__("doc", "notes"),  # its document
+    lambda m: m.__setitem__("t", "refused"),  # the kind of message
+    lambda m: m.__setitem__("extra", 1),  # a field added
+    lambda m: m.pop("items"),  # a field left out
+    lambda m: m.__setitem__("at", NOW - 1),
+    lambda m: m.__setitem__("at", int(NOW)),
+    lambda m: m.__setitem__("at", math.nan),
+    lambda m: m.__setitem__("mac", m["mac"][:-1] + ("0" if m["mac"][-1] != "0" else "1")),
+    lambda m: m.pop("mac"),
+    lambda m: m.__setitem__("mac", None),
+    lambda m: m["items"][0].__setitem__("cursor", {"a": object()}),  # not JSON at all
+])
+def test_a_changed_message_to_one_process_does_not_open(change):
+    seal = Seal(new_key())
+    msg = sent(seal)
+    change(msg)
+    assert not seal.open_from(msg, "p1", "p2", NOW)
+
+
+def test_an_announcement_seal_does_not_open_as_a_message_to_one_process():
+    seal = Seal(new_key())
+    msg = sealed(seal)
+    assert not seal.open_from(dict(msg, proc="p1"), "p1", "p2", NOW)

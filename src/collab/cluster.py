@@ -479,6 +479,7 @@ class Cluster:
             await self.ownership.open()
             key = await self.store.cluster_key()
             self.seal = Seal(key) if key else None
+            self.backplane.seal = self.seal  # messages to one process: forwarded edits, refusals
             await self.backplane.start(self._on_message, self._on_resync, self.ownership.on_direct)
             self._watcher = asyncio.create_task(self._watch(), name="collab-hub-watch")
             self.started = True

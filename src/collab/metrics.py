@@ -177,6 +177,8 @@ APP_FAMILIES = [
     Family("collab_remote_ops_total", "counter", "Operations committed by other processes and relayed here."),
     Family("collab_remote_ops_sealed_total", "counter",
            "Of those, operations applied from a sealed announcement, without reading the store."),
+    Family("collab_backplane_unsealed_total", "counter",
+           "Messages to this process dropped because they were not sealed with the deployment's key."),
     Family("collab_store_commits_total", "counter", "Transactions the store committed (with SQLite, one fsync each)."),
     Family("collab_store_ops_written_total", "counter",
            "Operations the store wrote (per commit: how much group commit groups)."),

@@ -1,4 +1,5 @@
-"""Sealed announcements: a process proves to the others that it committed what it announces.
+"""Sealed messages: a process proves to the others that it committed what it announces, and that a
+message sent to one process comes from another process of the deployment.
 
 Redis carries messages; it is not an authority. Anyone who can publish on it
 could announce a commit the store never made, so an unsealed announcement
@@ -17,6 +18,17 @@ BLAKE2b, RFC 7693) of:
 A receiver applies a sealed announcement as it is only if the seal holds and
 the operations extend its copy exactly (checked by
 :class:`collab.cluster.Replica`); anything else makes it read the store.
+
+Messages to one process (a forwarded edit, the owner's refusal, ``not_owner``:
+see :mod:`collab.forwarding`) are sealed too, with the sending and the
+receiving process's ids and the time they were sent
+(:meth:`Seal.seal_to`). An edit forwarded to the owner is committed as it
+is, so a receiver with a key drops every message to it that does not open
+(:meth:`Seal.open_from`): publishing on Redis is not enough to edit a
+document, or to refuse someone's edit. Within :data:`MAX_AGE` a genuine
+message can be replayed; each is harmless again (an op id is applied once,
+a refusal answers only an edit still waiting for it).
+
 Pure: no I/O, no clock of its own.
 """
 
@@ -60,7 +72,8 @@ class Sealed:
 
 
 class Seal:
-    """Seals and opens announcements of committed operations with one deployment's key."""
+    """Seals and opens announcements of committed operations, and messages to one process, with one
+    deployment's key."""
 
     def __init__(self, key: bytes) -> None:
         if not 16 <= len(key) <= 64:
@@ -90,3 +103,26 @@ class Seal:
         if not hmac.compare_digest(good, mac):
             return None
         return Sealed(prev, at)
+
+    def _mac_to(self, msg: dict, sender: str, to: str) -> str:
+        body = {k: v for k, v in msg.items() if k != "mac" and k != "proc"}  # ``proc``: the receiver stamps it
+        return hashlib.blake2b(_dumps(["to", sender, to, body]), key=self._key, digest_size=32).hexdigest()
+
+    def seal_to(self, msg: dict, sender: str, to: str, at: float) -> dict:
+        """Seal ``msg``, sent at ``at`` by process ``sender`` to process ``to`` only: adds ``at`` and
+        ``mac`` to it; returns it."""
+        msg["at"] = at
+        msg["mac"] = self._mac_to(msg, sender, to)
+        return msg
+
+    def open_from(self, msg: dict, sender: str, to: str, now: float) -> bool:
+        """Whether ``msg`` (as received; a ``proc`` field is not part of it) was sealed by process
+        ``sender`` for process ``to``, no more than :data:`MAX_AGE` seconds from ``now``."""
+        at, mac = msg.get("at"), msg.get("mac")
+        if type(at) is not float or type(mac) is not str or not math.isfinite(at) or abs(now - at) > MAX_AGE:
+            return False
+        try:
+            good = self._mac_to(msg, sender, to)
+        except (TypeError, ValueError):  # not JSON as orjson writes it (cannot come from a process)
+            return False
+        return hmac.compare_digest(good, mac)

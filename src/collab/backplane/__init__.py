@@ -25,8 +25,18 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
 import secrets
-from typing import Any, Callable
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from ..seal import Seal
+
+log = logging.getLogger("collab.backplane")
+
+#: Seconds between two warnings about messages dropped for their seal (one per burst, with the count).
+UNSEALED_WARN_EVERY = 60.0
 
 #: ``handler(doc, message)``: called for every message from another process, in arrival order.
 Handler = Callable[[str, dict], None]
@@ -43,6 +53,37 @@ class Backplane(abc.ABC):
     def __init__(self) -> None:
         #: This process's id, stamped on everything it publishes.
         self.process_id = secrets.token_hex(8)
+        #: Seals what this process sends to one process and opens what is sent to it (the hub sets it
+        #: from the deployment's key before :meth:`start`). With a seal, a message to this process
+        #: that does not open is dropped: it did not come from a process of this deployment.
+        self.seal: Seal | None = None
+        #: Messages to this process dropped because their seal did not open (``/metrics``).
+        self.unsealed = 0
+        self._unsealed_warned_at = -UNSEALED_WARN_EVERY
+        self._unsealed_since_warning = 0
+
+    def _sealed(self, proc: str, msg: dict) -> dict:
+        """``msg`` as it is sent to process ``proc``: sealed, if this process has a seal."""
+        if self.seal is None:
+            return msg
+        return self.seal.seal_to(dict(msg), self.process_id, proc, time.time())
+
+    def _opened(self, sender: str, msg: dict) -> bool:
+        """Whether ``msg``, sent to this process by ``sender``, may be handed to the hub (its seal opens,
+        or this process has no key to check it with); a warning now and then for those dropped."""
+        if self.seal is None or self.seal.open_from(msg, sender, self.process_id, time.time()):
+            return True
+        self.unsealed += 1
+        self._unsealed_since_warning += 1
+        now = time.monotonic()
+        if now - self._unsealed_warned_at >= UNSEALED_WARN_EVERY:
+            log.warning("dropped %d message(s) to this process that were not sealed with this deployment's key "
+                        "(sent by %.40r): another deployment is publishing on the same Redis prefix (give each its "
+                        "own ?prefix= in REDIS_URL), a process of an older version is running, or someone else can "
+                        "publish on this Redis (protect it with a password)",
+                        self._unsealed_since_warning, sender)
+            self._unsealed_warned_at, self._unsealed_since_warning = now, 0
+        return False
 
     @abc.abstractmethod
     async def start(self, handler: Handler, on_resync: Callable[[], None], direct: DirectHandler | None = None) -> None:
@@ -168,10 +209,12 @@ class LocalBackplane(Backplane):
     def send(self, proc: str, msg: dict) -> None:
         member = self.bus.members.get(proc)
         if self.process_id in self.bus.members and member is not None and member is not self:
-            asyncio.get_running_loop().call_soon(member._deliver_direct, dict(msg, proc=self.process_id))
+            msg = dict(self._sealed(proc, msg), proc=self.process_id)
+            asyncio.get_running_loop().call_soon(member._deliver_direct, msg)
 
     def _deliver_direct(self, msg: dict) -> None:
-        if self.direct is not None and not self.paused and self.process_id in self.bus.members:
+        if (self.direct is not None and not self.paused and self.process_id in self.bus.members
+                and self._opened(msg["proc"], msg)):
             self.direct(msg)
 
     def set_owner(self, doc: str) -> None:

@@ -259,7 +259,7 @@ class RedisBackplane(Backplane):
                     if self._handler is not None:
                         self.received += 1
                         self._handler(target, body)
-                elif kind == "p" and target == me and self._direct is not None:
+                elif kind == "p" and target == me and self._direct is not None and self._opened(proc, body):
                     self.received += 1
                     self._direct(body)
             except Exception:
@@ -293,7 +293,7 @@ class RedisBackplane(Backplane):
         self._enqueue(("bundle", _dumps(("d", doc, msg))))
 
     def send(self, proc: str, msg: dict) -> None:
-        self._enqueue(("bundle", _dumps(("p", proc, msg))))
+        self._enqueue(("bundle", _dumps(("p", proc, self._sealed(proc, msg)))))
 
     def set_owner(self, doc: str) -> None:
         self._enqueue(("set", self._owner_key(doc), self.process_id))
