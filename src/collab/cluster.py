@@ -250,6 +250,21 @@ class Replica:
                     w.set_result(None)
         self._process_events()
 
+    def integrate_now(self) -> bool:
+        """Integrate at once what needs no read of the store (the document is between batches):
+        sealed operations that extend the copy, then presence, as :meth:`catch_up` would.
+        ``True`` if nothing is left for :meth:`catch_up`."""
+        if self.sealed:
+            self._apply_sealed()
+        seq = self.seq
+        if (self.check_store or self.store_waiters or self.ops or self.sealed or self.known_rev > seq.rev
+                or any(e["t"] == "presence" and isinstance(e.get("rev"), int) and e["rev"] > seq.rev
+                       for e in self.events)):
+            return False
+        if self.events:
+            self._process_events()
+        return True
+
     def _apply_sealed(self) -> None:
         """Apply the sealed operations that extend the copy exactly, in order; a misfit or a gap
         makes the next read of the store settle what was committed."""

@@ -201,6 +201,10 @@ class Document:
         if (len(self._inbox) >= self._inbox_size or (self.shared and sub.rev > seq.rev)
                 or (sub.rev < seq.history_start and sub.id not in seq.ids)):
             return False
+        if self._committer is None and not self._inbox and self.forwarding and sub.id not in seq.ids:
+            # Nothing queued before it: sent to the owner now, as the commit loop's next turn would.
+            self.forwarder.take([Item(peer, sub)], seq.knows)  # type: ignore[union-attr]
+            return True
         self._inbox.append(Item(peer, sub))
         if self._committer is None:
             self._wake()
@@ -541,8 +545,19 @@ class Document:
     # -- other processes ---------------------------------------------------------------
 
     def on_remote(self, msg: dict) -> None:
-        """Take a backplane message; the commit loop integrates it between batches."""
+        """Take a backplane message: integrated now if the document is between batches and needs no
+        read of the store for it (the usual case where another process orders it), else by the commit loop."""
         if self.replica.on_message(msg):
+            if (self._committer is None and not self._flight and not self._inbox and not self._deferred
+                    and not self.failed):
+                try:
+                    if self.replica.integrate_now():
+                        return
+                except Exception:  # as in the commit loop: its clients resume from the store
+                    log.exception("document %s failed; disconnecting its clients so they resume from the store",
+                                  self.id)
+                    self._fail()
+                    return
             self._wake()
 
     def sync_later(self, rev: int | None = None) -> None:
