@@ -907,6 +907,40 @@ async def test_forged_messages_to_one_process_are_dropped_edits_and_refusals_ali
     assert "collab_backplane_unsealed_total" in {f.name for f in APP_FAMILIES}
 
 
+async def test_a_forwarded_edit_moves_its_author_s_cursor_on_both_processes(real_hubs):
+    """A client of process 2 types with its cursor after the text; process 1 orders it. Someone who joins
+    later, on either process, is welcomed with that cursor (moved by the edits after it), not the one the
+    author had when it joined."""
+    import json
+
+    from collab.hub import Peer
+    from collab.protocol import Cursor, Submit
+
+    h1, h2 = await real_hubs(2)
+    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    doc1 = await h1.join("cursor", a, None)
+    doc2 = await h2.join("cursor", b, None)
+    assert doc2.forwarder.owner == h1.backplane.process_id
+
+    async def until(cond) -> None:
+        while not cond():
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(until(lambda: b.id in doc1.replica.peers), 30)
+    await doc2.submit(b, Submit(0, ["héllo 🌍"], "b1", Cursor(7, 7)))
+    assert await asyncio.wait_for(_answer(b, "b1", []), 30) == {"type": "ack", "id": "b1", "rev": 1}
+    assert await doc1.submit(None, Submit(1, ["🎉 ", 7], "h2", None)) == 2  # before the cursor: moves it by 2
+    await asyncio.wait_for(until(lambda: doc2.snapshot()[0] == 2), 30)
+    welcomes = []
+    for hub in (h1, h2):
+        newcomer = Peer(queue_size=10_000)
+        await hub.join("cursor", newcomer, None)
+        welcomes.append(json.loads(newcomer.outbox[0]))
+    for welcome in welcomes:
+        assert welcome["text"] == "🎉 héllo 🌍"
+        assert {p["client"]: p["cursor"] for p in welcome["peers"]}[b.id] == {"anchor": 9, "head": 9}
+
+
 async def test_forwarded_submits_that_must_wait_keep_their_order(real_hubs):
     """Forwarded submits based on a revision the owner has not read yet wait for it (and, with an
     inbox of 2, for room); those forwarded after them, which need no waiting, still wait behind them:

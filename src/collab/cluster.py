@@ -300,6 +300,8 @@ class Replica:
         if entry.rev > self.known_rev:
             self.known_rev = entry.rev
         author = self._answer_resends(entry)
+        if author is not None:  # a client here whose edit the owner ordered: its selection is the edit's
+            author.cursor, author.cursor_rev = cursor, entry.rev
         doc.broadcast(encode(_op_msg(entry, cursor)), skip=author)
 
     def _answer_resends(self, entry: StoredOp) -> Peer | None:
@@ -404,6 +406,12 @@ class Replica:
         """Announce ``[rev, op, client, id, cursor]`` entries this process committed (sealed, if it can:
         the op before them must still be in the history, as their anchor)."""
         if self.backplane is not None and ops:
+            peers = self.peers
+            if peers:
+                for rev, _, client, _, cursor in ops:
+                    remote = peers.get(client)
+                    if remote is not None:  # another process's client, whose edit it forwarded here
+                        remote.cursor, remote.cursor_rev = cursor_of(cursor), rev
             msg = {"t": "ops", "ops": ops}
             seq, first = self.seq, ops[0][0]
             if self.seal is not None and seq.history_start < first - 1 <= seq.rev:
