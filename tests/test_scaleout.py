@@ -941,6 +941,47 @@ async def test_a_forwarded_edit_moves_its_author_s_cursor_on_both_processes(real
         assert {p["client"]: p["cursor"] for p in welcome["peers"]}[b.id] == {"anchor": 9, "head": 9}
 
 
+async def test_edits_waiting_for_the_owner_s_answer_fill_the_inbox(real_hubs, monkeypatch):
+    """With an inbox of 2, a process whose 2 forwarded edits the owner has not answered yet takes no
+    third from its client until one is answered: the client is held back (its socket is not read), as on
+    the owner, and nothing grows without bound while the owner is slow. Then all are acknowledged."""
+    import collab.ownership
+    from collab.backplane.redis import RedisBackplane
+    from collab.hub import Peer
+    from collab.protocol import Submit
+
+    monkeypatch.setattr(collab.ownership, "OVERDUE_SECONDS", 3600.0)  # the silent owner is not replaced meanwhile
+    h1, h2 = await real_hubs(2, inbox_size=2)
+    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    await h1.join("held", a, None)
+    doc2 = await h2.join("held", b, None)
+    assert doc2.forwarder.owner == h1.backplane.process_id
+    silent = RedisBackplane(f"{h1.backplane.url}?prefix={h1.backplane.prefix}", heartbeat_ttl=3)
+    silent.seal = h1.cluster.seal
+    got: list[str] = []
+    await silent.start(lambda doc, msg: None, lambda: None, lambda msg: got.extend(i["id"] for i in msg["items"]))
+
+    async def until(cond) -> None:
+        while not cond():
+            await asyncio.sleep(0.02)
+
+    try:
+        doc2.forwarder.owner = silent.process_id  # an owner that takes edits and never answers
+        assert doc2.offer(b, Submit(0, ["a"], "s1", None)) and doc2.offer(b, Submit(0, ["b"], "s2", None))
+        await asyncio.wait_for(until(lambda: got == ["s1", "s2"]), 30)
+        assert not doc2.offer(b, Submit(0, ["🌍"], "s3", None))  # full: the connection would wait in submit()
+        third = asyncio.create_task(doc2.submit(b, Submit(0, ["🌍"], "s3", None)))
+        doc2.forwarder.resend(h1.backplane.process_id)  # the real owner: it answers, and that makes room
+        seen: list[dict] = []
+        answers = [await asyncio.wait_for(_answer(b, op_id, seen), 30) for op_id in ("s1", "s2", "s3")]
+        await asyncio.wait_for(third, 30)
+    finally:
+        await silent.close()
+    assert [m["type"] for m in answers] == ["ack"] * 3 and got == ["s1", "s2"]
+    state = await h1.store.load("held", 10)
+    assert state.rev == 3 and sorted(state.text) == sorted("ab🌍")
+
+
 async def test_forwarded_submits_that_must_wait_keep_their_order(real_hubs):
     """Forwarded submits based on a revision the owner has not read yet wait for it (and, with an
     inbox of 2, for room); those forwarded after them, which need no waiting, still wait behind them:

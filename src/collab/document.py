@@ -198,7 +198,7 @@ class Document:
         if peer.role != "edit":
             may_edit(peer, sub.id)
         seq = self.seq
-        if (len(self._inbox) >= self._inbox_size or (self.shared and sub.rev > seq.rev)
+        if (self._full() or (self.shared and sub.rev > seq.rev)
                 or (sub.rev < seq.history_start and sub.id not in seq.ids)):
             return False
         if self._committer is None and not self._inbox and self.forwarding and sub.id not in seq.ids:
@@ -231,12 +231,20 @@ class Document:
             if peer is not None:
                 peer.send_msg(ack_msg(sub.id, rev))
             return None if peer is not None else rev
-        while len(self._inbox) >= self._inbox_size:
+        while self._full():
             await self._room()
         reply = None if peer is not None else asyncio.get_running_loop().create_future()
         self._inbox.append(Item(peer, sub, reply))
         self._wake()
         return None if reply is None else await reply
+
+    def _full(self) -> bool:
+        """Whether the inbox has no room; submits forwarded to the owner and not yet answered count
+        too, so a client of a process that forwards is held back as one of the owner's is."""
+        waiting = len(self._inbox)
+        if self.forwarder is not None and self.forwarder.awaiting:
+            waiting += len(self.forwarder.awaiting)
+        return waiting >= self._inbox_size
 
     async def _room(self) -> None:
         """Return once the commit loop took the inbox (a full inbox holds its submitters here)."""
@@ -524,9 +532,19 @@ class Document:
         """Whether new submits go to the document's owner, another process."""
         return self.forwarder is not None and self.forwarder.owner is not None
 
+    def answered(self, op_id: str) -> list[Item]:
+        """Take the submits of op ``op_id`` forwarded to the owner (its commit or its refusal arrived)."""
+        if self.forwarder is None:
+            return []
+        taken = self.forwarder.answered(op_id)
+        if taken and self._room_waiters:
+            fanout.resolve(self._room_waiters)
+            self._room_waiters = []
+        return taken
+
     def take_queued(self, op_id: str) -> list[Item]:
         """Take the queued (or forwarded) submits of op ``op_id`` (another process committed that op)."""
-        taken = self.forwarder.answered(op_id) if self.forwarder is not None else []
+        taken = self.answered(op_id)
         if not any(item.sub.id == op_id for item in self._inbox):
             return taken
         taken += [item for item in self._inbox if item.sub.id == op_id]

@@ -169,7 +169,7 @@ class Ownership:
         doc = self.docs.get(refusal.doc)
         if doc is None or doc.forwarder is None or doc.forwarder.owner != proc:
             return  # not from the process the submits went to
-        for item in doc.forwarder.answered(refusal.id):
+        for item in doc.answered(refusal.id):
             if item.reply is not None:
                 if not item.reply.done():
                     item.reply.set_exception(ProtocolError(refusal.code, refusal.message, refusal.id))
