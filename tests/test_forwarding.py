@@ -26,6 +26,7 @@ def test_a_submit_is_read_back_as_it_was_sent():
     assert [(f.client, f.sub.rev, f.sub.op, f.sub.id, f.sub.cursor, f.name) for f in back] == [
         ("c1", 3, [2, "héllo 🌍", -1, 4], "op-1", Cursor(10, 10), "Zoë 🦊"), ("c2", 0, ["🎉"], "op-2", None, "")]
     assert back[0].sub.lengths == (7, 13) and back[1].sub.lengths == (0, 1)
+    assert back[0].sub.author == "Zoë 🦊" and back[1].sub.author == ""  # the owner records it with the edit
 
 
 GOOD = {"client": "c1", "rev": 0, "op": ["🌍"], "id": "op-1", "cursor": None}

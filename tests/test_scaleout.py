@@ -982,6 +982,25 @@ async def test_edits_waiting_for_the_owner_s_answer_fill_the_inbox(real_hubs, mo
     assert state.rev == 3 and sorted(state.text) == sorted("ab🌍")
 
 
+async def test_edits_made_over_http_on_another_process_keep_their_authors_names(real_hubs):
+    """Two HTTP edits (each with its token's name) on a process that forwards them, at once: the owner
+    records each with its own name, as it would have recorded them itself."""
+    from collab.hub import Peer
+    from collab.protocol import Submit
+
+    h1, h2 = await real_hubs(2)
+    await h1.join("named", Peer(queue_size=10_000), None)
+    doc2 = await h2.join("named", Peer(queue_size=10_000), None)
+    assert doc2.forwarder.owner == h1.backplane.process_id
+    revs = await asyncio.wait_for(asyncio.gather(
+        doc2.submit(None, Submit(0, ["🌍"], "n1", None, author="Zoë 🦊")),
+        doc2.submit(None, Submit(0, ["é"], "n2", None, author="Ana")),
+    ), 30)
+    assert sorted(revs) == [1, 2]
+    history = await h1.store.ops_since("named", 0)
+    assert {op.id: op.name for op in history} == {"n1": "Zoë 🦊", "n2": "Ana"}
+
+
 async def test_forwarded_submits_that_must_wait_keep_their_order(real_hubs):
     """Forwarded submits based on a revision the owner has not read yet wait for it (and, with an
     inbox of 2, for room); those forwarded after them, which need no waiting, still wait behind them:

@@ -33,7 +33,8 @@ class Forwarded:
 
     client: str
     sub: Submit
-    #: The name the client joined with ("" if none): the owner records who made each edit.
+    #: Who made it ("" if unknown): the name the client joined with, or for an edit made over HTTP
+    #: the token's name. The owner records it with the edit (the submit's ``author``).
     name: str = ""
 
 
@@ -115,7 +116,7 @@ class Forwarder:
     def _send(self, items: list[Item]) -> None:
         assert self.owner is not None
         forwarded = [Forwarded(item.peer.id, item.sub, item.peer.user.name if item.peer.user is not None else "")
-                     if item.peer is not None else Forwarded("server", item.sub) for item in items]
+                     if item.peer is not None else Forwarded("server", item.sub, item.sub.author) for item in items]
         self.send(self.owner, submit_msg(self.doc, forwarded))
 
     def answered(self, op_id: str) -> list[Item]:
@@ -169,7 +170,8 @@ def _forwarded(item: object) -> Forwarded | None:
         cursor = _cursor(item.get("cursor"), op_id)
     except (ot.InvalidOperation, ProtocolError):
         return None
-    return Forwarded(client, Submit(rev, op, op_id, cursor, (base_len, target_len)), name)  # type: ignore[arg-type]
+    sub = Submit(rev, op, op_id, cursor, (base_len, target_len), name)  # type: ignore[arg-type]
+    return Forwarded(client, sub, name)
 
 
 def read_submit(msg: dict) -> tuple[str, list[Forwarded]] | None:
