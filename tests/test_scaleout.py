@@ -1001,6 +1001,52 @@ async def test_edits_made_over_http_on_another_process_keep_their_authors_names(
     assert {op.id: op.name for op in history} == {"n1": "Zoë 🦊", "n2": "Ana"}
 
 
+async def test_a_forwarded_edit_whose_id_another_client_used_is_refused_and_a_true_resend_acknowledged(
+        real_hubs, monkeypatch):
+    """Two clients of a forwarding process wait for the owner's answer; meanwhile the store gets one op
+    with the first one's id but other content, and one that is the second one's op (as after a resend
+    from another connection). Integrating them, the process refuses the first and acknowledges the second."""
+    import collab.ownership
+    from collab import ot
+    from collab.backplane.redis import RedisBackplane
+    from collab.hub import Peer
+    from collab.protocol import Submit
+    from collab.store.base import StoredOp
+
+    monkeypatch.setattr(collab.ownership, "OVERDUE_SECONDS", 3600.0)
+    h1, h2 = await real_hubs(2)
+    await h1.join("reuse", Peer(queue_size=10_000), None)
+    b, c = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    doc2 = await h2.join("reuse", b, None)
+    await h2.join("reuse", c, None)
+    silent = RedisBackplane(f"{h1.backplane.url}?prefix={h1.backplane.prefix}", heartbeat_ttl=3)
+    silent.seal = h1.cluster.seal
+    got: list[str] = []
+    await silent.start(lambda doc, msg: None, lambda: None, lambda msg: got.extend(i["id"] for i in msg["items"]))
+
+    async def until(cond) -> None:
+        while not cond():
+            await asyncio.sleep(0.02)
+
+    try:
+        doc2.forwarder.owner = silent.process_id  # an owner that takes edits and never answers
+        assert doc2.offer(b, Submit(0, ["😈"], "dup", None)) and doc2.offer(c, Submit(0, ["🌍"], "same", None))
+        await asyncio.wait_for(until(lambda: sorted(got) == ["dup", "same"]), 30)
+        first = StoredOp(1, ["x"], "other", "dup")
+        second = StoredOp(2, ot.transform(["🌍"], first.op)[0], "elsewhere", "same")
+        await h1.store.append("reuse", [first, second], 2)
+        await asyncio.wait_for(doc2.sync(), 30)
+        seen_b: list[dict] = []
+        seen_c: list[dict] = []
+        answer_b = await asyncio.wait_for(_answer(b, "dup", seen_b), 30)
+        answer_c = await asyncio.wait_for(_answer(c, "same", seen_c), 30)
+    finally:
+        await silent.close()
+    assert answer_b["type"] == "error" and answer_b["code"] == "bad_op"
+    assert answer_c == {"type": "ack", "id": "same", "rev": 2}
+    assert doc2.snapshot() == (2, "🌍x") and not doc2.forwarder.awaiting
+
+
 async def test_forwarded_submits_that_must_wait_keep_their_order(real_hubs):
     """Forwarded submits based on a revision the owner has not read yet wait for it (and, with an
     inbox of 2, for room); those forwarded after them, which need no waiting, still wait behind them:

@@ -311,8 +311,13 @@ class Replica:
         Returns the connection that resent it (it gets the ack, not the op).
         """
         author: Peer | None = None
-        for item in self.doc.take_queued(entry.id):
-            refused = None if self.doc.seq.is_resend(item.sub, entry.rev) else reused(entry.id, entry.rev)
+        items = self.doc.take_queued(entry.id)
+        for item in items:
+            # The one submit of that id, from the connection that made the op: the op is that submit (as
+            # its owner transformed it), since an earlier one of the id would still wait here, or be known
+            # here once committed. Otherwise (another client, several copies) compare, as the owner would.
+            own = len(items) == 1 and item.peer is not None and item.peer.id == entry.client
+            refused = None if own or self.doc.seq.is_resend(item.sub, entry.rev) else reused(entry.id, entry.rev)
             if item.reply is not None:
                 if refused is None:
                     item.reply.set_result(entry.rev)
