@@ -14,10 +14,13 @@ several; its first writer joins first). Reported: acknowledged ops/s,
 ack latency p50/p99, the CPU the server processes used (in cores), to
 show where the bottleneck is, and the collab processes' CPU per acknowledged
 op (summed over the processes: what more processes cost for the same work).
-Prints a markdown table.
+Prints a markdown table. With ``--rounds N`` every configuration runs N
+times, in turn, and each row is the median of its rounds: on a shared
+machine whose speed drifts over minutes, ratios between rows of one round
+are not to be trusted.
 
     python benchmarks/scaleout_bench.py --database-url postgresql://postgres@127.0.0.1:5432/test \\
-        --redis-url redis://127.0.0.1:6379/0 [--seconds 5]
+        --redis-url redis://127.0.0.1:6379/0 [--seconds 5] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -204,31 +207,43 @@ async def bench(args: argparse.Namespace) -> None:
                 }, by_doc))
         else:
             print("(PostgreSQL + Redis rows skipped: pass --database-url and --redis-url)", file=sys.stderr)
-        rows = []
-        for name, n, env, by_doc in configs:
-            if args.only and args.only not in name:
-                continue
-            servers = [Server(env).start() for _ in range(n)]
-            try:
-                many = await run_load(servers, [f"many-{tag}-{i}" for i in range(args.docs)], 2, args.seconds, by_doc)
-                hot = await run_load(servers, [f"hot-{tag}"], args.hot, args.seconds, by_doc)
-            finally:
-                for s in servers:
-                    s.stop()
-            rows.append((name, many, hot))
-            print(f"done: {name}", file=sys.stderr)
+        configs = [c for c in configs if not args.only or args.only in c[0]]
+        # Rounds go through every configuration in turn, so a machine that slows down or speeds up
+        # over minutes (a shared VM) shifts every row alike; each row is the median of its rounds.
+        runs: dict[str, list[tuple[dict, dict]]] = {name: [] for name, _, _, _ in configs}
+        for r in range(args.rounds):
+            for name, n, env, by_doc in configs:
+                servers = [Server(env).start() for _ in range(n)]
+                try:
+                    docs = [f"many-{tag}-{r}-{i}" for i in range(args.docs)]
+                    many = await run_load(servers, docs, 2, args.seconds, by_doc)
+                    hot = await run_load(servers, [f"hot-{tag}-{r}"], args.hot, args.seconds, by_doc)
+                finally:
+                    for s in servers:
+                        s.stop()
+                runs[name].append((many, hot))
+                print(f"done: {name} (round {r + 1} of {args.rounds})", file=sys.stderr)
+        rows = [(name, median_of([m for m, _ in done]), median_of([h for _, h in done])) for name, done in runs.items()]
         await drop_schemas(args.database_url, tag)
+    rounds = f"; median of {args.rounds} rounds" if args.rounds > 1 else ""
     print(f"\n{args.docs} documents x 2 writers, and 1 document x {args.hot} writers; one op in flight per writer; "
-          f"{args.seconds:g} s each\n")
+          f"{args.seconds:g} s each{rounds}\n")
     print(f"CPU in cores (machine: {os.cpu_count()}): collab servers / PostgreSQL / Redis / this load generator\n")
     print("| configuration | load | ops/s | ack p50 ms | ack p99 ms | ack max ms | collab CPU µs per op "
           "| CPU: collab / pg / redis / load |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for name, m, h in rows:
         for load, r in (("many docs", m), ("hot doc", h)):
-            per_op = r["cpu"] / r["ops"] * 1e6 if r["ops"] else float("nan")
+            per_op = r["per_op"]
             print(f"| {name} | {load} | {r['ops']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['max']:.0f} "
                   f"| {per_op:.0f} | {r['cpu']:.2f} / {r['pg']:.2f} / {r['redis']:.2f} / {r['load']:.2f} |")
+
+
+def median_of(results: list[dict]) -> dict:
+    """Each measure's median over rounds (CPU per op from the medians of the round's own ratios)."""
+    out = {k: statistics.median(r[k] for r in results) for k in results[0]}
+    out["per_op"] = statistics.median(r["cpu"] / r["ops"] * 1e6 if r["ops"] else float("nan") for r in results)
+    return out
 
 
 async def drop_schemas(url: str, tag: str) -> None:
@@ -252,6 +267,8 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=50, help="documents in the many-documents load (default 50)")
     parser.add_argument("--only", default="", help="run only the configurations whose name contains this")
     parser.add_argument("--hot", type=int, default=20, help="writers on the hot document (default 20)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every configuration this many times, in turn, and report medians (default 1)")
     asyncio.run(bench(parser.parse_args()))
 
 
