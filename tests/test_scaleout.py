@@ -865,23 +865,13 @@ async def test_forged_messages_to_one_process_are_dropped_edits_and_refusals_ali
     forger = RedisBackplane(f"{h1.backplane.url}?prefix={h1.backplane.prefix}", heartbeat_ttl=3)
     forger.seal = Seal(new_key())  # a key, but not the deployment's
     received: list[dict] = []
-    arrived = asyncio.Event()
-
-    def take(msg: dict) -> None:
-        received.append(msg)
-        arrived.set()
-
-    async def until(cond) -> None:
-        while not cond():
-            await asyncio.sleep(0.02)
-
-    await forger.start(lambda doc, msg: None, lambda: None, take)
+    await forger.start(lambda doc, msg: None, lambda: None, received.append)
     r = aioredis.from_url(REDIS_URL)
     try:
         forger.seal = None  # it takes what process 2 sends it, sealed or not
         doc2.forwarder.owner = forger.process_id
         await doc2.submit(b, Submit(0, ["héllo 🌍"], "b1", None))
-        await asyncio.wait_for(until(lambda: any(m.get("t") == "submit" for m in received)), 30)
+        await asyncio.wait_for(_until(lambda: any(m.get("t") == "submit" for m in received)), 30)
         assert "b1" in doc2.forwarder.awaiting
         forger.seal = Seal(new_key())
         forger.send(h2.backplane.process_id, refused_msg("forged", ProtocolError(BAD_OP, "forged", "b1")))
@@ -892,7 +882,7 @@ async def test_forged_messages_to_one_process_are_dropped_edits_and_refusals_ali
         forger.send(h1.backplane.process_id, evil)
         await r.publish(h1.backplane.bus, json.dumps({"m": [["p", h1.backplane.process_id, evil]],
                                                        "proc": h2.backplane.process_id}))  # posing as process 2
-        await asyncio.wait_for(until(lambda: h2.backplane.unsealed == 2 and h1.backplane.unsealed == 2), 30)
+        await asyncio.wait_for(_until(lambda: h2.backplane.unsealed == 2 and h1.backplane.unsealed == 2), 30)
         assert "b1" in doc2.forwarder.awaiting  # not answered by the forged refusals
         doc2.forwarder.resend(h1.backplane.process_id)
         answer = await asyncio.wait_for(_answer(b, "b1", []), 30)
@@ -902,7 +892,7 @@ async def test_forged_messages_to_one_process_are_dropped_edits_and_refusals_ali
     assert answer == {"type": "ack", "id": "b1", "rev": 1}
     state = await h1.store.load("forged", 10)
     assert (state.rev, state.text) == (1, "héllo 🌍") and [op.id for op in state.history] == ["b1"]
-    await asyncio.wait_for(until(lambda: doc1.snapshot() == (1, "héllo 🌍")), 30)
+    await asyncio.wait_for(_until(lambda: doc1.snapshot() == (1, "héllo 🌍")), 30)
     assert doc2.snapshot() == (1, "héllo 🌍")
     assert "collab_backplane_unsealed_total" in {f.name for f in APP_FAMILIES}
 
@@ -941,12 +931,30 @@ async def test_a_forwarded_edit_moves_its_author_s_cursor_on_both_processes(real
         assert {p["client"]: p["cursor"] for p in welcome["peers"]}[b.id] == {"anchor": 9, "head": 9}
 
 
+async def _until(cond) -> None:
+    """Return once ``cond()`` holds (checked every 20 ms)."""
+    while not cond():
+        await asyncio.sleep(0.02)
+
+
+async def _silent_owner(h1, doc):
+    """A process of ``h1``'s deployment that takes the edits ``doc`` forwards, and never answers: made
+    ``doc``'s owner. Returns it (close it when done) and the op ids it received, in order."""
+    from collab.backplane.redis import RedisBackplane
+
+    silent = RedisBackplane(f"{h1.backplane.url}?prefix={h1.backplane.prefix}", heartbeat_ttl=3)
+    silent.seal = h1.cluster.seal
+    got: list[str] = []
+    await silent.start(lambda doc, msg: None, lambda: None, lambda msg: got.extend(i["id"] for i in msg["items"]))
+    doc.forwarder.owner = silent.process_id
+    return silent, got
+
+
 async def test_edits_waiting_for_the_owner_s_answer_fill_the_inbox(real_hubs, monkeypatch):
     """With an inbox of 2, a process whose 2 forwarded edits the owner has not answered yet takes no
     third from its client until one is answered: the client is held back (its socket is not read), as on
     the owner, and nothing grows without bound while the owner is slow. Then all are acknowledged."""
     import collab.ownership
-    from collab.backplane.redis import RedisBackplane
     from collab.hub import Peer
     from collab.protocol import Submit
 
@@ -956,19 +964,10 @@ async def test_edits_waiting_for_the_owner_s_answer_fill_the_inbox(real_hubs, mo
     await h1.join("held", a, None)
     doc2 = await h2.join("held", b, None)
     assert doc2.forwarder.owner == h1.backplane.process_id
-    silent = RedisBackplane(f"{h1.backplane.url}?prefix={h1.backplane.prefix}", heartbeat_ttl=3)
-    silent.seal = h1.cluster.seal
-    got: list[str] = []
-    await silent.start(lambda doc, msg: None, lambda: None, lambda msg: got.extend(i["id"] for i in msg["items"]))
-
-    async def until(cond) -> None:
-        while not cond():
-            await asyncio.sleep(0.02)
-
+    silent, got = await _silent_owner(h1, doc2)
     try:
-        doc2.forwarder.owner = silent.process_id  # an owner that takes edits and never answers
         assert doc2.offer(b, Submit(0, ["a"], "s1", None)) and doc2.offer(b, Submit(0, ["b"], "s2", None))
-        await asyncio.wait_for(until(lambda: got == ["s1", "s2"]), 30)
+        await asyncio.wait_for(_until(lambda: got == ["s1", "s2"]), 30)
         assert not doc2.offer(b, Submit(0, ["🌍"], "s3", None))  # full: the connection would wait in submit()
         third = asyncio.create_task(doc2.submit(b, Submit(0, ["🌍"], "s3", None)))
         doc2.forwarder.resend(h1.backplane.process_id)  # the real owner: it answers, and that makes room
@@ -1008,7 +1007,6 @@ async def test_a_forwarded_edit_whose_id_another_client_used_is_refused_and_a_tr
     from another connection). Integrating them, the process refuses the first and acknowledges the second."""
     import collab.ownership
     from collab import ot
-    from collab.backplane.redis import RedisBackplane
     from collab.hub import Peer
     from collab.protocol import Submit
     from collab.store.base import StoredOp
@@ -1019,19 +1017,10 @@ async def test_a_forwarded_edit_whose_id_another_client_used_is_refused_and_a_tr
     b, c = Peer(queue_size=10_000), Peer(queue_size=10_000)
     doc2 = await h2.join("reuse", b, None)
     await h2.join("reuse", c, None)
-    silent = RedisBackplane(f"{h1.backplane.url}?prefix={h1.backplane.prefix}", heartbeat_ttl=3)
-    silent.seal = h1.cluster.seal
-    got: list[str] = []
-    await silent.start(lambda doc, msg: None, lambda: None, lambda msg: got.extend(i["id"] for i in msg["items"]))
-
-    async def until(cond) -> None:
-        while not cond():
-            await asyncio.sleep(0.02)
-
+    silent, got = await _silent_owner(h1, doc2)
     try:
-        doc2.forwarder.owner = silent.process_id  # an owner that takes edits and never answers
         assert doc2.offer(b, Submit(0, ["😈"], "dup", None)) and doc2.offer(c, Submit(0, ["🌍"], "same", None))
-        await asyncio.wait_for(until(lambda: sorted(got) == ["dup", "same"]), 30)
+        await asyncio.wait_for(_until(lambda: sorted(got) == ["dup", "same"]), 30)
         first = StoredOp(1, ["x"], "other", "dup")
         second = StoredOp(2, ot.transform(["🌍"], first.op)[0], "elsewhere", "same")
         await h1.store.append("reuse", [first, second], 2)
