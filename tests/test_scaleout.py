@@ -131,6 +131,13 @@ class Proxy:
                 w.close()
 
 
+def _sealed_body(entries: list, proc: str, at: float, n: int) -> bytes:
+    """A bundle's body as a process writes it (to be sealed, or not, by the caller)."""
+    import json
+
+    return json.dumps({"m": entries, "at": at, "n": n, "proc": proc}, ensure_ascii=False).encode()
+
+
 def _bundle(doc: str, msg: object, proc: str = "forger") -> str:
     """A bundle as processes publish them on the Redis bus: one message of ``doc``, from ``proc``."""
     import json
@@ -432,8 +439,12 @@ async def test_a_crashed_process_s_clients_leave_and_its_edits_stay(real_hubs):
 
 async def test_forged_duplicated_and_out_of_order_announcements_never_apply_as_they_are(real_hubs):
     """Announcements on the Redis bus that do not extend a copy exactly are repaired from the store;
-    bundles that are not well formed are dropped whole or entry by entry."""
+    bundles that are not well formed are dropped whole or entry by entry. All are sealed with the
+    deployment's key (as if a process of it had gone wrong): past the bus's check, they still change
+    nothing the store does not hold."""
+    import itertools
     import json
+    import time
 
     import redis.asyncio as aioredis
 
@@ -447,9 +458,11 @@ async def test_forged_duplicated_and_out_of_order_announcements_never_apply_as_t
     doc2 = await h2.join("forge", b, None)
     assert await doc1.submit(None, Submit(0, ["héllo 🌍"], "h1", None)) == 1
     r = aioredis.from_url(REDIS_URL)
+    seal, numbers = h1.cluster.seal, itertools.count(1)
 
     async def publish(ops) -> None:
-        await r.publish(h2.backplane.bus, _bundle("forge", {"t": "ops", "ops": ops}))
+        body = _sealed_body([["d", "forge", {"t": "ops", "ops": ops}]], "forger", time.time(), next(numbers))
+        await r.publish(h2.backplane.bus, seal.seal(body))
 
     async def reaches(rev: int) -> None:
         while doc2.snapshot()[0] < rev or doc2._committer is not None:
@@ -460,9 +473,10 @@ async def test_forged_duplicated_and_out_of_order_announcements_never_apply_as_t
         await publish([[2, [99, "x"], "evil", "e1", None]])  # the next revision, but spans the wrong length
         await publish([[2, [7, "😈"], "evil", "e2", None], [2, [7, "!"], "evil", "e3", None]])  # two versions of rev 2
         await publish("not a list")
+        entries = [["d", "forge"], 7, ["d", "forge", "x"], ["x", "forge", {}], ["d", 7, {}]]
         for raw in ("not json", "[]", '{"m": "x", "proc": "forger"}', '{"m": [["d", "forge", {}]]}',
-                    '{"m": [["d", "forge"], 7, ["d", "forge", "x"], ["x", "forge", {}], ["d", 7, {}]], "proc": "f"}'):
-            await r.publish(h2.backplane.bus, raw)
+                    json.dumps({"m": entries, "at": time.time(), "n": next(numbers), "proc": "forger"})):
+            await r.publish(h2.backplane.bus, seal.seal(raw.encode()))
         await publish([[2, "not an op", "evil", "e4", None], ["2", [7, "x"], "evil", "e5", None], [True, [7], 1, 2]])
         await publish([[10**12, [7, "y"], "evil", "e6", None]])  # far ahead: the store never confirms it
         await publish([[1, ["dup"], "evil", "e7", None]])  # an old revision again
@@ -570,8 +584,9 @@ async def test_sealed_announcements_are_applied_without_reading_the_store(real_h
 
 
 async def test_sealed_announcements_that_do_not_fit_are_read_from_the_store(real_hubs):
-    """With the deployment's own key: a seal made after another op, a genuine sealed message replayed
-    on another document or again later, and one changed after sealing are never applied as they are."""
+    """Sealed with the deployment's own key, so past the bus's check: an announcement after another op,
+    a genuine one put on another document or sent again later, and one changed are never applied as
+    they are; the processes read the store instead."""
     import json
     import time
 
@@ -579,7 +594,7 @@ async def test_sealed_announcements_that_do_not_fit_are_read_from_the_store(real
 
     from collab.hub import Peer
     from collab.protocol import Submit
-    from collab.seal import Seal
+    from collab.seal import MAC_BYTES
 
     h1, h2 = await real_hubs(2)
     a, b, c = Peer(queue_size=10_000), Peer(queue_size=10_000), Peer(queue_size=10_000)
@@ -590,6 +605,7 @@ async def test_sealed_announcements_that_do_not_fit_are_read_from_the_store(real
     pubsub = r.pubsub()
     channel = h2.backplane.bus
     await pubsub.subscribe(channel)
+    seal = h1.cluster.seal
 
     async def reaches(doc, rev: int) -> None:
         while doc.snapshot()[0] < rev or doc._committer is not None:
@@ -601,31 +617,35 @@ async def test_sealed_announcements_that_do_not_fit_are_read_from_the_store(real
             msg = await pubsub.get_message(timeout=30)
             assert msg is not None, "no announcement within 30 s"
             if msg["type"] == "message":
-                for kind, doc, body in json.loads(msg["data"])["m"]:
-                    if (kind, doc) == ("d", "anchored") and body.get("t") == "ops" and body["ops"][0][0] == rev:
-                        return body
+                body = seal.open(msg["data"])
+                assert body is not None, "a bundle on the bus that is not sealed with the deployment's key"
+                for kind, doc, m in json.loads(body)["m"]:
+                    if (kind, doc) == ("d", "anchored") and m.get("t") == "ops" and m["ops"][0][0] == rev:
+                        return m
+
+    n = 0
+
+    async def publish(doc: str, msg: dict) -> None:
+        nonlocal n
+        n += 1
+        await r.publish(channel, seal.seal(_sealed_body([["d", doc, msg]], "misfit", time.time(), n)))
 
     try:
         assert await doc1.submit(None, Submit(0, ["héllo 🌍"], "h1", None)) == 1
         assert await doc1.submit(None, Submit(1, [7, "!"], "h2", None)) == 2
         genuine = await captured(2)
-        assert "mac" in genuine and genuine["prev"] == "h1"
+        assert genuine["prev"] == "h1" and "mac" not in genuine
         await asyncio.wait_for(reaches(doc2, 2), 30)
         await asyncio.wait_for(other.submit(None, Submit(0, ["héllo 🌍"], "o1", None)), 30)
-        key = await h1.store.cluster_key()
-        seal = Seal(key)
-        # Revision 3 on the 8-character revision 2, sealed with the right key but after an op that is not rev 2.
-        misplaced = seal.seal({"t": "ops", "ops": [[3, [8, "😈"], "evil", "e1", None]]},
-                              "anchored", "not-h2", time.time())
-        await r.publish(channel, _bundle("anchored", misplaced))
-        # The same sealed revision 2, changed: ...
+        # Revision 3 on the 8-character revision 2, but after an op that is not rev 2.
+        await publish("anchored", {"t": "ops", "ops": [[3, [8, "😈"], "evil", "e1", None]], "prev": "not-h2",
+                                   "at": time.time()})
+        # The genuine revision 2 on a document where revision 1 is the same text: it names another op.
+        await publish("elsewhere", genuine)
+        await publish("anchored", genuine)  # and again where it was committed: already applied
         changed = json.loads(json.dumps(genuine))
         changed["ops"][0][1] = [7, "?"]
-        # ... replayed on a document where revision 1 is the same text: it would fit, but is sealed for another.
-        replayed = dict(genuine)
-        await r.publish(channel, _bundle("elsewhere", replayed))
-        await r.publish(channel, _bundle("anchored", replayed))  # and again where it was committed: already applied
-        await r.publish(channel, _bundle("anchored", changed))
+        await publish("anchored", changed)
         assert await doc1.submit(None, Submit(2, [8, "🎉"], "h3", None)) == 3
         await asyncio.wait_for(reaches(doc2, 3), 30)
         await asyncio.wait_for(reaches(other, 1), 30)
@@ -637,6 +657,7 @@ async def test_sealed_announcements_that_do_not_fit_are_read_from_the_store(real
     assert _client_view(a) == _client_view(b) == (3, "héllo 🌍!🎉")
     assert other.snapshot() == _client_view(c) == (1, "héllo 🌍")
     assert not a.closed and not b.closed and not c.closed
+    assert MAC_BYTES == 64
 
 
 async def test_the_lease_moves_to_where_the_clients_are_when_the_owner_s_last_client_leaves(real_hubs):
@@ -836,65 +857,77 @@ async def test_the_owner_orders_forwarded_submits_and_answers_what_the_store_doe
             (1, "far", "f1", {"anchor": 7, "head": 7})]
 
 
-async def test_forged_messages_to_one_process_are_dropped_edits_and_refusals_alike(real_hubs, monkeypatch):
+async def test_forged_replayed_and_stale_bundles_are_dropped_edits_and_refusals_alike(real_hubs, monkeypatch):
     """Whoever can publish on Redis but lacks the deployment's key can neither submit an edit to the owner
-    nor refuse an edit that waits for the owner's answer: both are dropped, and counted on ``/metrics``.
+    nor refuse an edit that waits for the owner's answer, and a genuine bundle replayed or sent too long
+    ago is not taken again: all are dropped, and counted on ``/metrics``.
 
-    Process 2 forwards its client's edit to a forger posing as the owner; the forger refuses it (sealed
-    with another key, and unsealed) and submits an edit of its own to the real owner. Then process 2
-    resends to the real owner: its client's edit is acknowledged, and the forger's is nowhere.
+    Process 2 forwards its client's edit to a silent process posing as the owner; a forger refuses the
+    edit (sealed with another key, unsealed, and as a replay of process 2's own bundle) and submits an
+    edit of its own to the real owner. Then process 2 resends to the real owner: its client's edit is
+    acknowledged, and the forger's is nowhere.
     """
-    import json
+    import time
 
     import redis.asyncio as aioredis
 
     import collab.ownership
-    from collab.backplane.redis import RedisBackplane
     from collab.forwarding import Forwarded, refused_msg, submit_msg
     from collab.hub import Peer
     from collab.metrics import APP_FAMILIES
     from collab.protocol import BAD_OP, ProtocolError, Submit
-    from collab.seal import Seal, new_key
+    from collab.seal import MAX_AGE, Seal, new_key
 
-    monkeypatch.setattr(collab.ownership, "OVERDUE_SECONDS", 3600.0)  # the forged owner is not replaced meanwhile
+    monkeypatch.setattr(collab.ownership, "OVERDUE_SECONDS", 3600.0)  # the silent owner is not replaced meanwhile
     h1, h2 = await real_hubs(2)
     a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
     doc1 = await h1.join("forged", a, None)
     doc2 = await h2.join("forged", b, None)
     assert h1.cluster.ownership.owns("forged") and h2.backplane.seal is not None
-    forger = RedisBackplane(f"{h1.backplane.url}?prefix={h1.backplane.prefix}", heartbeat_ttl=3)
-    forger.seal = Seal(new_key())  # a key, but not the deployment's
-    received: list[dict] = []
-    await forger.start(lambda doc, msg: None, lambda: None, received.append)
+    h1_id, h2_id = h1.backplane.process_id, h2.backplane.process_id
+    genuine, wrong = h1.cluster.seal, Seal(new_key())
     r = aioredis.from_url(REDIS_URL)
+    pubsub = r.pubsub()
+    await pubsub.subscribe(h2.backplane.bus)
+    silent, got = await _silent_owner(h1, doc2)
     try:
-        forger.seal = None  # it takes what process 2 sends it, sealed or not
-        doc2.forwarder.owner = forger.process_id
         await doc2.submit(b, Submit(0, ["héllo 🌍"], "b1", None))
-        await asyncio.wait_for(_until(lambda: any(m.get("t") == "submit" for m in received)), 30)
+        await asyncio.wait_for(_until(lambda: got == ["b1"]), 30)
         assert "b1" in doc2.forwarder.awaiting
-        forger.seal = Seal(new_key())
-        forger.send(h2.backplane.process_id, refused_msg("forged", ProtocolError(BAD_OP, "forged", "b1")))
-        unsealed = {"m": [["p", h2.backplane.process_id, refused_msg("forged", ProtocolError(BAD_OP, "x", "b1"))]],
-                    "proc": forger.process_id}
-        await r.publish(h2.backplane.bus, json.dumps(unsealed))
+        while True:  # process 2's bundle with the submit, as Redis carried it
+            msg = await asyncio.wait_for(pubsub.get_message(timeout=30), 30)
+            if msg and msg["type"] == "message" and b'"b1"' in msg["data"] and h2_id.encode() in msg["data"]:
+                replayed = msg["data"]
+                break
+        refusal = refused_msg("forged", ProtocolError(BAD_OP, "forged", "b1"))
         evil = submit_msg("forged", [Forwarded("evil", Submit(0, ["😈"], "e1", None))])
-        forger.send(h1.backplane.process_id, evil)
-        await r.publish(h1.backplane.bus, json.dumps({"m": [["p", h1.backplane.process_id, evil]],
-                                                       "proc": h2.backplane.process_id}))  # posing as process 2
-        await asyncio.wait_for(_until(lambda: h2.backplane.unsealed == 2 and h1.backplane.unsealed == 2), 30)
+        now = time.time()
+        forged = [
+            wrong.seal(_sealed_body([["p", h2_id, refusal]], silent.process_id, now, 10**6)),  # another key
+            _sealed_body([["p", h2_id, refusal]], silent.process_id, now, 10**6),  # no seal at all
+            wrong.seal(_sealed_body([["p", h1_id, evil]], h2_id, now, 10**6)),  # posing as process 2
+            replayed,  # process 2's own bundle again: from the owner's point of view, a replay
+            genuine.seal(_sealed_body([["p", h1_id, evil]], "gone", now - MAX_AGE - 60, 1)),  # too old
+        ]
+        before = h1.backplane.rejected, h2.backplane.rejected
+        for data in forged:
+            await r.publish(h1.backplane.bus, data)
+        # Process 2 drops its own bundle unread, so it counts one fewer; process 1 all five.
+        await asyncio.wait_for(_until(lambda: (h1.backplane.rejected - before[0], h2.backplane.rejected - before[1])
+                                      == (5, 4)), 30)
         assert "b1" in doc2.forwarder.awaiting  # not answered by the forged refusals
-        doc2.forwarder.resend(h1.backplane.process_id)
+        doc2.forwarder.resend(h1_id)
         answer = await asyncio.wait_for(_answer(b, "b1", []), 30)
     finally:
+        await pubsub.aclose()
         await r.aclose()
-        await forger.close()
+        await silent.close()
     assert answer == {"type": "ack", "id": "b1", "rev": 1}
     state = await h1.store.load("forged", 10)
     assert (state.rev, state.text) == (1, "héllo 🌍") and [op.id for op in state.history] == ["b1"]
     await asyncio.wait_for(_until(lambda: doc1.snapshot() == (1, "héllo 🌍")), 30)
     assert doc2.snapshot() == (1, "héllo 🌍")
-    assert "collab_backplane_unsealed_total" in {f.name for f in APP_FAMILIES}
+    assert "collab_backplane_rejected_total" in {f.name for f in APP_FAMILIES}
 
 
 async def test_a_forwarded_edit_moves_its_author_s_cursor_on_both_processes(real_hubs):

@@ -440,7 +440,7 @@ class CollabApp:
             "collab_conflicts_total": hub.conflicts if hub else 0,
             "collab_remote_ops_total": hub.remote_applied if hub else 0,
             "collab_remote_ops_sealed_total": hub.counters.remote_sealed if hub else 0,
-            "collab_backplane_unsealed_total": hub.backplane.unsealed if hub and hub.backplane else 0,
+            "collab_backplane_rejected_total": hub.backplane.rejected if hub and hub.backplane else 0,
             "collab_store_commits_total": getattr(self.store, "commits", 0),
             "collab_store_ops_written_total": getattr(self.store, "ops_written", 0),
             "collab_store_exclusive_turns_total": getattr(self.store, "exclusive_turns", 0),

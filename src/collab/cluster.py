@@ -5,13 +5,13 @@ Each open document has a :class:`Replica`: it buffers what the backplane
 announces (operations, joins, leaves, presence), knows when the store must
 be read (a gap, a conflict, a missed message, a forged one), and integrates
 it all between batches, in revision order, through the document's public
-methods. Announcements are not trusted: an unsealed announced commit only
-makes the replica read the store, whose rows are what is applied. A sealed
-one (:mod:`collab.seal`: a MAC with the deployment's key, which only the
-processes can read) is applied as it is, and only if it extends the copy
-exactly: the revision after this one, after the operation it names, and
-spanning the whole text. Anything else, forged or garbled, is read from the
-store instead, so it cannot change a document.
+methods. With the deployment's key (:mod:`collab.seal`), every bundle on the
+bus is sealed and the backplane drops the rest, so an announced commit comes
+from a process of the deployment: it is applied as it is, and only if it
+extends the copy exactly: the revision after this one, after the operation
+it names, and spanning the whole text. Anything else (without a key, a gap,
+a misfit) only makes the replica read the store, whose rows are what is
+applied, so a garbled announcement cannot change a document.
 
 The :class:`Cluster` is the hub's side: it starts the backplane, subscribes
 to documents as they load, routes messages to their replica, re-reads after
@@ -127,7 +127,8 @@ class Replica:
         self.contended_until = 0.0
         #: Authors of submits other processes forwarded here, by (process, client).
         self.forwarded: dict[tuple[str, str], ForwardedAuthor] = {}
-        #: The deployment's seal (set by the hub once the backplane started), if the store has a key.
+        #: The deployment's seal (set by the hub once the backplane started), if the store has a key:
+        #: then every announcement comes from a process of the deployment (the backplane dropped the rest).
         self.seal: Seal | None = None
         #: Operations of sealed announcements, by revision, each with the id of the op it must follow.
         self.sealed: dict[int, tuple[RemoteOp, str]] = {}
@@ -167,20 +168,18 @@ class Replica:
 
     def _take_sealed(self, msg: dict) -> bool:
         """Keep the operations of a sealed announcement to apply as they are (if they fit then);
-        ``False`` if it has no good seal or is not consecutive operations (then it is only a hint)."""
-        if self.seal is None or "mac" not in msg:
+        ``False`` without a seal, without the op they follow, or if they are not consecutive (then the
+        announcement is only a hint)."""
+        prev, at, ops = msg.get("prev"), msg.get("at"), msg.get("ops")
+        if self.seal is None or type(prev) is not str or type(at) is not float or type(ops) is not list:
             return False
-        opened = self.seal.open(msg, self.doc.id, time.time())
-        if opened is None:
-            return False
-        remotes = [remote_op(item) for item in msg["ops"]]
+        remotes = [remote_op(item) for item in ops]
         if not remotes or any(r is None or r.entry.rev != remotes[0].entry.rev + i  # type: ignore[union-attr]
                                for i, r in enumerate(remotes)):
             return False
-        prev = opened.prev
         for remote in remotes:
             assert remote is not None
-            remote.entry.time = opened.at
+            remote.entry.time = at
             self.sealed[remote.entry.rev] = (remote, prev)
             prev = remote.entry.id
         return True
@@ -408,8 +407,8 @@ class Replica:
                                                  "cursor": _cur(cursor), "user": _usr(peer.user)})
 
     def committed(self, ops: list[list]) -> None:
-        """Announce ``[rev, op, client, id, cursor]`` entries this process committed (sealed, if it can:
-        the op before them must still be in the history, as their anchor)."""
+        """Announce ``[rev, op, client, id, cursor]`` entries this process committed; with a seal, with
+        the id of the op before them (if still in the history) and the commit time, to apply them by."""
         if self.backplane is not None and ops:
             peers = self.peers
             if peers:
@@ -420,7 +419,7 @@ class Replica:
             msg = {"t": "ops", "ops": ops}
             seq, first = self.seq, ops[0][0]
             if self.seal is not None and seq.history_start < first - 1 <= seq.rev:
-                self.seal.seal(msg, self.doc.id, seq.entry(first - 1).id, time.time())
+                msg["prev"], msg["at"] = seq.entry(first - 1).id, time.time()
             self.backplane.publish(self.doc.id, msg)
 
     def reannounce(self) -> None:
@@ -507,7 +506,7 @@ class Cluster:
             await self.ownership.open()
             key = await self.store.cluster_key()
             self.seal = Seal(key) if key else None
-            self.backplane.seal = self.seal  # messages to one process: forwarded edits, refusals
+            self.backplane.seal = self.seal  # every bundle on the bus sealed, and checked
             await self.backplane.start(self._on_message, self._on_resync, self.ownership.on_direct)
             self._watcher = asyncio.create_task(self._watch(), name="collab-hub-watch")
             self.started = True

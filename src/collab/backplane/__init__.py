@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("collab.backplane")
 
-#: Seconds between two warnings about messages dropped for their seal (one per burst, with the count).
-UNSEALED_WARN_EVERY = 60.0
+#: Seconds between two warnings about bundles dropped for their seal (one per burst, with the count).
+REJECTED_WARN_EVERY = 60.0
 
 #: ``handler(doc, message)``: called for every message from another process, in arrival order.
 Handler = Callable[[str, dict], None]
@@ -53,37 +53,26 @@ class Backplane(abc.ABC):
     def __init__(self) -> None:
         #: This process's id, stamped on everything it publishes.
         self.process_id = secrets.token_hex(8)
-        #: Seals what this process sends to one process and opens what is sent to it (the hub sets it
-        #: from the deployment's key before :meth:`start`). With a seal, a message to this process
-        #: that does not open is dropped: it did not come from a process of this deployment.
+        #: Seals the bundles this process publishes and opens those it reads (the hub sets it from the
+        #: deployment's key before :meth:`start`; see :mod:`collab.seal`). With a seal, a bundle that
+        #: does not open, or is stale or replayed, is dropped: it did not come from this deployment.
         self.seal: Seal | None = None
-        #: Messages to this process dropped because their seal did not open (``/metrics``).
-        self.unsealed = 0
-        self._unsealed_warned_at = -UNSEALED_WARN_EVERY
-        self._unsealed_since_warning = 0
+        #: Bundles dropped for that (``/metrics``).
+        self.rejected = 0
+        self._rejected_warned_at = -REJECTED_WARN_EVERY
+        self._rejected_since_warning = 0
 
-    def _sealed(self, proc: str, msg: dict) -> dict:
-        """``msg`` as it is sent to process ``proc``: sealed, if this process has a seal."""
-        if self.seal is None:
-            return msg
-        return self.seal.seal_to(dict(msg), self.process_id, proc, time.time())
-
-    def _opened(self, sender: str, msg: dict) -> bool:
-        """Whether ``msg``, sent to this process by ``sender``, may be handed to the hub (its seal opens,
-        or this process has no key to check it with); a warning now and then for those dropped."""
-        if self.seal is None or self.seal.open_from(msg, sender, self.process_id, time.time()):
-            return True
-        self.unsealed += 1
-        self._unsealed_since_warning += 1
+    def _reject(self, why: str) -> None:
+        """Count a bundle dropped for ``why``; a warning now and then, with how many since the last."""
+        self.rejected += 1
+        self._rejected_since_warning += 1
         now = time.monotonic()
-        if now - self._unsealed_warned_at >= UNSEALED_WARN_EVERY:
-            log.warning("dropped %d message(s) to this process that were not sealed with this deployment's key "
-                        "(sent by %.40r): another deployment is publishing on the same Redis prefix (give each its "
-                        "own ?prefix= in REDIS_URL), a process of an older version is running, or someone else can "
-                        "publish on this Redis (protect it with a password)",
-                        self._unsealed_since_warning, sender)
-            self._unsealed_warned_at, self._unsealed_since_warning = now, 0
-        return False
+        if now - self._rejected_warned_at >= REJECTED_WARN_EVERY:
+            log.warning("dropped %d bundle(s) on the bus (the last: %s): another deployment publishes on the same "
+                        "Redis prefix (give each its own ?prefix= in REDIS_URL), a process of an older version is "
+                        "running, or someone else can publish on this Redis (protect it with a password)",
+                        self._rejected_since_warning, why)
+            self._rejected_warned_at, self._rejected_since_warning = now, 0
 
     @abc.abstractmethod
     async def start(self, handler: Handler, on_resync: Callable[[], None], direct: DirectHandler | None = None) -> None:
@@ -209,12 +198,10 @@ class LocalBackplane(Backplane):
     def send(self, proc: str, msg: dict) -> None:
         member = self.bus.members.get(proc)
         if self.process_id in self.bus.members and member is not None and member is not self:
-            msg = dict(self._sealed(proc, msg), proc=self.process_id)
-            asyncio.get_running_loop().call_soon(member._deliver_direct, msg)
+            asyncio.get_running_loop().call_soon(member._deliver_direct, dict(msg, proc=self.process_id))
 
     def _deliver_direct(self, msg: dict) -> None:
-        if (self.direct is not None and not self.paused and self.process_id in self.bus.members
-                and self._opened(msg["proc"], msg)):
+        if self.direct is not None and not self.paused and self.process_id in self.bus.members:
             self.direct(msg)
 
     def set_owner(self, doc: str) -> None:

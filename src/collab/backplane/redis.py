@@ -12,15 +12,19 @@ Keys and channels, under a prefix (``collab`` unless the URL says
 Outgoing commands go through one queue and are sent in order, pipelined, by
 one task, so publishing never blocks a document. What a process publishes
 and sends while that task waits goes out as one message on the bus, a
-bundle ``{"m": [["d", DOC, MSG] | ["p", PROC, MSG], ...], "proc": SENDER}``
-(``d``: a document's message; ``p``: a message to one process), in order:
-a Redis message costs each end far more than the JSON in it, and a busy
-process has many documents' commits and forwarded edits to tell in each
-turn. Every process reads every bundle and keeps what is for its open
-documents and for itself, which suits the handful of processes one
-deployment runs. Pub/sub may lose messages (a reconnect, a subscriber Redis
-dropped as too slow): the reader notices a reconnect by the re-subscription
-confirmation and asks the hub to resync.
+bundle ``{"m": [["d", DOC, MSG] | ["p", PROC, MSG], ...], "at": TIME, "n": N,
+"proc": SENDER}`` (``d``: a document's message; ``p``: a message to one
+process; ``N`` counts the sender's bundles), in order: a Redis message costs
+each end far more than the JSON in it, and a busy process has many
+documents' commits and forwarded edits to tell in each turn. With the
+deployment's key (:mod:`collab.seal`) each bundle goes out with its MAC in
+front, and a reader drops one whose MAC does not hold, sent more than
+:data:`collab.seal.MAX_AGE` seconds away from now, or numbered no higher than
+the last one read from its sender (replayed). Every process reads every
+bundle and keeps what is for its open documents and for itself, which suits
+the handful of processes one deployment runs. Pub/sub may lose messages (a
+reconnect, a subscriber Redis dropped as too slow): the reader notices a
+reconnect by the re-subscription confirmation and asks the hub to resync.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ..seal import MAX_AGE
 from . import Backplane, DirectHandler, Handler
 
 try:
@@ -52,6 +58,8 @@ _PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 #: Most entries in one bundle (a long queue, after Redis was away, goes out in several).
 MAX_BUNDLE = 1000
+#: Senders whose last bundle number is kept (processes come and go over a deployment's life).
+MAX_SENDERS = 10_000
 
 # Delete KEYS[1] only if it still holds ARGV[1] (an owner drops its own record, never a successor's).
 _DROP_IF_MINE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -90,6 +98,9 @@ class RedisBackplane(Backplane):
         #: The documents whose messages are delivered (:meth:`subscribe`).
         self._docs: set[str] = set()
         self._bus_ready: asyncio.Future[None] | None = None
+        #: The number of the last bundle this process published, and of the last read from each sender.
+        self._sent_n = 0
+        self._last_n: dict[str, int] = {}
         #: When this process last read one of its own bundles back (loop time; see ``_heartbeat``).
         self._echo_at = 0.0
         self._wakeup = asyncio.Event()
@@ -236,13 +247,35 @@ class RedisBackplane(Backplane):
             if data.endswith(own_tail):  # this process's own bundle, back: not worth parsing
                 self._echo_at = asyncio.get_running_loop().time()
                 continue
+            if self.seal is not None:
+                data = self.seal.open(data)
+                if data is None:
+                    self._reject("not sealed with this deployment's key")
+                    continue
             try:
                 body = _loads(data)
             except ValueError:
                 log.warning("ignoring a message on %r that is not JSON", channel)
                 continue
             if type(body) is dict and type(body.get("m")) is list and type(body.get("proc")) is str:
-                self._deliver(body["proc"], body["m"])
+                if self.seal is None or self._fresh(body):
+                    self._deliver(body["proc"], body["m"])
+
+    def _fresh(self, body: dict) -> bool:
+        """Whether a sealed bundle is recent and the next of its sender's (not one replayed); the
+        sender's bundles arrive in the order it sent them, numbered upwards."""
+        at, n, proc = body.get("at"), body.get("n"), body["proc"]
+        if type(at) is not float or not abs(time.time() - at) <= MAX_AGE:
+            self._reject("stale")
+            return False
+        last = self._last_n.get(proc)
+        if type(n) is not int or (last is not None and n <= last):
+            self._reject("replayed")
+            return False
+        if last is None and len(self._last_n) >= MAX_SENDERS:
+            del self._last_n[next(iter(self._last_n))]  # the longest known: most likely a process long gone
+        self._last_n[proc] = n
+        return True
 
     def _deliver(self, proc: str, entries: list) -> None:
         """Hand a bundle's entries for this process and its documents to the hub, in order."""
@@ -259,7 +292,7 @@ class RedisBackplane(Backplane):
                     if self._handler is not None:
                         self.received += 1
                         self._handler(target, body)
-                elif kind == "p" and target == me and self._direct is not None and self._opened(proc, body):
+                elif kind == "p" and target == me and self._direct is not None:
                     self.received += 1
                     self._direct(body)
             except Exception:
@@ -293,7 +326,7 @@ class RedisBackplane(Backplane):
         self._enqueue(("bundle", _dumps(("d", doc, msg))))
 
     def send(self, proc: str, msg: dict) -> None:
-        self._enqueue(("bundle", _dumps(("p", proc, self._sealed(proc, msg)))))
+        self._enqueue(("bundle", _dumps(("p", proc, msg))))
 
     def set_owner(self, doc: str) -> None:
         self._enqueue(("set", self._owner_key(doc), self.process_id))
@@ -340,9 +373,13 @@ class RedisBackplane(Backplane):
                     else:
                         pipe.hdel(command[1], command[2])
                 # Last: the presence and owner records are written before the messages that mention them arrive.
-                tail = b'],"proc":' + _dumps(self.process_id) + b"}"
+                tail = b',"proc":' + _dumps(self.process_id) + b"}"
+                seal = self.seal
                 for i in range(0, max(len(entries), beat), MAX_BUNDLE):
-                    pipe.publish(self.bus, b'{"m":[' + b",".join(entries[i:i + MAX_BUNDLE]) + tail)
+                    self._sent_n += 1
+                    body = (b'{"m":[' + b",".join(entries[i:i + MAX_BUNDLE]) + b'],"at":' + _dumps(time.time())
+                            + b',"n":' + str(self._sent_n).encode() + tail)
+                    pipe.publish(self.bus, seal.seal(body) if seal is not None else body)
                     self.bundles += 1
                 self.published += len(entries)
                 await pipe.execute()
