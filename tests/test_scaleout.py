@@ -930,6 +930,47 @@ async def test_forged_replayed_and_stale_bundles_are_dropped_edits_and_refusals_
     assert "collab_backplane_rejected_total" in {f.name for f in APP_FAMILIES}
 
 
+async def test_records_in_redis_that_no_process_wrote_are_taken_as_absent(real_hubs):
+    """Presence, owner and heartbeat records are sealed like bundles: one written by someone else, or a
+    genuine one copied to another document, is not shown to anyone; genuine ones still are."""
+    import json
+
+    import redis.asyncio as aioredis
+
+    from collab.hub import Peer
+    from collab.protocol import User
+
+    h1, h2 = await real_hubs(2)
+    a = Peer(User("Zoë 🦊", "#ff8800"), queue_size=10_000)
+    await h1.join("records", a, None)
+    bp1, bp2 = h1.backplane, h2.backplane
+    r = aioredis.from_url(REDIS_URL)
+    try:
+        await asyncio.wait_for(_until_async(lambda: bp2.peers("records"), lambda p: a.id in p), 30)
+        genuine = await r.hget(bp1._peers_key("records"), a.id)
+        forged = {"proc": bp1.process_id, "user": {"name": "ghost 👻", "color": "#000"}, "cursor": None, "rev": 0}
+        await r.hset(bp1._peers_key("records"), "ghost", json.dumps(forged))
+        await r.hset(bp1._peers_key("copied"), a.id, genuine)  # a genuine record, on another document
+        await r.set(bp1._owner_key("copied"), "bogus-process")
+        await r.set(bp1._proc_key("bogus-process"), b"1")
+    finally:
+        await r.aclose()
+    assert set(await bp2.peers("records")) == {a.id} and await bp2.peers("copied") == {}
+    assert await bp2.owner("copied") is None and await bp2.owner("records") == bp1.process_id
+    assert await bp2.dead({"bogus-process", bp1.process_id}) == {"bogus-process"}
+    b, c = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    await h2.join("records", b, None)
+    await h2.join("copied", c, None)
+    assert [p["client"] for p in json.loads(b.outbox[0])["peers"]] == [a.id]
+    assert json.loads(c.outbox[0])["peers"] == []
+
+
+async def _until_async(read, cond) -> None:
+    """Return once ``cond(await read())`` holds (read every 20 ms)."""
+    while not cond(await read()):
+        await asyncio.sleep(0.02)
+
+
 async def test_a_forwarded_edit_moves_its_author_s_cursor_on_both_processes(real_hubs):
     """A client of process 2 types with its cursor after the text; process 1 orders it. Someone who joins
     later, on either process, is welcomed with that cursor (moved by the edits after it), not the one the

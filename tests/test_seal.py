@@ -44,3 +44,15 @@ def test_a_key_too_short_or_too_long_for_blake2b_is_refused():
     for key in (b"short", b"k" * 65):
         with pytest.raises(ValueError, match="16 to 64 bytes"):
             Seal(key)
+
+
+def test_a_record_opens_under_the_name_it_was_sealed_for_only():
+    seal = Seal(new_key())
+    value = json.dumps({"proc": "p1", "user": {"name": "Zoë 🦊", "color": "#f80"}}).encode()
+    data = seal.seal_record("collab:peers:notes c1", value)
+    assert seal.open_record("collab:peers:notes c1", data) == value
+    assert seal.open_record("collab:peers:notes c2", data) is None  # copied to another client
+    assert seal.open_record("collab:peers:other c1", data) is None  # or another document
+    assert Seal(new_key()).open_record("collab:peers:notes c1", data) is None
+    assert seal.open_record("collab:peers:notes c1", value) is None  # not sealed at all
+    assert seal.open(data) is None and seal.open_record("collab:peers:notes c1", seal.seal(value)) is None

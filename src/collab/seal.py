@@ -1,4 +1,4 @@
-"""Sealed bundles: every message on the bus comes from a process of the deployment.
+"""Sealed bundles and records: everything read from Redis comes from a process of the deployment.
 
 Redis carries messages; it is not an authority. Anyone who can publish on it
 could announce a commit the store never made, forward an edit to a
@@ -11,6 +11,11 @@ drops every bundle whose MAC does not hold, before parsing it; a bundle also
 names its sender, the time it was sent and its number in the sender's
 sequence, so a genuine one replayed later is dropped too (by
 :class:`~collab.backplane.redis.RedisBackplane`).
+
+The records processes keep in Redis (who is on a document, who owns it,
+which processes are alive) are sealed the same way, each for the key it is
+stored under (:meth:`Seal.seal_record`), and a record that does not open is
+taken as absent.
 
 What a genuine bundle says is still checked for fit: an announced commit is
 applied as it is only if it extends the receiver's copy exactly (the next
@@ -60,3 +65,19 @@ class Seal:
             return None
         body = data[MAC_BYTES:]
         return body if hmac.compare_digest(self._mac(body), data[:MAC_BYTES]) else None
+
+    def _record_mac(self, name: str, value: bytes) -> bytes:
+        return hashlib.blake2b(name.encode() + b"\0" + value, key=self._key, digest_size=32,
+                               person=b"collab-record").hexdigest().encode()
+
+    def seal_record(self, name: str, value: bytes) -> bytes:
+        """``value`` as it is stored under ``name`` (a Redis key, or key and field): its MAC in front,
+        which holds for that name only (a record copied elsewhere does not open)."""
+        return self._record_mac(name, value) + value
+
+    def open_record(self, name: str, data: bytes) -> bytes | None:
+        """The value of a record read under ``name`` if its MAC holds, else ``None``."""
+        if len(data) <= MAC_BYTES:
+            return None
+        value = data[MAC_BYTES:]
+        return value if hmac.compare_digest(self._record_mac(name, value), data[:MAC_BYTES]) else None

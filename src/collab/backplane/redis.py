@@ -101,6 +101,8 @@ class RedisBackplane(Backplane):
         #: The number of the last bundle this process published, and of the last read from each sender.
         self._sent_n = 0
         self._last_n: dict[str, int] = {}
+        #: This process's heartbeat record (sealed once the hub set the seal, in :meth:`start`).
+        self._beat = b"1"
         #: When this process last read one of its own bundles back (loop time; see ``_heartbeat``).
         self._echo_at = 0.0
         self._wakeup = asyncio.Event()
@@ -158,7 +160,8 @@ class RedisBackplane(Backplane):
         if self.redis is None:
             await self.open()
         self._handler, self._on_resync, self._direct = handler, on_resync, direct
-        await self.redis.set(self._proc_key(self.process_id), b"1", px=int(self.heartbeat_ttl * 1000))
+        self._beat = self._record(self._proc_key(self.process_id), b"1")  # sealed: a forged one is no heartbeat
+        await self.redis.set(self._proc_key(self.process_id), self._beat, px=int(self.heartbeat_ttl * 1000))
         self._pubsub = self.redis.pubsub()
         self._bus_ready = asyncio.get_running_loop().create_future()
         self._sub_waiters[self.bus] = [self._bus_ready]
@@ -328,18 +331,33 @@ class RedisBackplane(Backplane):
     def send(self, proc: str, msg: dict) -> None:
         self._enqueue(("bundle", _dumps(("p", proc, msg))))
 
+    def _record(self, name: str, value: bytes) -> bytes:
+        """``value`` as stored under ``name``: sealed, with a seal (see :meth:`collab.seal.Seal.seal_record`)."""
+        return self.seal.seal_record(name, value) if self.seal is not None else value
+
+    def _read_record(self, name: str, data: bytes | None) -> bytes | None:
+        """A record as read under ``name``: its value, or ``None`` if absent or not sealed by the deployment."""
+        if data is None or self.seal is None:
+            return data
+        return self.seal.open_record(name, data)
+
     def set_owner(self, doc: str) -> None:
-        self._enqueue(("set", self._owner_key(doc), self.process_id))
+        key = self._owner_key(doc)
+        self._enqueue(("set", key, self._record(key, self.process_id.encode())))
 
     def drop_owner(self, doc: str) -> None:
-        self._enqueue(("drop", self._owner_key(doc), self.process_id))
+        key = self._owner_key(doc)  # a sealed record is the same bytes each time: compared as they are
+        self._enqueue(("drop", key, self._record(key, self.process_id.encode())))
 
     async def owner(self, doc: str) -> str | None:
-        value = await self.redis.get(self._owner_key(doc))
+        key = self._owner_key(doc)
+        value = self._read_record(key, await self.redis.get(key))
         return value.decode() if value is not None else None
 
     def set_peer(self, doc: str, client: str, info: dict) -> None:
-        self._enqueue(("hset", self._peers_key(doc), client, _dumps(dict(info, proc=self.process_id))))
+        key = self._peers_key(doc)
+        value = self._record(f"{key} {client}", _dumps(dict(info, proc=self.process_id)))
+        self._enqueue(("hset", key, client, value))
 
     def forget_peer(self, doc: str, client: str) -> None:
         self._enqueue(("hdel", self._peers_key(doc), client))
@@ -426,9 +444,10 @@ class RedisBackplane(Backplane):
                 except (asyncio.TimeoutError, Exception) as exc:
                     log.warning("dropping the connections to Redis failed (%s)", exc)
             try:
-                refreshed = await asyncio.wait_for(self.redis.set(key, b"1", px=ttl, xx=True), self.heartbeat_ttl / 3)
+                refreshed = await asyncio.wait_for(self.redis.set(key, self._beat, px=ttl, xx=True),
+                                                   self.heartbeat_ttl / 3)
                 if not refreshed:
-                    await asyncio.wait_for(self.redis.set(key, b"1", px=ttl), self.heartbeat_ttl / 3)
+                    await asyncio.wait_for(self.redis.set(key, self._beat, px=ttl), self.heartbeat_ttl / 3)
                     self._resync("this process's heartbeat had expired")
             except asyncio.CancelledError:
                 raise
@@ -436,13 +455,20 @@ class RedisBackplane(Backplane):
                 log.warning("heartbeat to Redis at %s failed (%r)", self._where(), exc)
 
     async def peers(self, doc: str) -> dict[str, dict]:
-        raw = await self.redis.hgetall(self._peers_key(doc))
+        key = self._peers_key(doc)
+        raw = await self.redis.hgetall(key)
         out = {}
-        for client, info in raw.items():
+        for field, data in raw.items():
+            client = field.decode(errors="replace")
+            info = self._read_record(f"{key} {client}", data)
+            if info is None:
+                continue  # not recorded by a process of this deployment
             try:
-                out[client.decode()] = _loads(info)
+                value = _loads(info)
             except ValueError:
                 continue
+            if type(value) is dict:
+                out[client] = value
         return out
 
     async def dead(self, procs: set[str]) -> set[str]:
@@ -451,6 +477,6 @@ class RedisBackplane(Backplane):
             return set()
         pipe = self.redis.pipeline(transaction=False)
         for proc in others:
-            pipe.exists(self._proc_key(proc))
+            pipe.get(self._proc_key(proc))
         found = await pipe.execute()
-        return {p for p, n in zip(others, found) if not n}
+        return {p for p, beat in zip(others, found) if self._read_record(self._proc_key(p), beat) is None}
