@@ -8,6 +8,7 @@ import pytest
 
 from collab.seal import MAC_BYTES, Seal, new_key
 
+BUS = "collab:bus"
 BODY = json.dumps({"m": [["d", "notes 📝", {"t": "ops", "ops": [[2, [7, "🌍 é"], "c1", "op-2", None]],
                                             "prev": "op-1", "at": 1.8e9}]],
                    "at": 1.8e9, "n": 7, "proc": "p1"}, ensure_ascii=False).encode()
@@ -15,9 +16,9 @@ BODY = json.dumps({"m": [["d", "notes 📝", {"t": "ops", "ops": [[2, [7, "🌍 
 
 def test_a_sealed_bundle_opens_to_its_body_with_the_same_key():
     seal = Seal(new_key())
-    data = seal.seal(BODY)
+    data = seal.seal(BUS, BODY)
     assert data.endswith(BODY) and len(data) == len(BODY) + MAC_BYTES
-    assert seal.open(data) == BODY
+    assert seal.open(BUS, data) == BODY
 
 
 @pytest.mark.parametrize("change", [
@@ -33,11 +34,11 @@ def test_a_sealed_bundle_opens_to_its_body_with_the_same_key():
 ])
 def test_a_changed_bundle_does_not_open(change):
     seal = Seal(new_key())
-    assert seal.open(change(seal.seal(BODY))) is None
+    assert seal.open(BUS, change(seal.seal(BUS, BODY))) is None
 
 
 def test_a_bundle_opens_with_its_own_deployment_s_key_only():
-    assert Seal(new_key()).open(Seal(new_key()).seal(BODY)) is None
+    assert Seal(new_key()).open(BUS, Seal(new_key()).seal(BUS, BODY)) is None
 
 
 def test_a_key_too_short_or_too_long_for_blake2b_is_refused():
@@ -49,10 +50,10 @@ def test_a_key_too_short_or_too_long_for_blake2b_is_refused():
 def test_a_record_opens_under_the_name_it_was_sealed_for_only():
     seal = Seal(new_key())
     value = json.dumps({"proc": "p1", "user": {"name": "Zoë 🦊", "color": "#f80"}}).encode()
-    data = seal.seal_record("collab:peers:notes c1", value)
-    assert seal.open_record("collab:peers:notes c1", data) == value
-    assert seal.open_record("collab:peers:notes c2", data) is None  # copied to another client
-    assert seal.open_record("collab:peers:other c1", data) is None  # or another document
-    assert Seal(new_key()).open_record("collab:peers:notes c1", data) is None
-    assert seal.open_record("collab:peers:notes c1", value) is None  # not sealed at all
-    assert seal.open(data) is None and seal.open_record("collab:peers:notes c1", seal.seal(value)) is None
+    data = seal.seal("collab:peers:notes c1", value)
+    assert seal.open("collab:peers:notes c1", data) == value
+    assert seal.open("collab:peers:notes c2", data) is None  # copied to another client
+    assert seal.open("collab:peers:other c1", data) is None  # or another document
+    assert Seal(new_key()).open("collab:peers:notes c1", data) is None
+    assert seal.open("collab:peers:notes c1", value) is None  # not sealed at all
+    assert seal.open(BUS, data) is None and seal.open("collab:peers:notes c1", seal.seal(BUS, value)) is None

@@ -220,9 +220,7 @@ class Replica:
         seq = self.doc.seq
         if self.sealed:
             self._apply_sealed()
-        late_presence = any(e["t"] == "presence" and isinstance(e.get("rev"), int) and e["rev"] > seq.rev
-                            for e in self.events)
-        if self.check_store or self.store_waiters or self.known_rev > seq.rev or late_presence:
+        if self._needs_store():
             self.check_store = False
             waiters, self.store_waiters = self.store_waiters, []
             # Announced before this read: if real, the read shows them (they are published after the commit).
@@ -255,14 +253,18 @@ class Replica:
         ``True`` if nothing is left for :meth:`catch_up`."""
         if self.sealed:
             self._apply_sealed()
-        seq = self.seq
-        if (self.check_store or self.store_waiters or self.ops or self.sealed or self.known_rev > seq.rev
-                or any(e["t"] == "presence" and isinstance(e.get("rev"), int) and e["rev"] > seq.rev
-                       for e in self.events)):
+        if self.ops or self.sealed or self._needs_store():
             return False
         if self.events:
             self._process_events()
         return True
+
+    def _needs_store(self) -> bool:
+        """Whether integrating needs a read of the store: a hint or a gap, someone waiting for it, a
+        revision known committed and not here, or presence at a revision this copy has not reached."""
+        rev = self.seq.rev
+        return (self.check_store or bool(self.store_waiters) or self.known_rev > rev
+                or any(e["t"] == "presence" and isinstance(e.get("rev"), int) and e["rev"] > rev for e in self.events))
 
     def _apply_sealed(self) -> None:
         """Apply the sealed operations that extend the copy exactly, in order; a misfit or a gap
@@ -376,15 +378,13 @@ class Replica:
 
     # -- telling the others -------------------------------------------------------------
 
-    def forwarded_author(self, proc: str, client: str, name: str = "") -> ForwardedAuthor:
-        """The author standing for ``client`` of process ``proc``, whose submits were forwarded here,
-        with the name its process sent (if any)."""
+    def forwarded_author(self, proc: str, client: str) -> ForwardedAuthor:
+        """The author standing for ``client`` of process ``proc``, whose submits were forwarded here
+        (each submit carries its author's name)."""
         author = self.forwarded.get((proc, client))
         if author is None:
             assert self.backplane is not None
             author = self.forwarded[(proc, client)] = ForwardedAuthor(self.doc.id, client, proc, self.backplane.send)
-        if name and (author.user is None or author.user.name != name):
-            author.user = User(name, "")
         return author
 
     def info(self, peer: Peer) -> dict:

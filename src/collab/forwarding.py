@@ -64,7 +64,7 @@ class ForwardedAuthor:
         self.id = client
         self.proc = proc
         self.role = "edit"
-        #: The client's name, as its process sent it (no colour: only its process shows it).
+        #: Always ``None``: each forwarded submit carries its author's name (``Submit.author``).
         self.user: User | None = None
         self.cursor: Cursor | None = None
         self.cursor_rev = 0

@@ -139,7 +139,7 @@ class Ownership:
         for f in items:
             if waiting is None:
                 try:
-                    if not doc.failed and doc.offer(doc.replica.forwarded_author(proc, f.client, f.name), f.sub):
+                    if not doc.failed and doc.offer(doc.replica.forwarded_author(proc, f.client), f.sub):
                         continue
                 except ProtocolError as exc:
                     self.backplane.send(proc, refused_msg(doc_id, exc))
@@ -154,7 +154,7 @@ class Ownership:
             while waiting:
                 proc, f = waiting.popleft()
                 try:
-                    await doc.submit(doc.replica.forwarded_author(proc, f.client, f.name), f.sub)
+                    await doc.submit(doc.replica.forwarded_author(proc, f.client), f.sub)
                 except ProtocolError as exc:
                     self.backplane.send(proc, refused_msg(doc.id, exc))
                 except DocumentFailed:  # the forwarding processes look for the owner again and resend

@@ -14,8 +14,7 @@ sequence, so a genuine one replayed later is dropped too (by
 
 The records processes keep in Redis (who is on a document, who owns it,
 which processes are alive) are sealed the same way, each for the key it is
-stored under (:meth:`Seal.seal_record`), and a record that does not open is
-taken as absent.
+stored under, and a record that does not open is taken as absent.
 
 What a genuine bundle says is still checked for fit: an announced commit is
 applied as it is only if it extends the receiver's copy exactly (the next
@@ -35,7 +34,7 @@ import secrets
 MAX_AGE = 300.0
 #: Bytes of key the store makes for a deployment.
 KEY_BYTES = 32
-#: Bytes of the MAC in front of a sealed bundle (hex digits of a 32-byte BLAKE2b).
+#: Bytes of the MAC in front of a sealed bundle or record (hex digits of a 32-byte BLAKE2b).
 MAC_BYTES = 64
 
 
@@ -45,39 +44,27 @@ def new_key() -> bytes:
 
 
 class Seal:
-    """Seals and opens the bundles of one deployment, with its key."""
+    """Seals and opens what one deployment's processes write to Redis, with its key."""
 
     def __init__(self, key: bytes) -> None:
         if not 16 <= len(key) <= 64:
             raise ValueError("a seal key must have 16 to 64 bytes")
         self._key = key
 
-    def _mac(self, body: bytes) -> bytes:
-        return hashlib.blake2b(body, key=self._key, digest_size=32, person=b"collab-bundle").hexdigest().encode()
+    def _mac(self, name: bytes, value: bytes) -> bytes:
+        h = hashlib.blake2b(name, key=self._key, digest_size=32, person=b"collab")
+        h.update(b"\0")
+        h.update(value)
+        return h.hexdigest().encode()
 
-    def seal(self, body: bytes) -> bytes:
-        """``body`` as it is published: its MAC (:data:`MAC_BYTES` hex digits) in front."""
-        return self._mac(body) + body
+    def seal(self, name: str, value: bytes) -> bytes:
+        """``value`` as it is written under ``name`` (the bus for a bundle; a key, or key and field, for
+        a record): its MAC (:data:`MAC_BYTES` hex digits) in front, which holds under that name only."""
+        return self._mac(name.encode(), value) + value
 
-    def open(self, data: bytes) -> bytes | None:
-        """The body of ``data`` if its MAC holds, else ``None``."""
-        if len(data) <= MAC_BYTES:
-            return None
-        body = data[MAC_BYTES:]
-        return body if hmac.compare_digest(self._mac(body), data[:MAC_BYTES]) else None
-
-    def _record_mac(self, name: str, value: bytes) -> bytes:
-        return hashlib.blake2b(name.encode() + b"\0" + value, key=self._key, digest_size=32,
-                               person=b"collab-record").hexdigest().encode()
-
-    def seal_record(self, name: str, value: bytes) -> bytes:
-        """``value`` as it is stored under ``name`` (a Redis key, or key and field): its MAC in front,
-        which holds for that name only (a record copied elsewhere does not open)."""
-        return self._record_mac(name, value) + value
-
-    def open_record(self, name: str, data: bytes) -> bytes | None:
-        """The value of a record read under ``name`` if its MAC holds, else ``None``."""
+    def open(self, name: str, data: bytes) -> bytes | None:
+        """The value of ``data`` read under ``name`` if its MAC holds, else ``None``."""
         if len(data) <= MAC_BYTES:
             return None
         value = data[MAC_BYTES:]
-        return value if hmac.compare_digest(self._record_mac(name, value), data[:MAC_BYTES]) else None
+        return value if hmac.compare_digest(self._mac(name.encode(), value), data[:MAC_BYTES]) else None

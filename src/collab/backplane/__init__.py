@@ -25,18 +25,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import logging
 import secrets
-import time
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from ..seal import Seal
-
-log = logging.getLogger("collab.backplane")
-
-#: Seconds between two warnings about bundles dropped for their seal (one per burst, with the count).
-REJECTED_WARN_EVERY = 60.0
 
 #: ``handler(doc, message)``: called for every message from another process, in arrival order.
 Handler = Callable[[str, dict], None]
@@ -59,20 +52,6 @@ class Backplane(abc.ABC):
         self.seal: Seal | None = None
         #: Bundles dropped for that (``/metrics``).
         self.rejected = 0
-        self._rejected_warned_at = -REJECTED_WARN_EVERY
-        self._rejected_since_warning = 0
-
-    def _reject(self, why: str) -> None:
-        """Count a bundle dropped for ``why``; a warning now and then, with how many since the last."""
-        self.rejected += 1
-        self._rejected_since_warning += 1
-        now = time.monotonic()
-        if now - self._rejected_warned_at >= REJECTED_WARN_EVERY:
-            log.warning("dropped %d bundle(s) on the bus (the last: %s): another deployment publishes on the same "
-                        "Redis prefix (give each its own ?prefix= in REDIS_URL), a process of an older version is "
-                        "running, or someone else can publish on this Redis (protect it with a password)",
-                        self._rejected_since_warning, why)
-            self._rejected_warned_at, self._rejected_since_warning = now, 0
 
     @abc.abstractmethod
     async def start(self, handler: Handler, on_resync: Callable[[], None], direct: DirectHandler | None = None) -> None:

@@ -60,6 +60,8 @@ _PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_BUNDLE = 1000
 #: Senders whose last bundle number is kept (processes come and go over a deployment's life).
 MAX_SENDERS = 10_000
+#: Seconds between two warnings about bundles dropped for their seal (one per burst, with the count).
+REJECTED_WARN_EVERY = 60.0
 
 # Delete KEYS[1] only if it still holds ARGV[1] (an owner drops its own record, never a successor's).
 _DROP_IF_MINE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -103,6 +105,8 @@ class RedisBackplane(Backplane):
         self._last_n: dict[str, int] = {}
         #: This process's heartbeat record (sealed once the hub set the seal, in :meth:`start`).
         self._beat = b"1"
+        self._rejected_warned_at = -REJECTED_WARN_EVERY
+        self._rejected_since_warning = 0
         #: When this process last read one of its own bundles back (loop time; see ``_heartbeat``).
         self._echo_at = 0.0
         self._wakeup = asyncio.Event()
@@ -126,7 +130,11 @@ class RedisBackplane(Backplane):
     @property
     def bus(self) -> bytes:
         """The channel every process publishes its bundles on."""
-        return f"{self.prefix}:bus".encode()
+        return self._bus_name.encode()
+
+    @property
+    def _bus_name(self) -> str:
+        return f"{self.prefix}:bus"
 
     def _peers_key(self, doc: str) -> str:
         return f"{self.prefix}:peers:{doc}"
@@ -216,7 +224,7 @@ class RedisBackplane(Backplane):
 
     async def _read(self) -> None:
         """Deliver bundles' messages; notice reconnects (a second confirmation of the bus) and ask for a resync."""
-        bus = self.bus
+        bus, bus_name = self.bus, self._bus_name
         own_tail = _dumps({"proc": self.process_id})[1:]  # how this process's bundles end
         delay = 0.1
         while True:
@@ -251,7 +259,7 @@ class RedisBackplane(Backplane):
                 self._echo_at = asyncio.get_running_loop().time()
                 continue
             if self.seal is not None:
-                data = self.seal.open(data)
+                data = self.seal.open(bus_name, data)
                 if data is None:
                     self._reject("not sealed with this deployment's key")
                     continue
@@ -263,6 +271,18 @@ class RedisBackplane(Backplane):
             if type(body) is dict and type(body.get("m")) is list and type(body.get("proc")) is str:
                 if self.seal is None or self._fresh(body):
                     self._deliver(body["proc"], body["m"])
+
+    def _reject(self, why: str) -> None:
+        """Count a bundle dropped for ``why``; a warning now and then, with how many since the last."""
+        self.rejected += 1
+        self._rejected_since_warning += 1
+        now = time.monotonic()
+        if now - self._rejected_warned_at >= REJECTED_WARN_EVERY:
+            log.warning("dropped %d bundle(s) on the bus (the last: %s): another deployment publishes on the same "
+                        "Redis prefix (give each its own ?prefix= in REDIS_URL), a process of an older version is "
+                        "running, or someone else can publish on this Redis (protect it with a password)",
+                        self._rejected_since_warning, why)
+            self._rejected_warned_at, self._rejected_since_warning = now, 0
 
     def _fresh(self, body: dict) -> bool:
         """Whether a sealed bundle is recent and the next of its sender's (not one replayed); the
@@ -332,14 +352,14 @@ class RedisBackplane(Backplane):
         self._enqueue(("bundle", _dumps(("p", proc, msg))))
 
     def _record(self, name: str, value: bytes) -> bytes:
-        """``value`` as stored under ``name``: sealed, with a seal (see :meth:`collab.seal.Seal.seal_record`)."""
-        return self.seal.seal_record(name, value) if self.seal is not None else value
+        """``value`` as stored under ``name``: sealed, with a seal."""
+        return self.seal.seal(name, value) if self.seal is not None else value
 
     def _read_record(self, name: str, data: bytes | None) -> bytes | None:
         """A record as read under ``name``: its value, or ``None`` if absent or not sealed by the deployment."""
         if data is None or self.seal is None:
             return data
-        return self.seal.open_record(name, data)
+        return self.seal.open(name, data)
 
     def set_owner(self, doc: str) -> None:
         key = self._owner_key(doc)
@@ -397,7 +417,7 @@ class RedisBackplane(Backplane):
                     self._sent_n += 1
                     body = (b'{"m":[' + b",".join(entries[i:i + MAX_BUNDLE]) + b'],"at":' + _dumps(time.time())
                             + b',"n":' + str(self._sent_n).encode() + tail)
-                    pipe.publish(self.bus, seal.seal(body) if seal is not None else body)
+                    pipe.publish(self.bus, seal.seal(self._bus_name, body) if seal is not None else body)
                     self.bundles += 1
                 self.published += len(entries)
                 await pipe.execute()
