@@ -228,7 +228,11 @@ async def open_backplane(settings: Any) -> Backplane | None:
     check_settings(settings)
     if not settings.redis_url:
         return None
-    from .redis import RedisBackplane
+    try:
+        from .redis import RedisBackplane
+    except ImportError as exc:
+        raise SystemExit(f"REDIS_URL is set but {exc.name or 'redis-py'} is not installed: "
+                         "pip install 'collab[redis]'") from None
 
     timeout = settings.presence_timeout  # seconds after which a silent process's clients are announced as left
     backplane = RedisBackplane(settings.redis_url, heartbeat_ttl=max(1.0, timeout))

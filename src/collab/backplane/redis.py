@@ -10,7 +10,10 @@ Keys and channels, under a prefix (``collab`` unless the URL says
 * key ``{prefix}:owner:{doc}``: the id of the process that owns the document.
 
 Outgoing commands go through one queue and are sent in order, pipelined, by
-one task, so publishing never blocks a document. What a process publishes
+one task, so publishing never blocks a document. The bus (those commands,
+and the subscription) runs on lean connections of its own
+(:mod:`collab.backplane.resp`); reads of records and the heartbeat use
+redis-py. What a process publishes
 and sends while that task waits goes out as one message on the bus, a
 bundle ``{"m": [["d", DOC, MSG] | ["p", PROC, MSG], ...], "at": TIME, "n": N,
 "proc": SENDER}`` (``d``: a document's message; ``p``: a message to one
@@ -38,6 +41,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..seal import MAX_AGE
 from . import Backplane, DirectHandler, Handler
+from .resp import Address, Command, Link, LinkError, connect, refusals
 
 try:
     import orjson
@@ -92,7 +96,10 @@ class RedisBackplane(Backplane):
         self.check_interval = heartbeat_ttl / 3
         self.max_queue = max_queue
         self.redis: Any = None
-        self._pubsub: Any = None
+        self._address = Address.from_url(self.url)
+        #: The bus's connections: commands out, and the subscription (:mod:`collab.backplane.resp`).
+        self._out: Link | None = None
+        self._sub: Link | None = None
         self._handler: Handler | None = None
         self._direct: DirectHandler | None = None
         self._on_resync: Callable[[], None] | None = None
@@ -111,8 +118,9 @@ class RedisBackplane(Backplane):
         self._echo_at = 0.0
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._confirmed: set[bytes] = set()
-        self._sub_waiters: dict[bytes, list[asyncio.Future]] = {}
+        #: Whether the bus's subscription was confirmed before (a second confirmation is a reconnect).
+        self._confirmed = False
+        self._own_tail = b""
         self._closing = False
         self._resync_pending = False
         #: Resyncs asked of the hub (reconnects, lost heartbeat), for tests and metrics.
@@ -170,15 +178,23 @@ class RedisBackplane(Backplane):
         self._handler, self._on_resync, self._direct = handler, on_resync, direct
         self._beat = self._record(self._proc_key(self.process_id), b"1")  # sealed: a forged one is no heartbeat
         await self.redis.set(self._proc_key(self.process_id), self._beat, px=int(self.heartbeat_ttl * 1000))
-        self._pubsub = self.redis.pubsub()
+        self._own_tail = _dumps({"proc": self.process_id})[1:]  # how this process's bundles end
         self._bus_ready = asyncio.get_running_loop().create_future()
-        self._sub_waiters[self.bus] = [self._bus_ready]
-        await self._pubsub.subscribe(self.bus)  # confirmed to the reader, started next
         self._tasks = [
-            asyncio.create_task(self._read(), name="collab-backplane-read"),
+            asyncio.create_task(self._listen(), name="collab-backplane-listen"),
             asyncio.create_task(self._send(), name="collab-backplane-send"),
             asyncio.create_task(self._heartbeat(), name="collab-backplane-heartbeat"),
         ]
+        await self._subscribed()  # from here on, what others send this process reaches it
+
+    async def _subscribed(self) -> None:
+        """Wait until Redis confirmed the subscription to the bus (up to 10 s)."""
+        if self._bus_ready is not None and not self._bus_ready.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._bus_ready), 10)
+            except asyncio.TimeoutError:
+                raise RuntimeError(f"Redis at {self._where()} did not confirm the subscription within 10 s; "
+                                   "check that it is up and accepts SUBSCRIBE") from None
 
     async def close(self) -> None:
         self._closing = True
@@ -201,76 +217,88 @@ class RedisBackplane(Backplane):
                 await self.redis.delete(self._proc_key(self.process_id))
             except Exception:
                 pass
-            if self._pubsub is not None:
-                try:
-                    await self._pubsub.aclose()
-                except Exception:
-                    pass
             await self.redis.aclose()
             self.redis = None
+        self._drop_links()
 
     # -- subscriptions -------------------------------------------------------
 
     async def subscribe(self, doc: str) -> None:
-        if self._bus_ready is not None and not self._bus_ready.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(self._bus_ready), 10)
-            except asyncio.TimeoutError:
-                raise RuntimeError(f"Redis at {self._where()} did not confirm the subscription within 10 s") from None
+        await self._subscribed()
         self._docs.add(doc)
 
     async def unsubscribe(self, doc: str) -> None:
         self._docs.discard(doc)
 
-    async def _read(self) -> None:
-        """Deliver bundles' messages; notice reconnects (a second confirmation of the bus) and ask for a resync."""
-        bus, bus_name = self.bus, self._bus_name
-        own_tail = _dumps({"proc": self.process_id})[1:]  # how this process's bundles end
+    @property
+    def _name(self) -> str:
+        """This process's connections' name in ``CLIENT LIST``."""
+        return f"{self.prefix}-{self.process_id}"
+
+    def _drop_links(self) -> None:
+        """Drop the bus's connections (they connect again: the next send, and :meth:`_listen`)."""
+        for link in (self._out, self._sub):
+            if link is not None:
+                link.abort()
+
+    async def _listen(self) -> None:
+        """Keep the subscription to the bus: connect, subscribe, and after a lost connection do it
+        again (the second confirmation asks for a resync, see :meth:`_pushed`)."""
+        loop = asyncio.get_running_loop()
         delay = 0.1
         while True:
             try:
-                # Blocking (no timeout): a read with a timeout costs a timeout context per message.
-                msg = await self._pubsub.get_message(timeout=None)
-                delay = 0.1
+                link = self._sub = await connect(self._address, self._name, self._pushed)
+                link.send([("SUBSCRIBE", self.bus)])
+                since = loop.time()
+                await link.lost
+                if self._closing:
+                    return
+                if loop.time() - since > 10 * delay:  # it had been working: try again at once
+                    log.warning("the Redis subscription at %s was lost; subscribing again", self._where())
+                    delay = 0.1
+                    continue
+                why = "the connection was lost"
             except asyncio.CancelledError:
+                if self._sub is not None:
+                    self._sub.abort()
                 raise
             except Exception as exc:
-                log.warning("Redis pub/sub at %s failed (%s); reconnecting in %.1f s", self._where(), exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            if msg is None:
-                continue
-            kind = msg["type"]
-            kind = kind.decode() if isinstance(kind, bytes) else kind
-            channel = msg["channel"]
-            if kind == "subscribe":
-                for fut in self._sub_waiters.pop(channel, []):
-                    if not fut.done():
-                        fut.set_result(None)
-                if channel in self._confirmed:
-                    self._resync("the Redis connection was re-established")
-                self._confirmed.add(channel)
-                continue
-            if kind != "message" or channel != bus:
-                continue
-            data = msg["data"]
-            if data.endswith(own_tail):  # this process's own bundle, back: not worth parsing
-                self._echo_at = asyncio.get_running_loop().time()
-                continue
-            if self.seal is not None:
-                data = self.seal.open(bus_name, data)
-                if data is None:
-                    self._reject("not sealed with this deployment's key")
-                    continue
-            try:
-                body = _loads(data)
-            except ValueError:
-                log.warning("ignoring a message on %r that is not JSON", channel)
-                continue
-            if type(body) is dict and type(body.get("m")) is list and type(body.get("proc")) is str:
-                if self.seal is None or self._fresh(body):
-                    self._deliver(body["proc"], body["m"])
+                why = str(exc) or type(exc).__name__
+            log.warning("subscribing to Redis at %s failed (%s); trying again in %.1f s", self._where(), why, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _pushed(self, reply: Any) -> None:
+        """A reply on the subscription: a confirmation, or a bundle (delivered here, as it is read)."""
+        if type(reply) is not list or len(reply) != 3:
+            return
+        kind, channel, data = reply
+        if kind == b"subscribe":
+            if self._bus_ready is not None and not self._bus_ready.done():
+                self._bus_ready.set_result(None)
+            if self._confirmed:
+                self._resync("the Redis connection was re-established")
+            self._confirmed = True
+            return
+        if kind != b"message" or channel != self.bus or type(data) is not bytes:
+            return
+        if data.endswith(self._own_tail):  # this process's own bundle, back: not worth parsing
+            self._echo_at = asyncio.get_running_loop().time()
+            return
+        if self.seal is not None:
+            data = self.seal.open(self._bus_name, data)
+            if data is None:
+                self._reject("not sealed with this deployment's key")
+                return
+        try:
+            body = _loads(data)
+        except ValueError:
+            log.warning("ignoring a message on %r that is not JSON", channel)
+            return
+        if type(body) is dict and type(body.get("m")) is list and type(body.get("proc")) is str:
+            if self.seal is None or self._fresh(body):
+                self._deliver(body["proc"], body["m"])
 
     def _reject(self, why: str) -> None:
         """Count a bundle dropped for ``why``; a warning now and then, with how many since the last."""
@@ -394,7 +422,7 @@ class RedisBackplane(Backplane):
                 continue
             batch, self._queue = self._queue, []
             try:
-                pipe = self.redis.pipeline(transaction=False)
+                commands: list[Command] = []
                 entries: list[bytes] = []
                 beat = False
                 for command in batch:
@@ -403,24 +431,30 @@ class RedisBackplane(Backplane):
                     elif command[0] == "beat":
                         beat = True
                     elif command[0] == "hset":
-                        pipe.hset(command[1], command[2], command[3])
+                        commands.append(("HSET", command[1], command[2], command[3]))
                     elif command[0] == "set":
-                        pipe.set(command[1], command[2])
+                        commands.append(("SET", command[1], command[2]))
                     elif command[0] == "drop":
-                        pipe.eval(_DROP_IF_MINE, 1, command[1], command[2])
+                        commands.append(("EVAL", _DROP_IF_MINE, 1, command[1], command[2]))
                     else:
-                        pipe.hdel(command[1], command[2])
+                        commands.append(("HDEL", command[1], command[2]))
                 # Last: the presence and owner records are written before the messages that mention them arrive.
-                tail = b',"proc":' + _dumps(self.process_id) + b"}"
+                tail = b"," + self._own_tail
                 seal = self.seal
                 for i in range(0, max(len(entries), beat), MAX_BUNDLE):
                     self._sent_n += 1
                     body = (b'{"m":[' + b",".join(entries[i:i + MAX_BUNDLE]) + b'],"at":' + _dumps(time.time())
                             + b',"n":' + str(self._sent_n).encode() + tail)
-                    pipe.publish(self.bus, seal.seal(self._bus_name, body) if seal is not None else body)
+                    sealed = seal.seal(self._bus_name, body) if seal is not None else body
+                    commands.append(("PUBLISH", self.bus, sealed))
                     self.bundles += 1
                 self.published += len(entries)
-                await pipe.execute()
+                out = self._out
+                if out is None or not out.open:
+                    out = self._out = await connect(self._address, self._name)
+                refused = refusals(commands, await out.call(commands))
+                if refused is not None:
+                    raise LinkError(f"Redis refused {refused}")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -459,6 +493,7 @@ class RedisBackplane(Backplane):
                             loop.time() - self._echo_at)
                 self._echo_at = loop.time()  # the new connections get as long
                 self.reconnects += 1
+                self._drop_links()
                 try:
                     await asyncio.wait_for(self.redis.connection_pool.disconnect(), 5)
                 except (asyncio.TimeoutError, Exception) as exc:

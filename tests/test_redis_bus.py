@@ -1,0 +1,136 @@
+"""The Redis bus's own connections (``collab.backplane.resp``), against a real Redis.
+
+Needs ``COLLAB_TEST_REDIS_URL``; skipped with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from collab.backplane.resp import Address, LinkError, connect
+
+REDIS_URL = os.environ.get("COLLAB_TEST_REDIS_URL", "")
+
+
+async def _redis():
+    """A redis-py client of the test Redis, or skip saying why not."""
+    if not REDIS_URL:
+        pytest.skip("COLLAB_TEST_REDIS_URL is not set (.ci/run sets it)")
+    import redis.asyncio as aioredis
+
+    r = aioredis.from_url(REDIS_URL, socket_connect_timeout=5)
+    try:
+        await r.ping()
+    except Exception as exc:
+        await r.aclose()
+        pytest.skip(f"Redis at COLLAB_TEST_REDIS_URL is unreachable: {exc}")
+    return r
+
+
+def _on_db(url: str, db: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+async def _until(cond, what: str) -> None:
+    async def poll() -> None:
+        while not cond():
+            await asyncio.sleep(0.02)
+
+    try:
+        await asyncio.wait_for(poll(), 30)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"waited 30 s for {what}") from None
+
+
+def test_addresses_mean_what_they_mean_to_redis_py() -> None:
+    assert Address.from_url("redis://h:7000/2") == Address(host="h", port=7000, db=2)
+    tls = Address.from_url("rediss://me:s%C3%A9cret@h/1?ssl_cert_reqs=none")
+    assert (tls.tls, tls.verify, tls.username, tls.password, tls.db) == (True, False, "me", "sécret", 1)
+    assert tls.ssl_context() is not None and Address.from_url("redis://h").ssl_context() is None
+    sock = Address.from_url("unix:///run/redis.sock?db=4")
+    assert (sock.path, sock.db) == ("/run/redis.sock", 4)
+
+
+async def test_a_refused_password_says_what_to_check() -> None:
+    r = await _redis()
+    try:
+        if (await r.config_get("requirepass")).get("requirepass"):
+            pytest.skip("this Redis has a password: the refusal below needs one without")
+    finally:
+        await r.aclose()
+    wrong = Address.from_url(REDIS_URL)
+    wrong = Address(host=wrong.host, port=wrong.port, path=wrong.path, password="not-the-password 🔑")
+    with pytest.raises(LinkError, match="check the user, password and database in REDIS_URL"):
+        await connect(wrong, "collab-test-refused")
+
+
+async def test_the_bus_writes_records_to_the_url_s_database_and_names_its_connections() -> None:
+    """Presence written through the bus's own connection lands in the database the URL names, as the
+    records redis-py reads do; the connections carry the process's name."""
+    from collab.backplane.redis import RedisBackplane
+
+    r = await _redis()
+    await r.aclose()
+    prefix = f"collab-test-{secrets.token_hex(4)}"
+    bp = RedisBackplane(_on_db(REDIS_URL, 3) + f"?prefix={prefix}", heartbeat_ttl=3)
+    await bp.start(lambda doc, msg: None, lambda: None)
+    import redis.asyncio as aioredis
+
+    db3 = aioredis.from_url(_on_db(REDIS_URL, 3))
+    try:
+        bp.set_peer("dbdoc", "c1", {"user": {"name": "Zoë 🦊"}})
+        found: dict = {}
+
+        async def poll() -> None:
+            while True:
+                found.update(await bp.peers("dbdoc"))
+                if found:
+                    return
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(poll(), 30)
+        assert found["c1"]["user"] == {"name": "Zoë 🦊"}
+        assert await db3.hexists(f"{prefix}:peers:dbdoc", "c1")
+        names = [c.get("name") for c in await db3.client_list()]
+        assert names.count(f"{prefix}-{bp.process_id}") >= 3  # redis-py's, the bus's out and its subscription
+    finally:
+        await bp.close()
+        await db3.delete(f"{prefix}:peers:dbdoc")
+        await db3.aclose()
+
+
+async def test_a_command_redis_refuses_is_logged_and_the_bus_carries_on(caplog) -> None:
+    """Redis refuses one command of a send (a presence hash that someone made a string): the refusal
+    is logged with the command, the other process is asked to resync, and later sends arrive."""
+    from collab.backplane.redis import RedisBackplane
+
+    r = await _redis()
+    prefix = f"collab-test-{secrets.token_hex(4)}"
+    url = REDIS_URL + ("&" if "?" in REDIS_URL else "?") + f"prefix={prefix}"
+    got: list[dict] = []
+    one, two = RedisBackplane(url, heartbeat_ttl=3), RedisBackplane(url, heartbeat_ttl=3)
+    await one.start(lambda doc, msg: None, lambda: None)
+    await two.start(lambda doc, msg: got.append(msg), lambda: None)
+    await two.subscribe("wrong")
+    try:
+        await r.set(f"{prefix}:peers:wrong", "not a hash")
+        with caplog.at_level(logging.WARNING, logger="collab.backplane"):
+            one.set_peer("wrong", "c1", {"user": None})
+            one.publish("wrong", {"t": "join", "client": "c1", "user": None, "n": 1})
+            await _until(lambda: one.resyncs >= 1, "a resync after the refusal")
+        assert any("HSET" in rec.getMessage() and "WRONGTYPE" in rec.getMessage() for rec in caplog.records)
+        await r.delete(f"{prefix}:peers:wrong")
+        one.publish("wrong", {"t": "presence", "client": "c1", "cursor": None, "text": "après 🌍"})
+        await _until(lambda: any(m.get("text") == "après 🌍" for m in got), "the next message")
+    finally:
+        await one.close()
+        await two.close()
+        await r.delete(f"{prefix}:peers:wrong")
+        await r.aclose()
