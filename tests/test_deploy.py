@@ -7,6 +7,8 @@ a self-signed certificate over TLS, as Heroku Redis has.
 
 from __future__ import annotations
 
+import asyncio
+
 import os
 import shutil
 import subprocess
@@ -95,6 +97,16 @@ async def test_self_signed_redis_over_tls_needs_insecure_tls(tmp_path):
         lenient = RedisBackplane(Settings.from_env({"REDIS_URL": url, "COLLAB_REDIS_INSECURE_TLS": "1"}).redis_url)
         await lenient.open()
         assert await lenient.redis.ping()
+        # The bus's own connections go over TLS too: the subscription is confirmed, a record written.
+        await asyncio.wait_for(lenient.start(lambda doc, msg: None, lambda: None), 30)
+        lenient.set_peer("tls", "c1", {"user": {"name": "Zoë 🔐"}})
+
+        async def recorded() -> dict:
+            while not (peers := await lenient.peers("tls")):
+                await asyncio.sleep(0.02)
+            return peers
+
+        assert (await asyncio.wait_for(recorded(), 30))["c1"]["user"] == {"name": "Zoë 🔐"}
         await lenient.close()
     finally:
         proc.kill()
