@@ -231,7 +231,7 @@ async def open_backplane(settings: Any) -> Backplane | None:
     try:
         from .redis import RedisBackplane
     except ImportError as exc:
-        raise SystemExit(f"REDIS_URL is set but {exc.name or 'redis-py'} is not installed: "
+        raise SystemExit(f"REDIS_URL is set but {(exc.name or 'redis').split('.')[0]} is not installed: "
                          "pip install 'collab[redis]'") from None
 
     timeout = settings.presence_timeout  # seconds after which a silent process's clients are announced as left

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import hiredis
+from redis.connection import SSLConnection, parse_url
 
 log = logging.getLogger("collab.backplane")
 
@@ -51,8 +52,6 @@ class Address:
 
     @classmethod
     def from_url(cls, url: str) -> "Address":
-        from redis.connection import SSLConnection, parse_url
-
         kw = parse_url(url)
         return cls(host=kw.get("host") or "localhost", port=int(kw.get("port") or 6379), path=kw.get("path"),
                    db=int(kw.get("db") or 0), username=kw.get("username"), password=kw.get("password"),
