@@ -134,3 +134,50 @@ async def test_a_command_redis_refuses_is_logged_and_the_bus_carries_on(caplog) 
         await two.close()
         await r.delete(f"{prefix}:peers:wrong")
         await r.aclose()
+
+
+@pytest.mark.parametrize("missing", ["hiredis", "redis"])
+async def test_a_missing_redis_package_says_what_to_install(monkeypatch, missing: str) -> None:
+    """``REDIS_URL`` set without the ``redis`` extra's packages: one line saying what to install, no
+    traceback (a package missing is a fault no real Redis can cause: it is hidden from the import)."""
+    import sys
+
+    from collab.backplane import open_backplane
+    from collab.config import Settings
+
+    for name in [m for m in sys.modules if m == missing or m.startswith(missing + ".")] + [
+            "collab.backplane.redis", "collab.backplane.resp"]:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setitem(sys.modules, missing, None)
+    settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0",
+                                  "DATABASE_URL": "postgresql://u@127.0.0.1:1/db"})
+    with pytest.raises(SystemExit, match=rf"REDIS_URL is set but {missing} is not installed: "
+                                         r"pip install 'collab\[redis\]'"):
+        await open_backplane(settings)
+
+
+async def test_a_heartbeat_sent_on_a_dead_connection_is_sent_again_on_a_new_one(tcp_proxy) -> None:
+    """The connection the heartbeat goes out on stops answering (a dropped NAT entry), while new
+    connections work: the refresh is sent again at once on a new one, so the key never expires
+    and nobody announces this process's clients as left. Waiting for the next beat instead lets a
+    key of three beats' life expire."""
+    from collab.backplane.redis import RedisBackplane
+
+    r = await _redis()
+    port = urlsplit(REDIS_URL).port or 6379
+    proxy = await tcp_proxy(port)
+    prefix = f"collab-test-{secrets.token_hex(4)}"
+    via_proxy = REDIS_URL.replace(f":{port}", f":{proxy.port}", 1)
+    via_proxy += ("&" if "?" in REDIS_URL else "?") + f"prefix={prefix}"
+    bp = RedisBackplane(via_proxy, heartbeat_ttl=3)
+    await bp.open()
+    key = f"{prefix}:proc:{bp.process_id}"
+    try:
+        assert await bp.redis.set(key, b"1", px=3000)
+        proxy.blackhole()  # the connection redis-py holds now swallows what it is sent; new ones flow
+        assert await bp._refresh(key, 3000) is True
+        assert 0 < await r.pttl(key) <= 3000
+    finally:
+        await r.delete(key)
+        await r.aclose()
+        await bp.redis.aclose()

@@ -499,8 +499,7 @@ class RedisBackplane(Backplane):
                 except (asyncio.TimeoutError, Exception) as exc:
                     log.warning("dropping the connections to Redis failed (%s)", exc)
             try:
-                refreshed = await asyncio.wait_for(self.redis.set(key, self._beat, px=ttl, xx=True),
-                                                   self.heartbeat_ttl / 3)
+                refreshed = await self._refresh(key, ttl)
                 if not refreshed:
                     await asyncio.wait_for(self.redis.set(key, self._beat, px=ttl), self.heartbeat_ttl / 3)
                     self._resync("this process's heartbeat had expired")
@@ -508,6 +507,24 @@ class RedisBackplane(Backplane):
                 raise
             except (asyncio.TimeoutError, Exception) as exc:
                 log.warning("heartbeat to Redis at %s failed (%r)", self._where(), exc)
+
+    async def _refresh(self, key: str, ttl: int) -> bool:
+        """Refresh the heartbeat if it is still there; a refresh that times out is tried once more at
+        once, on a fresh connection: waiting a whole beat would let the key expire (others would
+        announce this process's clients as left) when only the connection it was sent on had died."""
+        for attempt in (1, 2):
+            try:
+                return bool(await asyncio.wait_for(self.redis.set(key, self._beat, px=ttl, xx=True),
+                                                   self.heartbeat_ttl / 3))
+            except asyncio.TimeoutError:
+                if attempt == 2:
+                    raise
+                log.warning("heartbeat to Redis at %s timed out; trying again on a new connection", self._where())
+                try:  # the idle ones may be dead too (the one that timed out is dropped by redis-py)
+                    await asyncio.wait_for(self.redis.connection_pool.disconnect(inuse_connections=False), 5)
+                except (asyncio.TimeoutError, Exception):
+                    pass
+        return False
 
     async def peers(self, doc: str) -> dict[str, dict]:
         key = self._peers_key(doc)
