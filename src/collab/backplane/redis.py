@@ -92,6 +92,9 @@ class RedisBackplane(Backplane):
     def __init__(self, url: str, heartbeat_ttl: float = 10.0, max_queue: int = 100_000) -> None:
         super().__init__()
         self.url, self.prefix = split_prefix(url)
+        #: The channel every process publishes its bundles on (its name, and as sent and received).
+        self._bus_name = f"{self.prefix}:bus"
+        self.bus = self._bus_name.encode()
         self.heartbeat_ttl = heartbeat_ttl
         self.check_interval = heartbeat_ttl / 3
         self.max_queue = max_queue
@@ -103,7 +106,9 @@ class RedisBackplane(Backplane):
         self._handler: Handler | None = None
         self._direct: DirectHandler | None = None
         self._on_resync: Callable[[], None] | None = None
-        self._queue: list[tuple] = []
+        #: What the sender sends next, in order: bundle entries (``bytes``), beats (``None``: an empty
+        #: bundle), and Redis commands (tuples).
+        self._queue: list[bytes | Command | None] = []
         #: The documents whose messages are delivered (:meth:`subscribe`).
         self._docs: set[str] = set()
         self._bus_ready: asyncio.Future[None] | None = None
@@ -135,15 +140,6 @@ class RedisBackplane(Backplane):
 
     # -- names --------------------------------------------------------------
 
-    @property
-    def bus(self) -> bytes:
-        """The channel every process publishes its bundles on."""
-        return self._bus_name.encode()
-
-    @property
-    def _bus_name(self) -> str:
-        return f"{self.prefix}:bus"
-
     def _peers_key(self, doc: str) -> str:
         return f"{self.prefix}:peers:{doc}"
 
@@ -154,8 +150,8 @@ class RedisBackplane(Backplane):
         return f"{self.prefix}:owner:{doc}"
 
     def _where(self) -> str:
-        parts = urlsplit(self.url)
-        return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+        a = self._address
+        return a.path or f"{a.host}:{a.port}"
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -166,7 +162,7 @@ class RedisBackplane(Backplane):
         except ImportError:
             raise SystemExit("REDIS_URL is set but redis-py is not installed: pip install 'collab[redis]'") from None
         self.redis = aioredis.from_url(self.url, socket_connect_timeout=5, health_check_interval=30,
-                                       client_name=f"{self.prefix}-{self.process_id}")
+                                       client_name=self._name)
         try:
             await self.redis.ping()
         except Exception as exc:
@@ -366,7 +362,7 @@ class RedisBackplane(Backplane):
 
     # -- outgoing ---------------------------------------------------------------
 
-    def _enqueue(self, command: tuple) -> None:
+    def _enqueue(self, command: bytes | Command | None) -> None:
         if len(self._queue) >= self.max_queue:
             # Redis is away for long: drop the oldest; receivers fill gaps from the store.
             del self._queue[: self.max_queue // 10]
@@ -374,10 +370,10 @@ class RedisBackplane(Backplane):
         self._wakeup.set()
 
     def publish(self, doc: str, msg: dict) -> None:
-        self._enqueue(("bundle", _dumps(("d", doc, msg))))
+        self._enqueue(_dumps(("d", doc, msg)))
 
     def send(self, proc: str, msg: dict) -> None:
-        self._enqueue(("bundle", _dumps(("p", proc, msg))))
+        self._enqueue(_dumps(("p", proc, msg)))
 
     def _record(self, name: str, value: bytes) -> bytes:
         """``value`` as stored under ``name``: sealed, with a seal."""
@@ -391,11 +387,11 @@ class RedisBackplane(Backplane):
 
     def set_owner(self, doc: str) -> None:
         key = self._owner_key(doc)
-        self._enqueue(("set", key, self._record(key, self.process_id.encode())))
+        self._enqueue(("SET", key, self._record(key, self.process_id.encode())))
 
     def drop_owner(self, doc: str) -> None:
         key = self._owner_key(doc)  # a sealed record is the same bytes each time: compared as they are
-        self._enqueue(("drop", key, self._record(key, self.process_id.encode())))
+        self._enqueue(("EVAL", _DROP_IF_MINE, 1, key, self._record(key, self.process_id.encode())))
 
     async def owner(self, doc: str) -> str | None:
         key = self._owner_key(doc)
@@ -405,10 +401,10 @@ class RedisBackplane(Backplane):
     def set_peer(self, doc: str, client: str, info: dict) -> None:
         key = self._peers_key(doc)
         value = self._record(f"{key} {client}", _dumps(dict(info, proc=self.process_id)))
-        self._enqueue(("hset", key, client, value))
+        self._enqueue(("HSET", key, client, value))
 
     def forget_peer(self, doc: str, client: str) -> None:
-        self._enqueue(("hdel", self._peers_key(doc), client))
+        self._enqueue(("HDEL", self._peers_key(doc), client))
 
     async def _send(self) -> None:
         """Send queued commands in order, as pipelines; after a failure, drop them and resync."""
@@ -425,19 +421,13 @@ class RedisBackplane(Backplane):
                 commands: list[Command] = []
                 entries: list[bytes] = []
                 beat = False
-                for command in batch:
-                    if command[0] == "bundle":
-                        entries.append(command[1])
-                    elif command[0] == "beat":
+                for item in batch:
+                    if type(item) is bytes:
+                        entries.append(item)
+                    elif item is None:
                         beat = True
-                    elif command[0] == "hset":
-                        commands.append(("HSET", command[1], command[2], command[3]))
-                    elif command[0] == "set":
-                        commands.append(("SET", command[1], command[2]))
-                    elif command[0] == "drop":
-                        commands.append(("EVAL", _DROP_IF_MINE, 1, command[1], command[2]))
                     else:
-                        commands.append(("HDEL", command[1], command[2]))
+                        commands.append(item)
                 # Last: the presence and owner records are written before the messages that mention them arrive.
                 tail = b"," + self._own_tail
                 seal = self.seal
@@ -487,7 +477,7 @@ class RedisBackplane(Backplane):
         self._echo_at = loop.time()
         while True:
             await asyncio.sleep(self.heartbeat_ttl / 3)
-            self._enqueue(("beat",))
+            self._enqueue(None)
             if loop.time() - self._echo_at > self.heartbeat_ttl:
                 log.warning("no word from Redis at %s for %.0f s; connecting again", self._where(),
                             loop.time() - self._echo_at)

@@ -143,8 +143,11 @@ class Link(asyncio.Protocol):
         self._waiting.append((len(commands), [], fut))
         return fut
 
-    def abort(self, why: str = "closed") -> None:
-        """Drop the connection at once (what is unanswered fails with :class:`LinkError`)."""
+    def abort(self, why: str | None = None) -> None:
+        """Drop the connection at once (what is unanswered fails with :class:`LinkError`); ``why``, if
+        given, is logged."""
+        if why is not None:
+            log.warning("dropping a connection to Redis: %s", why)
         if self.transport is not None:
             self.transport.abort()
 
