@@ -730,6 +730,52 @@ async def test_the_last_commit_of_a_burst_reaches_the_other_process_without_the_
     assert _client_view(a) == _client_view(b) == (state.rev, state.text)
 
 
+async def test_a_document_open_on_one_process_costs_the_bus_nothing_until_another_opens_it(real_hubs):
+    """Process 2 has the documents loaded but no client on them, so process 1 does not announce its
+    commits or its client's selection. Once a client joins on process 2, process 1 says which revision it
+    reached and where its clients are: process 2 reads the store for what it missed (the periodic check
+    is stopped), and from then on applies each commit as announced."""
+    from collab.hub import Peer
+    from collab.protocol import Cursor, Presence, Submit
+
+    h1, h2 = await real_hubs(2)
+    for hub in (h1, h2):
+        hub.cluster._watcher.cancel()
+
+    # "quiet": edited over HTTP on process 1 (no client there): only the revision it reached tells process 2.
+    quiet1 = await h1.document("quiet")
+    assert await quiet1.submit(None, Submit(0, ["héllo"], "q1", None)) == 1
+    quiet2 = await h2.document("quiet")
+    assert quiet2.snapshot() == (1, "héllo")
+    for i in range(2, 6):
+        assert await quiet1.submit(None, Submit(i - 1, [i + 3, "🌍"], f"q{i}", None)) == i
+    b = Peer(queue_size=10_000)
+    await h2.join("quiet", b, None)
+    await asyncio.wait_for(_until(lambda: _client_view(b) == (5, "héllo🌍🌍🌍🌍")), 30)
+    assert h2.counters.remote_sealed == 0  # read from the store: none of the four was announced
+    assert await quiet1.submit(None, Submit(5, [9, "!"], "q6", None)) == 6
+    await asyncio.wait_for(_until(lambda: _client_view(b) == (6, "héllo🌍🌍🌍🌍!")), 30)
+    assert h2.counters.remote_sealed == 1  # announced now, and applied as announced
+
+    # "alone": a client of process 1 moves its selection; a join (always announced) shows when process 2
+    # has everything process 1 announced before it, which is neither the commits nor the selection.
+    a = Peer(queue_size=10_000)
+    alone1 = await h1.join("alone", a, None)
+    assert await alone1.submit(None, Submit(0, ["héllo"], "a1", None)) == 1
+    alone2 = await h2.document("alone")
+    assert await alone1.submit(None, Submit(1, [5, "🌍"], "a2", None)) == 2
+    await alone1.presence(a, Presence(2, Cursor(2, 2), None))
+    c = Peer(queue_size=10_000)
+    await h1.join("alone", c, None)
+    await asyncio.wait_for(_until(lambda: c.id in alone2.replica.peers), 30)
+    assert alone2.snapshot() == (1, "héllo")
+    assert alone2.replica.peers[a.id].cursor != Cursor(2, 2)
+    d = Peer(queue_size=10_000)
+    await h2.join("alone", d, None)
+    await asyncio.wait_for(_until(lambda: alone2.replica.peers[a.id].cursor == Cursor(2, 2)), 30)
+    await asyncio.wait_for(_until(lambda: _client_view(d) == (2, "héllo🌍")), 30)
+
+
 async def test_messages_to_one_process_and_owner_records_on_redis():
     """``send`` reaches the one process it names; an owner record is dropped only by its owner."""
     reason = await _unavailable()

@@ -11,7 +11,10 @@ from a process of the deployment: it is applied as it is, and only if it
 extends the copy exactly: the revision after this one, after the operation
 it names, and spanning the whole text. Anything else (without a key, a gap,
 a misfit) only makes the replica read the store, whose rows are what is
-applied, so a garbled announcement cannot change a document.
+applied, so a garbled announcement cannot change a document. Commits and
+selection moves are announced only once another process is known to have
+the document open (its clients are on it, or it said something about it):
+a document open on one process alone costs the bus nothing per edit.
 
 The :class:`Cluster` is the hub's side: it starts the backplane, subscribes
 to documents as they load, routes messages to their replica, re-reads after
@@ -132,11 +135,20 @@ class Replica:
         self.seal: Seal | None = None
         #: Operations of sealed announcements, by revision, each with the id of the op it must follow.
         self.sealed: dict[int, tuple[RemoteOp, str]] = {}
+        #: Whether another process has the document open (it has clients on it, or said something about
+        #: it). Until then no other process reads what this one commits or where its clients' selections
+        #: are, so neither goes on the bus; joins and leaves always do (that is how the others find out).
+        self.followed = False
+        #: Clients here whose selection moved while no other process followed (told once one does).
+        self.unannounced_moves: set[str] = set()
 
     # -- taking messages ------------------------------------------------------------
 
     def on_message(self, msg: dict) -> bool:
-        """Buffer a backplane message; ``True`` if the document has something to integrate."""
+        """Buffer a backplane message (from another process); ``True`` if the document has something to
+        integrate."""
+        if not self.followed:
+            self.follow()
         kind = msg.get("t")
         if kind == "ops":
             ops = msg.get("ops")
@@ -145,6 +157,11 @@ class Replica:
                     self._take_op(item)
         elif kind in ("join", "leave", "presence") and isinstance(msg.get("client"), str):
             self.events.append(msg)
+        elif kind == "head":  # another process began announcing: the store may hold what it did before
+            rev = msg.get("rev")
+            if type(rev) is not int or rev <= self.seq.rev:
+                return False
+            self.check_store = True
         elif kind == "title":  # set by hand in another process: tell the editors here at once
             title = msg.get("title")
             announce_title(self.doc.peers.values(), clean(title) or None if isinstance(title, str) else None)
@@ -378,12 +395,26 @@ class Replica:
 
     # -- telling the others -------------------------------------------------------------
 
+    def follow(self) -> None:
+        """Another process has the document open: announce from now on, starting with the revision
+        reached (it reads the store for what was not announced) and where this process's clients are."""
+        self.followed = True
+        if self.backplane is not None:
+            self.backplane.publish(self.doc.id, {"t": "head", "rev": self.seq.rev})
+            for client in self.unannounced_moves:
+                peer = self.doc.peers.get(client)
+                if peer is not None:
+                    self.moved(peer, self.seq.cursor_now(peer))
+        self.unannounced_moves.clear()
+
     def forwarded_author(self, proc: str, client: str) -> ForwardedAuthor:
         """The author standing for ``client`` of process ``proc``, whose submits were forwarded here
         (each submit carries its author's name)."""
         author = self.forwarded.get((proc, client))
         if author is None:
             assert self.backplane is not None
+            if not self.followed:
+                self.follow()
             author = self.forwarded[(proc, client)] = ForwardedAuthor(self.doc.id, client, proc, self.backplane.send)
         return author
 
@@ -396,20 +427,24 @@ class Replica:
             self.backplane.publish(self.doc.id, {"t": "join", "client": peer.id, "user": _usr(peer.user)})
 
     def left(self, peer: Peer) -> None:
+        self.unannounced_moves.discard(peer.id)
         if self.backplane is not None:
             self.backplane.forget_peer(self.doc.id, peer.id)
             self.backplane.publish(self.doc.id, {"t": "leave", "client": peer.id})
 
     def moved(self, peer: Peer, cursor: Cursor | None) -> None:
         if self.backplane is not None:
-            self.backplane.set_peer(self.doc.id, peer.id, self.info(peer))
+            self.backplane.set_peer(self.doc.id, peer.id, self.info(peer))  # what a process that opens it reads
+            if not self.followed:
+                self.unannounced_moves.add(peer.id)
+                return
             self.backplane.publish(self.doc.id, {"t": "presence", "client": peer.id, "rev": self.doc.seq.rev,
                                                  "cursor": _cur(cursor), "user": _usr(peer.user)})
 
     def committed(self, ops: list[list]) -> None:
         """Announce ``[rev, op, client, id, cursor]`` entries this process committed; with a seal, with
         the id of the op before them (if still in the history) and the commit time, to apply them by."""
-        if self.backplane is not None and ops:
+        if self.backplane is not None and ops and self.followed:
             peers = self.peers
             if peers:
                 for rev, _, client, _, cursor in ops:
@@ -435,6 +470,8 @@ class Replica:
         """
         own = self.backplane.process_id if self.backplane is not None else ""
         current = {c: i for c, i in infos.items() if i.get("proc") not in dead and i.get("proc") != own}
+        if current:
+            self.followed = True  # and they learn of this process from its clients' joins
         if self.backplane is not None:
             for client, info in infos.items():
                 if info.get("proc") in dead:  # left behind by a crashed process: tidy up
