@@ -684,7 +684,8 @@ async def test_the_lease_moves_to_where_the_clients_are_when_the_owner_s_last_cl
     commits = h2.store.commits
     assert await doc2.submit(None, Submit(1, [7, "!"], "m2", None)) == 2
     assert h2.store.commits > commits  # committed by process 2 itself
-    await asyncio.wait_for(until(lambda: doc1.snapshot() == (2, "héllo 🌍!")), 30)
+    # Process 1 has no client left to show it to (nothing is announced to it), but it reads as it is.
+    assert await h1.read("moving") == (2, "héllo 🌍!")
     assert (await h1.store.load("moving", 10)).text == "héllo 🌍!"
     assert _client_view(b) == (2, "héllo 🌍!") and not b.closed
 
@@ -774,6 +775,18 @@ async def test_a_document_open_on_one_process_costs_the_bus_nothing_until_anothe
     await h2.join("alone", d, None)
     await asyncio.wait_for(_until(lambda: alone2.replica.peers[a.id].cursor == Cursor(2, 2)), 30)
     await asyncio.wait_for(_until(lambda: _client_view(d) == (2, "héllo🌍")), 30)
+
+    # Process 2's last client leaves: process 1 goes quiet again, and speaks up when another joins there.
+    alone2.remove(d)
+    await asyncio.wait_for(_until(lambda: d.id not in alone1.replica.peers), 30)
+    assert await alone1.submit(None, Submit(2, [6, "✨"], "a3", None)) == 3
+    f = Peer(queue_size=10_000)
+    await h1.join("alone", f, None)
+    await asyncio.wait_for(_until(lambda: f.id in alone2.replica.peers), 30)
+    assert alone2.snapshot() == (2, "héllo🌍")
+    g = Peer(queue_size=10_000)
+    await h2.join("alone", g, None)
+    await asyncio.wait_for(_until(lambda: _client_view(g) == (3, "héllo🌍✨")), 30)
 
 
 async def test_messages_to_one_process_and_owner_records_on_redis():

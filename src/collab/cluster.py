@@ -138,6 +138,7 @@ class Replica:
         #: Whether another process has the document open (it has clients on it, or said something about
         #: it). Until then no other process reads what this one commits or where its clients' selections
         #: are, so neither goes on the bus; joins and leaves always do (that is how the others find out).
+        #: Cleared when the other processes' last client leaves.
         self.followed = False
         #: Clients here whose selection moved while no other process followed (told once one does).
         self.unannounced_moves: set[str] = set()
@@ -147,9 +148,9 @@ class Replica:
     def on_message(self, msg: dict) -> bool:
         """Buffer a backplane message (from another process); ``True`` if the document has something to
         integrate."""
-        if not self.followed:
-            self.follow()
         kind = msg.get("t")
+        if not self.followed and kind != "leave":
+            self.follow()
         if kind == "ops":
             ops = msg.get("ops")
             if not self._take_sealed(msg):
@@ -354,6 +355,7 @@ class Replica:
         """Other processes' joins, leaves and presence, in arrival order (between batches)."""
         doc, seq = self.doc, self.doc.seq
         events, self.events = self.events, []
+        left = False
         for e in events:
             client = e["client"]
             if e["t"] == "leave":
@@ -361,6 +363,7 @@ class Replica:
                     del self.forwarded[key]
                 if self.peers.pop(client, None) is not None:
                     doc.broadcast(encode(leave_msg(client)))
+                    left = True
                 continue
             remote = self.peers.get(client)
             user = user_of(e.get("user"))
@@ -374,6 +377,8 @@ class Replica:
                 remote.cursor = seq.move_cursor(cursor_of(e.get("cursor")), rev if type(rev) is int else -1)
                 remote.cursor_rev = seq.rev
                 doc.broadcast(encode(presence_msg(client, seq.rev, remote.cursor, remote.user)))
+        if left and not self.peers and not self.forwarded:  # the others' last client left: quiet until one joins
+            self.followed = False
 
     # -- conflicts ------------------------------------------------------------------------
 
@@ -410,11 +415,11 @@ class Replica:
     def forwarded_author(self, proc: str, client: str) -> ForwardedAuthor:
         """The author standing for ``client`` of process ``proc``, whose submits were forwarded here
         (each submit carries its author's name)."""
+        if not self.followed:
+            self.follow()
         author = self.forwarded.get((proc, client))
         if author is None:
             assert self.backplane is not None
-            if not self.followed:
-                self.follow()
             author = self.forwarded[(proc, client)] = ForwardedAuthor(self.doc.id, client, proc, self.backplane.send)
         return author
 
@@ -470,8 +475,11 @@ class Replica:
         """
         own = self.backplane.process_id if self.backplane is not None else ""
         current = {c: i for c, i in infos.items() if i.get("proc") not in dead and i.get("proc") != own}
-        if current:
-            self.followed = True  # and they learn of this process from its clients' joins
+        if current and not self.followed:
+            if self.doc.peers:  # (after a resync) they may have missed what this process's clients did
+                self.follow()
+            else:  # (on load) nothing to tell them yet: they hear of this process from its clients' joins
+                self.followed = True
         if self.backplane is not None:
             for client, info in infos.items():
                 if info.get("proc") in dead:  # left behind by a crashed process: tidy up
