@@ -270,6 +270,53 @@ async def test_three_processes_nine_clients_one_killed(cluster):
             await p.stop()
 
 
+async def _metric(proc: ServerProcess, name: str) -> float:
+    text = (await http_get(f"{proc.base_url}/metrics")).text
+    return float(text.split(f"\n{name} ")[1].split()[0])
+
+
+async def test_metrics_show_that_edits_on_one_process_stay_off_the_bus_until_another_has_the_document(cluster):
+    """Two real processes. A writer on process 1 alone puts nothing on the bus per edit (its join only);
+    once a reader joins on process 2, each edit is announced, and the reader gets every one."""
+    import json
+
+    import websockets
+
+    p1, p2 = await cluster(2)
+    url = "/ws/quiet-metrics"
+    async with websockets.connect(p1.ws_url + url) as writer:
+        await writer.send(json.dumps({"type": "join"}))
+        rev = json.loads(await writer.recv())["rev"]
+
+        async def edit(n: int) -> None:
+            nonlocal rev
+            for i in range(n):
+                await writer.send(json.dumps({"type": "op", "rev": rev, "op": ["🎉", rev] if rev else ["🎉"],
+                                              "id": f"w{rev}"}))
+                while (m := json.loads(await writer.recv()))["type"] != "ack":
+                    pass
+                rev = m["rev"]
+
+        while (before := await _metric(p1, "collab_backplane_published_total")) < 1:  # the join, sent
+            await asyncio.sleep(0.05)
+        await edit(20)
+        assert await _metric(p1, "collab_backplane_published_total") == before  # nothing per edit
+        async with websockets.connect(p2.ws_url + url) as reader:
+            await reader.send(json.dumps({"type": "join"}))
+            welcome = json.loads(await reader.recv())
+            seen = welcome["rev"]
+            # The join reaches process 1 (which then announces): wait for it to show the reader.
+            while (await _metric(p1, "collab_backplane_received_total")) < 1:
+                await asyncio.sleep(0.05)
+            await edit(20)
+            while seen < 40:
+                m = json.loads(await asyncio.wait_for(reader.recv(), 30))
+                if m["type"] == "op":
+                    assert m["rev"] == seen + 1
+                    seen = m["rev"]
+        assert await _metric(p1, "collab_backplane_published_total") >= before + 20
+
+
 async def test_sigterm_closes_with_1012_and_clients_move_on(cluster):
     procs = await cluster(2)
     proxy = await Proxy(procs, [0, 1]).start()

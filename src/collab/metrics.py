@@ -179,6 +179,12 @@ APP_FAMILIES = [
            "Of those, operations applied from a sealed announcement, without reading the store."),
     Family("collab_backplane_rejected_total", "counter",
            "Bundles on the bus dropped: not sealed with the deployment's key, stale, or replayed."),
+    Family("collab_backplane_published_total", "counter",
+           "Messages put on the bus: joins, leaves, forwarded edits, and commits and presence of documents "
+           "another process has open."),
+    Family("collab_backplane_received_total", "counter",
+           "Messages taken from the bus for this process or a document open here."),
+    Family("collab_backplane_bundles_total", "counter", "Redis messages published on the bus (each carries many)."),
     Family("collab_store_commits_total", "counter", "Transactions the store committed (with SQLite, one fsync each)."),
     Family("collab_store_ops_written_total", "counter",
            "Operations the store wrote (per commit: how much group commit groups)."),

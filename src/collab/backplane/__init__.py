@@ -52,6 +52,11 @@ class Backplane(abc.ABC):
         self.seal: Seal | None = None
         #: Bundles dropped for that (``/metrics``).
         self.rejected = 0
+        #: Messages this process put on the bus and messages it took from it for its documents or
+        #: itself, and the bundles (Redis messages) it published (``/metrics``).
+        self.published = 0
+        self.received = 0
+        self.bundles = 0
 
     @abc.abstractmethod
     async def start(self, handler: Handler, on_resync: Callable[[], None], direct: DirectHandler | None = None) -> None:
@@ -164,6 +169,7 @@ class LocalBackplane(Backplane):
         if self.process_id not in self.bus.members:
             return
         msg = dict(msg, proc=self.process_id)
+        self.published += 1
         loop = asyncio.get_running_loop()
         for proc in list(self.bus.subscribers.get(doc, ())):
             member = self.bus.members.get(proc)
@@ -172,15 +178,18 @@ class LocalBackplane(Backplane):
 
     def _deliver(self, doc: str, msg: dict) -> None:
         if self.handler is not None and not self.paused and self.process_id in self.bus.subscribers.get(doc, ()):
+            self.received += 1
             self.handler(doc, msg)
 
     def send(self, proc: str, msg: dict) -> None:
         member = self.bus.members.get(proc)
         if self.process_id in self.bus.members and member is not None and member is not self:
+            self.published += 1
             asyncio.get_running_loop().call_soon(member._deliver_direct, dict(msg, proc=self.process_id))
 
     def _deliver_direct(self, msg: dict) -> None:
         if self.direct is not None and not self.paused and self.process_id in self.bus.members:
+            self.received += 1
             self.direct(msg)
 
     def set_owner(self, doc: str) -> None:

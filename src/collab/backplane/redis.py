@@ -130,11 +130,6 @@ class RedisBackplane(Backplane):
         self._resync_pending = False
         #: Resyncs asked of the hub (reconnects, lost heartbeat), for tests and metrics.
         self.resyncs = 0
-        #: Messages received (delivered to the hub) and published (bundled or not), for benchmarks.
-        self.received = 0
-        self.published = 0
-        #: Bundles published on the bus.
-        self.bundles = 0
         #: Times every connection was dropped because Redis stopped answering (see ``_heartbeat``).
         self.reconnects = 0
 
