@@ -206,6 +206,12 @@ async def http_get(url: str, **kwargs: Any) -> httpx.Response:
         return await client.get(url, **kwargs)
 
 
+async def metric(server: Any, name: str) -> float:
+    """The value of ``name`` on ``server``'s ``/metrics`` (anything with a ``base_url``)."""
+    text = (await http_get(f"{server.base_url}/metrics")).text
+    return float(text.split(f"\n{name} ")[1].split()[0])
+
+
 @dataclass
 class ServerProcess:
     """A collab server in a child process (so a test can SIGKILL it)."""

@@ -23,7 +23,7 @@ from collab.app import create_app
 from collab.config import Settings
 from collab.metrics import COUNTERS
 from collab.store.memory import MemoryStore
-from conftest import http_get
+from conftest import http_get, metric
 
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 1, 2, 0, 8, 9, 10
 #: Settings that keep the message limiters out of the way of a test about something else.
@@ -148,11 +148,6 @@ async def until(condition, timeout: float = 15, what: str = "the condition") -> 
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.01)
-
-
-async def metric(server, name: str) -> float:
-    text = (await http_get(f"{server.base_url}/metrics")).text
-    return float(text.split(f"\n{name} ")[1].split()[0])
 
 
 def session_of(server, doc: str):

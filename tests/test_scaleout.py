@@ -28,7 +28,7 @@ from typing import AsyncIterator
 import pytest
 
 import collab.client as cc
-from conftest import WS, ServerProcess, free_port, http_get
+from conftest import WS, ServerProcess, free_port, http_get, metric
 
 PG_URL = os.environ.get("COLLAB_TEST_DATABASE_URL", "")
 REDIS_URL = os.environ.get("COLLAB_TEST_REDIS_URL", "")
@@ -270,11 +270,6 @@ async def test_three_processes_nine_clients_one_killed(cluster):
             await p.stop()
 
 
-async def _metric(proc: ServerProcess, name: str) -> float:
-    text = (await http_get(f"{proc.base_url}/metrics")).text
-    return float(text.split(f"\n{name} ")[1].split()[0])
-
-
 async def test_metrics_show_that_edits_on_one_process_stay_off_the_bus_until_another_has_the_document(cluster):
     """Two real processes. A writer on process 1 alone puts nothing on the bus per edit (its join only);
     once a reader joins on process 2, each edit is announced, and the reader gets every one."""
@@ -297,16 +292,16 @@ async def test_metrics_show_that_edits_on_one_process_stay_off_the_bus_until_ano
                     pass
                 rev = m["rev"]
 
-        while (before := await _metric(p1, "collab_backplane_published_total")) < 1:  # the join, sent
+        while (before := await metric(p1, "collab_backplane_published_total")) < 1:  # the join, sent
             await asyncio.sleep(0.05)
         await edit(20)
-        assert await _metric(p1, "collab_backplane_published_total") == before  # nothing per edit
+        assert await metric(p1, "collab_backplane_published_total") == before  # nothing per edit
         async with websockets.connect(p2.ws_url + url) as reader:
             await reader.send(json.dumps({"type": "join"}))
             welcome = json.loads(await reader.recv())
             seen = welcome["rev"]
             # The join reaches process 1 (which then announces): wait for it to show the reader.
-            while (await _metric(p1, "collab_backplane_received_total")) < 1:
+            while (await metric(p1, "collab_backplane_received_total")) < 1:
                 await asyncio.sleep(0.05)
             await edit(20)
             while seen < 40:
@@ -314,7 +309,7 @@ async def test_metrics_show_that_edits_on_one_process_stay_off_the_bus_until_ano
                 if m["type"] == "op":
                     assert m["rev"] == seen + 1
                     seen = m["rev"]
-        assert await _metric(p1, "collab_backplane_published_total") >= before + 20
+        assert await metric(p1, "collab_backplane_published_total") >= before + 20
 
 
 async def test_sigterm_closes_with_1012_and_clients_move_on(cluster):

@@ -433,6 +433,7 @@ class CollabApp:
     def metric_values(self) -> metrics.Values:
         """This process's values of every family of :func:`metric_families`."""
         hub = self.hub
+        bus = hub.backplane if hub else None
         return {
             "collab_documents_open": len(hub.docs) if hub else 0,
             "collab_clients": hub.connections if hub else 0,
@@ -440,10 +441,10 @@ class CollabApp:
             "collab_conflicts_total": hub.conflicts if hub else 0,
             "collab_remote_ops_total": hub.remote_applied if hub else 0,
             "collab_remote_ops_sealed_total": hub.counters.remote_sealed if hub else 0,
-            "collab_backplane_rejected_total": hub.backplane.rejected if hub and hub.backplane else 0,
-            "collab_backplane_published_total": hub.backplane.published if hub and hub.backplane else 0,
-            "collab_backplane_received_total": hub.backplane.received if hub and hub.backplane else 0,
-            "collab_backplane_bundles_total": hub.backplane.bundles if hub and hub.backplane else 0,
+            "collab_backplane_rejected_total": bus.rejected if bus else 0,
+            "collab_backplane_published_total": bus.published if bus else 0,
+            "collab_backplane_received_total": bus.received if bus else 0,
+            "collab_backplane_bundles_total": bus.bundles if bus else 0,
             "collab_store_commits_total": getattr(self.store, "commits", 0),
             "collab_store_ops_written_total": getattr(self.store, "ops_written", 0),
             "collab_store_exclusive_turns_total": getattr(self.store, "exclusive_turns", 0),
