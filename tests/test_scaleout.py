@@ -732,6 +732,50 @@ async def test_the_lease_moves_to_where_the_clients_are_when_the_owner_s_last_cl
     assert _client_view(b) == (2, "héllo 🌍!") and not b.closed
 
 
+async def test_people_coming_back_to_a_document_have_one_sequencer_from_their_first_edit(real_hubs):
+    """Both processes keep a document loaded after everyone left (process 1's lease went to process 2 as
+    its client left first). A client coming back to process 1 is placed at its join: forwarding to the
+    owner, never ordering beside it; the owner, with nobody of its own, hands the lease to process 1; a
+    client coming back to process 2 then forwards there. Nobody's edit takes the row lock or loses a race."""
+    import json
+
+    from collab.hub import Peer
+    from collab.protocol import Submit
+
+    h1, h2 = await real_hubs(2)
+    p1, p2 = h1.backplane.process_id, h2.backplane.process_id
+    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    doc1 = await h1.join("back", a, None)
+    doc2 = await h2.join("back", b, None)
+    assert h1.cluster.ownership.owns("back") and doc2.forwarder.owner == p1
+    assert await doc2.submit(None, Submit(0, ["héllo 🌍"], "k1", None)) == 1
+    await asyncio.wait_for(_until(lambda: a.id in doc2.replica.peers), 30)
+    doc1.remove(a)
+    await asyncio.wait_for(_until(lambda: h2.cluster.ownership.owns("back")), 30)
+    doc2.remove(b)
+    assert h1.docs["back"] is doc1 and h2.docs["back"] is doc2 and not doc1.peers and not doc2.peers
+
+    a2 = Peer(queue_size=10_000)
+    assert await h1.join("back", a2, None) is doc1
+    assert doc1.forwarder.owner == p2 or h1.cluster.ownership.owns("back")  # not ordered beside the owner
+    await asyncio.wait_for(_until(lambda: h1.cluster.ownership.owns("back")), 30)  # where the clients are
+    b2 = Peer(queue_size=10_000)
+    assert await h2.join("back", b2, None) is doc2
+    assert doc2.forwarder.owner == p1
+    written = h2.store.ops_written
+    await doc1.submit(a2, Submit(1, [7, " 👋"], "k2", None))
+    await doc2.submit(b2, Submit(1, ["¡", 7], "k3", None))
+
+    def acked(peer, op_id: str) -> bool:
+        return any(json.loads(f).get("type") == "ack" and json.loads(f).get("id") == op_id for f in peer.outbox)
+
+    await asyncio.wait_for(_until(lambda: acked(a2, "k2") and acked(b2, "k3")), 30)
+    assert await h1.read("back") == await h2.read("back") == (3, "¡héllo 🌍 👋")
+    assert h2.store.ops_written == written  # process 1 ordered both
+    for hub in (h1, h2):
+        assert hub.conflicts == 0 and hub.store.exclusive_turns == 0
+
+
 async def test_the_last_commit_of_a_burst_reaches_the_other_process_without_the_periodic_check(real_hubs):
     """Both processes write one document (so commits take its turn in the store), then process 1 alone.
 

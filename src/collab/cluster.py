@@ -355,7 +355,7 @@ class Replica:
         """Other processes' joins, leaves and presence, in arrival order (between batches)."""
         doc, seq = self.doc, self.doc.seq
         events, self.events = self.events, []
-        left = False
+        left = joined = False
         for e in events:
             client = e["client"]
             if e["t"] == "leave":
@@ -370,6 +370,7 @@ class Replica:
             if remote is None:
                 remote = self.peers[client] = RemotePeer(client, str(e.get("proc", "")), user, None)
                 doc.broadcast(encode(join_msg(client, user)))
+                joined = True
             elif user is not None:
                 remote.user = user
             if e["t"] == "presence":
@@ -379,6 +380,8 @@ class Replica:
                 doc.broadcast(encode(presence_msg(client, seq.rev, remote.cursor, remote.user)))
         if left and not self.peers and not self.forwarded:  # the others' last client left: quiet until one joins
             self.followed = False
+        if joined and not doc.peers and doc.on_clients_elsewhere is not None:
+            doc.on_clients_elsewhere(doc)
 
     # -- conflicts ------------------------------------------------------------------------
 

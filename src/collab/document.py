@@ -84,8 +84,9 @@ class Document:
         self._ids_doubted = False
         self._flight: deque[Flight] = deque()
         self._settle_waiters: list[asyncio.Future[None]] = []
-        #: Called when the last client here leaves (with a cluster: hand the lease to where the clients are).
-        self.on_last_left: Callable[["Document"], None] | None = None
+        #: Called when the document's clients are all on other processes: the last one here left, or
+        #: another process's joined while none is here (with a cluster: hand the lease to where they are).
+        self.on_clients_elsewhere: Callable[["Document"], None] | None = None
 
     # -- the sequencer's state, for readers ----------------------------------------
 
@@ -156,8 +157,8 @@ class Document:
         self.replica.left(peer)
         if not self.peers:
             self.schedule_unload()
-            if self.on_last_left is not None:
-                self.on_last_left(self)
+            if self.on_clients_elsewhere is not None:
+                self.on_clients_elsewhere(self)
 
     def kick_all(self, code: int, reason: str) -> None:
         """Ask every connection to close (after what is queued for it)."""

@@ -107,7 +107,7 @@ class Hub:
                 doc.forwarder.owner = owner  # another process orders it: forward submits there
             if cluster is not None:
                 doc.replica.seal = cluster.seal
-                doc.on_last_left = cluster.ownership.hand_over
+                doc.on_clients_elsewhere = cluster.ownership.hand_over
             self.docs[doc_id] = doc
             if cluster is not None:
                 doc.adopt_peers(infos, dead)
@@ -126,6 +126,8 @@ class Hub:
         """Open ``doc_id`` and admit ``peer`` to it."""
         while True:
             doc = await self.document(doc_id)
+            if self.cluster is not None:
+                await self.cluster.ownership.claim(doc)
             try:
                 await doc.join(peer, since)
                 return doc

@@ -76,8 +76,18 @@ class Ownership:
             return None
         return owner if owner is not None and owner != self.backplane.process_id else None
 
+    async def claim(self, doc: Any) -> None:
+        """Before a client joins ``doc`` where nobody is, and which is neither owned here nor forwarded (its
+        lease was handed over as its clients left, or it was ordered here without one): find its owner, or
+        take the lease if it is free, so that the first edit of people coming back has one sequencer
+        rather than this process beside the owner, each taking the document's row lock in turn."""
+        if (self.leases is not None and not doc.peers and doc.forwarder is not None
+                and doc.forwarder.owner is None and not self.owns(doc.id)):
+            await self._place_again(doc)
+
     def hand_over(self, doc: Any) -> None:
-        """``doc``'s last client here left while other processes still have some: let one of them own it.
+        """``doc``'s clients are all on other processes (the last one here left, or another process's
+        joined while none is here): let one of those own it.
 
         The lease is released and the owner record dropped before the processes that forward to this
         one hear ``not_owner``: the first of them to look for the owner again takes the lease. What
