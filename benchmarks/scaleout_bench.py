@@ -4,6 +4,9 @@ Each configuration runs real ``collab`` server processes and the same two
 loads, driven over WebSocket from this process:
 
 * **many documents**: ``--docs`` documents with 2 writers each;
+* **many documents, reopened**: the same documents, just after those writers
+  left, with 2 new writers each (people coming back: the documents are still
+  loaded, and their leases moved as the first writers left);
 * **one hot document**: ``--hot`` writers on one document.
 
 Every writer behaves like a real client: one operation in flight, the next
@@ -29,6 +32,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import secrets
 import statistics
 import subprocess
@@ -82,8 +86,12 @@ class Server:
                 self.proc.kill()
 
 
-async def writer(url: str, go: asyncio.Event, clock: dict, latencies: list[float]) -> int:
-    """One client with one op in flight at a time, from ``go`` until ``clock["stop"]``; returns ops acknowledged."""
+async def writer(url: str, go: asyncio.Event, clock: dict, latencies: list[float], every: float = 0.0,
+                 phase: float = 0.0) -> int:
+    """One client with one op in flight at a time, from ``go`` until ``clock["stop"]``; returns ops acknowledged.
+
+    With ``every`` (seconds), a typist: the k-th op is sent ``phase + k * every`` after the start, or
+    when the one before is acknowledged if that is later; otherwise each op is sent at once."""
     async with websockets.connect(url, max_size=None, open_timeout=30) as ws:
         await ws.send(json.dumps({"type": "join"}))
         length = rev = 0
@@ -97,7 +105,14 @@ async def writer(url: str, go: asyncio.Event, clock: dict, latencies: list[float
         done = 0
         n = 0
         loop = asyncio.get_running_loop()
+        due = clock["start"] + phase
         while loop.time() < clock["stop"]:
+            if every:
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())  # pacing, not synchronisation: a typist's rhythm
+                    if loop.time() >= clock["stop"]:
+                        break
+                due += every
             n += 1
             op_id = secrets.token_hex(6)
             await ws.send(json.dumps({"type": "op", "rev": rev, "op": ["x", length] if length else ["x"], "id": op_id}))
@@ -120,8 +135,12 @@ async def writer(url: str, go: asyncio.Event, clock: dict, latencies: list[float
     return done
 
 
-async def run_load(servers: list[Server], docs: list[str], per_doc: int, seconds: float, by_doc: bool) -> dict:
-    """Writers spread over ``servers`` (a balancer without affinity), or routed by document."""
+async def run_load(servers: list[Server], docs: list[str], per_doc: int, seconds: float, by_doc: bool,
+                   pace: float = 0.0) -> dict:
+    """Writers spread over ``servers`` (a balancer without affinity), or routed by document.
+
+    With ``pace`` (ops/s offered by all writers together), each writer types at its share of it,
+    starting at a random moment of its first interval, so writers are not in step with each other."""
     latencies: list[float] = []
     loop = asyncio.get_running_loop()
     waves: list[list[str]] = [[] for _ in range(per_doc)]
@@ -133,12 +152,15 @@ async def run_load(servers: list[Server], docs: list[str], per_doc: int, seconds
             target = servers[d % len(servers)] if by_doc else servers[(d + k) % len(servers)]
             waves[k].append(f"ws://127.0.0.1:{target.port}/ws/{doc}")
     go = asyncio.Event()
-    clock = {"joined": 0, "stop": float("inf"), "last": 0.0}
+    clock = {"joined": 0, "stop": float("inf"), "last": 0.0, "start": 0.0}
     tasks: list[asyncio.Task[int]] = []
+    every = len(docs) * per_doc / pace if pace else 0.0
+    phases = random.Random(len(docs) * 1000 + per_doc)
     # Each document's first writer opens it, then the others join (as people do): had every process
     # opened every document at the same moment, the one a few milliseconds ahead would own them all.
     for wave in waves:
-        tasks += [asyncio.create_task(writer(u, go, clock, latencies)) for u in wave]
+        tasks += [asyncio.create_task(writer(u, go, clock, latencies, every, phases.uniform(0, every)))
+                  for u in wave]
         while clock["joined"] < len(tasks):  # everyone joined first, so the measurement is of editing only
             await asyncio.sleep(0.01)
             for t in tasks:
@@ -147,7 +169,7 @@ async def run_load(servers: list[Server], docs: list[str], per_doc: int, seconds
     cpu0 = [s.cpu_seconds() for s in servers]
     infra0 = infra_cpu()
     own0 = time.process_time()
-    start = loop.time()
+    start = clock["start"] = loop.time()
     clock["stop"] = start + seconds
     go.set()
     counts = await asyncio.gather(*tasks)
@@ -210,30 +232,35 @@ async def bench(args: argparse.Namespace) -> None:
         configs = [c for c in configs if not args.only or args.only in c[0]]
         # Rounds go through every configuration in turn, so a machine that slows down or speeds up
         # over minutes (a shared VM) shifts every row alike; each row is the median of its rounds.
-        runs: dict[str, list[tuple[dict, dict]]] = {name: [] for name, _, _, _ in configs}
+        runs: dict[str, list[tuple[dict, dict, dict]]] = {name: [] for name, _, _, _ in configs}
         for r in range(args.rounds):
             for name, n, env, by_doc in configs:
                 servers = [Server(env).start() for _ in range(n)]
                 try:
                     docs = [f"many-{tag}-{r}-{i}" for i in range(args.docs)]
-                    many = await run_load(servers, docs, 2, args.seconds, by_doc)
-                    hot = await run_load(servers, [f"hot-{tag}-{r}"], args.hot, args.seconds, by_doc)
+                    many = await run_load(servers, docs, 2, args.seconds, by_doc, args.pace_many)
+                    again = await run_load(servers, docs, 2, args.seconds, by_doc, args.pace_many)
+                    hot = await run_load(servers, [f"hot-{tag}-{r}"], args.hot, args.seconds, by_doc, args.pace_hot)
                 finally:
                     for s in servers:
                         s.stop()
-                runs[name].append((many, hot))
+                runs[name].append((many, again, hot))
                 print(f"done: {name} (round {r + 1} of {args.rounds})", file=sys.stderr)
-        rows = [(name, median_of([m for m, _ in done]), median_of([h for _, h in done])) for name, done in runs.items()]
+        rows = [(name, [median_of([run[i] for run in done]) for i in range(3)]) for name, done in runs.items()]
         await drop_schemas(args.database_url, tag)
     rounds = f"; median of {args.rounds} rounds" if args.rounds > 1 else ""
+    paced = ""
+    if args.pace_many or args.pace_hot:
+        paced = (f"; paced: {args.pace_many:g} ops/s offered on the many documents, {args.pace_hot:g} on the hot one "
+                 "(0: as fast as acknowledged), each writer at its share from a random start")
     print(f"\n{args.docs} documents x 2 writers, and 1 document x {args.hot} writers; one op in flight per writer; "
-          f"{args.seconds:g} s each{rounds}\n")
+          f"{args.seconds:g} s each{rounds}{paced}\n")
     print(f"CPU in cores (machine: {os.cpu_count()}): collab servers / PostgreSQL / Redis / this load generator\n")
     print("| configuration | load | ops/s | ack p50 ms | ack p99 ms | ack max ms | collab CPU µs per op "
           "| CPU: collab / pg / redis / load |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
-    for name, m, h in rows:
-        for load, r in (("many docs", m), ("hot doc", h)):
+    for name, results in rows:
+        for load, r in zip(("many docs", "many docs, reopened", "hot doc"), results):
             per_op = r["per_op"]
             print(f"| {name} | {load} | {r['ops']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['max']:.0f} "
                   f"| {per_op:.0f} | {r['cpu']:.2f} / {r['pg']:.2f} / {r['redis']:.2f} / {r['load']:.2f} |")
@@ -269,6 +296,10 @@ def main() -> None:
     parser.add_argument("--hot", type=int, default=20, help="writers on the hot document (default 20)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every configuration this many times, in turn, and report medians (default 1)")
+    parser.add_argument("--pace-many", type=float, default=0.0,
+                        help="ops/s offered by all writers of the many-documents load together, each typing at its "
+                             "share from a random start (default 0: each sends its next op when acknowledged)")
+    parser.add_argument("--pace-hot", type=float, default=0.0, help="the same for the hot document's writers")
     asyncio.run(bench(parser.parse_args()))
 
 

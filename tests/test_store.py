@@ -939,6 +939,33 @@ async def test_postgres_keeps_u0000_and_migrates_schema_1_snapshots(tmp_path):
         await drop_schema(schema)
 
 
+async def test_postgres_turns_that_each_need_a_new_author_do_not_take_the_whole_pool():
+    """A turn holding a document's row (``exclusive``) may need a second connection: a new author's row
+    is written on its own. As many turns as the pool has connections each held one and waited for
+    another for ever (in a deployment, until PostgreSQL ended them as idle in transaction and their
+    documents failed, their clients disconnected)."""
+    reason = await _pg_reason()
+    if reason:
+        pytest.skip(reason)
+    from collab.store.postgres import PostgresStore
+
+    schema = f"collab_test_{secrets.token_hex(6)}"
+    store = PostgresStore(PG_URL, history_depth=5, schema=schema, min_connections=1, max_connections=2)
+    await store.open()
+    try:
+        async def turn(i: int) -> None:
+            async with store.exclusive(f"d{i}"):
+                await store.append(f"d{i}", [StoredOp(1, [f"🐝{i}"], f"newcomer-{i}", f"op-{i}")], 2)
+
+        await asyncio.wait_for(asyncio.gather(*(turn(i) for i in range(4))), 30)
+        for i in range(4):
+            assert (await store.load(f"d{i}", 5)).text == f"🐝{i}"
+        assert store.exclusive_turns == 4
+    finally:
+        await store.close()
+        await drop_schema(schema)
+
+
 @pytest.mark.parametrize("many", [False, True], ids=["APPEND", "APPEND_MANY"])
 async def test_postgres_an_append_reads_only_its_own_ids_however_long_the_history(many):
     """The check that an append's op ids are new probes the index once per id, also under a generic

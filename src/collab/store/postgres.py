@@ -290,6 +290,11 @@ class PostgresStore(Store):
         self._pool: Any = None
         #: Connections inside exclusive(), by document.
         self._held: dict[str, Any] = {}
+        #: Turns that may hold a connection at once: half the pool, so that what a turn needs besides
+        #: its own connection (a new author's row, a read) always finds one free. Had every connection
+        #: gone to a turn, each would wait for another while holding its row lock, until PostgreSQL
+        #: ended them all as idle in transaction.
+        self._turns = asyncio.Semaphore(max(1, max_connections // 2))
         #: Appends for the next group commit, in the order they were queued.
         self._pending: list[tuple[tuple, asyncio.Future[None]]] = []
         #: The last queued append of each document: its last revision and op id (its successor's fence).
@@ -386,7 +391,7 @@ class PostgresStore(Store):
     async def exclusive(self, doc: str) -> AsyncIterator[None]:
         """Lock ``doc``'s row for one transaction; appends and reads of ``doc`` inside use it."""
         self.exclusive_turns += 1
-        async with self.pool.acquire() as conn:
+        async with self._turns, self.pool.acquire() as conn:
             async with conn.transaction():
                 # Creates the row (at revision 0) if needed, and locks it either way.
                 await conn.execute(
