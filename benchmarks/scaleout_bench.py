@@ -1,6 +1,6 @@
 """Scale-out benchmark: one process (SQLite, or PostgreSQL alone) vs one, two and three processes (PostgreSQL + Redis).
 
-Each configuration runs real ``collab`` server processes and the same two
+Each configuration runs real ``collab`` server processes and the same
 loads, driven over WebSocket from this process:
 
 * **many documents**: ``--docs`` documents with 2 writers each;
@@ -17,6 +17,10 @@ several; its first writer joins first). Reported: acknowledged ops/s,
 ack latency p50/p99, the CPU the server processes used (in cores), to
 show where the bottleneck is, and the collab processes' CPU per acknowledged
 op (summed over the processes: what more processes cost for the same work).
+With ``--pace-many OPS`` and ``--pace-hot OPS``, the writers type at a
+fixed total rate instead (each at its share, from a random start, so they
+are not in step): every configuration then does the same work, and the CPU
+per op compares what that work costs, on a machine that is not saturated.
 Prints a markdown table. With ``--rounds N`` every configuration runs N
 times, in turn, and each row is the median of its rounds: on a shared
 machine whose speed drifts over minutes, ratios between rows of one round
@@ -229,7 +233,8 @@ async def bench(args: argparse.Namespace) -> None:
                 }, by_doc))
         else:
             print("(PostgreSQL + Redis rows skipped: pass --database-url and --redis-url)", file=sys.stderr)
-        configs = [c for c in configs if not args.only or args.only in c[0]]
+        wanted = [w for w in args.only.split("|") if w]
+        configs = [c for c in configs if not wanted or any(w in c[0] for w in wanted)]
         # Rounds go through every configuration in turn, so a machine that slows down or speeds up
         # over minutes (a shared VM) shifts every row alike; each row is the median of its rounds.
         runs: dict[str, list[tuple[dict, dict, dict]]] = {name: [] for name, _, _, _ in configs}
@@ -292,7 +297,8 @@ def main() -> None:
     parser.add_argument("--redis-url", default=os.environ.get("COLLAB_TEST_REDIS_URL", ""))
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each load (default 5)")
     parser.add_argument("--docs", type=int, default=50, help="documents in the many-documents load (default 50)")
-    parser.add_argument("--only", default="", help="run only the configurations whose name contains this")
+    parser.add_argument("--only", default="",
+                        help="run only the configurations whose name contains this (several: separated by |)")
     parser.add_argument("--hot", type=int, default=20, help="writers on the hot document (default 20)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every configuration this many times, in turn, and report medians (default 1)")
