@@ -290,10 +290,10 @@ class PostgresStore(Store):
         self._pool: Any = None
         #: Connections inside exclusive(), by document.
         self._held: dict[str, Any] = {}
-        #: Turns that may hold a connection at once: half the pool, so that what a turn needs besides
-        #: its own connection (a new author's row, a read) always finds one free. Had every connection
-        #: gone to a turn, each would wait for another while holding its row lock, until PostgreSQL
-        #: ended them all as idle in transaction.
+        #: Turns that may hold a connection at once: half the pool. What a turn needs besides its own
+        #: connection (a new author's row, a read) then comes from the other half, whose users never
+        #: wait for a turn while holding one. Had every connection gone to a turn, each would wait for
+        #: another while holding its row lock, until PostgreSQL ended them all as idle in transaction.
         self._turns = asyncio.Semaphore(max(1, max_connections // 2))
         #: Appends for the next group commit, in the order they were queued.
         self._pending: list[tuple[tuple, asyncio.Future[None]]] = []
