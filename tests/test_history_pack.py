@@ -219,3 +219,42 @@ async def test_postgres_stores_every_checkpoints_authorship():
     finally:
         await store.close()
         await drop_schema(schema)
+
+
+async def test_postgres_two_processes_storing_one_checkpoint_s_authorship_at_once_is_no_failure():
+    """Every process computes the authorship of new checkpoints; two may take the same one. The second to
+    store it (its snapshot older than the first's commit) looks for the next, as if it had found it done:
+    it logged a warning and gave up until the next checkpoint."""
+    reason = await _pg_reason()
+    if reason:
+        pytest.skip(reason)
+    from collab.store.postgres import PostgresStore
+
+    schema = f"collab_test_{secrets.token_hex(6)}"
+    first, second = (PostgresStore(PG_URL, history_depth=5, schema=schema) for _ in range(2))
+    first.MAINTAIN_AFTER = second.MAINTAIN_AFTER = 3600.0  # only when the test says
+    await first.open()
+    await second.open()
+    try:
+        texts, ops = await write_session(first, "both 🐝", random.Random(7), 60)
+        runs_at = second._history._runs_at
+        raced = []
+
+        async def first_stores_it_meanwhile(conn, doc, rev):
+            runs = await runs_at(conn, doc, rev)
+            if not raced:
+                raced.append(rev)
+                await first.maintain()  # the other process stores every checkpoint, this one among them
+            return runs
+
+        second._history._runs_at = first_stores_it_meanwhile
+        await second.maintain()
+        assert raced
+        async with second.pool.acquire() as conn:
+            counts = await conn.fetchrow("SELECT count(*) AS all, count(runs) AS with_runs FROM collab_checkpoints")
+        assert counts["all"] > 3 and counts["with_runs"] == counts["all"]
+        await check_reads(second, "both 🐝", texts, ops, every=3)
+    finally:
+        await first.close()
+        await second.close()
+        await drop_schema(schema)

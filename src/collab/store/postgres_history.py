@@ -153,7 +153,18 @@ class PostgresHistory:
 
     async def maintain_step(self) -> bool:
         """Store the authorship runs of one checkpoint that lacks them (the nearest earlier checkpoint's
-        moved by the ops between); False when none is left (but those whose history is gone)."""
+        moved by the ops between); False when none is left (but those whose history is gone).
+
+        Every process of a deployment does this; two that took the same checkpoint at once are not a
+        failure: the one whose update comes second finds the runs stored and looks for the next."""
+        import asyncpg
+
+        try:
+            return await self._maintain_one()
+        except asyncpg.SerializationError:  # another process stored these runs first
+            return True
+
+    async def _maintain_one(self) -> bool:
         async with self.store.pool.acquire() as conn:
             async with conn.transaction(isolation="repeatable_read"):
                 rows = await conn.fetch("SELECT doc, rev FROM collab_checkpoints WHERE runs IS NULL ORDER BY rev LIMIT $1",
