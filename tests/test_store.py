@@ -939,6 +939,46 @@ async def test_postgres_keeps_u0000_and_migrates_schema_1_snapshots(tmp_path):
         await drop_schema(schema)
 
 
+@pytest.mark.parametrize("together", [False, True], ids=["queued-while-written", "one-group-with-a-snapshot"])
+async def test_postgres_an_append_built_on_a_refused_one_is_refused_though_its_predecessor_s_op_is_there(together):
+    """A pipelined append names the op before it (its predecessor's last) and lands only if that op is at
+    the revision it continues from. Another process may commit that very op at that very revision, after
+    other ops (an edit forwarded to an old owner and ordered by the new one too): the predecessor is
+    refused, and the append built on it must be refused with it, not land on a history it was not
+    transformed against. Whether it was queued while its predecessor was written, or with it in one
+    group that cannot be merged (a snapshot)."""
+    reason = await _pg_reason()
+    if reason:
+        pytest.skip(reason)
+    from collab.store.postgres import PostgresStore
+
+    schema = f"collab_test_{secrets.token_hex(6)}"
+    mine, other = (PostgresStore(PG_URL, history_depth=5, schema=schema) for _ in range(2))
+    await mine.open()
+    await other.open()
+    try:
+        await mine.append("d", [StoredOp(1, ["🐝"], "c0", "first")], 1)
+        async with other.exclusive("d"):  # the other process holds the row while this one's append waits
+            first = mine.start_append("d", [StoredOp(2, [1, "🦊"], "c1", "forwarded")], 2,
+                                      (2, "🐝🦊") if together else None)
+            if not together:
+                async with mine.pool.acquire() as conn:  # this one's first append is written, and waits
+                    while not await conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+                        await asyncio.sleep(0.01)
+            second = mine.start_append("d", [StoredOp(3, [2, "!"], "c1", "built-on-it")], 3)
+            # The other process orders the forwarded edit too, after another op of its own: same id, same revision.
+            await other.append("d", [StoredOp(2, ["🌍", 1], "c2", "forwarded")], 2)
+        with pytest.raises(RevisionConflict):
+            await first
+        with pytest.raises(RevisionConflict):
+            await second
+        assert (await other.load("d", 5)).text == "🌍🐝" and (await other.load("d", 5)).rev == 2
+    finally:
+        await mine.close()
+        await other.close()
+        await drop_schema(schema)
+
+
 async def test_postgres_turns_that_each_need_a_new_author_do_not_take_the_whole_pool():
     """A turn holding a document's row (``exclusive``) may need a second connection: a new author's row
     is written on its own. As many turns as the pool has connections each held one and waited for

@@ -187,29 +187,33 @@ def _append_args(doc: str, ops: list[StoredOp], size: int, snapshot: tuple[int, 
 
 
 def _split(batch: list[tuple[AppendArgs, Any]]) -> tuple[list[tuple[AppendArgs, list[AppendArgs]]],
-                                                         list[AppendArgs], list[AppendArgs]]:
-    """A group's appends by how they are written, each kind in the group's order.
+                                                         list[AppendArgs], list[AppendArgs], list[AppendArgs]]:
+    """A group's appends by how they are written, each kind in the group's order, and those left for later.
 
     :data:`APPEND_MANY` takes one append per document, to an existing document, without a snapshot:
     a document's appends that continue one another (a pipeline) are merged into one, which lands or is
     refused whole, as the later ones are refused with a refused predecessor anyway. Returned as
     ``(merged, parts)``. Then first appends (:data:`APPEND_NEW`), and the rest (the per-document
-    :data:`APPEND`, written after them: a new document's next append follows its first).
+    :data:`APPEND`). A document's appends that cannot be merged go one per group: the first now,
+    the others (last) in the next group, once the first's outcome is known. The store's fence
+    alone cannot refuse them with it when another process committed the op they follow at its
+    revision (see ``PostgresStore._refuse_chained``).
     """
     by_doc: dict[str, list[AppendArgs]] = {}
     for args, _ in batch:
         by_doc.setdefault(args.doc, []).append(args)
-    many, new, old = [], [], []
+    many, new, old, later = [], [], [], []
     for parts in by_doc.values():
         if parts[0].prev == 0:
             new.append(parts[0])
-            old += parts[1:]
+            later += parts[1:]
         elif all(p.snap_rev is None for p in parts) and all(
                 b.prev == a.last and b.after == a.ids[-1] for a, b in zip(parts, parts[1:])):
             many.append((_merge(parts) if len(parts) > 1 else parts[0], parts))
         else:
-            old += parts
-    return many, new, old
+            old.append(parts[0])
+            later += parts[1:]
+    return many, new, old, later
 
 
 def _merge(parts: list[AppendArgs]) -> AppendArgs:
@@ -299,6 +303,9 @@ class PostgresStore(Store):
         self._pending: list[tuple[tuple, asyncio.Future[None]]] = []
         #: The last queued append of each document: its last revision and op id (its successor's fence).
         self._queued: dict[str, tuple[int, str]] = {}
+        #: The last op id of each document's last refused append, until one of its appends lands: an
+        #: append queued after it (naming it as ``after``) is refused here, whatever the store holds.
+        self._refused: dict[str, str] = {}
         self._flusher: asyncio.Task[None] | None = None
         #: Transactions committed and ops written, for /metrics and benchmarks.
         self.commits = 0
@@ -471,19 +478,28 @@ class PostgresStore(Store):
         try:
             while self._pending:
                 queued, self._pending = self._pending, []
+                queued = self._refuse_chained(queued)
+                if not queued:
+                    continue
                 try:  # authors new to this process get their ids first (in order: the queue is the order)
                     batch = [(_append_args(doc, ops, size, snapshot, await self._history.author_ids(ops),
                                            self.session_gap, nbytes, after), fut)
                              for (doc, ops, size, snapshot, nbytes, after), fut in queued]
                 except Exception as exc:  # the database is away: these appends fail, as their commit would
-                    for _, fut in queued:
+                    for (doc, ops, *_), fut in queued:
+                        self._refused[doc] = ops[-1].id
                         if not fut.done():
                             fut.set_exception(exc)
                     continue
+                source = {id(args): item for (args, _), item in zip(batch, queued)}
                 # Each kind locks its rows in name order, as every process does; groups of two processes
                 # that hold the same documents in two kinds can still deadlock: then both retry (below).
                 batch.sort(key=lambda item: item[0].doc)
-                many, new, old = _split(batch)
+                many, new, old, later = _split(batch)
+                if later:  # the next group, before what was queued since (the queue is the order)
+                    self._pending = [source[id(args)] for args in later] + self._pending
+                    deferred = {id(args) for args in later}
+                    batch = [item for item in batch if id(item[0]) not in deferred]
                 rows = {}
                 kinds = sum(1 for kind in (many, new, old) if kind)
                 try:
@@ -504,12 +520,14 @@ class PostgresStore(Store):
                 except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError) as exc:
                     # Rare (the docs row guards revisions and op ids; rows are locked in order within
                     # each kind), but if it happens the whole group was rolled back: every document retries.
-                    for _, fut in batch:
+                    for args, fut in batch:
+                        self._refused[args.doc] = args.ids[-1]
                         if not fut.done():
                             fut.set_exception(RevisionConflict(f"a concurrent write was refused ({exc}); retry"))
                     continue
                 except Exception as exc:  # the transaction failed (connection lost, disk full)
-                    for _, fut in batch:
+                    for args, fut in batch:
+                        self._refused[args.doc] = args.ids[-1]
                         if not fut.done():
                             fut.set_exception(exc)
                     continue
@@ -519,12 +537,35 @@ class PostgresStore(Store):
                         continue
                     if rows.get(id(args)):
                         self.ops_written += len(args.revs)
+                        self._refused.pop(args.doc, None)
                         fut.set_result(None)
                     else:
+                        self._refused[args.doc] = args.ids[-1]
                         fut.set_exception(RevisionConflict(
                             f"{args.doc}: revision {args.prev + 1} is already taken, or one of the op ids was applied"))
         finally:
             self._flusher = None
+
+    def _refuse_chained(self, queued: list) -> list:
+        """Refuse at once the appends queued after one that was refused (they were built on it); the rest.
+
+        The store's fence (the op before an append is its predecessor's last) refuses them too, but not
+        when another process committed that very op at that very revision after other ops than the
+        refused append's: a forwarded edit that its old owner and its new one both ordered. An append
+        built on the refused one would then land on a history it was not transformed against.
+        """
+        if not self._refused:
+            return queued
+        kept = []
+        for item in queued:
+            (doc, ops, _size, _snapshot, _nbytes, after), fut = item
+            if after is not None and self._refused.get(doc) == after:
+                self._refused[doc] = ops[-1].id
+                if not fut.done():
+                    fut.set_exception(RevisionConflict(f"{doc}: the append before revision {ops[0].rev} was refused"))
+            else:
+                kept.append(item)
+        return kept
 
     # -- reads --------------------------------------------------------------
 
@@ -546,6 +587,7 @@ class PostgresStore(Store):
 
     def forget(self, doc: str) -> None:
         self._queued.pop(doc, None)
+        self._refused.pop(doc, None)
 
     async def find_op(self, doc: str, op_id: str) -> int | None:
         return await self.pool.fetchval("SELECT rev FROM collab_op_ids WHERE doc = $1 AND op_id = $2", doc, op_id)
