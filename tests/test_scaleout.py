@@ -776,6 +776,30 @@ async def test_people_coming_back_to_a_document_have_one_sequencer_from_their_fi
         assert hub.conflicts == 0 and hub.store.exclusive_turns == 0
 
 
+async def test_a_new_owner_that_lately_applied_the_old_owner_s_commits_group_commits_without_the_row_lock(real_hubs):
+    """A forwarder applies the owner's commits; when the lease comes to it (the owner's last client
+    left), those recent commits of another process are no reason to commit holding the document's row
+    lock, one transaction per batch: nobody else orders the document now. It did so for two seconds
+    after each move, and with clients coming and going that was most of the time."""
+    from collab.hub import Peer
+    from collab.protocol import Submit
+
+    h1, h2 = await real_hubs(2)
+    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    doc1 = await h1.join("handed", a, None)
+    doc2 = await h2.join("handed", b, None)
+    assert await doc1.submit(None, Submit(0, ["🐝"], "h1", None)) == 1
+    await asyncio.wait_for(_until(lambda: a.id in doc2.replica.peers and doc2.seq.rev == 1), 30)
+    doc1.remove(a)
+    await asyncio.wait_for(_until(lambda: h2.cluster.ownership.owns("handed")), 30)
+    loop = asyncio.get_running_loop()
+    doc2.replica.contended_until = loop.time() + 3600  # as just after applying process 1's commits
+    turns, commits = h2.store.exclusive_turns, h2.store.commits
+    assert await doc2.submit(None, Submit(1, [1, " 🌍"], "h2", None)) == 2
+    assert h2.store.commits == commits + 1 and h2.store.exclusive_turns == turns
+    assert await h1.read("handed") == (2, "🐝 🌍")
+
+
 async def test_the_last_commit_of_a_burst_reaches_the_other_process_without_the_periodic_check(real_hubs):
     """Both processes write one document (so commits take its turn in the store), then process 1 alone.
 

@@ -87,6 +87,10 @@ class Document:
         #: Called when the document's clients are all on other processes: the last one here left, or
         #: another process's joined while none is here (with a cluster: hand the lease to where they are).
         self.on_clients_elsewhere: Callable[["Document"], None] | None = None
+        #: Whether this process holds the document's lease (with a cluster): then no other process
+        #: orders it, and having integrated others' commits lately is no reason to commit holding its
+        #: row lock (a lost race still is).
+        self.leased: Callable[[], bool] = lambda: False
 
     # -- the sequencer's state, for readers ----------------------------------------
 
@@ -276,7 +280,8 @@ class Document:
                     self._losses = 0
                     exclusive = False
                 else:
-                    exclusive = self._losses or (self._inbox and replica.contended_until and replica.contended())
+                    exclusive = self._losses or (self._inbox and replica.contended_until and replica.contended()
+                                                 and not self.leased())
                 if self._flight and (self._deferred or (shared and replica.behind()) or exclusive
                                      or len(self._flight) >= self._max_in_flight):
                     # Joins, presence and exclusive turns see only committed state (and the pipeline stays short).

@@ -16,6 +16,7 @@ the answers on each client's :class:`~collab.peer.Peer`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 from typing import TYPE_CHECKING, Callable
 
@@ -108,6 +109,7 @@ class Hub:
             if cluster is not None:
                 doc.replica.seal = cluster.seal
                 doc.on_clients_elsewhere = cluster.ownership.hand_over
+                doc.leased = functools.partial(cluster.ownership.owns, doc_id)
             self.docs[doc_id] = doc
             if cluster is not None:
                 doc.adopt_peers(infos, dead)
