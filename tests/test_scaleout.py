@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import re
@@ -1586,10 +1587,13 @@ async def test_a_race_lost_before_forwarding_leaves_no_row_lock_behind(real_hubs
     assert h1.store.ops_written == 3 and str(doc2.text) == "🌍é!"
 
 
-async def test_pipelined_batches_that_lose_a_race_are_ordered_again_with_those_built_on_them():
+@pytest.mark.parametrize("resends", [False, True], ids=["edits", "edits-and-resends"])
+async def test_pipelined_batches_that_lose_a_race_are_ordered_again_with_those_built_on_them(resends, caplog):
     """Two processes with no backplane (so no owners) both write one document, each keeping several
     batches in flight: a batch that loses its revisions takes the batches queued after it down with
-    it, and all of them are ordered again. Every submit is committed once, in one history."""
+    it, and all of them are ordered again. Every submit is committed once, in one history. A batch
+    of resends only (it writes nothing) that was behind a lost one is ordered again too, not taken
+    for one the store let through (which fails the document)."""
     reason = await _unavailable()
     if reason:
         pytest.skip(reason)
@@ -1607,16 +1611,23 @@ async def test_pipelined_batches_that_lose_a_race_are_ordered_again_with_those_b
         docs = [await hub.join("race", Peer(queue_size=10_000), None) for hub in hubs]
 
         async def writer(doc, tag: str) -> list[int]:
-            pending = []
+            pending, resent = [], []
             for i in range(40):  # one submit per loop turn: batches start while earlier ones are in flight
-                pending.append(asyncio.ensure_future(doc.submit(None, Submit(0, [f"{tag}{i:02}🙂"], f"{tag}{i}", None))))
+                sub = Submit(0, [f"{tag}{i:02}🙂"], f"{tag}{i}", None)
+                pending.append(asyncio.ensure_future(doc.submit(None, sub)))
                 await asyncio.sleep(0)
-            return list(await asyncio.gather(*pending))
+                if resends:  # and its resend, alone in the next batch (which writes nothing)
+                    resent.append(asyncio.ensure_future(doc.submit(None, sub)))
+                    await asyncio.sleep(0)
+            revs = list(await asyncio.gather(*pending))
+            assert list(await asyncio.gather(*resent)) == (revs if resends else [])
+            return revs
 
         revs = await asyncio.wait_for(asyncio.gather(writer(docs[0], "a"), writer(docs[1], "b")), 60)
         committed = sorted(revs[0] + revs[1])
         assert committed == list(range(1, 81)), committed
         assert sum(hub.conflicts for hub in hubs) > 0, "the processes never raced: the test proves nothing"
+        assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         state = await stores[0].load("race", 100)
         assert state.rev == 80
         for tag in "ab":

@@ -437,7 +437,7 @@ class Document:
             flight = flights.popleft()
             exc = flight.error
             if flight.lost:  # built on a batch that lost its race: requeued with it, its commit refused
-                if exc is None:  # the store's fence let it through: the log no longer matches memory
+                if exc is None and flight.new:  # the store let it through: the log no longer matches memory
                     log.error("document %s: a batch built on a refused one was committed", self.id)
                     self._fail()
             elif self.failed:
@@ -505,8 +505,9 @@ class Document:
         await self._settled()
 
     def _encode_early(self, flight: Flight) -> None:
-        """Encode a batch's frames while its commit is being written (they do not depend on its outcome)."""
-        if not flight.encoded and not flight.done and not self.failed:
+        """Encode a batch's frames while its commit is being written (they do not depend on its outcome);
+        not a batch lost with an earlier one meanwhile (its items were queued again, without results)."""
+        if not flight.encoded and not flight.done and not flight.lost and not self.failed:
             fanout.encode(flight.items)
             flight.encoded = True
 
