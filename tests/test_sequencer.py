@@ -95,6 +95,40 @@ def test_rollback_undoes_a_batch_selections_included():
     assert (who.cursor, who.cursor_rev) == (None, 0)
 
 
+def test_rollback_after_the_history_was_trimmed_meanwhile_undoes_exactly_the_batch():
+    """A batch in flight is saved before it; an earlier batch that lands meanwhile trims the history's
+    start. Rolling back by the saved length of the history left ops of the undone batch in it, out of
+    step with the text: later submits were checked and transformed against the wrong entries."""
+    seq = seq_with("a", "b", "c", "d", depth=3)
+    who = Who()
+    saved = seq.save([who])
+    seq.apply(Submit(4, [4, "🐝"], "lost1", None), who)
+    seq.apply(Submit(5, [5, "🦊"], "lost2", None), who)
+    seq.trim([who])  # the earlier batch landed: the history keeps about three ops
+    assert seq.history_start > 0
+    seq.rollback(saved)
+    assert (seq.rev, str(seq.text)) == (4, "abcd")
+    assert [e.rev for e in seq.history] == list(range(seq.history_start + 1, 5))
+    assert "lost1" not in seq.ids and "lost2" not in seq.ids
+    entry = seq.apply(Submit(4, [4, "🌍"], "next", None), None)
+    assert (entry.rev, str(seq.text)) == (5, "abcd🌍")
+    late = seq.apply(Submit(3, [3, "!"], "late", None), None)  # based before the undone batch: transformed once
+    assert (late.rev, str(seq.text)) == (6, "abc!d🌍")
+
+
+def test_rollback_past_a_trimmed_start_keeps_no_older_history():
+    seq = seq_with("a", "b", depth=1)
+    saved = seq.save([])
+    for i in range(3):
+        seq.apply(Submit(2 + i, [2 + i, "🐝"], f"x{i}", None), None)
+    seq.trim([])
+    assert seq.history_start > 2
+    seq.rollback(saved)
+    assert (seq.rev, str(seq.text), len(seq.history), seq.history_start) == (2, "ab", 0, 2)
+    assert seq.apply(Submit(2, [2, "c"], "y", None), None).rev == 3
+    assert str(seq.text) == "abc"
+
+
 def test_integrate_takes_only_the_next_revision():
     seq = seq_with("ab")
     with pytest.raises(ValueError):

@@ -49,7 +49,6 @@ class Saved:
 
     text: DocText
     rev: int
-    history_len: int
     cursors: list[tuple[Positioned, Cursor | None, int]]
 
 
@@ -210,12 +209,19 @@ class Sequencer:
 
     def save(self, holders: Iterable[Positioned]) -> Saved:
         """The state to :meth:`rollback` to if the next batch loses its revisions."""
-        return Saved(self.text.copy(), self.rev, len(self.history), [(p, p.cursor, p.cursor_rev) for p in holders])
+        return Saved(self.text.copy(), self.rev, [(p, p.cursor, p.cursor_rev) for p in holders])
 
     def rollback(self, saved: Saved) -> None:
-        """Undo the operations applied since :meth:`save`, selections included."""
-        while len(self.history) > saved.history_len:
-            self.ids.pop(self.history.pop().id, None)
+        """Undo the operations applied since :meth:`save`, selections included.
+
+        The history may have been trimmed at its start meanwhile (an earlier batch landed while this
+        one was in flight): what is undone is the operations after the saved revision, however many
+        are kept before them.
+        """
+        history, ids = self.history, self.ids
+        while history and history[-1].rev > saved.rev:
+            ids.pop(history.pop().id, None)
+        self.history_start = min(self.history_start, saved.rev)  # (trimmed past it: nothing older is kept)
         self.text = saved.text
         self.rev = saved.rev
         for p, cursor, rev in saved.cursors:
