@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import secrets
 import statistics
@@ -34,7 +35,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 import websockets
-from scaleout_bench import Server
+from scaleout_bench import Server, drop_schemas
 
 
 @dataclass
@@ -169,14 +170,7 @@ async def bench(args: argparse.Namespace) -> int:
             for p in res["problems"][:5]:
                 print(f"  {p}", file=sys.stderr)
     finally:
-        import asyncpg
-
-        conn = await asyncpg.connect(args.database_url)
-        try:
-            for r in range(args.rounds):
-                await conn.execute(f'DROP SCHEMA IF EXISTS "collab_bench_{tag}_{r}" CASCADE')
-        finally:
-            await conn.close()
+        await drop_schemas(args.database_url, tag, range(args.rounds))
     print(f"\n{args.processes} processes, {args.docs} documents x {args.per_doc} clients coming and going"
           f"{' and HTTP replacements' if args.http else ''}; {args.seconds:g} s x {args.rounds} rounds\n")
     print("| edits/s acknowledged (median) | commits | holding the row lock | lost races | problems |")
@@ -190,8 +184,6 @@ async def bench(args: argparse.Namespace) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    import os
-
     parser.add_argument("--database-url", default=os.environ.get("COLLAB_TEST_DATABASE_URL", ""))
     parser.add_argument("--redis-url", default=os.environ.get("COLLAB_TEST_REDIS_URL", ""))
     parser.add_argument("--processes", type=int, default=2)

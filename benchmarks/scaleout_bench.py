@@ -278,14 +278,15 @@ def median_of(results: list[dict]) -> dict:
     return out
 
 
-async def drop_schemas(url: str, tag: str) -> None:
+async def drop_schemas(url: str, tag: str, numbers: range = range(1, 6)) -> None:
+    """Drop the schemas ``collab_bench_{tag}_{n}`` a run made."""
     if not url:
         return
     import asyncpg
 
     conn = await asyncpg.connect(url)
     try:
-        for n in (1, 2, 3, 4, 5):
+        for n in numbers:
             await conn.execute(f'DROP SCHEMA IF EXISTS "collab_bench_{tag}_{n}" CASCADE')
     finally:
         await conn.close()

@@ -81,9 +81,13 @@ class Ownership:
         lease was handed over as its clients left, or it was ordered here without one): find its owner, or
         take the lease if it is free, so that the first edit of people coming back has one sequencer
         rather than this process beside the owner, each taking the document's row lock in turn."""
-        if (self.leases is not None and not doc.peers and doc.forwarder is not None
-                and doc.forwarder.owner is None and not self.owns(doc.id)):
+        if not doc.peers and self._unplaced(doc):
             await self._place_again(doc)
+
+    def _unplaced(self, doc: Any) -> bool:
+        """Whether ``doc`` is ordered here without its lease: neither owned here nor forwarded."""
+        return (self.leases is not None and doc.forwarder is not None and doc.forwarder.owner is None
+                and not self.owns(doc.id))
 
     def hand_over(self, doc: Any) -> None:
         """``doc``'s clients are all on other processes (the last one here left, or another process's
@@ -223,8 +227,7 @@ class Ownership:
                 forwarder = doc.forwarder
                 if forwarder is not None and forwarder.overdue(now, OVERDUE_SECONDS):
                     self.reroute(doc)
-                elif (forwarder is not None and forwarder.owner is None and not self.owns(doc.id) and doc.peers
-                      and (tick % 4 == 0 or doc.replica.contended())):
+                elif doc.peers and self._unplaced(doc) and (tick % 4 == 0 or doc.replica.contended()):
                     self._spawn(self._place_again(doc))
 
     async def _place_again(self, doc: Any) -> None:

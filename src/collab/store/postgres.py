@@ -487,9 +487,7 @@ class PostgresStore(Store):
                              for (doc, ops, size, snapshot, nbytes, after), fut in queued]
                 except Exception as exc:  # the database is away: these appends fail, as their commit would
                     for (doc, ops, *_), fut in queued:
-                        self._refused[doc] = ops[-1].id
-                        if not fut.done():
-                            fut.set_exception(exc)
+                        self._refuse(doc, ops[-1].id, fut, exc)
                     continue
                 source = {id(args): item for (args, _), item in zip(batch, queued)}
                 # Each kind locks its rows in name order, as every process does; groups of two processes
@@ -521,15 +519,12 @@ class PostgresStore(Store):
                     # Rare (the docs row guards revisions and op ids; rows are locked in order within
                     # each kind), but if it happens the whole group was rolled back: every document retries.
                     for args, fut in batch:
-                        self._refused[args.doc] = args.ids[-1]
-                        if not fut.done():
-                            fut.set_exception(RevisionConflict(f"a concurrent write was refused ({exc}); retry"))
+                        self._refuse(args.doc, args.ids[-1], fut,
+                                     RevisionConflict(f"a concurrent write was refused ({exc}); retry"))
                     continue
                 except Exception as exc:  # the transaction failed (connection lost, disk full)
                     for args, fut in batch:
-                        self._refused[args.doc] = args.ids[-1]
-                        if not fut.done():
-                            fut.set_exception(exc)
+                        self._refuse(args.doc, args.ids[-1], fut, exc)
                     continue
                 self.commits += 1
                 for args, fut in batch:
@@ -540,11 +535,16 @@ class PostgresStore(Store):
                         self._refused.pop(args.doc, None)
                         fut.set_result(None)
                     else:
-                        self._refused[args.doc] = args.ids[-1]
-                        fut.set_exception(RevisionConflict(
+                        self._refuse(args.doc, args.ids[-1], fut, RevisionConflict(
                             f"{args.doc}: revision {args.prev + 1} is already taken, or one of the op ids was applied"))
         finally:
             self._flusher = None
+
+    def _refuse(self, doc: str, last_id: str, fut: asyncio.Future[None], exc: BaseException) -> None:
+        """An append of ``doc`` ending with op ``last_id`` failed: so do those queued after it."""
+        self._refused[doc] = last_id
+        if not fut.done():
+            fut.set_exception(exc)
 
     def _refuse_chained(self, queued: list) -> list:
         """Refuse at once the appends queued after one that was refused (they were built on it); the rest.
@@ -560,9 +560,8 @@ class PostgresStore(Store):
         for item in queued:
             (doc, ops, _size, _snapshot, _nbytes, after), fut = item
             if after is not None and self._refused.get(doc) == after:
-                self._refused[doc] = ops[-1].id
-                if not fut.done():
-                    fut.set_exception(RevisionConflict(f"{doc}: the append before revision {ops[0].rev} was refused"))
+                self._refuse(doc, ops[-1].id, fut, RevisionConflict(f"{doc}: the append before revision {ops[0].rev} "
+                                                                    "was refused"))
             else:
                 kept.append(item)
         return kept
