@@ -9,6 +9,12 @@ loads, driven over WebSocket from this process:
   loaded, and their leases moved as the first writers left);
 * **one hot document**: ``--hot`` writers on one document.
 
+One more configuration runs two processes on PostgreSQL that share nothing
+but the server: each has its own schema and no Redis, and each document's
+writers are all on one of them. No design of a cluster does less per edit,
+so its CPU per op is the floor for any two processes on this machine: half
+the load per process means fewer edits per group commit and per loop turn.
+
 Every writer behaves like a real client: one operation in flight, the next
 sent when the previous is acknowledged (an insert at the start, based on the
 revision the writer has seen, so concurrent ones are transformed). Writers
@@ -50,6 +56,8 @@ import websockets
 from _common import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Two processes that share nothing per edit (see the module's docstring).
+FLOOR = "2 processes, PostgreSQL, nothing shared (own schemas), routed by document"
 
 
 @dataclass
@@ -213,34 +221,35 @@ def infra_cpu() -> dict[str, float]:
 
 async def bench(args: argparse.Namespace) -> None:
     tag = secrets.token_hex(4)
-    configs: list[tuple[str, int, dict[str, str], bool]] = []
+    # (name, each server's environment, routed by document)
+    configs: list[tuple[str, list[dict[str, str]], bool]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        configs.append(("1 process, SQLite", 1, {"COLLAB_DATA_DIR": tmp}, False))
+        configs.append(("1 process, SQLite", [{"COLLAB_DATA_DIR": tmp}], False))
         if args.database_url and args.redis_url:
             sep = "&" if "?" in args.database_url else "?"
             rsep = "&" if "?" in args.redis_url else "?"
-            schema = f"collab_bench_{tag}_5"  # one process needs no Redis: what a single process on PostgreSQL costs
-            configs.append(("1 process, PostgreSQL", 1, {"DATABASE_URL": f"{args.database_url}{sep}schema={schema}"},
-                            False))
+
+            def pg(n: int) -> dict[str, str]:
+                return {"DATABASE_URL": f"{args.database_url}{sep}schema=collab_bench_{tag}_{n}"}
+
+            configs.append(("1 process, PostgreSQL", [pg(5)], False))  # one process needs no Redis
             for n, procs, name, by_doc in ((1, 1, "1 process, PostgreSQL + Redis", False),
                                            (2, 2, "2 processes, PostgreSQL + Redis, no affinity", False),
                                            (3, 2, "2 processes, PostgreSQL + Redis, routed by document", True),
                                            (4, 3, "3 processes, PostgreSQL + Redis, no affinity", False)):
-                schema = f"collab_bench_{tag}_{n}"
-                configs.append((name, procs, {
-                    "DATABASE_URL": f"{args.database_url}{sep}schema={schema}",
-                    "REDIS_URL": f"{args.redis_url}{rsep}prefix=collab-bench-{tag}-{n}",
-                }, by_doc))
+                env = dict(pg(n), REDIS_URL=f"{args.redis_url}{rsep}prefix=collab-bench-{tag}-{n}")
+                configs.append((name, [env] * procs, by_doc))
+            configs.append((FLOOR, [pg(6), pg(7)], True))
         else:
             print("(PostgreSQL + Redis rows skipped: pass --database-url and --redis-url)", file=sys.stderr)
         wanted = [w for w in args.only.split("|") if w]
         configs = [c for c in configs if not wanted or any(w in c[0] for w in wanted)]
         # Rounds go through every configuration in turn, so a machine that slows down or speeds up
         # over minutes (a shared VM) shifts every row alike; each row is the median of its rounds.
-        runs: dict[str, list[tuple[dict, dict, dict]]] = {name: [] for name, _, _, _ in configs}
+        runs: dict[str, list[tuple[dict, dict, dict]]] = {name: [] for name, _, _ in configs}
         for r in range(args.rounds):
-            for name, n, env, by_doc in configs:
-                servers = [Server(env).start() for _ in range(n)]
+            for name, envs, by_doc in configs:
+                servers = [Server(env).start() for env in envs]
                 try:
                     docs = [f"many-{tag}-{r}-{i}" for i in range(args.docs)]
                     many = await run_load(servers, docs, 2, args.seconds, by_doc, args.pace_many)
@@ -252,7 +261,7 @@ async def bench(args: argparse.Namespace) -> None:
                 runs[name].append((many, again, hot))
                 print(f"done: {name} (round {r + 1} of {args.rounds})", file=sys.stderr)
         rows = [(name, [median_of([run[i] for run in done]) for i in range(3)]) for name, done in runs.items()]
-        await drop_schemas(args.database_url, tag)
+        await drop_schemas(args.database_url, tag, range(1, 8))
     rounds = f"; median of {args.rounds} rounds" if args.rounds > 1 else ""
     paced = ""
     if args.pace_many or args.pace_hot:
@@ -269,6 +278,39 @@ async def bench(args: argparse.Namespace) -> None:
             per_op = r["per_op"]
             print(f"| {name} | {load} | {r['ops']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['max']:.0f} "
                   f"| {per_op:.0f} | {r['cpu']:.2f} / {r['pg']:.2f} / {r['redis']:.2f} / {r['load']:.2f} |")
+    print_ratios(dict(rows))
+
+
+#: Issue 22's targets: (what, row, load, baseline row, measure, target; "≥" or "≤").
+TARGETS = [
+    ("1 process on PostgreSQL / 1 on SQLite, ops/s", "1 process, PostgreSQL", 0, "1 process, SQLite", "ops", "≥ 0.6"),
+    ("2 processes, no affinity / 1 on PostgreSQL, ops/s", "2 processes, PostgreSQL + Redis, no affinity", 0,
+     "1 process, PostgreSQL", "ops", "≥ 1.0"),
+    ("... collab CPU per op", "2 processes, PostgreSQL + Redis, no affinity", 0, "1 process, PostgreSQL", "per_op",
+     "≤ 1.3"),
+    ("hot doc, 3 processes / 1 on PostgreSQL, ops/s", "3 processes, PostgreSQL + Redis, no affinity", 2,
+     "1 process, PostgreSQL", "ops", "≥ 0.8"),
+    ("... ack p99", "3 processes, PostgreSQL + Redis, no affinity", 2, "1 process, PostgreSQL", "p99", "≤ 2.0"),
+    ("floor: 2 processes sharing nothing / 1 on PostgreSQL, ops/s", FLOOR, 0, "1 process, PostgreSQL", "ops", ""),
+    ("... collab CPU per op", FLOOR, 0, "1 process, PostgreSQL", "per_op", ""),
+    ("2 processes, no affinity / the floor, ops/s", "2 processes, PostgreSQL + Redis, no affinity", 0, FLOOR, "ops",
+     ""),
+    ("... collab CPU per op", "2 processes, PostgreSQL + Redis, no affinity", 0, FLOOR, "per_op", ""),
+]
+
+
+def print_ratios(rows: dict[str, list[dict]]) -> None:
+    """The ratios issue 22 sets targets for, from this run's rows (those that ran)."""
+    lines = []
+    for what, name, load, base, measure, target in TARGETS:
+        if name in rows and base in rows and rows[base][load][measure]:
+            ratio = rows[name][load][measure] / rows[base][load][measure]
+            met = "" if not target else ("yes" if (ratio >= float(target[2:]) if target[0] == "≥"
+                                                   else ratio <= float(target[2:])) else "no")
+            lines.append(f"| {what} | {ratio:.2f}x | {target + 'x' if target else ''} | {met} |")
+    if lines:
+        print("\n| ratio (within this run) | measured | target | met |\n| --- | ---: | ---: | --- |")
+        print("\n".join(lines))
 
 
 def median_of(results: list[dict]) -> dict:
