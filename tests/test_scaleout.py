@@ -777,6 +777,92 @@ async def test_people_coming_back_to_a_document_have_one_sequencer_from_their_fi
         assert hub.conflicts == 0 and hub.store.exclusive_turns == 0
 
 
+async def test_a_client_joining_the_owner_while_it_hands_the_lease_over_is_placed_at_once(real_hubs):
+    """Process 1's last client leaves, so it hands its lease to process 2, whose client edits through it;
+    a client joins process 1 while the lease is being released (its join finds the document still owned,
+    so it does not place it). Once the release is done, process 1 places the document again before
+    telling anyone, rather than order its new client's edits beside the next owner until its
+    once-a-second check (stopped here, so that only the hand-over can place it)."""
+    import json
+
+    from collab.hub import Peer
+    from collab.protocol import Submit
+
+    h1, h2 = await real_hubs(2)
+    for hub in (h1, h2):
+        hub.cluster.ownership._watcher.cancel()
+    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    doc1 = await h1.join("handing", a, None)
+    doc2 = await h2.join("handing", b, None)
+    assert h1.cluster.ownership.owns("handing") and doc2.forwarder.owner == h1.backplane.process_id
+    assert await doc2.submit(None, Submit(0, ["héllo 🌍"], "g1", None)) == 1
+    await asyncio.wait_for(_until(lambda: b.id in doc1.replica.peers and a.id in doc2.replica.peers), 30)
+
+    # The moment: the lease's release is under way (held until the client has joined).
+    leases = h1.cluster.ownership.leases
+    releasing, go_on = asyncio.Event(), asyncio.Event()
+    release = leases.release
+
+    async def release_after_the_join(docs):
+        releasing.set()
+        await go_on.wait()
+        await release(docs)
+
+    leases.release = release_after_the_join
+    doc1.remove(a)
+    await asyncio.wait_for(releasing.wait(), 30)
+    a2 = Peer(queue_size=10_000)
+    assert await h1.join("handing", a2, None) is doc1
+    go_on.set()
+    await asyncio.wait_for(_until(lambda: not h1.cluster.ownership._tasks), 30)
+    leases.release = release
+    placed = h1.cluster.ownership.owns("handing") or doc1.forwarder.owner == h2.backplane.process_id
+    assert placed, "process 1 orders the document without its lease"
+
+    turns = h1.store.exclusive_turns + h2.store.exclusive_turns
+    await doc1.submit(a2, Submit(1, [7, " 👋"], "g2", None))
+    await doc2.submit(b, Submit(1, ["¡", 7], "g3", None))
+
+    def acked(peer, op_id: str) -> bool:
+        return any(json.loads(f).get("type") == "ack" and json.loads(f).get("id") == op_id for f in peer.outbox)
+
+    await asyncio.wait_for(_until(lambda: acked(a2, "g2") and acked(b, "g3")), 30)
+    assert await h1.read("handing") == await h2.read("handing") == (3, "¡héllo 🌍 👋")
+    assert h1.conflicts == h2.conflicts == 0
+    assert h1.store.exclusive_turns + h2.store.exclusive_turns == turns
+
+
+async def test_a_process_with_nobody_on_a_document_does_not_take_its_lease_when_the_owner_hands_it_over(
+        real_hubs):
+    """Process 3 made an HTTP edit (forwarded to the owner, process 1) and has no client on the document.
+    When process 1's last client leaves, process 1 tells process 3 to look for another owner: process 3
+    takes no lease for nobody (the clients who come next would forward to it, one hop more), and the
+    next HTTP edit (or client) there places the document."""
+    from collab.hub import Peer
+    from collab.protocol import Submit
+
+    h1, h3 = await real_hubs(2)
+    a = Peer(queue_size=10_000)
+    doc1 = await h1.join("nobody", a, None)
+    assert await h3.replace("nobody", "héllo 🌍", author="Zoë 🦊") == 1  # forwarded to process 1
+    doc3 = h3.docs["nobody"]
+    assert doc3.forwarder.owner == h1.backplane.process_id and not doc3.peers
+    assert (h3.backplane.process_id, "server") in doc1.replica.forwarded
+    doc1.remove(a)
+    await asyncio.wait_for(_until(lambda: doc3.forwarder.owner is None
+                                  and not h3.cluster.ownership._rerouting and not h3.cluster.ownership._tasks), 30)
+    assert not h1.cluster.ownership.owns("nobody") and not h3.cluster.ownership.owns("nobody")
+
+    turns = h3.store.exclusive_turns
+    assert await h3.replace("nobody", "héllo 🌍!", author="Zoë 🦊") == 2
+    assert h3.cluster.ownership.owns("nobody")  # placed by the HTTP edit: the lease was free
+    c = Peer(queue_size=10_000)
+    assert await h3.join("nobody", c, None) is doc3
+    assert await doc3.submit(None, Submit(2, [8, "?"], "n3", None)) == 3
+    assert await h1.read("nobody") == (3, "héllo 🌍!?")
+    assert h1.conflicts == h3.conflicts == 0 and h3.store.exclusive_turns == turns
+
+
 async def test_a_new_owner_that_lately_applied_the_old_owner_s_commits_group_commits_without_the_row_lock(real_hubs):
     """A forwarder applies the owner's commits; when the lease comes to it (the owner's last client
     left), those recent commits of another process are no reason to commit holding the document's row

@@ -152,6 +152,8 @@ class Hub:
         returns its revision."""
         while True:
             doc = await self.document(doc_id)
+            if self.cluster is not None:
+                await self.cluster.ownership.claim(doc)
             try:
                 if self.store.may_conflict:
                     await doc.sync()

@@ -77,10 +77,11 @@ class Ownership:
         return owner if owner is not None and owner != self.backplane.process_id else None
 
     async def claim(self, doc: Any) -> None:
-        """Before a client joins ``doc`` where nobody is, and which is neither owned here nor forwarded (its
-        lease was handed over as its clients left, or it was ordered here without one): find its owner, or
-        take the lease if it is free, so that the first edit of people coming back has one sequencer
-        rather than this process beside the owner, each taking the document's row lock in turn."""
+        """Before a client joins ``doc`` where nobody is (or an HTTP edit is made to it), and which is
+        neither owned here nor forwarded (its lease was handed over as its clients left, or it was ordered
+        here without one): find its owner, or take the lease if it is free, so that the first edit of people
+        coming back has one sequencer rather than this process beside the owner, each taking the document's
+        row lock in turn."""
         if not doc.peers and self._unplaced(doc):
             await self._place_again(doc)
 
@@ -103,12 +104,19 @@ class Ownership:
         procs = {r.proc for r in doc.replica.peers.values()} | {proc for proc, _ in doc.replica.forwarded}
         procs.discard(own)
         if procs:
-            self._spawn(self._hand_over(doc.id, sorted(procs)))
+            self._spawn(self._hand_over(doc, sorted(procs)))
 
-    async def _hand_over(self, doc_id: str, procs: list[str]) -> None:
-        await self.release(doc_id)
+    async def _hand_over(self, doc: Any, procs: list[str]) -> None:
+        await self.release(doc.id)
+        if doc.peers and self.docs.get(doc.id) is doc:
+            # A client joined here while the lease was being released (its join found the document still
+            # owned, so it did not place it): place it now, before anyone is told, rather than order it
+            # here without the lease beside the next owner until the once-a-second check.
+            await self._place_again(doc)
+            if self.owns(doc.id):
+                return
         for proc in procs:
-            self.backplane.send(proc, not_owner_msg(doc_id))
+            self.backplane.send(proc, not_owner_msg(doc.id))
 
     async def release(self, doc_id: str) -> None:
         """``doc_id`` was closed here: let another process own it."""
@@ -135,7 +143,10 @@ class Ownership:
         elif kind == "not_owner":
             doc = self.docs.get(read_not_owner(msg) or "")
             if doc is not None and doc.forwarder is not None and doc.forwarder.owner == proc:
-                self.reroute(doc)
+                if doc.peers or doc.forwarder.awaiting:
+                    self.reroute(doc)
+                else:  # nobody here to order for: the next join (or HTTP edit) places it (see claim)
+                    doc.forwarder.owner = None
 
     def _take_submit(self, proc: str, msg: dict) -> None:
         parsed = read_submit(msg)
