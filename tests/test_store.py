@@ -979,6 +979,39 @@ async def test_postgres_an_append_built_on_a_refused_one_is_refused_though_its_p
         await drop_schema(schema)
 
 
+async def test_postgres_an_append_after_a_turn_that_retried_a_refused_chain_lands():
+    """A pipelined chain is refused: another process ordered its first op (a forwarded edit) too, at the
+    same revision. The document retries holding its row (``exclusive``), its other op now one revision
+    later, where the chain ended; then it pipelines again. That next append named the refused chain's
+    last op as the one before it (the last queued) and was refused at once, as built on a refused one,
+    though the op it named had landed in the turn: a lost race and another turn, again and again."""
+    reason = await _pg_reason()
+    if reason:
+        pytest.skip(reason)
+    from collab.store.postgres import PostgresStore
+
+    schema = f"collab_test_{secrets.token_hex(6)}"
+    mine, other = (PostgresStore(PG_URL, history_depth=5, schema=schema) for _ in range(2))
+    await mine.open()
+    await other.open()
+    try:
+        await mine.append("d", [StoredOp(1, ["🐝"], "c0", "first")], 1)
+        await other.append("d", [StoredOp(2, ["🌍", 1], "c2", "forwarded")], 2)
+        chain = [mine.start_append("d", [StoredOp(2, [1, "🦊"], "c1", "forwarded")], 2),
+                 mine.start_append("d", [StoredOp(3, [2, "!"], "c1", "mine-3")], 3)]
+        results = await asyncio.gather(*chain, return_exceptions=True)
+        assert all(isinstance(r, RevisionConflict) for r in results)
+        async with mine.exclusive("d"):  # the retry: "forwarded" is there already, "mine-3" ends where the chain did
+            await mine.append("d", [StoredOp(3, [2, "!"], "c1", "mine-3")], 3)
+        await mine.append("d", [StoredOp(4, [3, "?"], "c1", "mine-4")], 4)
+        state = await other.load("d", 5)
+        assert (state.rev, state.text) == (4, "🌍🐝!?")
+    finally:
+        await mine.close()
+        await other.close()
+        await drop_schema(schema)
+
+
 async def test_postgres_turns_that_each_need_a_new_author_do_not_take_the_whole_pool():
     """A turn holding a document's row (``exclusive``) may need a second connection: a new author's row
     is written on its own. As many turns as the pool has connections each held one and waited for

@@ -396,8 +396,14 @@ class PostgresStore(Store):
 
     @contextlib.asynccontextmanager
     async def exclusive(self, doc: str) -> AsyncIterator[None]:
-        """Lock ``doc``'s row for one transaction; appends and reads of ``doc`` inside use it."""
+        """Lock ``doc``'s row for one transaction; appends and reads of ``doc`` inside use it.
+
+        The hub takes a turn only with none of the document's appends in flight, so the turn begins a
+        new chain: no append after it is built on one queued before it, refused or not.
+        """
         self.exclusive_turns += 1
+        self._queued.pop(doc, None)
+        self._refused.pop(doc, None)
         async with self._turns, self.pool.acquire() as conn:
             async with conn.transaction():
                 # Creates the row (at revision 0) if needed, and locks it either way.
