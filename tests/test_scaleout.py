@@ -832,6 +832,55 @@ async def test_a_client_joining_the_owner_while_it_hands_the_lease_over_is_place
     assert h1.store.exclusive_turns + h2.store.exclusive_turns == turns
 
 
+async def test_a_client_admitted_after_the_lease_moved_under_its_join_is_placed(real_hubs):
+    """A join places the document first, then waits to be admitted (between two batches). If the owner
+    here handed the lease over in between (its last client left), the client is admitted to a document
+    that is neither owned here nor forwarded; it is placed again at once after the admission, rather than
+    have its edits ordered beside the new owner until the once-a-second check (stopped here)."""
+    import json
+
+    from collab.hub import Peer
+    from collab.protocol import Submit
+
+    h1, h2 = await real_hubs(2)
+    for hub in (h1, h2):
+        hub.cluster.ownership._watcher.cancel()
+    p2 = h2.backplane.process_id
+    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    doc1 = await h1.join("moved", a, None)
+    doc2 = await h2.join("moved", b, None)
+    assert await doc2.submit(None, Submit(0, ["héllo 🌍"], "v1", None)) == 1
+    await asyncio.wait_for(_until(lambda: b.id in doc1.replica.peers and a.id in doc2.replica.peers), 30)
+
+    ownership = h1.cluster.ownership
+    claim = ownership.claim
+
+    async def claim_then_the_lease_moves(doc):
+        await claim(doc)  # still owned here (its client is still on it): nothing to place
+        doc1.remove(a)  # the last client leaves: the lease goes to process 2, before this join is admitted
+        await _until(lambda: h2.cluster.ownership.owns("moved") and not ownership._tasks)
+        await _until_async(lambda: h1.backplane.owner("moved"), lambda owner: owner == p2)
+
+    ownership.claim = claim_then_the_lease_moves
+    a2 = Peer(queue_size=10_000)
+    assert await asyncio.wait_for(h1.join("moved", a2, None), 30) is doc1
+    ownership.claim = claim
+    await asyncio.wait_for(_until(lambda: not ownership._tasks), 30)
+    assert doc1.forwarder.owner == p2, "process 1 orders the document beside its owner"
+
+    turns = h1.store.exclusive_turns + h2.store.exclusive_turns
+    await doc1.submit(a2, Submit(1, [7, " 👋"], "v2", None))
+    await doc2.submit(b, Submit(1, ["¡", 7], "v3", None))
+
+    def acked(peer, op_id: str) -> bool:
+        return any(json.loads(f).get("type") == "ack" and json.loads(f).get("id") == op_id for f in peer.outbox)
+
+    await asyncio.wait_for(_until(lambda: acked(a2, "v2") and acked(b, "v3")), 30)
+    assert await h1.read("moved") == await h2.read("moved") == (3, "¡héllo 🌍 👋")
+    assert h1.conflicts == h2.conflicts == 0
+    assert h1.store.exclusive_turns + h2.store.exclusive_turns == turns
+
+
 async def test_a_process_with_nobody_on_a_document_does_not_take_its_lease_when_the_owner_hands_it_over(
         real_hubs):
     """Process 3 made an HTTP edit (forwarded to the owner, process 1) and has no client on the document.

@@ -132,9 +132,11 @@ class Hub:
                 await self.cluster.ownership.claim(doc)
             try:
                 await doc.join(peer, since)
-                return doc
             except DocumentFailed:
                 continue  # it was dropped after a storage error: load it afresh
+            if self.cluster is not None:
+                self.cluster.ownership.joined(doc)
+            return doc
 
     async def read(self, doc_id: str) -> tuple[int, str]:
         """The committed revision and text of ``doc_id`` (with a shared store: as of now, by any process)."""

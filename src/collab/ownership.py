@@ -85,6 +85,12 @@ class Ownership:
         if not doc.peers and self._unplaced(doc):
             await self._place_again(doc)
 
+    def joined(self, doc: Any) -> None:
+        """A client was admitted to ``doc``: if the lease was handed over while it waited to be (its join
+        placed the document, then found a batch in flight), place the document again now."""
+        if self._unplaced(doc):
+            self._spawn(self._place_again(doc))
+
     def _unplaced(self, doc: Any) -> bool:
         """Whether ``doc`` is ordered here without its lease: neither owned here nor forwarded."""
         return (self.leases is not None and doc.forwarder is not None and doc.forwarder.owner is None
