@@ -881,6 +881,64 @@ async def test_a_client_admitted_after_the_lease_moved_under_its_join_is_placed(
     assert h1.store.exclusive_turns + h2.store.exclusive_turns == turns
 
 
+async def test_a_hand_over_lets_the_batches_in_flight_land_before_the_others_hear_of_it(real_hubs):
+    """Process 1 owns the document and is committing an edit process 2 forwarded when its own last client
+    leaves, so it hands the lease over. Process 2 hears ``not_owner`` only once that commit has landed
+    and been announced (it has answered the edit by then, so it does not send it again), and the edit is
+    ordered once. Process 2 heard it at once, sent the edit again to itself as the new owner, and the
+    two processes ordered it both: a lost race, and a turn holding the document's row, per move. An edit
+    forwarded while the lease is being handed over is dropped by process 1 and sent again after."""
+    import json
+
+    from collab.hub import Peer
+    from collab.protocol import Submit
+    from collab.store.postgres import PostgresStore
+
+    h1, h2 = await real_hubs(2)
+    for hub in (h1, h2):
+        hub.cluster.ownership._watcher.cancel()
+    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    doc1 = await h1.join("inflight", a, None)
+    doc2 = await h2.join("inflight", b, None)
+    assert await doc2.submit(None, Submit(0, ["héllo 🌍"], "f1", None)) == 1  # ordered by process 1
+    await asyncio.wait_for(_until(lambda: b.id in doc1.replica.peers and a.id in doc2.replica.peers
+                                  and doc2.seq.rev == 1), 30)
+
+    told: list[tuple[int, list[str]]] = []  # process 2's revision, and its edits waiting for the owner, when told
+    direct = h2.backplane._direct
+
+    def spy(msg: dict) -> None:
+        if msg.get("t") == "not_owner":
+            told.append((doc2.seq.rev, sorted(doc2.forwarder.awaiting)))
+        direct(msg)
+
+    h2.backplane._direct = spy
+    blocker = PostgresStore(PG_URL, schema=h1.store.schema)
+    await blocker.open()
+    try:
+        async with blocker.exclusive("inflight"):  # another transaction holds the row: process 1's commit waits
+            await doc2.submit(b, Submit(1, [7, "!"], "f2", None))  # forwarded to process 1, which orders it
+            async with blocker.pool.acquire() as conn:
+                while not await conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+                    await asyncio.sleep(0.01)
+            doc1.remove(a)  # process 1's last client leaves: it hands the lease over
+            await asyncio.wait_for(_until(lambda: told or "inflight" in getattr(h1.cluster.ownership, "_handing", {})),
+                                   30)
+            await doc2.submit(b, Submit(1, ["¡", 7], "f3", None))  # forwarded during the hand-over
+    finally:
+        await blocker.close()
+
+    def acked(peer, op_id: str) -> bool:
+        return any(json.loads(f).get("type") == "ack" and json.loads(f).get("id") == op_id for f in peer.outbox)
+
+    await asyncio.wait_for(_until(lambda: acked(b, "f2") and acked(b, "f3") and told), 30)
+    rev, waiting = told[0]
+    assert rev == 2 and "f2" not in waiting, "process 2 heard not_owner before the commit of its edit"
+    assert await h1.read("inflight") == await h2.read("inflight") == (3, "¡héllo 🌍!")
+    assert [o.id for o in await h1.store.ops_since("inflight", 0)] == ["f1", "f2", "f3"]
+    assert h1.conflicts == h2.conflicts == 0
+
+
 async def test_a_process_with_nobody_on_a_document_does_not_take_its_lease_when_the_owner_hands_it_over(
         real_hubs):
     """Process 3 made an HTTP edit (forwarded to the owner, process 1) and has no client on the document.

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 from . import fanout
 from .cluster import Replica, Resync
 from .fanout import Flight, Item
-from .forwarding import Forwarder
+from .forwarding import ForwardedAuthor, Forwarder
 from .hubconfig import DocumentFailed, HubConfig, HubCounters
 from .peer import Peer, RemotePeer, may_edit
 from .protocol import (
@@ -557,6 +557,15 @@ class Document:
         taken += [item for item in self._inbox if item.sub.id == op_id]
         self._inbox = [item for item in self._inbox if item.sub.id != op_id]
         return taken
+
+    def give_back_forwarded(self) -> set[str]:
+        """Drop the submits other processes forwarded here that wait unordered in the inbox (this
+        process is handing the document over: they send them again to the next owner). Returns
+        those processes."""
+        back = {item.peer.proc for item in self._inbox if isinstance(item.peer, ForwardedAuthor)}
+        if back:
+            self._inbox = [item for item in self._inbox if not isinstance(item.peer, ForwardedAuthor)]
+        return back
 
     def order_here(self) -> None:
         """Stop forwarding: what waits for the owner is ordered by this process (it owns the document now)."""

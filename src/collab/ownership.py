@@ -51,6 +51,9 @@ class Ownership:
         #: one task per document submits them, so none overtakes another.
         self._waiting: dict[Any, deque[tuple[str, Forwarded]]] = {}
         self._watcher: asyncio.Task[None] | None = None
+        #: Documents whose lease is being handed over: forwarded submits for them are dropped (their
+        #: processes are told ``not_owner`` once it is done, and send them again to the next owner).
+        self._handing: dict[str, set[str]] = {}
 
     async def open(self) -> None:
         """Open the lease connection and start watching for silent owners (once, with the backplane)."""
@@ -100,29 +103,43 @@ class Ownership:
         """``doc``'s clients are all on other processes (the last one here left, or another process's
         joined while none is here): let one of those own it.
 
-        The lease is released and the owner record dropped before the processes that forward to this
-        one hear ``not_owner``: the first of them to look for the owner again takes the lease. What
-        they forwarded meanwhile is still ordered here, or refused with ``not_owner`` and sent again.
+        Each forwarded submit is ordered once, by one owner: from now on what the others forward is
+        dropped, and what they forwarded that waits here unordered is given back; the batches in flight
+        land and are announced; then the lease is released, and the others hear ``not_owner`` after the
+        announcements (the bus keeps their order), so they send again only what no one ordered. The first
+        of them to look for the owner again takes the lease.
         """
-        if not self.owns(doc.id) or doc.peers:
+        if not self.owns(doc.id) or doc.peers or doc.id in self._handing:
             return
         own = self.backplane.process_id
         procs = {r.proc for r in doc.replica.peers.values()} | {proc for proc, _ in doc.replica.forwarded}
         procs.discard(own)
         if procs:
-            self._spawn(self._hand_over(doc, sorted(procs)))
+            self._handing[doc.id] = procs
+            procs |= doc.give_back_forwarded()
+            waiting = self._waiting.get(doc)
+            if waiting:
+                procs.update(proc for proc, _ in waiting)
+                waiting.clear()
+            self._spawn(self._hand_over(doc, procs))
 
-    async def _hand_over(self, doc: Any, procs: list[str]) -> None:
-        await self.release(doc.id)
-        if doc.peers and self.docs.get(doc.id) is doc:
-            # A client joined here while the lease was being released (its join found the document still
-            # owned, so it did not place it): place it now, before anyone is told, rather than order it
-            # here without the lease beside the next owner until the once-a-second check.
-            await self._place_again(doc)
-            if self.owns(doc.id):
-                return
-        for proc in procs:
-            self.backplane.send(proc, not_owner_msg(doc.id))
+    async def _hand_over(self, doc: Any, procs: set[str]) -> None:
+        try:
+            try:
+                await doc.settle()
+            except DocumentFailed:
+                pass  # nothing more lands here: the others send everything again
+            await self.release(doc.id)
+            if doc.peers and self.docs.get(doc.id) is doc:
+                # A client joined here meanwhile (its join found the document still owned, so it did not
+                # place it): place it again before anyone is told, rather than order it here without the
+                # lease beside the next owner. The others still hear not_owner: they dropped nothing, but
+                # what they forwarded meanwhile was dropped here.
+                await self._place_again(doc)
+        finally:
+            del self._handing[doc.id]
+            for proc in sorted(procs):
+                self.backplane.send(proc, not_owner_msg(doc.id))
 
     async def release(self, doc_id: str) -> None:
         """``doc_id`` was closed here: let another process own it."""
@@ -160,6 +177,10 @@ class Ownership:
             log.warning("ignoring a malformed forwarded submit from process %.40s", proc)
             return
         doc_id, items = parsed
+        handing = self._handing.get(doc_id)
+        if handing is not None:  # told not_owner once the hand-over is done, and sent again then
+            handing.add(proc)
+            return
         doc = self.docs.get(doc_id)
         if doc is None or not self.owns(doc_id):
             self.backplane.send(proc, not_owner_msg(doc_id))
