@@ -939,6 +939,32 @@ async def test_a_hand_over_lets_the_batches_in_flight_land_before_the_others_hea
     assert h1.conflicts == h2.conflicts == 0
 
 
+async def test_a_lease_changing_hands_is_waited_for_not_taken_for_no_owner(real_hubs):
+    """Process 2 has just taken the lease and not yet written its owner record when process 1 places the
+    document: process 1 looks again a moment later and forwards to process 2, rather than order the
+    document beside it (both committing in turn, holding its row) until the once-a-second check."""
+    h1, h2 = await real_hubs(2)
+    p2 = h2.backplane.process_id
+    await h1.cluster.start()
+    await h2.cluster.start()
+    assert await h2.cluster.ownership.leases.acquire(["changing"]) == {"changing"}  # no record yet
+    owner = h1.backplane.owner
+    reads: list[str | None] = []
+
+    async def owner_then_written(doc_id: str) -> str | None:
+        found = await owner(doc_id)
+        reads.append(found)
+        if len(reads) == 1:  # just after this read, process 2 writes its record
+            h2.backplane.set_owner(doc_id)
+            await _until_async(lambda: owner(doc_id), lambda o: o == p2)
+        return found
+
+    h1.backplane.owner = owner_then_written
+    assert await h1.cluster.ownership.place("changing") == p2
+    assert reads == [None, p2]
+    assert not h1.cluster.ownership.owns("changing")
+
+
 async def test_a_process_with_nobody_on_a_document_does_not_take_its_lease_when_the_owner_hands_it_over(
         real_hubs):
     """Process 3 made an HTTP edit (forwarded to the owner, process 1) and has no client on the document.

@@ -35,6 +35,9 @@ log = logging.getLogger("collab.hub")
 #: Seconds forwarded submits may wait for the owner before this process looks for the owner again
 #: (and takes the lease if it is free: the owner died); after three times this, it orders them itself.
 OVERDUE_SECONDS = 1.0
+#: Seconds :meth:`Ownership.place` waits before each try to find a document's owner (a lease that is
+#: changing hands has no owner record for a moment).
+PLACE_RETRIES = (0.0, 0.005, 0.02, 0.05)
 
 
 class Ownership:
@@ -66,18 +69,28 @@ class Ownership:
         return self.leases is not None and doc_id in self.leases.held
 
     async def place(self, doc_id: str) -> str | None:
-        """Take ``doc_id``'s lease if it is free; the process to forward its submits to, or ``None`` to order here."""
+        """Take ``doc_id``'s lease if it is free; the process to forward its submits to, or ``None`` to order here.
+
+        A lease taken by another process whose record names nobody (or this process) is changing hands:
+        its holder writes the record right after taking it, and drops it just before letting go. So
+        this tries again a few times, for at most :data:`PLACE_RETRIES`' sum, before ordering here.
+        """
         if self.leases is None:
             return None
+        me = self.backplane.process_id
         try:
-            if doc_id in await self.leases.acquire([doc_id]):
-                self.backplane.set_owner(doc_id)
-                return None
-            owner = await self.backplane.owner(doc_id)
+            for delay in PLACE_RETRIES:
+                if delay:
+                    await asyncio.sleep(delay)
+                if doc_id in await self.leases.acquire([doc_id]):
+                    self.backplane.set_owner(doc_id)
+                    return None
+                owner = await self.backplane.owner(doc_id)
+                if owner is not None and owner != me:
+                    return owner
         except Exception as exc:  # ordered here: correct, only slower
             log.warning("finding the owner of %s failed: %s", doc_id, exc)
-            return None
-        return owner if owner is not None and owner != self.backplane.process_id else None
+        return None
 
     async def claim(self, doc: Any) -> None:
         """Before a client joins ``doc`` where nobody is (or an HTTP edit is made to it), and which is
