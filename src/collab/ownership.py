@@ -146,8 +146,8 @@ class Ownership:
             if doc.peers and self.docs.get(doc.id) is doc:
                 # A client joined here meanwhile (its join found the document still owned, so it did not
                 # place it): place it again before anyone is told, rather than order it here without the
-                # lease beside the next owner. The others still hear not_owner: they dropped nothing, but
-                # what they forwarded meanwhile was dropped here.
+                # lease beside the next owner. The others hear not_owner all the same, since what they
+                # forwarded meanwhile was dropped here: they find the owner again and send it there.
                 await self._place_again(doc)
         finally:
             del self._handing[doc.id]
