@@ -738,7 +738,6 @@ async def test_people_coming_back_to_a_document_have_one_sequencer_from_their_fi
     its client left first). A client coming back to process 1 is placed at its join: forwarding to the
     owner, never ordering beside it; the owner, with nobody of its own, hands the lease to process 1; a
     client coming back to process 2 then forwards there. Nobody's edit takes the row lock or loses a race."""
-    import json
 
     from collab.hub import Peer
     from collab.protocol import Submit
@@ -767,10 +766,7 @@ async def test_people_coming_back_to_a_document_have_one_sequencer_from_their_fi
     await doc1.submit(a2, Submit(1, [7, " 👋"], "k2", None))
     await doc2.submit(b2, Submit(1, ["¡", 7], "k3", None))
 
-    def acked(peer, op_id: str) -> bool:
-        return any(json.loads(f).get("type") == "ack" and json.loads(f).get("id") == op_id for f in peer.outbox)
-
-    await asyncio.wait_for(_until(lambda: acked(a2, "k2") and acked(b2, "k3")), 30)
+    await asyncio.wait_for(_until(lambda: _acked(a2, "k2") and _acked(b2, "k3")), 30)
     assert await h1.read("back") == await h2.read("back") == (3, "¡héllo 🌍 👋")
     assert h2.store.ops_written == written  # process 1 ordered both
     for hub in (h1, h2):
@@ -783,7 +779,6 @@ async def test_a_client_joining_the_owner_while_it_hands_the_lease_over_is_place
     so it does not place it). Once the release is done, process 1 places the document again before
     telling anyone, rather than order its new client's edits beside the next owner until its
     once-a-second check (stopped here, so that only the hand-over can place it)."""
-    import json
 
     from collab.hub import Peer
     from collab.protocol import Submit
@@ -819,17 +814,7 @@ async def test_a_client_joining_the_owner_while_it_hands_the_lease_over_is_place
     placed = h1.cluster.ownership.owns("handing") or doc1.forwarder.owner == h2.backplane.process_id
     assert placed, "process 1 orders the document without its lease"
 
-    turns = h1.store.exclusive_turns + h2.store.exclusive_turns
-    await doc1.submit(a2, Submit(1, [7, " 👋"], "g2", None))
-    await doc2.submit(b, Submit(1, ["¡", 7], "g3", None))
-
-    def acked(peer, op_id: str) -> bool:
-        return any(json.loads(f).get("type") == "ack" and json.loads(f).get("id") == op_id for f in peer.outbox)
-
-    await asyncio.wait_for(_until(lambda: acked(a2, "g2") and acked(b, "g3")), 30)
-    assert await h1.read("handing") == await h2.read("handing") == (3, "¡héllo 🌍 👋")
-    assert h1.conflicts == h2.conflicts == 0
-    assert h1.store.exclusive_turns + h2.store.exclusive_turns == turns
+    await _both_edit_through_one_sequencer(h1, h2, doc1, a2, doc2, b, "handing")
 
 
 async def test_a_client_admitted_after_the_lease_moved_under_its_join_is_placed(real_hubs):
@@ -837,7 +822,6 @@ async def test_a_client_admitted_after_the_lease_moved_under_its_join_is_placed(
     here handed the lease over in between (its last client left), the client is admitted to a document
     that is neither owned here nor forwarded; it is placed again at once after the admission, rather than
     have its edits ordered beside the new owner until the once-a-second check (stopped here)."""
-    import json
 
     from collab.hub import Peer
     from collab.protocol import Submit
@@ -868,17 +852,7 @@ async def test_a_client_admitted_after_the_lease_moved_under_its_join_is_placed(
     await asyncio.wait_for(_until(lambda: not ownership._tasks), 30)
     assert doc1.forwarder.owner == p2, "process 1 orders the document beside its owner"
 
-    turns = h1.store.exclusive_turns + h2.store.exclusive_turns
-    await doc1.submit(a2, Submit(1, [7, " 👋"], "v2", None))
-    await doc2.submit(b, Submit(1, ["¡", 7], "v3", None))
-
-    def acked(peer, op_id: str) -> bool:
-        return any(json.loads(f).get("type") == "ack" and json.loads(f).get("id") == op_id for f in peer.outbox)
-
-    await asyncio.wait_for(_until(lambda: acked(a2, "v2") and acked(b, "v3")), 30)
-    assert await h1.read("moved") == await h2.read("moved") == (3, "¡héllo 🌍 👋")
-    assert h1.conflicts == h2.conflicts == 0
-    assert h1.store.exclusive_turns + h2.store.exclusive_turns == turns
+    await _both_edit_through_one_sequencer(h1, h2, doc1, a2, doc2, b, "moved")
 
 
 async def test_a_hand_over_lets_the_batches_in_flight_land_before_the_others_hear_of_it(real_hubs):
@@ -888,7 +862,6 @@ async def test_a_hand_over_lets_the_batches_in_flight_land_before_the_others_hea
     ordered once. Process 2 heard it at once, sent the edit again to itself as the new owner, and the
     two processes ordered it both: a lost race, and a turn holding the document's row, per move. An edit
     forwarded while the lease is being handed over is dropped by process 1 and sent again after."""
-    import json
 
     from collab.hub import Peer
     from collab.protocol import Submit
@@ -928,10 +901,7 @@ async def test_a_hand_over_lets_the_batches_in_flight_land_before_the_others_hea
     finally:
         await blocker.close()
 
-    def acked(peer, op_id: str) -> bool:
-        return any(json.loads(f).get("type") == "ack" and json.loads(f).get("id") == op_id for f in peer.outbox)
-
-    await asyncio.wait_for(_until(lambda: acked(b, "f2") and acked(b, "f3") and told), 30)
+    await asyncio.wait_for(_until(lambda: _acked(b, "f2") and _acked(b, "f3") and told), 30)
     rev, waiting = told[0]
     assert rev == 2 and "f2" not in waiting, "process 2 heard not_owner before the commit of its edit"
     assert await h1.read("inflight") == await h2.read("inflight") == (3, "¡héllo 🌍!")
@@ -1352,6 +1322,28 @@ async def test_records_in_redis_that_no_process_wrote_are_taken_as_absent(real_h
     await h2.join("copied", c, None)
     assert [p["client"] for p in json.loads(b.outbox[0])["peers"]] == [a.id]
     assert json.loads(c.outbox[0])["peers"] == []
+
+
+def _acked(peer, op_id: str) -> bool:
+    """Whether ``peer`` was sent the ``ack`` of op ``op_id``."""
+    import json
+
+    return any(json.loads(f).get("type") == "ack" and json.loads(f).get("id") == op_id for f in peer.outbox)
+
+
+async def _both_edit_through_one_sequencer(h1, h2, doc1, a, doc2, b, doc_id: str) -> None:
+    """``a`` (on process 1) and ``b`` (on process 2) each edit ``doc_id`` at revision 1 ("héllo 🌍"):
+    both are acknowledged, both processes read the same text, and nobody lost a race or took the
+    document's row lock (one process ordered both edits)."""
+    from collab.protocol import Submit
+
+    turns = h1.store.exclusive_turns + h2.store.exclusive_turns
+    await doc1.submit(a, Submit(1, [7, " 👋"], f"{doc_id}-a", None))
+    await doc2.submit(b, Submit(1, ["¡", 7], f"{doc_id}-b", None))
+    await asyncio.wait_for(_until(lambda: _acked(a, f"{doc_id}-a") and _acked(b, f"{doc_id}-b")), 30)
+    assert await h1.read(doc_id) == await h2.read(doc_id) == (3, "¡héllo 🌍 👋")
+    assert h1.conflicts == h2.conflicts == 0
+    assert h1.store.exclusive_turns + h2.store.exclusive_turns == turns
 
 
 async def _until_async(read, cond) -> None:

@@ -939,77 +939,71 @@ async def test_postgres_keeps_u0000_and_migrates_schema_1_snapshots(tmp_path):
         await drop_schema(schema)
 
 
+@pytest.fixture
+async def two_pg_stores() -> AsyncIterator:
+    """Two PostgreSQL stores on one schema, as two processes of one deployment have (skipped without
+    PostgreSQL); dropped after."""
+    reason = await _pg_reason()
+    if reason:
+        pytest.skip(reason)
+    from collab.store.postgres import PostgresStore
+
+    schema = f"collab_test_{secrets.token_hex(6)}"
+    mine, other = (PostgresStore(PG_URL, history_depth=5, schema=schema) for _ in range(2))
+    await mine.open()
+    await other.open()
+    yield mine, other
+    await mine.close()
+    await other.close()
+    await drop_schema(schema)
+
+
 @pytest.mark.parametrize("together", [False, True], ids=["queued-while-written", "one-group-with-a-snapshot"])
-async def test_postgres_an_append_built_on_a_refused_one_is_refused_though_its_predecessor_s_op_is_there(together):
+async def test_postgres_an_append_built_on_a_refused_one_is_refused_though_its_predecessor_s_op_is_there(
+        together, two_pg_stores):
     """A pipelined append names the op before it (its predecessor's last) and lands only if that op is at
     the revision it continues from. Another process may commit that very op at that very revision, after
     other ops (an edit forwarded to an old owner and ordered by the new one too): the predecessor is
     refused, and the append built on it must be refused with it, not land on a history it was not
     transformed against. Whether it was queued while its predecessor was written, or with it in one
     group that cannot be merged (a snapshot)."""
-    reason = await _pg_reason()
-    if reason:
-        pytest.skip(reason)
-    from collab.store.postgres import PostgresStore
-
-    schema = f"collab_test_{secrets.token_hex(6)}"
-    mine, other = (PostgresStore(PG_URL, history_depth=5, schema=schema) for _ in range(2))
-    await mine.open()
-    await other.open()
-    try:
-        await mine.append("d", [StoredOp(1, ["🐝"], "c0", "first")], 1)
-        async with other.exclusive("d"):  # the other process holds the row while this one's append waits
-            first = mine.start_append("d", [StoredOp(2, [1, "🦊"], "c1", "forwarded")], 2,
-                                      (2, "🐝🦊") if together else None)
-            if not together:
-                async with mine.pool.acquire() as conn:  # this one's first append is written, and waits
-                    while not await conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
-                        await asyncio.sleep(0.01)
-            second = mine.start_append("d", [StoredOp(3, [2, "!"], "c1", "built-on-it")], 3)
-            # The other process orders the forwarded edit too, after another op of its own: same id, same revision.
-            await other.append("d", [StoredOp(2, ["🌍", 1], "c2", "forwarded")], 2)
-        with pytest.raises(RevisionConflict):
-            await first
-        with pytest.raises(RevisionConflict):
-            await second
-        assert (await other.load("d", 5)).text == "🌍🐝" and (await other.load("d", 5)).rev == 2
-    finally:
-        await mine.close()
-        await other.close()
-        await drop_schema(schema)
+    mine, other = two_pg_stores
+    await mine.append("d", [StoredOp(1, ["🐝"], "c0", "first")], 1)
+    async with other.exclusive("d"):  # the other process holds the row while this one's append waits
+        first = mine.start_append("d", [StoredOp(2, [1, "🦊"], "c1", "forwarded")], 2,
+                                  (2, "🐝🦊") if together else None)
+        if not together:
+            async with mine.pool.acquire() as conn:  # this one's first append is written, and waits
+                while not await conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+                    await asyncio.sleep(0.01)
+        second = mine.start_append("d", [StoredOp(3, [2, "!"], "c1", "built-on-it")], 3)
+        # The other process orders the forwarded edit too, after another op of its own: same id, same revision.
+        await other.append("d", [StoredOp(2, ["🌍", 1], "c2", "forwarded")], 2)
+    with pytest.raises(RevisionConflict):
+        await first
+    with pytest.raises(RevisionConflict):
+        await second
+    assert (await other.load("d", 5)).text == "🌍🐝" and (await other.load("d", 5)).rev == 2
 
 
-async def test_postgres_an_append_after_a_turn_that_retried_a_refused_chain_lands():
+async def test_postgres_an_append_after_a_turn_that_retried_a_refused_chain_lands(two_pg_stores):
     """A pipelined chain is refused: another process ordered its first op (a forwarded edit) too, at the
     same revision. The document retries holding its row (``exclusive``), its other op now one revision
     later, where the chain ended; then it pipelines again. That next append named the refused chain's
     last op as the one before it (the last queued) and was refused at once, as built on a refused one,
     though the op it named had landed in the turn: a lost race and another turn, again and again."""
-    reason = await _pg_reason()
-    if reason:
-        pytest.skip(reason)
-    from collab.store.postgres import PostgresStore
-
-    schema = f"collab_test_{secrets.token_hex(6)}"
-    mine, other = (PostgresStore(PG_URL, history_depth=5, schema=schema) for _ in range(2))
-    await mine.open()
-    await other.open()
-    try:
-        await mine.append("d", [StoredOp(1, ["🐝"], "c0", "first")], 1)
-        await other.append("d", [StoredOp(2, ["🌍", 1], "c2", "forwarded")], 2)
-        chain = [mine.start_append("d", [StoredOp(2, [1, "🦊"], "c1", "forwarded")], 2),
-                 mine.start_append("d", [StoredOp(3, [2, "!"], "c1", "mine-3")], 3)]
-        results = await asyncio.gather(*chain, return_exceptions=True)
-        assert all(isinstance(r, RevisionConflict) for r in results)
-        async with mine.exclusive("d"):  # the retry: "forwarded" is there already, "mine-3" ends where the chain did
-            await mine.append("d", [StoredOp(3, [2, "!"], "c1", "mine-3")], 3)
-        await mine.append("d", [StoredOp(4, [3, "?"], "c1", "mine-4")], 4)
-        state = await other.load("d", 5)
-        assert (state.rev, state.text) == (4, "🌍🐝!?")
-    finally:
-        await mine.close()
-        await other.close()
-        await drop_schema(schema)
+    mine, other = two_pg_stores
+    await mine.append("d", [StoredOp(1, ["🐝"], "c0", "first")], 1)
+    await other.append("d", [StoredOp(2, ["🌍", 1], "c2", "forwarded")], 2)
+    chain = [mine.start_append("d", [StoredOp(2, [1, "🦊"], "c1", "forwarded")], 2),
+             mine.start_append("d", [StoredOp(3, [2, "!"], "c1", "mine-3")], 3)]
+    results = await asyncio.gather(*chain, return_exceptions=True)
+    assert all(isinstance(r, RevisionConflict) for r in results)
+    async with mine.exclusive("d"):  # the retry: "forwarded" is there already, "mine-3" ends where the chain did
+        await mine.append("d", [StoredOp(3, [2, "!"], "c1", "mine-3")], 3)
+    await mine.append("d", [StoredOp(4, [3, "?"], "c1", "mine-4")], 4)
+    state = await other.load("d", 5)
+    assert (state.rev, state.text) == (4, "🌍🐝!?")
 
 
 async def test_postgres_turns_that_each_need_a_new_author_do_not_take_the_whole_pool():
