@@ -783,12 +783,7 @@ async def test_a_client_joining_the_owner_while_it_hands_the_lease_over_is_place
     from collab.hub import Peer
     from collab.protocol import Submit
 
-    h1, h2 = await real_hubs(2)
-    for hub in (h1, h2):
-        hub.cluster.ownership._watcher.cancel()
-    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
-    doc1 = await h1.join("handing", a, None)
-    doc2 = await h2.join("handing", b, None)
+    h1, h2, a, b, doc1, doc2 = await _a_client_on_each(real_hubs, "handing")
     assert h1.cluster.ownership.owns("handing") and doc2.forwarder.owner == h1.backplane.process_id
     assert await doc2.submit(None, Submit(0, ["héllo 🌍"], "g1", None)) == 1
     await asyncio.wait_for(_until(lambda: b.id in doc1.replica.peers and a.id in doc2.replica.peers), 30)
@@ -817,42 +812,36 @@ async def test_a_client_joining_the_owner_while_it_hands_the_lease_over_is_place
     await _both_edit_through_one_sequencer(h1, h2, doc1, a2, doc2, b, "handing")
 
 
-async def test_a_client_admitted_after_the_lease_moved_under_its_join_is_placed(real_hubs):
-    """A join places the document first, then waits to be admitted (between two batches). If the owner
-    here handed the lease over in between (its last client left), the client is admitted to a document
-    that is neither owned here nor forwarded; it is placed again at once after the admission, rather than
-    have its edits ordered beside the new owner until the once-a-second check (stopped here)."""
+async def test_an_owner_does_not_hand_the_lease_over_while_a_client_of_its_own_is_joining(real_hubs):
+    """A join places the document first, then waits to be admitted (between two batches, or while the
+    document loads). If the owner's last client leaves meanwhile, or another process's client joins, it
+    has no client of its own for a moment, but one is coming: it keeps the lease. It handed it over, and
+    its new client was admitted to a document neither owned here nor forwarded, whose edits were ordered
+    beside the new owner until the once-a-second check (stopped here)."""
 
     from collab.hub import Peer
     from collab.protocol import Submit
 
-    h1, h2 = await real_hubs(2)
-    for hub in (h1, h2):
-        hub.cluster.ownership._watcher.cancel()
-    p2 = h2.backplane.process_id
-    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
-    doc1 = await h1.join("moved", a, None)
-    doc2 = await h2.join("moved", b, None)
-    assert await doc2.submit(None, Submit(0, ["héllo 🌍"], "v1", None)) == 1
+    h1, h2, a, b, doc1, doc2 = await _a_client_on_each(real_hubs, "joining")
+    assert await doc2.submit(None, Submit(0, ["héllo 🌍"], "j1", None)) == 1
     await asyncio.wait_for(_until(lambda: b.id in doc1.replica.peers and a.id in doc2.replica.peers), 30)
 
     ownership = h1.cluster.ownership
     claim = ownership.claim
+    handed: list[bool] = []
 
-    async def claim_then_the_lease_moves(doc):
-        await claim(doc)  # still owned here (its client is still on it): nothing to place
-        doc1.remove(a)  # the last client leaves: the lease goes to process 2, before this join is admitted
-        await _until(lambda: h2.cluster.ownership.owns("moved") and not ownership._tasks)
-        await _until_async(lambda: h1.backplane.owner("moved"), lambda owner: owner == p2)
+    async def claim_then_the_last_client_leaves(doc):
+        await claim(doc)  # still owned here: nothing to place
+        doc1.remove(a)  # the last client admitted here leaves before this join is
+        handed.append("joining" in ownership._handing or not ownership.owns("joining"))
 
-    ownership.claim = claim_then_the_lease_moves
+    ownership.claim = claim_then_the_last_client_leaves
     a2 = Peer(queue_size=10_000)
-    assert await asyncio.wait_for(h1.join("moved", a2, None), 30) is doc1
+    assert await asyncio.wait_for(h1.join("joining", a2, None), 30) is doc1
     ownership.claim = claim
-    await asyncio.wait_for(_until(lambda: not ownership._tasks), 30)
-    assert doc1.forwarder.owner == p2, "process 1 orders the document beside its owner"
-
-    await _both_edit_through_one_sequencer(h1, h2, doc1, a2, doc2, b, "moved")
+    assert handed == [False], "process 1 handed the lease over with a client of its own joining"
+    assert ownership.owns("joining") and doc1.joining == 0
+    await _both_edit_through_one_sequencer(h1, h2, doc1, a2, doc2, b, "joining")
 
 
 async def test_a_hand_over_lets_the_batches_in_flight_land_before_the_others_hear_of_it(real_hubs):
@@ -863,16 +852,10 @@ async def test_a_hand_over_lets_the_batches_in_flight_land_before_the_others_hea
     two processes ordered it both: a lost race, and a turn holding the document's row, per move. An edit
     forwarded while the lease is being handed over is dropped by process 1 and sent again after."""
 
-    from collab.hub import Peer
     from collab.protocol import Submit
     from collab.store.postgres import PostgresStore
 
-    h1, h2 = await real_hubs(2)
-    for hub in (h1, h2):
-        hub.cluster.ownership._watcher.cancel()
-    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
-    doc1 = await h1.join("inflight", a, None)
-    doc2 = await h2.join("inflight", b, None)
+    h1, h2, a, b, doc1, doc2 = await _a_client_on_each(real_hubs, "inflight")
     assert await doc2.submit(None, Submit(0, ["héllo 🌍"], "f1", None)) == 1  # ordered by process 1
     await asyncio.wait_for(_until(lambda: b.id in doc1.replica.peers and a.id in doc2.replica.peers
                                   and doc2.seq.rev == 1), 30)
@@ -1322,6 +1305,20 @@ async def test_records_in_redis_that_no_process_wrote_are_taken_as_absent(real_h
     await h2.join("copied", c, None)
     assert [p["client"] for p in json.loads(b.outbox[0])["peers"]] == [a.id]
     assert json.loads(c.outbox[0])["peers"] == []
+
+
+async def _a_client_on_each(real_hubs, doc_id: str) -> tuple:
+    """Two hubs without their once-a-second placement check (so that only what a test exercises places
+    a document), and a client on ``doc_id`` on each, process 1's first (it owns the document)."""
+    from collab.hub import Peer
+
+    h1, h2 = await real_hubs(2)
+    for hub in (h1, h2):
+        hub.cluster.ownership._watcher.cancel()
+    a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+    doc1 = await h1.join(doc_id, a, None)
+    doc2 = await h2.join(doc_id, b, None)
+    return h1, h2, a, b, doc1, doc2
 
 
 def _acked(peer, op_id: str) -> bool:

@@ -67,6 +67,8 @@ class Document:
         self.replica = Replica(self, store, backplane, counters)
         self.forwarder = Forwarder(doc_id, backplane.send) if backplane is not None else None
         self.peers: dict[str, Peer] = {}
+        #: Joins under way (placed, not yet admitted): clients of this process's own, all but in.
+        self.joining = 0
         self.last_snapshot = state.rev
         self._inbox: list[Item] = []
         self._inbox_size = config.inbox_size

@@ -128,14 +128,15 @@ class Hub:
         """Open ``doc_id`` and admit ``peer`` to it."""
         while True:
             doc = await self.document(doc_id)
-            if self.cluster is not None:
-                await self.cluster.ownership.claim(doc)
+            doc.joining += 1  # (before any await: the owner here must not hand the lease over meanwhile)
             try:
+                if self.cluster is not None:
+                    await self.cluster.ownership.claim(doc)
                 await doc.join(peer, since)
             except DocumentFailed:
                 continue  # it was dropped after a storage error: load it afresh
-            if self.cluster is not None:
-                self.cluster.ownership.joined(doc)
+            finally:
+                doc.joining -= 1
             return doc
 
     async def read(self, doc_id: str) -> tuple[int, str]:

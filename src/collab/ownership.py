@@ -101,12 +101,6 @@ class Ownership:
         if not doc.peers and self._unplaced(doc):
             await self._place_again(doc)
 
-    def joined(self, doc: Any) -> None:
-        """A client was admitted to ``doc``: if the lease was handed over while it waited to be (its join
-        placed the document, then found a batch in flight), place the document again now."""
-        if self._unplaced(doc):
-            self._spawn(self._place_again(doc))
-
     def _unplaced(self, doc: Any) -> bool:
         """Whether ``doc`` is ordered here without its lease: neither owned here nor forwarded."""
         return (self.leases is not None and doc.forwarder is not None and doc.forwarder.owner is None
@@ -114,7 +108,7 @@ class Ownership:
 
     def hand_over(self, doc: Any) -> None:
         """``doc``'s clients are all on other processes (the last one here left, or another process's
-        joined while none is here): let one of those own it.
+        joined while none is here, and none is joining here): let one of those own it.
 
         Each forwarded submit is ordered once, by one owner: from now on what the others forward is
         dropped, and what they forwarded that waits here unordered is given back; the batches in flight
@@ -122,7 +116,7 @@ class Ownership:
         announcements (the bus keeps their order), so they send again only what no one ordered. The first
         of them to look for the owner again takes the lease.
         """
-        if not self.owns(doc.id) or doc.peers or doc.id in self._handing:
+        if not self.owns(doc.id) or doc.peers or doc.joining or doc.id in self._handing:
             return
         own = self.backplane.process_id
         procs = {r.proc for r in doc.replica.peers.values()} | {proc for proc, _ in doc.replica.forwarded}
@@ -143,7 +137,7 @@ class Ownership:
             except DocumentFailed:
                 pass  # nothing more lands here: the others send everything again
             await self.release(doc.id)
-            if doc.peers and self.docs.get(doc.id) is doc:
+            if (doc.peers or doc.joining) and self.docs.get(doc.id) is doc:
                 # A client joined here meanwhile (its join found the document still owned, so it did not
                 # place it): place it again before anyone is told, rather than order it here without the
                 # lease beside the next owner. The others hear not_owner all the same, since what they
