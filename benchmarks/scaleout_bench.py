@@ -51,6 +51,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import websockets
 from _common import free_port, wait_healthy
@@ -223,6 +224,7 @@ async def bench(args: argparse.Namespace) -> None:
     tag = secrets.token_hex(4)
     # (name, each server's environment, routed by document)
     configs: list[tuple[str, list[dict[str, str]], bool]] = []
+    schemas: list[int] = []  # the numbers of the schemas the configurations use (dropped after)
     with tempfile.TemporaryDirectory() as tmp:
         configs.append(("1 process, SQLite", [{"COLLAB_DATA_DIR": tmp}], False))
         if args.database_url and args.redis_url:
@@ -230,13 +232,14 @@ async def bench(args: argparse.Namespace) -> None:
             rsep = "&" if "?" in args.redis_url else "?"
 
             def pg(n: int) -> dict[str, str]:
+                schemas.append(n)
                 return {"DATABASE_URL": f"{args.database_url}{sep}schema=collab_bench_{tag}_{n}"}
 
-            configs.append(("1 process, PostgreSQL", [pg(5)], False))  # one process needs no Redis
+            configs.append((ONE_PG, [pg(5)], False))  # one process needs no Redis
             for n, procs, name, by_doc in ((1, 1, "1 process, PostgreSQL + Redis", False),
-                                           (2, 2, "2 processes, PostgreSQL + Redis, no affinity", False),
+                                           (2, 2, NO_AFFINITY, False),
                                            (3, 2, "2 processes, PostgreSQL + Redis, routed by document", True),
-                                           (4, 3, "3 processes, PostgreSQL + Redis, no affinity", False)):
+                                           (4, 3, THREE, False)):
                 env = dict(pg(n), REDIS_URL=f"{args.redis_url}{rsep}prefix=collab-bench-{tag}-{n}")
                 configs.append((name, [env] * procs, by_doc))
             configs.append((FLOOR, [pg(6), pg(7)], True))
@@ -261,7 +264,7 @@ async def bench(args: argparse.Namespace) -> None:
                 runs[name].append((many, again, hot))
                 print(f"done: {name} (round {r + 1} of {args.rounds})", file=sys.stderr)
         rows = [(name, [median_of([run[i] for run in done]) for i in range(3)]) for name, done in runs.items()]
-        await drop_schemas(args.database_url, tag, range(1, 8))
+        await drop_schemas(args.database_url, tag, schemas)
     rounds = f"; median of {args.rounds} rounds" if args.rounds > 1 else ""
     paced = ""
     if args.pace_many or args.pace_hot:
@@ -281,33 +284,50 @@ async def bench(args: argparse.Namespace) -> None:
     print_ratios(dict(rows))
 
 
-#: Issue 22's targets: (what, row, load, baseline row, measure, target; "≥" or "≤").
-TARGETS = [
-    ("1 process on PostgreSQL / 1 on SQLite, ops/s", "1 process, PostgreSQL", 0, "1 process, SQLite", "ops", "≥ 0.6"),
-    ("2 processes, no affinity / 1 on PostgreSQL, ops/s", "2 processes, PostgreSQL + Redis, no affinity", 0,
-     "1 process, PostgreSQL", "ops", "≥ 1.0"),
-    ("... collab CPU per op", "2 processes, PostgreSQL + Redis, no affinity", 0, "1 process, PostgreSQL", "per_op",
-     "≤ 1.3"),
-    ("hot doc, 3 processes / 1 on PostgreSQL, ops/s", "3 processes, PostgreSQL + Redis, no affinity", 2,
-     "1 process, PostgreSQL", "ops", "≥ 0.8"),
-    ("... ack p99", "3 processes, PostgreSQL + Redis, no affinity", 2, "1 process, PostgreSQL", "p99", "≤ 2.0"),
-    ("floor: 2 processes sharing nothing / 1 on PostgreSQL, ops/s", FLOOR, 0, "1 process, PostgreSQL", "ops", ""),
-    ("... collab CPU per op", FLOOR, 0, "1 process, PostgreSQL", "per_op", ""),
-    ("2 processes, no affinity / the floor, ops/s", "2 processes, PostgreSQL + Redis, no affinity", 0, FLOOR, "ops",
-     ""),
-    ("... collab CPU per op", "2 processes, PostgreSQL + Redis, no affinity", 0, FLOOR, "per_op", ""),
+@dataclass(frozen=True)
+class Ratio:
+    """One ratio between two rows of a run: ``row`` / ``base``, of ``measure`` under load number ``load``
+    (0: many docs, 2: hot doc); issue 22's target, if it sets one (``at_least``: the ratio must be at least
+    ``target``, else at most)."""
+
+    what: str
+    row: str
+    load: int
+    base: str
+    measure: str
+    target: float | None = None
+    at_least: bool = True
+
+    def line(self, rows: dict[str, list[dict]]) -> str | None:
+        """The ratio's table line, if both rows ran."""
+        if self.row not in rows or self.base not in rows or not rows[self.base][self.load][self.measure]:
+            return None
+        ratio = rows[self.row][self.load][self.measure] / rows[self.base][self.load][self.measure]
+        if self.target is None:
+            return f"| {self.what} | {ratio:.2f}x |  |  |"
+        met = ratio >= self.target if self.at_least else ratio <= self.target
+        return (f"| {self.what} | {ratio:.2f}x | {'≥' if self.at_least else '≤'} {self.target:.1f}x "
+                f"| {'yes' if met else 'no'} |")
+
+
+ONE_PG, NO_AFFINITY, THREE = ("1 process, PostgreSQL", "2 processes, PostgreSQL + Redis, no affinity",
+                              "3 processes, PostgreSQL + Redis, no affinity")
+RATIOS = [
+    Ratio("1 process on PostgreSQL / 1 on SQLite, ops/s", ONE_PG, 0, "1 process, SQLite", "ops", 0.6),
+    Ratio("2 processes, no affinity / 1 on PostgreSQL, ops/s", NO_AFFINITY, 0, ONE_PG, "ops", 1.0),
+    Ratio("... collab CPU per op", NO_AFFINITY, 0, ONE_PG, "per_op", 1.3, at_least=False),
+    Ratio("hot doc, 3 processes / 1 on PostgreSQL, ops/s", THREE, 2, ONE_PG, "ops", 0.8),
+    Ratio("... ack p99", THREE, 2, ONE_PG, "p99", 2.0, at_least=False),
+    Ratio("floor: 2 processes sharing nothing / 1 on PostgreSQL, ops/s", FLOOR, 0, ONE_PG, "ops"),
+    Ratio("... collab CPU per op", FLOOR, 0, ONE_PG, "per_op"),
+    Ratio("2 processes, no affinity / the floor, ops/s", NO_AFFINITY, 0, FLOOR, "ops"),
+    Ratio("... collab CPU per op", NO_AFFINITY, 0, FLOOR, "per_op"),
 ]
 
 
 def print_ratios(rows: dict[str, list[dict]]) -> None:
     """The ratios issue 22 sets targets for, from this run's rows (those that ran)."""
-    lines = []
-    for what, name, load, base, measure, target in TARGETS:
-        if name in rows and base in rows and rows[base][load][measure]:
-            ratio = rows[name][load][measure] / rows[base][load][measure]
-            met = "" if not target else ("yes" if (ratio >= float(target[2:]) if target[0] == "≥"
-                                                   else ratio <= float(target[2:])) else "no")
-            lines.append(f"| {what} | {ratio:.2f}x | {target + 'x' if target else ''} | {met} |")
+    lines = [line for line in (r.line(rows) for r in RATIOS) if line is not None]
     if lines:
         print("\n| ratio (within this run) | measured | target | met |\n| --- | ---: | ---: | --- |")
         print("\n".join(lines))
@@ -320,7 +340,7 @@ def median_of(results: list[dict]) -> dict:
     return out
 
 
-async def drop_schemas(url: str, tag: str, numbers: range = range(1, 6)) -> None:
+async def drop_schemas(url: str, tag: str, numbers: Iterable[int] = range(1, 6)) -> None:
     """Drop the schemas ``collab_bench_{tag}_{n}`` a run made."""
     if not url:
         return

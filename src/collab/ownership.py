@@ -122,12 +122,12 @@ class Ownership:
         procs = {r.proc for r in doc.replica.peers.values()} | {proc for proc, _ in doc.replica.forwarded}
         procs.discard(own)
         if procs:
-            self._handing[doc.id] = procs
             procs |= doc.give_back_forwarded()
             waiting = self._waiting.get(doc)
             if waiting:
                 procs.update(proc for proc, _ in waiting)
                 waiting.clear()
+            self._handing[doc.id] = procs  # _take_submit adds the senders of what it drops meanwhile
             self._spawn(self._hand_over(doc, procs))
 
     async def _hand_over(self, doc: Any, procs: set[str]) -> None:
