@@ -18,6 +18,7 @@ import subprocess
 import statistics
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -116,6 +117,26 @@ def wait_healthy(proc: subprocess.Popen, port: int, timeout: float = 30.0) -> No
         time.sleep(0.05)
     proc.kill()
     raise SystemExit(f"the collab server did not become healthy on port {port} within {timeout:g} s")
+
+
+def read_metrics(port: int, host: str = "127.0.0.1", timeout: float = 10) -> dict[str, float]:
+    """Every sample of the collab server's ``GET /metrics``, by name as written (labels included).
+
+    One parser for the Prometheus text the benchmarks read their counters from,
+    e.g. ``collab_frames_sent_total`` or ``collab_store_sync_seconds_bucket{le="0.005"}``.
+    Synchronous: from a coroutine, call it with ``asyncio.to_thread``.
+    """
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        # name{labels} value [timestamp]; a label value may hold spaces, so the name ends at its last brace
+        end = line.rindex("}") + 1 if "{" in line else len(line.split(None, 1)[0])
+        out[line[:end]] = float(line[end:].split()[0])
+    return out
 
 
 def machine() -> str:

@@ -31,10 +31,10 @@ import random
 import secrets
 import statistics
 import sys
-import urllib.request
 from dataclasses import dataclass, field
 
 import websockets
+from _common import read_metrics
 from scaleout_bench import Server, drop_schemas
 
 
@@ -105,13 +105,7 @@ async def replacer(servers: list[Server], docs: list[str], stop: float, tally: T
 
 def counters(server: Server) -> dict[str, float]:
     names = ("collab_store_commits_total", "collab_store_exclusive_turns_total", "collab_conflicts_total")
-    body = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10).read().decode()
-    out = {}
-    for line in body.splitlines():
-        name, _, value = line.partition(" ")
-        if name in names:
-            out[name] = float(value)
-    return out
+    return {name: value for name, value in read_metrics(server.port).items() if name in names}
 
 
 async def one_round(args: argparse.Namespace, r: int, tag: str) -> dict:

@@ -25,9 +25,8 @@ import sys
 import tempfile
 import time
 
-from _common import REPO, free_port, machine, percentile, raise_nofile, table, wait_healthy
+from _common import REPO, free_port, machine, percentile, raise_nofile, read_metrics, table, wait_healthy
 
-import httpx
 import websockets
 
 
@@ -45,8 +44,7 @@ def start_server(port: int, data_dir: str) -> subprocess.Popen:
 
 
 def frames_sent(port: int) -> int:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-    return int(re.search(r"^collab_frames_sent_total (\d+)", text, re.M).group(1))
+    return int(read_metrics(port)["collab_frames_sent_total"])
 
 
 async def run_load(port: int, clients: int, writers: int, seconds: float, rate: float, batch: bool) -> dict:

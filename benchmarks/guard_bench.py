@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common import read_metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -696,13 +698,8 @@ class Bench:
 
     def counters(self) -> dict[str, float]:
         """The server's ``*_total`` counters and its commit-fsync histogram buckets, from ``GET /metrics``."""
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as resp:
-            lines = resp.read().decode().splitlines()
-        return {name: float(value) for name, _, value in (ln.partition(" ") for ln in lines)
-                if (name.endswith("_total") or name.startswith("collab_store_sync_seconds_bucket"))
-                and not name.startswith("#")}
+        return {name: value for name, value in read_metrics(self.port).items()
+                if name.endswith("_total") or name.startswith("collab_store_sync_seconds_bucket")}
 
     def close(self) -> None:
         self.stop.set()

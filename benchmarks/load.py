@@ -56,7 +56,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, SRC, free_port, machine, percentile, raise_nofile, summarize_collapsed, table  # noqa: E402
+from _common import (  # noqa: E402
+    REPO, SRC, free_port, machine, percentile, raise_nofile, read_metrics, summarize_collapsed, table,
+)
 
 import orjson  # noqa: E402
 import psutil  # noqa: E402
@@ -520,11 +522,7 @@ class Run:
         """The server's average group commit (``/metrics``), or ``n/a`` (relay, memory store)."""
         if self.relay:
             return "n/a"
-        import httpx
-
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=30) as http:
-            text = (await http.get("/metrics")).text
-        counters = dict(line.split() for line in text.splitlines() if line.startswith("collab_store_"))
+        counters = await asyncio.to_thread(read_metrics, self.port, timeout=30)
         commits = int(counters.get("collab_store_commits_total", 0))
         return f"{int(counters['collab_store_ops_written_total']) / commits:.1f}" if commits else "n/a"
 
