@@ -844,6 +844,39 @@ async def test_an_owner_does_not_hand_the_lease_over_while_a_client_of_its_own_i
     await _both_edit_through_one_sequencer(h1, h2, doc1, a2, doc2, b, "joining")
 
 
+async def test_a_join_that_fails_lets_the_hand_over_it_held_back_happen(real_hubs):
+    """The owner's last client leaves while a client of its own is joining, so it keeps the lease; then
+    that join fails (its ``since`` is in the future). Nobody is left here: the lease goes to process 2,
+    where the clients are. It stayed here, with no client, until another process's client joined, and
+    every edit of process 2 crossed to process 1 and back."""
+
+    from collab.hub import Peer
+    from collab.protocol import ProtocolError, Submit
+
+    h1, h2, a, b, doc1, doc2 = await _a_client_on_each(real_hubs, "failing")
+    assert await doc2.submit(None, Submit(0, ["héllo 🌍"], "x1", None)) == 1
+    await asyncio.wait_for(_until(lambda: b.id in doc1.replica.peers and a.id in doc2.replica.peers), 30)
+
+    ownership = h1.cluster.ownership
+    claim = ownership.claim
+
+    async def claim_then_the_last_client_leaves(doc):
+        await claim(doc)
+        doc1.remove(a)  # held back: a client is joining
+
+    ownership.claim = claim_then_the_last_client_leaves
+    with pytest.raises(ProtocolError):
+        await asyncio.wait_for(h1.join("failing", Peer(queue_size=10_000), 99), 30)
+    ownership.claim = claim
+    assert not doc1.peers and doc1.joining == 0
+    await asyncio.wait_for(_until(lambda: h2.cluster.ownership.owns("failing")), 30)
+    assert not ownership.owns("failing")
+    commits = h2.store.commits
+    assert await doc2.submit(None, Submit(1, [7, " 🎉"], "x2", None)) == 2
+    assert h2.store.commits > commits  # ordered by process 2, where its client is
+    assert await h1.read("failing") == await h2.read("failing") == (2, "héllo 🌍 🎉")
+
+
 async def test_a_hand_over_lets_the_batches_in_flight_land_before_the_others_hear_of_it(real_hubs):
     """Process 1 owns the document and is committing an edit process 2 forwarded when its own last client
     leaves, so it hands the lease over. Process 2 hears ``not_owner`` only once that commit has landed

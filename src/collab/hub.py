@@ -137,6 +137,8 @@ class Hub:
                 continue  # it was dropped after a storage error: load it afresh
             finally:
                 doc.joining -= 1
+                if not doc.joining and not doc.peers and not doc.failed and doc.on_clients_elsewhere is not None:
+                    doc.on_clients_elsewhere(doc)  # this join failed: the hand-over it held back is due
             return doc
 
     async def read(self, doc_id: str) -> tuple[int, str]:
