@@ -1881,3 +1881,80 @@ async def test_pipelined_batches_that_lose_a_race_are_ordered_again_with_those_b
         for store in stores:
             await store.close()
         await _drop_test_state(schema, f"collab-race-{schema}")
+
+
+async def test_a_batch_lost_with_an_earlier_one_before_its_early_encoding_is_ordered_again_quietly(caplog):
+    """Process 1's batch loses its race to process 2's commit just as process 1 starts its next batch
+    (built on it): the refusal is settled before that batch's frames are encoded early, so the later
+    batch is lost, its submits queued again without results, before its early encoding runs, which must
+    then skip it (encoding it raised in a callback). Both submits are committed once, in one history; no
+    error is logged, nobody is disconnected, and the two processes converge."""
+    import json
+
+    reason = await _unavailable()
+    if reason:
+        pytest.skip(reason)
+    from collab.hub import Hub, HubConfig, Peer
+    from collab.protocol import Submit
+    from collab.store.base import RevisionConflict
+    from collab.store.postgres import PostgresStore
+
+    schema = f"collab_early_{secrets.token_hex(5)}"
+    stores = [PostgresStore(PG_URL, schema=schema) for _ in range(2)]
+    hubs = []
+    try:
+        for store in stores:
+            await store.open()
+            hubs.append(Hub(store, HubConfig(idle_unload_seconds=600)))  # no backplane: no owner, races
+        a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
+        doc1 = await hubs[0].join("early", a, None)
+        assert await doc1.submit(None, Submit(0, ["🌱"], "seed", None)) == 1
+        doc2 = await hubs[1].join("early", b, None)
+        assert await doc2.submit(None, Submit(1, [1, "🍎"], "b1", None)) == 2  # process 1 does not hear of it
+
+        # The one wrapped call: process 1's first append is written (and refused) as usual, but the document
+        # hears of it only when its next append starts, as if the refusal had come in the loop turn that
+        # starts the next batch: the document's callback is queued before the store refuses the next append
+        # (built on the refused one) and before that batch's early encoding, which then finds it lost.
+        start_append = stores[0].start_append
+        commits: list[asyncio.Future] = []  # process 1's appends, in order
+        held: list = []  # the first one's callback (the document's), until the next append starts
+        refused_first: list[bool] = []
+
+        def refusal_heard_at_next_start(doc, ops, size, snapshot=None, on_done=None, nbytes=None):
+            if not commits:  # the first: written as usual, its callback held
+                held.append(on_done)
+                commits.append(start_append(doc, ops, size, snapshot, None, nbytes))
+                return commits[0]
+            stores[0].start_append = start_append  # (once)
+            refused_first.append(commits[0].done() and isinstance(commits[0].exception(), RevisionConflict))
+            commits[0].add_done_callback(held.pop())  # done: queued at once, as the store's refusal queued it
+            commits.append(start_append(doc, ops, size, snapshot, on_done, nbytes))
+            return commits[1]
+
+        stores[0].start_append = refusal_heard_at_next_start
+        first = asyncio.ensure_future(doc1.submit(None, Submit(1, [1, "🌍"], "a1", None)))  # revision 2: taken
+        await asyncio.wait_for(_until(lambda: commits and commits[0].done()), 30)
+        second = asyncio.ensure_future(doc1.submit(None, Submit(1, [1, "é👩‍💻"], "a2", None)))  # built on it
+        revs = await asyncio.wait_for(asyncio.gather(first, second), 30)
+
+        assert refused_first == [True], "the first batch was not refused before the next one started"
+        assert isinstance(commits[1].exception(), RevisionConflict), "the later batch was not lost with it"
+        assert sorted(revs) == [3, 4] and hubs[0].conflicts == 1
+        assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert not doc1.failed and not doc2.failed and not a.closed and not b.closed
+        await asyncio.wait_for(doc2.sync(), 30)
+        state = await stores[1].load("early", 100)
+        assert [o.id for o in state.history] == ["seed", "b1", "a1", "a2"]
+        assert state.rev == 4 and doc1.snapshot() == doc2.snapshot() == (4, state.text)
+        assert state.text == "🌱é👩‍💻🌍🍎"  # all inserted at 1: at a tie the op ordered later goes first
+        assert (stores[0].ops_written, stores[1].ops_written) == (3, 1)  # each op written once
+        for peer, since in ((a, 0), (b, 1)):  # every op shown once, in order, to a client of each process
+            ops = [m["rev"] for m in map(json.loads, peer.take()) if m["type"] == "op"]
+            assert ops == list(range(since + 1, 5)), ops
+    finally:
+        for hub in hubs:
+            await hub.close()
+        for store in stores:
+            await store.close()
+        await _drop_test_state(schema, f"collab-early-{schema}")
