@@ -7,9 +7,10 @@ next time; only cancelling stops it. Used by the trash and the revocations.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Awaitable, Callable
+
+from .aio import cancel_and_wait
 
 
 class Chores:
@@ -35,8 +36,5 @@ class Chores:
 
     async def close(self) -> None:
         """Cancel every chore and wait for it to end."""
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks = []

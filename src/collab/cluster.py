@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from . import ot
+from .aio import cancel_and_wait
 from .forwarding import ForwardedAuthor
 from .ownership import Ownership
 from .hubconfig import DocumentFailed, HubCounters
@@ -652,12 +653,7 @@ class Cluster:
     async def close(self) -> None:
         """Stop the watch and the backplane."""
         self.closing = True
-        if self._watcher is not None:
-            self._watcher.cancel()
-            try:
-                await self._watcher
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._watcher)
         await self.ownership.close(self.started)
         if self.started:
             await self.backplane.close()

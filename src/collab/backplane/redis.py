@@ -40,6 +40,7 @@ import time
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ..aio import cancel_and_wait
 from ..seal import MAX_AGE
 from . import Backplane, DirectHandler, Handler
 from .resp import Address, Command, Link, LinkError, connect, refusals
@@ -204,13 +205,7 @@ class RedisBackplane(Backplane):
                 await asyncio.wait_for(asyncio.shield(sender), 5)
             except (asyncio.TimeoutError, Exception):
                 pass
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(*self._tasks)
         if self.redis is not None:
             try:
                 await self.redis.delete(self._proc_key(self.process_id))

@@ -24,6 +24,7 @@ import time
 from typing import Any, AsyncIterator, Callable, NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ..aio import cancel_and_wait
 from . import history
 from .base import Credential, DocInfo, DocState, RevisionConflict, Store, StoredOp, replay
 from .base import dump_op as _dumps
@@ -377,10 +378,7 @@ class PostgresStore(Store):
     async def close(self) -> None:
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
-        if self._maintainer is not None:
-            self._maintainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._maintainer
+        await cancel_and_wait(self._maintainer)
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
