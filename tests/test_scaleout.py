@@ -877,6 +877,38 @@ async def test_a_join_that_fails_lets_the_hand_over_it_held_back_happen(real_hub
     assert await h1.read("failing") == await h2.read("failing") == (2, "héllo 🌍 🎉")
 
 
+async def test_an_http_edit_that_takes_a_free_lease_hands_it_to_where_the_clients_are(real_hubs):
+    """Process 2 has the document's only client; its lease is free for a moment (released, as in a
+    hand-over or after its owner died). An HTTP edit on process 1, which has nobody on the document,
+    finds no owner and takes the lease to order the edit; once it is committed, process 1 lets the lease
+    go, and process 2's once-a-second check takes it. Process 1 kept it, with nobody of its own, and
+    every edit of process 2's client crossed to process 1 and back until another process's client
+    joined there."""
+    from collab.hub import Peer
+    from collab.protocol import Submit
+
+    h1, h2 = await real_hubs(2)
+    for hub in (h1, h2):
+        hub.cluster.ownership._watcher.cancel()  # (process 2's runs again once the edit is made)
+    b = Peer(queue_size=10_000)
+    doc2 = await h2.join("free", b, None)
+    assert h2.cluster.ownership.owns("free")
+    assert await h1.read("free") == (0, "")  # loaded on process 1, which knows of process 2's client
+    doc1 = h1.docs["free"]
+    await asyncio.wait_for(_until(lambda: b.id in doc1.replica.peers), 30)
+    await h2.cluster.ownership.release("free")  # the lease is free for a moment
+
+    assert await h1.replace("free", "héllo 🌍", "w1") == 1
+    ownership = h2.cluster.ownership
+    ownership._watcher = asyncio.create_task(ownership._watch())
+    await asyncio.wait_for(_until(lambda: ownership.owns("free")), 30)
+    assert not h1.cluster.ownership.owns("free") and not doc1.peers
+    commits = h2.store.commits
+    assert await doc2.submit(None, Submit(1, [7, " 🎉"], "w2", None)) == 2
+    assert h2.store.commits > commits  # ordered by process 2, where its client is
+    assert await h1.read("free") == await h2.read("free") == (2, "héllo 🌍 🎉")
+
+
 async def test_a_hand_over_lets_the_batches_in_flight_land_before_the_others_hear_of_it(real_hubs):
     """Process 1 owns the document and is committing an edit process 2 forwarded when its own last client
     leaves, so it hands the lease over. Process 2 hears ``not_owner`` only once that commit has landed

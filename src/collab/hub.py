@@ -137,8 +137,7 @@ class Hub:
                 continue  # it was dropped after a storage error: load it afresh
             finally:
                 doc.joining -= 1
-                if not doc.joining and not doc.peers and not doc.failed and doc.on_clients_elsewhere is not None:
-                    doc.on_clients_elsewhere(doc)  # this join failed: the hand-over it held back is due
+                _nobody_here(doc)  # this join failed: the hand-over it held back is due
             return doc
 
     async def read(self, doc_id: str) -> tuple[int, str]:
@@ -168,6 +167,8 @@ class Hub:
                 return await doc.submit(None, sub)  # type: ignore[return-value]
             except DocumentFailed:
                 continue  # dropped after a storage error: load it afresh and diff again
+            finally:
+                _nobody_here(doc)  # the edit may have taken the lease for nobody here
 
     def drop(self, doc: Document) -> None:
         """Stop serving ``doc`` from memory now (renamed: the next use of either name loads from the store)."""
@@ -203,3 +204,10 @@ class Hub:
             doc.kick_all(CLOSE_RESTART, "the server is restarting: reconnect")
         if self.cluster is not None:
             await self.cluster.close()
+
+
+def _nobody_here(doc: Document) -> None:
+    """After a join or an HTTP edit: if nobody is on ``doc`` here, offer its lease to where its clients are
+    (a failed join held the hand-over back; an HTTP edit may have taken a free lease)."""
+    if not doc.joining and not doc.peers and not doc.failed and doc.on_clients_elsewhere is not None:
+        doc.on_clients_elsewhere(doc)
