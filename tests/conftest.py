@@ -270,9 +270,7 @@ class TcpProxy:
 
     ``blackhole()`` stops forwarding in both directions while keeping both
     sockets open (a laptop lid shut: no FIN, no close frame); ``cut()``
-    aborts every connection; ``refuse`` makes new connections fail at once;
-    ``hold_replies()`` keeps what the server sends back until ``release_replies()``
-    (a slow return path), while what clients send still flows.
+    aborts every connection; ``refuse`` makes new connections fail at once.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -282,8 +280,6 @@ class TcpProxy:
         self._server: asyncio.base_events.Server | None = None
         self._pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter, list[bool]]] = []
         self._tasks: set[asyncio.Task] = set()
-        self._replies = asyncio.Event()
-        self._replies.set()
 
     async def start(self) -> "TcpProxy":
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -305,21 +301,18 @@ class TcpProxy:
             return
         flowing = [True]
         self._pairs.append((writer, up_writer, flowing))
-        for src, dst, gate in ((reader, up_writer, None), (up_reader, writer, self._replies)):
-            task = asyncio.create_task(self._pipe(src, dst, flowing, gate))
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(src, dst, flowing))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     @staticmethod
-    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, flowing: list[bool],
-                    gate: asyncio.Event | None = None) -> None:
+    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, flowing: list[bool]) -> None:
         try:
             while True:
                 data = await src.read(65536)
                 if not data:
                     break
-                if gate is not None:
-                    await gate.wait()
                 if flowing[0]:
                     dst.write(data)
                     await dst.drain()
@@ -328,12 +321,6 @@ class TcpProxy:
         finally:
             if flowing[0]:
                 dst.transport.abort()
-
-    def hold_replies(self) -> None:
-        self._replies.clear()
-
-    def release_replies(self) -> None:
-        self._replies.set()
 
     def blackhole(self) -> None:
         for _, _, flowing in self._pairs:

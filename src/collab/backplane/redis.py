@@ -33,7 +33,6 @@ reconnect by the re-subscription confirmation and asks the hub to resync.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import re
 import time
@@ -64,10 +63,6 @@ _PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 #: Most entries in one bundle (a long queue, after Redis was away, goes out in several).
 MAX_BUNDLE = 1000
-#: Sends written to Redis and not yet answered, at most: the next send does not wait for the reply to
-#: the one before (a hop to another process costs one write, not a round trip more), while a busy
-#: process still gathers what it queues meanwhile into one bundle.
-SEND_WINDOW = 2
 #: Senders whose last bundle number is kept (processes come and go over a deployment's life).
 MAX_SENDERS = 10_000
 #: Seconds between two warnings about bundles dropped for their seal (one per burst, with the count).
@@ -128,9 +123,6 @@ class RedisBackplane(Backplane):
         #: When this process last read one of its own bundles back (loop time; see ``_heartbeat``).
         self._echo_at = 0.0
         self._wakeup = asyncio.Event()
-        #: Sends written and not yet answered, and the first failure one of them met (see ``_send``).
-        self._unanswered = 0
-        self._send_failure: Exception | None = None
         self._tasks: list[asyncio.Task] = []
         #: Whether the bus's subscription was confirmed before (a second confirmation is a reconnect).
         self._confirmed = False
@@ -405,21 +397,17 @@ class RedisBackplane(Backplane):
         self._enqueue(("HDEL", self._peers_key(doc), client))
 
     async def _send(self) -> None:
-        """Send queued commands in order, as pipelines, up to :data:`SEND_WINDOW` of them unanswered;
-        after a failure, drop them and resync."""
+        """Send queued commands in order, as pipelines; after a failure, drop them and resync."""
         failed = False
         while True:
-            if self._send_failure is None and (not self._queue or self._unanswered >= SEND_WINDOW):
-                if self._closing and not self._queue and not self._unanswered:
+            if not self._queue:
+                if self._closing:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch, self._queue = (self._queue, []) if self._send_failure is None else ([], self._queue)
+            batch, self._queue = self._queue, []
             try:
-                if self._send_failure is not None:  # a send answered badly: those after it went the same way
-                    exc, self._send_failure = self._send_failure, None
-                    raise exc
                 commands: list[Command] = []
                 entries: list[bytes] = []
                 beat = False
@@ -444,8 +432,9 @@ class RedisBackplane(Backplane):
                 out = self._out
                 if out is None or not out.open:
                     out = self._out = await connect(self._address, self._name)
-                self._unanswered += 1
-                out.call(commands).add_done_callback(functools.partial(self._answered, commands))
+                refused = refusals(commands, await out.call(commands))
+                if refused is not None:
+                    raise LinkError(f"Redis refused {refused}")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -458,19 +447,6 @@ class RedisBackplane(Backplane):
             if failed:
                 failed = False
                 self._resync("publishing to Redis works again")
-
-    def _answered(self, commands: list[Command], fut: "asyncio.Future[list]") -> None:
-        """Redis answered a send (or its connection was lost first): let the next one go, or fail."""
-        self._unanswered -= 1
-        self._wakeup.set()
-        if fut.cancelled():
-            return
-        exc = fut.exception()
-        if exc is None:
-            refused = refusals(commands, fut.result())
-            exc = LinkError(f"Redis refused {refused}") if refused is not None else None
-        if exc is not None and self._send_failure is None:
-            self._send_failure = exc  # type: ignore[assignment]
 
     # -- presence and liveness -------------------------------------------------------
 
