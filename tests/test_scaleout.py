@@ -1860,6 +1860,32 @@ async def test_a_race_lost_before_forwarding_leaves_no_row_lock_behind(real_hubs
     assert h1.store.ops_written == 3 and str(doc2.text) == "🌍é!"
 
 
+@contextlib.asynccontextmanager
+async def _racing_hubs(name: str) -> AsyncIterator[tuple[list, list]]:
+    """Two hubs on one PostgreSQL schema and no backplane: no owners, so both order a document's edits
+    and their commits race (the store's unique revisions settle it)."""
+    reason = await _unavailable()
+    if reason:
+        pytest.skip(reason)
+    from collab.hub import Hub, HubConfig
+    from collab.store.postgres import PostgresStore
+
+    schema = f"collab_{name}_{secrets.token_hex(5)}"
+    stores = [PostgresStore(PG_URL, schema=schema) for _ in range(2)]
+    hubs: list = []
+    try:
+        for store in stores:
+            await store.open()
+            hubs.append(Hub(store, HubConfig(idle_unload_seconds=600)))
+        yield stores, hubs
+    finally:
+        for hub in hubs:
+            await hub.close()
+        for store in stores:
+            await store.close()
+        await _drop_test_state(schema, f"collab-{name}-{schema}")
+
+
 @pytest.mark.parametrize("resends", [False, True], ids=["edits", "edits-and-resends"])
 async def test_pipelined_batches_that_lose_a_race_are_ordered_again_with_those_built_on_them(resends, caplog):
     """Two processes with no backplane (so no owners) both write one document, each keeping several
@@ -1867,20 +1893,10 @@ async def test_pipelined_batches_that_lose_a_race_are_ordered_again_with_those_b
     it, and all of them are ordered again. Every submit is committed once, in one history. A batch
     of resends only (it writes nothing) that was behind a lost one is ordered again too, not taken
     for one the store let through (which fails the document)."""
-    reason = await _unavailable()
-    if reason:
-        pytest.skip(reason)
-    from collab.hub import Hub, HubConfig, Peer
+    from collab.hub import Peer
     from collab.protocol import Submit
-    from collab.store.postgres import PostgresStore
 
-    schema = f"collab_race_{secrets.token_hex(5)}"
-    stores = [PostgresStore(PG_URL, schema=schema) for _ in range(2)]
-    hubs = []
-    try:
-        for store in stores:
-            await store.open()
-            hubs.append(Hub(store, HubConfig(idle_unload_seconds=600)))
+    async with _racing_hubs("race") as (stores, hubs):
         docs = [await hub.join("race", Peer(queue_size=10_000), None) for hub in hubs]
 
         async def writer(doc, tag: str) -> list[int]:
@@ -1907,12 +1923,6 @@ async def test_pipelined_batches_that_lose_a_race_are_ordered_again_with_those_b
             for i in range(40):
                 assert state.text.count(f"{tag}{i:02}🙂") == 1
                 assert await stores[1].find_op("race", f"{tag}{i}") == (revs[0] if tag == "a" else revs[1])[i]
-    finally:
-        for hub in hubs:
-            await hub.close()
-        for store in stores:
-            await store.close()
-        await _drop_test_state(schema, f"collab-race-{schema}")
 
 
 async def test_a_batch_lost_with_an_earlier_one_before_its_early_encoding_is_ordered_again_quietly(caplog):
@@ -1923,21 +1933,11 @@ async def test_a_batch_lost_with_an_earlier_one_before_its_early_encoding_is_ord
     error is logged, nobody is disconnected, and the two processes converge."""
     import json
 
-    reason = await _unavailable()
-    if reason:
-        pytest.skip(reason)
-    from collab.hub import Hub, HubConfig, Peer
+    from collab.hub import Peer
     from collab.protocol import Submit
     from collab.store.base import RevisionConflict
-    from collab.store.postgres import PostgresStore
 
-    schema = f"collab_early_{secrets.token_hex(5)}"
-    stores = [PostgresStore(PG_URL, schema=schema) for _ in range(2)]
-    hubs = []
-    try:
-        for store in stores:
-            await store.open()
-            hubs.append(Hub(store, HubConfig(idle_unload_seconds=600)))  # no backplane: no owner, races
+    async with _racing_hubs("early") as (stores, hubs):
         a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
         doc1 = await hubs[0].join("early", a, None)
         assert await doc1.submit(None, Submit(0, ["🌱"], "seed", None)) == 1
@@ -1984,9 +1984,3 @@ async def test_a_batch_lost_with_an_earlier_one_before_its_early_encoding_is_ord
         for peer, since in ((a, 0), (b, 1)):  # every op shown once, in order, to a client of each process
             ops = [m["rev"] for m in map(json.loads, peer.take()) if m["type"] == "op"]
             assert ops == list(range(since + 1, 5)), ops
-    finally:
-        for hub in hubs:
-            await hub.close()
-        for store in stores:
-            await store.close()
-        await _drop_test_state(schema, f"collab-early-{schema}")
