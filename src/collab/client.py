@@ -25,6 +25,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Union
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from . import history_client, ot
+from .aio import cancel_and_wait
 from .history_client import HistoryError, Revision
 from .clientevents import (
     Acked,
@@ -260,11 +261,7 @@ class Document:
             except Exception:  # pragma: no cover - best effort
                 pass
         if self._task is not None and self._task is not asyncio.current_task():
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+            await cancel_and_wait(self._task)
         if self._failure is None:
             self._failure = CollabError("closed", "the document was closed; connect again to keep editing")
         self._notify()
