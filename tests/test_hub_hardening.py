@@ -284,3 +284,33 @@ async def test_a_write_cancelled_midway_acks_nothing_and_does_not_hang_shutdown(
     await asyncio.wait_for(hub.close(), 10)
     assert writer.closed and writer.close_code == CLOSE_INTERNAL
     assert [m for m in drain(writer) if m["type"] == "ack"] == []
+
+
+async def test_a_cancelled_wait_for_the_commits_leaves_the_commit_in_flight_alone():
+    """A hand-over waits with ``settle`` for its document's commit in flight; cancelling that wait (the
+    process is closing) must not cancel the commit: it lands, and its author is acknowledged."""
+    store = GatedStore()
+    hub = Hub(store)
+    writer = Peer(User("w", "#000"))
+    doc = await hub.join("s", writer, None)
+    drain(writer)
+    store.gate = gate = asyncio.Event()
+    await doc.submit(writer, Submit(0, ["🌍 kept"], "s1", None))
+    await store.waiting.wait()
+    waiting = asyncio.Event()
+
+    async def hand_over() -> None:
+        waiting.set()
+        await doc.settle()
+
+    task = asyncio.ensure_future(hand_over())
+    await waiting.wait()  # the task runs on to the first thing settle waits for before this resumes
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    store.gate = None
+    gate.set()
+    await asyncio.wait_for(doc.settle(), 10)
+    assert drain(writer) == [{"type": "ack", "id": "s1", "rev": 1}]
+    assert not writer.closed and await hub.read("s") == (1, "🌍 kept")
+    await hub.close()

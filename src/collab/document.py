@@ -501,9 +501,12 @@ class Document:
         await fut
 
     async def settle(self) -> None:
-        """Return once the commit loop is idle and every commit has landed (for shutdown)."""
+        """Return once the commit loop is idle and every commit has landed (for shutdown, and a hand-over).
+
+        Cancelling this wait leaves the commit loop alone (``gather`` would cancel it, failing the document).
+        """
         if self._committer is not None:
-            await asyncio.gather(self._committer, return_exceptions=True)
+            await asyncio.wait([self._committer])
         await self._settled()
 
     def _encode_early(self, flight: Flight) -> None:
