@@ -373,6 +373,20 @@ async def real_hubs() -> AsyncIterator:
         await hub.close()
         await hub.store.close()
     await _drop_test_state(schema, prefix)
+    assert not _collab_tasks_left(), "closed hubs left tasks running"
+
+
+def _collab_tasks_left() -> list[str]:
+    """The tasks still running whose coroutine is collab's (a closed hub waits for its own to end)."""
+    import collab
+
+    root = os.path.dirname(collab.__file__)
+    left = []
+    for task in asyncio.all_tasks():
+        code = getattr(task.get_coro(), "cr_code", None)
+        if task is not asyncio.current_task() and not task.done() and code and code.co_filename.startswith(root):
+            left.append(f"{task.get_name()}: {code.co_qualname}")
+    return left
 
 
 async def test_a_dropped_redis_connection_is_noticed_and_the_gap_filled(real_hubs):
@@ -470,7 +484,7 @@ async def test_a_crashed_process_s_clients_leave_and_its_edits_stay(real_hubs):
     # A crash: h1's tasks stop without a word (no leave published, no heartbeat withdrawn).
     for task in h1.backplane._tasks:
         task.cancel()
-    h1.cluster._watcher.cancel()
+    await h1.cluster.stop_watching()
 
     async def left() -> None:
         while not any(json.loads(f) == {"type": "leave", "client": a.id} for f in b.outbox):
@@ -889,7 +903,7 @@ async def test_an_http_edit_that_takes_a_free_lease_hands_it_to_where_the_client
 
     h1, h2 = await real_hubs(2)
     for hub in (h1, h2):
-        hub.cluster.ownership._watcher.cancel()  # (process 2's runs again once the edit is made)
+        await hub.cluster.ownership.stop_watching()  # (process 2's starts again once the edit is made)
     b = Peer(queue_size=10_000)
     doc2 = await h2.join("free", b, None)
     assert h2.cluster.ownership.owns("free")
@@ -900,7 +914,7 @@ async def test_an_http_edit_that_takes_a_free_lease_hands_it_to_where_the_client
 
     assert await h1.replace("free", "héllo 🌍", "w1") == 1
     ownership = h2.cluster.ownership
-    ownership._watcher = asyncio.create_task(ownership._watch())
+    ownership.start_watching()
     await asyncio.wait_for(_until(lambda: ownership.owns("free")), 30)
     assert not h1.cluster.ownership.owns("free") and not doc1.peers
     commits = h2.store.commits
@@ -1050,7 +1064,7 @@ async def test_the_last_commit_of_a_burst_reaches_the_other_process_without_the_
 
     h1, h2 = await real_hubs(2)
     for hub in (h1, h2):
-        hub.cluster._watcher.cancel()
+        await hub.cluster.stop_watching()
     a, b = Peer(queue_size=100_000), Peer(queue_size=100_000)
     doc1 = await h1.join("burst", a, None)
     doc2 = await h2.join("burst", b, None)
@@ -1089,7 +1103,7 @@ async def test_a_document_open_on_one_process_costs_the_bus_nothing_until_anothe
 
     h1, h2 = await real_hubs(2)
     for hub in (h1, h2):
-        hub.cluster._watcher.cancel()
+        await hub.cluster.stop_watching()
 
     # "quiet": edited over HTTP on process 1 (no client there): only the revision it reached tells process 2.
     quiet1 = await h1.document("quiet")
@@ -1379,7 +1393,7 @@ async def _a_client_on_each(real_hubs, doc_id: str) -> tuple:
 
     h1, h2 = await real_hubs(2)
     for hub in (h1, h2):
-        hub.cluster.ownership._watcher.cancel()
+        await hub.cluster.ownership.stop_watching()
     a, b = Peer(queue_size=10_000), Peer(queue_size=10_000)
     doc1 = await h1.join(doc_id, a, None)
     doc2 = await h2.join(doc_id, b, None)
@@ -1686,8 +1700,8 @@ async def test_when_the_owner_dies_a_forwarder_takes_the_lease_and_its_edits_are
     # A crash: no more messages either way, and PostgreSQL drops the lease with the connection.
     for task in h1.backplane._tasks:
         task.cancel()
-    h1.cluster._watcher.cancel()
-    h1.cluster.ownership._watcher.cancel()
+    await h1.cluster.stop_watching()
+    await h1.cluster.ownership.stop_watching()
     await h1.cluster.ownership.leases._conn.close()
     arrived = asyncio.Event()
     b.notify = arrived.set

@@ -258,7 +258,8 @@ class Replica:
             for entry in missed:
                 if entry.rev == seq.rev + 1:
                     remote = announced.get(entry.rev) or self.ops.get(entry.rev)
-                    self.integrate(entry, remote.cursor if remote is not None and _same_op(remote.entry, entry) else None)
+                    same = remote is not None and _same_op(remote.entry, entry)
+                    self.integrate(entry, remote.cursor if same else None)
             # Announcements that arrived during the read may be ahead of it: the next turn reads again.
             self.ops = {rev: remote for rev, remote in self.ops.items() if rev > seq.rev}
             for w in waiters:
@@ -650,10 +651,15 @@ class Cluster:
                 if doc is not None:
                     doc.sync_later(rev)
 
+    async def stop_watching(self) -> None:
+        """Stop the watch (:meth:`close` does; so does a test in which only the bus may bring news)."""
+        await cancel_and_wait(self._watcher)
+        self._watcher = None
+
     async def close(self) -> None:
         """Stop the watch and the backplane."""
         self.closing = True
-        await cancel_and_wait(self._watcher)
+        await self.stop_watching()
         await self.ownership.close(self.started)
         if self.started:
             await self.backplane.close()

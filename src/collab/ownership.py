@@ -20,6 +20,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from .aio import cancel_and_wait
 from .forwarding import (
     Forwarded, Refusal, not_owner_msg, read_not_owner, read_refused, read_submit, refused_msg,
 )
@@ -62,7 +63,17 @@ class Ownership:
         """Open the lease connection and start watching for silent owners (once, with the backplane)."""
         if self.leases is not None:
             await self.leases.open()
+            self.start_watching()
+
+    def start_watching(self) -> None:
+        """Start looking for silent owners and unplaced documents about once a second (:meth:`open` does)."""
+        if self.leases is not None and (self._watcher is None or self._watcher.done()):
             self._watcher = asyncio.create_task(self._watch(), name="collab-owner-watch")
+
+    async def stop_watching(self) -> None:
+        """Stop that look (:meth:`close` does; so does a test in which only what it does places a document)."""
+        await cancel_and_wait(self._watcher)
+        self._watcher = None
 
     def owns(self, doc_id: str) -> bool:
         """Whether this process holds ``doc_id``'s lease."""
@@ -289,9 +300,10 @@ class Ownership:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self, backplane_open: bool) -> None:
-        """Stop; drop this process's owner records (queued, so before the backplane closes) and its leases."""
-        for task in [*self._tasks, *([self._watcher] if self._watcher is not None else [])]:
-            task.cancel()
+        """Stop (waiting for what runs: a hand-over tells the other processes as it ends); drop this
+        process's owner records (queued, so before the backplane closes) and its leases."""
+        await self.stop_watching()
+        await cancel_and_wait(*self._tasks)
         if self.leases is None:
             return
         if backplane_open:
