@@ -12,9 +12,10 @@ async def cancel_and_wait(*tasks: "asyncio.Future[object] | None") -> None:
 
     A cancel can be lost. Before Python 3.12, ``asyncio.wait_for`` returns its result instead of raising
     when the awaitable it wraps finishes as the cancel arrives (CPython gh-86296), and redis-py 8 sends
-    every command through ``wait_for`` (its ``socket_timeout`` is 5 s by default). A watch loop that lost its cancel would otherwise keep a
-    shutdown waiting for ever; a task still cleaning up after the first cancel gets ``RECANCEL_SECONDS``
-    before the next. What a task raised as it ended is its own business here: it is not re-raised.
+    every command through ``wait_for`` (its ``socket_timeout`` is 5 s by default). A watch loop that lost
+    its cancel would otherwise keep a shutdown waiting for ever; a task still cleaning up after the first
+    cancel gets ``RECANCEL_SECONDS`` before the next. What a task raised as it ended is its own business
+    here: it is not re-raised.
     """
     for task in tasks:
         if task is None:
