@@ -181,3 +181,57 @@ async def test_a_heartbeat_sent_on_a_dead_connection_is_sent_again_on_a_new_one(
         await r.delete(key)
         await r.aclose()
         await bp.redis.aclose()
+
+
+async def test_what_is_for_one_process_goes_to_it_alone_and_in_order_with_the_rest() -> None:
+    """A send whose messages are all for one process goes on that process's own channel: another
+    process never reads it, and neither does anyone listening on the bus. Messages to a process and a
+    document's messages reach it in the order they were sent, however the sends fall into bundles."""
+    import random
+
+    from collab.backplane.redis import RedisBackplane
+
+    r = await _redis()
+    prefix = f"collab-test-{secrets.token_hex(4)}"
+    url = REDIS_URL + ("&" if "?" in REDIS_URL else "?") + f"prefix={prefix}"
+    seen: dict[str, list] = {"two": [], "three": []}
+    one, two, three = (RedisBackplane(url, heartbeat_ttl=3) for _ in range(3))
+    await one.start(lambda doc, msg: None, lambda: None)
+    for name, bp in (("two", two), ("three", three)):
+        await bp.start(lambda doc, msg, name=name: seen[name].append(("d", msg["i"])), lambda: None,
+                       lambda msg, name=name: seen[name].append(("p", msg["i"])))
+        await bp.subscribe("doc")
+    bus = r.pubsub()
+    await bus.subscribe(one.bus)
+    try:
+        one.send(two.process_id, {"t": "x", "i": "alone 📨"})
+        await _until(lambda: seen["two"] == [("p", "alone 📨")], "the message on process two")
+        one.publish("doc", {"t": "x", "i": "after"})
+        await _until(lambda: ("d", "after") in seen["three"], "the next message, on the bus")
+        on_bus = []
+        while len(on_bus) < 1 or b'"after"' not in on_bus[-1]:
+            msg = await asyncio.wait_for(bus.get_message(timeout=30), 30)
+            if msg and msg["type"] == "message":
+                on_bus.append(msg["data"])
+        assert not any("alone".encode() in data for data in on_bus), "a message for one process went on the bus"
+        assert seen["three"] == [("d", "after")]
+
+        rng = random.Random(7)
+        sent = []
+        for i in range(300):
+            if rng.random() < 0.5:
+                one.send(two.process_id, {"t": "x", "i": i})
+                sent.append(("p", i))
+            else:
+                one.publish("doc", {"t": "x", "i": i})
+                sent.append(("d", i))
+            if rng.random() < 0.3:
+                await asyncio.sleep(0)  # lets the sender go: what follows falls into another bundle, or not
+        await _until(lambda: len(seen["two"]) == 2 + len(sent), "every message on process two")
+        assert seen["two"][2:] == sent
+        assert seen["three"][1:] == [m for m in sent if m[0] == "d"]
+    finally:
+        await bus.aclose()
+        for bp in (one, two, three):
+            await bp.close()
+        await r.aclose()

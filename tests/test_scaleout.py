@@ -1309,8 +1309,10 @@ async def test_forged_replayed_and_stale_bundles_are_dropped_edits_and_refusals_
     genuine, wrong, bus = h1.cluster.seal, Seal(new_key()), h1.backplane.bus.decode()
     r = aioredis.from_url(REDIS_URL)
     pubsub = r.pubsub()
-    await pubsub.subscribe(h2.backplane.bus)
     silent, got = await _silent_owner(h1, doc2)
+    # What is for one process alone goes on its own channel, sealed for that channel.
+    to_h1, to_h2, to_silent = (h1.backplane._inbox_name(p) for p in (h1_id, h2_id, silent.process_id))
+    await pubsub.subscribe(to_silent)
     try:
         await doc2.submit(b, Submit(0, ["héllo 🌍"], "b1", None))
         await asyncio.wait_for(_until(lambda: got == ["b1"]), 30)
@@ -1323,19 +1325,20 @@ async def test_forged_replayed_and_stale_bundles_are_dropped_edits_and_refusals_
         refusal = refused_msg("forged", ProtocolError(BAD_OP, "forged", "b1"))
         evil = submit_msg("forged", [Forwarded("evil", Submit(0, ["😈"], "e1", None))])
         now = time.time()
-        forged = [
-            wrong.seal(bus, _sealed_body([["p", h2_id, refusal]], silent.process_id, now, 10**6)),  # another key
-            _sealed_body([["p", h2_id, refusal]], silent.process_id, now, 10**6),  # no seal at all
-            wrong.seal(bus, _sealed_body([["p", h1_id, evil]], h2_id, now, 10**6)),  # posing as process 2
-            replayed,  # process 2's own bundle again: from the owner's point of view, a replay
-            genuine.seal(bus, _sealed_body([["p", h1_id, evil]], "gone", now - MAX_AGE - 60, 1)),  # too old
+        forged = [  # where each is published, and what
+            (to_h2, wrong.seal(to_h2, _sealed_body([["p", h2_id, refusal]], silent.process_id, now, 10**6))),  # a key
+            (bus, _sealed_body([["p", h2_id, refusal]], silent.process_id, now, 10**6)),  # no seal: all 3 read it
+            (to_h1, wrong.seal(to_h1, _sealed_body([["p", h1_id, evil]], h2_id, now, 10**6))),  # posing as process 2
+            (to_silent, replayed),  # process 2's bundle again, where it went: from the owner's point of view, a replay
+            (to_h1, replayed),  # ... and to another process: sealed for the silent one's channel, not this one's
+            (to_h1, genuine.seal(to_h1, _sealed_body([["p", h1_id, evil]], "gone", now - MAX_AGE - 60, 1))),  # too old
         ]
-        before = h1.backplane.rejected, h2.backplane.rejected
-        for data in forged:
-            await r.publish(h1.backplane.bus, data)
-        # Process 2 drops its own bundle unread, so it counts one fewer; process 1 all five.
-        await asyncio.wait_for(_until(lambda: (h1.backplane.rejected - before[0], h2.backplane.rejected - before[1])
-                                      == (5, 4)), 30)
+        before = h1.backplane.rejected, h2.backplane.rejected, silent.rejected
+        for channel, data in forged:
+            await r.publish(channel, data)
+        await asyncio.wait_for(_until(lambda: (h1.backplane.rejected - before[0], h2.backplane.rejected - before[1],
+                                               silent.rejected - before[2]) == (4, 2, 2)), 30)
+        assert got == ["b1"]  # the replay was not taken again
         assert "b1" in doc2.forwarder.awaiting  # not answered by the forged refusals
         doc2.forwarder.resend(h1_id)
         answer = await asyncio.wait_for(_answer(b, "b1", []), 30)

@@ -4,6 +4,7 @@ Keys and channels, under a prefix (``collab`` unless the URL says
 ``?prefix=NAME``, so several deployments can share one Redis):
 
 * channel ``{prefix}:bus``: every process's messages, in bundles (below);
+* channel ``{prefix}:to:{id}``: the bundles for process ``id`` alone;
 * hash ``{prefix}:peers:{doc}``: client id -> JSON presence of every process's clients;
 * key ``{prefix}:proc:{id}``: this process's heartbeat, refreshed every
   ``heartbeat_ttl / 3`` seconds and expiring after ``heartbeat_ttl``;
@@ -23,9 +24,13 @@ documents' commits and forwarded edits to tell in each turn. With the
 deployment's key (:mod:`collab.seal`) each bundle goes out with its MAC in
 front, and a reader drops one whose MAC does not hold, sent more than
 :data:`collab.seal.MAX_AGE` seconds away from now, or numbered no higher than
-the last one read from its sender (replayed). Every process reads every
-bundle and keeps what is for its open documents and for itself, which suits
-the handful of processes one deployment runs. Pub/sub may lose messages (a
+the last one read from its sender (replayed). A bundle whose entries are all
+for one process goes on that process's own channel, which only it reads
+(forwarded submits, mostly); any other bundle goes on the bus, and every
+process reads it and keeps what is for its open documents and for itself,
+which suits the handful of processes one deployment runs. Both channels
+share one subscription and one sending connection, so a process reads what
+another sends it in the order it was sent. Pub/sub may lose messages (a
 reconnect, a subscriber Redis dropped as too slow): the reader notices a
 reconnect by the re-subscription confirmation and asks the hub to resync.
 """
@@ -36,7 +41,7 @@ import asyncio
 import logging
 import re
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..aio import cancel_and_wait
@@ -67,6 +72,13 @@ MAX_BUNDLE = 1000
 MAX_SENDERS = 10_000
 #: Seconds between two warnings about bundles dropped for their seal (one per burst, with the count).
 REJECTED_WARN_EVERY = 60.0
+
+
+class _Direct(NamedTuple):
+    """A queued entry for process ``proc`` alone (``entry``: the ``["p", PROC, MSG]`` entry, encoded)."""
+
+    proc: str
+    entry: bytes
 
 # Delete KEYS[1] only if it still holds ARGV[1] (an owner drops its own record, never a successor's).
 _DROP_IF_MINE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -107,9 +119,9 @@ class RedisBackplane(Backplane):
         self._handler: Handler | None = None
         self._direct: DirectHandler | None = None
         self._on_resync: Callable[[], None] | None = None
-        #: What the sender sends next, in order: bundle entries (``bytes``), beats (``None``: an empty
-        #: bundle), and Redis commands (tuples).
-        self._queue: list[bytes | Command | None] = []
+        #: What the sender sends next, in order: bundle entries (``bytes``; :class:`_Direct` for one
+        #: process), beats (``None``: an empty bundle on the bus), and Redis commands (tuples).
+        self._queue: list[bytes | _Direct | Command | None] = []
         #: The documents whose messages are delivered (:meth:`subscribe`).
         self._docs: set[str] = set()
         self._bus_ready: asyncio.Future[None] | None = None
@@ -120,6 +132,9 @@ class RedisBackplane(Backplane):
         self._beat = b"1"
         self._rejected_warned_at = -REJECTED_WARN_EVERY
         self._rejected_since_warning = 0
+        #: This process's own channel, its name and as received (set in :meth:`start`).
+        self._inbox_str = ""
+        self._inbox = b""
         #: When this process last read one of its own bundles back (loop time; see ``_heartbeat``).
         self._echo_at = 0.0
         self._wakeup = asyncio.Event()
@@ -144,6 +159,10 @@ class RedisBackplane(Backplane):
 
     def _owner_key(self, doc: str) -> str:
         return f"{self.prefix}:owner:{doc}"
+
+    def _inbox_name(self, proc: str) -> str:
+        """The channel of the bundles for process ``proc`` alone."""
+        return f"{self.prefix}:to:{proc}"
 
     def _where(self) -> str:
         a = self._address
@@ -171,6 +190,8 @@ class RedisBackplane(Backplane):
         self._beat = self._record(self._proc_key(self.process_id), b"1")  # sealed: a forged one is no heartbeat
         await self.redis.set(self._proc_key(self.process_id), self._beat, px=int(self.heartbeat_ttl * 1000))
         self._own_tail = _dumps({"proc": self.process_id})[1:]  # how this process's bundles end
+        self._inbox_str = self._inbox_name(self.process_id)
+        self._inbox = self._inbox_str.encode()
         self._bus_ready = asyncio.get_running_loop().create_future()
         self._tasks = [
             asyncio.create_task(self._listen(), name="collab-backplane-listen"),
@@ -235,7 +256,7 @@ class RedisBackplane(Backplane):
         while True:
             try:
                 link = self._sub = await connect(self._address, self._name, self._pushed)
-                link.send([("SUBSCRIBE", self.bus)])
+                link.send([("SUBSCRIBE", self.bus, self._inbox)])
                 since = loop.time()
                 await link.lost
                 if self._closing:
@@ -261,19 +282,27 @@ class RedisBackplane(Backplane):
             return
         kind, channel, data = reply
         if kind == b"subscribe":
+            if channel != self._inbox:
+                return  # the bus's: the process's own channel is confirmed last, and counts for both
             if self._bus_ready is not None and not self._bus_ready.done():
                 self._bus_ready.set_result(None)
             if self._confirmed:
                 self._resync("the Redis connection was re-established")
             self._confirmed = True
             return
-        if kind != b"message" or channel != self.bus or type(data) is not bytes:
+        if kind != b"message" or type(data) is not bytes:
             return
-        if data.endswith(self._own_tail):  # this process's own bundle, back: not worth parsing
-            self._echo_at = asyncio.get_running_loop().time()
+        if channel == self.bus:
+            if data.endswith(self._own_tail):  # this process's own bundle, back: not worth parsing
+                self._echo_at = asyncio.get_running_loop().time()
+                return
+            name = self._bus_name
+        elif channel == self._inbox:
+            name = self._inbox_str
+        else:
             return
         if self.seal is not None:
-            data = self.seal.open(self._bus_name, data)
+            data = self.seal.open(name, data)
             if data is None:
                 self._reject("not sealed with this deployment's key")
                 return
@@ -363,7 +392,7 @@ class RedisBackplane(Backplane):
         self._enqueue(_dumps(("d", doc, msg)))
 
     def send(self, proc: str, msg: dict) -> None:
-        self._enqueue(_dumps(("p", proc, msg)))
+        self._enqueue(_Direct(proc, _dumps(("p", proc, msg))))
 
     def _record(self, name: str, value: bytes) -> bytes:
         """``value`` as stored under ``name``: sealed, with a seal."""
@@ -410,14 +439,26 @@ class RedisBackplane(Backplane):
             try:
                 commands: list[Command] = []
                 entries: list[bytes] = []
+                to: str | None = None  # the one process every entry is for, if there is one
+                shared = False  # an entry (or the beat) is for every process
                 beat = False
                 for item in batch:
                     if type(item) is bytes:
                         entries.append(item)
+                        shared = True
+                    elif type(item) is _Direct:
+                        entries.append(item.entry)
+                        if to is None:
+                            to = item.proc
+                        elif item.proc != to:
+                            shared = True
                     elif item is None:
-                        beat = True
+                        shared = beat = True
                     else:
                         commands.append(item)
+                # Entries keep their order in one bundle on one channel: the bus, unless all are for one process.
+                name = self._bus_name if shared or to is None else self._inbox_name(to)
+                channel = name.encode()
                 # Last: the presence and owner records are written before the messages that mention them arrive.
                 tail = b"," + self._own_tail
                 seal = self.seal
@@ -425,8 +466,8 @@ class RedisBackplane(Backplane):
                     self._sent_n += 1
                     body = (b'{"m":[' + b",".join(entries[i:i + MAX_BUNDLE]) + b'],"at":' + _dumps(time.time())
                             + b',"n":' + str(self._sent_n).encode() + tail)
-                    sealed = seal.seal(self._bus_name, body) if seal is not None else body
-                    commands.append(("PUBLISH", self.bus, sealed))
+                    sealed = seal.seal(name, body) if seal is not None else body
+                    commands.append(("PUBLISH", channel, sealed))
                     self.bundles += 1
                 self.published += len(entries)
                 out = self._out
