@@ -385,7 +385,7 @@ def _collab_tasks_left() -> list[str]:
     for task in asyncio.all_tasks():
         code = getattr(task.get_coro(), "cr_code", None)
         if task is not asyncio.current_task() and not task.done() and code and code.co_filename.startswith(root):
-            left.append(f"{task.get_name()}: {code.co_qualname}")
+            left.append(f"{task.get_name()}: {getattr(code, 'co_qualname', code.co_name)}")  # (3.11+)
     return left
 
 

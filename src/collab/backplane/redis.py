@@ -73,15 +73,15 @@ MAX_SENDERS = 10_000
 #: Seconds between two warnings about bundles dropped for their seal (one per burst, with the count).
 REJECTED_WARN_EVERY = 60.0
 
+# Delete KEYS[1] only if it still holds ARGV[1] (an owner drops its own record, never a successor's).
+_DROP_IF_MINE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
 
 class _Direct(NamedTuple):
     """A queued entry for process ``proc`` alone (``entry``: the ``["p", PROC, MSG]`` entry, encoded)."""
 
     proc: str
     entry: bytes
-
-# Delete KEYS[1] only if it still holds ARGV[1] (an owner drops its own record, never a successor's).
-_DROP_IF_MINE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 def split_prefix(url: str) -> tuple[str, str]:
