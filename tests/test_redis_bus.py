@@ -235,3 +235,31 @@ async def test_what_is_for_one_process_goes_to_it_alone_and_in_order_with_the_re
         for bp in (one, two, three):
             await bp.close()
         await r.aclose()
+
+
+async def test_a_subscription_refused_by_an_acl_says_which_channels_the_user_needs() -> None:
+    """A Redis user allowed the bus's channel but not each process's own: starting fails at once with
+    Redis's refusal and the channels to allow, not after a wait for a confirmation that never comes."""
+    from collab.backplane.redis import RedisBackplane
+
+    r = await _redis()
+    prefix = f"collab-test-{secrets.token_hex(4)}"
+    user, password = prefix, secrets.token_hex(8)
+    try:
+        await r.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*", "resetchannels",
+                                f"&{prefix}:bus", "+@all")
+    except Exception as exc:  # a Redis before 6, or one whose ACLs this test may not change
+        await r.aclose()
+        pytest.skip(f"cannot make a Redis user for this test: {exc}")
+    base = urlsplit(REDIS_URL)
+    netloc = f"{user}:{password}@{base.hostname}:{base.port or 6379}"
+    url = urlunsplit(base._replace(netloc=netloc, query=f"prefix={prefix}"))
+    bp = RedisBackplane(url, heartbeat_ttl=3)
+    try:
+        with pytest.raises(RuntimeError, match=rf"refused the subscription \(NOPERM.*&{prefix}:\*"):
+            await bp.start(lambda doc, msg: None, lambda: None)
+    finally:
+        await bp.close()
+        await r.execute_command("ACL", "DELUSER", user)
+        await r.delete(f"{prefix}:proc:{bp.process_id}")
+        await r.aclose()

@@ -278,6 +278,9 @@ class RedisBackplane(Backplane):
 
     def _pushed(self, reply: Any) -> None:
         """A reply on the subscription: a confirmation, or a bundle (delivered here, as it is read)."""
+        if isinstance(reply, Exception):  # a refused SUBSCRIBE: say why, rather than wait for a confirmation
+            self._subscription_refused(str(reply))
+            return
         if type(reply) is not list or len(reply) != 3:
             return
         kind, channel, data = reply
@@ -314,6 +317,15 @@ class RedisBackplane(Backplane):
         if type(body) is dict and type(body.get("m")) is list and type(body.get("proc")) is str:
             if self.seal is None or self._fresh(body):
                 self._deliver(body["proc"], body["m"])
+
+    def _subscription_refused(self, why: str) -> None:
+        """Redis refused to subscribe: starting fails saying what to change; later, a warning says it."""
+        msg = (f"Redis at {self._where()} refused the subscription ({why}); a Redis user limited by ACL needs "
+               f"the channels under the prefix: &{self.prefix}:*")
+        if self._bus_ready is not None and not self._bus_ready.done():
+            self._bus_ready.set_exception(RuntimeError(msg))
+        else:
+            log.warning("%s", msg)
 
     def _reject(self, why: str) -> None:
         """Count a bundle dropped for ``why``; a warning now and then, with how many since the last."""
