@@ -278,10 +278,9 @@ class RedisBackplane(Backplane):
 
     def _pushed(self, reply: Any) -> None:
         """A reply on the subscription: a confirmation, or a bundle (delivered here, as it is read)."""
-        if isinstance(reply, Exception):  # a refused SUBSCRIBE: say why, rather than wait for a confirmation
-            self._subscription_refused(str(reply))
-            return
         if type(reply) is not list or len(reply) != 3:
+            if isinstance(reply, Exception):  # a refused SUBSCRIBE: say why, rather than wait for a confirmation
+                self._subscription_refused(str(reply))
             return
         kind, channel, data = reply
         if kind == b"subscribe":
