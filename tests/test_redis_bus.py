@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from collab.backplane.resp import Address, LinkError, connect
+from test_scaleout import _with_param
 
 REDIS_URL = os.environ.get("COLLAB_TEST_REDIS_URL", "")
 
@@ -113,7 +114,7 @@ async def test_a_command_redis_refuses_is_logged_and_the_bus_carries_on(caplog) 
 
     r = await _redis()
     prefix = f"collab-test-{secrets.token_hex(4)}"
-    url = REDIS_URL + ("&" if "?" in REDIS_URL else "?") + f"prefix={prefix}"
+    url = _with_param(REDIS_URL, "prefix", prefix)
     got: list[dict] = []
     one, two = RedisBackplane(url, heartbeat_ttl=3), RedisBackplane(url, heartbeat_ttl=3)
     await one.start(lambda doc, msg: None, lambda: None)
@@ -167,8 +168,7 @@ async def test_a_heartbeat_sent_on_a_dead_connection_is_sent_again_on_a_new_one(
     port = urlsplit(REDIS_URL).port or 6379
     proxy = await tcp_proxy(port)
     prefix = f"collab-test-{secrets.token_hex(4)}"
-    via_proxy = REDIS_URL.replace(f":{port}", f":{proxy.port}", 1)
-    via_proxy += ("&" if "?" in REDIS_URL else "?") + f"prefix={prefix}"
+    via_proxy = _with_param(REDIS_URL.replace(f":{port}", f":{proxy.port}", 1), "prefix", prefix)
     bp = RedisBackplane(via_proxy, heartbeat_ttl=3)
     await bp.open()
     key = f"{prefix}:proc:{bp.process_id}"
@@ -193,7 +193,7 @@ async def test_what_is_for_one_process_goes_to_it_alone_and_in_order_with_the_re
 
     r = await _redis()
     prefix = f"collab-test-{secrets.token_hex(4)}"
-    url = REDIS_URL + ("&" if "?" in REDIS_URL else "?") + f"prefix={prefix}"
+    url = _with_param(REDIS_URL, "prefix", prefix)
     seen: dict[str, list] = {"two": [], "three": []}
     one, two, three = (RedisBackplane(url, heartbeat_ttl=3) for _ in range(3))
     await one.start(lambda doc, msg: None, lambda: None)
@@ -253,7 +253,7 @@ async def test_a_subscription_refused_by_an_acl_says_which_channels_the_user_nee
         pytest.skip(f"cannot make a Redis user for this test: {exc}")
     base = urlsplit(REDIS_URL)
     netloc = f"{user}:{password}@{base.hostname}:{base.port or 6379}"
-    url = urlunsplit(base._replace(netloc=netloc, query=f"prefix={prefix}"))
+    url = _with_param(urlunsplit(base._replace(netloc=netloc)), "prefix", prefix)
     bp = RedisBackplane(url, heartbeat_ttl=3)
     try:
         with pytest.raises(RuntimeError, match=rf"refused the subscription \(NOPERM.*&{prefix}:\*"):
