@@ -23,6 +23,11 @@ several; its first writer joins first). Reported: acknowledged ops/s,
 ack latency p50/p99, the CPU the server processes used (in cores), to
 show where the bottleneck is, and the collab processes' CPU per acknowledged
 op (summed over the processes: what more processes cost for the same work).
+With ``--cpu-cap CORES`` (root, cgroups), each collab process may use at most that
+many cores (a CFS quota of its own), as on a machine with a core per process,
+scaled down: with caps that leave the machine idle cores, the rows compare what
+each configuration gets from the same CPU per process, where without caps the
+processes, PostgreSQL, Redis and the load share a saturated machine.
 With ``--pace-many OPS`` and ``--pace-hot OPS``, the writers type at a
 fixed total rate instead (each at its share, from a random start, so they
 are not in step): every configuration then does the same work, and the CPU
@@ -61,13 +66,55 @@ ROOT = Path(__file__).resolve().parent.parent
 FLOOR = "2 processes, PostgreSQL, nothing shared (own schemas), routed by document"
 
 
+class CpuCap:
+    """A cgroup whose processes may use at most ``cores`` cores together (a CFS quota), made and removed here.
+
+    Uses the cgroup v2 ``cpu.max`` where the unified hierarchy has the cpu controller, else v1's ``cpu``
+    hierarchy. Needs root (or a delegated cgroup); raises ``SystemExit`` with what to do otherwise."""
+
+    PERIOD_US = 10_000  # short, so a capped process waits at most a few ms at a time, not a whole 100 ms
+
+    def __init__(self, cores: float) -> None:
+        name = f"collab-bench-{os.getpid()}-{secrets.token_hex(3)}"
+        quota = max(1000, int(cores * self.PERIOD_US))
+        v2 = Path("/sys/fs/cgroup")
+        v1 = Path("/sys/fs/cgroup/cpu")
+        controllers = v2 / "cgroup.controllers"
+        try:
+            if controllers.exists() and "cpu" in controllers.read_text().split():
+                self.path = v2 / name
+                self.path.mkdir()
+                (self.path / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+            elif (v1 / "cpu.cfs_quota_us").exists():
+                self.path = v1 / name
+                self.path.mkdir()
+                (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+                (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+            else:
+                raise SystemExit("--cpu-cap: no cgroup cpu controller found (neither v2 cpu.max nor v1 cpu)")
+        except OSError as exc:
+            raise SystemExit(f"--cpu-cap could not make a cgroup with a CPU quota (run as root, with the cpu "
+                             f"controller enabled): {exc}") from None
+
+    def add(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def remove(self) -> None:
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass  # a process still in it (it is gone once that exits; nothing else to undo)
+
+
 @dataclass
 class Server:
-    """A collab server process."""
+    """A collab server process (with ``cap``: at most that many cores, in a cgroup of its own)."""
 
     env: dict[str, str]
+    cap: float = 0.0
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    cgroup: CpuCap | None = None
 
     def start(self) -> "Server":
         env = dict(os.environ, COLLAB_PORT=str(self.port), COLLAB_HOST="127.0.0.1", COLLAB_LOG_LEVEL="warning",
@@ -80,6 +127,9 @@ class Server:
         code = "from collab.config import Settings; from collab.server import run; run(Settings.from_env())"
         self.proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=str(ROOT),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if self.cap:
+            self.cgroup = CpuCap(self.cap)
+            self.cgroup.add(self.proc.pid)
         wait_healthy(self.proc, self.port)
         return self
 
@@ -97,6 +147,9 @@ class Server:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait()
+        if self.cgroup is not None:
+            self.cgroup.remove()
 
 
 async def writer(url: str, go: asyncio.Event, clock: dict, latencies: list[float], every: float = 0.0,
@@ -252,8 +305,10 @@ async def bench(args: argparse.Namespace) -> None:
         runs: dict[str, list[tuple[dict, dict, dict]]] = {name: [] for name, _, _ in configs}
         for r in range(args.rounds):
             for name, envs, by_doc in configs:
-                servers = [Server(env).start() for env in envs]
+                servers = [Server(env, args.cpu_cap) for env in envs]
                 try:
+                    for s in servers:
+                        s.start()
                     docs = [f"many-{tag}-{r}-{i}" for i in range(args.docs)]
                     many = await run_load(servers, docs, 2, args.seconds, by_doc, args.pace_many)
                     again = await run_load(servers, docs, 2, args.seconds, by_doc, args.pace_many)
@@ -272,6 +327,8 @@ async def bench(args: argparse.Namespace) -> None:
                  "(0: as fast as acknowledged), each writer at its share from a random start")
     print(f"\n{args.docs} documents x 2 writers, and 1 document x {args.hot} writers; one op in flight per writer; "
           f"{args.seconds:g} s each{rounds}{paced}\n")
+    if args.cpu_cap:
+        print(f"Each collab process capped at {args.cpu_cap:g} cores (a CFS quota of its own)\n")
     print(f"CPU in cores (machine: {os.cpu_count()}): collab servers / PostgreSQL / Redis / this load generator\n")
     print("| configuration | load | ops/s | ack p50 ms | ack p99 ms | ack max ms | collab CPU µs per op "
           "| CPU: collab / pg / redis / load |")
@@ -369,6 +426,9 @@ def main() -> None:
                         help="ops/s offered by all writers of the many-documents load together, each typing at its "
                              "share from a random start (default 0: each sends its next op when acknowledged)")
     parser.add_argument("--pace-hot", type=float, default=0.0, help="the same for the hot document's writers")
+    parser.add_argument("--cpu-cap", type=float, default=0.0,
+                        help="cap each collab process at this many cores (a cgroup each; needs root), as on a "
+                             "machine with a core per process, scaled down (default 0: no cap)")
     asyncio.run(bench(parser.parse_args()))
 
 
