@@ -80,6 +80,88 @@ async def test_the_store_moves_documents_in_and_out_of_the_trash_and_purges_them
     assert (await store.load("fox", 5)).text == "new 🦊", "and a purged op id does not haunt the new document"
 
 
+async def test_every_change_to_the_trash_or_the_names_moves_the_shared_stores_version(tmp_path):
+    """PostgreSQL: a deletion, a restore, a rename and a purge each move the version (in their own
+    transaction), and nothing else does, so that other processes re-read the trash only then."""
+    store = await _open_store("postgres", tmp_path)
+    try:
+        seen = [await store.lifecycle_version()]
+
+        async def moved() -> bool:
+            seen.append(await store.lifecycle_version())
+            return seen[-1] != seen[-2]
+
+        await store.append("fox 🦊", [StoredOp(1, ["🦊"], "c", "f1")], 1)
+        assert not await moved(), "an edit is not a change to the trash"
+        assert await store.set_deleted("fox 🦊", 5.0) and await moved()
+        assert not await store.set_deleted("fox 🦊", 6.0) and not await moved(), "already in: nothing changed"
+        assert not await store.set_deleted("nobody", 6.0) and not await moved()
+        assert await store.set_deleted("fox 🦊", None) and await moved()
+        assert await store.rename("fox 🦊", "den 🦊") == "ok" and await moved()
+        assert await store.rename("fox 🦊", "den 🦊") == "missing" and not await moved()
+        await store.set_deleted("den 🦊", 5.0)
+        await moved()
+        assert await store.purge(1.0, keep=set()) == [] and not await moved()
+        assert await store.purge(10.0, keep=set()) == ["den 🦊"] and await moved()
+    finally:
+        await _close_store("postgres", store)
+
+
+async def test_a_process_reads_the_shared_trash_only_when_it_changed(tmp_path, monkeypatch):
+    """Two stores on one schema stand for two processes. Polling an unchanged trash reads only its
+    version; a deletion, a restore or a rename by the other is seen at the next poll. A change made
+    without moving the version (a process of an older collab) is still seen, at the next full read."""
+    from collab import lifecycle
+    from collab.lifecycle import Trash
+    from collab.store.postgres import PostgresStore
+
+    here = await _open_store("postgres", tmp_path)
+    there = PostgresStore(PG_URL, history_depth=5, schema=here.schema)
+    await there.open()
+    try:
+        reads = []
+        real_trash = here.trash
+
+        async def counted_trash():
+            reads.append(1)
+            return await real_trash()
+
+        here.trash = counted_trash  # counts the reads of the real store, which answers them
+        deleted, renamed = [], []
+        trash = Trash(here, 30, deleted.append, lambda old, new: renamed.append((old, new)))
+        await trash.refresh()
+        assert len(reads) == 1
+        for _ in range(3):
+            await trash.refresh()
+        assert len(reads) == 1, "nothing changed: only the version was read"
+
+        await there.append("fox 🦊", [StoredOp(1, ["🦊"], "c", "f1")], 1)
+        await trash.refresh()
+        assert len(reads) == 1, "an edit is no change to the trash"
+        await there.set_deleted("fox 🦊", 5.0)
+        await trash.refresh()
+        assert len(reads) == 2 and deleted == ["fox 🦊"] and trash.is_deleted("fox 🦊")
+        await there.set_deleted("fox 🦊", None)
+        await trash.refresh()
+        assert not trash.is_deleted("fox 🦊")
+        await there.rename("fox 🦊", "den 🦊")
+        await trash.refresh()
+        assert renamed == [("fox 🦊", "den 🦊")] and trash.renamed == {"fox 🦊": "den 🦊"}
+        await trash.refresh()
+        assert len(reads) == 4
+
+        async with there.pool.acquire() as conn:  # as an older collab deletes: the version stays
+            await conn.execute("UPDATE collab_docs SET deleted = 7 WHERE id = 'den 🦊'")
+        await trash.refresh()
+        assert not trash.is_deleted("den 🦊") and len(reads) == 4
+        monkeypatch.setattr(lifecycle, "REREAD_SECONDS", 0.0)  # the next full read is due
+        await trash.refresh()
+        assert trash.is_deleted("den 🦊") and deleted == ["fox 🦊", "den 🦊"]
+    finally:
+        await there.close()
+        await _close_store("postgres", here)
+
+
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def gapless(request, tmp_path):
     """A store where every append starts an editing session (so sessions close into their table)."""

@@ -5,10 +5,12 @@ A deleted document leaves ``GET /api/docs``; its name opens nothing
 (WebSocket close 4004 with :data:`DELETED_REASON`, HTTP 404) until it is
 restored, and every editor connected to it is closed the same way. The
 store keeps the deletion time (``docs.deleted``); :class:`Trash` holds the
-set in memory so that a handshake costs a dict lookup, and with a store
-shared by several processes re-reads it every
-:data:`~collab.revocation.POLL_SECONDS` so that another process's deletion
-reaches this process's editors too.
+set in memory so that a handshake costs a dict lookup. With a store
+shared by several processes it looks every
+:data:`~collab.revocation.POLL_SECONDS` at the store's version of the
+trash and the names (a counter each change moves), and re-reads them when
+it moved, so that another process's deletion or rename reaches this
+process's editors too, at a cost that does not grow with the trash.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ DELETED_REASON = "document deleted: it is in the trash; restore it to open it"
 RENAMED_REASON = "document renamed to "
 #: Seconds between two purges of what has been in the trash longer than its time.
 PURGE_SECONDS = 3600.0
+#: Seconds after which the trash and the names are read again even though the store's version of them
+#: did not move (a process of an older collab, which does not move it, may share the store during an upgrade).
+REREAD_SECONDS = 30.0
 
 
 class Trash:
@@ -46,6 +51,9 @@ class Trash:
         #: Documents this process must not purge (open here): a callable giving them.
         self.in_use: Callable[[], set[str]] = set
         self._chores = Chores(log)
+        #: The store's version of the trash and the names when they were last read, and when (monotonic).
+        self._version: int | None = None
+        self._read_at = float("-inf")
 
     async def start(self) -> None:
         await self.refresh()
@@ -65,9 +73,15 @@ class Trash:
         return doc in self.deleted
 
     async def refresh(self) -> None:
-        """Re-read the trash (with a shared store: what other processes deleted or restored)."""
+        """Re-read the trash and the names (with a shared store: what other processes deleted, restored or
+        renamed), unless the store says they did not change since the last read: their cost grows with them."""
+        version = await self.store.lifecycle_version()
+        at = time.monotonic()
+        if version is not None and version == self._version and at - self._read_at < REREAD_SECONDS:
+            return
         now = {d.id: d.deleted or 0.0 for d in await self.store.trash()}
         renamed = await self.store.renames()
+        self._version, self._read_at = version, at
         added = [d for d in now if d not in self.deleted]
         moved = [(old, new) for old, new in renamed.items() if self.renamed.get(old) != new]
         self.deleted, self.renamed = now, renamed

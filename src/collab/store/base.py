@@ -315,6 +315,12 @@ class Store(abc.ABC):
         """Remove for good every document deleted before ``deleted_before``, except those in ``keep``."""
         raise NotImplementedError(f"{type(self).__name__} has no trash")
 
+    async def lifecycle_version(self) -> int | None:
+        """A number that moves whenever the trash or the renamed names change (a deletion, a restore, a
+        purge, a rename), so that a process sharing the store re-reads them only then; ``None``: not kept
+        (read them every time)."""
+        return None
+
     # -- titles and names --------------------------------------------------------------
 
     async def set_title(self, doc: str, title: str | None) -> bool:

@@ -693,12 +693,13 @@ class PostgresStore(Store):
 
     async def set_deleted(self, doc: str, when: float | None) -> bool:
         if when is None:
-            status = await self.pool.execute(
-                "UPDATE collab_docs SET deleted = NULL WHERE id = $1 AND deleted IS NOT NULL", doc)
+            moved = await self.pool.fetchval(_BUMPING.format(
+                "UPDATE collab_docs SET deleted = NULL WHERE id = $1 AND deleted IS NOT NULL RETURNING id"), doc)
         else:
-            status = await self.pool.execute(
-                "UPDATE collab_docs SET deleted = $2 WHERE id = $1 AND deleted IS NULL AND rev > 0", doc, when)
-        return status != "UPDATE 0"
+            moved = await self.pool.fetchval(_BUMPING.format(
+                "UPDATE collab_docs SET deleted = $2 WHERE id = $1 AND deleted IS NULL AND rev > 0 RETURNING id"),
+                doc, when)
+        return moved > 0
 
     async def trash(self) -> list[DocInfo]:
         rows = await self.pool.fetch(
@@ -714,6 +715,8 @@ class PostgresStore(Store):
                 gone = [r["id"] for r in ids]
                 for table in _DOC_TABLES:
                     await conn.execute(f"DELETE FROM {table} WHERE doc = ANY($1::text[])", gone)
+                if gone:
+                    await conn.execute(_BUMP)
         for doc in gone:
             self._history.authorship_cache.forget(doc)
         return gone
@@ -752,6 +755,7 @@ class PostgresStore(Store):
                 await conn.execute("INSERT INTO collab_renames (old, new, renamed) VALUES ($1, $2, $3) "
                                    "ON CONFLICT (old) DO UPDATE SET new = EXCLUDED.new, renamed = EXCLUDED.renamed",
                                    old, new, time.time())
+                await conn.execute(_BUMP)
         self._history.authorship_cache.forget(old)
         self._history.authorship_cache.forget(new)
         return "ok"
@@ -759,8 +763,17 @@ class PostgresStore(Store):
     async def renames(self) -> dict[str, str]:
         return {r["old"]: r["new"] for r in await self.pool.fetch("SELECT old, new FROM collab_renames")}
 
+    async def lifecycle_version(self) -> int | None:
+        return await self.pool.fetchval("SELECT version FROM collab_lifecycle WHERE id = 1")
+
 
 _CRED_COLUMNS = "id, doc, role, issued, expires, name, revoked, seq"
 _DOC_COLUMNS = "id, rev, size, updated, deleted, coalesce(title, heading), bytes"
+#: Moves the trash's and the names' version (see ``lifecycle_version``), in the transaction of their change.
+_BUMP = "UPDATE collab_lifecycle SET version = version + 1 WHERE id = 1"
+#: One statement for a change of one document's row that moves the version if it changed anything:
+#: ``{}`` is an ``UPDATE ... RETURNING``; the statement returns how many rows it changed.
+_BUMPING = ("WITH changed AS ({}), bumped AS (" + _BUMP + " AND EXISTS (SELECT 1 FROM changed)) "
+            "SELECT count(*) FROM changed")
 _DOC_TABLES = ("collab_ops", "collab_op_ids", "collab_snapshots", "collab_checkpoints", "collab_sessions",
                "collab_credentials")

@@ -7,7 +7,7 @@ order, under an advisory lock, and records each in ``collab_schema``.
 from __future__ import annotations
 
 #: The schema version this code writes; :meth:`PostgresStore.open` migrates older ones.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 #: Statements creating each version from the one before, in order.
 MIGRATIONS: dict[int, list[str]] = {
@@ -115,4 +115,10 @@ MIGRATIONS: dict[int, list[str]] = {
     # The deployment's key for sealing announcements of commits (see collab.seal): one row, made
     # by the first process that asks for it.
     7: ["CREATE TABLE IF NOT EXISTS collab_cluster (id INTEGER PRIMARY KEY CHECK (id = 1), key BYTEA NOT NULL)"],
+    # A counter moved by every change to the trash and the renamed names, in the change's own
+    # transaction: the other processes poll it, and read the trash and the names only when it moved.
+    8: [
+        "CREATE TABLE IF NOT EXISTS collab_lifecycle (id INTEGER PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL)",
+        "INSERT INTO collab_lifecycle (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING",
+    ],
 }
