@@ -127,6 +127,7 @@ async def test_a_process_reads_the_shared_trash_only_when_it_changed(tmp_path, m
             return await real_trash()
 
         here.trash = counted_trash  # counts the reads of the real store, which answers them
+        monkeypatch.setattr(lifecycle, "REREAD_SECONDS", float("inf"))  # no full read falls due meanwhile
         deleted, renamed = [], []
         trash = Trash(here, 30, deleted.append, lambda old, new: renamed.append((old, new)))
         await trash.refresh()
