@@ -314,3 +314,34 @@ async def test_a_cancelled_wait_for_the_commits_leaves_the_commit_in_flight_alon
     assert drain(writer) == [{"type": "ack", "id": "s1", "rev": 1}]
     assert not writer.closed and await hub.read("s") == (1, "🌍 kept")
     await hub.close()
+
+
+async def test_held_batches_let_settle_return_and_what_arrives_waits_in_order_until_resumed():
+    """A hand-over holds its document's batches: ``settle`` returns once the commit in flight lands, and
+    the submits that arrive meanwhile (a client's, an HTTP edit's) wait unanswered, in order, until the
+    batches resume. Without the hold ``settle`` waited for those too, so a stream of them held the
+    hand-over up for as long as it lasted."""
+    store = GatedStore()
+    hub = Hub(store)
+    writer = Peer(User("w", "#000"))
+    doc = await hub.join("held", writer, None)
+    drain(writer)
+    store.gate = gate = asyncio.Event()
+    await doc.submit(writer, Submit(0, ["🌍"], "h1", None))
+    await store.waiting.wait()  # in flight
+    doc.hold_batches()
+    await doc.submit(writer, Submit(1, [1, " 🦊"], "h2", None))
+    http = asyncio.ensure_future(doc.submit(None, Submit(1, ["🐝 ", 1], "h3", None)))
+    store.gate = None
+    gate.set()
+    await asyncio.wait_for(doc.settle(), 10)
+    assert drain(writer) == [{"type": "ack", "id": "h1", "rev": 1}]
+    assert doc.rev == 1 and doc.waiting and not http.done()
+
+    doc.resume_batches()
+    assert await asyncio.wait_for(http, 10) == 3
+    await asyncio.wait_for(doc.settle(), 10)
+    got = drain(writer)
+    assert [(m["type"], m["rev"]) for m in got] == [("ack", 2), ("op", 3)] and got[0]["id"] == "h2"
+    assert not doc.waiting and await hub.read("held") == (3, "🐝 🌍 🦊")
+    await hub.close()

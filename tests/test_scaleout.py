@@ -971,6 +971,73 @@ async def test_a_hand_over_lets_the_batches_in_flight_land_before_the_others_hea
     assert h1.conflicts == h2.conflicts == 0
 
 
+async def test_edits_made_on_the_owner_while_it_hands_the_lease_over_wait_for_the_hand_over(real_hubs):
+    """Process 1 owns the document and is committing an HTTP edit (held back by another transaction on the
+    document's row) when its last client leaves, so it hands the lease over. A second HTTP edit, made on
+    process 1 meanwhile, is not ordered there while the hand-over lasts: it waits, then goes where the
+    document is ordered. Process 1 ordered it during the hand-over, beside the lease's release: a stream
+    of such edits (an integration posting to the document) kept the hand-over from ending, and every
+    edit process 2 forwarded was dropped until the stream stopped. Every edit is applied once."""
+
+    from collab.protocol import Submit
+    from collab.store.postgres import PostgresStore
+
+    h1, h2, a, b, doc1, doc2 = await _a_client_on_each(real_hubs, "busy")
+    assert await doc2.submit(None, Submit(0, ["héllo 🌍"], "g1", None)) == 1  # ordered by process 1
+    await asyncio.wait_for(_until(lambda: b.id in doc1.replica.peers and a.id in doc2.replica.peers
+                                  and doc2.seq.rev == 1), 30)
+
+    ownership = h1.cluster.ownership
+    appends: list[tuple[list[str], bool]] = []  # each append's op ids, and whether a hand-over was under way
+    start_append = h1.store.start_append
+
+    def noting_append(doc, ops, *args, **kwargs):
+        if doc == "busy":
+            appends.append(([o.id for o in ops], ownership.handing("busy")))
+        return start_append(doc, ops, *args, **kwargs)
+
+    leases = ownership.leases
+    release = leases.release
+    releasing, go_on = asyncio.Event(), asyncio.Event()
+
+    async def release_when_told(docs):
+        releasing.set()
+        await go_on.wait()
+        await release(docs)
+
+    h1.store.start_append = noting_append
+    leases.release = release_when_told
+    blocker = PostgresStore(PG_URL, schema=h1.store.schema)
+    await blocker.open()
+    try:
+        async with blocker.exclusive("busy"):  # another transaction holds the row: process 1's commit waits
+            first = asyncio.create_task(h1.replace("busy", "héllo 🌍 🦊", "g2"))
+            async with blocker.pool.acquire() as conn:
+                while not await conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+                    await asyncio.sleep(0.01)
+            doc1.remove(a)  # process 1's last client leaves: it hands the lease over
+            assert ownership.handing("busy")
+            second = asyncio.create_task(h1.replace("busy", "héllo 🌍 🐝", "g3"))
+    finally:
+        await blocker.close()
+    await asyncio.wait_for(releasing.wait(), 30)  # the edit in flight landed: the lease is being released
+    await asyncio.wait_for(_until(lambda: doc1.waiting or any("g3" in ids for ids, _ in appends)), 30)
+    go_on.set()
+    assert await asyncio.wait_for(first, 30) == 2
+    assert await asyncio.wait_for(second, 30) == 3
+    leases.release = release
+    h1.store.start_append = start_append
+    assert [ids for ids, handing in appends if handing and "g3" in ids] == [], (
+        "process 1 ordered an edit while it handed the lease over")
+
+    await asyncio.wait_for(_until(lambda: doc2.seq.rev == 3), 30)
+    await doc2.submit(b, Submit(3, [len(doc2.seq.text), " 🎉"], "g4", None))
+    await asyncio.wait_for(_until(lambda: _acked(b, "g4")), 30)
+    await asyncio.wait_for(_until_async(lambda: h1.read("busy"), lambda r: r[0] == 4), 30)
+    assert await h1.read("busy") == await h2.read("busy")
+    assert [o.id for o in await h1.store.ops_since("busy", 0)] == ["g1", "g2", "g3", "g4"]
+
+
 async def test_a_lease_changing_hands_is_waited_for_not_taken_for_no_owner(real_hubs):
     """Process 2 has just taken the lease and not yet written its owner record when process 1 places the
     document: process 1 looks again a moment later and forwards to process 2, rather than order the

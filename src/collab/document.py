@@ -86,6 +86,8 @@ class Document:
         self._ids_doubted = False
         self._flight: deque[Flight] = deque()
         self._settle_waiters: list[asyncio.Future[None]] = []
+        #: No new batch is ordered here (the lease is being handed over): submits wait in the inbox.
+        self._held = False
         #: Called when the document's clients are all on other processes: the last one here left, or
         #: another process's joined while none is here (with a cluster: hand the lease to where they are).
         self.on_clients_elsewhere: Callable[["Document"], None] | None = None
@@ -245,6 +247,28 @@ class Document:
         self._wake()
         return None if reply is None else await reply
 
+    def hold_batches(self) -> None:
+        """Order no new batch until :meth:`resume_batches`; what is in flight lands, submits wait in the
+        inbox. A hand-over holds them, so that edits arriving meanwhile (an HTTP client's, a client
+        joining) cannot keep :meth:`settle` from returning, and the lease from moving on."""
+        self._held = True
+
+    def resume_batches(self) -> None:
+        """Order what waited while :meth:`hold_batches` held it (or forward it, if another process owns
+        the document now)."""
+        self._held = False
+        if self._inbox:
+            self._wake()
+
+    @property
+    def waiting(self) -> bool:
+        """Whether submits of this process's own wait in the inbox (a hand-over held them)."""
+        return bool(self._inbox)
+
+    def _orderable(self) -> bool:
+        """Whether the inbox has submits the commit loop may take now (held ones wait, unless forwarded)."""
+        return bool(self._inbox) and (not self._held or self.forwarding)
+
     def _full(self) -> bool:
         """Whether the inbox has no room; submits forwarded to the owner and not yet answered count
         too, so a client of a process that forwards is held back as one of the owner's is."""
@@ -273,7 +297,7 @@ class Document:
         replica = self.replica
         shared = self.shared  # only then can other processes' work be waiting
         try:
-            while not self.failed and (self._inbox or self._deferred or (shared and replica.behind())):
+            while not self.failed and (self._orderable() or self._deferred or (shared and replica.behind())):
                 # Lost a race (or others write this document right now): take the document's turn
                 # in the store, so this commit cannot lose the race (a hot document stays fair).
                 # Not while forwarding: the owner commits, so there is no race here to lose (and a
@@ -282,8 +306,8 @@ class Document:
                     self._losses = 0
                     exclusive = False
                 else:
-                    exclusive = self._losses or (self._inbox and replica.contended_until and replica.contended()
-                                                 and not self.leased())
+                    exclusive = self._losses or (self._orderable() and replica.contended_until
+                                                 and replica.contended() and not self.leased())
                 if self._flight and (self._deferred or (shared and replica.behind()) or exclusive
                                      or len(self._flight) >= self._max_in_flight):
                     # Joins, presence and exclusive turns see only committed state (and the pipeline stays short).
@@ -336,7 +360,7 @@ class Document:
         self._run_deferred()
         if self.forwarding and self._inbox:  # and what arrived while this turn read the store
             self._forward()
-        if not self._inbox:
+        if not self._orderable():
             return None
         batch, self._inbox = self._inbox, []
         if self._room_waiters:
@@ -459,7 +483,7 @@ class Document:
             if self._settle_waiters:
                 fanout.resolve(self._settle_waiters)
                 self._settle_waiters = []
-            if self._deferred or self._inbox:
+            if self._deferred or self._orderable():
                 self._wake()
             elif not self.peers and self._committer is None:
                 self.schedule_unload()

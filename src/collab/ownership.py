@@ -79,6 +79,10 @@ class Ownership:
         """Whether this process holds ``doc_id``'s lease."""
         return self.leases is not None and doc_id in self.leases.held
 
+    def handing(self, doc_id: str) -> bool:
+        """Whether this process is handing ``doc_id``'s lease over (see :meth:`hand_over`)."""
+        return doc_id in self._handing
+
     async def place(self, doc_id: str) -> str | None:
         """Take ``doc_id``'s lease if it is free; the process to forward its submits to, or ``None`` to order here.
 
@@ -122,10 +126,13 @@ class Ownership:
         joined while none is here, and none is joining here): let one of those own it.
 
         Each forwarded submit is ordered once, by one owner: from now on what the others forward is
-        dropped, and what they forwarded that waits here unordered is given back; the batches in flight
-        land and are announced; then the lease is released, and the others hear ``not_owner`` after the
-        announcements (the bus keeps their order), so they send again only what no one ordered. The first
-        of them to look for the owner again takes the lease.
+        dropped, and what they forwarded that waits here unordered is given back; no new batch is
+        ordered here, so the batches in flight are all the wait (edits made here meanwhile, over HTTP
+        or by a client joining, wait too: a stream of them cannot hold the lease here, nor the others'
+        edits, dropped until the hand-over ends); those land and are announced; then the lease is
+        released, and the others hear ``not_owner`` after the announcements (the bus keeps their
+        order), so they send again only what no one ordered. The first of them to look for the owner
+        again takes the lease.
         """
         if not self.owns(doc.id) or doc.peers or doc.joining or doc.id in self._handing:
             return
@@ -139,6 +146,7 @@ class Ownership:
                 procs.update(proc for proc, _ in waiting)
                 waiting.clear()
             self._handing[doc.id] = procs  # _take_submit adds the senders of what it drops meanwhile
+            doc.hold_batches()
             self._spawn(self._hand_over(doc, procs))
 
     async def _hand_over(self, doc: Any, procs: set[str]) -> None:
@@ -148,16 +156,18 @@ class Ownership:
             except DocumentFailed:
                 pass  # nothing more lands here: the others send everything again
             await self.release(doc.id)
-            if (doc.peers or doc.joining) and self.docs.get(doc.id) is doc:
+            if (doc.peers or doc.joining or doc.waiting) and self.docs.get(doc.id) is doc:
                 # A client joined here meanwhile (its join found the document still owned, so it did not
-                # place it): place it again before anyone is told, rather than order it here without the
-                # lease beside the next owner. The others hear not_owner all the same, since what they
-                # forwarded meanwhile was dropped here: they find the owner again and send it there.
+                # place it), or an edit made here waits: place it again before anyone is told, rather than
+                # order it here without the lease beside the next owner. The others hear not_owner all the
+                # same, since what they forwarded meanwhile was dropped here: they find the owner again
+                # and send it there.
                 await self._place_again(doc)
         finally:
             del self._handing[doc.id]
             for proc in sorted(procs):
                 self.backplane.send(proc, not_owner_msg(doc.id))
+            doc.resume_batches()
 
     async def release(self, doc_id: str) -> None:
         """``doc_id`` was closed here: let another process own it."""
