@@ -262,7 +262,7 @@ class Document:
 
     @property
     def waiting(self) -> bool:
-        """Whether submits of this process's own wait in the inbox (a hand-over held them)."""
+        """Whether submits wait in the inbox, not yet ordered (once a hand-over settled: those it held)."""
         return bool(self._inbox)
 
     def _orderable(self) -> bool:
