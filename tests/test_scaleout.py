@@ -847,7 +847,7 @@ async def test_an_owner_does_not_hand_the_lease_over_while_a_client_of_its_own_i
     async def claim_then_the_last_client_leaves(doc):
         await claim(doc)  # still owned here: nothing to place
         doc1.remove(a)  # the last client admitted here leaves before this join is
-        handed.append("joining" in ownership._handing or not ownership.owns("joining"))
+        handed.append(ownership.handing("joining") or not ownership.owns("joining"))
 
     ownership.claim = claim_then_the_last_client_leaves
     a2 = Peer(queue_size=10_000)
@@ -957,8 +957,7 @@ async def test_a_hand_over_lets_the_batches_in_flight_land_before_the_others_hea
                 while not await conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
                     await asyncio.sleep(0.01)
             doc1.remove(a)  # process 1's last client leaves: it hands the lease over
-            await asyncio.wait_for(_until(lambda: told or "inflight" in getattr(h1.cluster.ownership, "_handing", {})),
-                                   30)
+            await asyncio.wait_for(_until(lambda: told or h1.cluster.ownership.handing("inflight")), 30)
             await doc2.submit(b, Submit(1, ["¡", 7], "f3", None))  # forwarded during the hand-over
     finally:
         await blocker.close()
