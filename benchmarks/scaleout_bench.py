@@ -100,10 +100,12 @@ class CpuCap:
         (self.path / "cgroup.procs").write_text(str(pid))
 
     def remove(self) -> None:
+        """Remove the cgroup (once its process has exited)."""
         try:
             self.path.rmdir()
-        except OSError:
-            pass  # a process still in it (it is gone once that exits; nothing else to undo)
+        except OSError as exc:  # its process still runs: the cgroup stays until removed by hand
+            print(f"--cpu-cap: could not remove {self.path} ({exc}); rmdir it once its process exits",
+                  file=sys.stderr)
 
 
 @dataclass

@@ -21,15 +21,12 @@ import argparse
 import asyncio
 import os
 import secrets
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-
-from collab.lifecycle import Trash  # noqa: E402
-from collab.revocation import POLL_SECONDS  # noqa: E402
-from collab.store.postgres import PostgresStore  # noqa: E402
+import _common  # noqa: F401 (puts this checkout's collab first on sys.path)
+from collab.lifecycle import Trash
+from collab.revocation import POLL_SECONDS
+from collab.store.postgres import PostgresStore
 
 
 async def timed(fn, polls: int) -> tuple[float, float]:
