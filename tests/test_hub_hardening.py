@@ -286,17 +286,24 @@ async def test_a_write_cancelled_midway_acks_nothing_and_does_not_hang_shutdown(
     assert [m for m in drain(writer) if m["type"] == "ack"] == []
 
 
-async def test_a_cancelled_wait_for_the_commits_leaves_the_commit_in_flight_alone():
-    """A hand-over waits with ``settle`` for its document's commit in flight; cancelling that wait (the
-    process is closing) must not cancel the commit: it lands, and its author is acknowledged."""
+async def _a_commit_in_flight(doc_id: str, text: str, op_id: str) -> tuple:
+    """A hub on a :class:`GatedStore` whose one writer's first edit (``text``, ``op_id``) is being written,
+    held at the gate: ``(store, hub, writer, doc, gate)``; set ``gate`` to let it land."""
     store = GatedStore()
     hub = Hub(store)
     writer = Peer(User("w", "#000"))
-    doc = await hub.join("s", writer, None)
+    doc = await hub.join(doc_id, writer, None)
     drain(writer)
     store.gate = gate = asyncio.Event()
-    await doc.submit(writer, Submit(0, ["🌍 kept"], "s1", None))
+    await doc.submit(writer, Submit(0, [text], op_id, None))
     await store.waiting.wait()
+    return store, hub, writer, doc, gate
+
+
+async def test_a_cancelled_wait_for_the_commits_leaves_the_commit_in_flight_alone():
+    """A hand-over waits with ``settle`` for its document's commit in flight; cancelling that wait (the
+    process is closing) must not cancel the commit: it lands, and its author is acknowledged."""
+    store, hub, writer, doc, gate = await _a_commit_in_flight("s", "🌍 kept", "s1")
     waiting = asyncio.Event()
 
     async def hand_over() -> None:
@@ -321,14 +328,7 @@ async def test_held_batches_let_settle_return_and_what_arrives_waits_in_order_un
     the submits that arrive meanwhile (a client's, an HTTP edit's) wait unanswered, in order, until the
     batches resume. Without the hold ``settle`` waited for those too, so a stream of them held the
     hand-over up for as long as it lasted."""
-    store = GatedStore()
-    hub = Hub(store)
-    writer = Peer(User("w", "#000"))
-    doc = await hub.join("held", writer, None)
-    drain(writer)
-    store.gate = gate = asyncio.Event()
-    await doc.submit(writer, Submit(0, ["🌍"], "h1", None))
-    await store.waiting.wait()  # in flight
+    store, hub, writer, doc, gate = await _a_commit_in_flight("held", "🌍", "h1")
     doc.hold_batches()
     await doc.submit(writer, Submit(1, [1, " 🦊"], "h2", None))
     http = asyncio.ensure_future(doc.submit(None, Submit(1, ["🐝 ", 1], "h3", None)))
