@@ -468,8 +468,11 @@ class RedisBackplane(Backplane):
                     else:
                         commands.append(item)
                 # Entries keep their order in one bundle on one channel: the bus, unless all are for one process.
-                name = self._bus_name if shared or to is None else self._inbox_name(to)
-                channel = name.encode()
+                if shared or to is None:
+                    name, channel = self._bus_name, self.bus
+                else:
+                    name = self._inbox_name(to)
+                    channel = name.encode()
                 # Last: the presence and owner records are written before the messages that mention them arrive.
                 tail = b"," + self._own_tail
                 seal = self.seal
