@@ -44,6 +44,8 @@ class Group:
         self.proc = subprocess.Popen(argv, env=env, cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, start_new_session=True)
         self.lines: list[str] = []
+        #: The Redis prefix of the group's keys (set by the ``group`` fixture).
+        self.prefix = ""
         self._changed = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -113,6 +115,7 @@ async def group() -> AsyncIterator:
                    COLLAB_CONN_RATE="100000", COLLAB_CONN_BURST="100000")
         g = Group([sys.executable, "-m", "collab", "serve", "--host", "127.0.0.1", "--port", str(port),
                    "--workers", str(workers)], env)
+        g.prefix = prefix
         started.append(g)
         await asyncio.to_thread(g.wait_line, rf"serving http://\S+:{port}/")
         return g, f"http://127.0.0.1:{port}"

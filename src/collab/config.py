@@ -141,6 +141,9 @@ class Settings:
     #: ``redis://...`` enables the cross-process backplane.
     redis_url: str = ""
     workers: int = 1
+    #: A directory shared by the processes on this machine (``collab serve --workers N`` makes one
+    #: for its workers): each takes the WebSocket connections to the documents it owns from the others.
+    handoff_dir: str = ""
     #: Seconds after which a silent process's clients are announced as left (with REDIS_URL).
     presence_timeout: float = 10.0
 
@@ -237,6 +240,7 @@ class Settings:
             database_url=env.get("DATABASE_URL", env.get("COLLAB_DATABASE_URL", "")),
             redis_url=redis_url(env),
             workers=_int(env, "WEB_CONCURRENCY", d.workers),
+            handoff_dir=env.get("COLLAB_HANDOFF_DIR", d.handoff_dir),
             presence_timeout=_float(env, "COLLAB_PRESENCE_TIMEOUT", d.presence_timeout),
             history_depth=_int(env, "COLLAB_HISTORY_DEPTH", d.history_depth),
             snapshot_every=_int(env, "COLLAB_SNAPSHOT_EVERY", d.snapshot_every),

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 from collections import deque
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -42,6 +43,7 @@ from .limits import (
     Verdict,
     transform_cost,
 )
+from .handoff import MAX_HANDED_BYTES, HandOff, ws_document
 from .metrics import COUNTERS, LOG_INTERVAL, Counters, metrics_text, note, note_slow_client_drop, track
 from .protocol import CLOSE_OVERLOADED
 
@@ -152,6 +154,10 @@ class Guard:
         self.by_addr: dict[tuple[str, int, int], GuardedProtocol] = {}
         #: Accepted connections by transport, for the WebSocket protocol after the upgrade.
         self.by_transport: dict[Any, GuardedProtocol] = {}
+        #: Where WebSocket connections to a document owned by another process here go (``None``: nowhere).
+        self.handoff: HandOff | None = None
+        #: Lookups of new connections' owners under way (:meth:`GuardedProtocol._route`).
+        self.routing: set[asyncio.Task[None]] = set()
         track(self.limiter)
 
     def refuse(self, verdict: Verdict, source: str) -> None:
@@ -263,7 +269,7 @@ class GuardedProtocol(asyncio.Protocol):
     """
 
     __slots__ = ("_guard", "_factory", "_kwargs", "_inner", "_transport", "_key", "_per_source",
-                 "_addr", "_timer", "_done", "_linger", "_gated", "_deferred")
+                 "_addr", "_timer", "_done", "_linger", "_gated", "_deferred", "_handed", "_routed")
 
     def __init__(self, guard: Guard, factory: Callable[..., asyncio.Protocol], **kwargs: Any) -> None:
         self._guard = guard
@@ -281,6 +287,15 @@ class GuardedProtocol(asyncio.Protocol):
         #: Whether the first request went through the :class:`HandshakeGate`; what arrived while it waits.
         self._gated = False
         self._deferred: list[bytes] | None = None
+        #: What another process read of this connection before handing it here (``None``: accepted here).
+        self._handed: bytes | None = None
+        #: Whether the first request was looked at for a hand-over (once per connection).
+        self._routed = False
+
+    def handed_in(self, data: bytes) -> None:
+        """This connection was accepted by another process, which read ``data`` of it: serve it here,
+        ``data`` first, and never hand it on (:mod:`collab.handoff`). Call before ``connection_made``."""
+        self._handed = data
 
     # -- admission -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
@@ -313,6 +328,9 @@ class GuardedProtocol(asyncio.Protocol):
         self._kwargs = None
         self._inner = inner
         inner.connection_made(transport)
+        if self._handed:  # before the transport reads anything: the bytes stay in order
+            COUNTERS.handed_in_connections += 1
+            self.data_received(self._handed)
 
     def _expired(self) -> None:
         self._timer = None
@@ -408,12 +426,56 @@ class GuardedProtocol(asyncio.Protocol):
                 self._transport.pause_reading()
                 gate.waiting.append(self)
                 return
+            if self._routing([data]):
+                return
         inner.data_received(data)
 
+    def _routing(self, data: list[bytes]) -> bool:
+        """Whether the first request, ``data``, is being routed (:meth:`_route`): a WebSocket
+        connection that may belong on another process here. Asked once, after the gate."""
+        handoff = self._guard.handoff
+        if self._routed or handoff is None or self._handed is not None or not handoff.listening:
+            return False
+        self._routed = True
+        first = data[0]
+        doc = ws_document(first) if len(first) <= MAX_HANDED_BYTES else None
+        if doc is None:
+            return False
+        self._deferred = data
+        self._transport.pause_reading()
+        task = asyncio.ensure_future(self._route(handoff, doc))
+        self._guard.routing.add(task)
+        task.add_done_callback(self._guard.routing.discard)
+        return True
+
+    async def _route(self, handoff: HandOff, doc: str) -> None:
+        """Hand this connection to ``doc``'s owner if it is another process here; else serve it here."""
+        path = await handoff.destination(doc)
+        if self._done or self._deferred is None:  # closed meanwhile
+            return
+        transport = self._transport
+        sock = transport.get_extra_info("socket") if path is not None else None
+        if sock is not None:
+            fd = os.dup(sock.fileno())  # the send may wait: this fd stays this connection's meanwhile
+            try:
+                sent = await handoff.send(path, fd, b"".join(self._deferred))
+            finally:
+                os.close(fd)
+            if sent:
+                self._deferred = None
+                COUNTERS.handed_over_connections += 1
+                if not self._done:  # the owner holds the socket now: let go of it here (no FIN, no RST)
+                    transport.close()
+                return
+            if self._done:
+                return
+        self.resume()  # served here
+
     def resume(self) -> None:
-        """The :class:`HandshakeGate` lets the first request through: hand uvicorn what arrived."""
+        """The :class:`HandshakeGate` lets the first request through (or :meth:`_route` keeps it here):
+        hand uvicorn what arrived."""
         data, self._deferred = self._deferred, None
-        if self._done or self._inner is None or not data:
+        if self._done or self._inner is None or not data or self._routing(data):
             return
         transport = self._transport
         transport.resume_reading()

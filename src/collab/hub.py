@@ -81,6 +81,13 @@ class Hub:
         if self.cluster is not None:
             await self.cluster.start()
 
+    async def owner_elsewhere(self, doc_id: str) -> str | None:
+        """The process id of ``doc_id``'s owner when another process orders it (``None``: this one, or nobody)."""
+        if self.cluster is None:
+            return None
+        await self.cluster.start()  # the records of owners are sealed with the store's key, read at the start
+        return await self.cluster.ownership.owner_elsewhere(doc_id)
+
     async def document(self, doc_id: str) -> Document:
         """The open document ``doc_id``, loading it once however many ask at once."""
         doc = self.docs.get(doc_id)

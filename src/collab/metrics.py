@@ -64,6 +64,10 @@ class Counters:
     deferred_handshakes: int = 0
     #: Reads of large unfinished messages held for a later loop turn (uploads in bulk).
     deferred_reads: int = 0
+    #: WebSocket connections passed to the process here that owns their document (:mod:`collab.handoff`).
+    handed_over_connections: int = 0
+    #: WebSocket connections another process here passed to this one.
+    handed_in_connections: int = 0
 
 
 COUNTERS = Counters()
@@ -83,6 +87,8 @@ _COUNTER_HELP = {
     "slow_client_drops": "Clients dropped because they did not read what was sent to them.",
     "deferred_handshakes": "First requests of new connections held for a later event-loop turn.",
     "deferred_reads": "Connections reading a large unfinished message held for a later event-loop turn.",
+    "handed_over_connections": "WebSocket connections passed to the process on this machine that owns their document.",
+    "handed_in_connections": "WebSocket connections another process on this machine passed to this one.",
 }
 
 #: Gauge name (after ``collab_guard_``) -> help text; each tracked limiter reports these.
@@ -263,6 +269,10 @@ def metrics_text() -> str:
     return render(guard_families(), guard_values())
 
 
+#: Counters that count no refusal: left out of the flood-protection log line.
+_NOT_REFUSALS = frozenset({"accepted_connections", "handed_over_connections", "handed_in_connections"})
+
+
 class Summary:
     """Logs what was refused since the last line, at most one line per :data:`LOG_INTERVAL` seconds."""
 
@@ -281,7 +291,7 @@ class Summary:
         self.last = now
         parts = []
         for f in fields(Counters):
-            if f.name == "accepted_connections":
+            if f.name in _NOT_REFUSALS:
                 continue
             delta = getattr(COUNTERS, f.name) - getattr(self.seen, f.name)
             if delta:

@@ -83,6 +83,17 @@ class Ownership:
         """Whether this process is handing ``doc_id``'s lease over (see :meth:`hand_over`)."""
         return doc_id in self._handing
 
+    async def owner_elsewhere(self, doc_id: str) -> str | None:
+        """The process that owns ``doc_id`` when that is another one; ``None``: this one, nobody, or unknown."""
+        if self.leases is None or self.owns(doc_id):
+            return None
+        doc = self.docs.get(doc_id)
+        forwarder = getattr(doc, "forwarder", None)
+        if forwarder is not None and forwarder.owner is not None:
+            return forwarder.owner
+        owner = await self.backplane.owner(doc_id)
+        return owner if owner != self.backplane.process_id else None
+
     async def place(self, doc_id: str) -> str | None:
         """Take ``doc_id``'s lease if it is free; the process to forward its submits to, or ``None`` to order here.
 

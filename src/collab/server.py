@@ -15,13 +15,16 @@ import asyncio
 import gc
 import logging
 import os
+import shutil
 import socket
+import tempfile
 from typing import Any, Callable
 
 import uvicorn
 
 from collab import guard
 from collab.config import Settings
+from collab.handoff import HandOff
 from collab.startup import Sources, StartupError, preflight
 from collab.supervisor import supervise
 
@@ -72,16 +75,63 @@ def build_config(settings: Settings, app: ASGIApp, **overrides: Any) -> uvicorn.
 
 
 class _Server(uvicorn.Server):
-    """uvicorn.Server that reports when it is listening."""
+    """uvicorn.Server that reports when it is listening, and takes connections handed to it."""
 
     def __init__(self, config: uvicorn.Config, started: asyncio.Event | None) -> None:
         super().__init__(config)
         self._started_event = started
+        #: Set by :func:`build_server` with ``handoff_dir``: this process's end of the directory.
+        self.handoff: HandOff | None = None
+        #: The app's state (:class:`collab.app.CollabApp`), whose hub knows each document's owner.
+        self.collab: Any = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
+        if self.started:
+            self._listen_for_handoffs()
         if self.started and self._started_event is not None:
             self._started_event.set()
+
+    def _listen_for_handoffs(self) -> None:
+        """Once the hub runs (it knows the owners): take connections the other processes here hand over."""
+        from collab import transport
+
+        handoff, hub = self.handoff, getattr(self.collab, "hub", None)
+        backplane = getattr(hub, "backplane", None)
+        if handoff is None or backplane is None:
+            return
+        problem = transport.handoff_problem(self)
+        if problem is not None:
+            log.warning("%s: connections are not handed between the processes here", problem)
+            return
+        factory = transport.protocol_factory(self)
+        loop = asyncio.get_running_loop()
+
+        def accept(sock: socket.socket, data: bytes) -> None:
+            def protocol() -> asyncio.Protocol:
+                proto = factory()
+                proto.handed_in(data)  # type: ignore[attr-defined]
+                return proto
+
+            task = loop.create_task(loop.connect_accepted_socket(protocol, sock))
+            task.add_done_callback(_report_handed_failure)
+
+        handoff.owner_elsewhere = hub.owner_elsewhere
+        try:
+            handoff.listen(backplane.process_id, accept)
+        except OSError as exc:
+            log.warning("cannot take connections handed over in %s (%s); each is served where it arrives",
+                        handoff.directory, exc)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.handoff is not None:
+            self.handoff.close()  # first: the others stop handing connections here
+        await super().shutdown(sockets=sockets)
+
+
+def _report_handed_failure(task: "asyncio.Task[Any]") -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.info("a connection handed here was gone before it was served: %s", task.exception())
 
 
 def build_server(settings: Settings, app: ASGIApp, started: asyncio.Event | None = None,
@@ -93,7 +143,11 @@ def build_server(settings: Settings, app: ASGIApp, started: asyncio.Event | None
     transport.configure(config, settings)  # collab's protocol gets this server's incoming-memory limits
     server = _Server(config, started)
     if transport.support_problem() is None:  # else plain ASGI, without the guard's uvicorn glue (warned)
-        guard.install(server, settings)  # settings: shares the per-address state with the app (SourceLimits.for_settings)
+        installed = guard.install(server, settings)  # settings: shares the per-address state with the app (SourceLimits.for_settings)
+        collab_state = getattr(getattr(app, "state", None), "collab", None)
+        if settings.handoff_dir and settings.redis_url and collab_state is not None:
+            server.handoff = installed.handoff = HandOff(settings.handoff_dir)
+            server.collab = collab_state
     return server
 
 
@@ -211,5 +265,13 @@ def run(settings: Settings, app: ASGIApp | None = None, *, on_ready: Callable[[i
     if settings.workers <= 1:
         _worker(settings, app, sock, None if on_ready is None else (lambda: on_ready(port)))
         return
-    supervise(settings.workers, sock, lambda ready: _worker(settings, app, sock, ready),
-              None if on_ready is None else (lambda: on_ready(port)))
+    handoff_dir = None
+    if settings.redis_url and not settings.handoff_dir:  # the workers pass each other their owners' clients
+        handoff_dir = tempfile.mkdtemp(prefix="collab-handoff-")
+        settings = settings.replace(handoff_dir=handoff_dir)
+    try:
+        supervise(settings.workers, sock, lambda ready: _worker(settings, app, sock, ready),
+                  None if on_ready is None else (lambda: on_ready(port)))
+    finally:
+        if handoff_dir is not None:
+            shutil.rmtree(handoff_dir, ignore_errors=True)

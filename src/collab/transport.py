@@ -288,6 +288,28 @@ def support_problem() -> str | None:
     return None
 
 
+def protocol_factory(server: Any) -> Callable[[], asyncio.Protocol]:
+    """What a started ``uvicorn.Server`` calls for each connection it accepts (the guard's wrapper
+    around its HTTP protocol), to serve a connection it did not accept (:mod:`collab.handoff`).
+
+    Built as uvicorn's ``Server.startup`` builds its own ``create_protocol``, from the server's
+    ``config``, ``server_state`` and ``lifespan.state``; :func:`handoff_problem` checks they exist."""
+    config, state, app_state = server.config, server.server_state, server.lifespan.state
+    return functools.partial(config.http_protocol_class, config=config, server_state=state, app_state=app_state)
+
+
+def handoff_problem(server: Any) -> str | None:
+    """``None`` when :func:`protocol_factory` can serve connections for this started server; else why not."""
+    missing = [a for a in ("server_state", "lifespan", "config") if not hasattr(server, a)]
+    if not missing and not hasattr(server.lifespan, "state"):
+        missing.append("lifespan.state")
+    if missing:
+        import uvicorn
+
+        return f"uvicorn {getattr(uvicorn, '__version__', '?')} lacks Server.{', Server.'.join(missing)} (supported: {SUPPORTED})"
+    return None
+
+
 def ws_protocol() -> str | type:
     """uvicorn's ``ws`` option: collab's protocol, or, when :func:`support_problem` finds a gap,
     uvicorn's own (plain ASGI), saying so in one warning line."""

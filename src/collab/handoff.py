@@ -1,0 +1,222 @@
+"""Hand a new WebSocket connection to the process on this machine that orders its document.
+
+Behind a balancer without affinity (workers sharing one port, or processes
+on one machine behind a router) a document's clients land on different
+processes, and every edit of a client that is not on the owner's process
+is handled twice: received and forwarded here, ordered there, and its
+result sent back over Redis. Processes on one machine can do better: the
+one that accepts a connection reads its request line and, when it is
+``GET /ws/{doc}`` and another process here owns ``doc``, passes the socket
+itself (``SCM_RIGHTS`` over a Unix datagram socket), with the bytes already
+read, to the owner. The owner serves it as if it had accepted it; the
+client sees nothing. Every process that shares a directory
+(``COLLAB_HANDOFF_DIR``; the workers of one ``collab serve --workers N`` do
+by themselves) listens on ``{dir}/{process id}.sock``.
+
+A connection is served where it arrived whenever handing it over is not
+simple: no owner elsewhere, an owner with no socket in the directory (on
+another machine), a send that fails (the owner died; its receive buffer is
+full), a request line that did not come whole in the first read, or a
+first read larger than :data:`MAX_HANDED_BYTES`. Forwarding then does what
+it did before. A handed connection is never handed again.
+
+This module holds the socket work and the request-line parsing; the guard
+(:mod:`collab.guard`) decides when to ask, and the server
+(:mod:`collab.server`) wires the owner lookup and the receiving side.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from typing import Awaitable, Callable
+from urllib.parse import unquote
+
+from .protocol import valid_doc_name
+
+log = logging.getLogger("collab.handoff")
+
+#: The most bytes of a connection's first read that are handed over with it (more: served where it arrived).
+MAX_HANDED_BYTES = 16 * 1024
+
+#: Receive buffer of each process's hand-off socket: room for many connections handed at once.
+RECEIVE_BUFFER = 4 * 1024 * 1024
+
+#: Connections one receive callback takes at most, so a burst of hand-overs is spread over loop turns.
+RECEIVE_PER_TURN = 64
+
+#: Seconds a hand-over waits for room in the receiver's queue before the connection is served here.
+SEND_WAIT = 1.0
+
+_PREFIX = b"GET /ws/"
+
+
+def ws_document(data: bytes) -> str | None:
+    """The document of a first read that begins a ``GET /ws/{doc}`` request, if its request line is whole."""
+    if not data.startswith(_PREFIX):
+        return None
+    end = data.find(b"\r\n", 0, MAX_HANDED_BYTES)
+    if end < 0:
+        return None
+    target = data[len(_PREFIX):end].rsplit(b" ", 1)[0]
+    path = target.split(b"?", 1)[0]
+    try:
+        doc = unquote(path.decode("ascii"), errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return doc if valid_doc_name(doc) else None
+
+
+class HandOff:
+    """One process's end of the hand-over directory: where to send a connection, and receiving them.
+
+    ``owner_elsewhere(doc)`` (set by the server once the hub runs) answers the
+    process id of the document's owner when that is another process, else
+    ``None``; ``accept(sock, data)`` serves a connection handed to this
+    process, ``data`` being what its first process had read of it.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.process_id: str | None = None
+        self.owner_elsewhere: Callable[[str], Awaitable[str | None]] | None = None
+        self._sock: socket.socket | None = None
+        #: A socket connected to each process handed a connection so far, by its path.
+        self._out: dict[str, socket.socket] = {}
+        self._accept: Callable[[socket.socket, bytes], None] | None = None
+
+    def path(self, process_id: str) -> str:
+        return os.path.join(self.directory, f"{process_id}.sock")
+
+    @property
+    def listening(self) -> bool:
+        return self._sock is not None
+
+    def listen(self, process_id: str, accept: Callable[[socket.socket, bytes], None]) -> None:
+        """Bind ``{dir}/{process_id}.sock`` and call ``accept`` for each connection handed here."""
+        path = self.path(process_id)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            sock.bind(path)
+            sock.setblocking(False)
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock, self._accept, self.process_id = sock, accept, process_id
+
+    def close(self) -> None:
+        """Stop receiving, and remove this process's socket from the directory."""
+        for out in self._out.values():
+            out.close()
+        self._out.clear()
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+        sock.close()
+        if self.process_id is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path(self.process_id))
+
+    async def destination(self, doc: str) -> str | None:
+        """The socket to hand a connection to ``doc`` to, or ``None`` to serve it here."""
+        lookup = self.owner_elsewhere
+        if self._sock is None or lookup is None:
+            return None
+        try:
+            owner = await lookup(doc)
+        except Exception as exc:  # served here, which is correct
+            log.warning("finding the owner of %s for a new connection failed: %s", doc, exc)
+            return None
+        if owner is None or owner == self.process_id:
+            return None
+        path = self.path(owner)
+        return path if os.path.exists(path) else None
+
+    async def send(self, path: str, fd: int, data: bytes) -> bool:
+        """Pass the socket ``fd`` and ``data`` to the process at ``path``; whether it went.
+
+        Each destination has a connected socket of its own, so that a full queue at the receiver
+        (a burst of connections; Linux queues few datagrams per socket) is waited out, for at most
+        :data:`SEND_WAIT` seconds, rather than taken for a dead process."""
+        if self._sock is None:
+            return False
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SEND_WAIT
+        try:
+            out = self._out.get(path)
+            if out is None:
+                out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                out.setblocking(False)
+                try:
+                    out.connect(path)
+                except OSError:
+                    out.close()
+                    raise
+                self._out[path] = out
+            while True:
+                try:
+                    out.sendmsg([data], rights)
+                    return True
+                except BlockingIOError:
+                    if loop.time() >= deadline:
+                        raise
+                    await _writable(loop, out, deadline - loop.time())
+        except OSError as exc:  # the owner died, or is swamped: served here
+            dead = self._out.pop(path, None)
+            if dead is not None and not isinstance(exc, BlockingIOError):
+                dead.close()
+            elif dead is not None:
+                self._out[path] = dead
+            log.info("could not hand a connection to %s (%s); serving it here", path, exc)
+            return False
+
+    def _readable(self) -> None:
+        sock, accept = self._sock, self._accept
+        if sock is None or accept is None:
+            return
+        for _ in range(RECEIVE_PER_TURN):
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(sock, MAX_HANDED_BYTES, 4)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("receiving a handed connection failed: %s", exc)
+                return
+            if len(fds) != 1:  # not from a collab process: nothing to serve
+                for fd in fds:
+                    os.close(fd)
+                continue
+            try:
+                conn = socket.socket(fileno=fds[0])
+            except OSError:
+                os.close(fds[0])
+                continue
+            if conn.type != socket.SOCK_STREAM:
+                conn.close()
+                continue
+            conn.setblocking(False)
+            accept(conn, data)
+
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, sock: socket.socket, timeout: float) -> None:
+    """Wait until ``sock`` may be written (its peer's queue has room), or ``timeout`` seconds."""
+    ready = loop.create_future()
+    loop.add_writer(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+    try:
+        await asyncio.wait_for(ready, max(timeout, 0.0))
+    except asyncio.TimeoutError:
+        pass
+    finally:
+        loop.remove_writer(sock.fileno())

@@ -1,0 +1,228 @@
+"""Connections handed to the owner's process: two real server processes on one machine.
+
+Both share a hand-over directory (``COLLAB_HANDOFF_DIR``), PostgreSQL and
+Redis. A WebSocket connection to a document that the other process owns is
+passed to it, socket and all, and served there; the client sees an ordinary
+connection. Needs ``COLLAB_TEST_DATABASE_URL`` and ``COLLAB_TEST_REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import socket
+from typing import AsyncIterator
+
+import pytest
+import websockets
+
+import collab.client as cc
+from collab.handoff import HandOff, ws_document
+from conftest import ServerProcess, metric
+from test_scaleout import _drop_test_state, _unavailable, _with_param
+from test_supervisor import group  # noqa: F401  (a fixture)
+
+PG_URL = os.environ.get("COLLAB_TEST_DATABASE_URL", "")
+REDIS_URL = os.environ.get("COLLAB_TEST_REDIS_URL", "")
+
+HANDED_OVER = "collab_guard_handed_over_connections_total"
+HANDED_IN = "collab_guard_handed_in_connections_total"
+
+
+def test_the_document_is_read_from_a_whole_request_line_only():
+    assert ws_document(b"GET /ws/notes HTTP/1.1\r\nHost: x\r\n\r\n") == "notes"
+    assert ws_document(b"GET /ws/notes?token=abc HTTP/1.1\r\n") == "notes"
+    assert ws_document(b"GET /ws/a%2Db.txt HTTP/1.1\r\n") == "a-b.txt"
+    assert ws_document(b"GET /ws/notes HTTP/1.1") is None  # the line is not whole yet: served here
+    assert ws_document(b"GET /api/docs HTTP/1.1\r\n") is None
+    assert ws_document(b"POST /ws/notes HTTP/1.1\r\n") is None
+    assert ws_document(b"GET /ws/.hidden HTTP/1.1\r\n") is None  # not a document name
+    assert ws_document("GET /ws/caf\u00e9 HTTP/1.1\r\n".encode()) is None
+    assert ws_document(b"GET /ws/%F0%9F%8E%89 HTTP/1.1\r\n") is None  # an emoji is no document name
+    assert ws_document(b"GET /ws/%ZZ HTTP/1.1\r\n") is None
+
+
+async def test_a_socket_is_passed_whole_and_a_full_queue_at_the_receiver_is_waited_out(tmp_path):
+    """Real sockets: the receiver stands for a busy owner (it reads nothing until told). A send finds its
+    queue full and waits; once the receiver takes one, the send goes. Each received descriptor is the
+    socket that was sent: bytes written to it reach the other end of its pair."""
+    sender = HandOff(str(tmp_path))
+    sender.listen("sender", lambda sock, data: sock.close())
+    busy = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    busy.bind(str(tmp_path / "busy.sock"))
+    pairs = []
+    try:
+        waiting = None
+        while waiting is None:  # fill the receiver's queue: the first send that cannot go at once waits
+            a, b = socket.socketpair()
+            pairs.append((a, b))
+            task = asyncio.ensure_future(sender.send(sender.path("busy"), a.fileno(), "GET /ws/x 🎉".encode()))
+            await asyncio.sleep(0)  # one step of the task: done unless the queue is full
+            if not task.done():
+                waiting = task
+            else:
+                assert task.result() is True
+            assert len(pairs) < 10_000, "the receiver's queue never filled"
+        data, fds, _, _ = socket.recv_fds(busy, 1024, 1)
+        assert data == "GET /ws/x 🎉".encode() and len(fds) == 1
+        assert await asyncio.wait_for(waiting, 10) is True
+        with socket.socket(fileno=fds[0]) as received:
+            received.sendall(b"through")
+        assert pairs[0][1].recv(16) == b"through"
+    finally:
+        sender.close()
+        busy.close()
+        for a, b in pairs:
+            a.close()
+            b.close()
+    assert not (tmp_path / "sender.sock").exists()
+
+
+async def test_a_connection_is_not_passed_to_a_process_that_is_gone(tmp_path):
+    sender = HandOff(str(tmp_path))
+    sender.listen("sender", lambda sock, data: sock.close())
+    gone = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    gone.bind(str(tmp_path / "gone.sock"))
+    gone.close()  # killed: its socket file stays, nobody reads it
+    a, b = socket.socketpair()
+    try:
+        assert await sender.send(sender.path("gone"), a.fileno(), b"GET /ws/x HTTP/1.1\r\n") is False
+    finally:
+        sender.close()
+        a.close()
+        b.close()
+
+
+@pytest.fixture
+async def pair(tmp_path) -> AsyncIterator[tuple[ServerProcess, ServerProcess, str]]:
+    """Two processes sharing a hand-over directory, a fresh schema and a Redis prefix (the third item)."""
+    reason = await _unavailable()
+    if reason:
+        pytest.skip(reason)
+    schema = f"collab_handoff_{secrets.token_hex(5)}"
+    prefix = f"collab-test-{secrets.token_hex(5)}"
+    handoff = tmp_path / "handoff"
+    handoff.mkdir()
+    env = {
+        "DATABASE_URL": _with_param(PG_URL, "schema", schema),
+        "REDIS_URL": _with_param(REDIS_URL, "prefix", prefix),
+        "COLLAB_HANDOFF_DIR": str(handoff),
+        "COLLAB_IDLE_UNLOAD_SECONDS": "600",
+    }
+    procs = [ServerProcess(str(tmp_path / f"data{i}"), env=dict(env)) for i in range(2)]
+    for p in procs:
+        await asyncio.to_thread(p.start)
+    try:
+        yield procs[0], procs[1], prefix
+    finally:
+        for p in procs:
+            p.kill()
+        await _drop_test_state(schema, prefix)
+
+
+async def _join(ws) -> dict:
+    await ws.send(json.dumps({"type": "join"}))
+    while (m := json.loads(await ws.recv()))["type"] != "welcome":
+        pass
+    return m
+
+
+async def _edit(ws, rev: int, op: list, op_id: str) -> int:
+    """Send ``op`` at ``rev``; the revision of its ack."""
+    await ws.send(json.dumps({"type": "op", "rev": rev, "op": op, "id": op_id}))
+    while (m := json.loads(await ws.recv()))["type"] != "ack":
+        assert m["type"] != "error", m
+    return m["rev"]
+
+
+async def test_a_connection_to_a_document_owned_by_the_other_process_is_served_there(pair):
+    owner, other, prefix = pair
+    async with websockets.connect(f"{owner.ws_url}/ws/handed") as first:
+        rev = await _edit(first, (await _join(first))["rev"], ["🎉 hello"], "a1")
+        await _owner_recorded(prefix, "handed")
+        assert await metric(other, HANDED_OVER) == 0
+        async with websockets.connect(f"{other.ws_url}/ws/handed") as second:
+            welcome = await _join(second)
+            assert (welcome["rev"], welcome["text"]) == (rev, "🎉 hello")
+            rev = await _edit(second, rev, [7, " 🌍 world"], "b1")
+            while (m := json.loads(await first.recv()))["type"] != "op":
+                pass
+            assert (m["rev"], m["op"]) == (rev, [7, " 🌍 world"])
+        assert await metric(other, HANDED_OVER) == 1
+        assert await metric(owner, HANDED_IN) == 1
+        # Served on the owner: the other process never opened the document, nor forwarded an edit.
+        assert await metric(other, "collab_ops_applied_total") == 0
+        assert await metric(other, "collab_remote_ops_total") == 0
+        assert await metric(other, "collab_backplane_published_total") == 0
+
+
+async def _owner_recorded(prefix: str, doc: str) -> None:
+    """Wait until Redis names ``doc``'s owner (its record is written beside the lease, asynchronously)."""
+    import redis.asyncio as aioredis
+
+    r = aioredis.from_url(REDIS_URL)
+    try:
+        while await r.get(f"{prefix}:owner:{doc}") is None:
+            await asyncio.sleep(0.02)
+    finally:
+        await r.aclose()
+
+
+async def test_the_workers_of_one_server_serve_a_document_s_clients_in_one_process(group):  # noqa: F811
+    """``collab serve --workers 2``: the kernel spreads connections over both workers, and each one to
+    a document the other worker owns is passed to it, so no edit crosses Redis."""
+    g, base = await group(2)
+    doc = "gathered"
+    first = await cc.connect(base, doc)
+    clients = [first]
+    try:
+        await first.insert(0, "🧭")
+        await first.synced(timeout=30)
+        await _owner_recorded(g.prefix, doc)
+        clients += [await cc.connect(base, doc) for _ in range(7)]
+        for i, d in enumerate(clients):
+            await d.insert(0, f"{i}🙂")
+        for d in clients:
+            await d.synced(timeout=30)
+        text = clients[-1].text
+        for d in clients:
+            await d.wait_for(lambda t: t == text, timeout=30)
+        assert sorted(text[:-1].split("🙂")[:-1]) == [str(i) for i in range(8)]
+        serving = await _serving(g.prefix, doc, len(clients))
+    finally:
+        for d in clients:
+            await d.close()
+    assert len(set(serving.values())) == 1, f"the clients are served by several workers: {serving}"
+
+
+async def _serving(prefix: str, doc: str, clients: int) -> dict[str, str]:
+    """Each client of ``doc`` and the process serving it, from the presence records in Redis, once all
+    ``clients`` are there."""
+    import redis.asyncio as aioredis
+
+    r = aioredis.from_url(REDIS_URL)
+    try:
+        while len(records := await r.hgetall(f"{prefix}:peers:{doc}")) < clients:
+            await asyncio.sleep(0.02)
+    finally:
+        await r.aclose()
+    return {k.decode(): json.loads(v[v.index(b"{"):])["proc"] for k, v in records.items()}
+
+
+async def test_a_connection_whose_owner_died_is_served_where_it_arrived(pair):
+    """The owner's record still names it and its socket file is still there, but nobody reads it:
+    the connection is served by the process it reached, which takes the document over."""
+    owner, other, prefix = pair
+    async with websockets.connect(f"{owner.ws_url}/ws/orphan") as first:
+        await _edit(first, (await _join(first))["rev"], ["🦄"], "a1")
+        await _owner_recorded(prefix, "orphan")
+    owner.kill()
+    async with websockets.connect(f"{other.ws_url}/ws/orphan", open_timeout=30) as second:
+        welcome = await _join(second)
+        assert welcome["text"] == "🦄"
+        rev = welcome["rev"]
+        for i in range(3):  # acknowledged once the lease of the dead owner is taken over
+            rev = await asyncio.wait_for(_edit(second, rev, [i + 1, "!"], f"b{i}"), 30)
+        assert await metric(other, HANDED_OVER) == 0
