@@ -15,6 +15,12 @@ writers are all on one of them. No design of a cluster does less per edit,
 so its CPU per op is the floor for any two processes on this machine: half
 the load per process means fewer edits per group commit and per loop turn.
 
+Two more run two and three processes on one machine without affinity, as
+before, but sharing a hand-over directory (``COLLAB_HANDOFF_DIR``, what the
+workers of ``collab serve --workers N`` share by themselves): a process
+passes each new connection to the process that owns its document
+(:mod:`collab.handoff`), so a document's writers end up on one process.
+
 Every writer behaves like a real client: one operation in flight, the next
 sent when the previous is acknowledged (an insert at the start, based on the
 revision the writer has seen, so concurrent ones are transformed). Writers
@@ -294,8 +300,12 @@ async def bench(args: argparse.Namespace) -> None:
             for n, procs, name, by_doc in ((1, 1, "1 process, PostgreSQL + Redis", False),
                                            (2, 2, NO_AFFINITY, False),
                                            (3, 2, "2 processes, PostgreSQL + Redis, routed by document", True),
-                                           (4, 3, THREE, False)):
+                                           (4, 3, THREE, False),
+                                           (8, 2, HANDED, False),
+                                           (9, 3, THREE_HANDED, False)):
                 env = dict(pg(n), REDIS_URL=f"{args.redis_url}{rsep}prefix=collab-bench-{tag}-{n}")
+                if name in (HANDED, THREE_HANDED):  # processes on one machine: each passes the others
+                    env["COLLAB_HANDOFF_DIR"] = tempfile.mkdtemp(dir=tmp)  # their owners' connections
                 configs.append((name, [env] * procs, by_doc))
             configs.append((FLOOR, [pg(6), pg(7)], True))
         else:
@@ -371,12 +381,19 @@ class Ratio:
 
 ONE_PG, NO_AFFINITY, THREE = ("1 process, PostgreSQL", "2 processes, PostgreSQL + Redis, no affinity",
                               "3 processes, PostgreSQL + Redis, no affinity")
+HANDED, THREE_HANDED = ("2 processes on one machine, no affinity, connections handed to the owner",
+                        "3 processes on one machine, no affinity, connections handed to the owner")
 RATIOS = [
     Ratio("1 process on PostgreSQL / 1 on SQLite, ops/s", ONE_PG, 0, "1 process, SQLite", "ops", 0.6),
     Ratio("2 processes, no affinity / 1 on PostgreSQL, ops/s", NO_AFFINITY, 0, ONE_PG, "ops", 1.0),
     Ratio("... collab CPU per op", NO_AFFINITY, 0, ONE_PG, "per_op", 1.3, at_least=False),
     Ratio("hot doc, 3 processes / 1 on PostgreSQL, ops/s", THREE, 2, ONE_PG, "ops", 0.8),
     Ratio("... ack p99", THREE, 2, ONE_PG, "p99", 2.0, at_least=False),
+    Ratio("2 processes on one machine, handed to the owner / 1 on PostgreSQL, ops/s", HANDED, 0, ONE_PG, "ops", 1.0),
+    Ratio("... collab CPU per op", HANDED, 0, ONE_PG, "per_op", 1.3, at_least=False),
+    Ratio("hot doc, 3 processes on one machine, handed / 1 on PostgreSQL, ops/s", THREE_HANDED, 2, ONE_PG, "ops",
+          0.8),
+    Ratio("... ack p99", THREE_HANDED, 2, ONE_PG, "p99", 2.0, at_least=False),
     Ratio("floor: 2 processes sharing nothing / 1 on PostgreSQL, ops/s", FLOOR, 0, ONE_PG, "ops"),
     Ratio("... collab CPU per op", FLOOR, 0, ONE_PG, "per_op"),
     Ratio("2 processes, no affinity / the floor, ops/s", NO_AFFINITY, 0, FLOOR, "ops"),
