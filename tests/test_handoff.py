@@ -52,6 +52,7 @@ async def test_a_socket_is_passed_whole_and_a_full_queue_at_the_receiver_is_wait
     sender.listen("sender", lambda sock, data: sock.close())
     busy = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     busy.bind(str(tmp_path / "busy.sock"))
+    busy.setblocking(False)  # its queue is full when it is read: nothing to wait for
     pairs = []
     try:
         waiting = None

@@ -87,6 +87,7 @@ class HandOff:
         self._sock: socket.socket | None = None
         #: A socket connected to each process handed a connection so far, by its path.
         self._out: dict[str, socket.socket] = {}
+        self._sending: dict[str, asyncio.Lock] = {}
         self._accept: Callable[[socket.socket, bytes], None] | None = None
 
     def path(self, process_id: str) -> str:
@@ -153,6 +154,22 @@ class HandOff:
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SEND_WAIT
+        lock = self._sending.setdefault(path, asyncio.Lock())  # one waiter per destination, the rest in turn
+        try:
+            if lock.locked():
+                await asyncio.wait_for(lock.acquire(), SEND_WAIT)
+            else:
+                await lock.acquire()  # at once
+        except asyncio.TimeoutError:
+            log.info("could not hand a connection to %s (its queue stayed full); serving it here", path)
+            return False
+        try:
+            return await self._send(path, rights, data, deadline)
+        finally:
+            lock.release()
+
+    async def _send(self, path: str, rights: list, data: bytes, deadline: float) -> bool:
+        loop = asyncio.get_running_loop()
         try:
             out = self._out.get(path)
             if out is None:
