@@ -103,6 +103,13 @@ def test_read_only_data_dir(tmp_path):
     assert f"cannot write the data directory {data} (" in line and "--data-dir / COLLAB_DATA_DIR" in line
 
 
+def test_hand_over_directory_under_a_file(tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+    line = serve_fails(tmp_path, "--port", "0", REDIS_URL="redis://127.0.0.1:1/0",
+                       COLLAB_HANDOFF_DIR=str(tmp_path / "a-file" / "handoff"))
+    assert "cannot use the hand-over directory" in line and "COLLAB_HANDOFF_DIR" in line
+
+
 # ---------------------------------------------------------------------------
 # DATABASE_URL and REDIS_URL
 

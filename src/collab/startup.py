@@ -113,6 +113,20 @@ def check_configuration(settings: Settings, sources: Sources, env: Mapping[str, 
             f"or set {'WEB_CONCURRENCY' if sources.workers == 'WEB_CONCURRENCY' else '--workers'}=1")
     if not settings.database_url:
         check_data_dir(settings.data_dir)
+    if settings.handoff_dir and settings.redis_url:
+        check_handoff_dir(settings.handoff_dir)
+
+
+def check_handoff_dir(handoff_dir: str) -> None:
+    """Create ``handoff_dir`` if needed (for this user only) and check that a file can be made in it."""
+    path = os.path.abspath(handoff_dir)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise StartupError(f"cannot use the hand-over directory {path} ({exc.strerror or exc}): make it a directory "
+                           "that the collab processes of this machine can write, or unset COLLAB_HANDOFF_DIR") from None
 
 
 def check_data_dir(data_dir: str) -> None:

@@ -7,7 +7,9 @@ through its public API only (any release from 0.37). :func:`support_problem`
 checks at start-up that every internal used here and by :mod:`collab.guard`'s
 uvicorn glue is present; when one is not, :func:`ws_protocol` answers
 uvicorn's own protocol and the server runs on plain ASGI. :func:`configure`
-gives the protocol of one server its limits.
+gives the protocol of one server its limits. :func:`protocol_factory` makes
+what a started server makes for each connection it accepts, for connections
+another process hands over (:mod:`collab.handoff`).
 
 :class:`DirectWebSocketProtocol` adds one ASGI extension,
 ``scope["extensions"]["collab.direct"]``, whose value is the protocol:
