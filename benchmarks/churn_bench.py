@@ -5,7 +5,10 @@ Each of ``--per-doc`` clients per document, in a loop: connects to a process
 picked at random, joins, makes 1 to 30 edits (one in flight, each an
 insert of one code point, so a document's length is its number of edits),
 and leaves. Leases move with the clients all the time. Optionally an HTTP
-client replaces random documents' text meanwhile (``--http``).
+client replaces random documents' text meanwhile (``--http``). With
+``--handoff`` the processes share a hand-over directory, as the workers of
+``collab serve --workers N`` do: each new connection is passed to the
+process that owns its document, while leases move as clients leave.
 
 Reported: edits acknowledged per second, and what went wrong, if anything:
 an error or a close (1011 "storage failed" is a document the server gave
@@ -31,6 +34,7 @@ import random
 import secrets
 import statistics
 import sys
+import tempfile
 from dataclasses import dataclass, field
 
 import websockets
@@ -113,6 +117,9 @@ async def one_round(args: argparse.Namespace, r: int, tag: str) -> dict:
     rsep = "&" if "?" in args.redis_url else "?"
     env = {"DATABASE_URL": f"{args.database_url}{sep}schema=collab_bench_{tag}_{r}",
            "REDIS_URL": f"{args.redis_url}{rsep}prefix=collab-churn-{tag}-{r}"}
+    handoff = tempfile.TemporaryDirectory() if args.handoff else None
+    if handoff is not None:  # processes on one machine: connections go to their document's owner
+        env["COLLAB_HANDOFF_DIR"] = handoff.name
     servers = [Server(env).start() for _ in range(args.processes)]
     tally = Tally()
     rng = random.Random(r)
@@ -145,6 +152,8 @@ async def one_round(args: argparse.Namespace, r: int, tag: str) -> dict:
     finally:
         for s in servers:
             s.stop()
+        if handoff is not None:
+            handoff.cleanup()
     return {"ops": tally.acked / elapsed, "problems": tally.problems,
             "commits": sum(p.get("collab_store_commits_total", 0) for p in per),
             "turns": sum(p.get("collab_store_exclusive_turns_total", 0) for p in per),
@@ -166,7 +175,8 @@ async def bench(args: argparse.Namespace) -> int:
     finally:
         await drop_schemas(args.database_url, tag, range(args.rounds))
     print(f"\n{args.processes} processes, {args.docs} documents x {args.per_doc} clients coming and going"
-          f"{' and HTTP replacements' if args.http else ''}; {args.seconds:g} s x {args.rounds} rounds\n")
+          f"{' and HTTP replacements' if args.http else ''}{'; connections handed to the owner' if args.handoff else ''}; "
+          f"{args.seconds:g} s x {args.rounds} rounds\n")
     print("| edits/s acknowledged (median) | commits | holding the row lock | lost races | problems |")
     print("| ---: | ---: | ---: | ---: | ---: |")
     med = statistics.median
@@ -186,6 +196,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--http", action="store_true", help="also replace documents' text over HTTP")
+    parser.add_argument("--handoff", action="store_true",
+                        help="the processes share a hand-over directory (COLLAB_HANDOFF_DIR), as the workers of "
+                             "collab serve --workers N do: each new connection goes to its document's owner")
     args = parser.parse_args()
     if not args.database_url or not args.redis_url:
         parser.error("pass --database-url and --redis-url (or set COLLAB_TEST_DATABASE_URL and COLLAB_TEST_REDIS_URL)")
