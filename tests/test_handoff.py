@@ -16,7 +16,6 @@ import socket
 from typing import AsyncIterator
 
 import pytest
-import websockets
 
 import collab.client as cc
 from collab.handoff import HandOff, ws_document
@@ -123,40 +122,32 @@ async def pair(tmp_path) -> AsyncIterator[tuple[ServerProcess, ServerProcess, st
         await _drop_test_state(schema, prefix)
 
 
-async def _join(ws) -> dict:
-    await ws.send(json.dumps({"type": "join"}))
-    while (m := json.loads(await ws.recv()))["type"] != "welcome":
-        pass
-    return m
-
-
 async def _edit(ws, rev: int, op: list, op_id: str) -> int:
     """Send ``op`` at ``rev``; the revision of its ack."""
-    await ws.send(json.dumps({"type": "op", "rev": rev, "op": op, "id": op_id}))
-    while (m := json.loads(await ws.recv()))["type"] != "ack":
+    await ws.send({"type": "op", "rev": rev, "op": op, "id": op_id})
+    while (m := await ws.recv(30))["type"] != "ack":
         assert m["type"] != "error", m
     return m["rev"]
 
 
-async def test_a_connection_to_a_document_owned_by_the_other_process_is_served_there(pair):
+async def test_a_connection_to_a_document_owned_by_the_other_process_is_served_there(pair, ws_open):
     owner, other, prefix = pair
-    async with websockets.connect(f"{owner.ws_url}/ws/handed") as first:
-        rev = await _edit(first, (await _join(first))["rev"], ["🎉 hello"], "a1")
-        await _owner_recorded(prefix, "handed")
-        assert await metric(other, HANDED_OVER) == 0
-        async with websockets.connect(f"{other.ws_url}/ws/handed") as second:
-            welcome = await _join(second)
-            assert (welcome["rev"], welcome["text"]) == (rev, "🎉 hello")
-            rev = await _edit(second, rev, [7, " 🌍 world"], "b1")
-            while (m := json.loads(await first.recv()))["type"] != "op":
-                pass
-            assert (m["rev"], m["op"]) == (rev, [7, " 🌍 world"])
-        assert await metric(other, HANDED_OVER) == 1
-        assert await metric(owner, HANDED_IN) == 1
-        # Served on the owner: the other process never opened the document, nor forwarded an edit.
-        assert await metric(other, "collab_ops_applied_total") == 0
-        assert await metric(other, "collab_remote_ops_total") == 0
-        assert await metric(other, "collab_backplane_published_total") == 0
+    first = await ws_open(f"{owner.ws_url}/ws/handed")
+    rev = await _edit(first, (await first.join())["rev"], ["🎉 hello"], "a1")
+    await _owner_recorded(prefix, "handed")
+    assert await metric(other, HANDED_OVER) == 0
+    second = await ws_open(f"{other.ws_url}/ws/handed")
+    welcome = await second.join()
+    assert (welcome["rev"], welcome["text"]) == (rev, "🎉 hello")
+    rev = await _edit(second, rev, [7, " 🌍 world"], "b1")
+    m = await first.recv_type("op")
+    assert (m["rev"], m["op"]) == (rev, [7, " 🌍 world"])
+    assert await metric(other, HANDED_OVER) == 1
+    assert await metric(owner, HANDED_IN) == 1
+    # Served on the owner: the other process never opened the document, nor forwarded an edit.
+    assert await metric(other, "collab_ops_applied_total") == 0
+    assert await metric(other, "collab_remote_ops_total") == 0
+    assert await metric(other, "collab_backplane_published_total") == 0
 
 
 async def _owner_recorded(prefix: str, doc: str) -> None:
@@ -212,18 +203,18 @@ async def _serving(prefix: str, doc: str, clients: int) -> dict[str, str]:
     return {k.decode(): json.loads(v[v.index(b"{"):])["proc"] for k, v in records.items()}
 
 
-async def test_a_connection_whose_owner_died_is_served_where_it_arrived(pair):
+async def test_a_connection_whose_owner_died_is_served_where_it_arrived(pair, ws_open):
     """The owner's record still names it and its socket file is still there, but nobody reads it:
     the connection is served by the process it reached, which takes the document over."""
     owner, other, prefix = pair
-    async with websockets.connect(f"{owner.ws_url}/ws/orphan") as first:
-        await _edit(first, (await _join(first))["rev"], ["🦄"], "a1")
-        await _owner_recorded(prefix, "orphan")
+    first = await ws_open(f"{owner.ws_url}/ws/orphan")
+    await _edit(first, (await first.join())["rev"], ["🦄"], "a1")
+    await _owner_recorded(prefix, "orphan")
     owner.kill()
-    async with websockets.connect(f"{other.ws_url}/ws/orphan", open_timeout=30) as second:
-        welcome = await _join(second)
-        assert welcome["text"] == "🦄"
-        rev = welcome["rev"]
-        for i in range(3):  # acknowledged once the lease of the dead owner is taken over
-            rev = await asyncio.wait_for(_edit(second, rev, [i + 1, "!"], f"b{i}"), 30)
-        assert await metric(other, HANDED_OVER) == 0
+    second = await ws_open(f"{other.ws_url}/ws/orphan")
+    welcome = await second.join()
+    assert welcome["text"] == "🦄"
+    rev = welcome["rev"]
+    for i in range(3):  # acknowledged once the lease of the dead owner is taken over (within 30 s each)
+        rev = await _edit(second, rev, [i + 1, "!"], f"b{i}")
+    assert await metric(other, HANDED_OVER) == 0

@@ -190,11 +190,8 @@ class HandOff:
                         raise
                     await _writable(loop, out, deadline - loop.time())
         except OSError as exc:  # the owner died, or is swamped: served here
-            dead = self._out.pop(path, None)
-            if dead is not None and not isinstance(exc, BlockingIOError):
-                dead.close()
-            elif dead is not None:
-                self._out[path] = dead
+            if not isinstance(exc, BlockingIOError) and path in self._out:  # dead: connect anew next time
+                self._out.pop(path).close()
             log.info("could not hand a connection to %s (%s); serving it here", path, exc)
             return False
 

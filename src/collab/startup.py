@@ -119,26 +119,25 @@ def check_configuration(settings: Settings, sources: Sources, env: Mapping[str, 
 
 def check_handoff_dir(handoff_dir: str) -> None:
     """Create ``handoff_dir`` if needed (for this user only) and check that a file can be made in it."""
-    path = os.path.abspath(handoff_dir)
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as exc:
-        raise StartupError(f"cannot use the hand-over directory {path} ({exc.strerror or exc}): make it a directory "
-                           "that the collab processes of this machine can write, or unset COLLAB_HANDOFF_DIR") from None
+    _check_writable(handoff_dir, 0o700, "cannot use the hand-over directory", "make it a directory that the "
+                    "collab processes of this machine can write, or unset COLLAB_HANDOFF_DIR")
 
 
 def check_data_dir(data_dir: str) -> None:
     """Create ``data_dir`` if needed and check that a file can be written in it."""
-    path = os.path.abspath(data_dir)
-    hint = "make it writable for this user, or choose another with --data-dir / COLLAB_DATA_DIR"
+    _check_writable(data_dir, 0o777, "cannot write the data directory",
+                    "make it writable for this user, or choose another with --data-dir / COLLAB_DATA_DIR")
+
+
+def _check_writable(directory: str, mode: int, what: str, hint: str) -> None:
+    """Create ``directory`` if needed (with ``mode``) and make a file in it; else stop with ``what``, why and ``hint``."""
+    path = os.path.abspath(directory)
     try:
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(path, mode=mode, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as exc:
-        raise StartupError(f"cannot write the data directory {path} ({exc.strerror or exc}): {hint}") from None
+        raise StartupError(f"{what} {path} ({exc.strerror or exc}): {hint}") from None
 
 
 def bind(settings: Settings, sources: Sources) -> socket.socket:
