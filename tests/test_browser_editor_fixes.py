@@ -138,8 +138,11 @@ def test_retry_now_after_a_long_outage(tmp_path, pages):
         focus_at(a, "start")
         a.keyboard.type("before")
         wait_converged(s, doc, [a])
-        # A long outage: the page's backoff grows to far beyond this test.
-        a.evaluate("() => { collab.session.timing.base = 600000; collab.session.timing.max = 600000; }")
+        # A long outage: the page's backoff grows to far beyond this test, and
+        # the health probe waits as long, so only the click can bring it back.
+        a.evaluate(
+            "() => { const t = collab.session.timing; t.base = 600000; t.max = 600000; t.probe = 600000; }"
+        )
         s.stop()
         a.wait_for_selector("#retry-now:not([hidden])", timeout=10_000)
         assert a.inner_text("#conn-status .conn-text").startswith("Reconnecting in ")
