@@ -1,9 +1,13 @@
-"""Connections handed to the owner's process: two real server processes on one machine.
+"""Connections handed or relayed to the owner's process: two real server processes.
 
-Both share a hand-over directory (``COLLAB_HANDOFF_DIR``), PostgreSQL and
-Redis. A WebSocket connection to a document that the other process owns is
-passed to it, socket and all, and served there; the client sees an ordinary
-connection. Needs ``COLLAB_TEST_DATABASE_URL`` and ``COLLAB_TEST_REDIS_URL``.
+Handed: both share a hand-over directory (``COLLAB_HANDOFF_DIR``),
+PostgreSQL and Redis. A WebSocket connection to a document that the other
+process owns is passed to it, socket and all, and served there; the client
+sees an ordinary connection. Relayed: the processes share no directory (as
+on two machines) but each says where the other reaches it
+(``COLLAB_RELAY_ADDRESS``); such a connection's bytes are copied to the
+owner, which serves it. Needs ``COLLAB_TEST_DATABASE_URL`` and
+``COLLAB_TEST_REDIS_URL``.
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ import json
 import os
 import secrets
 import socket
-from typing import AsyncIterator
+import subprocess
+import sys
+from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 import collab.client as cc
-from collab.handoff import HandOff, ws_document
+from collab.handoff import HandOff, mark_relayed, relayed, split_address, ws_document
 from conftest import ServerProcess, metric
+from test_guard import NON_READER
 from test_scaleout import _drop_test_state, _unavailable, _with_param
 from test_supervisor import group  # noqa: F401  (a fixture)
 
@@ -28,6 +35,8 @@ REDIS_URL = os.environ.get("COLLAB_TEST_REDIS_URL", "")
 
 HANDED_OVER = "collab_guard_handed_over_connections_total"
 HANDED_IN = "collab_guard_handed_in_connections_total"
+RELAYED = "collab_guard_relayed_connections_total"
+RELAYED_IN = "collab_guard_relayed_in_connections_total"
 
 
 def test_the_document_is_read_from_a_whole_request_line_only():
@@ -95,31 +104,52 @@ async def test_a_connection_is_not_passed_to_a_process_that_is_gone(tmp_path):
         b.close()
 
 
+Pair = tuple[ServerProcess, ServerProcess, str]
+
+
 @pytest.fixture
-async def pair(tmp_path) -> AsyncIterator[tuple[ServerProcess, ServerProcess, str]]:
-    """Two processes sharing a hand-over directory, a fresh schema and a Redis prefix (the third item)."""
+async def processes(tmp_path) -> AsyncIterator[Callable[[Callable[[ServerProcess], dict]], Awaitable[Pair]]]:
+    """``await processes(env_of)``: two processes sharing a fresh schema and a Redis prefix (the third
+    item), each started with ``env_of(itself)`` on top of that; killed and cleaned after the test."""
     reason = await _unavailable()
     if reason:
         pytest.skip(reason)
     schema = f"collab_handoff_{secrets.token_hex(5)}"
     prefix = f"collab-test-{secrets.token_hex(5)}"
-    handoff = tmp_path / "handoff"
-    handoff.mkdir()
     env = {
         "DATABASE_URL": _with_param(PG_URL, "schema", schema),
         "REDIS_URL": _with_param(REDIS_URL, "prefix", prefix),
-        "COLLAB_HANDOFF_DIR": str(handoff),
         "COLLAB_IDLE_UNLOAD_SECONDS": "600",
     }
-    procs = [ServerProcess(str(tmp_path / f"data{i}"), env=dict(env)) for i in range(2)]
-    for p in procs:
-        await asyncio.to_thread(p.start)
+    procs: list[ServerProcess] = []
+
+    async def start(env_of: Callable[[ServerProcess], dict]) -> Pair:
+        for i in range(2):
+            p = ServerProcess(str(tmp_path / f"data{i}"), env=dict(env))
+            p.env.update(env_of(p))
+            procs.append(p)
+            await asyncio.to_thread(p.start)
+        return procs[0], procs[1], prefix
+
     try:
-        yield procs[0], procs[1], prefix
+        yield start
     finally:
         for p in procs:
             p.kill()
         await _drop_test_state(schema, prefix)
+
+
+@pytest.fixture
+async def pair(tmp_path, processes) -> Pair:
+    """Two processes sharing a hand-over directory."""
+    handoff = tmp_path / "handoff"
+    handoff.mkdir()
+    return await processes(lambda p: {"COLLAB_HANDOFF_DIR": str(handoff)})
+
+
+def _relaying(trusted: str = "127.0.0.0/8") -> Callable[[ServerProcess], dict]:
+    """Each process takes relayed connections at its own port; ``trusted``: the proxies (and processes) it trusts."""
+    return lambda p: {"COLLAB_RELAY_ADDRESS": f"127.0.0.1:{p.port}", "COLLAB_TRUSTED_PROXIES": trusted}
 
 
 async def _edit(ws, rev: int, op: list, op_id: str) -> int:
@@ -218,3 +248,117 @@ async def test_a_connection_whose_owner_died_is_served_where_it_arrived(pair, ws
     for i in range(3):  # acknowledged once the lease of the dead owner is taken over (within 30 s each)
         rev = await _edit(second, rev, [i + 1, "!"], f"b{i}")
     assert await metric(other, HANDED_OVER) == 0
+
+
+def test_relay_addresses_and_the_relayed_mark():
+    assert split_address("10.0.0.5:8000") == ("10.0.0.5", 8000)
+    assert split_address("[fd00::5]:8000") == ("fd00::5", 8000)
+    assert split_address("collab-2.internal:80") == ("collab-2.internal", 80)
+    for bad in ("10.0.0.5", ":8000", "host:port", "host:0", "host:70000"):
+        with pytest.raises(ValueError, match="host:port"):
+            split_address(bad)
+    first = b"GET /ws/notes HTTP/1.1\r\nHost: x\r\n\r\n"
+    marked = mark_relayed(first)
+    assert marked == b"GET /ws/notes HTTP/1.1\r\ncollab-relayed: 1\r\nHost: x\r\n\r\n"
+    assert relayed(marked) and not relayed(first)
+    assert ws_document(marked) == "notes"
+
+
+async def test_a_connection_to_a_document_owned_elsewhere_is_relayed_there(processes, ws_open):
+    """No shared directory: the connection's bytes are copied to the owner, which serves it. The other
+    process decodes nothing: it never opens the document, nor forwards an edit."""
+    owner, other, prefix = await processes(_relaying())
+    first = await ws_open(f"{owner.ws_url}/ws/relayed")
+    rev = await _edit(first, (await first.join())["rev"], ["🎉 hello"], "a1")
+    await _owner_recorded(prefix, "relayed")
+    second = await ws_open(f"{other.ws_url}/ws/relayed")
+    welcome = await second.join(user={"name": "Bea 🐝"})
+    assert (welcome["rev"], welcome["text"]) == (rev, "🎉 hello")
+    assert (await first.recv_type("join"))["user"]["name"] == "Bea 🐝"
+    rev = await _edit(second, rev, [7, " 🌍 world"], "b1")
+    m = await first.recv_type("op")
+    assert (m["rev"], m["op"]) == (rev, [7, " 🌍 world"])
+    rev = await _edit(first, rev, [15, "!"], "a2")
+    m = await second.recv_type("op")
+    assert (m["rev"], m["op"]) == (rev, [15, "!"])
+    assert await metric(other, RELAYED) == 1
+    assert await metric(owner, RELAYED_IN) == 1
+    assert await metric(other, HANDED_OVER) == 0
+    assert await metric(other, "collab_ops_applied_total") == 0
+    assert await metric(other, "collab_remote_ops_total") == 0
+    assert await metric(other, "collab_backplane_published_total") == 0
+    # The client leaves: the owner sees it go.
+    await second.close()
+    assert (await first.recv_type("leave"))["type"] == "leave"
+
+
+async def test_a_client_not_behind_a_trusted_proxy_is_not_relayed(processes, ws_open):
+    """The owner would not know such a client's address: it is served where it arrived (forwarded)."""
+    owner, other, prefix = await processes(_relaying(trusted="10.255.255.1"))
+    first = await ws_open(f"{owner.ws_url}/ws/direct")
+    rev = await _edit(first, (await first.join())["rev"], ["🦊"], "a1")
+    await _owner_recorded(prefix, "direct")
+    second = await ws_open(f"{other.ws_url}/ws/direct")
+    assert (await second.join())["text"] == "🦊"
+    rev = await _edit(second, rev, [1, "🐇"], "b1")
+    assert (await first.recv_type("op"))["rev"] == rev
+    assert await metric(other, RELAYED) == 0
+    assert await metric(other, "collab_backplane_published_total") > 0  # forwarded to the owner
+
+
+async def test_a_relayed_connection_ends_with_its_owner_and_the_next_is_served_where_it_arrives(
+        processes, ws_open):
+    owner, other, prefix = await processes(_relaying())
+    first = await ws_open(f"{owner.ws_url}/ws/orphan")
+    await _edit(first, (await first.join())["rev"], ["🦄"], "a1")
+    await _owner_recorded(prefix, "orphan")
+    second = await ws_open(f"{other.ws_url}/ws/orphan")
+    assert (await second.join())["text"] == "🦄"
+    owner.kill()
+    with pytest.raises(Exception):  # the relay ends with the owner's connection
+        while True:
+            await second.recv(30)
+    third = await ws_open(f"{other.ws_url}/ws/orphan")  # the owner's port refuses: served here
+    welcome = await third.join()
+    assert welcome["text"] == "🦄"
+    rev = welcome["rev"]
+    for i in range(3):  # acknowledged once the lease of the dead owner is taken over
+        rev = await _edit(third, rev, [i + 1, "!"], f"c{i}")
+    assert await metric(other, RELAYED) == 1
+
+
+async def test_a_relayed_client_that_never_reads_is_dropped_by_the_owner(processes, ws_open):
+    """Back-pressure through the relay: the relaying process stops reading from the owner once its
+    client does not read, so the owner's queue for that client fills and the owner drops it; the
+    relaying process holds no more than its buffers meanwhile."""
+    import psutil
+
+    limits = {"COLLAB_CLIENT_QUEUE_BYTES": "1000000", "COLLAB_HISTORY_DEPTH": "20", "COLLAB_HANDSHAKE_TIMEOUT": "30"}
+    for name in ("MSG_RATE", "BYTES_RATE", "ADDR_MSG_RATE", "ADDR_BYTES_RATE"):
+        limits[f"COLLAB_{name}"] = "1e12"
+    for name in ("MSG_BURST", "BYTES_BURST", "ADDR_MSG_BURST", "ADDR_BYTES_BURST"):
+        limits[f"COLLAB_{name}"] = str(10**12)
+    relaying = _relaying()
+    owner, other, prefix = await processes(lambda p: dict(relaying(p), **limits))
+    writer = await ws_open(f"{owner.ws_url}/ws/big")
+    rev = (await writer.join())["rev"]
+    rev = await _edit(writer, rev, ["🐢"], "w0")
+    await _owner_recorded(prefix, "big")
+    reader = await asyncio.create_subprocess_exec(sys.executable, "-c", NON_READER, str(other.port),
+                                                  stdout=subprocess.PIPE)
+    try:
+        assert (await reader.stdout.readline()).strip() == b"joined"
+        while await metric(owner, RELAYED_IN) < 1:  # the join went through the relay
+            await asyncio.sleep(0.05)
+        rss_start = psutil.Process(other.proc.pid).memory_info().rss
+        chunk, length, i = "y" * 60_000, 1, 0
+        while await metric(owner, "collab_guard_slow_client_drops_total") < 1:
+            assert i < 2_000, "the owner never dropped the relayed client that does not read"
+            rev = await _edit(writer, rev, [-length, chunk], f"w{i + 1}")
+            length, i = len(chunk), i + 1
+        growth = psutil.Process(other.proc.pid).memory_info().rss - rss_start
+        assert growth < 12e6, f"the relaying process grew {growth / 1e6:.1f} MB"
+        assert await metric(other, "collab_guard_slow_client_drops_total") == 0
+    finally:
+        reader.kill()
+        await reader.wait()

@@ -110,6 +110,18 @@ def test_hand_over_directory_under_a_file(tmp_path):
     assert "cannot use the hand-over directory" in line and "COLLAB_HANDOFF_DIR" in line
 
 
+def test_relay_address_must_be_host_and_port_and_needs_trusted_processes(tmp_path):
+    redis = {"REDIS_URL": "redis://127.0.0.1:1/0"}
+    line = serve_fails(tmp_path, "--port", "0", COLLAB_RELAY_ADDRESS="10.0.0.5", COLLAB_TRUSTED_PROXIES="10.0.0.0/8",
+                       **redis)
+    assert "COLLAB_RELAY_ADDRESS" in line and "10.0.0.5:8000" in line, line
+    line = serve_fails(tmp_path, "--port", "0", COLLAB_RELAY_ADDRESS="10.0.0.5:8000", **redis)
+    assert "COLLAB_TRUSTED_PROXIES" in line and "unset COLLAB_RELAY_ADDRESS" in line, line
+    line = serve_fails(tmp_path, "--port", "0", COLLAB_RELAY_ADDRESS="10.0.0.5:8000",
+                       COLLAB_TRUSTED_PROXIES="10.0.0.0/8")
+    assert "REDIS_URL" in line and "unset COLLAB_RELAY_ADDRESS" in line, line
+
+
 # ---------------------------------------------------------------------------
 # DATABASE_URL and REDIS_URL
 

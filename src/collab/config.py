@@ -144,6 +144,9 @@ class Settings:
     #: A directory shared by the processes on this machine (``collab serve --workers N`` makes one
     #: for its workers): each takes the WebSocket connections to the documents it owns from the others.
     handoff_dir: str = ""
+    #: ``host:port`` at which the other collab processes (on other machines) reach this one: each
+    #: relays the WebSocket connections to the documents this process owns here (``COLLAB_RELAY_ADDRESS``).
+    relay_address: str = ""
     #: Seconds after which a silent process's clients are announced as left (with REDIS_URL).
     presence_timeout: float = 10.0
 
@@ -241,6 +244,7 @@ class Settings:
             redis_url=redis_url(env),
             workers=_int(env, "WEB_CONCURRENCY", d.workers),
             handoff_dir=env.get("COLLAB_HANDOFF_DIR", d.handoff_dir),
+            relay_address=env.get("COLLAB_RELAY_ADDRESS", d.relay_address),
             presence_timeout=_float(env, "COLLAB_PRESENCE_TIMEOUT", d.presence_timeout),
             history_depth=_int(env, "COLLAB_HISTORY_DEPTH", d.history_depth),
             snapshot_every=_int(env, "COLLAB_SNAPSHOT_EVERY", d.snapshot_every),

@@ -43,7 +43,7 @@ from .limits import (
     Verdict,
     transform_cost,
 )
-from .handoff import MAX_HANDED_BYTES, HandOff, ws_document
+from .handoff import MAX_HANDED_BYTES, HandOff, Relay, open_relay, relayed, ws_document
 from .metrics import COUNTERS, LOG_INTERVAL, Counters, metrics_text, note, note_slow_client_drop, track
 from .protocol import CLOSE_OVERLOADED
 
@@ -269,7 +269,7 @@ class GuardedProtocol(asyncio.Protocol):
     """
 
     __slots__ = ("_guard", "_factory", "_kwargs", "_inner", "_transport", "_key", "_per_source",
-                 "_addr", "_timer", "_done", "_linger", "_gated", "_deferred", "_handed", "_routed")
+                 "_addr", "_timer", "_done", "_linger", "_gated", "_deferred", "_handed", "_routed", "_relay")
 
     def __init__(self, guard: Guard, factory: Callable[..., asyncio.Protocol], **kwargs: Any) -> None:
         self._guard = guard
@@ -291,6 +291,8 @@ class GuardedProtocol(asyncio.Protocol):
         self._handed: bytes | None = None
         #: Whether the first request was looked at for a hand-over (once per connection).
         self._routed = False
+        #: The connection to the owner's process this one is relayed to (:mod:`collab.handoff`), if it is.
+        self._relay: Relay | None = None
 
     def handed_in(self, data: bytes) -> None:
         """This connection was accepted by another process, which read ``data`` of it: serve it here,
@@ -407,6 +409,10 @@ class GuardedProtocol(asyncio.Protocol):
             transport.write_eof()
 
     def data_received(self, data: bytes) -> None:
+        relay = self._relay
+        if relay is not None:
+            relay.transport.write(data)
+            return
         if self._linger >= 0:
             self._linger -= len(data)
             if self._linger < 0:
@@ -434,12 +440,15 @@ class GuardedProtocol(asyncio.Protocol):
         """Whether the first request, ``data``, is being routed (:meth:`_route`): a WebSocket
         connection that may belong on another process here. Asked once, after the gate."""
         handoff = self._guard.handoff
-        if self._routed or handoff is None or self._handed is not None or not handoff.listening:
+        if self._routed or handoff is None or self._handed is not None or not handoff.active:
             return False
         self._routed = True
         first = data[0]
         doc = ws_document(first) if len(first) <= MAX_HANDED_BYTES else None
         if doc is None:
+            return False
+        if relayed(first):  # another process relayed it here: served here
+            COUNTERS.relayed_in_connections += 1
             return False
         self._deferred = data
         self._transport.pause_reading()
@@ -449,23 +458,41 @@ class GuardedProtocol(asyncio.Protocol):
         return True
 
     async def _route(self, handoff: HandOff, doc: str) -> None:
-        """Hand this connection to ``doc``'s owner if it is another process here; else serve it here."""
-        path = await handoff.destination(doc)
+        """Hand this connection to ``doc``'s owner if it is another process here, or relay it there if
+        that process is elsewhere and takes relayed connections; else serve it here.
+
+        Only a connection that came through a trusted proxy (``X-Forwarded-For`` names its client
+        to the owner) is relayed."""
+        dest = await handoff.destination(doc, relay=not self._per_source)
         if self._done or self._deferred is None:  # closed meanwhile
             return
         transport = self._transport
-        sock = transport.get_extra_info("socket") if path is not None else None
-        if sock is not None:
-            fd = os.dup(sock.fileno())  # the send may wait: this fd stays this connection's meanwhile
-            try:
-                sent = await handoff.send(path, fd, b"".join(self._deferred))
-            finally:
-                os.close(fd)
-            if sent:
-                self._deferred = None
-                COUNTERS.handed_over_connections += 1
-                if not self._done:  # the owner holds the socket now: let go of it here (no FIN, no RST)
-                    transport.close()
+        if dest is not None and dest.path is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                fd = os.dup(sock.fileno())  # the send may wait: this fd stays this connection's meanwhile
+                try:
+                    sent = await handoff.send(dest.path, fd, b"".join(self._deferred))
+                finally:
+                    os.close(fd)
+                if sent:
+                    self._deferred = None
+                    COUNTERS.handed_over_connections += 1
+                    if not self._done:  # the owner holds the socket now: let go of it here (no FIN, no RST)
+                        transport.close()
+                    return
+                if self._done:
+                    return
+        elif dest is not None and dest.address is not None:
+            relay = await open_relay(dest.address, transport, b"".join(self._deferred))
+            if relay is not None:
+                if self._done:  # the client left meanwhile
+                    relay.close()
+                    return
+                self._relay, self._deferred = relay, None
+                COUNTERS.relayed_connections += 1
+                self.request_started()  # the owner's guard times the handshake now
+                transport.resume_reading()
                 return
             if self._done:
                 return
@@ -485,22 +512,31 @@ class GuardedProtocol(asyncio.Protocol):
             (self._inner or transport.get_protocol()).data_received(chunk)
 
     def eof_received(self) -> bool | None:
+        if self._relay is not None:
+            return None  # the client is done: close, and so does the relay
         inner = self._inner
         return inner.eof_received() if inner is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.finish()
+        if self._relay is not None:
+            self._relay.close()
         inner = self._inner
         if inner is not None:
             self._inner = None
             inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        if self._inner is not None:
+        if self._relay is not None:  # the client reads slower than the owner writes
+            self._relay.transport.pause_reading()
+        elif self._inner is not None:
             self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        if self._inner is not None:
+        if self._relay is not None:
+            if not self._relay.transport.is_closing():
+                self._relay.transport.resume_reading()
+        elif self._inner is not None:
             self._inner.resume_writing()
 
 

@@ -20,6 +20,21 @@ full), a request line that did not come whole in the first read, or a
 first read larger than :data:`MAX_HANDED_BYTES`. Forwarding then does what
 it did before. A handed connection is never handed again.
 
+Processes on other machines cannot take a socket, but they can take its
+bytes: a process that says where the others reach it
+(``COLLAB_RELAY_ADDRESS``, kept in its heartbeat record in Redis) is
+*relayed* the connections to the documents it owns. The process that
+accepted such a connection opens one to the owner's address, writes what it
+read (with a ``collab-relayed`` header after the request line, so that the
+owner never routes it again) and from then on only copies bytes both ways,
+with back-pressure: the owner parses, orders and answers every message, and
+the relaying process no longer decodes any. Only connections that came
+through a trusted proxy are relayed (their ``X-Forwarded-For`` names the
+client to the owner, which must trust the relaying process in turn); when
+the owner does not answer within :data:`RELAY_CONNECT_WAIT` the connection
+is served where it arrived, and when either end closes, so does the other
+(the client reconnects, as after any dropped connection).
+
 This module holds the socket work and the request-line parsing; the guard
 (:mod:`collab.guard`) decides when to ask, and the server
 (:mod:`collab.server`) wires the owner lookup and the receiving side.
@@ -33,7 +48,8 @@ import contextlib
 import logging
 import os
 import socket
-from typing import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
 from urllib.parse import unquote
 
 from .protocol import valid_doc_name
@@ -52,7 +68,47 @@ RECEIVE_PER_TURN = 64
 #: Seconds a hand-over waits for room in the receiver's queue before the connection is served here.
 SEND_WAIT = 1.0
 
+#: Seconds a relay waits for the owner's process to accept a connection before it is served here.
+RELAY_CONNECT_WAIT = 1.0
+
+#: Owners' relay addresses remembered (a process's address does not change while its id lives).
+ADDRESSES_KEPT = 4096
+
+#: The header a relaying process puts after the request line: the owner does not route the connection again.
+RELAYED_HEADER = b"collab-relayed: 1\r\n"
+
 _PREFIX = b"GET /ws/"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a new connection goes: a process on this machine (``path``, its hand-over socket) or a
+    process elsewhere that takes relayed connections (``address``, host and port)."""
+
+    path: str | None = None
+    address: tuple[str, int] | None = None
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` or ``[ipv6]:port`` as host and port; ``ValueError`` with what is wrong otherwise."""
+    host, sep, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not host:port (for example 10.0.0.5:8000 or [fd00::5]:8000)")
+    return host, int(port)
+
+
+def relayed(data: bytes) -> bool:
+    """Whether a first read is of a connection another process relayed here (its header follows the request line)."""
+    end = data.find(b"\r\n", 0, MAX_HANDED_BYTES)
+    return end >= 0 and data.startswith(RELAYED_HEADER, end + 2)
+
+
+def mark_relayed(data: bytes) -> bytes:
+    """A first read with :data:`RELAYED_HEADER` put after its (whole) request line."""
+    end = data.index(b"\r\n") + 2
+    return data[:end] + RELAYED_HEADER + data[end:]
 
 
 def ws_document(data: bytes) -> str | None:
@@ -74,16 +130,21 @@ def ws_document(data: bytes) -> str | None:
 class HandOff:
     """One process's end of the hand-over directory: where to send a connection, and receiving them.
 
-    ``owner_elsewhere(doc)`` (set by the server once the hub runs) answers the
-    process id of the document's owner when that is another process, else
-    ``None``; ``accept(sock, data)`` serves a connection handed to this
-    process, ``data`` being what its first process had read of it.
+    ``directory``: the hand-over directory shared with the processes on this
+    machine ("": none). :meth:`start` (called by the server once the hub
+    runs) gives the lookups: ``owner_elsewhere(doc)`` answers the process id
+    of the document's owner when that is another process, else ``None``;
+    ``address_of(process_id)`` answers where that process takes relayed
+    connections, if it does. ``accept(sock, data)`` serves a connection
+    handed to this process, ``data`` being what its first process had read of it.
     """
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str = "") -> None:
         self.directory = directory
         self.process_id: str | None = None
         self.owner_elsewhere: Callable[[str], Awaitable[str | None]] | None = None
+        self.address_of: Callable[[str], Awaitable[str | None]] | None = None
+        self._addresses: dict[str, tuple[str, int] | None] = {}
         self._sock: socket.socket | None = None
         #: A socket connected to each process handed a connection so far, by its path.
         self._out: dict[str, socket.socket] = {}
@@ -92,6 +153,16 @@ class HandOff:
 
     def path(self, process_id: str) -> str:
         return os.path.join(self.directory, f"{process_id}.sock")
+
+    def start(self, process_id: str, owner_elsewhere: Callable[[str], Awaitable[str | None]],
+              address_of: Callable[[str], Awaitable[str | None]] | None = None) -> None:
+        """Route new connections from now on: ``process_id`` is this process's, the lookups are the hub's."""
+        self.process_id, self.owner_elsewhere, self.address_of = process_id, owner_elsewhere, address_of
+
+    @property
+    def active(self) -> bool:
+        """Whether new connections are looked at for a hand-over or a relay (the lookups are set)."""
+        return self.owner_elsewhere is not None
 
     @property
     def listening(self) -> bool:
@@ -128,20 +199,39 @@ class HandOff:
             with contextlib.suppress(OSError):
                 os.unlink(self.path(self.process_id))
 
-    async def destination(self, doc: str) -> str | None:
-        """The socket to hand a connection to ``doc`` to, or ``None`` to serve it here."""
+    async def destination(self, doc: str, relay: bool = False) -> Destination | None:
+        """Where to hand (or, if ``relay``, relay) a connection to ``doc``, or ``None`` to serve it here."""
         lookup = self.owner_elsewhere
-        if self._sock is None or lookup is None:
+        if lookup is None or (self._sock is None and not (relay and self.address_of)):
             return None
         try:
             owner = await lookup(doc)
+            if owner is None or owner == self.process_id:
+                return None
+            if self._sock is not None:
+                path = self.path(owner)
+                if os.path.exists(path):
+                    return Destination(path=path)
+            address = await self._address(owner) if relay else None
         except Exception as exc:  # served here, which is correct
             log.warning("finding the owner of %s for a new connection failed: %s", doc, exc)
             return None
-        if owner is None or owner == self.process_id:
-            return None
-        path = self.path(owner)
-        return path if os.path.exists(path) else None
+        return Destination(address=address) if address is not None else None
+
+    async def _address(self, process_id: str) -> tuple[str, int] | None:
+        """Where ``process_id`` takes relayed connections (``None``: it does not, or it is gone)."""
+        if process_id in self._addresses:
+            return self._addresses[process_id]
+        found = await self.address_of(process_id) if self.address_of is not None else None
+        try:
+            address = split_address(found) if found else None
+        except ValueError:
+            address = None
+        if found is not None:  # a live process's answer stays true; a gone one is asked again (not kept)
+            if len(self._addresses) >= ADDRESSES_KEPT:
+                self._addresses.clear()
+            self._addresses[process_id] = address
+        return address
 
     async def send(self, path: str, fd: int, data: bytes) -> bool:
         """Pass the socket ``fd`` and ``data`` to the process at ``path``; whether it went.
@@ -222,6 +312,60 @@ class HandOff:
             conn.setblocking(False)
             accept(conn, data)
 
+
+
+class Relay(asyncio.Protocol):
+    """The connection to the owner's process for one relayed client: what the owner sends goes to the
+    client's transport, with back-pressure both ways (the guard feeds the other direction)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.client.write(data)
+
+    def eof_received(self) -> bool:
+        return False  # the owner is done with it: close, and so does the client's connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        client = self.client
+        if not client.is_closing():
+            if exc is None:
+                client.close()  # what the owner sent still goes out
+            else:
+                client.abort()
+
+    def pause_writing(self) -> None:  # the owner reads slower than the client writes
+        self.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        if not self.client.is_closing():
+            self.client.resume_reading()
+
+    def close(self) -> None:
+        """The client's connection ended: end this one."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+async def open_relay(address: tuple[str, int], client: Any, data: bytes) -> Relay | None:
+    """Connect to the owner's process at ``address`` for ``client``'s connection and send it ``data``
+    (the client's first read); ``None`` (the connection is served here) when it does not accept in time."""
+    loop = asyncio.get_running_loop()
+    host, port = address
+    try:
+        _, relay = await asyncio.wait_for(loop.create_connection(lambda: Relay(client), host, port),
+                                          RELAY_CONNECT_WAIT)
+    except (OSError, asyncio.TimeoutError) as exc:
+        log.info("could not relay a connection to %s:%s (%s); serving it here", host, port,
+                 exc or "no answer in time")
+        return None
+    relay.transport.write(mark_relayed(data))
+    return relay
 
 
 async def _writable(loop: asyncio.AbstractEventLoop, sock: socket.socket, timeout: float) -> None:

@@ -68,6 +68,10 @@ class Counters:
     handed_over_connections: int = 0
     #: WebSocket connections another process here passed to this one.
     handed_in_connections: int = 0
+    #: WebSocket connections relayed to the process elsewhere that owns their document.
+    relayed_connections: int = 0
+    #: WebSocket connections another process relayed to this one.
+    relayed_in_connections: int = 0
 
 
 COUNTERS = Counters()
@@ -89,6 +93,8 @@ _COUNTER_HELP = {
     "deferred_reads": "Connections reading a large unfinished message held for a later event-loop turn.",
     "handed_over_connections": "WebSocket connections passed to the process on this machine that owns their document.",
     "handed_in_connections": "WebSocket connections another process on this machine passed to this one.",
+    "relayed_connections": "WebSocket connections relayed to the process on another machine that owns their document.",
+    "relayed_in_connections": "WebSocket connections another process relayed to this one.",
 }
 
 #: Gauge name (after ``collab_guard_``) -> help text; each tracked limiter reports these.
@@ -270,7 +276,8 @@ def metrics_text() -> str:
 
 
 #: Counters that count no refusal: left out of the flood-protection log line.
-_NOT_REFUSALS = frozenset({"accepted_connections", "handed_over_connections", "handed_in_connections"})
+_NOT_REFUSALS = frozenset({"accepted_connections", "handed_over_connections", "handed_in_connections",
+                           "relayed_connections", "relayed_in_connections"})
 
 
 class Summary:

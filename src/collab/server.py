@@ -100,6 +100,9 @@ class _Server(uvicorn.Server):
         backplane = getattr(hub, "backplane", None)
         if handoff is None or backplane is None:
             return
+        handoff.start(backplane.process_id, hub.owner_elsewhere, backplane.address_of)
+        if not handoff.directory:  # relays only
+            return
         problem = transport.handoff_problem(self)
         if problem is not None:
             log.warning("%s: connections are not handed between the processes here", problem)
@@ -116,7 +119,6 @@ class _Server(uvicorn.Server):
             task = loop.create_task(loop.connect_accepted_socket(protocol, sock))
             task.add_done_callback(_report_handed_failure)
 
-        handoff.owner_elsewhere = hub.owner_elsewhere
         try:
             handoff.listen(backplane.process_id, accept)
         except OSError as exc:
@@ -145,7 +147,7 @@ def build_server(settings: Settings, app: ASGIApp, started: asyncio.Event | None
     if transport.support_problem() is None:  # else plain ASGI, without the guard's uvicorn glue (warned)
         installed = guard.install(server, settings)  # settings: shares the per-address state with the app (SourceLimits.for_settings)
         collab_state = getattr(getattr(app, "state", None), "collab", None)
-        if settings.handoff_dir and settings.redis_url and collab_state is not None:
+        if (settings.handoff_dir or settings.relay_address) and settings.redis_url and collab_state is not None:
             server.handoff = installed.handoff = HandOff(settings.handoff_dir)
             server.collab = collab_state
     return server

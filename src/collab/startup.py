@@ -115,6 +115,26 @@ def check_configuration(settings: Settings, sources: Sources, env: Mapping[str, 
         check_data_dir(settings.data_dir)
     if settings.handoff_dir and settings.redis_url:
         check_handoff_dir(settings.handoff_dir)
+    if settings.relay_address:
+        check_relay_address(settings)
+
+
+def check_relay_address(settings: Settings) -> None:
+    """``COLLAB_RELAY_ADDRESS`` is ``host:port``, and relayed connections can be served: processes that
+    share documents (Redis), and the relaying processes trusted (``COLLAB_TRUSTED_PROXIES``)."""
+    from .handoff import split_address
+
+    try:
+        split_address(settings.relay_address)
+    except ValueError as exc:
+        raise StartupError(f"COLLAB_RELAY_ADDRESS: {exc}") from None
+    if not settings.redis_url:
+        raise StartupError("COLLAB_RELAY_ADDRESS is set, but connections are relayed only between processes that "
+                           "share documents: set REDIS_URL (and DATABASE_URL), or unset COLLAB_RELAY_ADDRESS")
+    if not settings.trusted_proxies:
+        raise StartupError("COLLAB_RELAY_ADDRESS is set, but relayed connections reach this process from the other "
+                           "collab processes, which must be trusted like your proxy: list their network in "
+                           "COLLAB_TRUSTED_PROXIES (for example 10.0.0.0/8), or unset COLLAB_RELAY_ADDRESS")
 
 
 def check_handoff_dir(handoff_dir: str) -> None:

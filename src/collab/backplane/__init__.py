@@ -46,6 +46,9 @@ class Backplane(abc.ABC):
     def __init__(self) -> None:
         #: This process's id, stamped on everything it publishes.
         self.process_id = secrets.token_hex(8)
+        #: ``host:port`` where the other processes relay connections to this one ("": they do not;
+        #: :mod:`collab.handoff`). Set before :meth:`start`, which records it beside the heartbeat.
+        self.relay_address = ""
         #: Seals the bundles this process publishes and opens those it reads (the hub sets it from the
         #: deployment's key before :meth:`start`; see :mod:`collab.seal`). With a seal, a bundle that
         #: does not open, or is stale or replayed, is dropped: it did not come from this deployment.
@@ -98,6 +101,11 @@ class Backplane(abc.ABC):
     @abc.abstractmethod
     async def owner(self, doc: str) -> str | None:
         """The process recorded as owning ``doc``, if any (a hint: the record may be stale)."""
+
+    async def address_of(self, proc: str) -> str | None:
+        """Where process ``proc`` takes relayed connections: its :attr:`relay_address` ("": it takes
+        none), or ``None`` if it is gone or unknown. Only a backplane between machines knows."""
+        return None
 
     @abc.abstractmethod
     def set_peer(self, doc: str, client: str, info: dict) -> None:
@@ -245,6 +253,7 @@ async def open_backplane(settings: Any) -> Backplane | None:
 
     timeout = settings.presence_timeout  # seconds after which a silent process's clients are announced as left
     backplane = RedisBackplane(settings.redis_url, heartbeat_ttl=max(1.0, timeout))
+    backplane.relay_address = getattr(settings, "relay_address", "")
     await backplane.open()
     return backplane
 

@@ -7,7 +7,8 @@ Keys and channels, under a prefix (``collab`` unless the URL says
 * channel ``{prefix}:to:{id}``: the bundles for process ``id`` alone;
 * hash ``{prefix}:peers:{doc}``: client id -> JSON presence of every process's clients;
 * key ``{prefix}:proc:{id}``: this process's heartbeat, refreshed every
-  ``heartbeat_ttl / 3`` seconds and expiring after ``heartbeat_ttl``;
+  ``heartbeat_ttl / 3`` seconds and expiring after ``heartbeat_ttl``; its
+  value is the process's relay address (``1``: it has none);
 * key ``{prefix}:owner:{doc}``: the id of the process that owns the document.
 
 Outgoing commands go through one queue and are sent in order, pipelined, by
@@ -187,7 +188,8 @@ class RedisBackplane(Backplane):
         if self.redis is None:
             await self.open()
         self._handler, self._on_resync, self._direct = handler, on_resync, direct
-        self._beat = self._record(self._proc_key(self.process_id), b"1")  # sealed: a forged one is no heartbeat
+        beat = self.relay_address.encode() or b"1"  # sealed: a forged one is no heartbeat, and names no address
+        self._beat = self._record(self._proc_key(self.process_id), beat)
         await self.redis.set(self._proc_key(self.process_id), self._beat, px=int(self.heartbeat_ttl * 1000))
         self._own_tail = _dumps({"proc": self.process_id})[1:]  # how this process's bundles end
         self._inbox_str = self._inbox_name(self.process_id)
@@ -427,6 +429,13 @@ class RedisBackplane(Backplane):
         key = self._owner_key(doc)
         value = self._read_record(key, await self.redis.get(key))
         return value.decode() if value is not None else None
+
+    async def address_of(self, proc: str) -> str | None:
+        key = self._proc_key(proc)
+        beat = self._read_record(key, await self.redis.get(key))
+        if beat is None:
+            return None
+        return beat.decode(errors="replace") if beat != b"1" else ""
 
     def set_peer(self, doc: str, client: str, info: dict) -> None:
         key = self._peers_key(doc)
