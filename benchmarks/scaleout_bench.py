@@ -20,6 +20,10 @@ before, but sharing a hand-over directory (``COLLAB_HANDOFF_DIR``, what the
 workers of ``collab serve --workers N`` share by themselves): a process
 passes each new connection to the process that owns its document
 (:mod:`collab.handoff`), so a document's writers end up on one process.
+Two more stand for processes on separate machines, which cannot pass a
+socket: each says where the others reach it (``COLLAB_RELAY_ADDRESS``), and
+a process relays each new connection's bytes to the process that owns its
+document, which serves it.
 
 Every writer behaves like a real client: one operation in flight, the next
 sent when the previous is acknowledged (an insert at the start, based on the
@@ -132,6 +136,8 @@ class Server:
         env.pop("PORT", None)
         env.pop("WEB_CONCURRENCY", None)
         env.update(self.env)
+        if env.get("COLLAB_RELAY_ADDRESS") == "self":  # where the other processes reach this one
+            env["COLLAB_RELAY_ADDRESS"] = f"127.0.0.1:{self.port}"
         code = "from collab.config import Settings; from collab.server import run; run(Settings.from_env())"
         self.proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=str(ROOT),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -302,10 +308,14 @@ async def bench(args: argparse.Namespace) -> None:
                                            (3, 2, "2 processes, PostgreSQL + Redis, routed by document", True),
                                            (4, 3, THREE, False),
                                            (8, 2, HANDED, False),
-                                           (9, 3, THREE_HANDED, False)):
+                                           (9, 3, THREE_HANDED, False),
+                                           (10, 2, RELAYED, False),
+                                           (11, 3, THREE_RELAYED, False)):
                 env = dict(pg(n), REDIS_URL=f"{args.redis_url}{rsep}prefix=collab-bench-{tag}-{n}")
                 if name in (HANDED, THREE_HANDED):  # processes on one machine: each passes the others
                     env["COLLAB_HANDOFF_DIR"] = tempfile.mkdtemp(dir=tmp)  # their owners' connections
+                if name in (RELAYED, THREE_RELAYED):  # as if on separate machines: relayed to the owner
+                    env.update(COLLAB_RELAY_ADDRESS="self", COLLAB_TRUSTED_PROXIES="127.0.0.1")
                 configs.append((name, [env] * procs, by_doc))
             configs.append((FLOOR, [pg(6), pg(7)], True))
         else:
@@ -383,6 +393,8 @@ ONE_PG, NO_AFFINITY, THREE = ("1 process, PostgreSQL", "2 processes, PostgreSQL 
                               "3 processes, PostgreSQL + Redis, no affinity")
 HANDED, THREE_HANDED = ("2 processes on one machine, no affinity, connections handed to the owner",
                         "3 processes on one machine, no affinity, connections handed to the owner")
+RELAYED, THREE_RELAYED = ("2 processes, as on separate machines, no affinity, connections relayed to the owner",
+                          "3 processes, as on separate machines, no affinity, connections relayed to the owner")
 RATIOS = [
     Ratio("1 process on PostgreSQL / 1 on SQLite, ops/s", ONE_PG, 0, "1 process, SQLite", "ops", 0.6),
     Ratio("2 processes, no affinity / 1 on PostgreSQL, ops/s", NO_AFFINITY, 0, ONE_PG, "ops", 1.0),
@@ -394,6 +406,10 @@ RATIOS = [
     Ratio("hot doc, 3 processes on one machine, handed / 1 on PostgreSQL, ops/s", THREE_HANDED, 2, ONE_PG, "ops",
           0.8),
     Ratio("... ack p99", THREE_HANDED, 2, ONE_PG, "p99", 2.0, at_least=False),
+    Ratio("2 processes, relayed to the owner / 1 on PostgreSQL, ops/s", RELAYED, 0, ONE_PG, "ops", 1.0),
+    Ratio("... collab CPU per op", RELAYED, 0, ONE_PG, "per_op", 1.3, at_least=False),
+    Ratio("hot doc, 3 processes, relayed / 1 on PostgreSQL, ops/s", THREE_RELAYED, 2, ONE_PG, "ops", 0.8),
+    Ratio("... ack p99", THREE_RELAYED, 2, ONE_PG, "p99", 2.0, at_least=False),
     Ratio("floor: 2 processes sharing nothing / 1 on PostgreSQL, ops/s", FLOOR, 0, ONE_PG, "ops"),
     Ratio("... collab CPU per op", FLOOR, 0, ONE_PG, "per_op"),
     Ratio("2 processes, no affinity / the floor, ops/s", NO_AFFINITY, 0, FLOOR, "ops"),

@@ -411,7 +411,7 @@ class GuardedProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         relay = self._relay
         if relay is not None:
-            relay.transport.write(data)
+            relay.write(data)
             return
         if self._linger >= 0:
             self._linger -= len(data)
@@ -528,14 +528,13 @@ class GuardedProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self._relay is not None:  # the client reads slower than the owner writes
-            self._relay.transport.pause_reading()
+            self._relay.pause_reading()
         elif self._inner is not None:
             self._inner.pause_writing()
 
     def resume_writing(self) -> None:
         if self._relay is not None:
-            if not self._relay.transport.is_closing():
-                self._relay.transport.resume_reading()
+            self._relay.resume_reading()
         elif self._inner is not None:
             self._inner.resume_writing()
 

@@ -326,7 +326,8 @@ class Relay(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self.client.write(data)
+        if not self.client.is_closing():
+            self.client.write(data)
 
     def eof_received(self) -> bool:
         return False  # the owner is done with it: close, and so does the client's connection
@@ -340,11 +341,27 @@ class Relay(asyncio.Protocol):
                 client.abort()
 
     def pause_writing(self) -> None:  # the owner reads slower than the client writes
-        self.client.pause_reading()
+        if not self.client.is_closing():
+            self.client.pause_reading()
 
     def resume_writing(self) -> None:
         if not self.client.is_closing():
             self.client.resume_reading()
+
+    # -- what the client's side (the guard) calls ----------------------------
+    def write(self, data: bytes) -> None:
+        """Bytes from the client, for the owner."""
+        if not self.transport.is_closing():
+            self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        """The client reads slower than the owner writes: stop reading from the owner."""
+        if not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def close(self) -> None:
         """The client's connection ended: end this one."""
