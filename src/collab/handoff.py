@@ -128,7 +128,8 @@ def ws_document(data: bytes) -> str | None:
 
 
 class HandOff:
-    """One process's end of the hand-over directory: where to send a connection, and receiving them.
+    """One process's end of the hand-over: where a new connection goes (a process here, or one
+    elsewhere that takes relayed connections), and receiving the connections handed to this one.
 
     ``directory``: the hand-over directory shared with the processes on this
     machine ("": none). :meth:`start` (called by the server once the hub
@@ -318,11 +319,11 @@ class Relay(asyncio.Protocol):
     """The connection to the owner's process for one relayed client: what the owner sends goes to the
     client's transport, with back-pressure both ways (the guard feeds the other direction)."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: asyncio.Transport) -> None:
         self.client = client
         self.transport: Any = None
 
-    def connection_made(self, transport: Any) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -369,7 +370,7 @@ class Relay(asyncio.Protocol):
             self.transport.close()
 
 
-async def open_relay(address: tuple[str, int], client: Any, data: bytes) -> Relay | None:
+async def open_relay(address: tuple[str, int], client: asyncio.Transport, data: bytes) -> Relay | None:
     """Connect to the owner's process at ``address`` for ``client``'s connection and send it ``data``
     (the client's first read); ``None`` (the connection is served here) when it does not accept in time."""
     loop = asyncio.get_running_loop()
