@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import socket
 import subprocess
 import sys
@@ -27,10 +26,9 @@ import collab.client as cc
 from collab.handoff import HandOff, mark_relayed, relayed, split_address, ws_document
 from conftest import ServerProcess, metric
 from test_guard import NON_READER
-from test_scaleout import _drop_test_state, _unavailable, _with_param
+from test_scaleout import fresh_state
 from test_supervisor import group  # noqa: F401  (a fixture)
 
-PG_URL = os.environ.get("COLLAB_TEST_DATABASE_URL", "")
 REDIS_URL = os.environ.get("COLLAB_TEST_REDIS_URL", "")
 
 HANDED_OVER = "collab_guard_handed_over_connections_total"
@@ -111,32 +109,23 @@ Pair = tuple[ServerProcess, ServerProcess, str]
 async def processes(tmp_path) -> AsyncIterator[Callable[[Callable[[ServerProcess], dict]], Awaitable[Pair]]]:
     """``await processes(env_of)``: two processes sharing a fresh schema and a Redis prefix (the third
     item), each started with ``env_of(itself)`` on top of that; killed and cleaned after the test."""
-    reason = await _unavailable()
-    if reason:
-        pytest.skip(reason)
-    schema = f"collab_handoff_{secrets.token_hex(5)}"
-    prefix = f"collab-test-{secrets.token_hex(5)}"
-    env = {
-        "DATABASE_URL": _with_param(PG_URL, "schema", schema),
-        "REDIS_URL": _with_param(REDIS_URL, "prefix", prefix),
-        "COLLAB_IDLE_UNLOAD_SECONDS": "600",
-    }
-    procs: list[ServerProcess] = []
+    async with fresh_state("handoff") as state:
+        env = dict(state.env, COLLAB_IDLE_UNLOAD_SECONDS="600")
+        procs: list[ServerProcess] = []
 
-    async def start(env_of: Callable[[ServerProcess], dict]) -> Pair:
-        for i in range(2):
-            p = ServerProcess(str(tmp_path / f"data{i}"), env=dict(env))
-            p.env.update(env_of(p))
-            procs.append(p)
-            await asyncio.to_thread(p.start)
-        return procs[0], procs[1], prefix
+        async def start(env_of: Callable[[ServerProcess], dict]) -> Pair:
+            for i in range(2):
+                p = ServerProcess(str(tmp_path / f"data{i}"), env=dict(env))
+                p.env.update(env_of(p))
+                procs.append(p)
+                await asyncio.to_thread(p.start)
+            return procs[0], procs[1], state.prefix
 
-    try:
-        yield start
-    finally:
-        for p in procs:
-            p.kill()
-        await _drop_test_state(schema, prefix)
+        try:
+            yield start
+        finally:
+            for p in procs:
+                p.kill()
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ import random
 import re
 import secrets
 import signal
+from dataclasses import dataclass
 from typing import AsyncIterator
 
 import pytest
@@ -163,36 +164,60 @@ async def _drop_test_state(schema: str, prefix: str) -> None:
     await r.aclose()
 
 
-@pytest.fixture
-async def cluster(tmp_path) -> AsyncIterator:
-    """``await cluster(n)`` starts ``n`` processes on a fresh schema and Redis prefix."""
+@dataclass(frozen=True)
+class FreshState:
+    """A PostgreSQL schema and a Redis prefix of one test's own."""
+
+    schema: str
+    prefix: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        """``DATABASE_URL`` and ``REDIS_URL`` that point a server at them."""
+        return {"DATABASE_URL": _with_param(PG_URL, "schema", self.schema),
+                "REDIS_URL": _with_param(REDIS_URL, "prefix", self.prefix)}
+
+
+@contextlib.asynccontextmanager
+async def fresh_state(kind: str) -> AsyncIterator[FreshState]:
+    """Skip the test without PostgreSQL and Redis; else a fresh schema (``collab_{kind}_...``) and Redis
+    prefix, dropped afterwards."""
     reason = await _unavailable()
     if reason:
         pytest.skip(reason)
-    schema = f"collab_scale_{secrets.token_hex(5)}"
-    prefix = f"collab-test-{secrets.token_hex(5)}"
-    env = {
-        "DATABASE_URL": _with_param(PG_URL, "schema", schema),
-        "REDIS_URL": _with_param(REDIS_URL, "prefix", prefix),
-        "COLLAB_PRESENCE_TIMEOUT": "2",
-        "COLLAB_IDLE_UNLOAD_SECONDS": "600",
-        # Nine fast editors reach the servers through one loopback proxy: one address, not a flood.
-        "COLLAB_ADDR_MSG_RATE": "100000",
-        "COLLAB_ADDR_MSG_BURST": "100000",
-    }
-    procs: list[ServerProcess] = []
+    state = FreshState(f"collab_{kind}_{secrets.token_hex(5)}", f"collab-test-{secrets.token_hex(5)}")
+    try:
+        yield state
+    finally:
+        await _drop_test_state(state.schema, state.prefix)
 
-    async def start(n: int) -> list[ServerProcess]:
-        for i in range(n):
-            p = ServerProcess(str(tmp_path / f"data{len(procs)}"), env=dict(env))
-            await asyncio.to_thread(p.start)
-            procs.append(p)
-        return procs
 
-    yield start
-    for p in procs:
-        p.kill()
-    await _drop_test_state(schema, prefix)
+@pytest.fixture
+async def cluster(tmp_path) -> AsyncIterator:
+    """``await cluster(n)`` starts ``n`` processes on a fresh schema and Redis prefix."""
+    async with fresh_state("scale") as state:
+        env = dict(
+            state.env,
+            COLLAB_PRESENCE_TIMEOUT="2",
+            COLLAB_IDLE_UNLOAD_SECONDS="600",
+            # Nine fast editors reach the servers through one loopback proxy: one address, not a flood.
+            COLLAB_ADDR_MSG_RATE="100000",
+            COLLAB_ADDR_MSG_BURST="100000",
+        )
+        procs: list[ServerProcess] = []
+
+        async def start(n: int) -> list[ServerProcess]:
+            for i in range(n):
+                p = ServerProcess(str(tmp_path / f"data{len(procs)}"), env=dict(env))
+                await asyncio.to_thread(p.start)
+                procs.append(p)
+            return procs
+
+        try:
+            yield start
+        finally:
+            for p in procs:
+                p.kill()
 
 
 async def editor(d: cc.Document, me: int, rng: random.Random, edits: int, inserted: list[str]) -> None:

@@ -14,7 +14,6 @@ import asyncio
 import os
 import random
 import re
-import secrets
 import signal
 import subprocess
 import sys
@@ -31,10 +30,7 @@ import collab.client as cc
 from collab import metrics, workermetrics
 from collab.supervisor import backoff
 from conftest import ROOT, free_port
-from test_scaleout import _drop_test_state, _unavailable, _with_param
-
-PG_URL = os.environ.get("COLLAB_TEST_DATABASE_URL", "")
-REDIS_URL = os.environ.get("COLLAB_TEST_REDIS_URL", "")
+from test_scaleout import fresh_state
 
 
 class Group:
@@ -97,33 +93,29 @@ class Group:
 @pytest.fixture
 async def group() -> AsyncIterator:
     """``await group(workers)``: ``collab serve --workers N`` on a fresh schema and Redis prefix, serving."""
-    reason = await _unavailable()
-    if reason:
-        pytest.skip(reason)
-    schema, prefix = f"collab_sup_{secrets.token_hex(5)}", f"collab-sup-{secrets.token_hex(5)}"
-    started: list[Group] = []
+    async with fresh_state("sup") as state:
+        started: list[Group] = []
 
-    async def start(workers: int) -> tuple[Group, str]:
-        port = free_port()
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("COLLAB_") and k not in ("PORT", "WEB_CONCURRENCY")}
-        env.update(DATABASE_URL=_with_param(PG_URL, "schema", schema),
-                   REDIS_URL=_with_param(REDIS_URL, "prefix", prefix), COLLAB_LOG_LEVEL="info",
-                   COLLAB_PRESENCE_TIMEOUT="2",
-                   COLLAB_ADDR_MSG_RATE="100000", COLLAB_ADDR_MSG_BURST="100000",
-                   # Scrapes come as fast as they are answered, each on a new connection: not a flood either.
-                   COLLAB_CONN_RATE="100000", COLLAB_CONN_BURST="100000")
-        g = Group([sys.executable, "-m", "collab", "serve", "--host", "127.0.0.1", "--port", str(port),
-                   "--workers", str(workers)], env)
-        g.prefix = prefix
-        started.append(g)
-        await asyncio.to_thread(g.wait_line, rf"serving http://\S+:{port}/")
-        return g, f"http://127.0.0.1:{port}"
+        async def start(workers: int) -> tuple[Group, str]:
+            port = free_port()
+            env = {k: v for k, v in os.environ.items()
+                   if not k.startswith("COLLAB_") and k not in ("PORT", "WEB_CONCURRENCY")}
+            env.update(state.env, COLLAB_LOG_LEVEL="info", COLLAB_PRESENCE_TIMEOUT="2",
+                       COLLAB_ADDR_MSG_RATE="100000", COLLAB_ADDR_MSG_BURST="100000",
+                       # Scrapes come as fast as they are answered, each on a new connection: not a flood either.
+                       COLLAB_CONN_RATE="100000", COLLAB_CONN_BURST="100000")
+            g = Group([sys.executable, "-m", "collab", "serve", "--host", "127.0.0.1", "--port", str(port),
+                       "--workers", str(workers)], env)
+            g.prefix = state.prefix
+            started.append(g)
+            await asyncio.to_thread(g.wait_line, rf"serving http://\S+:{port}/")
+            return g, f"http://127.0.0.1:{port}"
 
-    yield start
-    for g in started:
-        g.stop()
-    await _drop_test_state(schema, prefix)
+        try:
+            yield start
+        finally:
+            for g in started:
+                g.stop()
 
 
 async def typist(d: cc.Document, me: int, edits: int, typed: list[str], pause: asyncio.Event | None = None) -> None:
