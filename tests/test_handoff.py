@@ -270,8 +270,14 @@ async def test_a_connection_to_a_document_owned_elsewhere_is_relayed_there(proce
     rev = await _edit(first, rev, [15, "!"], "a2")
     m = await second.recv_type("op")
     assert (m["rev"], m["op"]) == (rev, [15, "!"])
-    assert await metric(other, RELAYED) == 1
-    assert await metric(owner, RELAYED_IN) == 1
+    third = await ws_open(f"{other.ws_url}/ws/relayed")  # relayed over the same link
+    assert (await third.join())["text"] == "🎉 hello 🌍 world!"
+    rev = await _edit(third, rev, ["¡", 16], "c1")
+    for client in (first, second):
+        assert (await client.recv_type("op"))["rev"] == rev
+    assert await metric(other, RELAYED) == 2
+    assert await metric(owner, RELAYED_IN) == 2
+    assert await metric(owner, "collab_guard_relay_links_total") == 1
     assert await metric(other, HANDED_OVER) == 0
     assert await metric(other, "collab_ops_applied_total") == 0
     assert await metric(other, "collab_remote_ops_total") == 0

@@ -43,7 +43,8 @@ from .limits import (
     Verdict,
     transform_cost,
 )
-from .handoff import MAX_HANDED_BYTES, HandOff, Relay, open_relay, relayed, ws_document
+from .handoff import MAX_HANDED_BYTES, HandOff, relayed, ws_document
+from .link import PREFACE as LINK_PREFACE, OwnerLink, RelayStream
 from .metrics import COUNTERS, LOG_INTERVAL, Counters, metrics_text, note, note_slow_client_drop, track
 from .protocol import CLOSE_OVERLOADED
 
@@ -269,7 +270,7 @@ class GuardedProtocol(asyncio.Protocol):
     """
 
     __slots__ = ("_guard", "_factory", "_kwargs", "_inner", "_transport", "_key", "_per_source",
-                 "_addr", "_timer", "_done", "_linger", "_gated", "_deferred", "_handed", "_routed", "_relay")
+                 "_addr", "_timer", "_done", "_linger", "_gated", "_deferred", "_handed", "_routed", "_pipe")
 
     def __init__(self, guard: Guard, factory: Callable[..., asyncio.Protocol], **kwargs: Any) -> None:
         self._guard = guard
@@ -291,8 +292,9 @@ class GuardedProtocol(asyncio.Protocol):
         self._handed: bytes | None = None
         #: Whether the first request was looked at for a hand-over (once per connection).
         self._routed = False
-        #: The connection to the owner's process this one is relayed to (:mod:`collab.handoff`), if it is.
-        self._relay: Relay | None = None
+        #: Where this connection's bytes go instead of uvicorn (:mod:`collab.link`): the owner's process
+        #: (a client relayed there), or the streams of a link another process opened to this one.
+        self._pipe: RelayStream | OwnerLink | None = None
 
     def handed_in(self, data: bytes) -> None:
         """This connection was accepted by another process, which read ``data`` of it: serve it here,
@@ -409,9 +411,9 @@ class GuardedProtocol(asyncio.Protocol):
             transport.write_eof()
 
     def data_received(self, data: bytes) -> None:
-        relay = self._relay
-        if relay is not None:
-            relay.write(data)
+        pipe = self._pipe
+        if pipe is not None:
+            pipe.feed(data)
             return
         if self._linger >= 0:
             self._linger -= len(data)
@@ -440,10 +442,15 @@ class GuardedProtocol(asyncio.Protocol):
         """Whether the first request, ``data``, is being routed (:meth:`_route`): a WebSocket
         connection that may belong on another process here. Asked once, after the gate."""
         handoff = self._guard.handoff
-        if self._routed or handoff is None or self._handed is not None or not handoff.active:
+        if self._routed or handoff is None or self._handed is not None:
+            return False
+        first = data[0]
+        if first.startswith(LINK_PREFACE) and handoff.stream_factory is not None and not self._per_source:
+            self._link(handoff, data)
+            return True
+        if not handoff.active:
             return False
         self._routed = True
-        first = data[0]
         doc = ws_document(first) if len(first) <= MAX_HANDED_BYTES else None
         if doc is None:
             return False
@@ -456,6 +463,23 @@ class GuardedProtocol(asyncio.Protocol):
         self._guard.routing.add(task)
         task.add_done_callback(self._guard.routing.discard)
         return True
+
+    def _link(self, handoff: HandOff, data: list[bytes]) -> None:
+        """This connection is a link another process opened to relay its clients here (its peer is a
+        trusted proxy): from now on its bytes are frames of those clients' connections."""
+        self._routed = True
+        self.request_started()  # a link has no handshake deadline; each of its streams has its own
+        inner, self._inner = self._inner, None
+        # uvicorn's HTTP protocol has parsed nothing: it lets go (with an error, so it leaves the transport open)
+        inner.connection_lost(ConnectionAbortedError("the connection is a relay link"))
+        transport = self._transport
+        link = self._pipe = OwnerLink(transport, handoff.stream_factory)
+        COUNTERS.relay_links += 1
+        transport.resume_reading()
+        first = data[0][len(LINK_PREFACE):]
+        for chunk in [first, *data[1:]]:
+            if chunk and not link.closed:
+                link.feed(chunk)
 
     async def _route(self, handoff: HandOff, doc: str) -> None:
         """Hand this connection to ``doc``'s owner if it is another process here, or relay it there if
@@ -484,12 +508,12 @@ class GuardedProtocol(asyncio.Protocol):
                 if self._done:
                     return
         elif dest is not None and dest.address is not None:
-            relay = await open_relay(dest.address, transport, b"".join(self._deferred))
+            relay = await handoff.relay(dest.address, transport, b"".join(self._deferred))
             if relay is not None:
                 if self._done:  # the client left meanwhile
                     relay.close()
                     return
-                self._relay, self._deferred = relay, None
+                self._pipe, self._deferred = relay, None
                 COUNTERS.relayed_connections += 1
                 self.request_started()  # the owner's guard times the handshake now
                 transport.resume_reading()
@@ -512,29 +536,29 @@ class GuardedProtocol(asyncio.Protocol):
             (self._inner or transport.get_protocol()).data_received(chunk)
 
     def eof_received(self) -> bool | None:
-        if self._relay is not None:
-            return None  # the client is done: close, and so does the relay
+        if self._pipe is not None:
+            return None  # the peer is done: close, and so does what the bytes went to
         inner = self._inner
         return inner.eof_received() if inner is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.finish()
-        if self._relay is not None:
-            self._relay.close()
+        if self._pipe is not None:
+            self._pipe.close()
         inner = self._inner
         if inner is not None:
             self._inner = None
             inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        if self._relay is not None:  # the client reads slower than the owner writes
-            self._relay.pause_reading()
+        if self._pipe is not None:  # the peer reads slower than the owner (or its streams) writes
+            self._pipe.pause_output()
         elif self._inner is not None:
             self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        if self._relay is not None:
-            self._relay.resume_reading()
+        if self._pipe is not None:
+            self._pipe.resume_output()
         elif self._inner is not None:
             self._inner.resume_writing()
 

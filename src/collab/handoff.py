@@ -24,16 +24,18 @@ Processes on other machines cannot take a socket, but they can take its
 bytes: a process that says where the others reach it
 (``COLLAB_RELAY_ADDRESS``, kept in its heartbeat record in Redis) is
 *relayed* the connections to the documents it owns. The process that
-accepted such a connection opens one to the owner's address, writes what it
-read (with a ``collab-relayed`` header after the request line, so that the
-owner never routes it again) and from then on only copies bytes both ways,
-with back-pressure: the owner parses, orders and answers every message, and
-the relaying process no longer decodes any. Only connections that came
-through a trusted proxy are relayed (their ``X-Forwarded-For`` names the
-client to the owner, which must trust the relaying process in turn); when
-the owner does not answer within :data:`RELAY_CONNECT_WAIT` the connection
-is served where it arrived, and when either end closes, so does the other
-(the client reconnects, as after any dropped connection).
+accepted such a connection sends what it read (with a ``collab-relayed``
+header after the request line, so that the owner never routes it again)
+over its link to the owner (:mod:`collab.link`: one TCP connection between
+the two processes carries all the connections one relays to the other) and
+from then on only copies bytes both ways, with back-pressure: the owner
+parses, orders and answers every message, and the relaying process no
+longer decodes any. Only connections that came through a trusted proxy are
+relayed (their ``X-Forwarded-For`` names the client to the owner, which
+must trust the relaying process in turn); when the owner does not accept
+the link within :data:`collab.link.CONNECT_WAIT` the connection is served
+where it arrived, and when either end closes, so does the other (the
+client reconnects, as after any dropped connection).
 
 This module holds the socket work and the request-line parsing; the guard
 (:mod:`collab.guard`) decides when to ask, and the server
@@ -49,9 +51,10 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 from urllib.parse import unquote
 
+from .link import RelayLink, RelayStream, connect
 from .protocol import valid_doc_name
 
 log = logging.getLogger("collab.handoff")
@@ -67,9 +70,6 @@ RECEIVE_PER_TURN = 64
 
 #: Seconds a hand-over waits for room in the receiver's queue before the connection is served here.
 SEND_WAIT = 1.0
-
-#: Seconds a relay waits for the owner's process to accept a connection before it is served here.
-RELAY_CONNECT_WAIT = 1.0
 
 #: Owners' relay addresses remembered (a process's address does not change while its id lives).
 ADDRESSES_KEPT = 4096
@@ -151,6 +151,11 @@ class HandOff:
         self._out: dict[str, socket.socket] = {}
         self._sending: dict[str, asyncio.Lock] = {}
         self._accept: Callable[[socket.socket, bytes], None] | None = None
+        #: This process's links to the processes it relays connections to, by address, and those being opened.
+        self._links: dict[tuple[str, int], RelayLink] = {}
+        self._linking: dict[tuple[str, int], asyncio.Future[RelayLink | None]] = {}
+        #: What serves the connections other processes relay here (set when this process takes them).
+        self.stream_factory: Callable[[], asyncio.Protocol] | None = None
 
     def path(self, process_id: str) -> str:
         return os.path.join(self.directory, f"{process_id}.sock")
@@ -186,10 +191,14 @@ class HandOff:
         self._sock, self._accept, self.process_id = sock, accept, process_id
 
     def close(self) -> None:
-        """Stop receiving, and remove this process's socket from the directory."""
+        """Stop receiving, and remove this process's socket from the directory; end the links to
+        other processes (their clients here reconnect)."""
         for out in self._out.values():
             out.close()
         self._out.clear()
+        for link in self._links.values():
+            link.close()
+        self._links.clear()
         sock, self._sock = self._sock, None
         if sock is None:
             return
@@ -233,6 +242,21 @@ class HandOff:
                 self._addresses.clear()
             self._addresses[process_id] = address
         return address
+
+    async def relay(self, address: tuple[str, int], client: asyncio.Transport, data: bytes) -> RelayStream | None:
+        """Relay ``client``'s connection, of which ``data`` was read, to the process at ``address``
+        over this process's link to it (opened if need be); ``None``: served here."""
+        link = self._links.get(address)
+        if link is None or link.closed:
+            pending = self._linking.get(address)
+            if pending is None:  # one connect per address, however many clients wait for it
+                pending = self._linking[address] = asyncio.ensure_future(connect(address))
+                pending.add_done_callback(lambda _: self._linking.pop(address, None))
+            link = await asyncio.shield(pending)
+            if link is None or link.closed:
+                return None
+            self._links[address] = link
+        return link.open(client, mark_relayed(data))
 
     async def send(self, path: str, fd: int, data: bytes) -> bool:
         """Pass the socket ``fd`` and ``data`` to the process at ``path``; whether it went.
@@ -313,77 +337,6 @@ class HandOff:
             conn.setblocking(False)
             accept(conn, data)
 
-
-
-class Relay(asyncio.Protocol):
-    """The connection to the owner's process for one relayed client: what the owner sends goes to the
-    client's transport, with back-pressure both ways (the guard feeds the other direction)."""
-
-    def __init__(self, client: asyncio.Transport) -> None:
-        self.client = client
-        self.transport: Any = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        if not self.client.is_closing():
-            self.client.write(data)
-
-    def eof_received(self) -> bool:
-        return False  # the owner is done with it: close, and so does the client's connection
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        client = self.client
-        if not client.is_closing():
-            if exc is None:
-                client.close()  # what the owner sent still goes out
-            else:
-                client.abort()
-
-    def pause_writing(self) -> None:  # the owner reads slower than the client writes
-        if not self.client.is_closing():
-            self.client.pause_reading()
-
-    def resume_writing(self) -> None:
-        if not self.client.is_closing():
-            self.client.resume_reading()
-
-    # -- what the client's side (the guard) calls ----------------------------
-    def write(self, data: bytes) -> None:
-        """Bytes from the client, for the owner."""
-        if not self.transport.is_closing():
-            self.transport.write(data)
-
-    def pause_reading(self) -> None:
-        """The client reads slower than the owner writes: stop reading from the owner."""
-        if not self.transport.is_closing():
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if not self.transport.is_closing():
-            self.transport.resume_reading()
-
-    def close(self) -> None:
-        """The client's connection ended: end this one."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-
-
-async def open_relay(address: tuple[str, int], client: asyncio.Transport, data: bytes) -> Relay | None:
-    """Connect to the owner's process at ``address`` for ``client``'s connection and send it ``data``
-    (the client's first read); ``None`` (the connection is served here) when it does not accept in time."""
-    loop = asyncio.get_running_loop()
-    host, port = address
-    try:
-        _, relay = await asyncio.wait_for(loop.create_connection(lambda: Relay(client), host, port),
-                                          RELAY_CONNECT_WAIT)
-    except (OSError, asyncio.TimeoutError) as exc:
-        log.info("could not relay a connection to %s:%s (%s); serving it here", host, port,
-                 exc or "no answer in time")
-        return None
-    relay.transport.write(mark_relayed(data))
-    return relay
 
 
 async def _writable(loop: asyncio.AbstractEventLoop, sock: socket.socket, timeout: float) -> None:

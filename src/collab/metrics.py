@@ -72,6 +72,8 @@ class Counters:
     relayed_connections: int = 0
     #: WebSocket connections another process relayed to this one.
     relayed_in_connections: int = 0
+    #: Links other processes opened to relay their clients here (:mod:`collab.link`).
+    relay_links: int = 0
 
 
 COUNTERS = Counters()
@@ -95,6 +97,7 @@ _COUNTER_HELP = {
     "handed_in_connections": "WebSocket connections another process on this machine passed to this one.",
     "relayed_connections": "WebSocket connections relayed to the process on another machine that owns their document.",
     "relayed_in_connections": "WebSocket connections another process relayed to this one.",
+    "relay_links": "Links other processes opened to relay their clients to this one (each carries many connections).",
 }
 
 #: Gauge name (after ``collab_guard_``) -> help text; each tracked limiter reports these.
@@ -277,7 +280,7 @@ def metrics_text() -> str:
 
 #: Counters that count no refusal: left out of the flood-protection log line.
 _NOT_REFUSALS = frozenset({"accepted_connections", "handed_over_connections", "handed_in_connections",
-                           "relayed_connections", "relayed_in_connections"})
+                           "relayed_connections", "relayed_in_connections", "relay_links"})
 
 
 class Summary:

@@ -101,13 +101,15 @@ class _Server(uvicorn.Server):
         if handoff is None or backplane is None:
             return
         handoff.start(backplane.process_id, hub.owner_elsewhere, backplane.address_of)
-        if not handoff.directory:  # relays only
-            return
         problem = transport.handoff_problem(self)
         if problem is not None:
-            log.warning("%s: connections are not handed between the processes here", problem)
+            log.warning("%s: connections are not handed or relayed between processes", problem)
             return
         factory = transport.protocol_factory(self)
+        if backplane.relay_address:  # the others link here to relay their clients of this one's documents
+            handoff.stream_factory = factory
+        if not handoff.directory:  # relays only
+            return
         loop = asyncio.get_running_loop()
 
         def accept(sock: socket.socket, data: bytes) -> None:

@@ -1,0 +1,507 @@
+"""Relayed connections between two processes, many over one TCP connection (a *link*).
+
+A process that accepts a WebSocket connection to a document ordered by a
+process on another machine relays it there (:mod:`collab.handoff`). Given
+a TCP connection of its own, each relayed connection would cost every
+message a read and a write more in each process than if the client had
+reached the owner directly. A link carries all the connections one process
+relays to another: what one loop turn has for the other side leaves in one
+write and arrives in one read, so that a relayed message costs little more
+than a message the owner receives itself. The relaying process still reads
+and writes each client's socket, and never decodes a WebSocket frame.
+
+The relaying process opens the link with :data:`PREFACE`, then frames:
+a header (:data:`HEADER`: kind, stream, length) and ``length`` bytes:
+
+* ``OPEN`` (relaying to owning process): a new stream, with the client's
+  first read; the owner serves it as a connection of its own from the
+  relaying process's address (which it must trust as a proxy);
+* ``DATA``: bytes of the stream, either way;
+* ``CLOSE`` / ``RESET``: the sender's end of the stream closed (what it
+  wrote still goes out) or was aborted; the receiver ends its side too;
+* ``CREDIT`` (no payload; ``length`` is a byte count): the receiver took
+  that many bytes of the stream off the link.
+
+Each side of a stream has at most :data:`WINDOW` bytes sent and not yet
+credited, like an HTTP/2 window: past it, the owner's protocol is told to
+pause writing (a client that does not read is then dropped by the owner as
+if it were connected directly) and the relaying process stops reading the
+client. One stream that is not read therefore never holds up the others on
+its link. A frame that breaks these rules ends the link, and with it its
+streams (their clients reconnect, as after any dropped connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import struct
+from collections import deque
+from typing import Any, Callable
+
+log = logging.getLogger("collab.link")
+
+#: What a relaying process writes first on a link (the owner's guard tells a link from HTTP by it).
+PREFACE = b"COLLAB-LINK/1\r\n"
+
+#: A frame's header: kind, stream id, length (of the payload; of the credit for ``CREDIT``).
+HEADER = struct.Struct("!BII")
+
+OPEN, DATA, CLOSE, RESET, CREDIT = 1, 2, 3, 4, 5
+
+#: The largest payload of one frame (a longer write is sent in several).
+MAX_FRAME = 1024 * 1024
+
+#: Bytes of one stream, in each direction, sent and not yet credited by the other side.
+WINDOW = 256 * 1024
+
+#: Bytes taken off the link that a side credits back at once (fewer wait for more, or for a resume).
+CREDIT_STEP = WINDOW // 4
+
+#: Seconds a relaying process waits for the owner's process to accept a link.
+CONNECT_WAIT = 1.0
+
+#: Peer ports given to streams (an owner's guard and uvicorn key connections by address; no socket has these).
+_STREAM_PORTS = itertools.count(65536)
+
+
+class LinkError(Exception):
+    """A frame that breaks the link's rules: the link ends."""
+
+
+class _Frames:
+    """What both ends of a link share: frames out, written once per loop turn; frames in, parsed."""
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.streams: dict[int, Any] = {}
+        #: Whether the link's own transport holds too much output (every stream then pauses).
+        self.write_paused = False
+        self.closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._out: list[bytes] = []
+        self._partial = b""
+
+    def send(self, kind: int, stream: int, payload: bytes = b"") -> None:
+        """Queue a frame; the frames of one loop turn go out together."""
+        out = self._out
+        if not out:
+            self._loop.call_soon(self._flush)  # type: ignore[union-attr]
+        out.append(HEADER.pack(kind, stream, len(payload)))
+        if payload:
+            out.append(payload)
+
+    def credit(self, stream: int, nbytes: int) -> None:
+        out = self._out
+        if not out:
+            self._loop.call_soon(self._flush)  # type: ignore[union-attr]
+        out.append(HEADER.pack(CREDIT, stream, nbytes))
+
+    def send_data(self, stream: int, data: bytes) -> None:
+        if len(data) <= MAX_FRAME:
+            self.send(DATA, stream, data)
+            return
+        view = memoryview(data)
+        for start in range(0, len(data), MAX_FRAME):
+            self.send(DATA, stream, bytes(view[start:start + MAX_FRAME]))
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        transport = self.transport
+        if out and not self.closed and not transport.is_closing():
+            transport.writelines(out)
+
+    def frames(self, data: bytes) -> None:
+        """Parse what arrived and act on each whole frame; a partial one waits for the rest."""
+        if self._partial:
+            data, self._partial = self._partial + data, b""
+        end, pos = len(data), 0
+        unpack = HEADER.unpack_from
+        while end - pos >= 9:
+            kind, stream, length = unpack(data, pos)
+            if kind == CREDIT:
+                pos += 9
+                target = self.streams.get(stream)
+                if target is not None:
+                    target.credited(length)
+                continue
+            if length > MAX_FRAME:
+                raise LinkError(f"a frame of {length} bytes (at most {MAX_FRAME})")
+            stop = pos + 9 + length
+            if stop > end:
+                break
+            self.frame(kind, stream, data[pos + 9:stop])
+            pos = stop
+        if pos < end:
+            self._partial = data[pos:]
+
+    def frame(self, kind: int, stream: int, payload: bytes) -> None:  # pragma: no cover - each end has its own
+        raise NotImplementedError
+
+
+# -- the owner's end ---------------------------------------------------------------
+
+class StreamTransport(asyncio.Transport):
+    """One relayed connection as the owner's protocols see it: an asyncio transport whose bytes
+    travel as frames of the link it came on."""
+
+    def __init__(self, link: "OwnerLink", stream: int, peername: tuple[str, int], sockname: Any) -> None:
+        super().__init__({"peername": peername, "sockname": sockname})
+        self._link, self._stream = link, stream
+        self._protocol: Any = None
+        self._closing = False
+        self._lost = False
+        self._reading_paused = False
+        self._inbox: deque[bytes] = deque()
+        self._delivering = False
+        self._consumed = 0
+        #: Bytes written and not yet credited by the relaying process, and the limits on them.
+        self._unacked = 0
+        self._high, self._low = WINDOW, WINDOW // 2
+        self._writing_paused = False
+
+    # -- asyncio.Transport -------------------------------------------------------
+    def get_protocol(self) -> Any:
+        return self._protocol
+
+    def set_protocol(self, protocol: Any) -> None:
+        self._protocol = protocol
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or not data:
+            return
+        data = bytes(data) if not isinstance(data, bytes) else data
+        self._link.send_data(self._stream, data)
+        self._unacked += len(data)
+        self._check_writing()
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return self._unacked
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._low, self._high
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        high = WINDOW if high is None else min(high, WINDOW)
+        self._high, self._low = high, high // 2 if low is None else min(low, high)
+        self._check_writing()
+
+    def is_reading(self) -> bool:
+        return not self._reading_paused and not self._closing
+
+    def pause_reading(self) -> None:
+        self._reading_paused = True
+
+    def resume_reading(self) -> None:
+        if not self._reading_paused:
+            return
+        self._reading_paused = False
+        if self._inbox and not self._delivering:
+            self._delivering = True
+            self._link._loop.call_soon(self._deliver)  # type: ignore[union-attr]  # as a socket's next read would
+
+    def close(self) -> None:
+        self._end(CLOSE)
+
+    def abort(self) -> None:
+        self._end(RESET)
+
+    # -- what the link calls -----------------------------------------------------
+    def received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if self._reading_paused or self._inbox:
+            self._inbox.append(data)
+            return
+        self._protocol.data_received(data)
+        self._taken(len(data))
+
+    def credited(self, nbytes: int) -> None:
+        self._unacked = max(self._unacked - nbytes, 0)
+        self._check_writing()
+
+    def peer_ended(self, exc: Exception | None = None) -> None:
+        """The relaying process's end closed (its client left) or the link is gone."""
+        if self._closing:
+            return
+        self._closing = True
+        self._inbox.clear()
+        self._lose(exc)
+
+    def _check_writing(self) -> None:
+        pause = self._unacked > self._high or self._link.write_paused
+        if pause and not self._writing_paused:
+            self._writing_paused = True
+            self._protocol.pause_writing()
+        elif not pause and self._writing_paused and self._unacked <= self._low:
+            self._writing_paused = False
+            self._protocol.resume_writing()
+
+    def _taken(self, nbytes: int) -> None:
+        self._consumed += nbytes
+        if self._consumed >= CREDIT_STEP:
+            self._link.credit(self._stream, self._consumed)
+            self._consumed = 0
+
+    def _deliver(self) -> None:
+        self._delivering = False
+        inbox = self._inbox
+        while inbox and not self._reading_paused and not self._closing:
+            data = inbox.popleft()
+            self._protocol.data_received(data)
+            self._taken(len(data))
+
+    def _end(self, kind: int) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._inbox.clear()
+        self._link.end(self._stream, kind)
+        self._link._loop.call_soon(self._lose, None)  # type: ignore[union-attr]  # after the caller returns, as asyncio does
+
+    def _lose(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        if self._writing_paused:
+            self._writing_paused = False
+        self._protocol.connection_lost(exc)
+
+
+class OwnerLink(_Frames):
+    """The owner's end of a link: serves each stream the relaying process opens with a protocol
+    from ``factory`` (what the server makes for a connection it accepts).
+
+    It is fed by the connection's guard (:class:`collab.guard.GuardedProtocol`), which calls
+    :meth:`feed`, :meth:`pause_output`, :meth:`resume_output` and :meth:`close`."""
+
+    def __init__(self, transport: asyncio.BaseTransport, factory: Callable[[], asyncio.Protocol]) -> None:
+        super().__init__()
+        self.transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._factory = factory
+        peer = transport.get_extra_info("peername")
+        self._peer_host = str(peer[0]) if isinstance(peer, tuple) and peer else "127.0.0.1"
+        local = transport.get_extra_info("sockname")
+        self._sockname = (str(local[0]), int(local[1])) if isinstance(local, tuple) and len(local) >= 2 else None
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self.frames(data)
+        except LinkError as exc:
+            log.warning("ending the link from %s: %s", self._peer_host, exc)
+            self.transport.abort()
+
+    def frame(self, kind: int, stream: int, payload: bytes) -> None:
+        if kind == DATA:
+            target = self.streams.get(stream)
+            if target is not None:  # else it ended here, and the relaying process has not heard yet
+                target.received(payload)
+        elif kind == OPEN:
+            if stream in self.streams:
+                raise LinkError(f"stream {stream} opened twice")
+            self._open(stream, payload)
+        elif kind in (CLOSE, RESET):
+            target = self.streams.pop(stream, None)
+            if target is not None:
+                target.peer_ended()
+        else:
+            raise LinkError(f"a frame of unknown kind {kind}")
+
+    def _open(self, stream: int, payload: bytes) -> None:
+        transport = StreamTransport(self, stream, (self._peer_host, next(_STREAM_PORTS)), self._sockname)
+        self.streams[stream] = transport
+        protocol = self._factory()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)  # the guard may refuse it (the global cap): then it is closing
+        transport.received(payload)
+
+    def end(self, stream: int, kind: int) -> None:
+        """A stream's protocol closed or aborted it: tell the relaying process."""
+        if self.streams.pop(stream, None) is not None and not self.closed:
+            self.send(kind, stream)
+
+    def pause_output(self) -> None:
+        """The relaying process reads the link slower than this one writes: every stream pauses."""
+        self.write_paused = True
+        for stream in list(self.streams.values()):
+            stream._check_writing()
+
+    def resume_output(self) -> None:
+        self.write_paused = False
+        for stream in list(self.streams.values()):
+            stream._check_writing()
+
+    def close(self) -> None:
+        """The link's connection ended: so do its streams."""
+        if self.closed:
+            return
+        self.closed = True
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.peer_ended(ConnectionResetError("the relaying process's link closed"))
+
+
+# -- the relaying end --------------------------------------------------------------
+
+class RelayStream:
+    """One relayed client at the relaying process: what it sends goes out as frames of the link,
+    what the owner sends back is written to its transport.
+
+    Fed by the client's guard (:class:`collab.guard.GuardedProtocol`): :meth:`feed` (bytes from
+    the client), :meth:`pause_output` / :meth:`resume_output` (the client reads slower than the
+    owner writes, and caught up) and :meth:`close` (the client's connection ended)."""
+
+    def __init__(self, link: "RelayLink", stream: int, client: asyncio.Transport) -> None:
+        self.link, self.stream, self.client = link, stream, client
+        self.ended = False
+        self._unacked = 0
+        self._consumed = 0
+        self._held = False
+        self._paused = False
+
+    def feed(self, data: bytes) -> None:
+        if self.ended:
+            return
+        self.link.send_data(self.stream, data)
+        self._unacked += len(data)
+        if self._unacked > WINDOW:
+            self.check_reading()
+
+    def pause_output(self) -> None:
+        self._held = True  # credits wait until the client takes what it was sent
+
+    def resume_output(self) -> None:
+        self._held = False
+        if self._consumed and not self.ended:
+            self.link.credit(self.stream, self._consumed)
+            self._consumed = 0
+
+    def close(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.link.end(self.stream, CLOSE)
+
+    # -- what the link calls -----------------------------------------------------
+    def received(self, data: bytes) -> None:
+        client = self.client
+        if client.is_closing():
+            return
+        client.write(data)
+        self._consumed += len(data)
+        if not self._held and self._consumed >= CREDIT_STEP:
+            self.link.credit(self.stream, self._consumed)
+            self._consumed = 0
+
+    def credited(self, nbytes: int) -> None:
+        self._unacked = max(self._unacked - nbytes, 0)
+        if self._paused:
+            self.check_reading()
+
+    def peer_ended(self, reset: bool) -> None:
+        """The owner closed (what it wrote still goes to the client) or aborted the stream."""
+        self.ended = True
+        client = self.client
+        if not client.is_closing():
+            if reset:
+                client.abort()
+            else:
+                client.close()
+
+    def check_reading(self) -> None:
+        pause = self._unacked > WINDOW or self.link.write_paused
+        if pause != self._paused and not self.client.is_closing():
+            self._paused = pause
+            if pause:
+                self.client.pause_reading()
+            else:
+                self.client.resume_reading()
+
+
+class RelayLink(_Frames, asyncio.Protocol):
+    """The relaying process's end of a link to one owner's process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ids = itertools.count(1)
+
+    def open(self, client: asyncio.Transport, data: bytes) -> RelayStream:
+        """Relay ``client``'s connection, whose first read (with the relayed mark) is ``data``."""
+        stream = RelayStream(self, next(self._ids), client)
+        self.streams[stream.stream] = stream
+        self.send(OPEN, stream.stream, data)
+        return stream
+
+    def end(self, stream: int, kind: int) -> None:
+        if self.streams.pop(stream, None) is not None and not self.closed:
+            self.send(kind, stream)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self._loop = asyncio.get_running_loop()
+        transport.write(PREFACE)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.frames(data)
+        except LinkError as exc:
+            log.warning("ending the link to the owner's process: %s", exc)
+            self.transport.abort()
+
+    def frame(self, kind: int, stream: int, payload: bytes) -> None:
+        if kind == DATA:
+            target = self.streams.get(stream)
+            if target is not None:
+                target.received(payload)
+        elif kind in (CLOSE, RESET):
+            target = self.streams.pop(stream, None)
+            if target is not None:
+                target.peer_ended(kind == RESET)
+        else:
+            raise LinkError(f"a frame of kind {kind} from the owner")
+
+    def eof_received(self) -> bool:
+        return False
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        for stream in list(self.streams.values()):
+            stream.check_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for stream in list(self.streams.values()):
+            stream.check_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.peer_ended(True)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+async def connect(address: tuple[str, int]) -> RelayLink | None:
+    """A link to the process at ``address``, or ``None`` (logged) when it does not accept in time."""
+    loop = asyncio.get_running_loop()
+    host, port = address
+    try:
+        _, link = await asyncio.wait_for(loop.create_connection(RelayLink, host, port), CONNECT_WAIT)
+    except (OSError, asyncio.TimeoutError) as exc:
+        log.info("could not link to %s:%s (%s); its clients here are served here",
+                 host, port, exc or "no answer in time")
+        return None
+    return link
