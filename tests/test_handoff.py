@@ -322,6 +322,29 @@ async def test_a_relayed_connection_ends_with_its_owner_and_the_next_is_served_w
     assert await metric(other, RELAYED) == 1
 
 
+async def test_an_owner_that_stops_takes_no_new_relayed_connections(processes, ws_open):
+    """An owner told to stop (SIGTERM) tells the processes linked to it before it closes its
+    clients' connections: those clients reconnect and are served where they arrive, not relayed
+    to the process that is going away."""
+    owner, other, prefix = await processes(_relaying())
+    first = await ws_open(f"{owner.ws_url}/ws/moving")
+    await _edit(first, (await first.join())["rev"], ["🚚"], "a1")
+    await _owner_recorded(prefix, "moving")
+    second = await ws_open(f"{other.ws_url}/ws/moving")
+    assert (await second.join())["text"] == "🚚"
+    owner.proc.terminate()
+    with pytest.raises(Exception):  # closed by the owner's shutdown, over the link
+        while True:
+            await second.recv(30)
+    third = await ws_open(f"{other.ws_url}/ws/moving")
+    welcome = await third.join()
+    assert welcome["text"] == "🚚"
+    rev = await _edit(third, welcome["rev"], [1, " 📦"], "c1")
+    assert rev == welcome["rev"] + 1
+    assert await metric(other, RELAYED) == 1
+    assert owner.proc.wait(30) in (0, -15)  # uvicorn ends with the signal it stopped for
+
+
 async def test_a_relayed_client_that_never_reads_is_dropped_by_the_owner(processes, ws_open):
     """Back-pressure through the relay: the relaying process stops reading from the owner once its
     client does not read, so the owner's queue for that client fills and the owner drops it; the

@@ -473,7 +473,9 @@ class GuardedProtocol(asyncio.Protocol):
         # uvicorn's HTTP protocol has parsed nothing: it lets go (with an error, so it leaves the transport open)
         inner.connection_lost(ConnectionAbortedError("the connection is a relay link"))
         transport = self._transport
-        link = self._pipe = OwnerLink(transport, handoff.stream_factory)
+        link = self._pipe = OwnerLink(transport, handoff.stream_factory, handoff.owner_links)
+        if handoff.closing:
+            link.drain()
         COUNTERS.relay_links += 1
         transport.resume_reading()
         first = data[0][len(LINK_PREFACE):]

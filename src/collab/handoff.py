@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 from urllib.parse import unquote
 
-from .link import RelayLink, RelayStream, connect
+from .link import OwnerLink, RelayLink, RelayStream, connect
 from .protocol import valid_doc_name
 
 log = logging.getLogger("collab.handoff")
@@ -156,6 +156,10 @@ class HandOff:
         self._linking: dict[tuple[str, int], asyncio.Future[RelayLink | None]] = {}
         #: What serves the connections other processes relay here (set when this process takes them).
         self.stream_factory: Callable[[], asyncio.Protocol] | None = None
+        #: The links other processes opened to this one.
+        self.owner_links: set[OwnerLink] = set()
+        #: Whether this process is stopping (:meth:`close`): a link opened from now on is told at once.
+        self.closing = False
 
     def path(self, process_id: str) -> str:
         return os.path.join(self.directory, f"{process_id}.sock")
@@ -192,13 +196,16 @@ class HandOff:
 
     def close(self) -> None:
         """Stop receiving, and remove this process's socket from the directory; end the links to
-        other processes (their clients here reconnect)."""
+        other processes (their clients here reconnect), and tell those linked here to open no more."""
+        self.closing = True
         for out in self._out.values():
             out.close()
         self._out.clear()
         for link in self._links.values():
             link.close()
         self._links.clear()
+        for owner_link in list(self.owner_links):  # before uvicorn closes their streams: in that order
+            owner_link.drain()
         sock, self._sock = self._sock, None
         if sock is None:
             return
@@ -247,13 +254,13 @@ class HandOff:
         """Relay ``client``'s connection, of which ``data`` was read, to the process at ``address``
         over this process's link to it (opened if need be); ``None``: served here."""
         link = self._links.get(address)
-        if link is None or link.closed:
+        if link is None or link.closed or link.draining:
             pending = self._linking.get(address)
             if pending is None:  # one connect per address, however many clients wait for it
                 pending = self._linking[address] = asyncio.ensure_future(connect(address))
                 pending.add_done_callback(lambda _: self._linking.pop(address, None))
             link = await asyncio.shield(pending)
-            if link is None or link.closed:
+            if link is None or link.closed or link.draining:
                 return None
             self._links[address] = link
         return link.open(client, mark_relayed(data))

@@ -20,7 +20,9 @@ a header (:data:`HEADER`: kind, stream, length) and ``length`` bytes:
 * ``CLOSE`` / ``RESET``: the sender's end of the stream closed (what it
   wrote still goes out) or was aborted; the receiver ends its side too;
 * ``CREDIT`` (no payload; ``length`` is a byte count): the receiver took
-  that many bytes of the stream off the link.
+  that many bytes of the stream off the link;
+* ``GOAWAY`` (owning to relaying process, stream 0): the owner is stopping;
+  open no more streams on this link (those open go on until they close).
 
 Each side of a stream has at most :data:`WINDOW` bytes sent and not yet
 credited, like an HTTP/2 window: past it, the owner's protocol is told to
@@ -48,7 +50,7 @@ PREFACE = b"COLLAB-LINK/1\r\n"
 #: A frame's header: kind, stream id, length (of the payload; of the credit for ``CREDIT``).
 HEADER = struct.Struct("!BII")
 
-OPEN, DATA, CLOSE, RESET, CREDIT = 1, 2, 3, 4, 5
+OPEN, DATA, CLOSE, RESET, CREDIT, GOAWAY = 1, 2, 3, 4, 5, 6
 
 #: The largest payload of one frame (a longer write is sent in several).
 MAX_FRAME = 1024 * 1024
@@ -285,11 +287,17 @@ class OwnerLink(_Frames):
     It is fed by the connection's guard (:class:`collab.guard.GuardedProtocol`), which calls
     :meth:`feed`, :meth:`pause_output`, :meth:`resume_output` and :meth:`close`."""
 
-    def __init__(self, transport: asyncio.BaseTransport, factory: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(self, transport: asyncio.BaseTransport, factory: Callable[[], asyncio.Protocol],
+                 links: set["OwnerLink"] | None = None) -> None:
         super().__init__()
         self.transport = transport
         self._loop = asyncio.get_running_loop()
         self._factory = factory
+        #: Whether this process is stopping (it said so: new streams are refused).
+        self.draining = False
+        #: The owner's open links, this one among them while it is open.
+        self._links = links if links is not None else set()
+        self._links.add(self)
         peer = transport.get_extra_info("peername")
         self._peer_host = str(peer[0]) if isinstance(peer, tuple) and peer else "127.0.0.1"
         local = transport.get_extra_info("sockname")
@@ -310,7 +318,10 @@ class OwnerLink(_Frames):
         elif kind == OPEN:
             if stream in self.streams:
                 raise LinkError(f"stream {stream} opened twice")
-            self._open(stream, payload)
+            if self.draining:  # sent before the relaying process heard: its client reconnects
+                self.send(RESET, stream)
+            else:
+                self._open(stream, payload)
         elif kind in (CLOSE, RESET):
             target = self.streams.pop(stream, None)
             if target is not None:
@@ -331,6 +342,12 @@ class OwnerLink(_Frames):
         if self.streams.pop(stream, None) is not None and not self.closed:
             self.send(kind, stream)
 
+    def drain(self) -> None:
+        """This process is stopping: tell the relaying process to open no more streams here."""
+        if not self.draining and not self.closed:
+            self.draining = True
+            self.send(GOAWAY, 0)
+
     def pause_output(self) -> None:
         """The relaying process reads the link slower than this one writes: every stream pauses."""
         self.write_paused = True
@@ -347,6 +364,7 @@ class OwnerLink(_Frames):
         if self.closed:
             return
         self.closed = True
+        self._links.discard(self)
         streams, self.streams = self.streams, {}
         for stream in streams.values():
             stream.peer_ended(ConnectionResetError("the relaying process's link closed"))
@@ -434,6 +452,8 @@ class RelayLink(_Frames, asyncio.Protocol):
     def __init__(self) -> None:
         super().__init__()
         self._ids = itertools.count(1)
+        #: Whether the owner said it is stopping: new connections are not relayed over this link.
+        self.draining = False
 
     def open(self, client: asyncio.Transport, data: bytes) -> RelayStream:
         """Relay ``client``'s connection, whose first read (with the relayed mark) is ``data``."""
@@ -467,6 +487,8 @@ class RelayLink(_Frames, asyncio.Protocol):
             target = self.streams.pop(stream, None)
             if target is not None:
                 target.peer_ended(kind == RESET)
+        elif kind == GOAWAY:
+            self.draining = True
         else:
             raise LinkError(f"a frame of kind {kind} from the owner")
 
