@@ -253,7 +253,7 @@ async def open_backplane(settings: Any) -> Backplane | None:
 
     timeout = settings.presence_timeout  # seconds after which a silent process's clients are announced as left
     backplane = RedisBackplane(settings.redis_url, heartbeat_ttl=max(1.0, timeout))
-    backplane.relay_address = getattr(settings, "relay_address", "")
+    backplane.relay_address = settings.relay_address
     await backplane.open()
     return backplane
 
