@@ -24,9 +24,10 @@ a header (:data:`HEADER`: kind, stream, length) and ``length`` bytes:
 * ``GOAWAY`` (owning to relaying process, stream 0): the owner is stopping;
   open no more streams on this link (those open go on until they close).
 
-Each side of a stream has at most :data:`WINDOW` bytes sent and not yet
-credited, like an HTTP/2 window: past it, the owner's protocol is told to
-pause writing (a client that does not read is then dropped by the owner as
+Each side of a stream may have :data:`WINDOW` bytes sent and not yet
+credited, like an HTTP/2 window (a write is never refused, but once a side
+is past it, its source pauses): the owner's protocol is told to pause
+writing (a client that does not read is then dropped by the owner as
 if it were connected directly) and the relaying process stops reading the
 client. One stream that is not read therefore never holds up the others on
 its link. A frame that breaks these rules ends the link, and with it its
