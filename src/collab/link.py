@@ -115,6 +115,12 @@ class _Frames:
         if out and not self.closed and not transport.is_closing():
             transport.writelines(out)
 
+    def output_paused(self, paused: bool) -> None:
+        """Whether the link's own transport holds too much output: each stream pauses its source, or may resume."""
+        self.write_paused = paused
+        for stream in list(self.streams.values()):
+            stream.check_pause()
+
     def frames(self, data: bytes) -> None:
         """Parse what arrived and act on each whole frame; a partial one waits for the rest."""
         if self._partial:
@@ -180,7 +186,7 @@ class StreamTransport(asyncio.Transport):
         data = bytes(data) if not isinstance(data, bytes) else data
         self._link.send_data(self._stream, data)
         self._unacked += len(data)
-        self._check_writing()
+        self.check_pause()
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
@@ -197,7 +203,7 @@ class StreamTransport(asyncio.Transport):
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         high = WINDOW if high is None else min(high, WINDOW)
         self._high, self._low = high, high // 2 if low is None else min(low, high)
-        self._check_writing()
+        self.check_pause()
 
     def is_reading(self) -> bool:
         return not self._reading_paused and not self._closing
@@ -231,7 +237,7 @@ class StreamTransport(asyncio.Transport):
 
     def credited(self, nbytes: int) -> None:
         self._unacked = max(self._unacked - nbytes, 0)
-        self._check_writing()
+        self.check_pause()
 
     def peer_ended(self, exc: Exception | None = None) -> None:
         """The relaying process's end closed (its client left) or the link is gone."""
@@ -241,7 +247,7 @@ class StreamTransport(asyncio.Transport):
         self._inbox.clear()
         self._lose(exc)
 
-    def _check_writing(self) -> None:
+    def check_pause(self) -> None:
         pause = self._unacked > self._high or self._link.write_paused
         if pause and not self._writing_paused:
             self._writing_paused = True
@@ -351,14 +357,10 @@ class OwnerLink(_Frames):
 
     def pause_output(self) -> None:
         """The relaying process reads the link slower than this one writes: every stream pauses."""
-        self.write_paused = True
-        for stream in list(self.streams.values()):
-            stream._check_writing()
+        self.output_paused(True)
 
     def resume_output(self) -> None:
-        self.write_paused = False
-        for stream in list(self.streams.values()):
-            stream._check_writing()
+        self.output_paused(False)
 
     def close(self) -> None:
         """The link's connection ended: so do its streams."""
@@ -395,7 +397,7 @@ class RelayStream:
         self.link.send_data(self.stream, data)
         self._unacked += len(data)
         if self._unacked > WINDOW:
-            self.check_reading()
+            self.check_pause()
 
     def pause_output(self) -> None:
         self._held = True  # credits wait until the client takes what it was sent
@@ -425,7 +427,7 @@ class RelayStream:
     def credited(self, nbytes: int) -> None:
         self._unacked = max(self._unacked - nbytes, 0)
         if self._paused:
-            self.check_reading()
+            self.check_pause()
 
     def peer_ended(self, reset: bool) -> None:
         """The owner closed (what it wrote still goes to the client) or aborted the stream."""
@@ -437,7 +439,7 @@ class RelayStream:
             else:
                 client.close()
 
-    def check_reading(self) -> None:
+    def check_pause(self) -> None:
         pause = self._unacked > WINDOW or self.link.write_paused
         if pause != self._paused and not self.client.is_closing():
             self._paused = pause
@@ -497,14 +499,10 @@ class RelayLink(_Frames, asyncio.Protocol):
         return False
 
     def pause_writing(self) -> None:
-        self.write_paused = True
-        for stream in list(self.streams.values()):
-            stream.check_reading()
+        self.output_paused(True)
 
     def resume_writing(self) -> None:
-        self.write_paused = False
-        for stream in list(self.streams.values()):
-            stream.check_reading()
+        self.output_paused(False)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
