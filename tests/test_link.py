@@ -44,6 +44,11 @@ class Stream:
         self.received = 0
         self.ended: int | None = None
 
+    def request(self) -> bytes:
+        """The WebSocket handshake, marked as relayed (as a relaying process sends it)."""
+        self.ws.send_request(self.ws.connect())
+        return b"".join(self.ws.data_to_send()).replace(b"\r\n", b"\r\ncollab-relayed: 1\r\n", 1)
+
     def send(self, message: dict) -> None:
         self.ws.send_text(json.dumps(message).encode())
         self.link.frame(DATA, self.sid, b"".join(self.ws.data_to_send()))
@@ -86,9 +91,7 @@ class HandLink:
     async def stream(self, sid: int, doc: str, credit: bool = True) -> Stream:
         """Open stream ``sid`` to ``doc``; returns once the owner accepted its WebSocket handshake."""
         stream = self.streams[sid] = Stream(self, sid, doc, credit)
-        stream.ws.send_request(stream.ws.connect())
-        request = b"".join(stream.ws.data_to_send()).replace(b"\r\n", b"\r\ncollab-relayed: 1\r\n", 1)
-        self.frame(OPEN, sid, request)
+        self.frame(OPEN, sid, stream.request())
         response = await asyncio.wait_for(stream.events.get(), 30)
         assert isinstance(response, Response) and response.status_code == 101, response
         return stream
@@ -160,8 +163,7 @@ async def test_the_streams_of_one_link_are_served_as_clients_of_their_own(owner,
     # The second stream's handshake arrives a byte at a time: frames split anywhere are put together.
     b = Stream(link, 2, "linked", credit=True)
     link.streams[2] = b
-    b.ws.send_request(b.ws.connect())
-    request = b"".join(b.ws.data_to_send()).replace(b"\r\n", b"\r\ncollab-relayed: 1\r\n", 1)
+    request = b.request()
     for byte in HEADER.pack(OPEN, 2, len(request)) + request:
         link.writer.write(bytes([byte]))
         await link.writer.drain()

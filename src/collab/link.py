@@ -82,24 +82,29 @@ class _Frames:
         #: Whether the link's own transport holds too much output (every stream then pauses).
         self.write_paused = False
         self.closed = False
-        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Whether the owner is stopping (it said so with ``GOAWAY``): no new streams on this link.
+        self.draining = False
+        #: Who is at the other end, for the log.
+        self.peer = "the other process"
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._out: list[bytes] = []
         self._partial = b""
 
     def send(self, kind: int, stream: int, payload: bytes = b"") -> None:
         """Queue a frame; the frames of one loop turn go out together."""
-        out = self._out
-        if not out:
-            self._loop.call_soon(self._flush)  # type: ignore[union-attr]
-        out.append(HEADER.pack(kind, stream, len(payload)))
-        if payload:
-            out.append(payload)
+        self._queue(HEADER.pack(kind, stream, len(payload)), payload)
 
     def credit(self, stream: int, nbytes: int) -> None:
+        """Queue a ``CREDIT`` of ``nbytes`` taken off the link for ``stream``."""
+        self._queue(HEADER.pack(CREDIT, stream, nbytes), b"")
+
+    def _queue(self, header: bytes, payload: bytes) -> None:
         out = self._out
         if not out:
-            self._loop.call_soon(self._flush)  # type: ignore[union-attr]
-        out.append(HEADER.pack(CREDIT, stream, nbytes))
+            self.loop.call_soon(self._flush)  # type: ignore[union-attr]
+        out.append(header)
+        if payload:
+            out.append(payload)
 
     def send_data(self, stream: int, data: bytes) -> None:
         if len(data) <= MAX_FRAME:
@@ -145,8 +150,40 @@ class _Frames:
         if pos < end:
             self._partial = data[pos:]
 
-    def frame(self, kind: int, stream: int, payload: bytes) -> None:  # pragma: no cover - each end has its own
+    def feed(self, data: bytes) -> None:
+        """Bytes from the other process; a frame that breaks the rules ends the link."""
+        try:
+            self.frames(data)
+        except LinkError as exc:
+            log.warning("ending the link with %s: %s", self.peer, exc)
+            self.transport.abort()
+
+    def frame(self, kind: int, stream: int, payload: bytes) -> None:
+        if kind == DATA:
+            target = self.streams.get(stream)
+            if target is not None:  # else it ended here, and the other side has not heard yet
+                target.received(payload)
+        elif kind in (CLOSE, RESET):
+            target = self.streams.pop(stream, None)
+            if target is not None:
+                target.peer_ended(kind == RESET)
+        else:
+            self.control(kind, stream, payload)
+
+    def control(self, kind: int, stream: int, payload: bytes) -> None:  # pragma: no cover - each end has its own
         raise NotImplementedError
+
+    def end(self, stream: int, kind: int) -> None:
+        """A stream ended at this side (``CLOSE``, or ``RESET`` if aborted): tell the other."""
+        if self.streams.pop(stream, None) is not None and not self.closed:
+            self.send(kind, stream)
+
+    def ended(self, exc: Exception | None) -> None:
+        """The link's connection ended: so do its streams, as if aborted."""
+        self.closed = True
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.peer_ended(True, exc)
 
 
 # -- the owner's end ---------------------------------------------------------------
@@ -217,7 +254,7 @@ class StreamTransport(asyncio.Transport):
         self._reading_paused = False
         if self._inbox and not self._delivering:
             self._delivering = True
-            self._link._loop.call_soon(self._deliver)  # type: ignore[union-attr]  # as a socket's next read would
+            self._link.loop.call_soon(self._deliver)  # type: ignore[union-attr]  # as a socket's next read would
 
     def close(self) -> None:
         self._end(CLOSE)
@@ -239,8 +276,8 @@ class StreamTransport(asyncio.Transport):
         self._unacked = max(self._unacked - nbytes, 0)
         self.check_pause()
 
-    def peer_ended(self, exc: Exception | None = None) -> None:
-        """The relaying process's end closed (its client left) or the link is gone."""
+    def peer_ended(self, reset: bool, exc: Exception | None = None) -> None:
+        """The relaying process's end closed or was aborted (its client left), or the link is gone."""
         if self._closing:
             return
         self._closing = True
@@ -276,7 +313,7 @@ class StreamTransport(asyncio.Transport):
         self._closing = True
         self._inbox.clear()
         self._link.end(self._stream, kind)
-        self._link._loop.call_soon(self._lose, None)  # type: ignore[union-attr]  # after the caller returns, as asyncio does
+        self._link.loop.call_soon(self._lose, None)  # type: ignore[union-attr]  # after the caller returns, as asyncio does
 
     def _lose(self, exc: Exception | None) -> None:
         if self._lost:
@@ -298,43 +335,26 @@ class OwnerLink(_Frames):
                  links: set["OwnerLink"] | None = None) -> None:
         super().__init__()
         self.transport = transport
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self._factory = factory
-        #: Whether this process is stopping (it said so: new streams are refused).
-        self.draining = False
         #: The owner's open links, this one among them while it is open.
         self._links = links if links is not None else set()
         self._links.add(self)
         peer = transport.get_extra_info("peername")
         self._peer_host = str(peer[0]) if isinstance(peer, tuple) and peer else "127.0.0.1"
+        self.peer = f"the relaying process at {self._peer_host}"
         local = transport.get_extra_info("sockname")
         self._sockname = (str(local[0]), int(local[1])) if isinstance(local, tuple) and len(local) >= 2 else None
 
-    def feed(self, data: bytes) -> None:
-        try:
-            self.frames(data)
-        except LinkError as exc:
-            log.warning("ending the link from %s: %s", self._peer_host, exc)
-            self.transport.abort()
-
-    def frame(self, kind: int, stream: int, payload: bytes) -> None:
-        if kind == DATA:
-            target = self.streams.get(stream)
-            if target is not None:  # else it ended here, and the relaying process has not heard yet
-                target.received(payload)
-        elif kind == OPEN:
-            if stream in self.streams:
-                raise LinkError(f"stream {stream} opened twice")
-            if self.draining:  # sent before the relaying process heard: its client reconnects
-                self.send(RESET, stream)
-            else:
-                self._open(stream, payload)
-        elif kind in (CLOSE, RESET):
-            target = self.streams.pop(stream, None)
-            if target is not None:
-                target.peer_ended()
-        else:
+    def control(self, kind: int, stream: int, payload: bytes) -> None:
+        if kind != OPEN:
             raise LinkError(f"a frame of unknown kind {kind}")
+        if stream in self.streams:
+            raise LinkError(f"stream {stream} opened twice")
+        if self.draining:  # sent before the relaying process heard: its client reconnects
+            self.send(RESET, stream)
+        else:
+            self._open(stream, payload)
 
     def _open(self, stream: int, payload: bytes) -> None:
         transport = StreamTransport(self, stream, (self._peer_host, next(_STREAM_PORTS)), self._sockname)
@@ -343,11 +363,6 @@ class OwnerLink(_Frames):
         transport.set_protocol(protocol)
         protocol.connection_made(transport)  # the guard may refuse it (the global cap): then it is closing
         transport.received(payload)
-
-    def end(self, stream: int, kind: int) -> None:
-        """A stream's protocol closed or aborted it: tell the relaying process."""
-        if self.streams.pop(stream, None) is not None and not self.closed:
-            self.send(kind, stream)
 
     def drain(self) -> None:
         """This process is stopping: tell the relaying process to open no more streams here."""
@@ -366,11 +381,8 @@ class OwnerLink(_Frames):
         """The link's connection ended: so do its streams."""
         if self.closed:
             return
-        self.closed = True
         self._links.discard(self)
-        streams, self.streams = self.streams, {}
-        for stream in streams.values():
-            stream.peer_ended(ConnectionResetError("the relaying process's link closed"))
+        self.ended(ConnectionResetError("the relaying process's link closed"))
 
 
 # -- the relaying end --------------------------------------------------------------
@@ -429,7 +441,7 @@ class RelayStream:
         if self._paused:
             self.check_pause()
 
-    def peer_ended(self, reset: bool) -> None:
+    def peer_ended(self, reset: bool, exc: Exception | None = None) -> None:
         """The owner closed (what it wrote still goes to the client) or aborted the stream."""
         self.ended = True
         client = self.client
@@ -455,8 +467,7 @@ class RelayLink(_Frames, asyncio.Protocol):
     def __init__(self) -> None:
         super().__init__()
         self._ids = itertools.count(1)
-        #: Whether the owner said it is stopping: new connections are not relayed over this link.
-        self.draining = False
+        self.peer = "the owner's process"
 
     def open(self, client: asyncio.Transport, data: bytes) -> RelayStream:
         """Relay ``client``'s connection, whose first read (with the relayed mark) is ``data``."""
@@ -465,35 +476,18 @@ class RelayLink(_Frames, asyncio.Protocol):
         self.send(OPEN, stream.stream, data)
         return stream
 
-    def end(self, stream: int, kind: int) -> None:
-        if self.streams.pop(stream, None) is not None and not self.closed:
-            self.send(kind, stream)
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         transport.write(PREFACE)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        try:
-            self.frames(data)
-        except LinkError as exc:
-            log.warning("ending the link to the owner's process: %s", exc)
-            self.transport.abort()
+        self.feed(data)
 
-    def frame(self, kind: int, stream: int, payload: bytes) -> None:
-        if kind == DATA:
-            target = self.streams.get(stream)
-            if target is not None:
-                target.received(payload)
-        elif kind in (CLOSE, RESET):
-            target = self.streams.pop(stream, None)
-            if target is not None:
-                target.peer_ended(kind == RESET)
-        elif kind == GOAWAY:
-            self.draining = True
-        else:
+    def control(self, kind: int, stream: int, payload: bytes) -> None:
+        if kind != GOAWAY:
             raise LinkError(f"a frame of kind {kind} from the owner")
+        self.draining = True
 
     def eof_received(self) -> bool:
         return False
@@ -505,10 +499,7 @@ class RelayLink(_Frames, asyncio.Protocol):
         self.output_paused(False)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        streams, self.streams = self.streams, {}
-        for stream in streams.values():
-            stream.peer_ended(True)
+        self.ended(exc)
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
