@@ -20,7 +20,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from collab.link import CLOSE, CREDIT, DATA, HEADER, OPEN, PREFACE, RESET, WINDOW
+from collab.link import CLOSE, CREDIT, DATA, HEADER, MAX_STREAM, OPEN, PREFACE, RESET, WINDOW, next_stream
 from conftest import ServerProcess, http_get, metric
 from test_scaleout import fresh_state
 
@@ -252,3 +252,11 @@ async def test_a_link_from_an_address_that_is_not_trusted_is_plain_http(owner):
     assert answer.startswith(b"HTTP/1.1 400"), answer[:40]
     writer.close()
     assert await metric(server, RELAY_LINKS) == 0
+
+
+def test_stream_ids_wrap_past_the_header_and_skip_the_open_ones():
+    assert next_stream(0, {}) == 1
+    assert next_stream(41, {42: None, 43: None}) == 44
+    assert next_stream(MAX_STREAM - 1, {}) == MAX_STREAM
+    assert next_stream(MAX_STREAM, {1: None, 2: None}) == 3  # never 0, never past what a header holds
+    HEADER.pack(DATA, next_stream(MAX_STREAM - 1, {}), 0)

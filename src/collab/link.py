@@ -69,6 +69,19 @@ CONNECT_WAIT = 1.0
 _STREAM_PORTS = itertools.count(65536)
 
 
+#: The largest stream id (a header's u32); ids start again at 1 after it.
+MAX_STREAM = 2**32 - 1
+
+
+def next_stream(last: int, in_use: Any) -> int:
+    """The stream id after ``last`` that no open stream holds: ids wrap past :data:`MAX_STREAM`, 0 is never one."""
+    stream = last
+    while True:
+        stream = stream % MAX_STREAM + 1
+        if stream not in in_use:
+            return stream
+
+
 class LinkError(Exception):
     """A frame that breaks the link's rules: the link ends."""
 
@@ -466,12 +479,13 @@ class RelayLink(_Frames, asyncio.Protocol):
 
     def __init__(self) -> None:
         super().__init__()
-        self._ids = itertools.count(1)
+        self._last = 0
         self.peer = "the owner's process"
 
     def open(self, client: asyncio.Transport, data: bytes) -> RelayStream:
         """Relay ``client``'s connection, whose first read (with the relayed mark) is ``data``."""
-        stream = RelayStream(self, next(self._ids), client)
+        self._last = next_stream(self._last, self.streams)
+        stream = RelayStream(self, self._last, client)
         self.streams[stream.stream] = stream
         self.send(OPEN, stream.stream, data)
         return stream
