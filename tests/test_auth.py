@@ -244,6 +244,42 @@ async def test_list_shows_only_reachable_documents(secured):
     assert len(everything) == 4
 
 
+async def _pages(server: RunningServer, token: str, limit: int) -> list[list[dict]]:
+    """Every page of ``GET /api/docs``, following ``Link: rel="next"`` as a client would."""
+    pages, path = [], f"/api/docs?limit={limit}"
+    while path is not None:
+        r = await get(server, path, token)
+        assert r.status_code == 200, r.text
+        pages.append(r.json())
+        nxt = r.links.get("next")
+        path = nxt["url"] if nxt else None
+        assert len(pages) < 20, "the pages never end"
+    return pages
+
+
+async def test_the_list_comes_in_pages_of_what_the_token_reaches(secured):
+    names = ["team-a", "team-b", "notes", "team-c", "teamx", "team-d", "misc"]
+    for doc in names:
+        assert (await put_text(secured, doc, f"# {doc} 😀🎉\n", edit_token())).status_code == 200
+    whole = (await get(secured, "/api/docs", read_token())).json()
+    assert sorted(d["id"] for d in whole) == sorted(names)
+    pages = await _pages(secured, read_token(), 3)
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert [d for p in pages for d in p] == whole
+    # A token that reaches a few of them gets full pages of those, never one it may not see.
+    team = [d for d in whole if d["id"].startswith("team-")]
+    pages = await _pages(secured, read_token("team-*"), 3)
+    assert [d for p in pages for d in p] == team and [len(p) for p in pages[:1]] == [3]
+    assert all(not p for p in pages[2:])
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=x", "after=not-a-position", "after=WzFd"])
+async def test_a_bad_page_request_says_what_to_send(secured, query):
+    r = await get(secured, f"/api/docs?{query}", read_token())
+    assert r.status_code == 400
+    assert r.json()["error"] == "bad_message" and query.split("=")[0] in r.json()["message"]
+
+
 # ---------------------------------------------------------------- share links
 
 

@@ -18,7 +18,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
-from collab.store import RevisionConflict, Store, StoredOp, sqlite_schema
+from collab.store import ListPosition, RevisionConflict, Store, StoredOp, sqlite_schema
 from collab.store.idfilter import IdFilter
 from collab.store.memory import MemoryStore
 from collab.store.opindex import lookup
@@ -247,6 +247,25 @@ async def test_list_docs_most_recent_first_with_size(stores):
     assert [(d.id, d.rev, d.size) for d in listed] == [("b", 2, 2), ("a", 1, 1)]
     assert listed[0].updated >= listed[1].updated
     assert await store.revisions(["a", "b", "c"]) == {"a": 1, "b": 2}
+
+
+async def test_the_document_list_reads_in_pages_that_meet_exactly(stores):
+    store = await stores()
+    names = ["a", "b😀", "c", "d", "e", "f🎉", "g"]
+    for i, name in enumerate(names):
+        await store.append(name, ops(1, i + 1), 1)
+    whole = await store.list_docs()
+    assert sorted(d.id for d in whole) == sorted(names)
+    assert [(d.updated, d.id) for d in whole] == sorted(((d.updated, d.id) for d in whole),
+                                                        key=lambda k: (-k[0], k[1]))
+    pages, after = [], None
+    while page := await store.list_docs(limit=3, after=after):
+        assert len(page) <= 3
+        pages.append(page)
+        after = ListPosition.of(page[-1])
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert [d for p in pages for d in p] == whole
+    assert await store.list_docs(limit=0) == []
 
 
 async def test_two_handles_on_one_store_keep_one_order(stores):

@@ -12,6 +12,7 @@ import json
 import pytest
 import websockets
 
+from collab.cli_docs import _every
 from collab.titles import MAX_TITLE, check_title, first_heading
 from test_cli import run_cli
 from test_revocation import SECRET, api, closed, connect, mint, refused, two_processes  # noqa: F401 (fixture)
@@ -135,6 +136,17 @@ async def test_cli_title_and_rename(server_factory):
     assert code == 0 and out.split()[:2] == ["den", "Bau"], out
     code, out, err = await run_cli("rename", s.base_url, "notes", "den", COLLAB_SECRET=SECRET)
     assert code == 1 and "HTTP 404" in err, err
+
+
+async def test_the_cli_reads_every_page_of_the_list(server_factory):
+    s = await server_factory(secret=SECRET)
+    owner = mint(["*"])
+    for doc in ("one", "two", "three", "four", "five"):
+        await api("PUT", f"{s.base_url}/api/docs/{doc}/text", owner, content=f"# {doc} 🦊".encode())
+    whole = (await api("GET", f"{s.base_url}/api/docs", owner)).json()
+    assert len(whole) == 5
+    rows = await asyncio.to_thread(lambda: list(_every(f"{s.base_url}/api/docs?limit=2", owner)))
+    assert rows == whole
 
 
 async def test_a_rename_reaches_the_other_process(two_processes):  # noqa: F811

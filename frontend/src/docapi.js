@@ -7,7 +7,7 @@
 
 const enc = encodeURIComponent;
 
-async function call(method, path, { token = null, body = undefined, fetchImpl = globalThis.fetch } = {}) {
+async function call(method, path, { token = null, body = undefined, fetchImpl = globalThis.fetch, paged = false } = {}) {
   const headers = { Accept: 'application/json' };
   if (token) headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
@@ -30,11 +30,19 @@ async function call(method, path, { token = null, body = undefined, fetchImpl = 
   } catch (e) {
     parsed = null;
   }
+  if (resp.ok && paged) return { ok: true, status: resp.status, body: parsed, next: nextPage(resp) };
   if (resp.ok) return { ok: true, status: resp.status, body: parsed };
   // Refusals are JSON {error, message} or a plain-text line (401/403/404).
   const message = parsed && typeof parsed.message === 'string' ? parsed.message
     : parsed && typeof parsed.detail === 'string' ? parsed.detail : (parsed === null ? raw.trim() : '');
   return { ok: false, status: resp.status, message: message.slice(0, 300) };
+}
+
+/** The path of the next page named by a response's `Link: <…>; rel="next"`, or null. */
+function nextPage(resp) {
+  const link = resp.headers && typeof resp.headers.get === 'function' ? resp.headers.get('Link') : null;
+  const m = link && /<([^>]*)>\s*;\s*rel="?next"?/.exec(link);
+  return m ? m[1] : null;
 }
 
 /** The title set by hand ({ok, body: {id, title}}; title null: the first heading stands in). */
@@ -48,7 +56,19 @@ export const trashDoc = (doc, opts) => call('DELETE', `/api/docs/${enc(doc)}`, o
 /** Out of the trash. */
 export const restoreDoc = (doc, opts) => call('POST', `/api/trash/${enc(doc)}/restore`, opts);
 /** The documents, or those in the trash, that the token reaches (each row has `role`). */
-export const listDocs = (opts) => call('GET', '/api/docs', opts);
+export async function listDocs(opts) {
+  // The server sends the list in pages; each names the next in its Link header.
+  const rows = [];
+  let path = '/api/docs';
+  for (let pages = 0; path; pages += 1) {
+    const r = await call('GET', path, { ...opts, paged: true });
+    if (!r.ok || !Array.isArray(r.body)) return r;
+    rows.push(...r.body);
+    if (pages >= 1000) break; // a million rows: what a page can show, and a stop for a server that loops
+    path = r.next;
+  }
+  return { ok: true, status: 200, body: rows };
+}
 export const listTrash = (opts) => call('GET', '/api/trash', opts);
 
 /** "Could not rename: …" with what to do next, for a refused call. */

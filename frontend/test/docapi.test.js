@@ -1,7 +1,7 @@
 // The lifecycle API helpers: what they send, how they read answers and refusals, and the sizes they print.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { setTitle, renameDoc, trashDoc, failureText, formatBytes, purgeText } from '../src/docapi.js';
+import { setTitle, renameDoc, trashDoc, listDocs, failureText, formatBytes, purgeText } from '../src/docapi.js';
 
 function fakeFetch(status, body, seen) {
   return async (url, init) => {
@@ -33,6 +33,25 @@ test('refusals keep the server message, JSON or plain text, and never throw', as
   assert.deepEqual(r, { ok: false, status: 0, message: 'Failed to fetch' });
   assert.match(failureText('rename it', r), /could not be reached.*Try again/);
   assert.match(failureText('rename it', { status: 409, message: "'b' is taken" }), /^Could not rename it: 'b' is taken\.$/);
+});
+
+test('the document list is read page by page, following Link', async () => {
+  const seen = [];
+  const pages = {
+    '/api/docs': [[{ id: 'a', title: 'Füchse 🦊' }, { id: 'b' }], '</api/docs?limit=2&after=WzEsImIiXQ>; rel="next"'],
+    '/api/docs?limit=2&after=WzEsImIiXQ': [[{ id: 'c' }], null],
+  };
+  const fetchImpl = async (url, init) => {
+    seen.push({ url, init });
+    const [body, link] = pages[url];
+    return { ok: true, status: 200, headers: { get: (n) => (n === 'Link' ? link : null) }, text: async () => JSON.stringify(body) };
+  };
+  const r = await listDocs({ token: 't0k', fetchImpl });
+  assert.deepEqual(r, { ok: true, status: 200, body: [{ id: 'a', title: 'Füchse 🦊' }, { id: 'b' }, { id: 'c' }] });
+  assert.deepEqual(seen.map((s) => s.url), ['/api/docs', '/api/docs?limit=2&after=WzEsImIiXQ']);
+  assert.equal(seen[1].init.headers.Authorization, 'Bearer t0k');
+  const refused = await listDocs({ fetchImpl: fakeFetch(401, 'token expired', []) });
+  assert.deepEqual(refused, { ok: false, status: 401, message: 'token expired' });
 });
 
 test('sizes in bytes read as people expect', () => {

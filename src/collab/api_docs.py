@@ -1,5 +1,7 @@
-"""The HTTP API for a document's life: delete into the trash, restore, list the trash, title, rename.
+"""The HTTP API for a document's life: list, delete into the trash, restore, list the trash, title, rename.
 
+* ``GET /api/docs?limit=N&after=POSITION``: a page of the documents the token reaches, newest first;
+  ``Link: <...>; rel="next"`` names the next page while there is one;
 * ``DELETE /api/docs/{doc}``: into the trash (an edit token for it);
 * ``POST /api/trash/{doc}/restore``: out of the trash (an edit token for it);
 * ``GET /api/trash``: what is in the trash, of what the token reaches;
@@ -10,8 +12,12 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import TYPE_CHECKING
+
+import orjson
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -23,10 +29,73 @@ from .httpbody import read_body
 from .lifecycle import DELETED_REASON, RENAMED_REASON
 from .peer import announce_title
 from .protocol import CLOSE_NO_DOCUMENT
+from .store.base import ListPosition
 from .titles import check_title
 
 if TYPE_CHECKING:
     from .app import CollabApp
+
+
+#: Rows in one page of ``GET /api/docs`` (its default and largest ``limit``).
+DOCS_PAGE = 1000
+
+
+def _bad_page(message: str) -> Response:
+    return JSONResponse({"error": protocol.BAD_MESSAGE, "message": message}, status_code=400)
+
+
+def encode_position(position: ListPosition) -> str:
+    """An opaque ``after=`` for the page after ``position`` (URL-safe)."""
+    return base64.urlsafe_b64encode(orjson.dumps([position.updated, position.id])).rstrip(b"=").decode()
+
+
+def decode_position(raw: str) -> ListPosition:
+    """What :func:`encode_position` made; ``ValueError`` for anything else."""
+    try:
+        updated, doc = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (binascii.Error, orjson.JSONDecodeError, TypeError, ValueError):
+        raise ValueError("not a page position") from None
+    if not isinstance(updated, (int, float)) or isinstance(updated, bool) or not isinstance(doc, str):
+        raise ValueError("not a page position")
+    return ListPosition(float(updated), doc)
+
+
+async def list_docs(app: "CollabApp", request: Request) -> Response:
+    """``GET /api/docs``: a page of the documents the token reaches, newest first, each with the token's role.
+
+    The store is read a page at a time, so a token that reaches few of many
+    documents costs reads, never memory beyond one page.
+    """
+    grant = app._grant(request, None)
+    raw_limit, raw_after = request.query_params.get("limit"), request.query_params.get("after")
+    if raw_limit is not None and not (raw_limit.isdigit() and 1 <= int(raw_limit) <= DOCS_PAGE):
+        return _bad_page(f"limit={raw_limit!r} must be a whole number from 1 to {DOCS_PAGE}")
+    limit = DOCS_PAGE if raw_limit is None else int(raw_limit)
+    try:
+        position = None if raw_after is None else decode_position(raw_after)
+    except ValueError:
+        return _bad_page(f"after={raw_after!r} is not a position this server gave: "
+                         "start again from the first page (no after=)")
+    assert app.store is not None
+    if position is None:
+        await app.record_headings()
+    rows: list[dict] = []
+    more = True
+    while more and len(rows) < limit:
+        page = await app.store.list_docs(limit, position)
+        more = len(page) == limit
+        for i, info in enumerate(page):
+            position = ListPosition.of(info)
+            if grant.allows(info.id):
+                rows.append(dict(info.to_json(), role=grant.role))
+                if len(rows) == limit:
+                    more = more or i + 1 < len(page)
+                    break
+    headers = {}
+    if more and position is not None:
+        root = request.scope.get("root_path", "")
+        headers["Link"] = f'<{root}/api/docs?limit={limit}&after={encode_position(position)}>; rel="next"'
+    return JSONResponse(rows, headers=headers)
 
 
 def _editor(app: "CollabApp", request: Request) -> str:
@@ -99,8 +168,10 @@ async def set_title(app: "CollabApp", request: Request) -> Response:
     if not await app.store.set_title(doc, title):
         raise HTTPException(404, f"no document {doc!r}: give it some text before a title")
     _announce_title(app, doc, title)
-    info = next((d for d in await app.documents() if d.id == doc), None)
-    return JSONResponse({"id": doc, "title": info.title if info else title})
+    if title is None:  # the first heading stands in: read it as the list shows it
+        info = next((d for d in await app.documents() if d.id == doc), None)
+        title = info.title if info else None
+    return JSONResponse({"id": doc, "title": title})
 
 
 async def get_title(app: "CollabApp", request: Request) -> Response:

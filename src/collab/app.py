@@ -199,11 +199,16 @@ class CollabApp:
         if open_doc is not None:
             open_doc.kick_all(CLOSE_NO_DOCUMENT, RENAMED_REASON + new)
 
-    async def documents(self) -> list[DocInfo]:
-        """The document list, with the first heading of each document open here brought up to date first."""
-        assert self.store is not None and self.hub is not None
+    async def record_headings(self) -> None:
+        """Bring the first heading of each document open here up to date in the store (the list shows them)."""
+        assert self.hub is not None
         for doc in list(self.hub.docs.values()):
             await self._record_heading(doc.id, doc.text)
+
+    async def documents(self) -> list[DocInfo]:
+        """The whole document list, with the first heading of each document open here brought up to date first."""
+        assert self.store is not None
+        await self.record_headings()
         return await self.store.list_docs()
 
     async def _record_heading(self, doc_id: str, text: Any) -> None:
@@ -273,9 +278,7 @@ class CollabApp:
         return JSONResponse({"status": "ok", "notice": notice} if notice else {"status": "ok"})
 
     async def list_docs(self, request: Request) -> Response:
-        grant = self._grant(request, None)
-        assert self.store is not None
-        return JSONResponse([dict(d.to_json(), role=grant.role) for d in await self.documents() if grant.allows(d.id)])
+        return await api_docs.list_docs(self, request)
 
     async def _history(self, request: Request, read: Any) -> Response:
         """Answer a history request: ``read(doc, grant)`` returns the response; refusals become 400/404/410."""

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
-from urllib.parse import quote
+from typing import Any, Iterator
+from urllib.parse import quote, urljoin
 
-from .cli_share import ShareError, _call, _when, authority
+from .cli_share import ShareError, _call, _request, _when, authority
 
 
 def add_parsers(sub: Any, token_help: str, url_help: str) -> None:
@@ -47,6 +47,15 @@ def add_parsers(sub: Any, token_help: str, url_help: str) -> None:
     p.add_argument("--token", default=os.environ.get("COLLAB_TOKEN"), help=token_help)
 
 
+def _every(url: str, token: str | None) -> Iterator[dict]:
+    """The rows of every page of a list, following ``Link: rel="next"``."""
+    while url:
+        rows, resp = _request("GET", url, token)
+        yield from rows
+        nxt = resp.links.get("next")
+        url = urljoin(url, nxt["url"]) if nxt else ""
+
+
 def cmd_docs(args: argparse.Namespace) -> int:
     """Run ``rm``, ``restore`` or ``trash``."""
     from .client import http_url
@@ -62,7 +71,7 @@ def cmd_docs(args: argparse.Namespace) -> int:
                 print(f"{r['id']}  deleted {_when(r['deleted'])}  purged after {_when(r['purge_at'])}  rev {r['rev']}")
             return 0
         if args.command == "ls":
-            for d in _call("GET", f"{base}/api/docs", token):
+            for d in _every(f"{base}/api/docs", token):
                 print(f"{d['id']}  {d.get('title') or '-'}  rev {d['rev']}  edited {_when(d['updated'])}")
             return 0
         path = f"{base}/api/docs/{quote(args.doc, safe='')}"

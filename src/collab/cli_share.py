@@ -72,6 +72,11 @@ def _server_of(link: str) -> str:
 
 
 def _call(method: str, url: str, token: str | None, body: dict | None = None) -> Any:
+    return _request(method, url, token, body)[0]
+
+
+def _request(method: str, url: str, token: str | None, body: dict | None = None) -> tuple[Any, Any]:
+    """The parsed JSON body and the response (its ``links`` name a next page); ``ShareError`` on a refusal."""
     import httpx
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -88,7 +93,7 @@ def _call(method: str, url: str, token: str | None, body: dict | None = None) ->
         hint = {401: "your token is missing, expired or revoked: pass --token or set COLLAB_SECRET",
                 403: "your token may not manage this: it must be allowed to share that role to the document"}
         raise ShareError(": ".join(p for p in (f"HTTP {resp.status_code}", detail, hint.get(resp.status_code, "")) if p))
-    return data
+    return data, resp
 
 
 def _when(t: float | None) -> str:

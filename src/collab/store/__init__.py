@@ -20,9 +20,9 @@ import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .base import DocInfo, DocState, RevisionConflict, Store, StoredOp, StoreFailed
+    from .base import DocInfo, DocState, ListPosition, RevisionConflict, Store, StoredOp, StoreFailed
 
-__all__ = ["DocInfo", "DocState", "RevisionConflict", "Store", "StoreFailed", "StoredOp", "open_store"]
+__all__ = ["DocInfo", "DocState", "ListPosition", "RevisionConflict", "Store", "StoreFailed", "StoredOp", "open_store"]
 
 
 def __getattr__(name: str) -> Any:

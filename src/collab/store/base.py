@@ -105,6 +105,18 @@ class DocInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ListPosition:
+    """Where a page of the document list ended: the list is ordered by ``updated`` (newest first), then ``id``."""
+
+    updated: float
+    id: str
+
+    @classmethod
+    def of(cls, info: DocInfo) -> "ListPosition":
+        return cls(info.updated, info.id)
+
+
+@dataclass(frozen=True, slots=True)
 class Credential:
     """What a store keeps of one token or share link, by its id (the token's ``jti``).
 
@@ -225,8 +237,9 @@ class Store(abc.ABC):
         (behind what loading and resuming read) come without their ``id``: look ids up with :meth:`find_op`."""
 
     @abc.abstractmethod
-    async def list_docs(self) -> list[DocInfo]:
-        """Every document with at least one operation, most recently changed first."""
+    async def list_docs(self, limit: int | None = None, after: ListPosition | None = None) -> list[DocInfo]:
+        """The documents with at least one operation, most recently changed first (then by name): at most
+        ``limit`` of them (``None``: all), those after ``after`` (one page's end, to read the next)."""
 
     async def revisions(self, docs: list[str]) -> dict[str, int]:
         """The committed revision of each of ``docs`` that has one (absent: revision 0).

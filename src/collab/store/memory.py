@@ -8,7 +8,7 @@ import time
 
 from .. import ot
 from . import history as h
-from .base import Credential, DocInfo, DocState, RevisionConflict, Store, StoredOp
+from .base import Credential, DocInfo, DocState, ListPosition, RevisionConflict, Store, StoredOp
 
 
 class MemoryStore(Store):
@@ -91,9 +91,13 @@ class MemoryStore(Store):
         title = self._titles.get(info.id) or self._headings.get(info.id)
         return dataclasses.replace(info, title=title, deleted=deleted)
 
-    async def list_docs(self) -> list[DocInfo]:
-        live = (self._titled(d) for d in self._info.values() if d.id not in self._deleted)
-        return sorted(live, key=lambda d: d.updated, reverse=True)
+    async def list_docs(self, limit: int | None = None, after: ListPosition | None = None) -> list[DocInfo]:
+        live = [self._titled(d) for d in self._info.values() if d.id not in self._deleted]
+        live.sort(key=lambda d: d.id)
+        live.sort(key=lambda d: d.updated, reverse=True)
+        if after is not None:
+            live = [d for d in live if d.updated < after.updated or (d.updated == after.updated and d.id > after.id)]
+        return live if limit is None else live[:limit]
 
     # -- history ----------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..aio import cancel_and_wait
 from . import history
-from .base import Credential, DocInfo, DocState, RevisionConflict, Store, StoredOp, replay
+from .base import Credential, DocInfo, DocState, ListPosition, RevisionConflict, Store, StoredOp, replay
 from .base import dump_op as _dumps
 from .base import load_op as _loads
 from .postgres_history import PostgresHistory
@@ -615,9 +615,12 @@ class PostgresStore(Store):
         rows = await self.pool.fetch("SELECT id, rev FROM collab_docs WHERE id = ANY($1::text[])", docs)
         return {r["id"]: r["rev"] for r in rows}
 
-    async def list_docs(self) -> list[DocInfo]:
+    async def list_docs(self, limit: int | None = None, after: ListPosition | None = None) -> list[DocInfo]:
         rows = await self.pool.fetch(
-            f"SELECT {_DOC_COLUMNS} FROM collab_docs WHERE rev > 0 AND deleted IS NULL ORDER BY updated DESC")
+            f"SELECT {_DOC_COLUMNS} FROM collab_docs WHERE rev > 0 AND deleted IS NULL "
+            "AND ($2::float8 IS NULL OR updated < $2 OR (updated = $2 AND id > $3)) "
+            "ORDER BY updated DESC, id LIMIT $1",
+            limit, None if after is None else after.updated, None if after is None else after.id)
         return [DocInfo(*r) for r in rows]
 
     async def text_at(self, doc: str, rev: int) -> str:

@@ -47,7 +47,7 @@ from typing import Any, Callable, TypeVar
 from ..metrics import Histogram
 from . import history
 from . import sqlite_meta as meta
-from .base import Credential, DocInfo, DocState, Store, StoredOp, StoreFailed, replay
+from .base import Credential, DocInfo, DocState, ListPosition, Store, StoredOp, StoreFailed, replay
 from .opindex import OpIdIndex, lookup
 from .sqlite_history import SqliteHistory
 from .sqlite_schema import log_after, migrate, sync_files
@@ -524,13 +524,17 @@ class SqliteStore(SqliteUpkeep, Store):
     async def ops_since(self, doc: str, rev: int) -> list[StoredOp]:
         return await self._read(self._ops_since_sync, doc, rev)
 
-    def _list_sync(self) -> list[DocInfo]:
+    def _list_sync(self, limit: int | None, after: ListPosition | None) -> list[DocInfo]:
+        where, args = "", []
+        if after is not None:
+            where, args = " AND (updated < ? OR (updated = ? AND id > ?))", [after.updated, after.updated, after.id]
         rows = self._thread_db().execute(
-            f"SELECT {meta.DOC_COLUMNS} FROM docs WHERE deleted IS NULL ORDER BY updated DESC")
+            f"SELECT {meta.DOC_COLUMNS} FROM docs WHERE deleted IS NULL{where} ORDER BY updated DESC, id LIMIT ?",
+            [*args, -1 if limit is None else limit])
         return [DocInfo(*row) for row in rows]
 
-    async def list_docs(self) -> list[DocInfo]:
-        return await self._read(self._list_sync)
+    async def list_docs(self, limit: int | None = None, after: ListPosition | None = None) -> list[DocInfo]:
+        return await self._read(self._list_sync, limit, after)
 
     async def text_at(self, doc: str, rev: int) -> str:
         return await self._read(self._history.text_at, self._thread_db(), doc, rev)
