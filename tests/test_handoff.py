@@ -332,6 +332,61 @@ async def test_a_relayed_connection_ends_with_its_owner_and_the_next_is_served_w
         assert owner.proc.wait(30) in (0, -15)  # uvicorn ends with the signal it stopped for
 
 
+@pytest.mark.parametrize("way", ["handed", "relayed"])
+async def test_a_full_owner_s_new_clients_are_served_where_they_arrive_until_it_has_room(
+        processes, tmp_path, ws_open, way):
+    """A document's audience gathers on its owner only while the owner has room. From its crowded
+    mark on (``max_connections`` less the reserve: 5 of 6 here) the other process serves the
+    document's new clients itself, forwarding their edits; back under the mark, the owner takes them again."""
+    handoff = tmp_path / "handoff"
+    caps = iter(["6", "100"])  # the owner (started first), the other
+
+    def env_of(p: ServerProcess) -> dict:
+        routed = {"COLLAB_HANDOFF_DIR": str(handoff)} if way == "handed" else _relaying()(p)
+        return dict(routed, COLLAB_MAX_CONNECTIONS=next(caps))
+
+    handoff.mkdir()
+    owner, other, prefix = await processes(env_of)
+    counted = HANDED_OVER if way == "handed" else RELAYED
+
+    async def owner_full() -> bool:
+        if way == "handed":
+            return any(handoff.glob("*.full"))
+        return await metric(other, "collab_guard_full_owner_links") == 1
+
+    first = await ws_open(f"{owner.ws_url}/ws/crowd")
+    rev = await _edit(first, (await first.join())["rev"], ["🐝"], "a1")
+    await _owner_recorded(prefix, "crowd")
+    routed: list = []
+    while not await owner_full():  # the owner says so before it answers the client that filled it
+        assert len(routed) < 6, "the owner never said it was full"
+        client = await ws_open(f"{other.ws_url}/ws/crowd")
+        assert (await client.join())["text"] == "🐝"
+        routed.append(client)
+    assert routed and await metric(other, counted) == len(routed)
+    spilled = await ws_open(f"{other.ws_url}/ws/crowd")
+    welcome = await spilled.join()
+    assert (welcome["rev"], welcome["text"]) == (rev, "🐝")
+    assert await metric(other, counted) == len(routed)
+    assert await metric(other, "collab_guard_spilled_connections_total") == 1
+    rev = await _edit(spilled, rev, [1, " 🌍"], "s1")  # forwarded to the owner
+    assert (await first.recv_type("op"))["rev"] == rev
+    rev = await _edit(first, rev, [3, "!"], "a2")
+    assert (await spilled.recv_type("op"))["rev"] == rev
+    for client in routed:
+        await client.close()
+    for _ in range(600):  # the owner, back under its mark, says so
+        if not await owner_full():
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the owner never said it had room again")
+    again = await ws_open(f"{other.ws_url}/ws/crowd")
+    assert (await again.join())["text"] == "🐝 🌍!"
+    assert await metric(other, counted) == len(routed) + 1
+    assert await metric(other, "collab_guard_spilled_connections_total") == 1
+
+
 async def test_a_relayed_client_that_never_reads_is_dropped_by_the_owner(processes, ws_open):
     """Back-pressure through the relay: the relaying process stops reading from the owner once its
     client does not read, so the owner's queue for that client fills and the owner drops it; the

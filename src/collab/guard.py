@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import os
 from collections import deque
 from typing import Any, Awaitable, Callable, Mapping
@@ -160,6 +161,23 @@ class Guard:
         #: Lookups of new connections' owners under way (:meth:`GuardedProtocol._route`).
         self.routing: set[asyncio.Task[None]] = set()
         track(self.limiter)
+
+    def check_room(self) -> None:
+        """Tell the other processes (through the hand-over) whether this one takes their clients of
+        its documents: not from the crowded mark on (``max_connections`` less its reserve), and again
+        once a twentieth below it, so that a connection or two coming and going does not flap."""
+        handoff = self.handoff
+        if handoff is None:
+            return
+        limiter = self.limiter
+        full_at = limiter.high_water if limiter.high_water != math.inf else limiter.max_connections
+        if full_at <= 0:
+            return
+        if handoff.crowded:
+            if limiter.active < full_at - max(1, int(full_at) // 20):
+                handoff.set_crowded(False)
+        elif limiter.active >= full_at:
+            handoff.set_crowded(True)
 
     def refuse(self, verdict: Verdict, source: str) -> None:
         """Count a refusal and maybe log the summary."""
@@ -317,6 +335,7 @@ class GuardedProtocol(asyncio.Protocol):
             transport.abort()
             return
         COUNTERS.accepted_connections += 1
+        guard.check_room()
         self._done = False
         self._key = key
         self._per_source = per_source
@@ -383,6 +402,7 @@ class GuardedProtocol(asyncio.Protocol):
         if self._addr is not None and guard.by_addr.get(self._addr) is self:
             del guard.by_addr[self._addr]
         guard.limiter.release(self._key, per_source=self._per_source)
+        guard.check_room()
 
     # -- delegation ------------------------------------------------------
     def oversized(self, nbytes: int) -> None:
@@ -476,6 +496,8 @@ class GuardedProtocol(asyncio.Protocol):
         link = self._pipe = OwnerLink(transport, handoff.stream_factory, handoff.owner_links)
         if handoff.closing:
             link.drain()
+        elif handoff.crowded:
+            link.set_full(True)
         COUNTERS.relay_links += 1
         transport.resume_reading()
         first = data[0][len(LINK_PREFACE):]

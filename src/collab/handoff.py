@@ -55,6 +55,7 @@ from typing import Awaitable, Callable
 from urllib.parse import unquote
 
 from .link import OwnerLink, RelayLink, RelayStream, connect
+from .metrics import COUNTERS, track
 from .protocol import valid_doc_name
 
 log = logging.getLogger("collab.handoff")
@@ -160,9 +161,43 @@ class HandOff:
         self.owner_links: set[OwnerLink] = set()
         #: Whether this process is stopping (:meth:`close`): a link opened from now on is told at once.
         self.closing = False
+        #: Whether this process holds so many connections that the others serve its documents' new
+        #: clients where those arrive (:meth:`set_crowded`); a link opened meanwhile is told at once.
+        self.crowded = False
+        track(self)
 
     def path(self, process_id: str) -> str:
         return os.path.join(self.directory, f"{process_id}.sock")
+
+    def full_mark(self, process_id: str) -> str:
+        """A file beside ``process_id``'s socket while that process is crowded (:meth:`set_crowded`)."""
+        return os.path.join(self.directory, f"{process_id}.full")
+
+    def set_crowded(self, crowded: bool) -> None:
+        """Whether the other processes should stop passing or relaying connections here: this one
+        nears its connection cap, so a document's audience spreads over the cluster rather than
+        being refused by its owner (the clients served elsewhere have their edits forwarded here)."""
+        if crowded == self.crowded:
+            return
+        self.crowded = crowded
+        log.warning("%s: the other processes serve this one's documents' new clients where they arrive",
+                    "this process is nearly full" if crowded else "this process has room again; it takes them back")
+        for link in list(self.owner_links):
+            link.set_full(crowded)
+        if self._sock is not None and self.process_id is not None:
+            mark = self.full_mark(self.process_id)
+            try:
+                if crowded:
+                    open(mark, "wb").close()
+                else:
+                    os.unlink(mark)
+            except OSError as exc:
+                log.warning("could not %s %s (%s)", "create" if crowded else "remove", mark, exc)
+
+    def gauges(self) -> dict[str, int]:
+        """``crowded`` (0 or 1), and ``full_owner_links``: links to processes that said they are full."""
+        return {"crowded": int(self.crowded),
+                "full_owner_links": sum(1 for link in self._links.values() if link.full and not link.closed)}
 
     def start(self, process_id: str, owner_elsewhere: Callable[[str], Awaitable[str | None]],
               address_of: Callable[[str], Awaitable[str | None]] | None = None) -> None:
@@ -213,8 +248,9 @@ class HandOff:
             asyncio.get_running_loop().remove_reader(sock.fileno())
         sock.close()
         if self.process_id is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path(self.process_id))
+            for path in (self.path(self.process_id), self.full_mark(self.process_id)):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
     async def destination(self, doc: str, relay: bool = False) -> Destination | None:
         """Where to hand (or, if ``relay``, relay) a connection to ``doc``, or ``None`` to serve it here."""
@@ -228,6 +264,9 @@ class HandOff:
             if self._sock is not None:
                 path = self.path(owner)
                 if os.path.exists(path):
+                    if os.path.exists(self.full_mark(owner)):
+                        COUNTERS.spilled_connections += 1
+                        return None
                     return Destination(path=path)
             address = await self._address(owner) if relay else None
         except Exception as exc:  # served here, which is correct
@@ -263,6 +302,9 @@ class HandOff:
             if link is None or link.closed or link.draining:
                 return None
             self._links[address] = link
+        if link.full:
+            COUNTERS.spilled_connections += 1
+            return None
         return link.open(client, mark_relayed(data))
 
     async def send(self, path: str, fd: int, data: bytes) -> bool:

@@ -23,6 +23,9 @@ a header (:data:`HEADER`: kind, stream, length) and ``length`` bytes:
   that many bytes of the stream off the link;
 * ``GOAWAY`` (owning to relaying process, stream 0): the owner is stopping;
   open no more streams on this link (those open go on until they close).
+* ``FULL`` / ``ROOM`` (owning to relaying process, stream 0): the owner holds
+  nearly as many connections as it may: serve new clients where they arrive
+  (its documents' edits are forwarded to it) / it has room again.
 
 Each side of a stream may have :data:`WINDOW` bytes sent and not yet
 credited, like an HTTP/2 window (a write is never refused, but once a side
@@ -51,7 +54,7 @@ PREFACE = b"COLLAB-LINK/1\r\n"
 #: A frame's header: kind, stream id, length (of the payload; of the credit for ``CREDIT``).
 HEADER = struct.Struct("!BII")
 
-OPEN, DATA, CLOSE, RESET, CREDIT, GOAWAY = 1, 2, 3, 4, 5, 6
+OPEN, DATA, CLOSE, RESET, CREDIT, GOAWAY, FULL, ROOM = 1, 2, 3, 4, 5, 6, 7, 8
 
 #: The largest payload of one frame (a longer write is sent in several).
 MAX_FRAME = 1024 * 1024
@@ -97,6 +100,8 @@ class _Frames:
         self.closed = False
         #: Whether the owner is stopping (it said so with ``GOAWAY``): no new streams on this link.
         self.draining = False
+        #: Whether the owner is full (it said so with ``FULL``, not yet ``ROOM``): no new streams for now.
+        self.full = False
         #: Who is at the other end, for the log.
         self.peer = "the other process"
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -377,6 +382,12 @@ class OwnerLink(_Frames):
         protocol.connection_made(transport)  # the guard may refuse it (the global cap): then it is closing
         transport.received(payload)
 
+    def set_full(self, full: bool) -> None:
+        """Tell the relaying process whether to open no new streams here for now (``FULL``) or again (``ROOM``)."""
+        if full != self.full and not self.closed:
+            self.full = full
+            self.send(FULL if full else ROOM, 0)
+
     def drain(self) -> None:
         """This process is stopping: tell the relaying process to open no more streams here."""
         if not self.draining and not self.closed:
@@ -499,9 +510,12 @@ class RelayLink(_Frames, asyncio.Protocol):
         self.feed(data)
 
     def control(self, kind: int, stream: int, payload: bytes) -> None:
-        if kind != GOAWAY:
+        if kind == GOAWAY:
+            self.draining = True
+        elif kind == FULL or kind == ROOM:
+            self.full = kind == FULL
+        else:
             raise LinkError(f"a frame of kind {kind} from the owner")
-        self.draining = True
 
     def eof_received(self) -> bool:
         return False

@@ -74,6 +74,8 @@ class Counters:
     relayed_in_connections: int = 0
     #: Links other processes opened to relay their clients here (:mod:`collab.link`).
     relay_links: int = 0
+    #: Connections to a document whose owner said it was full, served here (their edits forwarded).
+    spilled_connections: int = 0
 
 
 COUNTERS = Counters()
@@ -98,6 +100,7 @@ _COUNTER_HELP = {
     "relayed_connections": "WebSocket connections relayed to the process on another machine that owns their document.",
     "relayed_in_connections": "WebSocket connections another process relayed to this one.",
     "relay_links": "Links other processes opened to relay their clients to this one (each carries many connections).",
+    "spilled_connections": "Connections served here because their document's owner said it was nearly full.",
 }
 
 #: Gauge name (after ``collab_guard_``) -> help text; each tracked limiter reports these.
@@ -105,6 +108,8 @@ GAUGES = {
     "open_connections": "Connections currently held (accepted, not yet closed).",
     "tracked_sources": "Source addresses with live rate-limit state.",
     "backoff_sources": "Source addresses refused until their back-off after a flood passes.",
+    "crowded": "1 while this process nears its connection cap: the others serve its documents' new clients.",
+    "full_owner_links": "Links to processes that said they are nearly full (their new clients are served here).",
 }
 
 
@@ -280,7 +285,8 @@ def metrics_text() -> str:
 
 #: Counters that count no refusal: left out of the flood-protection log line.
 _NOT_REFUSALS = frozenset({"accepted_connections", "handed_over_connections", "handed_in_connections",
-                           "relayed_connections", "relayed_in_connections", "relay_links"})
+                           "relayed_connections", "relayed_in_connections", "relay_links",
+                           "spilled_connections"})
 
 
 class Summary:
