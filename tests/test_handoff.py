@@ -23,6 +23,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import pytest
 
 import collab.client as cc
+from collab.addresses import auto_port, own_relay_address
 from collab.handoff import HandOff, mark_relayed, relayed, split_address, ws_document
 from conftest import ServerProcess, metric
 from test_guard import NON_READER
@@ -137,8 +138,9 @@ async def pair(tmp_path, processes) -> Pair:
 
 
 def _relaying(trusted: str = "127.0.0.0/8") -> Callable[[ServerProcess], dict]:
-    """Each process takes relayed connections at its own port; ``trusted``: the proxies (and processes) it trusts."""
-    return lambda p: {"COLLAB_RELAY_ADDRESS": f"127.0.0.1:{p.port}", "COLLAB_TRUSTED_PROXIES": trusted}
+    """Each process takes relayed connections at its own port, at the address it finds (``auto``: toward
+    Redis, here 127.0.0.1); ``trusted``: the proxies (and processes) it trusts."""
+    return lambda p: {"COLLAB_RELAY_ADDRESS": "auto", "COLLAB_TRUSTED_PROXIES": trusted}
 
 
 async def _edit(ws, rev: int, op: list, op_id: str) -> int:
@@ -251,6 +253,21 @@ def test_relay_addresses_and_the_relayed_mark():
     assert marked == b"GET /ws/notes HTTP/1.1\r\ncollab-relayed: 1\r\nHost: x\r\n\r\n"
     assert relayed(marked) and not relayed(first)
     assert ws_document(marked) == "notes"
+
+
+async def test_auto_is_this_machine_s_address_toward_redis_with_the_server_s_port():
+    assert await own_relay_address("auto", 8123, "redis://127.0.0.1:6379/0") == "127.0.0.1:8123"
+    assert await own_relay_address("auto:9000", 8123, "rediss://:secret@127.0.0.1:6380/1") == "127.0.0.1:9000"
+    assert await own_relay_address("10.0.0.5:8000", 8123, "redis://127.0.0.1/0") == "10.0.0.5:8000"
+    if socket.has_ipv6:
+        try:
+            assert await own_relay_address("auto", 8123, "redis://[::1]:6379/0") == "[::1]:8123"
+        except OSError:  # no IPv6 loopback here
+            pass
+    assert auto_port("autobahn:80", 8000) is None  # a host named so
+    for bad in ("auto", "auto:", "auto:x", "auto:70000"):
+        with pytest.raises(ValueError, match="auto:8000"):
+            auto_port(bad, 0)
 
 
 async def test_a_connection_to_a_document_owned_elsewhere_is_relayed_there(processes, ws_open):

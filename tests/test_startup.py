@@ -120,6 +120,9 @@ def test_relay_address_must_be_host_and_port_and_needs_trusted_processes(tmp_pat
     line = serve_fails(tmp_path, "--port", "0", COLLAB_RELAY_ADDRESS="10.0.0.5:8000",
                        COLLAB_TRUSTED_PROXIES="10.0.0.0/8")
     assert "REDIS_URL" in line and "unset COLLAB_RELAY_ADDRESS" in line, line
+    line = serve_fails(tmp_path, "--port", "0", COLLAB_RELAY_ADDRESS="auto", COLLAB_TRUSTED_PROXIES="10.0.0.0/8",
+                       **redis)
+    assert "COLLAB_RELAY_ADDRESS" in line and "auto:8000" in line, line
 
 
 # ---------------------------------------------------------------------------

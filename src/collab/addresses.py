@@ -4,13 +4,17 @@
 is counted under (an IPv6 client is its ``/ipv6_prefix`` network, since one
 host commonly owns a whole /64). :func:`client_ip` finds the real client
 in ``X-Forwarded-For`` when, and only when, the TCP peer is a trusted proxy.
+:func:`own_relay_address` finds where the other processes reach this one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
+import socket
 from typing import Any, Iterable, Sequence
+from urllib.parse import urlsplit
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -116,3 +120,36 @@ def client_ip(scope_client_host: str | None, headers: Any, trusted_proxies: Iter
         if not in_networks(addr, nets):
             return last
     return last
+
+
+#: ``COLLAB_RELAY_ADDRESS`` with no host (``auto`` or ``auto:PORT``): see :func:`own_relay_address`.
+AUTO = "auto"
+
+
+def auto_port(setting: str, server_port: int) -> int | None:
+    """The port of an ``auto`` relay address (``auto``: the server's), ``None`` if ``setting`` names
+    its host; ``ValueError`` with what to do for a port that cannot be told."""
+    if setting != AUTO and not setting.startswith(AUTO + ":"):
+        return None
+    port = setting[len(AUTO) + 1:] if setting != AUTO else str(server_port)
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{setting!r}: auto takes the server's port, and {port!r} is none the others can "
+                         "reach (give one: auto:8000, or a fixed PORT)")
+    return int(port)
+
+
+async def own_relay_address(setting: str, server_port: int, redis_url: str) -> str:
+    """The relay address to record: ``setting`` when it names a host; for ``auto``, this machine's
+    address on the network it reaches Redis by (the other processes reach Redis too, so they
+    reach that network), with the server's port, or ``auto:PORT``'s."""
+    port = auto_port(setting, server_port)
+    if port is None:
+        return setting
+    target = urlsplit(redis_url)
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(target.hostname or "localhost", target.port or 6379, type=socket.SOCK_DGRAM)
+    family, _, _, _, sockaddr = infos[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect(sockaddr)  # a datagram socket's connect sends nothing: it only picks the route
+        host = probe.getsockname()[0]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -146,6 +146,7 @@ class Settings:
     handoff_dir: str = ""
     #: ``host:port`` at which the other collab processes (on other machines) reach this one: each
     #: relays the WebSocket connections to the documents this process owns here (``COLLAB_RELAY_ADDRESS``).
+    #: ``auto`` (or ``auto:PORT``): this machine's address on the network it reaches Redis by.
     relay_address: str = ""
     #: Seconds after which a silent process's clients are announced as left (with REDIS_URL).
     presence_timeout: float = 10.0

@@ -120,12 +120,14 @@ def check_configuration(settings: Settings, sources: Sources, env: Mapping[str, 
 
 
 def check_relay_address(settings: Settings) -> None:
-    """``COLLAB_RELAY_ADDRESS`` is ``host:port``, and relayed connections can be served: processes that
+    """``COLLAB_RELAY_ADDRESS`` is ``host:port`` or ``auto[:port]``, and relayed connections can be served: processes that
     share documents (Redis), and the relaying processes trusted (``COLLAB_TRUSTED_PROXIES``)."""
+    from .addresses import auto_port
     from .handoff import split_address
 
     try:
-        split_address(settings.relay_address)
+        if auto_port(settings.relay_address, settings.port) is None:
+            split_address(settings.relay_address)
     except ValueError as exc:
         raise StartupError(f"COLLAB_RELAY_ADDRESS: {exc}") from None
     if not settings.redis_url:

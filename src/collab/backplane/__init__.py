@@ -28,6 +28,8 @@ import asyncio
 import secrets
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..addresses import own_relay_address
+
 if TYPE_CHECKING:
     from ..seal import Seal
 
@@ -253,7 +255,12 @@ async def open_backplane(settings: Any) -> Backplane | None:
 
     timeout = settings.presence_timeout  # seconds after which a silent process's clients are announced as left
     backplane = RedisBackplane(settings.redis_url, heartbeat_ttl=max(1.0, timeout))
-    backplane.relay_address = settings.relay_address
+    if settings.relay_address:
+        try:
+            backplane.relay_address = await own_relay_address(settings.relay_address, settings.port, settings.redis_url)
+        except OSError as exc:
+            raise SystemExit(f"COLLAB_RELAY_ADDRESS={settings.relay_address}: cannot tell this machine's address on the "
+                             f"network of Redis ({exc}); give it: COLLAB_RELAY_ADDRESS=10.0.0.5:8000") from None
     await backplane.open()
     return backplane
 
