@@ -425,14 +425,16 @@ class RedisBackplane(Backplane):
         key = self._owner_key(doc)  # a sealed record is the same bytes each time: compared as they are
         self._enqueue(("EVAL", _DROP_IF_MINE, 1, key, self._record(key, self.process_id.encode())))
 
+    async def _get_record(self, key: str) -> bytes | None:
+        """The record stored under ``key`` (:meth:`_read_record`): ``None`` if absent or not sealed by the deployment."""
+        return self._read_record(key, await self.redis.get(key))
+
     async def owner(self, doc: str) -> str | None:
-        key = self._owner_key(doc)
-        value = self._read_record(key, await self.redis.get(key))
+        value = await self._get_record(self._owner_key(doc))
         return value.decode() if value is not None else None
 
     async def address_of(self, proc: str) -> str | None:
-        key = self._proc_key(proc)
-        beat = self._read_record(key, await self.redis.get(key))
+        beat = await self._get_record(self._proc_key(proc))
         if beat is None:
             return None
         return beat.decode(errors="replace") if beat != b"1" else ""
