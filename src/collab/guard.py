@@ -161,22 +161,25 @@ class Guard:
         #: Lookups of new connections' owners under way (:meth:`GuardedProtocol._route`).
         self.routing: set[asyncio.Task[None]] = set()
         track(self.limiter)
+        # From the crowded mark on (``max_connections`` less its reserve) this process takes no other
+        # process's clients of its documents, and again once a twentieth below it, so that a
+        # connection or two coming and going does not flap (:meth:`check_room`).
+        limiter = self.limiter
+        full = limiter.high_water if limiter.high_water != math.inf else limiter.max_connections
+        self._full_at = full if full > 0 else math.inf
+        self._room_below = full - max(1, int(full) // 20) if full > 0 else math.inf
 
     def check_room(self) -> None:
         """Tell the other processes (through the hand-over) whether this one takes their clients of
-        its documents: not from the crowded mark on (``max_connections`` less its reserve), and again
-        once a twentieth below it, so that a connection or two coming and going does not flap."""
+        its documents, by the marks above."""
         handoff = self.handoff
         if handoff is None:
             return
-        limiter = self.limiter
-        full_at = limiter.high_water if limiter.high_water != math.inf else limiter.max_connections
-        if full_at <= 0:
-            return
+        active = self.limiter.active
         if handoff.crowded:
-            if limiter.active < full_at - max(1, int(full_at) // 20):
+            if active < self._room_below:
                 handoff.set_crowded(False)
-        elif limiter.active >= full_at:
+        elif active >= self._full_at:
             handoff.set_crowded(True)
 
     def refuse(self, verdict: Verdict, source: str) -> None:
