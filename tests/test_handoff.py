@@ -18,15 +18,17 @@ import os
 import socket
 import subprocess
 import sys
+from types import SimpleNamespace
 from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 import collab.client as cc
 from collab.addresses import auto_port, own_relay_address
-from collab.handoff import HandOff, mark_relayed, relayed, split_address, ws_document
+from collab.handoff import MAX_HANDED_BYTES, HandOff, mark_relayed, relayed, split_address, ws_document
 from conftest import ServerProcess, metric
 from test_guard import NON_READER
+from test_link import HandLink
 from test_scaleout import fresh_state
 from test_supervisor import group  # noqa: F401  (a fixture)
 
@@ -88,7 +90,7 @@ async def test_a_socket_is_passed_whole_and_a_full_queue_at_the_receiver_is_wait
     assert not (tmp_path / "sender.sock").exists()
 
 
-async def test_a_connection_is_not_passed_to_a_process_that_is_gone(tmp_path):
+async def test_a_connection_is_not_passed_to_a_process_that_is_gone_nor_with_more_than_it_reads(tmp_path):
     sender = HandOff(str(tmp_path))
     sender.listen("sender", lambda sock, data: sock.close())
     gone = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -97,6 +99,9 @@ async def test_a_connection_is_not_passed_to_a_process_that_is_gone(tmp_path):
     a, b = socket.socketpair()
     try:
         assert await sender.send(sender.path("gone"), a.fileno(), b"GET /ws/x HTTP/1.1\r\n") is False
+        # More than a receiver reads of one hand-over would reach it cut short: served where it is.
+        too_much = b"COLLAB-LINK/2 sender\r\n" + b"\0" * MAX_HANDED_BYTES
+        assert await sender.send(sender.path("sender"), a.fileno(), too_much) is False
     finally:
         sender.close()
         a.close()
@@ -302,6 +307,67 @@ async def test_a_connection_to_a_document_owned_elsewhere_is_relayed_there(proce
     # The client leaves: the owner sees it go.
     await second.close()
     assert (await first.recv_type("leave"))["type"] == "leave"
+
+
+async def test_a_link_reaches_the_worker_that_owns_the_document_though_the_workers_share_an_address(
+        group, tmp_path, ws_open):  # noqa: F811
+    """Machine A runs ``collab serve --workers 2`` (one port, so one relay address for both workers);
+    machine B one process. B relays each client to the worker that owns its document: a link lands on
+    whichever worker the kernel picks, and is passed to the one it names."""
+    relaying = {"COLLAB_RELAY_ADDRESS": "auto", "COLLAB_TRUSTED_PROXIES": "127.0.0.0/8"}
+    g, base = await group(2, **relaying)
+    a_ws = base.replace("http://", "ws://")
+    owned: dict[str, tuple[str, object]] = {}  # a worker's id -> one of its documents, and a client of it
+    for i in range(200):  # new documents on A until each worker owns one (the kernel spreads the connections)
+        doc = f"worker-{i}"
+        first = await ws_open(f"{a_ws}/ws/{doc}")
+        await _edit(first, (await first.join())["rev"], [f"🧭 {i}"], f"a{i}")
+        await _owner_recorded(g.prefix, doc)
+        (owner,) = (await _serving(g.prefix, doc, 1)).values()  # the worker it reached owns it
+        owned.setdefault(owner, (doc, first))
+        if len(owned) == 2:
+            break
+    assert len(owned) == 2, "the kernel gave every connection to one worker"
+    other = ServerProcess(str(tmp_path / "b"), env=dict(g.state_env, COLLAB_IDLE_UNLOAD_SECONDS="600", **relaying))
+    await asyncio.to_thread(other.start)
+    try:
+        for owner, (doc, first) in owned.items():
+            second = await ws_open(f"{other.ws_url}/ws/{doc}")
+            welcome = await second.join()
+            rev = await _edit(second, welcome["rev"], [len(welcome["text"]), " 🌍"], f"b-{doc}")
+            assert (await first.recv_type("op"))["rev"] == rev
+            serving = await _serving(g.prefix, doc, 2)
+            assert set(serving.values()) == {owner}, f"{doc}'s clients are not all on its owner: {serving}"
+        assert await metric(other, RELAYED) == 2
+        assert await metric(other, "collab_remote_ops_total") == 0
+        workers = SimpleNamespace(base_url=base)  # each worker's values reach /metrics within a second
+        await asyncio.wait_for(_until(lambda: metric(workers, "collab_guard_relay_links_total"), 2), 30)
+        assert await metric(workers, "collab_guard_relay_links_total") == 2  # one link to each worker
+        # Links by hand, for each worker in turn: whichever worker the kernel gives one to, the named one
+        # serves its streams (were they served where they landed, all eight would have to land right).
+        port = int(base.rsplit(":", 1)[1])
+        links = []
+        try:
+            for n in range(8):
+                owner, (doc, _) = list(owned.items())[n % 2]
+                links.append(link := await HandLink.open(port, process=owner))
+                stream = await link.stream(1, doc)
+                stream.send({"type": "join", "user": {"name": f"Hand {n} ✋"}})
+                await stream.recv_type("welcome")
+            for owner, (doc, _) in owned.items():
+                serving = await _serving(g.prefix, doc, 6)
+                assert set(serving.values()) == {owner}, f"{doc}'s clients are not all on its owner: {serving}"
+        finally:
+            for link in links:
+                await link.close()
+    finally:
+        other.kill()
+
+
+async def _until(read: Callable[[], Awaitable[float]], value: float) -> None:
+    """Read until ``read`` gives at least ``value``."""
+    while await read() < value:
+        await asyncio.sleep(0.05)
 
 
 async def test_a_client_not_behind_a_trusted_proxy_is_not_relayed(processes, ws_open):

@@ -20,7 +20,8 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from collab.link import CLOSE, CREDIT, DATA, HEADER, MAX_STREAM, OPEN, PREFACE, RESET, WINDOW, next_stream
+from collab.link import (CLOSE, CREDIT, DATA, HEADER, MAX_STREAM, OPEN, PREFACE_V1, READY, RESET, WINDOW, LinkError,
+                         Preface, connect, next_stream, preface, read_preface)
 from conftest import ServerProcess, http_get, metric
 from test_scaleout import fresh_state
 
@@ -80,9 +81,15 @@ class HandLink:
         self._task = asyncio.ensure_future(self._read())
 
     @classmethod
-    async def open(cls, port: int) -> "HandLink":
+    async def open(cls, port: int, version: int = 2, process: str = "elsewhere") -> "HandLink":
+        """A link to ``process`` at ``port``, once it answered (a process not on that machine: the one
+        reached serves it); version 1 names no process and gets no answer."""
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(PREFACE)
+        if version == 1:
+            writer.write(PREFACE_V1)
+        else:
+            writer.write(preface(process))
+            assert await asyncio.wait_for(reader.readexactly(len(READY)), 30) == READY
         return cls(reader, writer)
 
     def frame(self, kind: int, sid: int, payload: bytes = b"") -> None:
@@ -152,11 +159,13 @@ async def owner(tmp_path) -> AsyncIterator[Callable[..., ServerProcess]]:
                 p.kill()
 
 
-async def test_the_streams_of_one_link_are_served_as_clients_of_their_own(owner, ws_open):
+@pytest.mark.parametrize("version", [2, 1])
+async def test_the_streams_of_one_link_are_served_as_clients_of_their_own(owner, ws_open, version):
+    """Version 1 (a relaying process of the first version: no answer to its preface) is served too."""
     server = await owner()
     direct = await ws_open(f"{server.ws_url}/ws/linked")
     rev = (await direct.join(user={"name": "Dee 🦉"}))["rev"]
-    link = await HandLink.open(server.port)
+    link = await HandLink.open(server.port, version)
     a = await link.stream(1, "linked")
     a.send({"type": "join", "user": {"name": "Ari 🐝"}})
     assert (await a.recv_type("welcome"))["rev"] == rev
@@ -247,11 +256,56 @@ async def test_a_link_from_an_address_that_is_not_trusted_is_plain_http(owner):
     """Only a trusted proxy may relay: from anywhere else the preface is a bad HTTP request."""
     server = await owner(trusted="10.255.255.1")
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(PREFACE + HEADER.pack(OPEN, 1, 0))
+    writer.write(preface("elsewhere") + HEADER.pack(OPEN, 1, 0))
     answer = await asyncio.wait_for(reader.read(), 30)
     assert answer.startswith(b"HTTP/1.1 400"), answer[:40]
     writer.close()
     assert await metric(server, RELAY_LINKS) == 0
+
+
+@pytest.mark.parametrize("bad", [b"COLLAB-LINK/3 elsewhere\r\n", b"COLLAB-LINK/2 \r\n",
+                                 b"COLLAB-LINK/2 not/an/id\r\n", b"COLLAB-LINK/2 " + b"x" * 200])
+async def test_a_link_whose_preface_breaks_the_rules_is_refused(owner, ws_open, bad):
+    server = await owner()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(bad)
+    try:
+        answer = await asyncio.wait_for(reader.read(), 30)
+    except ConnectionError:
+        answer = b""
+    assert answer == b""  # aborted: no answer, no HTTP error page either
+    writer.close()
+    assert await metric(server, RELAY_LINKS) == 0
+    ws = await ws_open(f"{server.ws_url}/ws/after-a-bad-link")  # the next client is served
+    assert (await ws.join())["text"] == ""
+
+
+async def test_a_process_that_answers_the_preface_otherwise_is_not_linked_to():
+    """A process of the first version answers this version's preface as a bad HTTP request: the
+    relaying process opens no link (its clients are served where they arrived)."""
+    async def first_version(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n")
+        writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        await reader.read()  # until the relaying process closes
+        writer.close()
+
+    server = await asyncio.start_server(first_version, "127.0.0.1", 0)
+    try:
+        assert await connect(server.sockets[0].getsockname()[:2], "0123abcd") is None
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_a_preface_names_its_version_and_process():
+    assert read_preface(preface("0123abcd") + b"more") == Preface(2, "0123abcd", len(preface("0123abcd")))
+    assert read_preface(PREFACE_V1 + HEADER.pack(OPEN, 1, 0)) == Preface(1, None, len(PREFACE_V1))
+    assert read_preface(b"GET / HTTP/1.1\r\n") is None
+    for bad, why in ((b"COLLAB-LINK/2 abc", "no end"), (b"COLLAB-LINK/9 abc\r\n", "versions 1 and 2"),
+                     (b"COLLAB-LINK/2 a b\r\n", "names no process")):
+        with pytest.raises(LinkError, match=why):
+            read_preface(bad)
 
 
 def test_stream_ids_wrap_past_the_header_and_skip_the_open_ones():

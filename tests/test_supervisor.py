@@ -40,8 +40,10 @@ class Group:
         self.proc = subprocess.Popen(argv, env=env, cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, start_new_session=True)
         self.lines: list[str] = []
-        #: The Redis prefix of the group's keys (set by the ``group`` fixture).
+        #: The Redis prefix of the group's keys, and the settings naming its store and Redis (set by the
+        #: ``group`` fixture: another process started with them shares the group's documents).
         self.prefix = ""
+        self.state_env: dict[str, str] = {}
         self._changed = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -96,17 +98,17 @@ async def group() -> AsyncIterator:
     async with fresh_state("sup") as state:
         started: list[Group] = []
 
-        async def start(workers: int) -> tuple[Group, str]:
+        async def start(workers: int, **extra: str) -> tuple[Group, str]:
             port = free_port()
             env = {k: v for k, v in os.environ.items()
                    if not k.startswith("COLLAB_") and k not in ("PORT", "WEB_CONCURRENCY")}
             env.update(state.env, COLLAB_LOG_LEVEL="info", COLLAB_PRESENCE_TIMEOUT="2",
                        COLLAB_ADDR_MSG_RATE="100000", COLLAB_ADDR_MSG_BURST="100000",
                        # Scrapes come as fast as they are answered, each on a new connection: not a flood either.
-                       COLLAB_CONN_RATE="100000", COLLAB_CONN_BURST="100000")
+                       COLLAB_CONN_RATE="100000", COLLAB_CONN_BURST="100000", **extra)
             g = Group([sys.executable, "-m", "collab", "serve", "--host", "127.0.0.1", "--port", str(port),
                        "--workers", str(workers)], env)
-            g.prefix = state.prefix
+            g.prefix, g.state_env = state.prefix, state.env
             started.append(g)
             await asyncio.to_thread(g.wait_line, rf"serving http://\S+:{port}/")
             return g, f"http://127.0.0.1:{port}"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import math
 import os
 from collections import deque
@@ -45,9 +46,11 @@ from .limits import (
     transform_cost,
 )
 from .handoff import MAX_HANDED_BYTES, HandOff, relayed, ws_document
-from .link import PREFACE as LINK_PREFACE, OwnerLink, RelayStream
+from .link import LinkError, OwnerLink, Preface, RelayStream, read_preface
 from .metrics import COUNTERS, LOG_INTERVAL, Counters, metrics_text, note, note_slow_client_drop, track
 from .protocol import CLOSE_OVERLOADED
+
+log = logging.getLogger("collab.guard")
 
 __all__ = [
     "COUNTERS", "LOG_INTERVAL", "ConnectionLimiter", "Counters", "Guard", "GuardedProtocol", "IPNetwork",
@@ -465,13 +468,28 @@ class GuardedProtocol(asyncio.Protocol):
         """Whether the first request, ``data``, is being routed (:meth:`_route`): a WebSocket
         connection that may belong on another process here. Asked once, after the gate."""
         handoff = self._guard.handoff
-        if self._routed or handoff is None or self._handed is not None:
+        if self._routed or handoff is None:
             return False
         first = data[0]
-        if first.startswith(LINK_PREFACE) and handoff.stream_factory is not None and not self._per_source:
-            self._link(handoff, data)
-            return True
-        if not handoff.active:
+        if handoff.stream_factory is not None and not self._per_source:  # a trusted peer: maybe a link
+            try:
+                preface = read_preface(first)
+            except LinkError as exc:
+                log.warning("refused a link from %s: %s", self._key or "a local peer", exc)
+                self._routed = True
+                self._transport.abort()
+                return True
+            if preface is not None:
+                self._routed = True
+                path = handoff.local_path(preface.process) if preface.process and self._handed is None else None
+                if path is not None:  # for another process here
+                    self._deferred = data
+                    self._transport.pause_reading()
+                    self._task(self._hand_link(handoff, path, preface))
+                else:
+                    self._link(handoff, data, preface)
+                return True
+        if not handoff.active or self._handed is not None:
             return False
         self._routed = True
         doc = ws_document(first) if len(first) <= MAX_HANDED_BYTES else None
@@ -482,28 +500,41 @@ class GuardedProtocol(asyncio.Protocol):
             return False
         self._deferred = data
         self._transport.pause_reading()
-        task = asyncio.ensure_future(self._route(handoff, doc))
-        self._guard.routing.add(task)
-        task.add_done_callback(self._guard.routing.discard)
+        self._task(self._route(handoff, doc))
         return True
 
-    def _link(self, handoff: HandOff, data: list[bytes]) -> None:
+    def _task(self, routing: Any) -> None:
+        """Run ``routing`` (this connection waits for it, reading nothing meanwhile)."""
+        task = asyncio.ensure_future(routing)
+        self._guard.routing.add(task)
+        task.add_done_callback(self._guard.routing.discard)
+
+    async def _hand_link(self, handoff: HandOff, path: str, preface: Preface) -> None:
+        """A link for another process on this machine (it shares this one's port, and so its relay
+        address): hand it there, or serve it here if that fails."""
+        if await self._hand(handoff, path):
+            COUNTERS.handed_over_links += 1
+            return
+        data, self._deferred = self._deferred, None
+        if not self._done and data is not None:
+            self._link(handoff, data, preface)
+
+    def _link(self, handoff: HandOff, data: list[bytes], preface: Preface) -> None:
         """This connection is a link another process opened to relay its clients here (its peer is a
         trusted proxy): from now on its bytes are frames of those clients' connections."""
-        self._routed = True
         self.request_started()  # a link has no handshake deadline; each of its streams has its own
         inner, self._inner = self._inner, None
         # uvicorn's HTTP protocol has parsed nothing: it lets go (with an error, so it leaves the transport open)
         inner.connection_lost(ConnectionAbortedError("the connection is a relay link"))
         transport = self._transport
-        link = self._pipe = OwnerLink(transport, handoff.stream_factory, handoff.owner_links)
+        link = self._pipe = OwnerLink(transport, handoff.stream_factory, handoff.owner_links, preface.version)
         if handoff.closing:
             link.drain()
         elif handoff.crowded:
             link.set_full(True)
         COUNTERS.relay_links += 1
         transport.resume_reading()
-        first = data[0][len(LINK_PREFACE):]
+        first = data[0][preface.size:]
         for chunk in [first, *data[1:]]:
             if chunk and not link.closed:
                 link.feed(chunk)
@@ -519,23 +550,13 @@ class GuardedProtocol(asyncio.Protocol):
             return
         transport = self._transport
         if dest is not None and dest.path is not None:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                fd = os.dup(sock.fileno())  # the send may wait: this fd stays this connection's meanwhile
-                try:
-                    sent = await handoff.send(dest.path, fd, b"".join(self._deferred))
-                finally:
-                    os.close(fd)
-                if sent:
-                    self._deferred = None
-                    COUNTERS.handed_over_connections += 1
-                    if not self._done:  # the owner holds the socket now: let go of it here (no FIN, no RST)
-                        transport.close()
-                    return
-                if self._done:
-                    return
-        elif dest is not None and dest.address is not None:
-            relay = await handoff.relay(dest.address, transport, b"".join(self._deferred))
+            if await self._hand(handoff, dest.path):
+                COUNTERS.handed_over_connections += 1
+                return
+            if self._done:
+                return
+        elif dest is not None and dest.address is not None and dest.process is not None:
+            relay = await handoff.relay(dest.address, dest.process, transport, b"".join(self._deferred))
             if relay is not None:
                 if self._done:  # the client left meanwhile
                     relay.close()
@@ -548,6 +569,24 @@ class GuardedProtocol(asyncio.Protocol):
             if self._done:
                 return
         self.resume()  # served here
+
+    async def _hand(self, handoff: HandOff, path: str) -> bool:
+        """Pass this connection's socket, with what was read of it, to the process at ``path``; whether
+        it went (it is then let go here)."""
+        transport = self._transport
+        sock = transport.get_extra_info("socket")
+        if sock is None or self._deferred is None:
+            return False
+        fd = os.dup(sock.fileno())  # the send may wait: this fd stays this connection's meanwhile
+        try:
+            sent = await handoff.send(path, fd, b"".join(self._deferred))
+        finally:
+            os.close(fd)
+        if sent:
+            self._deferred = None
+            if not self._done:  # the other process holds the socket now: let go of it here (no FIN, no RST)
+                transport.close()
+        return sent
 
     def resume(self) -> None:
         """The :class:`HandshakeGate` lets the first request through (or :meth:`_route` keeps it here):

@@ -35,7 +35,10 @@ relayed (their ``X-Forwarded-For`` names the client to the owner, which
 must trust the relaying process in turn); when the owner does not accept
 the link within :data:`collab.link.CONNECT_WAIT` the connection is served
 where it arrived, and when either end closes, so does the other (the
-client reconnects, as after any dropped connection).
+client reconnects, as after any dropped connection). Processes on one
+machine that share a port share a relay address: a link names the process
+it is for, and the one that accepts it hands it (socket and all, as a
+connection) to that process when it is another one here.
 
 This module holds the socket work and the request-line parsing; the guard
 (:mod:`collab.guard`) decides when to ask, and the server
@@ -84,10 +87,12 @@ _PREFIX = b"GET /ws/"
 @dataclass(frozen=True)
 class Destination:
     """Where a new connection goes: a process on this machine (``path``, its hand-over socket) or a
-    process elsewhere that takes relayed connections (``address``, host and port)."""
+    process elsewhere that takes relayed connections (``address``, host and port, and its ``process`` id:
+    processes that share a port share an address)."""
 
     path: str | None = None
     address: tuple[str, int] | None = None
+    process: str | None = None
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -152,9 +157,10 @@ class HandOff:
         self._out: dict[str, socket.socket] = {}
         self._sending: dict[str, asyncio.Lock] = {}
         self._accept: Callable[[socket.socket, bytes], None] | None = None
-        #: This process's links to the processes it relays connections to, by address, and those being opened.
-        self._links: dict[tuple[str, int], RelayLink] = {}
-        self._linking: dict[tuple[str, int], asyncio.Future[RelayLink | None]] = {}
+        #: This process's links to the processes it relays connections to, by address and process id
+        #: (processes that share a port share an address), and those being opened.
+        self._links: dict[tuple[tuple[str, int], str], RelayLink] = {}
+        self._linking: dict[tuple[tuple[str, int], str], asyncio.Future[RelayLink | None]] = {}
         #: What serves the connections other processes relay here (set when this process takes them).
         self.stream_factory: Callable[[], asyncio.Protocol] | None = None
         #: The links other processes opened to this one.
@@ -272,7 +278,14 @@ class HandOff:
         except Exception as exc:  # served here, which is correct
             log.warning("finding the owner of %s for a new connection failed: %s", doc, exc)
             return None
-        return Destination(address=address) if address is not None else None
+        return Destination(address=address, process=owner) if address is not None else None
+
+    def local_path(self, process_id: str) -> str | None:
+        """The hand-over socket of ``process_id`` if that is another process on this machine, else ``None``."""
+        if self._sock is None or process_id == self.process_id:
+            return None
+        path = self.path(process_id)
+        return path if os.path.exists(path) else None
 
     async def _address(self, process_id: str) -> tuple[str, int] | None:
         """Where ``process_id`` takes relayed connections (``None``: it does not, or it is gone)."""
@@ -289,19 +302,23 @@ class HandOff:
             self._addresses[process_id] = address
         return address
 
-    async def relay(self, address: tuple[str, int], client: asyncio.Transport, data: bytes) -> RelayStream | None:
-        """Relay ``client``'s connection, of which ``data`` was read, to the process at ``address``
-        over this process's link to it (opened if need be); ``None``: served here."""
-        link = self._links.get(address)
+    async def relay(self, address: tuple[str, int], process_id: str, client: asyncio.Transport,
+                    data: bytes) -> RelayStream | None:
+        """Relay ``client``'s connection, of which ``data`` was read, to the process ``process_id`` at
+        ``address`` over this process's link to it (opened if need be); ``None``: served here."""
+        key = (address, process_id)
+        link = self._links.get(key)
         if link is None or link.closed or link.draining:
-            pending = self._linking.get(address)
-            if pending is None:  # one connect per address, however many clients wait for it
-                pending = self._linking[address] = asyncio.ensure_future(connect(address))
-                pending.add_done_callback(lambda _: self._linking.pop(address, None))
+            pending = self._linking.get(key)
+            if pending is None:  # one connect per process, however many clients wait for it
+                pending = self._linking[key] = asyncio.ensure_future(connect(address, process_id))
+                pending.add_done_callback(lambda _: self._linking.pop(key, None))
             link = await asyncio.shield(pending)
             if link is None or link.closed or link.draining:
                 return None
-            self._links[address] = link
+            for gone in [k for k, old in self._links.items() if old.closed]:  # links to processes since gone
+                del self._links[gone]
+            self._links[key] = link
         if link.full:
             COUNTERS.spilled_connections += 1
             return None
@@ -313,7 +330,7 @@ class HandOff:
         Each destination has a connected socket of its own, so that a full queue at the receiver
         (a burst of connections; Linux queues few datagrams per socket) is waited out, for at most
         :data:`SEND_WAIT` seconds, rather than taken for a dead process."""
-        if self._sock is None:
+        if self._sock is None or len(data) > MAX_HANDED_BYTES:  # the receiver reads at most that much
             return False
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
         loop = asyncio.get_running_loop()
@@ -365,13 +382,13 @@ class HandOff:
             return
         for _ in range(RECEIVE_PER_TURN):
             try:
-                data, fds, _flags, _addr = socket.recv_fds(sock, MAX_HANDED_BYTES, 4)
+                data, fds, flags, _addr = socket.recv_fds(sock, MAX_HANDED_BYTES, 4)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 log.warning("receiving a handed connection failed: %s", exc)
                 return
-            if len(fds) != 1:  # not from a collab process: nothing to serve
+            if len(fds) != 1 or flags & socket.MSG_TRUNC:  # not from a collab process, or cut: nothing to serve
                 for fd in fds:
                     os.close(fd)
                 continue

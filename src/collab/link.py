@@ -10,8 +10,18 @@ write and arrives in one read, so that a relayed message costs little more
 than a message the owner receives itself. The relaying process still reads
 and writes each client's socket, and never decodes a WebSocket frame.
 
-The relaying process opens the link with :data:`PREFACE`, then frames:
-a header (:data:`HEADER`: kind, stream, length) and ``length`` bytes:
+The relaying process opens the link with a preface naming the process it
+is for (:func:`preface`: ``COLLAB-LINK/2 {process id}``, a line). Processes
+on one machine that share a port (the workers of ``collab serve --workers
+N``) share one address, so the link may reach another of them, which
+hands it to the one named (:mod:`collab.handoff`). That process answers
+with :data:`READY`, and the relaying process opens streams only then: a
+process that does not take links of this version answers something else,
+and the relaying process serves its clients itself. (A relaying process of
+the first version sends :data:`PREFACE_V1` and expects no answer; the link
+then has no ``FULL`` / ``ROOM``, which that version does not know.) Then
+frames, both ways: a header (:data:`HEADER`: kind, stream, length) and
+``length`` bytes:
 
 * ``OPEN`` (relaying to owning process): a new stream, with the client's
   first read; the owner serves it as a connection of its own from the
@@ -42,14 +52,64 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import struct
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable
 
 log = logging.getLogger("collab.link")
 
-#: What a relaying process writes first on a link (the owner's guard tells a link from HTTP by it).
-PREFACE = b"COLLAB-LINK/1\r\n"
+#: What a relaying process of the first version wrote first on a link (named no process, expected no answer).
+PREFACE_V1 = b"COLLAB-LINK/1\r\n"
+
+#: How a link's preface begins (the owner's guard tells a link from HTTP by it).
+PREFACE_START = b"COLLAB-LINK/"
+
+#: The owner's answer to a preface of this version: streams may be opened.
+READY = b"COLLAB-LINK/2 ready\r\n"
+
+#: The longest preface line taken (a process id is short).
+MAX_PREFACE = 128
+
+_PROCESS_ID = re.compile(rb"[A-Za-z0-9_-]{1,64}")
+
+
+class LinkError(Exception):
+    """A preface or frame that breaks the link's rules: the link ends."""
+
+
+def preface(process_id: str) -> bytes:
+    """What a relaying process writes first on a link to the process ``process_id``."""
+    return b"COLLAB-LINK/2 " + process_id.encode("ascii") + b"\r\n"
+
+
+@dataclass(frozen=True)
+class Preface:
+    """A link's preface, read: its ``version`` (1 or 2), the process it is for (``None`` in version 1),
+    and its ``size`` in bytes (the frames follow)."""
+
+    version: int
+    process: str | None
+    size: int
+
+
+def read_preface(data: bytes) -> Preface | None:
+    """The preface ``data`` begins with, or ``None`` when ``data`` is not a link's (plain HTTP, say);
+    :class:`LinkError` for one that begins as a link's and breaks the rules (or is not whole)."""
+    if not data.startswith(PREFACE_START):
+        return None
+    if data.startswith(PREFACE_V1):
+        return Preface(1, None, len(PREFACE_V1))
+    end = data.find(b"\r\n", 0, MAX_PREFACE)
+    if end < 0:
+        raise LinkError(f"a preface with no end in its first {MAX_PREFACE} bytes")
+    version, _, process = data[len(PREFACE_START):end].partition(b" ")
+    if version != b"2":
+        raise LinkError(f"a link of version {version[:16]!r}; this process takes versions 1 and 2")
+    if not _PROCESS_ID.fullmatch(process):
+        raise LinkError(f"a preface that names no process: {process[:64]!r}")
+    return Preface(2, process.decode("ascii"), end + 2)
 
 #: A frame's header: kind, stream id, length (of the payload; of the credit for ``CREDIT``).
 HEADER = struct.Struct("!BII")
@@ -83,10 +143,6 @@ def next_stream(last: int, in_use: Any) -> int:
         stream = stream % MAX_STREAM + 1
         if stream not in in_use:
             return stream
-
-
-class LinkError(Exception):
-    """A frame that breaks the link's rules: the link ends."""
 
 
 class _Frames:
@@ -350,9 +406,11 @@ class OwnerLink(_Frames):
     :meth:`feed`, :meth:`pause_output`, :meth:`resume_output` and :meth:`close`."""
 
     def __init__(self, transport: asyncio.BaseTransport, factory: Callable[[], asyncio.Protocol],
-                 links: set["OwnerLink"] | None = None) -> None:
+                 links: set["OwnerLink"] | None = None, version: int = 2) -> None:
         super().__init__()
         self.transport = transport
+        #: The link's version (its preface's): a relaying process of version 1 expects no answer and knows no ``FULL``.
+        self.version = version
         self.loop = asyncio.get_running_loop()
         self._factory = factory
         #: The owner's open links, this one among them while it is open.
@@ -363,6 +421,8 @@ class OwnerLink(_Frames):
         self.peer = f"the relaying process at {self._peer_host}"
         local = transport.get_extra_info("sockname")
         self._sockname = (str(local[0]), int(local[1])) if isinstance(local, tuple) and len(local) >= 2 else None
+        if version >= 2:
+            transport.write(READY)  # type: ignore[attr-defined]
 
     def control(self, kind: int, stream: int, payload: bytes) -> None:
         if kind != OPEN:
@@ -386,7 +446,8 @@ class OwnerLink(_Frames):
         """Tell the relaying process whether to open no new streams here for now (``FULL``) or again (``ROOM``)."""
         if full != self.full and not self.closed:
             self.full = full
-            self.send(FULL if full else ROOM, 0)
+            if self.version >= 2:
+                self.send(FULL if full else ROOM, 0)
 
     def drain(self) -> None:
         """This process is stopping: tell the relaying process to open no more streams here."""
@@ -486,12 +547,17 @@ class RelayStream:
 
 
 class RelayLink(_Frames, asyncio.Protocol):
-    """The relaying process's end of a link to one owner's process."""
+    """The relaying process's end of a link to the process ``process_id``: usable once :attr:`ready`
+    says ``True`` (the owner answered the preface)."""
 
-    def __init__(self) -> None:
+    def __init__(self, process_id: str) -> None:
         super().__init__()
         self._last = 0
-        self.peer = "the owner's process"
+        self.process_id = process_id
+        self.peer = f"the owner's process ({process_id})"
+        #: ``True`` once the owner answered :data:`READY`; ``False`` if it answered otherwise, or closed.
+        self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._answer = b""
 
     def open(self, client: asyncio.Transport, data: bytes) -> RelayStream:
         """Relay ``client``'s connection, whose first read (with the relayed mark) is ``data``."""
@@ -504,10 +570,25 @@ class RelayLink(_Frames, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         self.loop = asyncio.get_running_loop()
-        transport.write(PREFACE)  # type: ignore[attr-defined]
+        transport.write(preface(self.process_id))  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        self.feed(data)
+        if self.ready.done():
+            self.feed(data)
+            return
+        self._answer += data
+        if len(self._answer) < len(READY) and READY.startswith(self._answer):
+            return
+        answer, self._answer = self._answer, b""
+        if not answer.startswith(READY):
+            log.info("%s answered %r to a link's preface: it takes no links of this version (a deployment "
+                     "should run one version); its clients here are served here", self.peer, answer[:40])
+            self.ready.set_result(False)
+            self.transport.close()
+            return
+        self.ready.set_result(True)
+        if len(answer) > len(READY):
+            self.feed(answer[len(READY):])
 
     def control(self, kind: int, stream: int, payload: bytes) -> None:
         if kind == GOAWAY:
@@ -527,6 +608,8 @@ class RelayLink(_Frames, asyncio.Protocol):
         self.output_paused(False)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self.ready.set_result(False)
         self.ended(exc)
 
     def close(self) -> None:
@@ -534,14 +617,26 @@ class RelayLink(_Frames, asyncio.Protocol):
             self.transport.close()
 
 
-async def connect(address: tuple[str, int]) -> RelayLink | None:
-    """A link to the process at ``address``, or ``None`` (logged) when it does not accept in time."""
+async def connect(address: tuple[str, int], process_id: str) -> RelayLink | None:
+    """A link to the process ``process_id`` at ``address``, or ``None`` (logged) when that process does
+    not take it in time."""
     loop = asyncio.get_running_loop()
     host, port = address
-    try:
-        _, link = await asyncio.wait_for(loop.create_connection(RelayLink, host, port), CONNECT_WAIT)
-    except (OSError, asyncio.TimeoutError) as exc:
-        log.info("could not link to %s:%s (%s); its clients here are served here",
-                 host, port, exc or "no answer in time")
+
+    async def opened() -> RelayLink | None:
+        _, link = await loop.create_connection(lambda: RelayLink(process_id), host, port)
+        try:
+            if await link.ready:
+                return link
+        except asyncio.CancelledError:  # no answer in time
+            link.close()
+            raise
+        link.close()
         return None
-    return link
+
+    try:
+        return await asyncio.wait_for(opened(), CONNECT_WAIT)
+    except (OSError, asyncio.TimeoutError) as exc:
+        log.info("could not link to %s at %s:%s (%s); its clients here are served here",
+                 process_id, host, port, exc or "no answer in time")
+        return None

@@ -74,6 +74,8 @@ class Counters:
     relayed_in_connections: int = 0
     #: Links other processes opened to relay their clients here (:mod:`collab.link`).
     relay_links: int = 0
+    #: Links for another process here (sharing this one's port and relay address), passed to it.
+    handed_over_links: int = 0
     #: Connections to a document whose owner said it was full, served here (their edits forwarded).
     spilled_connections: int = 0
 
@@ -100,6 +102,7 @@ _COUNTER_HELP = {
     "relayed_connections": "WebSocket connections relayed to the process on another machine that owns their document.",
     "relayed_in_connections": "WebSocket connections another process relayed to this one.",
     "relay_links": "Links other processes opened to relay their clients to this one (each carries many connections).",
+    "handed_over_links": "Links for another process on this machine (sharing this one's port) passed to it.",
     "spilled_connections": "Connections served here because their document's owner said it was nearly full.",
 }
 
@@ -286,7 +289,7 @@ def metrics_text() -> str:
 #: Counters that count no refusal: left out of the flood-protection log line.
 _NOT_REFUSALS = frozenset({"accepted_connections", "handed_over_connections", "handed_in_connections",
                            "relayed_connections", "relayed_in_connections", "relay_links",
-                           "spilled_connections"})
+                           "handed_over_links", "spilled_connections"})
 
 
 class Summary:
