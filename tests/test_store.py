@@ -249,6 +249,19 @@ async def test_list_docs_most_recent_first_with_size(stores):
     assert await store.revisions(["a", "b", "c"]) == {"a": 1, "b": 2}
 
 
+async def test_the_listed_title_is_the_one_set_by_hand_else_the_recorded_heading(stores):
+    store = await stores()
+    await store.append("t", [StoredOp(1, ["# Füchse 🦊\n"], "c1", "a")], 10)
+    assert (await store.heading("t"), await store.title("t")) == (None, None)
+    await store.set_heading("t", "Füchse 🦊")
+    assert await store.set_title("t", "Bau 🦊")
+    assert (await store.heading("t"), await store.title("t")) == ("Füchse 🦊", "Bau 🦊")
+    assert [d.title for d in await store.list_docs()] == ["Bau 🦊"]
+    assert await store.set_title("t", None)
+    assert [d.title for d in await store.list_docs()] == [await store.heading("t")] == ["Füchse 🦊"]
+    assert await store.heading("none") is None
+
+
 async def test_the_document_list_reads_in_pages_that_meet_exactly(stores):
     store = await stores()
     names = ["a", "b😀", "c", "d", "e", "f🎉", "g"]

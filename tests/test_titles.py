@@ -75,6 +75,9 @@ async def test_a_heading_recorded_when_the_document_leaves_memory(server_factory
     await s.stop()  # the document unloads as the server stops; the list of a new server reads the store
     s = await server_factory(data_dir=data)
     assert await titles(s.base_url, "") == {"notes": "Ünïcode 🦊"}
+    # Back to the heading while the document is not open: answered with the heading the store recorded.
+    r = await api("POST", f"{s.base_url}/api/docs/notes/title", "", json={"title": None})
+    assert r.json() == {"id": "notes", "title": "Ünïcode 🦊"}
 
 
 async def test_rename_moves_everything_and_the_old_name_redirects(srv):

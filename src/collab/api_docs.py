@@ -168,9 +168,8 @@ async def set_title(app: "CollabApp", request: Request) -> Response:
     if not await app.store.set_title(doc, title):
         raise HTTPException(404, f"no document {doc!r}: give it some text before a title")
     _announce_title(app, doc, title)
-    if title is None:  # the first heading stands in: read it as the list shows it
-        info = next((d for d in await app.documents() if d.id == doc), None)
-        title = info.title if info else None
+    if title is None:  # the first heading stands in
+        title = await app.heading(doc)
     return JSONResponse({"id": doc, "title": title})
 
 

@@ -211,6 +211,15 @@ class CollabApp:
         await self.record_headings()
         return await self.store.list_docs()
 
+    async def heading(self, doc_id: str) -> str | None:
+        """``doc_id``'s first heading as the list shows it (brought up to date first if it is open here)."""
+        assert self.store is not None and self.hub is not None
+        open_doc = self.hub.docs.get(doc_id)
+        if open_doc is not None:
+            await self._record_heading(doc_id, open_doc.text)
+            return self.headings[doc_id]
+        return await self.store.heading(doc_id)
+
     async def _record_heading(self, doc_id: str, text: Any) -> None:
         heading = first_heading(text.head(HEAD_CHARS))
         if doc_id not in self.headings or self.headings[doc_id] != heading:

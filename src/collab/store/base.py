@@ -348,6 +348,10 @@ class Store(abc.ABC):
         """``doc``'s title set by hand, ``None`` if none (its first heading stands in)."""
         raise NotImplementedError(f"{type(self).__name__} keeps no titles")
 
+    async def heading(self, doc: str) -> str | None:
+        """``doc``'s first heading as last recorded (:meth:`set_heading`), ``None`` if none."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no titles")
+
     async def rename(self, old: str, new: str) -> str:
         """Move ``old`` (text, history, links) to the name ``new`` and leave a redirect behind.
 

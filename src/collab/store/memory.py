@@ -238,6 +238,9 @@ class MemoryStore(Store):
     async def title(self, doc: str) -> str | None:
         return self._titles.get(doc)
 
+    async def heading(self, doc: str) -> str | None:
+        return self._headings.get(doc)
+
     async def set_heading(self, doc: str, heading: str | None) -> None:
         if doc in self._info:
             if heading is None:

@@ -733,6 +733,9 @@ class PostgresStore(Store):
     async def title(self, doc: str) -> str | None:
         return await self.pool.fetchval("SELECT title FROM collab_docs WHERE id = $1", doc)
 
+    async def heading(self, doc: str) -> str | None:
+        return await self.pool.fetchval("SELECT heading FROM collab_docs WHERE id = $1", doc)
+
     async def set_heading(self, doc: str, heading: str | None) -> None:
         await self.pool.execute(
             "UPDATE collab_docs SET heading = $2 WHERE id = $1 AND heading IS DISTINCT FROM $2", doc, heading)

@@ -599,6 +599,9 @@ class SqliteStore(SqliteUpkeep, Store):
     async def set_heading(self, doc: str, heading: str | None) -> None:
         await self._meta(meta.set_heading, doc, heading)
 
+    async def heading(self, doc: str) -> str | None:
+        return await self._meta(meta.heading, doc)
+
     async def rename(self, old: str, new: str) -> str:
         result = await self._meta(meta.rename, old, new, time.time())
         self.forget(old)

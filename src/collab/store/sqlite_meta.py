@@ -105,6 +105,11 @@ def title(db: sqlite3.Connection, doc: str) -> str | None:
     return row[0] if row else None
 
 
+def heading(db: sqlite3.Connection, doc: str) -> str | None:
+    row = db.execute("SELECT heading FROM docs WHERE id = ?", (doc,)).fetchone()
+    return row[0] if row else None
+
+
 def set_heading(db: sqlite3.Connection, doc: str, heading: str | None) -> None:
     _write(db, [("UPDATE docs SET heading = ? WHERE id = ? AND heading IS NOT ?", (heading, doc, heading))])
 
