@@ -358,7 +358,6 @@ class GuardedProtocol(asyncio.Protocol):
         self._inner = inner
         inner.connection_made(transport)
         if self._handed:  # before the transport reads anything: the bytes stay in order
-            COUNTERS.handed_in_connections += 1
             self.data_received(self._handed)
 
     def _expired(self) -> None:
@@ -489,7 +488,11 @@ class GuardedProtocol(asyncio.Protocol):
                 else:
                     self._link(handoff, data, preface)
                 return True
-        if not handoff.active or self._handed is not None:
+        if self._handed is not None:  # a WebSocket connection another process here passed on: served here
+            self._routed = True
+            COUNTERS.handed_in_connections += 1
+            return False
+        if not handoff.active:
             return False
         self._routed = True
         doc = ws_document(first) if len(first) <= MAX_HANDED_BYTES else None
