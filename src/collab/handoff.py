@@ -157,10 +157,10 @@ class HandOff:
         self._out: dict[str, socket.socket] = {}
         self._sending: dict[str, asyncio.Lock] = {}
         self._accept: Callable[[socket.socket, bytes], None] | None = None
-        #: This process's links to the processes it relays connections to, by address and process id
-        #: (processes that share a port share an address), and those being opened.
-        self._links: dict[tuple[tuple[str, int], str], RelayLink] = {}
-        self._linking: dict[tuple[tuple[str, int], str], asyncio.Future[RelayLink | None]] = {}
+        #: This process's links to the processes it relays connections to, by process id (processes
+        #: that share a port share an address), and those being opened.
+        self._links: dict[str, RelayLink] = {}
+        self._linking: dict[str, asyncio.Future[RelayLink | None]] = {}
         #: What serves the connections other processes relay here (set when this process takes them).
         self.stream_factory: Callable[[], asyncio.Protocol] | None = None
         #: The links other processes opened to this one.
@@ -267,13 +267,12 @@ class HandOff:
             owner = await lookup(doc)
             if owner is None or owner == self.process_id:
                 return None
-            if self._sock is not None:
-                path = self.path(owner)
-                if os.path.exists(path):
-                    if os.path.exists(self.full_mark(owner)):
-                        COUNTERS.spilled_connections += 1
-                        return None
-                    return Destination(path=path)
+            path = self.local_path(owner)
+            if path is not None:
+                if os.path.exists(self.full_mark(owner)):
+                    COUNTERS.spilled_connections += 1
+                    return None
+                return Destination(path=path)
             address = await self._address(owner) if relay else None
         except Exception as exc:  # served here, which is correct
             log.warning("finding the owner of %s for a new connection failed: %s", doc, exc)
@@ -306,19 +305,18 @@ class HandOff:
                     data: bytes) -> RelayStream | None:
         """Relay ``client``'s connection, of which ``data`` was read, to the process ``process_id`` at
         ``address`` over this process's link to it (opened if need be); ``None``: served here."""
-        key = (address, process_id)
-        link = self._links.get(key)
+        link = self._links.get(process_id)
         if link is None or link.closed or link.draining:
-            pending = self._linking.get(key)
+            pending = self._linking.get(process_id)
             if pending is None:  # one connect per process, however many clients wait for it
-                pending = self._linking[key] = asyncio.ensure_future(connect(address, process_id))
-                pending.add_done_callback(lambda _: self._linking.pop(key, None))
+                pending = self._linking[process_id] = asyncio.ensure_future(connect(address, process_id))
+                pending.add_done_callback(lambda _: self._linking.pop(process_id, None))
             link = await asyncio.shield(pending)
             if link is None or link.closed or link.draining:
                 return None
             for gone in [k for k, old in self._links.items() if old.closed]:  # links to processes since gone
                 del self._links[gone]
-            self._links[key] = link
+            self._links[process_id] = link
         if link.full:
             COUNTERS.spilled_connections += 1
             return None
