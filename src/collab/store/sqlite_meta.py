@@ -101,12 +101,16 @@ def set_title(db: sqlite3.Connection, doc: str, title: str | None) -> bool:
 
 
 def title(db: sqlite3.Connection, doc: str) -> str | None:
-    row = db.execute("SELECT title FROM docs WHERE id = ?", (doc,)).fetchone()
-    return row[0] if row else None
+    return _titled(db, doc, "title")
 
 
 def heading(db: sqlite3.Connection, doc: str) -> str | None:
-    row = db.execute("SELECT heading FROM docs WHERE id = ?", (doc,)).fetchone()
+    return _titled(db, doc, "heading")
+
+
+def _titled(db: sqlite3.Connection, doc: str, column: str) -> str | None:
+    """``doc``'s ``title`` (set by hand) or ``heading`` (recorded), ``None`` if none or no such document."""
+    row = db.execute(f"SELECT {column} FROM docs WHERE id = ?", (doc,)).fetchone()
     return row[0] if row else None
 
 
